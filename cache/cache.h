@@ -1,0 +1,198 @@
+/* subpage: the cache core's public interface.
+ *
+ * The cache serves reads and writes of a flat disk image from pages of
+ * page_size bytes held in memory, tracking every sector_size sector
+ * inside each page (valid, dirty, under write-back; see sector.h).  It
+ * reaches storage only through struct cache_backend_ops and knows
+ * nothing of nbdkit or libev: every function returns 0 (or a count) on
+ * success and -errno on failure, and logs through a callback.
+ *
+ * Ranges are half-open: [off, off + count).
+ *
+ * Threads: every cache_* function below may be called from any number
+ * of threads at once, except cache_create/cache_destroy.  None of them
+ * holds a lock across a backend call, an allocation or a sleep.
+ *
+ * Write-back: dirty data is written to the backend by "runs", each one
+ * contiguous backend write holding a snapshot of one or more sector
+ * ranges (possibly spanning several pages).  Runs are produced by
+ * cache_writeback() (background, called by server/ or tests) and by
+ * cache_flush() (which drives write-back itself), and are handed to the
+ * submit hook.  Whoever performs the I/O calls cache_run_done() once,
+ * with 0 or -errno, in any order relative to other runs.
+ */
+#ifndef SUBPAGE_CACHE_H
+#define SUBPAGE_CACHE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct cache;
+struct cache_run;
+
+/* Request and backend flags. */
+#define CACHE_FUA       0x1u  /* durable on return (write, zero, trim) */
+#define CACHE_MAY_TRIM  0x2u  /* zero: backend may punch a hole */
+#define CACHE_FAST_ZERO 0x4u  /* zero: fail with -ENOTSUP unless fast */
+
+/* How the cache reaches storage.  All return 0 or -errno and must be
+ * safe to call from several threads at once.  trim and zero may be
+ * NULL: trim then only drops cached data, and zero writes zeroes with
+ * pwrite.
+ */
+struct cache_backend_ops {
+  int (*pread) (void *opaque, void *buf, uint32_t count, uint64_t off);
+  int (*pwrite) (void *opaque, const void *buf, uint32_t count,
+                 uint64_t off, uint32_t flags);
+  int (*flush) (void *opaque);
+  int (*trim) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
+  int (*zero) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
+};
+
+enum cache_mode {
+  CACHE_MODE_WRITEBACK,    /* writes stay dirty until write-back/flush */
+  CACHE_MODE_WRITETHROUGH, /* writes reach the backend before reply */
+  CACHE_MODE_UNSAFE,       /* like writeback, but flush and FUA are no-ops */
+};
+
+struct cache_config {
+  uint64_t size;            /* export size in bytes */
+  uint64_t cache_size;      /* bytes of page memory */
+  uint32_t page_size;       /* power of 2, 4K..2M */
+  uint32_t sector_size;     /* power of 2, 512..page_size */
+  enum cache_mode mode;
+  unsigned dirty_background_ratio; /* % of cache_size: kick write-back */
+  unsigned dirty_ratio;     /* % of cache_size: writers are throttled */
+  uint32_t batch_bytes;     /* write-back buffer per batch; 0 = 1 MiB */
+};
+
+/* Smallest cache, in pages, that cache_create accepts. */
+#define CACHE_MIN_PAGES 8
+
+enum cache_log_level { CACHE_LOG_DEBUG, CACHE_LOG_ERROR };
+typedef void (*cache_log_fn) (void *opaque, enum cache_log_level level,
+                              const char *fmt, va_list ap);
+
+/* Submit hook: performs or queues the backend write of RUN and later
+ * calls cache_run_done (c, run, err) exactly once.  Called with no
+ * cache lock held.  The default (NULL) performs the write synchronously
+ * in the calling thread (cache_run_io).
+ */
+typedef void (*cache_submit_fn) (void *opaque, struct cache *c,
+                                 struct cache_run *run);
+
+/* Kick hook: asks for background write-back (dirty data passed the
+ * background threshold, or a writer is throttled).  Called with no
+ * cache lock held, from request threads; must not block.
+ */
+typedef void (*cache_kick_fn) (void *opaque);
+
+/* Returns NULL and sets *err (-errno) on failure; the message has been
+ * logged through LOG (which may be NULL).
+ */
+struct cache *cache_create (const struct cache_config *cfg,
+                            const struct cache_backend_ops *ops,
+                            void *backend_opaque,
+                            cache_log_fn log, void *log_opaque,
+                            int *err);
+/* Frees everything.  Dirty data is NOT written: call cache_flush first.
+ * No run may be in flight.
+ */
+void cache_destroy (struct cache *c);
+
+void cache_set_submit (struct cache *c, cache_submit_fn fn, void *opaque);
+void cache_set_kick (struct cache *c, cache_kick_fn fn, void *opaque);
+void cache_set_debug (struct cache *c, bool verbose);
+
+/* Requests.  count may be anything from 1 byte up to 32 MiB, at any
+ * alignment.  flags: CACHE_FUA for write/zero/trim, CACHE_MAY_TRIM and
+ * CACHE_FAST_ZERO for zero.
+ */
+int cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off);
+int cache_write (struct cache *c, const void *buf, uint32_t count,
+                 uint64_t off, uint32_t flags);
+int cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
+int cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
+/* Brings [off, off+count) into the cache (NBD_CMD_CACHE). */
+int cache_prefetch (struct cache *c, uint32_t count, uint64_t off);
+
+/* Returns only when every write that returned before the call is on
+ * the backend and the backend's flush has succeeded afterwards (or the
+ * first error).  Concurrent flushes share backend flushes.
+ */
+int cache_flush (struct cache *c);
+
+/* Background write-back: collects one batch of dirty data and submits
+ * its runs.  Returns the number of runs submitted (0: nothing to do) or
+ * -errno (-ENOMEM).
+ */
+enum cache_wb_reason {
+  CACHE_WB_EXPIRED,     /* pages dirty for at least expire_ms */
+  CACHE_WB_BACKGROUND,  /* oldest dirty pages, regardless of age */
+};
+int cache_writeback (struct cache *c, enum cache_wb_reason why,
+                     uint64_t expire_ms);
+/* True when dirty data passes the background threshold. */
+bool cache_over_background (struct cache *c);
+
+/* Runs.  The data stays valid until cache_run_done. */
+uint64_t cache_run_offset (const struct cache_run *run);
+uint32_t cache_run_length (const struct cache_run *run);
+const void *cache_run_data (const struct cache_run *run);
+uint32_t cache_run_flags (const struct cache_run *run);
+/* Writes RUN to the backend and calls cache_run_done. */
+void cache_run_io (struct cache *c, struct cache_run *run);
+/* Completes RUN: 0 marks its sectors clean (unless written again
+ * meanwhile); -errno marks them dirty again and records the error for
+ * the next flush.
+ */
+void cache_run_done (struct cache *c, struct cache_run *run, int err);
+
+/* Statistics (approximate while requests run; exact when idle). */
+struct cache_stats {
+  uint64_t size, cache_size, page_size, sector_size;
+  uint64_t pages_total, pages_resident;
+  uint64_t cached_bytes;       /* V sectors */
+  uint64_t dirty_bytes;        /* D sectors */
+  uint64_t writeback_bytes;    /* W sectors */
+  uint64_t hits, misses;       /* sectors */
+  uint64_t backend_reads, backend_read_bytes;
+  uint64_t backend_writes, backend_write_bytes;
+  uint64_t backend_flushes;
+  uint64_t wb_runs, wb_errors;
+  uint64_t flushes, flush_errors, flush_ns_total;
+  uint64_t evictions;
+  uint64_t throttled;          /* writers that had to wait */
+  /* Threads waiting right now (for tests and metrics). */
+  uint64_t waiting_flush, waiting_throttle, waiting_page, waiting_idle;
+  uint64_t runs_in_flight;
+  uint64_t metadata_bytes;
+};
+void cache_get_stats (struct cache *c, struct cache_stats *st);
+
+/* Introspection for tests and debug flags. */
+#define CACHE_SECT_V 0x1
+#define CACHE_SECT_D 0x2
+#define CACHE_SECT_W 0x4
+/* V|D|W bits of the sector containing byte OFF, 0 if its page is not
+ * resident.
+ */
+unsigned cache_debug_sector (struct cache *c, uint64_t off);
+/* Is the page containing OFF resident?  How many references does it
+ * hold (pins, the dirty list's and in-flight runs')?
+ */
+bool cache_debug_resident (struct cache *c, uint64_t off);
+unsigned cache_debug_refs (struct cache *c, uint64_t off);
+/* Pin/unpin the page containing OFF (creating it if absent), as a
+ * request in progress would.  Returns 0 or -errno.
+ */
+int cache_debug_pin (struct cache *c, uint64_t off);
+void cache_debug_unpin (struct cache *c, uint64_t off);
+/* Runs page_check() on every resident page; false on any violation
+ * (which is dumped through the log).
+ */
+bool cache_debug_check (struct cache *c);
+
+#endif /* SUBPAGE_CACHE_H */

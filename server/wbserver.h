@@ -1,0 +1,44 @@
+/* subpage: the write-back server (server/wbserver.c).
+ *
+ * What runs beside requests: one libev loop thread that owns scheduling
+ * (a periodic timer for dirty expiry, ev_async wake-ups from request
+ * threads when dirty data passes the background threshold, and a drain
+ * request at shutdown), and a small pool of worker threads that take
+ * jobs from one queue (mutex + condition variable): "collect a batch"
+ * (cache_writeback) and "write this run" (cache_run_io).  The server
+ * installs itself as the cache's submit and kick hooks.
+ *
+ * Knows nothing of nbdkit.  Start it after fork (nbdkit's .after_fork).
+ */
+#ifndef SUBPAGE_WBSERVER_H
+#define SUBPAGE_WBSERVER_H
+
+#include <stdint.h>
+
+struct cache;
+struct wbs;
+
+struct wbs_config {
+  unsigned threads;          /* worker threads, >= 1 */
+  uint64_t interval_ms;      /* timer period (dirty-writeback-ms) */
+  uint64_t expire_ms;        /* age at which dirty data is written (dirty-expire-ms) */
+};
+
+/* Starts the loop and workers and hooks them into C.  Returns NULL and
+ * sets *err (-errno) on failure.
+ */
+struct wbs *wbs_start (struct cache *c, const struct wbs_config *cfg, int *err);
+/* Wakes the loop (thread-safe, never blocks). */
+void wbs_kick (struct wbs *s);
+/* From now on write back everything, as fast as the workers can,
+ * regardless of age (shutdown has begun).  Thread-safe.
+ */
+void wbs_begin_drain (struct wbs *s);
+/* Stops the loop and the workers once every queued job and in-flight
+ * run has finished, unhooks the cache (its submit hook goes back to
+ * synchronous) and frees S.  Dirty data may remain: the caller then
+ * calls cache_flush.
+ */
+void wbs_stop (struct wbs *s);
+
+#endif /* SUBPAGE_WBSERVER_H */
