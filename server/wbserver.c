@@ -1,0 +1,515 @@
+/* subpage: the write-back server.
+ *
+ * Notes on the design.
+ *
+ * Threads.  One libev loop thread (its own loop from ev_loop_new: one
+ * loop per thread) owns the scheduling decisions, and cfg->threads
+ * worker threads do the work.  Every thread we create blocks all
+ * signals, so nbdkit's main thread keeps receiving SIGTERM/SIGINT.
+ *
+ * The loop has four watchers:
+ *   tick_w   ev_timer every interval_ms: if the cache holds dirty data,
+ *            ask for a CACHE_WB_EXPIRED collect, and a
+ *            CACHE_WB_BACKGROUND one if the cache is over its background
+ *            threshold (or we are draining).
+ *   kick_w   ev_async sent by wbs_kick (the cache's kick hook, called
+ *            from request threads): ask for a background collect while
+ *            cache_over_background().
+ *   done_w   ev_async sent by a worker after each run it completed, so
+ *            the loop can schedule more (background or drain).
+ *   drain_w  ev_async sent by wbs_begin_drain; stop_w breaks the loop.
+ * ev_async_send never blocks (it writes an eventfd at most) and several
+ * sends before the loop wakes collapse into one callback.
+ *
+ * Jobs.  The queue (s->lock + s->work_cond) holds two kinds of job:
+ *   IO(run)          a FIFO list of runs handed over by the submit hook;
+ *                    the worker calls cache_run_io (backend write, then
+ *                    cache_run_done).
+ *   COLLECT(reason)  not a list but one "pending" flag per reason; the
+ *                    worker calls cache_writeback (c, reason, expire_ms),
+ *                    which snapshots a batch and submits its runs, i.e.
+ *                    queues IO jobs.
+ * Ordering guarantees: workers always take an IO job before a collect,
+ * so a burst of collecting cannot starve writes, and dirty data is not
+ * snapshotted faster than it can be written.  IO jobs start in the
+ * order they were submitted (they may complete in any order; the cache
+ * allows that).  At most one collect per reason runs at a time, and a
+ * collect that returned > 0 re-arms itself while its reason still holds
+ * (EXPIRED: always; BACKGROUND: over the threshold, or draining), so
+ * there is never more than one queued collect per reason.
+ *
+ * Completions are processed by the worker, not by the loop: the worker
+ * calls cache_run_io, which calls cache_run_done (thread-safe), and
+ * then only signals the loop through done_w.  The loop thread never
+ * touches cache data beyond asking for statistics and thresholds.
+ *
+ * Error back-off: if write-back errors increased since the loop last
+ * looked, a completion does not immediately ask for another collect;
+ * the timer retries one interval later, so a failing backend is not
+ * hammered in a tight loop (the failed sectors are dirty again and the
+ * next flush reports the error; see cache.h).
+ *
+ * Job nodes for IO come from a preallocated pool; when it runs dry the
+ * submit hook mallocs one with no lock held, and if even that fails the
+ * run is written synchronously in the submitting thread.  Nothing is
+ * allocated and no cache function is called while s->lock is held.
+ *
+ * Lock order: cache locks (inside cache_*) and s->lock are never held
+ * together: the cache calls our hooks with no lock held, and we call
+ * cache_* functions only after dropping s->lock.
+ *
+ * What it does not do: it does not flush the backend (cache_flush does
+ * that) and it does not write back during wbs_stop beyond finishing
+ * jobs already queued; the caller flushes afterwards.
+ */
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <ev.h>
+
+#include "cache.h"
+#include "wbserver.h"
+
+/* Preallocated IO job nodes; more are malloc'd when these are in use. */
+#define WBS_POOL_JOBS 256
+
+#define WBS_NR_REASONS 2        /* enum cache_wb_reason */
+
+struct wbs_job {
+  struct wbs_job *next;
+  struct cache_run *run;
+  bool heap;                    /* malloc'd: freed after use, not pooled */
+};
+
+struct wbs {
+  struct cache *c;
+  struct wbs_config cfg;
+
+  /* The loop.  Watchers are started before the loop thread exists;
+   * afterwards only the loop thread touches them, except that any
+   * thread may ev_async_send.
+   */
+  struct ev_loop *loop;
+  ev_timer tick_w;
+  ev_async kick_w, done_w, drain_w, stop_w;
+  pthread_t loop_thread;
+  bool loop_started;
+  uint64_t last_wb_errors;      /* loop thread only */
+
+  atomic_bool draining;
+
+  /* Everything below is guarded by lock. */
+  pthread_mutex_t lock;
+  pthread_cond_t work_cond;     /* workers: a job is available, or quit */
+  pthread_cond_t idle_cond;     /* wbs_stop: nothing queued or running */
+  struct wbs_job *io_head, *io_tail;
+  struct wbs_job *free_jobs;
+  bool collect_pending[WBS_NR_REASONS];
+  bool collect_running[WBS_NR_REASONS];
+  unsigned busy;                /* workers executing a job */
+  bool stopping;                /* refuse collects; signal idle_cond */
+  bool quit;                    /* workers exit when the queue is empty */
+
+  pthread_t *workers;
+  unsigned nworkers;            /* started so far */
+
+  struct wbs_job pool[WBS_POOL_JOBS];
+};
+
+/* s->lock held.  Wakes wbs_stop when nothing is queued or running. */
+static void
+wbs_check_idle_locked (struct wbs *s)
+{
+  if (s->stopping && s->io_head == NULL && s->busy == 0)
+    pthread_cond_broadcast (&s->idle_cond);
+}
+
+/* Any thread, s->lock not held.  Arms a collect job for WHY. */
+static void
+wbs_request_collect (struct wbs *s, enum cache_wb_reason why)
+{
+  pthread_mutex_lock (&s->lock);
+  if (!s->stopping && !s->collect_pending[why]) {
+    s->collect_pending[why] = true;
+    pthread_cond_signal (&s->work_cond);
+  }
+  pthread_mutex_unlock (&s->lock);
+}
+
+/* s->lock held.  A collect reason that is pending and not already
+ * running, or -1.  Background first: it is the one writers wait for.
+ */
+static int
+wbs_pick_collect_locked (struct wbs *s)
+{
+  static const enum cache_wb_reason order[] = {
+    CACHE_WB_BACKGROUND, CACHE_WB_EXPIRED,
+  };
+  size_t i;
+
+  if (s->stopping)
+    return -1;
+  for (i = 0; i < sizeof order / sizeof order[0]; ++i)
+    if (s->collect_pending[order[i]] && !s->collect_running[order[i]])
+      return order[i];
+  return -1;
+}
+
+static bool
+wbs_background_applies (struct wbs *s)
+{
+  return atomic_load (&s->draining) || cache_over_background (s->c);
+}
+
+static void *
+wbs_worker (void *arg)
+{
+  struct wbs *s = arg;
+
+  pthread_mutex_lock (&s->lock);
+  for (;;) {
+    struct wbs_job *job = s->io_head;
+    int why;
+
+    if (job != NULL) {
+      struct cache_run *run = job->run;
+
+      s->io_head = job->next;
+      if (s->io_head == NULL)
+        s->io_tail = NULL;
+      if (!job->heap) {
+        job->next = s->free_jobs;
+        s->free_jobs = job;
+        job = NULL;
+      }
+      s->busy++;
+      pthread_mutex_unlock (&s->lock);
+
+      free (job);               /* NULL unless it was malloc'd */
+      cache_run_io (s->c, run); /* writes, then cache_run_done */
+      ev_async_send (s->loop, &s->done_w);
+
+      pthread_mutex_lock (&s->lock);
+      s->busy--;
+      wbs_check_idle_locked (s);
+      continue;
+    }
+
+    why = wbs_pick_collect_locked (s);
+    if (why >= 0) {
+      bool again;
+      int r;
+
+      s->collect_pending[why] = false;
+      s->collect_running[why] = true;
+      s->busy++;
+      pthread_mutex_unlock (&s->lock);
+
+      r = cache_writeback (s->c, why, s->cfg.expire_ms);
+      again = r > 0 &&
+        (why == CACHE_WB_EXPIRED || wbs_background_applies (s));
+
+      pthread_mutex_lock (&s->lock);
+      s->collect_running[why] = false;
+      s->busy--;
+      if (again && !s->stopping)
+        s->collect_pending[why] = true;
+      wbs_check_idle_locked (s);
+      continue;
+    }
+
+    if (s->quit)
+      break;
+    pthread_cond_wait (&s->work_cond, &s->lock);
+  }
+  pthread_mutex_unlock (&s->lock);
+  return NULL;
+}
+
+/* The cache's submit hook: queue RUN for a worker.  Called from request
+ * threads (cache_flush) and workers (cache_writeback), no lock held.
+ */
+static void
+wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
+{
+  struct wbs *s = opaque;
+  struct wbs_job *job;
+
+  pthread_mutex_lock (&s->lock);
+  job = s->free_jobs;
+  if (job != NULL)
+    s->free_jobs = job->next;
+  pthread_mutex_unlock (&s->lock);
+
+  if (job == NULL) {
+    job = malloc (sizeof *job);
+    if (job == NULL) {
+      /* Out of memory: do it here rather than lose the run. */
+      cache_run_io (c, run);
+      return;
+    }
+    job->heap = true;
+  }
+  job->run = run;
+  job->next = NULL;
+
+  pthread_mutex_lock (&s->lock);
+  if (s->io_tail != NULL)
+    s->io_tail->next = job;
+  else
+    s->io_head = job;
+  s->io_tail = job;
+  pthread_cond_signal (&s->work_cond);
+  pthread_mutex_unlock (&s->lock);
+}
+
+static void
+wbs_kick_hook (void *opaque)
+{
+  wbs_kick (opaque);
+}
+
+/* Loop thread callbacks. */
+
+static void
+wbs_tick_cb (struct ev_loop *loop, ev_timer *w, int revents)
+{
+  struct wbs *s = ev_userdata (loop);
+  struct cache_stats st;
+
+  (void) w;
+  (void) revents;
+  cache_get_stats (s->c, &st);
+  s->last_wb_errors = st.wb_errors;
+  if (st.dirty_bytes == 0)
+    return;
+  wbs_request_collect (s, CACHE_WB_EXPIRED);
+  if (wbs_background_applies (s))
+    wbs_request_collect (s, CACHE_WB_BACKGROUND);
+}
+
+static void
+wbs_kick_cb (struct ev_loop *loop, ev_async *w, int revents)
+{
+  struct wbs *s = ev_userdata (loop);
+
+  (void) w;
+  (void) revents;
+  if (wbs_background_applies (s))
+    wbs_request_collect (s, CACHE_WB_BACKGROUND);
+}
+
+static void
+wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
+{
+  struct wbs *s = ev_userdata (loop);
+  struct cache_stats st;
+
+  (void) w;
+  (void) revents;
+  if (!wbs_background_applies (s))
+    return;
+  cache_get_stats (s->c, &st);
+  if (st.wb_errors != s->last_wb_errors) {
+    /* Back off: the next tick retries. */
+    s->last_wb_errors = st.wb_errors;
+    return;
+  }
+  wbs_request_collect (s, CACHE_WB_BACKGROUND);
+}
+
+static void
+wbs_drain_cb (struct ev_loop *loop, ev_async *w, int revents)
+{
+  struct wbs *s = ev_userdata (loop);
+
+  (void) w;
+  (void) revents;
+  wbs_request_collect (s, CACHE_WB_BACKGROUND);
+}
+
+static void
+wbs_stop_cb (struct ev_loop *loop, ev_async *w, int revents)
+{
+  (void) w;
+  (void) revents;
+  ev_break (loop, EVBREAK_ALL);
+}
+
+static void *
+wbs_loop_main (void *arg)
+{
+  struct wbs *s = arg;
+
+  ev_run (s->loop, 0);
+  return NULL;
+}
+
+/* Makes the workers exit once the queue is empty, stops the loop, and
+ * joins every thread that was started.  Workers go first: they signal
+ * the loop, which must still exist then.
+ */
+static void
+wbs_join_threads (struct wbs *s)
+{
+  unsigned i;
+
+  pthread_mutex_lock (&s->lock);
+  s->stopping = true;
+  s->quit = true;
+  pthread_cond_broadcast (&s->work_cond);
+  pthread_mutex_unlock (&s->lock);
+  for (i = 0; i < s->nworkers; ++i)
+    pthread_join (s->workers[i], NULL);
+  s->nworkers = 0;
+
+  if (s->loop_started) {
+    ev_async_send (s->loop, &s->stop_w);
+    pthread_join (s->loop_thread, NULL);
+    s->loop_started = false;
+  }
+}
+
+/* Frees S and what it owns; threads must be joined. */
+static void
+wbs_free (struct wbs *s)
+{
+  if (s->loop != NULL)
+    ev_loop_destroy (s->loop);
+  pthread_cond_destroy (&s->idle_cond);
+  pthread_cond_destroy (&s->work_cond);
+  pthread_mutex_destroy (&s->lock);
+  free (s->workers);
+  free (s);
+}
+
+struct wbs *
+wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
+{
+  struct wbs *s;
+  sigset_t all, saved;
+  unsigned i;
+  int r;
+
+  if (cfg->threads < 1 || cfg->interval_ms < 1) {
+    *err = -EINVAL;
+    return NULL;
+  }
+  s = calloc (1, sizeof *s);
+  if (s == NULL) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->c = c;
+  s->cfg = *cfg;
+  atomic_init (&s->draining, false);
+  pthread_mutex_init (&s->lock, NULL);
+  pthread_cond_init (&s->work_cond, NULL);
+  pthread_cond_init (&s->idle_cond, NULL);
+  for (i = 0; i < WBS_POOL_JOBS; ++i) {
+    s->pool[i].next = s->free_jobs;
+    s->free_jobs = &s->pool[i];
+  }
+
+  s->workers = calloc (cfg->threads, sizeof *s->workers);
+  s->loop = ev_loop_new (EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+  if (s->workers == NULL || s->loop == NULL) {
+    r = -ENOMEM;
+    goto err_free;
+  }
+  ev_set_userdata (s->loop, s);
+  ev_timer_init (&s->tick_w, wbs_tick_cb,
+                 cfg->interval_ms / 1000., cfg->interval_ms / 1000.);
+  ev_timer_start (s->loop, &s->tick_w);
+  ev_async_init (&s->kick_w, wbs_kick_cb);
+  ev_async_start (s->loop, &s->kick_w);
+  ev_async_init (&s->done_w, wbs_done_cb);
+  ev_async_start (s->loop, &s->done_w);
+  ev_async_init (&s->drain_w, wbs_drain_cb);
+  ev_async_start (s->loop, &s->drain_w);
+  ev_async_init (&s->stop_w, wbs_stop_cb);
+  ev_async_start (s->loop, &s->stop_w);
+
+  /* Our threads inherit a mask that blocks every signal. */
+  sigfillset (&all);
+  pthread_sigmask (SIG_SETMASK, &all, &saved);
+  for (i = 0; i < cfg->threads; ++i) {
+    r = pthread_create (&s->workers[i], NULL, wbs_worker, s);
+    if (r != 0)
+      goto err_threads;
+    s->nworkers++;
+  }
+  r = pthread_create (&s->loop_thread, NULL, wbs_loop_main, s);
+  if (r != 0)
+    goto err_threads;
+  s->loop_started = true;
+  pthread_sigmask (SIG_SETMASK, &saved, NULL);
+
+  cache_set_submit (c, wbs_submit, s);
+  cache_set_kick (c, wbs_kick_hook, s);
+  return s;
+
+ err_threads:
+  pthread_sigmask (SIG_SETMASK, &saved, NULL);
+  r = -r;
+  wbs_join_threads (s);
+ err_free:
+  wbs_free (s);
+  *err = r;
+  return NULL;
+}
+
+void
+wbs_kick (struct wbs *s)
+{
+  ev_async_send (s->loop, &s->kick_w);
+}
+
+void
+wbs_begin_drain (struct wbs *s)
+{
+  atomic_store (&s->draining, true);
+  ev_async_send (s->loop, &s->drain_w);
+}
+
+/* Also returns when the queue is empty and no job is running. */
+static void
+wbs_wait_idle (struct wbs *s)
+{
+  pthread_mutex_lock (&s->lock);
+  s->stopping = true;
+  s->collect_pending[CACHE_WB_EXPIRED] = false;
+  s->collect_pending[CACHE_WB_BACKGROUND] = false;
+  while (s->io_head != NULL || s->busy > 0)
+    pthread_cond_wait (&s->idle_cond, &s->lock);
+  pthread_mutex_unlock (&s->lock);
+}
+
+void
+wbs_stop (struct wbs *s)
+{
+  if (s == NULL)
+    return;
+
+  /* No new collects; wait for queued and running jobs (a running
+   * collect may still queue runs, which are then written too).
+   */
+  wbs_wait_idle (s);
+
+  /* Unhook.  Callers guarantee no request thread is inside the cache
+   * any more (nbdkit .cleanup), so after this nothing can reach our
+   * queue; wait once more for any run that slipped in meanwhile.
+   */
+  cache_set_submit (s->c, NULL, NULL);
+  cache_set_kick (s->c, NULL, NULL);
+  wbs_wait_idle (s);
+
+  wbs_join_threads (s);
+  wbs_free (s);
+}
