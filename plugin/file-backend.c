@@ -1,0 +1,476 @@
+/* subpage: the file backend.
+ *
+ * Notes on the design.
+ *
+ * What it does: the cache core's backend operations (cache.h, struct
+ * cache_backend_ops) over a regular file or a block device, with plain
+ * buffered I/O.  Every operation returns 0 or -errno, reports the
+ * failing syscall with nbdkit_error, and is safe to call from several
+ * threads at once (request threads reading misses, write-back workers
+ * writing runs, flushes).
+ *
+ * Representation: up to three descriptors on the same image.
+ *   rfd   O_RDONLY, opened by file_backend_open (at .get_ready); reads.
+ *   wfd   O_RDWR, opened by file_backend_open_write when the first
+ *         writable connection opens; writes, fallocate, ioctls, flush.
+ *   sfd   O_RDWR|O_DSYNC, opened with wfd; FUA writes, which are then
+ *         durable when pwrite returns, without flushing the whole file.
+ * wfd and sfd are set once, under lock, before any write can reach the
+ * backend (writes only follow a writable .open), and read atomically.
+ * Opening for writing lazily is how "nbdkit -r" keeps the image opened
+ * read-only: nbdkit 1.32 tells a plugin about -r only through .open's
+ * readonly flag, after .get_ready.
+ *
+ * Zeroing, fastest first (flags are the cache's CACHE_*):
+ *   1. fallocate ZERO_RANGE|KEEP_SIZE (regular files);
+ *   2. with CACHE_MAY_TRIM: fallocate PUNCH_HOLE|KEEP_SIZE (regular
+ *      files and, since Linux 4.9, block devices, where the kernel
+ *      guarantees zeroes or fails);
+ *   3. with CACHE_FAST_ZERO: -ENOTSUP (BLKZEROOUT and writing zeroes
+ *      may both be slow: the kernel falls back to writing zeroes);
+ *   4. block devices: ioctl BLKZEROOUT;
+ *   5. pwrite of zeroes in chunks.
+ * A method that fails with EOPNOTSUPP (or ENOTTY, ENOSYS) is not tried
+ * again.  Trim is advisory: PUNCH_HOLE (regular files) or BLKDISCARD
+ * (block devices, range shrunk to the logical block size), and 0 when
+ * the backend cannot.  CACHE_FUA on zero and trim is an fdatasync after.
+ *
+ * What it does not do: no O_DIRECT, no extents, no cache of its own.
+ */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1               /* fallocate */
+#endif
+#define NBDKIT_API_VERSION 2
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nbdkit-plugin.h>
+
+#include "cache.h"
+#include "file-backend.h"
+#include "util.h"
+
+struct file_backend {
+  char *path;                   /* for messages */
+  int rfd;
+  atomic_int wfd, sfd;          /* -1 until opened for writing */
+  pthread_mutex_t lock;         /* serializes file_backend_open_write */
+  bool write_tried;             /* under lock */
+  bool is_block;
+  uint64_t size;
+  uint32_t lbs;                 /* block devices: logical block size */
+  /* Cleared when the kernel says a method is unsupported. */
+  atomic_bool can_zero_range, can_punch, can_discard, can_zeroout;
+};
+
+/* Zeroes written by the fallback, from .bss. */
+static char zero_buf[256 * 1024];
+
+static bool
+is_unsupported (int err)
+{
+  return err == EOPNOTSUPP || err == ENOTSUP || err == ENOSYS ||
+    err == ENOTTY;
+}
+
+static int
+fb_pread (void *opaque, void *buf, uint32_t count, uint64_t off)
+{
+  struct file_backend *fb = opaque;
+  char *p = buf;
+
+  while (count > 0) {
+    ssize_t r = pread (fb->rfd, p, count, off);
+
+    if (r == -1) {
+      int err = errno;
+
+      if (err == EINTR)
+        continue;
+      nbdkit_error ("pread: %s: offset %" PRIu64 ": %s",
+                    fb->path, off, strerror (err));
+      return -err;
+    }
+    if (r == 0) {
+      nbdkit_error ("pread: %s: unexpected end of file at offset %" PRIu64
+                    " (was the image truncated?)", fb->path, off);
+      return -EIO;
+    }
+    p += r;
+    count -= r;
+    off += r;
+  }
+  return 0;
+}
+
+/* pwrite all of [buf, buf+count) to FD, retrying short writes. */
+static int
+fb_pwrite_fd (struct file_backend *fb, int fd,
+              const void *buf, uint32_t count, uint64_t off)
+{
+  const char *p = buf;
+
+  if (fd == -1)
+    return -EROFS;              /* no writable .open: cannot happen */
+  while (count > 0) {
+    ssize_t r = pwrite (fd, p, count, off);
+
+    if (r == -1) {
+      int err = errno;
+
+      if (err == EINTR)
+        continue;
+      nbdkit_error ("pwrite: %s: offset %" PRIu64 ": %s",
+                    fb->path, off, strerror (err));
+      return -err;
+    }
+    if (r == 0) {
+      nbdkit_error ("pwrite: %s: no progress at offset %" PRIu64,
+                    fb->path, off);
+      return -EIO;
+    }
+    p += r;
+    count -= r;
+    off += r;
+  }
+  return 0;
+}
+
+static int
+fb_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off,
+           uint32_t flags)
+{
+  struct file_backend *fb = opaque;
+  int fd = (flags & CACHE_FUA) ? atomic_load (&fb->sfd)
+                               : atomic_load (&fb->wfd);
+
+  return fb_pwrite_fd (fb, fd, buf, count, off);
+}
+
+static int
+fb_flush (void *opaque)
+{
+  struct file_backend *fb = opaque;
+  int fd = atomic_load (&fb->wfd);
+
+  if (fd == -1)
+    fd = fb->rfd;
+  if (fdatasync (fd) == -1) {
+    int err = errno;
+
+    nbdkit_error ("fdatasync: %s: %s", fb->path, strerror (err));
+    return -err;
+  }
+  return 0;
+}
+
+/* After a zero or trim with CACHE_FUA. */
+static int
+fb_fua (struct file_backend *fb, uint32_t flags, int r)
+{
+  if (r == 0 && (flags & CACHE_FUA))
+    r = fb_flush (fb);
+  return r;
+}
+
+/* fallocate on wfd.  Returns 0, 1 if the method is unsupported (and
+ * clears *CAN), or -errno (logged).
+ */
+static int
+fb_fallocate (struct file_backend *fb, atomic_bool *can, int mode,
+              const char *what, uint32_t count, uint64_t off)
+{
+  int fd = atomic_load (&fb->wfd);
+  int r;
+
+  if (!atomic_load (can))
+    return 1;
+  if (fd == -1)
+    return -EROFS;
+  do
+    r = fallocate (fd, mode, off, count);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    return 0;
+  if (is_unsupported (errno)) {
+    nbdkit_debug ("subpage: %s: fallocate %s not supported, not trying "
+                  "again", fb->path, what);
+    atomic_store (can, false);
+    return 1;
+  }
+  r = errno;
+  nbdkit_error ("fallocate: %s: %s: offset %" PRIu64 " count %" PRIu32
+                ": %s", fb->path, what, off, count, strerror (r));
+  return -r;
+}
+
+/* ioctl REQ with a [start, length] range on wfd; same returns. */
+static int
+fb_range_ioctl (struct file_backend *fb, atomic_bool *can,
+                unsigned long req, const char *what,
+                uint64_t start, uint64_t length)
+{
+  uint64_t range[2] = { start, length };
+  int fd = atomic_load (&fb->wfd);
+  int r;
+
+  if (!atomic_load (can))
+    return 1;
+  if (fd == -1)
+    return -EROFS;
+  if (length == 0)
+    return 0;
+  do
+    r = ioctl (fd, req, range);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    return 0;
+  if (is_unsupported (errno)) {
+    nbdkit_debug ("subpage: %s: %s not supported, not trying again",
+                  fb->path, what);
+    atomic_store (can, false);
+    return 1;
+  }
+  r = errno;
+  nbdkit_error ("ioctl %s: %s: offset %" PRIu64 " count %" PRIu64 ": %s",
+                what, fb->path, start, length, strerror (r));
+  return -r;
+}
+
+static int
+fb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
+{
+  struct file_backend *fb = opaque;
+  int r;
+
+  if (!fb->is_block)
+    r = fb_fallocate (fb, &fb->can_punch,
+                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      "PUNCH_HOLE", count, off);
+  else {
+    /* BLKDISCARD wants whole logical blocks: discard only those fully
+     * inside the range.
+     */
+    uint64_t start = ROUND_UP (off, (uint64_t) fb->lbs);
+    uint64_t end = ROUND_DOWN (off + count, (uint64_t) fb->lbs);
+
+    r = start < end
+      ? fb_range_ioctl (fb, &fb->can_discard, BLKDISCARD, "BLKDISCARD",
+                        start, end - start)
+      : 0;
+  }
+  if (r == 1)
+    r = 0;                      /* trim is advisory */
+  return fb_fua (fb, flags, r);
+}
+
+static int
+fb_zero_by_writing (struct file_backend *fb, uint32_t count, uint64_t off,
+                    uint32_t flags)
+{
+  int fd = (flags & CACHE_FUA) ? atomic_load (&fb->sfd)
+                               : atomic_load (&fb->wfd);
+
+  while (count > 0) {
+    uint32_t n = MIN (count, (uint32_t) sizeof zero_buf);
+    int r = fb_pwrite_fd (fb, fd, zero_buf, n, off);
+
+    if (r < 0)
+      return r;
+    count -= n;
+    off += n;
+  }
+  return 0;
+}
+
+static int
+fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
+{
+  struct file_backend *fb = opaque;
+  int r = 1;
+
+  if (!fb->is_block)
+    r = fb_fallocate (fb, &fb->can_zero_range,
+                      FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                      "ZERO_RANGE", count, off);
+  if (r == 1 && (flags & CACHE_MAY_TRIM))
+    r = fb_fallocate (fb, &fb->can_punch,
+                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      "PUNCH_HOLE", count, off);
+  if (r == 1 && (flags & CACHE_FAST_ZERO))
+    return -ENOTSUP;
+  if (r == 1 && fb->is_block)
+    r = fb_range_ioctl (fb, &fb->can_zeroout, BLKZEROOUT, "BLKZEROOUT",
+                        off, count);
+  if (r == 1)
+    return fb_zero_by_writing (fb, count, off, flags);
+  return fb_fua (fb, flags, r);
+}
+
+const struct cache_backend_ops file_backend_ops = {
+  .pread = fb_pread,
+  .pwrite = fb_pwrite,
+  .flush = fb_flush,
+  .trim = fb_trim,
+  .zero = fb_zero,
+};
+
+int
+file_backend_open (const char *path, struct file_backend **fbp)
+{
+  struct file_backend *fb;
+  struct stat st;
+  int err;
+
+  fb = calloc (1, sizeof *fb);
+  if (fb == NULL || (fb->path = strdup (path)) == NULL) {
+    err = errno;
+    nbdkit_error ("calloc: %m");
+    goto err_free;
+  }
+  atomic_init (&fb->wfd, -1);
+  atomic_init (&fb->sfd, -1);
+  atomic_init (&fb->can_zero_range, true);
+  atomic_init (&fb->can_punch, true);
+  atomic_init (&fb->can_discard, true);
+  atomic_init (&fb->can_zeroout, true);
+  pthread_mutex_init (&fb->lock, NULL);
+
+  fb->rfd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fb->rfd == -1) {
+    err = errno;
+    nbdkit_error ("subpage: file=%s: open: %m", path);
+    goto err_lock;
+  }
+  if (fstat (fb->rfd, &st) == -1) {
+    err = errno;
+    nbdkit_error ("subpage: file=%s: fstat: %m", path);
+    goto err_close;
+  }
+  if (S_ISREG (st.st_mode))
+    fb->size = st.st_size;
+  else if (S_ISBLK (st.st_mode)) {
+    int lbs;
+
+    fb->is_block = true;
+    if (ioctl (fb->rfd, BLKGETSIZE64, &fb->size) == -1) {
+      err = errno;
+      nbdkit_error ("subpage: file=%s: ioctl BLKGETSIZE64: %m", path);
+      goto err_close;
+    }
+    if (ioctl (fb->rfd, BLKSSZGET, &lbs) == -1 || lbs <= 0 ||
+        !is_power_of_2 (lbs))
+      lbs = 4096;               /* only used to align discards */
+    fb->lbs = lbs;
+  }
+  else {
+    err = EINVAL;
+    nbdkit_error ("subpage: file=%s: not a regular file or block device",
+                  path);
+    goto err_close;
+  }
+
+  nbdkit_debug ("subpage: file=%s: %s of %" PRIu64 " bytes", path,
+                fb->is_block ? "block device" : "regular file", fb->size);
+  *fbp = fb;
+  return 0;
+
+ err_close:
+  close (fb->rfd);
+ err_lock:
+  pthread_mutex_destroy (&fb->lock);
+ err_free:
+  if (fb != NULL)
+    free (fb->path);
+  free (fb);
+  return -err;
+}
+
+int
+file_backend_open_write (struct file_backend *fb)
+{
+  int wfd, sfd, err = 0;
+
+  pthread_mutex_lock (&fb->lock);
+  if (fb->write_tried)
+    goto out_unlock;
+
+  wfd = open (fb->path, O_RDWR | O_CLOEXEC);
+  if (wfd == -1) {
+    err = errno;
+    goto out_failed;
+  }
+  sfd = open (fb->path, O_RDWR | O_DSYNC | O_CLOEXEC);
+  if (sfd == -1) {
+    err = errno;
+    close (wfd);
+    goto out_failed;
+  }
+  atomic_store (&fb->sfd, sfd);
+  atomic_store (&fb->wfd, wfd);
+  fb->write_tried = true;
+  goto out_unlock;
+
+ out_failed:
+  if (err == EACCES || err == EROFS || err == EPERM) {
+    nbdkit_debug ("subpage: file=%s: cannot open for writing (%s): "
+                  "serving read-only", fb->path, strerror (err));
+    fb->write_tried = true;
+    err = 0;
+  }
+  else
+    nbdkit_error ("subpage: file=%s: open for writing: %s",
+                  fb->path, strerror (err));
+ out_unlock:
+  pthread_mutex_unlock (&fb->lock);
+  return -err;
+}
+
+bool
+file_backend_writable (struct file_backend *fb)
+{
+  return atomic_load (&fb->wfd) != -1;
+}
+
+uint64_t
+file_backend_size (struct file_backend *fb)
+{
+  return fb->size;
+}
+
+bool
+file_backend_is_block_device (struct file_backend *fb)
+{
+  return fb->is_block;
+}
+
+void
+file_backend_close (struct file_backend *fb)
+{
+  int fd;
+
+  if (fb == NULL)
+    return;
+  if ((fd = atomic_load (&fb->sfd)) != -1)
+    close (fd);
+  if ((fd = atomic_load (&fb->wfd)) != -1)
+    close (fd);
+  close (fb->rfd);
+  pthread_mutex_destroy (&fb->lock);
+  free (fb->path);
+  free (fb);
+}
