@@ -50,6 +50,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,6 +107,24 @@ mode_name (enum cache_mode m)
   case CACHE_MODE_UNSAFE: return "unsafe";
   default: abort ();
   }
+}
+
+/* Formats a size as nbdkit_parse_size would accept it (64K, 1M, 1000). */
+static const char *
+size_str (uint64_t v, char *buf, size_t n)
+{
+  static const char suffix[] = "KMGTPE";
+  int i = -1;
+
+  while (v != 0 && v % 1024 == 0 && i + 1 < (int) sizeof suffix - 1) {
+    v /= 1024;
+    i++;
+  }
+  if (i >= 0)
+    snprintf (buf, n, "%" PRIu64 "%c", v, suffix[i]);
+  else
+    snprintf (buf, n, "%" PRIu64, v);
+  return buf;
 }
 
 /* Parses a size parameter that must be a power of 2 in [min, max]. */
@@ -218,22 +237,27 @@ subpage_config (const char *key, const char *value)
 static int
 subpage_config_complete (void)
 {
+  char b1[32], b2[32], b3[32];
+
   if (filename == NULL) {
     nbdkit_error ("subpage: the file= parameter is required "
                   "(a regular file or block device)");
     return -1;
   }
   if (sector_size > page_size) {
-    nbdkit_error ("subpage: sector-size=%" PRIu32 ": must be a power of 2 "
-                  "between 512 and page-size (%" PRIu32 ")",
-                  sector_size, page_size);
+    nbdkit_error ("subpage: sector-size=%s: must be a power of 2 "
+                  "between 512 and page-size (%s)",
+                  size_str (sector_size, b1, sizeof b1),
+                  size_str (page_size, b2, sizeof b2));
     return -1;
   }
   if (cache_size < (uint64_t) CACHE_MIN_PAGES * page_size) {
-    nbdkit_error ("subpage: cache-size=%" PRIu64 ": must be at least %d "
-                  "pages of page-size=%" PRIu32 ", that is %" PRIu64
-                  " bytes", cache_size, CACHE_MIN_PAGES, page_size,
-                  (uint64_t) CACHE_MIN_PAGES * page_size);
+    nbdkit_error ("subpage: cache-size=%s: must be at least %d x "
+                  "page-size (%s), that is %s",
+                  size_str (cache_size, b1, sizeof b1), CACHE_MIN_PAGES,
+                  size_str (page_size, b2, sizeof b2),
+                  size_str ((uint64_t) CACHE_MIN_PAGES * page_size,
+                            b3, sizeof b3));
     return -1;
   }
   if (dirty_ratio < dirty_background_ratio) {
