@@ -1,0 +1,820 @@
+/* subpage: the cache's request paths (read, write, zero, trim), its
+ * construction, statistics and debug hooks.
+ *
+ * Requests are split per page (ranges half-open, [off, off+count)).
+ *
+ * Reads (invariant 2): a read pins up to a chunk of pages, copies what
+ * is valid, and only if some sector is missing reads the missing
+ * sectors from the backend, coalesced into as few backend reads as
+ * possible (across page boundaries too), with no page lock held.  It
+ * then re-locks each page and installs what it read into sectors that
+ * are still ABSENT, unless a TRIM or ZERO began in the meantime (the
+ * discard generation changed), in which case it only returns the data.
+ * Sectors that became valid meanwhile are newer than the backend's, so
+ * those are what the reader returns.
+ *
+ * Writes (invariant 2): whole sectors are copied in and marked DIRTY
+ * with no backend read.  Only a partial sector that is not valid is
+ * read first (one sector), with the page lock dropped, then re-checked.
+ * Writers never wait for write-back (invariant 4): a sector in flight
+ * becomes REDIRTIED.  Writers are throttled before they dirty anything
+ * when dirty data passes dirty_ratio (invariant 10), holding no lock.
+ *
+ * TRIM and ZERO (invariant 8): register the range as busy (so no new
+ * write-back of it starts), wait until no sector of it is in flight
+ * (dropping the page lock while waiting, re-checking in a loop), apply
+ * the backend operation, then drop the cached sectors.  A failed backend
+ * operation leaves the cache untouched.
+ *
+ * Each request pins at most one chunk of pages at a time, and only a
+ * thread that holds no pin waits for a free frame, so requests cannot
+ * deadlock on cache memory.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "util.h"
+
+#define ZBUF_SIZE (1024 * 1024)
+
+struct read_seg {
+  uint64_t off;
+  uint32_t len;
+};
+
+uint64_t
+cache_now_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
+
+uint64_t
+cache_now_ms (void)
+{
+  return cache_now_ns () / 1000000;
+}
+
+void
+cache_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  if (c->log)
+    c->log (c->log_opaque, lvl, fmt, ap);
+  else if (lvl == CACHE_LOG_ERROR) {
+    fprintf (stderr, "subpage: ");
+    vfprintf (stderr, fmt, ap);
+    fprintf (stderr, "\n");
+  }
+  va_end (ap);
+}
+
+void
+cache_account (struct cache *c, struct page *p, const struct sect_delta *d)
+{
+  p->nv = (uint32_t) ((int64_t) p->nv + d->v);
+  p->nd = (uint32_t) ((int64_t) p->nd + d->d);
+  p->nw = (uint32_t) ((int64_t) p->nw + d->w);
+  if (d->v)
+    atomic_fetch_add (&c->st_v, (uint64_t) (int64_t) d->v);
+  if (d->d)
+    atomic_fetch_add (&c->st_d, (uint64_t) (int64_t) d->d);
+  if (d->w)
+    atomic_fetch_add (&c->st_w, (uint64_t) (int64_t) d->w);
+}
+
+/* Reads from the backend; the part past the end of the disk (the tail
+ * of a last sector that the disk only partly covers) reads as zeroes.
+ */
+int
+cache_backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
+{
+  uint32_t n = count;
+  int r = 0;
+
+  if (off >= c->cfg.size)
+    n = 0;
+  else if (count > c->cfg.size - off)
+    n = (uint32_t) (c->cfg.size - off);
+  if (n > 0) {
+    r = c->ops->pread (c->bopaque, buf, n, off);
+    atomic_fetch_add (&c->st_breads, 1);
+    atomic_fetch_add (&c->st_bread_bytes, n);
+  }
+  if (n < count)
+    memset ((char *) buf + n, 0, count - n);
+  return r;
+}
+
+/* ---- construction ---- */
+
+static int
+check_config (const struct cache_config *cfg, const char **what)
+{
+  if (!is_power_of_2 (cfg->page_size) || cfg->page_size < 4096 ||
+      cfg->page_size > 2 * 1024 * 1024) {
+    *what = "page_size must be a power of 2 between 4K and 2M";
+    return -EINVAL;
+  }
+  if (!is_power_of_2 (cfg->sector_size) || cfg->sector_size < 512 ||
+      cfg->sector_size > cfg->page_size) {
+    *what = "sector_size must be a power of 2 between 512 and page_size";
+    return -EINVAL;
+  }
+  if (cfg->cache_size / cfg->page_size < CACHE_MIN_PAGES ||
+      cfg->cache_size / cfg->page_size > UINT32_MAX / 2) {
+    *what = "cache_size must hold at least 8 pages";
+    return -EINVAL;
+  }
+  if (cfg->dirty_ratio < 1 || cfg->dirty_ratio > 100 ||
+      cfg->dirty_background_ratio < 1 ||
+      cfg->dirty_background_ratio > cfg->dirty_ratio) {
+    *what = "need 1 <= dirty_background_ratio <= dirty_ratio <= 100";
+    return -EINVAL;
+  }
+  if (cfg->size == 0) {
+    *what = "the disk is empty";
+    return -EINVAL;
+  }
+  if (cfg->mode != CACHE_MODE_WRITEBACK && cfg->mode != CACHE_MODE_WRITETHROUGH
+      && cfg->mode != CACHE_MODE_UNSAFE) {
+    *what = "unknown mode";
+    return -EINVAL;
+  }
+  return 0;
+}
+
+struct cache *
+cache_create (const struct cache_config *cfg,
+              const struct cache_backend_ops *ops, void *backend_opaque,
+              cache_log_fn log, void *log_opaque, int *err)
+{
+  struct cache *c;
+  const char *what = NULL;
+  int r;
+
+  c = calloc (1, sizeof *c);
+  if (!c) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  c->log = log;
+  c->log_opaque = log_opaque;
+  r = check_config (cfg, &what);
+  if (r < 0) {
+    cache_logf (c, CACHE_LOG_ERROR, "cache_create: %s", what);
+    free (c);
+    *err = r;
+    return NULL;
+  }
+  c->cfg = *cfg;
+  if (c->cfg.batch_bytes == 0)
+    c->cfg.batch_bytes = 1024 * 1024;
+  c->cfg.batch_bytes = MAX (ROUND_UP (c->cfg.batch_bytes, cfg->sector_size),
+                            cfg->page_size);
+  c->ops = ops;
+  c->bopaque = backend_opaque;
+  c->page_shift = log2_u64 (cfg->page_size);
+  c->sector_shift = log2_u64 (cfg->sector_size);
+  c->nsect = cfg->page_size / cfg->sector_size;
+  c->words = DIV_ROUND_UP (c->nsect, 64);
+  c->npages_disk = DIV_ROUND_UP (cfg->size, (uint64_t) cfg->page_size);
+  c->nframes = (uint32_t) (cfg->cache_size / cfg->page_size);
+  c->dirty_limit = (uint64_t) c->nframes * cfg->page_size * cfg->dirty_ratio / 100;
+  c->bg_limit = (uint64_t) c->nframes * cfg->page_size
+    * cfg->dirty_background_ratio / 100;
+  c->dirty_limit = MAX (c->dirty_limit, (uint64_t) cfg->page_size);
+  wb_init (c);
+  r = page_table_init (c);
+  if (r < 0) {
+    cache_logf (c, CACHE_LOG_ERROR, "cache_create: %s", strerror (-r));
+    cache_destroy (c);
+    *err = r;
+    return NULL;
+  }
+  return c;
+}
+
+void
+cache_destroy (struct cache *c)
+{
+  if (!c)
+    return;
+  CACHE_ASSERT (atomic_load (&c->runs_in_flight) == 0);
+  page_table_free (c);
+  pthread_mutex_destroy (&c->wb_lock);
+  pthread_cond_destroy (&c->wb_cv);
+  pthread_mutex_destroy (&c->gc_lock);
+  pthread_cond_destroy (&c->gc_cv);
+  free (c);
+}
+
+void
+cache_set_submit (struct cache *c, cache_submit_fn fn, void *opaque)
+{
+  pthread_mutex_lock (&c->wb_lock);
+  c->submit = fn;
+  c->submit_opaque = opaque;
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+void
+cache_set_kick (struct cache *c, cache_kick_fn fn, void *opaque)
+{
+  pthread_mutex_lock (&c->wb_lock);
+  c->kick = fn;
+  c->kick_opaque = opaque;
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+void
+cache_set_debug (struct cache *c, bool verbose)
+{
+  atomic_store (&c->verbose, verbose);
+}
+
+/* ---- reads ---- */
+
+/* Sectors [*s0, *s0 + *n) of page PI that [lo, hi) covers. */
+static void
+page_span (struct cache *c, uint64_t pi, uint64_t lo, uint64_t hi,
+           uint32_t *s0, uint32_t *n)
+{
+  uint64_t poff = pi << c->page_shift;
+
+  *s0 = (uint32_t) ((lo - poff) >> c->sector_shift);
+  *n = (uint32_t) ((hi - lo) >> c->sector_shift);
+}
+
+/* Reads sector-aligned [off, off+count) into buf. */
+static int
+read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
+{
+  const uint32_t chunk_pages = MAX (1u, MIN (32u, (2u << 20) >> c->page_shift));
+  const size_t maxsegs = (size_t) chunk_pages * (c->nsect / 2 + 1);
+  struct read_seg *segs = NULL;
+  uint64_t end = off + count, pos = off;
+  int err = 0;
+
+  while (pos < end && !err) {
+    struct page *pages[32];
+    uint64_t lo[32], hi[32];
+    unsigned np = 0, nsegs = 0;
+    bool miss = false, stable;
+    uint64_t gen;
+
+    /* Pass 1: pin a chunk, copy what is valid. */
+    while (pos < end && np < chunk_pages) {
+      uint64_t pi = pos >> c->page_shift;
+      struct page *p = page_get (c, pi, np == 0);
+      uint32_t s0, n, hits;
+
+      if (!p)
+        break;
+      pages[np] = p;
+      lo[np] = pos;
+      hi[np] = MIN (end, (pi + 1) << c->page_shift);
+      page_span (c, pi, lo[np], hi[np], &s0, &n);
+      page_lock (p);
+      hits = sect_count (&p->sb, SECT_BM_V, s0, n);
+      if (hits == n)
+        memcpy (buf + (lo[np] - off), sect_data (c, p, s0),
+                (size_t) n << c->sector_shift);
+      else
+        miss = true;
+      page_unlock (p);
+      atomic_fetch_add (&c->st_hits, hits);
+      atomic_fetch_add (&c->st_misses, n - hits);
+      pos = hi[np];
+      np++;
+    }
+
+    if (miss) {
+      if (!segs) {
+        segs = malloc (maxsegs * sizeof *segs);
+        if (!segs) {
+          err = -ENOMEM;
+          goto unpin;
+        }
+      }
+      /* Pass 2: list the missing sectors, coalesced across pages. */
+      gen = atomic_load (&c->discard_started);
+      stable = atomic_load (&c->nbusy) == 0;
+      for (unsigned k = 0; k < np; k++) {
+        struct page *p = pages[k];
+        uint32_t s0, n, i;
+        uint64_t poff = page_offset (c, p);
+
+        page_span (c, p->index, lo[k], hi[k], &s0, &n);
+        page_lock (p);
+        i = s0;
+        while ((i = sect_find (&p->sb, SECT_BM_V, false, i, s0 + n)) < s0 + n) {
+          uint32_t j = sect_find (&p->sb, SECT_BM_V, true, i, s0 + n);
+          uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
+          uint32_t len = (j - i) << c->sector_shift;
+
+          if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
+            segs[nsegs - 1].len += len;
+          else {
+            CACHE_ASSERT (nsegs < maxsegs);
+            segs[nsegs].off = soff;
+            segs[nsegs].len = len;
+            nsegs++;
+          }
+          i = j;
+        }
+        page_unlock (p);
+      }
+
+      /* Backend reads, no lock held, straight into the caller's buffer. */
+      for (unsigned k = 0; k < nsegs && !err; k++)
+        err = cache_backend_pread (c, buf + (segs[k].off - off), segs[k].len,
+                                   segs[k].off);
+      if (err)
+        goto unpin;
+
+      /* Pass 3: install what is still missing; return what is newer. */
+      for (unsigned k = 0; k < np; k++) {
+        struct page *p = pages[k];
+        uint32_t s0, n, i;
+        bool install;
+        char *dst = buf + (lo[k] - off);
+
+        page_span (c, p->index, lo[k], hi[k], &s0, &n);
+        page_lock (p);
+        install = stable && atomic_load (&c->discard_started) == gen;
+        for (i = s0; i < s0 + n; ) {
+          bool v = sect_test (&p->sb, SECT_BM_V, i);
+          uint32_t j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+          size_t bytes = (size_t) (j - i) << c->sector_shift;
+          char *b = dst + ((size_t) (i - s0) << c->sector_shift);
+
+          if (v)
+            memcpy (b, sect_data (c, p, i), bytes);
+          else if (install) {
+            struct sect_delta d = { 0 };
+            memcpy (sect_data (c, p, i), b, bytes);
+            sect_fill_done (&p->sb, i, j - i, &d);
+            cache_account (c, p, &d);
+          }
+          i = j;
+        }
+        CACHE_ASSERT (page_check (c, p));
+        page_unlock (p);
+      }
+    }
+  unpin:
+    for (unsigned k = 0; k < np; k++)
+      page_unpin (c, pages[k]);
+  }
+  free (segs);
+  return err;
+}
+
+int
+cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
+{
+  uint64_t a, e;
+  char *bounce;
+  int r;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
+  e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
+  if (a == off && e == off + count)
+    return read_aligned (c, buf, off, count);
+
+  bounce = malloc (e - a);
+  if (!bounce)
+    return -ENOMEM;
+  r = read_aligned (c, bounce, a, e - a);
+  if (r == 0)
+    memcpy (buf, bounce + (off - a), count);
+  free (bounce);
+  return r;
+}
+
+int
+cache_prefetch (struct cache *c, uint32_t count, uint64_t off)
+{
+  uint32_t chunk = MIN (count, (uint32_t) ZBUF_SIZE);
+  char *buf;
+  int r = 0;
+
+  if (count == 0)
+    return 0;
+  buf = malloc (chunk);
+  if (!buf)
+    return -ENOMEM;
+  while (count > 0 && r == 0) {
+    uint32_t n = MIN (count, chunk);
+    r = cache_read (c, buf, n, off);
+    off += n;
+    count -= n;
+  }
+  free (buf);
+  return r;
+}
+
+/* ---- writes ---- */
+
+/* Reads sector I of P (page locked on entry and exit, dropped while
+ * reading) and installs it if it is still ABSENT.  Returns 0, 1 if a
+ * TRIM or ZERO interfered (the caller retries), or -errno.
+ */
+static int
+fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
+{
+  uint64_t gen = atomic_load (&c->discard_started);
+  bool stable = atomic_load (&c->nbusy) == 0;
+  uint64_t soff = page_offset (c, p) + ((uint64_t) i << c->sector_shift);
+  int r;
+
+  page_unlock (p);
+  r = cache_backend_pread (c, tmp, c->cfg.sector_size, soff);
+  atomic_fetch_add (&c->st_misses, 1);
+  page_lock (p);
+  if (r < 0)
+    return r;
+  if (sect_test (&p->sb, SECT_BM_V, i))
+    return 0;                           /* written meanwhile: newer */
+  if (!stable || atomic_load (&c->discard_started) != gen)
+    return 1;
+  {
+    struct sect_delta d = { 0 };
+    memcpy (sect_data (c, p, i), tmp, c->cfg.sector_size);
+    sect_fill_done (&p->sb, i, 1, &d);
+    cache_account (c, p, &d);
+  }
+  return 0;
+}
+
+/* Writes [off, off+len) (inside page PI) from src. */
+static int
+write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
+            uint64_t len, char *tmp)
+{
+  uint64_t poff = pi << c->page_shift;
+  uint32_t ss = c->cfg.sector_size;
+  uint32_t sh = (uint32_t) ((off - poff) >> c->sector_shift);
+  uint32_t st = (uint32_t) ((off + len - 1 - poff) >> c->sector_shift);
+  bool head_partial = !IS_ALIGNED (off, (uint64_t) ss);
+  bool tail_partial = !IS_ALIGNED (off + len, (uint64_t) ss);
+  struct sect_delta d = { 0 };
+  struct page *p;
+  int r = 0;
+
+  p = page_get (c, pi, true);
+  page_lock (p);
+  for (;;) {
+    if (head_partial && !sect_test (&p->sb, SECT_BM_V, sh))
+      r = fill_sector (c, p, sh, tmp);
+    if (r == 0 && tail_partial && !sect_test (&p->sb, SECT_BM_V, st))
+      r = fill_sector (c, p, st, tmp);
+    if (r <= 0)
+      break;
+    /* A TRIM or ZERO raced with the fill: wait for it, then again. */
+    page_unlock (p);
+    pthread_mutex_lock (&c->wb_lock);
+    while (atomic_load (&c->nbusy) > 0) {
+      atomic_fetch_add (&c->w_idle, 1);
+      pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+      atomic_fetch_sub (&c->w_idle, 1);
+    }
+    pthread_mutex_unlock (&c->wb_lock);
+    page_lock (p);
+    r = 0;
+  }
+  if (r == 0) {
+    memcpy (p->data + (off - poff), src, len);
+    sect_write (&p->sb, sh, st - sh + 1, &d);
+    cache_account (c, p, &d);
+    wb_note_write (c, p, sh, st - sh + 1);
+    CACHE_ASSERT (page_check (c, p));
+  }
+  page_unlock (p);
+  page_unpin (c, p);
+  return r;
+}
+
+static void
+maybe_kick (struct cache *c)
+{
+  cache_kick_fn fn;
+  void *opaque;
+
+  if (!cache_over_background (c))
+    return;
+  pthread_mutex_lock (&c->wb_lock);
+  fn = c->kick;
+  opaque = c->kick_opaque;
+  pthread_mutex_unlock (&c->wb_lock);
+  if (fn)
+    fn (opaque);
+}
+
+int
+cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+             uint32_t flags)
+{
+  uint64_t end = off + count, pos = off;
+  char *tmp = NULL;
+  int r = 0;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+    flags &= ~CACHE_FUA;
+  if (!IS_ALIGNED (off, (uint64_t) c->cfg.sector_size) ||
+      !IS_ALIGNED (end, (uint64_t) c->cfg.sector_size)) {
+    tmp = malloc (c->cfg.sector_size);  /* before any lock */
+    if (!tmp)
+      return -ENOMEM;
+  }
+
+  while (pos < end && r == 0) {
+    uint64_t pi = pos >> c->page_shift;
+    uint64_t hi = MIN (end, (pi + 1) << c->page_shift);
+
+    r = wb_throttle (c);
+    if (r == 0)
+      r = write_page (c, pi, (const char *) buf + (pos - off), pos, hi - pos,
+                      tmp);
+    pos = hi;
+  }
+  free (tmp);
+  if (r < 0)
+    return r;
+
+  if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH)
+    r = wb_sync_range (c, off, count, flags & CACHE_FUA);
+  maybe_kick (c);
+  return r;
+}
+
+/* ---- trim and zero ---- */
+
+/* Waits until no sector of [a, e) is under W, page by page. */
+static void
+wait_idle (struct cache *c, uint64_t a, uint64_t e)
+{
+  for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
+    uint64_t lo = MAX (a, pi << c->page_shift);
+    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page *p = page_find (c, pi);
+    uint32_t s0, n;
+
+    if (!p)
+      continue;
+    page_span (c, pi, lo, hi, &s0, &n);
+    page_lock (p);
+    while (sect_count (&p->sb, SECT_BM_W, s0, n) > 0)
+      page_wait (c, p, &c->w_idle);
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+}
+
+/* Drops the cached sectors of [a, e): the backend now holds them. */
+static void
+drop_range (struct cache *c, uint64_t a, uint64_t e)
+{
+  for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
+    uint64_t lo = MAX (a, pi << c->page_shift);
+    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page *p = page_find (c, pi);
+    struct sect_delta d = { 0 };
+    uint32_t s0, n;
+
+    if (!p)
+      continue;
+    page_span (c, pi, lo, hi, &s0, &n);
+    page_lock (p);
+    sect_drop (&p->sb, s0, n, &d);      /* asserts no W: range is busy */
+    cache_account (c, p, &d);
+    wb_note_drop (c, p);
+    CACHE_ASSERT (page_check (c, p));
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+}
+
+static int
+write_zeroes (struct cache *c, uint64_t count, uint64_t off, uint32_t flags)
+{
+  static const char zeroes[ZBUF_SIZE];
+  int r = 0;
+
+  while (count > 0 && r == 0) {
+    uint32_t n = (uint32_t) MIN (count, (uint64_t) ZBUF_SIZE);
+    r = cache_write (c, zeroes, n, off, flags);
+    off += n;
+    count -= n;
+  }
+  return r;
+}
+
+static int
+discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
+         bool zero)
+{
+  uint64_t ss = c->cfg.sector_size, end = off + count;
+  uint64_t a = ROUND_UP (off, ss), e = ROUND_DOWN (end, ss);
+  struct busy_range br;
+  int r;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  if (end == c->cfg.size)               /* a partial last sector counts */
+    e = ROUND_UP (end, ss);
+  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+    flags &= ~CACHE_FUA;
+
+  if (zero && a >= e)                   /* inside one sector */
+    return write_zeroes (c, count, off, flags & CACHE_FUA);
+  if (!zero && (a >= e || !c->ops->trim))
+    return 0;                           /* trim is advisory */
+  if (zero && !c->ops->zero) {
+    if (flags & CACHE_FAST_ZERO)
+      return -ENOTSUP;
+    return write_zeroes (c, count, off, flags & CACHE_FUA);
+  }
+  if (zero && off < a) {                /* partial head and tail sectors */
+    r = write_zeroes (c, a - off, off, flags & CACHE_FUA);
+    if (r < 0)
+      return r;
+  }
+  if (zero && e < end) {
+    r = write_zeroes (c, end - e, e, flags & CACHE_FUA);
+    if (r < 0)
+      return r;
+  }
+
+  br.first_page = a >> c->page_shift;
+  br.last_page = (e - 1) >> c->page_shift;
+  wb_busy_begin (c, &br);
+  wait_idle (c, a, e);
+  {
+    uint64_t be = MIN (e, c->cfg.size);
+    uint32_t bflags = flags & (CACHE_FUA | CACHE_MAY_TRIM | CACHE_FAST_ZERO);
+    r = zero ? c->ops->zero (c->bopaque, (uint32_t) (be - a), a, bflags)
+             : c->ops->trim (c->bopaque, (uint32_t) (be - a), a, bflags);
+  }
+  if (r == 0)
+    drop_range (c, a, e);
+  wb_busy_end (c, &br);
+  if (!zero && r < 0 && r != -EIO && r != -ENOSPC)
+    r = 0;                              /* unsupported trim: advisory */
+  cache_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim",
+               a, e - a, r);
+  return r;
+}
+
+int
+cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
+{
+  return discard (c, count, off, flags, true);
+}
+
+int
+cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
+{
+  return discard (c, count, off, flags, false);
+}
+
+/* ---- statistics and debugging ---- */
+
+void
+cache_get_stats (struct cache *c, struct cache_stats *st)
+{
+  uint64_t ss = c->cfg.sector_size;
+
+  memset (st, 0, sizeof *st);
+  st->size = c->cfg.size;
+  st->cache_size = (uint64_t) c->nframes * c->cfg.page_size;
+  st->page_size = c->cfg.page_size;
+  st->sector_size = ss;
+  st->pages_total = c->nframes;
+  st->pages_resident = atomic_load (&c->st_resident);
+  st->cached_bytes = atomic_load (&c->st_v) * ss;
+  st->dirty_bytes = atomic_load (&c->st_d) * ss;
+  st->writeback_bytes = atomic_load (&c->st_w) * ss;
+  st->hits = atomic_load (&c->st_hits);
+  st->misses = atomic_load (&c->st_misses);
+  st->backend_reads = atomic_load (&c->st_breads);
+  st->backend_read_bytes = atomic_load (&c->st_bread_bytes);
+  st->backend_writes = atomic_load (&c->st_bwrites);
+  st->backend_write_bytes = atomic_load (&c->st_bwrite_bytes);
+  st->backend_flushes = atomic_load (&c->st_bflushes);
+  st->wb_runs = atomic_load (&c->st_runs);
+  st->wb_errors = atomic_load (&c->st_wb_errors);
+  st->flushes = atomic_load (&c->st_flushes);
+  st->flush_errors = atomic_load (&c->st_flush_errors);
+  st->flush_ns_total = atomic_load (&c->st_flush_ns);
+  st->evictions = atomic_load (&c->st_evictions);
+  st->throttled = atomic_load (&c->st_throttled);
+  st->waiting_flush = atomic_load (&c->w_flush);
+  st->waiting_throttle = atomic_load (&c->w_throttle);
+  st->waiting_page = atomic_load (&c->w_page);
+  st->waiting_idle = atomic_load (&c->w_idle);
+  st->runs_in_flight = atomic_load (&c->runs_in_flight);
+  st->metadata_bytes = sizeof *c
+    + (uint64_t) c->nframes * (sizeof (struct page) + sizeof (uint32_t)
+                               + SECT_NR_BITMAPS * c->words * sizeof (uint64_t))
+    + NR_SHARDS * (uint64_t) (c->shards[0].mask + 1) * sizeof (struct page *);
+}
+
+unsigned
+cache_debug_sector (struct cache *c, uint64_t off)
+{
+  struct page *p = page_find (c, off >> c->page_shift);
+  uint32_t i;
+  unsigned r = 0;
+
+  if (!p)
+    return 0;
+  i = (uint32_t) ((off & (c->cfg.page_size - 1)) >> c->sector_shift);
+  page_lock (p);
+  if (sect_test (&p->sb, SECT_BM_V, i)) r |= CACHE_SECT_V;
+  if (sect_test (&p->sb, SECT_BM_D, i)) r |= CACHE_SECT_D;
+  if (sect_test (&p->sb, SECT_BM_W, i)) r |= CACHE_SECT_W;
+  page_unlock (p);
+  page_unpin (c, p);
+  return r;
+}
+
+bool
+cache_debug_resident (struct cache *c, uint64_t off)
+{
+  struct page *p = page_find (c, off >> c->page_shift);
+
+  if (!p)
+    return false;
+  page_unpin (c, p);
+  return true;
+}
+
+unsigned
+cache_debug_refs (struct cache *c, uint64_t off)
+{
+  struct page *p = page_find (c, off >> c->page_shift);
+  unsigned r;
+
+  if (!p)
+    return 0;
+  r = atomic_load (&p->refs) - 1;       /* not counting our own */
+  page_unpin (c, p);
+  return r;
+}
+
+int
+cache_debug_pin (struct cache *c, uint64_t off)
+{
+  if (off >= c->cfg.size)
+    return -EINVAL;
+  return page_get (c, off >> c->page_shift, true) ? 0 : -ENOMEM;
+}
+
+void
+cache_debug_unpin (struct cache *c, uint64_t off)
+{
+  struct page *p = page_find (c, off >> c->page_shift);
+
+  CACHE_ASSERT (p != NULL);
+  page_unpin (c, p);                    /* page_find's pin */
+  page_unpin (c, p);                    /* cache_debug_pin's pin */
+}
+
+bool
+cache_debug_check (struct cache *c)
+{
+  bool ok = true;
+
+  for (uint32_t i = 0; i < c->nframes; i++) {
+    struct page *p = page_find (c, c->frames[i].index);
+    if (c->frames[i].index == PAGE_NONE || !p)
+      continue;
+    page_lock (p);
+    if (!page_check (c, p))
+      ok = false;
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+  return ok;
+}

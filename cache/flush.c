@@ -1,0 +1,160 @@
+/* subpage: cache_flush and group commit of backend flushes.
+ *
+ * A flush takes T = the current epoch and opens a new one (see
+ * internal.h).  Every write that returned before the flush started
+ * carries a tag <= T; writes that start later carry tags > T.  The
+ * flush then
+ *   1. collects pages whose DIRTY data is tagged <= T (background
+ *      write-back may be collecting others at the same time; the flush
+ *      waits for it rather than competing for the page),
+ *   2. waits until no tag <= T is alive anywhere: not on a page, not in
+ *      a run in flight (including runs background write-back submitted
+ *      before the flush began) and not in data that redirtied a run in
+ *      flight (which becomes DIRTY again, and is collected, when that
+ *      run completes),
+ *   3. asks the backend to flush, sharing one backend flush among all
+ *      flushes that are ready for it at the time (group commit).
+ * Each step follows the last completion it depends on, so the backend
+ * flush comes after every sub-page write it covers.
+ *
+ * Errors: a run that fails leaves its data DIRTY (tag kept) and records
+ * the errno.  A flush that sees a new error stops collecting, waits for
+ * its runs in flight and returns the first error not yet reported; the
+ * error is reported once (the next flush retries the data).  Memory is
+ * never traded for an error: nothing is dropped.
+ *
+ * What it does not do: it does not write data newer than T unless that
+ * data shares a page range with older data, so a stream of writes
+ * cannot starve a flush.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "util.h"
+
+/* wb_lock held.  Live tags of epochs <= T, on pages and in runs.  If
+ * the live range is wider than the ring (thousands of failed flushes in
+ * a row), every slot is counted: conservative, never wrong.
+ */
+static void
+live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
+{
+  uint64_t lo = c->epoch_low;
+
+  *pages = *runs = 0;
+  if (t < lo)
+    return;
+  if (t - lo + 1 >= EPOCH_RING) {
+    lo = 0;
+    t = EPOCH_RING - 1;
+  }
+  for (uint64_t e = lo; e <= t; e++) {
+    *pages += c->ecount_page[e % EPOCH_RING];
+    *runs += c->ecount_run[e % EPOCH_RING];
+  }
+}
+
+static int
+group_commit (struct cache *c)
+{
+  struct gc_waiter w = { .done = false };
+
+  pthread_mutex_lock (&c->gc_lock);
+  w.ticket = ++c->gc_requested;
+  w.next = c->gc_waiters;
+  c->gc_waiters = &w;
+  while (!w.done) {
+    if (!c->gc_running) {
+      uint64_t target = c->gc_requested;
+      int r;
+
+      c->gc_running = true;
+      pthread_mutex_unlock (&c->gc_lock);
+      r = c->ops->flush (c->bopaque);
+      atomic_fetch_add (&c->st_bflushes, 1);
+      pthread_mutex_lock (&c->gc_lock);
+      c->gc_running = false;
+      for (struct gc_waiter **pp = &c->gc_waiters; *pp; ) {
+        if ((*pp)->ticket <= target) {
+          (*pp)->done = true;
+          (*pp)->err = r;
+          *pp = (*pp)->next;
+        }
+        else
+          pp = &(*pp)->next;
+      }
+      pthread_cond_broadcast (&c->gc_cv);
+    }
+    else
+      pthread_cond_wait (&c->gc_cv, &c->gc_lock);
+  }
+  pthread_mutex_unlock (&c->gc_lock);
+  return w.err;
+}
+
+int
+cache_flush (struct cache *c)
+{
+  uint64_t t0 = cache_now_ns (), t, gen0, pages, runs;
+  bool collected_nothing = false;
+  int err = 0;
+
+  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+    return 0;
+  atomic_fetch_add (&c->st_flushes, 1);
+
+  pthread_mutex_lock (&c->wb_lock);
+  t = c->epoch++;
+  gen0 = c->wb_err_gen;
+  for (;;) {
+    live_tags (c, t, &pages, &runs);
+    if (pages == 0 && runs == 0)
+      break;
+    if (c->wb_err_gen != gen0) {
+      if (runs == 0)
+        break;                          /* failed; nothing more in flight */
+    }
+    else if (pages > 0 && !collected_nothing) {
+      int n;
+      pthread_mutex_unlock (&c->wb_lock);
+      n = wb_collect (c, PICK_FLUSH, t);
+      pthread_mutex_lock (&c->wb_lock);
+      if (n < 0) {
+        err = n;
+        break;
+      }
+      collected_nothing = n == 0;
+      continue;
+    }
+    /* Wait for a run to complete, a collector to finish, or a trim or
+     * zero to end.
+     */
+    atomic_fetch_add (&c->w_flush, 1);
+    pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+    atomic_fetch_sub (&c->w_flush, 1);
+    collected_nothing = false;
+  }
+  if (pages == 0 && runs == 0 && t >= c->epoch_low)
+    c->epoch_low = t + 1;
+  if (!err) {
+    err = c->wb_err;                    /* reported once */
+    c->wb_err = 0;
+  }
+  /* Stopped with data of epoch <= t still dirty: whoever consumed the
+   * recorded error, this flush must not succeed.
+   */
+  if (!err && (pages > 0 || runs > 0))
+    err = c->wb_last_err ? c->wb_last_err : -EIO;
+  pthread_mutex_unlock (&c->wb_lock);
+
+  if (!err)
+    err = group_commit (c);
+  if (err) {
+    atomic_fetch_add (&c->st_flush_errors, 1);
+    cache_logf (c, CACHE_LOG_ERROR, "flush failed: %s", strerror (-err));
+  }
+  atomic_fetch_add (&c->st_flush_ns, cache_now_ns () - t0);
+  return err;
+}

@@ -1,0 +1,266 @@
+/* subpage: internal structures of the cache core (not for callers).
+ *
+ * Lock order, in precedence order: never take an earlier lock in this
+ * list while holding a later one.
+ *
+ *   1. c->clock_lock      frame allocation and CLOCK eviction
+ *   2. shard->lock        page index (hash chains), pinning from zero
+ *   3. page->lock         sector bits, page data, page->frags
+ *   4. c->wb_lock         dirty list, epoch counters, discard ranges,
+ *                         write-back error, throttling
+ *   (c->gc_lock)          group commit of backend flushes: a leaf,
+ *                         never held with any other lock
+ *
+ * Nothing below performs backend I/O, allocates memory or sleeps while
+ * holding clock_lock, a shard lock or a page lock, except waiting on a
+ * condition variable (which releases the lock it waits with).
+ *
+ * Flush accounting ("epochs").  c->epoch counts flushes.  Every piece
+ * of dirty data carries a tag: the epoch in which it was written (the
+ * oldest one, when data of several epochs is merged).  Tags live in
+ * three places: page->dseq (the DIRTY sectors of a page, D and not W),
+ * frag->seq (a snapshot in flight) and frag->rseq (sectors written
+ * again while that snapshot is in flight: REDIRTIED).  ecount[e % RING]
+ * counts live tags of epoch e.  A flush takes T = epoch and bumps it;
+ * it is done when no tag <= T is alive.  New data gets tags > T, so a
+ * flush cannot be starved by later writes.  All tag changes happen under
+ * wb_lock (and the owning page's lock).
+ */
+#ifndef SUBPAGE_INTERNAL_H
+#define SUBPAGE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "assert.h"
+#include "cache.h"
+#include "sector.h"
+
+#define SEQ_NONE UINT64_MAX
+#define PAGE_NONE UINT64_MAX
+#define EPOCH_RING 4096
+#define NR_SHARDS 64
+
+struct page;
+struct batch;
+
+/* One contiguous range of sectors of one page inside a run. */
+struct frag {
+  struct page *page;
+  struct frag *pnext;         /* page->frags list (page lock) */
+  struct cache_run *run;
+  uint32_t first, n;          /* sectors within the page */
+  uint64_t seq;               /* tag of the data it carries, or SEQ_NONE */
+  uint64_t rseq;              /* tag of redirtying writes, or SEQ_NONE */
+};
+
+struct cache_run {
+  struct batch *batch;
+  uint64_t off;
+  uint32_t len;               /* whole sectors */
+  uint32_t blen;              /* len cut at the end of the disk */
+  uint32_t flags;             /* CACHE_FUA */
+  char *data;
+  struct frag *frags;         /* frags[0..nfrags) in disk order */
+  uint32_t nfrags;
+};
+
+/* A write-back batch: one buffer, several runs, freed when the last
+ * run completes.
+ */
+struct batch {
+  char *buf;
+  uint32_t cap, used;
+  struct cache_run *runs;
+  uint32_t nruns, maxruns;
+  struct frag *frags;
+  uint32_t nfrags, maxfrags;
+  atomic_uint pending;        /* runs not yet done */
+};
+
+struct page {
+  pthread_mutex_t lock;
+  pthread_cond_t cv;          /* broadcast when W bits clear */
+  char *data;
+  struct sect_bits sb;
+
+  /* Identity: written under the shard lock (and clock_lock when freed). */
+  uint64_t index;             /* page number, PAGE_NONE if frame free */
+  struct page *hnext;         /* shard hash chain */
+  atomic_uint refs;           /* pins; see page.c */
+  atomic_bool referenced;     /* CLOCK bit */
+
+  /* Page lock. */
+  uint32_t nv, nd, nw;        /* counts of V, D, W sectors */
+  struct frag *frags;         /* snapshots in flight */
+  unsigned nwaiters;          /* threads waiting on cv */
+
+  /* wb_lock (read also under the page lock by writers, who take wb_lock
+   * to change them).
+   */
+  bool listed;                /* on c->dirty (holds one pin) */
+  bool collecting;            /* picked by a collector right now */
+  uint64_t dseq;              /* tag of DIRTY sectors, or SEQ_NONE */
+  uint64_t dirtied_ms;        /* when listed */
+  struct page *dnext, *dprev; /* c->dirty */
+};
+
+struct shard {
+  pthread_mutex_t lock;
+  struct page **buckets;
+  uint32_t mask;
+};
+
+/* A TRIM or ZERO in progress: collectors and FUA leave its range alone. */
+struct busy_range {
+  uint64_t first_page, last_page;   /* inclusive */
+  struct busy_range *next;
+};
+
+struct cache {
+  struct cache_config cfg;
+  const struct cache_backend_ops *ops;
+  void *bopaque;
+  cache_log_fn log;
+  void *log_opaque;
+  cache_submit_fn submit;
+  void *submit_opaque;
+  cache_kick_fn kick;
+  void *kick_opaque;
+  atomic_bool verbose;
+
+  /* Geometry. */
+  uint32_t page_shift, sector_shift, nsect, words;
+  uint64_t npages_disk;
+  uint64_t dirty_limit, bg_limit;   /* bytes */
+
+  /* Frames. */
+  uint32_t nframes;
+  struct page *frames;
+  uint64_t *bits;
+  char *mem;
+  size_t mem_len;
+
+  pthread_mutex_t clock_lock;
+  pthread_cond_t frame_cv;
+  uint32_t hand;
+  uint32_t *free_stack;
+  uint32_t nfree;
+  atomic_uint frame_waiters;
+
+  struct shard shards[NR_SHARDS];
+
+  /* wb_lock */
+  pthread_mutex_t wb_lock;
+  pthread_cond_t wb_cv;       /* progress: runs done, collect done, discard done */
+  struct page *dirty_head, *dirty_tail;
+  uint64_t ndirty_pages;
+  uint64_t epoch, epoch_low;
+  uint64_t ecount_page[EPOCH_RING], ecount_run[EPOCH_RING];
+  struct busy_range *busy;
+  atomic_uint nbusy;
+  int wb_err;                 /* first write-back error not yet reported */
+  int wb_last_err;            /* most recent write-back error */
+  uint64_t wb_err_gen;        /* write-back errors ever */
+  bool wb_failing;            /* the last run completed with an error */
+
+  /* Discard generation: fills installed only if unchanged. */
+  atomic_uint_fast64_t discard_started;
+
+  /* Group commit of backend flushes. */
+  pthread_mutex_t gc_lock;
+  pthread_cond_t gc_cv;
+  uint64_t gc_requested, gc_done;
+  bool gc_running;
+  struct gc_waiter *gc_waiters;
+
+  /* Statistics. */
+  atomic_uint_fast64_t st_v, st_d, st_w, st_resident;
+  atomic_uint_fast64_t st_hits, st_misses;
+  atomic_uint_fast64_t st_breads, st_bread_bytes, st_bwrites, st_bwrite_bytes;
+  atomic_uint_fast64_t st_bflushes, st_runs, st_wb_errors;
+  atomic_uint_fast64_t st_flushes, st_flush_errors, st_flush_ns;
+  atomic_uint_fast64_t st_evictions, st_throttled;
+  atomic_uint_fast64_t w_flush, w_throttle, w_page, w_idle;
+  atomic_uint_fast64_t runs_in_flight;
+};
+
+struct gc_waiter {
+  uint64_t ticket;
+  bool done;
+  int err;
+  struct gc_waiter *next;
+};
+
+/* cache.c */
+void cache_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+#define cache_debug(c, ...) \
+  do { if (atomic_load_explicit (&(c)->verbose, memory_order_relaxed)) \
+         cache_logf ((c), CACHE_LOG_DEBUG, __VA_ARGS__); } while (0)
+uint64_t cache_now_ms (void);
+uint64_t cache_now_ns (void);
+void cache_account (struct cache *c, struct page *p, const struct sect_delta *d);
+int cache_backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off);
+
+/* page.c: frames, index, pinning, eviction. */
+int page_table_init (struct cache *c);
+void page_table_free (struct cache *c);
+/* Returns the pinned page for INDEX, creating it if absent.  If WAIT is
+ * false and no frame can be had at once, returns NULL.  Page memory is
+ * taken before the shard lock, never under it.
+ */
+struct page *page_get (struct cache *c, uint64_t index, bool wait);
+/* The pinned page if resident, else NULL. */
+struct page *page_find (struct cache *c, uint64_t index);
+void page_pin_more (struct page *p);           /* caller already holds a pin */
+void page_unpin (struct cache *c, struct page *p);
+void page_lock (struct page *p);
+void page_unlock (struct page *p);
+/* Waits on p->cv (page lock held; released while waiting). */
+void page_wait (struct cache *c, struct page *p, atomic_uint_fast64_t *counter);
+void page_wake (struct page *p);
+bool page_check (struct cache *c, struct page *p);
+void page_dump (struct cache *c, struct page *p, const char *why);
+static inline uint64_t page_offset (struct cache *c, struct page *p)
+{ return p->index << c->page_shift; }
+static inline char *sect_data (struct cache *c, struct page *p, uint32_t i)
+{ return p->data + ((size_t) i << c->sector_shift); }
+
+/* writeback.c */
+void wb_init (struct cache *c);
+/* Called by a writer after sect_write on [first, first+n) of P (page
+ * locked): tags new data, lists the page.  `newly_dirty' is whether any
+ * sector became DIRTY (was not D, and is not W).
+ */
+void wb_note_write (struct cache *c, struct page *p, uint32_t first,
+                    uint32_t n);
+/* Dirty throttle: waits (no locks held) while dirty data is over the
+ * limit.  Returns 0 or -errno when write-back keeps failing.
+ */
+int wb_throttle (struct cache *c);
+/* Writes [off, off+count) back now, with FLAGS (CACHE_FUA), waiting for
+ * earlier write-back of the range first.  Returns 0 or -errno.
+ */
+int wb_sync_range (struct cache *c, uint64_t off, uint64_t count,
+                   uint32_t flags);
+/* Discard support: registers R, waits until no sector of R's pages is
+ * under W.
+ */
+void wb_busy_begin (struct cache *c, struct busy_range *r);
+void wb_busy_end (struct cache *c, struct busy_range *r);
+/* Called with P locked after sect_drop: releases the DIRTY tag if no
+ * DIRTY sector remains.
+ */
+void wb_note_drop (struct cache *c, struct page *p);
+void wb_kick (struct cache *c);
+enum wb_pick { PICK_EXPIRED, PICK_BACKGROUND, PICK_FLUSH };
+/* Collects one batch of pages chosen by HOW (PICK_EXPIRED: dirty for
+ * ARG ms; PICK_FLUSH: tag <= ARG) and submits its runs.  Returns the
+ * number of runs or -ENOMEM.
+ */
+int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg);
+
+#endif /* SUBPAGE_INTERNAL_H */

@@ -1,0 +1,395 @@
+/* subpage: pages, the page index, pinning and reclaim.
+ *
+ * Representation.  The cache owns a fixed array of frames (struct page),
+ * one per page_size bytes of cache_size, whose data lives in one
+ * anonymous mapping (touched lazily, so RSS grows with use and never
+ * passes cache_size).  A frame is free (index == PAGE_NONE, on the free
+ * stack) or holds one page of the disk, found through one of NR_SHARDS
+ * hash tables keyed by page number.
+ *
+ * Pinning (invariant 1).  page->refs counts everyone who may touch the
+ * page: requests between lookup and the end of their use, the dirty
+ * list (one pin while listed) and every write-back fragment in flight.
+ * A pin is taken from zero only under the shard lock, and reclaim frees
+ * a frame only under the same shard lock after seeing refs == 0, so a
+ * found page can never be freed or reused between lookup and use.
+ *
+ * Reclaim (invariant 10).  CLOCK over the frames: a hit sets
+ * `referenced' (an atomic store, no lock); the hand clears it and evicts
+ * a page only if it has no pins, no D and no W.  Dirty pages are always
+ * listed, hence pinned, so memory pressure never discards dirty data.
+ * When nothing can be evicted a thread waits on frame_cv, but only if it
+ * holds no pin itself (page_get(wait=false) otherwise), after asking for
+ * write-back.
+ *
+ * Frames are taken before the shard lock and returned if another thread
+ * inserted the page first: no allocation happens under a lock.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+#include "util.h"
+
+static struct shard *
+shard_of (struct cache *c, uint64_t index)
+{
+  return &c->shards[(index * UINT64_C (0x9E3779B97F4A7C15)) >> 58];
+}
+
+static uint32_t
+bucket_of (struct shard *s, uint64_t index)
+{
+  uint64_t h = index * UINT64_C (0xC2B2AE3D27D4EB4F);
+  return (uint32_t) (h >> 32) & s->mask;
+}
+
+int
+page_table_init (struct cache *c)
+{
+  uint32_t nb;
+
+  c->frames = calloc (c->nframes, sizeof *c->frames);
+  c->bits = calloc ((size_t) c->nframes * SECT_NR_BITMAPS * c->words,
+                    sizeof (uint64_t));
+  c->free_stack = malloc (c->nframes * sizeof *c->free_stack);
+  if (!c->frames || !c->bits || !c->free_stack)
+    return -ENOMEM;
+  c->mem_len = (size_t) c->nframes << c->page_shift;
+  c->mem = mmap (NULL, c->mem_len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (c->mem == MAP_FAILED) {
+    c->mem = NULL;
+    return -errno;
+  }
+
+  for (uint32_t i = 0; i < c->nframes; i++) {
+    struct page *p = &c->frames[i];
+    pthread_mutex_init (&p->lock, NULL);
+    pthread_cond_init (&p->cv, NULL);
+    p->data = c->mem + ((size_t) i << c->page_shift);
+    p->sb.bits = c->bits + (size_t) i * SECT_NR_BITMAPS * c->words;
+    p->sb.nsect = c->nsect;
+    p->sb.words = c->words;
+    p->index = PAGE_NONE;
+    p->dseq = SEQ_NONE;
+    c->free_stack[i] = c->nframes - 1 - i;
+  }
+  c->nfree = c->nframes;
+
+  /* Buckets: about two frames' worth per shard, a power of 2. */
+  nb = 1;
+  while (nb < 2 * DIV_ROUND_UP (c->nframes, NR_SHARDS))
+    nb <<= 1;
+  for (unsigned i = 0; i < NR_SHARDS; i++) {
+    pthread_mutex_init (&c->shards[i].lock, NULL);
+    c->shards[i].buckets = calloc (nb, sizeof (struct page *));
+    if (!c->shards[i].buckets)
+      return -ENOMEM;
+    c->shards[i].mask = nb - 1;
+  }
+  pthread_mutex_init (&c->clock_lock, NULL);
+  pthread_cond_init (&c->frame_cv, NULL);
+  return 0;
+}
+
+void
+page_table_free (struct cache *c)
+{
+  if (c->frames) {
+    for (uint32_t i = 0; i < c->nframes; i++) {
+      pthread_mutex_destroy (&c->frames[i].lock);
+      pthread_cond_destroy (&c->frames[i].cv);
+    }
+  }
+  for (unsigned i = 0; i < NR_SHARDS; i++) {
+    free (c->shards[i].buckets);
+    if (c->shards[i].buckets)
+      pthread_mutex_destroy (&c->shards[i].lock);
+  }
+  if (c->mem)
+    munmap (c->mem, c->mem_len);
+  free (c->frames);
+  free (c->bits);
+  free (c->free_stack);
+  pthread_mutex_destroy (&c->clock_lock);
+  pthread_cond_destroy (&c->frame_cv);
+}
+
+void
+page_lock (struct page *p)
+{
+  pthread_mutex_lock (&p->lock);
+}
+
+void
+page_unlock (struct page *p)
+{
+  pthread_mutex_unlock (&p->lock);
+}
+
+void
+page_wait (struct cache *c, struct page *p, atomic_uint_fast64_t *counter)
+{
+  (void) c;
+  p->nwaiters++;
+  if (counter)
+    atomic_fetch_add (counter, 1);
+  pthread_cond_wait (&p->cv, &p->lock);
+  if (counter)
+    atomic_fetch_sub (counter, 1);
+  p->nwaiters--;
+}
+
+void
+page_wake (struct page *p)
+{
+  if (p->nwaiters)
+    pthread_cond_broadcast (&p->cv);
+}
+
+/* Shard lock held. */
+static struct page *
+shard_lookup (struct shard *s, uint64_t index)
+{
+  for (struct page *p = s->buckets[bucket_of (s, index)]; p; p = p->hnext)
+    if (p->index == index)
+      return p;
+  return NULL;
+}
+
+static void
+shard_remove (struct shard *s, struct page *p)
+{
+  struct page **pp = &s->buckets[bucket_of (s, p->index)];
+
+  while (*pp != p)
+    pp = &(*pp)->hnext;
+  *pp = p->hnext;
+  p->hnext = NULL;
+}
+
+struct page *
+page_find (struct cache *c, uint64_t index)
+{
+  struct shard *s = shard_of (c, index);
+  struct page *p;
+
+  pthread_mutex_lock (&s->lock);
+  p = shard_lookup (s, index);
+  if (p)
+    atomic_fetch_add (&p->refs, 1);
+  pthread_mutex_unlock (&s->lock);
+  return p;
+}
+
+void
+page_pin_more (struct page *p)
+{
+  CACHE_ASSERT (atomic_load (&p->refs) > 0);
+  atomic_fetch_add (&p->refs, 1);
+}
+
+void
+page_unpin (struct cache *c, struct page *p)
+{
+  unsigned old = atomic_fetch_sub (&p->refs, 1);
+
+  CACHE_ASSERT (old > 0);
+  if (old == 1 && atomic_load (&c->frame_waiters) > 0) {
+    pthread_mutex_lock (&c->clock_lock);
+    pthread_cond_broadcast (&c->frame_cv);
+    pthread_mutex_unlock (&c->clock_lock);
+  }
+}
+
+/* clock_lock held.  Tries to evict frame P: takes its shard lock, then
+ * its page lock.  Returns true if P is now a free frame owned by the
+ * caller.
+ */
+static bool
+try_evict (struct cache *c, struct page *p)
+{
+  uint64_t index = p->index;
+  struct shard *s;
+  bool ok = false;
+
+  if (index == PAGE_NONE || atomic_load (&p->refs) > 0)
+    return false;
+  s = shard_of (c, index);
+  pthread_mutex_lock (&s->lock);
+  if (p->index == index && atomic_load (&p->refs) == 0) {
+    page_lock (p);
+    if (p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
+      struct sect_delta d = { .v = -(int32_t) p->nv };
+      CACHE_ASSERT (page_check (c, p));
+      shard_remove (s, p);
+      memset (p->sb.bits, 0, SECT_NR_BITMAPS * c->words * sizeof (uint64_t));
+      cache_account (c, p, &d);
+      p->index = PAGE_NONE;
+      p->dseq = SEQ_NONE;
+      atomic_store (&p->referenced, false);
+      ok = true;
+    }
+    else
+      page_dump (c, p, "unpinned page with D or W");
+    page_unlock (p);
+  }
+  pthread_mutex_unlock (&s->lock);
+  if (ok) {
+    atomic_fetch_sub (&c->st_resident, 1);
+    atomic_fetch_add (&c->st_evictions, 1);
+  }
+  return ok;
+}
+
+/* Takes a free frame, evicting if needed.  Returns NULL if none can be
+ * had and !wait.
+ */
+static struct page *
+frame_get (struct cache *c, bool wait)
+{
+  struct page *p = NULL;
+  bool kicked = false;
+
+  pthread_mutex_lock (&c->clock_lock);
+  for (;;) {
+    /* Register as a waiter before scanning: page_unpin drops its ref and
+     * then reads frame_waiters (both seq_cst), so either the scan sees
+     * the page unpinned or the unpin sees us and broadcasts under
+     * clock_lock, which it cannot take until we are in cond_wait.
+     */
+    if (wait)
+      atomic_fetch_add (&c->frame_waiters, 1);
+    if (c->nfree > 0)
+      p = &c->frames[c->free_stack[--c->nfree]];
+    for (uint32_t scanned = 0; !p && scanned < 2 * c->nframes; scanned++) {
+      struct page *q = &c->frames[c->hand];
+      c->hand = (c->hand + 1) % c->nframes;
+      if (atomic_load (&q->refs) > 0)
+        continue;
+      if (atomic_exchange (&q->referenced, false))
+        continue;
+      if (try_evict (c, q))
+        p = q;
+    }
+    if (p || !wait) {
+      if (wait)
+        atomic_fetch_sub (&c->frame_waiters, 1);
+      break;
+    }
+    /* Nothing evictable: every page is pinned, dirty or in flight.
+     * First ask for write-back (outside the lock; we hold no pin) and
+     * scan again; if that fails too, sleep until an unpin.  Sleeping
+     * always follows a scan made under clock_lock while registered, so
+     * no wake-up is lost; the timeout is only a safety net.
+     */
+    atomic_fetch_sub (&c->frame_waiters, 1);
+    if (!kicked) {
+      pthread_mutex_unlock (&c->clock_lock);
+      wb_kick (c);
+      pthread_mutex_lock (&c->clock_lock);
+      kicked = true;
+      continue;
+    }
+    atomic_fetch_add (&c->frame_waiters, 1);
+    {
+      struct timespec ts;
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_sec += 1;
+      atomic_fetch_add (&c->w_page, 1);
+      pthread_cond_timedwait (&c->frame_cv, &c->clock_lock, &ts);
+      atomic_fetch_sub (&c->w_page, 1);
+    }
+    atomic_fetch_sub (&c->frame_waiters, 1);
+    kicked = false;
+  }
+  pthread_mutex_unlock (&c->clock_lock);
+  return p;
+}
+
+static void
+frame_put (struct cache *c, struct page *p)
+{
+  pthread_mutex_lock (&c->clock_lock);
+  c->free_stack[c->nfree++] = (uint32_t) (p - c->frames);
+  if (atomic_load (&c->frame_waiters) > 0)
+    pthread_cond_broadcast (&c->frame_cv);
+  pthread_mutex_unlock (&c->clock_lock);
+}
+
+struct page *
+page_get (struct cache *c, uint64_t index, bool wait)
+{
+  struct shard *s = shard_of (c, index);
+  struct page *p, *frame;
+
+  CACHE_ASSERT (index < c->npages_disk);
+  p = page_find (c, index);
+  if (p) {
+    if (!atomic_load_explicit (&p->referenced, memory_order_relaxed))
+      atomic_store_explicit (&p->referenced, true, memory_order_relaxed);
+    return p;
+  }
+
+  frame = frame_get (c, wait);    /* before the shard lock */
+  if (!frame)
+    return NULL;
+
+  pthread_mutex_lock (&s->lock);
+  p = shard_lookup (s, index);
+  if (p) {                        /* another thread inserted it */
+    atomic_fetch_add (&p->refs, 1);
+    pthread_mutex_unlock (&s->lock);
+    frame_put (c, frame);
+    return p;
+  }
+  CACHE_ASSERT (frame->nv == 0 && frame->nd == 0 && frame->nw == 0);
+  CACHE_ASSERT (!frame->listed && frame->frags == NULL);
+  frame->index = index;
+  atomic_store (&frame->refs, 1);
+  atomic_store (&frame->referenced, true);
+  frame->hnext = s->buckets[bucket_of (s, index)];
+  s->buckets[bucket_of (s, index)] = frame;
+  pthread_mutex_unlock (&s->lock);
+  atomic_fetch_add (&c->st_resident, 1);
+  return frame;
+}
+
+/* Page lock held.  Checks the invariants of sector.h plus the page's
+ * own counters.
+ */
+bool
+page_check (struct cache *c, struct page *p)
+{
+  uint32_t nv = sect_count (&p->sb, SECT_BM_V, 0, c->nsect);
+  uint32_t nd = sect_count (&p->sb, SECT_BM_D, 0, c->nsect);
+  uint32_t nw = sect_count (&p->sb, SECT_BM_W, 0, c->nsect);
+  uint32_t fw = 0;
+
+  for (struct frag *f = p->frags; f; f = f->pnext)
+    fw += f->n;
+  if (!sect_check (&p->sb) || nv != p->nv || nd != p->nd || nw != p->nw
+      || fw != nw) {
+    page_dump (c, p, "page_check failed");
+    return false;
+  }
+  return true;
+}
+
+void
+page_dump (struct cache *c, struct page *p, const char *why)
+{
+  char buf[512];
+
+  sect_dump (&p->sb, buf, sizeof buf);
+  cache_logf (c, CACHE_LOG_ERROR,
+              "%s: page %" PRIu64 " refs=%u nv=%u nd=%u nw=%u listed=%d %s",
+              why, p->index, atomic_load (&p->refs), p->nv, p->nd, p->nw,
+              p->listed, buf);
+}

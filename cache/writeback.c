@@ -1,0 +1,779 @@
+/* subpage: write-back, flush and the flush accounting.
+ *
+ * What it does.  Collects DIRTY sectors (D and not W) into batches,
+ * snapshots them and submits one backend write ("run") per contiguous
+ * range, merging ranges that continue across page boundaries; completes
+ * runs in any order; answers flushes once every write acknowledged
+ * before them is on the backend and a backend flush has followed; and
+ * writes ranges back synchronously for FUA and write-through.
+ *
+ * Representation.  A batch owns one buffer, its runs and their
+ * fragments (struct frag: one sector range of one page).  A page's
+ * in-flight fragments hang off page->frags, so a write to a WRITEBACK
+ * sector finds the fragment it redirties.  Epoch tags (see internal.h)
+ * make flush exact and bounded: a flush waits for tags <= its epoch and
+ * for nothing newer.
+ *
+ * Invariants.
+ *  - Snapshot, then clear (4): a sector's data is copied into the batch
+ *    buffer and its D bit cleared (sect_wb_start) in one critical
+ *    section under the page lock.  Writers never wait: they redirty.
+ *  - Mark all before submitting any (5): a collector marks W on every
+ *    sector of every run of a batch before it submits the first run; a
+ *    batch holds a bias on its pending count until all its runs are
+ *    submitted.  Completion clears only its own fragments' W bits and
+ *    wakes waiters on a page only when that page's W bitmap is empty.
+ *  - One write per sector in flight (3): collectors take only D&~W
+ *    sectors; FUA waits for W to clear before snapshotting.
+ *  - Errors keep data (7): a failed run sets D again on its sectors,
+ *    re-tags them with their old epoch and records the errno, which the
+ *    next flush reports (once, like Linux's errseq).  A flush that sees
+ *    a new error stops retrying, waits for its in-flight runs, and fails.
+ *  - Flush (6): see cache_flush below.  Concurrent flushes share backend
+ *    flushes (group commit).
+ *
+ * What it deliberately does not do: it never holds a page lock, shard
+ * lock or clock_lock across backend I/O or allocation, and it never
+ * waits while holding W bits it has not yet submitted (wb_sync_range
+ * submits what it has before it waits), so FUA, flush and discard
+ * cannot deadlock on each other.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+#include "util.h"
+
+#define MAX_PICK 256
+
+void
+wb_init (struct cache *c)
+{
+  pthread_mutex_init (&c->wb_lock, NULL);
+  pthread_cond_init (&c->wb_cv, NULL);
+  pthread_mutex_init (&c->gc_lock, NULL);
+  pthread_cond_init (&c->gc_cv, NULL);
+  c->epoch = 1;
+  c->epoch_low = 1;
+}
+
+/* ---- epoch tags (wb_lock held) ---- */
+
+static void
+ec_add (uint64_t *ec, uint64_t e, int delta)
+{
+  uint64_t *slot;
+
+  if (e == SEQ_NONE)
+    return;
+  slot = &ec[e % EPOCH_RING];
+  CACHE_ASSERT (delta > 0 || *slot >= (uint64_t) -delta);
+  *slot += (uint64_t) (int64_t) delta;
+}
+
+/* Gives P's DIRTY sectors tag T (the older of T and the current tag). */
+static void
+page_tag (struct cache *c, struct page *p, uint64_t t)
+{
+  if (t == SEQ_NONE)
+    return;
+  if (p->dseq == SEQ_NONE || t < p->dseq) {
+    ec_add (c->ecount_page, p->dseq, -1);
+    p->dseq = t;
+    ec_add (c->ecount_page, t, 1);
+  }
+}
+
+static void
+page_untag (struct cache *c, struct page *p)
+{
+  ec_add (c->ecount_page, p->dseq, -1);
+  p->dseq = SEQ_NONE;
+}
+
+static bool
+page_has_dirty_idle (struct cache *c, struct page *p)
+{
+  return sect_find_dirty_idle (&p->sb, 0, c->nsect) < c->nsect;
+}
+
+/* Lists P on the dirty list (it must already be pinned by the caller). */
+static void
+list_page (struct cache *c, struct page *p)
+{
+  if (p->listed)
+    return;
+  page_pin_more (p);
+  p->listed = true;
+  p->dirtied_ms = cache_now_ms ();
+  p->dnext = NULL;
+  p->dprev = c->dirty_tail;
+  if (c->dirty_tail)
+    c->dirty_tail->dnext = p;
+  else
+    c->dirty_head = p;
+  c->dirty_tail = p;
+  c->ndirty_pages++;
+}
+
+static void
+list_remove (struct cache *c, struct page *p)
+{
+  if (p->dprev)
+    p->dprev->dnext = p->dnext;
+  else
+    c->dirty_head = p->dnext;
+  if (p->dnext)
+    p->dnext->dprev = p->dprev;
+  else
+    c->dirty_tail = p->dprev;
+  p->dnext = p->dprev = NULL;
+}
+
+/* Takes P off the dirty list.  The caller holds another pin, so the
+ * list's pin can be dropped without reaching zero.
+ */
+static void
+unlist_page (struct cache *c, struct page *p)
+{
+  unsigned old;
+
+  if (!p->listed)
+    return;
+  list_remove (c, p);
+  p->listed = false;
+  c->ndirty_pages--;
+  old = atomic_fetch_sub (&p->refs, 1);
+  CACHE_ASSERT (old > 1);
+}
+
+void
+wb_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
+{
+  bool idle = sect_count (&p->sb, SECT_BM_W, first, n) < n;
+  bool need = !p->listed || (idle && p->dseq == SEQ_NONE);
+  uint32_t end = first + n;
+
+  for (struct frag *f = p->frags; f && !need; f = f->pnext)
+    if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE)
+      need = true;
+  if (!need)
+    return;
+
+  pthread_mutex_lock (&c->wb_lock);
+  if (idle && p->dseq == SEQ_NONE)
+    page_tag (c, p, c->epoch);
+  for (struct frag *f = p->frags; f; f = f->pnext)
+    if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE) {
+      f->rseq = c->epoch;
+      ec_add (c->ecount_run, f->rseq, 1);
+    }
+  list_page (c, p);
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+void
+wb_note_drop (struct cache *c, struct page *p)
+{
+  pthread_mutex_lock (&c->wb_lock);
+  if (!page_has_dirty_idle (c, p))
+    page_untag (c, p);
+  if (p->nd == 0)
+    unlist_page (c, p);
+  pthread_cond_broadcast (&c->wb_cv);
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+/* ---- batches and runs ---- */
+
+static struct batch *
+batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
+{
+  struct batch *b = calloc (1, sizeof *b);
+
+  if (!b)
+    return NULL;
+  b->cap = cap;
+  b->maxfrags = b->maxruns = maxfrags;
+  b->buf = malloc (cap);
+  b->frags = calloc (maxfrags, sizeof *b->frags);
+  b->runs = calloc (maxfrags, sizeof *b->runs);
+  if (!b->buf || !b->frags || !b->runs) {
+    free (b->buf);
+    free (b->frags);
+    free (b->runs);
+    free (b);
+    return NULL;
+  }
+  (void) c;
+  atomic_store (&b->pending, 1);        /* the submitter's bias */
+  return b;
+}
+
+static void
+batch_put (struct batch *b)
+{
+  if (atomic_fetch_sub (&b->pending, 1) == 1) {
+    free (b->buf);
+    free (b->frags);
+    free (b->runs);
+    free (b);
+  }
+}
+
+/* Page locked.  Snapshots sectors [first, first+n) of P into DST and
+ * marks them W (DIRTY or CLEAN -> WRITEBACK), filling in fragment F.
+ * Returns whether any of them was DIRTY.  Tags are settled afterwards
+ * by snap_finish, under wb_lock.
+ */
+static bool
+snap_range (struct cache *c, struct page *p, uint32_t first, uint32_t n,
+            struct frag *f, char *dst)
+{
+  struct sect_delta d = { 0 };
+
+  CACHE_ASSERT (page_check (c, p));
+  memcpy (dst, sect_data (c, p, first), (size_t) n << c->sector_shift);
+  sect_wb_start (&p->sb, first, n, &d);
+  cache_account (c, p, &d);
+  f->page = p;
+  f->first = first;
+  f->n = n;
+  f->seq = f->rseq = SEQ_NONE;
+  f->pnext = p->frags;
+  p->frags = f;
+  page_pin_more (p);                    /* the fragment's pin */
+  return d.d < 0;
+}
+
+/* Page locked, wb_lock held.  Tags fragments frags[0..k) of P (those
+ * that took DIRTY data inherit the page's tag) and releases the page's
+ * tag if it has no DIRTY sector left.
+ */
+static void
+snap_finish (struct cache *c, struct page *p, struct frag **frags,
+             bool *took_dirty, unsigned k)
+{
+  for (unsigned i = 0; i < k; i++) {
+    if (took_dirty[i]) {
+      CACHE_ASSERT (p->dseq != SEQ_NONE);
+      frags[i]->seq = p->dseq;
+      ec_add (c->ecount_run, p->dseq, 1);
+    }
+  }
+  if (!page_has_dirty_idle (c, p))
+    page_untag (c, p);
+}
+
+/* wb_lock held. */
+static bool
+busy_overlaps_locked (struct cache *c, uint64_t first_page, uint64_t last_page)
+{
+  for (struct busy_range *b = c->busy; b; b = b->next)
+    if (b->first_page <= last_page && first_page <= b->last_page)
+      return true;
+  return false;
+}
+
+static bool
+busy_overlaps (struct cache *c, uint64_t first_page, uint64_t last_page)
+{
+  bool r;
+
+  if (atomic_load (&c->nbusy) == 0)
+    return false;
+  pthread_mutex_lock (&c->wb_lock);
+  r = busy_overlaps_locked (c, first_page, last_page);
+  pthread_mutex_unlock (&c->wb_lock);
+  return r;
+}
+
+/* No lock held.  Waits until no TRIM or ZERO covers the pages. */
+static void
+busy_wait (struct cache *c, uint64_t first_page, uint64_t last_page)
+{
+  pthread_mutex_lock (&c->wb_lock);
+  while (busy_overlaps_locked (c, first_page, last_page)) {
+    atomic_fetch_add (&c->w_idle, 1);
+    pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+    atomic_fetch_sub (&c->w_idle, 1);
+  }
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+void
+wb_busy_begin (struct cache *c, struct busy_range *r)
+{
+  pthread_mutex_lock (&c->wb_lock);
+  r->next = c->busy;
+  c->busy = r;
+  atomic_fetch_add (&c->nbusy, 1);
+  atomic_fetch_add (&c->discard_started, 1);
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+void
+wb_busy_end (struct cache *c, struct busy_range *r)
+{
+  struct busy_range **pp;
+
+  pthread_mutex_lock (&c->wb_lock);
+  for (pp = &c->busy; *pp != r; pp = &(*pp)->next)
+    CACHE_ASSERT (*pp != NULL);
+  *pp = r->next;
+  atomic_fetch_sub (&c->nbusy, 1);
+  /* Bump again: a fill that read the backend while R was active must
+   * not install what it read.
+   */
+  atomic_fetch_add (&c->discard_started, 1);
+  pthread_cond_broadcast (&c->wb_cv);
+  pthread_mutex_unlock (&c->wb_lock);
+}
+
+static void
+submit_run (struct cache *c, struct cache_run *run)
+{
+  cache_submit_fn fn;
+  void *opaque;
+
+  pthread_mutex_lock (&c->wb_lock);
+  fn = c->submit;
+  opaque = c->submit_opaque;
+  pthread_mutex_unlock (&c->wb_lock);
+  if (fn)
+    fn (opaque, c, run);
+  else
+    cache_run_io (c, run);
+}
+
+static int
+cmp_page_index (const void *a, const void *b)
+{
+  const struct page *p = *(struct page *const *) a;
+  const struct page *q = *(struct page *const *) b;
+  return p->index < q->index ? -1 : p->index > q->index;
+}
+
+/* Collects one batch and submits its runs.  Returns the number of runs
+ * (0: nothing collected) or -ENOMEM.
+ */
+int
+wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
+{
+  struct page *picked[MAX_PICK];
+  unsigned npicked = 0;
+  struct batch *b;
+  struct cache_run *run = NULL;
+  uint64_t now = cache_now_ms ();
+  uint32_t maxfrags = MIN (c->cfg.batch_bytes >> c->sector_shift, 4096u);
+
+  b = batch_new (c, c->cfg.batch_bytes, maxfrags);
+  if (!b)
+    return -ENOMEM;
+
+  pthread_mutex_lock (&c->wb_lock);
+  for (struct page *p = c->dirty_head; p && npicked < MAX_PICK; p = p->dnext) {
+    if (p->collecting || p->dseq == SEQ_NONE)
+      continue;
+    if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
+      break;
+    if (how == PICK_FLUSH && p->dseq > arg)
+      continue;
+    p->collecting = true;
+    page_pin_more (p);                  /* the collector's pin */
+    picked[npicked++] = p;
+  }
+  pthread_mutex_unlock (&c->wb_lock);
+
+  qsort (picked, npicked, sizeof picked[0], cmp_page_index);
+
+  for (unsigned k = 0; k < npicked; k++) {
+    struct page *p = picked[k];
+    struct frag *pf[64];
+    bool took[64];
+    unsigned nf = 0;
+    uint64_t poff = page_offset (c, p);
+
+    page_lock (p);
+    if (!busy_overlaps (c, p->index, p->index)) {
+      uint32_t i = 0;
+      while (nf < 64 && b->nfrags < b->maxfrags && b->used < b->cap &&
+             (i = sect_find_dirty_idle (&p->sb, i, c->nsect)) < c->nsect) {
+        uint32_t j = sect_find (&p->sb, SECT_BM_D, false, i, c->nsect);
+        uint32_t wj = sect_find (&p->sb, SECT_BM_W, true, i, c->nsect);
+        uint32_t room = (b->cap - b->used) >> c->sector_shift;
+        uint64_t off;
+        struct frag *f;
+
+        j = MIN (MIN (j, wj), i + room);
+        if (j == i)
+          break;
+        off = poff + ((uint64_t) i << c->sector_shift);
+        f = &b->frags[b->nfrags];
+        if (!run || run->off + run->len != off) {
+          run = &b->runs[b->nruns++];
+          run->batch = b;
+          run->off = off;
+          run->len = 0;
+          run->flags = 0;
+          run->data = b->buf + b->used;
+          run->frags = f;
+          run->nfrags = 0;
+        }
+        took[nf] = snap_range (c, p, i, j - i, f, b->buf + b->used);
+        f->run = run;
+        pf[nf++] = f;
+        b->nfrags++;
+        run->nfrags++;
+        run->len += (j - i) << c->sector_shift;
+        b->used += (j - i) << c->sector_shift;
+        i = j;
+      }
+    }
+    pthread_mutex_lock (&c->wb_lock);
+    snap_finish (c, p, pf, took, nf);
+    p->collecting = false;
+    if (p->nd == 0)
+      unlist_page (c, p);
+    else if (p->listed && p->dnext) {   /* rotate: let others go next */
+      list_remove (c, p);
+      p->dprev = c->dirty_tail;
+      c->dirty_tail->dnext = p;
+      c->dirty_tail = p;
+    }
+    pthread_mutex_unlock (&c->wb_lock);
+    CACHE_ASSERT (page_check (c, p));
+    page_unlock (p);
+    /* A run continues into the next page only if it is contiguous on
+     * disk (checked when the next fragment is added); the batch buffer
+     * is filled in order, so it is then contiguous in memory too.
+     */
+  }
+
+  for (unsigned k = 0; k < npicked; k++)
+    page_unpin (c, picked[k]);
+
+  pthread_mutex_lock (&c->wb_lock);
+  pthread_cond_broadcast (&c->wb_cv);   /* collecting flags cleared */
+  pthread_mutex_unlock (&c->wb_lock);
+
+  /* Every W bit of the batch is set: now submit. */
+  atomic_fetch_add (&b->pending, b->nruns);
+  atomic_fetch_add (&c->runs_in_flight, b->nruns);
+  atomic_fetch_add (&c->st_runs, b->nruns);
+  {
+    unsigned nruns = b->nruns;
+    for (unsigned r = 0; r < nruns; r++) {
+      struct cache_run *run = &b->runs[r];
+      run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
+      cache_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)",
+                   b->runs[r].off, b->runs[r].len, b->runs[r].nfrags);
+      submit_run (c, &b->runs[r]);
+    }
+    batch_put (b);                      /* drop the bias */
+    return (int) nruns;
+  }
+}
+
+int
+cache_writeback (struct cache *c, enum cache_wb_reason why, uint64_t expire_ms)
+{
+  switch (why) {
+  case CACHE_WB_EXPIRED: return wb_collect (c, PICK_EXPIRED, expire_ms);
+  case CACHE_WB_BACKGROUND: return wb_collect (c, PICK_BACKGROUND, 0);
+  default: abort ();
+  }
+}
+
+bool
+cache_over_background (struct cache *c)
+{
+  uint64_t dirty = (atomic_load (&c->st_d) + atomic_load (&c->st_w))
+    << c->sector_shift;
+  return dirty > c->bg_limit;
+}
+
+uint64_t
+cache_run_offset (const struct cache_run *run)
+{
+  return run->off;
+}
+
+/* The backend length: whole sectors, except that the last sector of
+ * a disk whose size is not a multiple of the sector size is cut at the
+ * end of the disk.
+ */
+uint32_t
+cache_run_length (const struct cache_run *run)
+{
+  return run->blen;
+}
+
+const void *
+cache_run_data (const struct cache_run *run)
+{
+  return run->data;
+}
+
+uint32_t
+cache_run_flags (const struct cache_run *run)
+{
+  return run->flags;
+}
+
+void
+cache_run_io (struct cache *c, struct cache_run *run)
+{
+  int r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off,
+                          run->flags);
+
+  atomic_fetch_add (&c->st_bwrites, 1);
+  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+  cache_run_done (c, run, r);
+}
+
+void
+cache_run_done (struct cache *c, struct cache_run *run, int err)
+{
+  bool ok = err == 0;
+
+  if (!ok) {
+    atomic_fetch_add (&c->st_wb_errors, 1);
+    cache_logf (c, CACHE_LOG_ERROR,
+                "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
+                run->off, run->len, strerror (-err));
+  }
+  for (uint32_t i = 0; i < run->nfrags; i++) {
+    struct frag *f = &run->frags[i];
+    struct page *p = f->page;
+    struct sect_delta d = { 0 };
+    struct frag **pp;
+    uint64_t t;
+
+    page_lock (p);
+    CACHE_ASSERT (page_check (c, p));
+    sect_wb_end (&p->sb, f->first, f->n, ok, &d);
+    cache_account (c, p, &d);
+    for (pp = &p->frags; *pp != f; pp = &(*pp)->pnext)
+      CACHE_ASSERT (*pp != NULL);
+    *pp = f->pnext;
+
+    pthread_mutex_lock (&c->wb_lock);
+    ec_add (c->ecount_run, f->seq, -1);
+    ec_add (c->ecount_run, f->rseq, -1);
+    if (ok)
+      t = f->rseq;                      /* REDIRTIED -> DIRTY */
+    else {
+      t = MIN (f->seq, f->rseq);        /* everything -> DIRTY */
+      if (t == SEQ_NONE)
+        t = c->epoch;                   /* a clean rewrite failed */
+    }
+    if (t != SEQ_NONE) {
+      page_tag (c, p, t);
+      list_page (c, p);
+    }
+    if (!ok) {
+      if (c->wb_err == 0)
+        c->wb_err = err;
+      c->wb_last_err = err;
+      c->wb_err_gen++;
+      c->wb_failing = true;
+    }
+    else
+      c->wb_failing = false;
+    pthread_mutex_unlock (&c->wb_lock);
+
+    CACHE_ASSERT (page_check (c, p));
+    if (p->nw == 0)                     /* page leaves write-back */
+      page_wake (p);
+    page_unlock (p);
+    page_unpin (c, p);                  /* the fragment's pin */
+  }
+
+  atomic_fetch_sub (&c->runs_in_flight, 1);
+  pthread_mutex_lock (&c->wb_lock);
+  pthread_cond_broadcast (&c->wb_cv);
+  pthread_mutex_unlock (&c->wb_lock);
+  batch_put (run->batch);
+}
+
+/* ---- kicking and throttling ---- */
+
+void
+wb_kick (struct cache *c)
+{
+  cache_kick_fn fn;
+  void *opaque;
+
+  pthread_mutex_lock (&c->wb_lock);
+  fn = c->kick;
+  opaque = c->kick_opaque;
+  pthread_mutex_unlock (&c->wb_lock);
+  if (fn)
+    fn (opaque);
+  else                                  /* no server: write back ourselves */
+    wb_collect (c, PICK_BACKGROUND, 0);
+}
+
+static uint64_t
+dirty_bytes (struct cache *c)
+{
+  return (atomic_load (&c->st_d) + atomic_load (&c->st_w)) << c->sector_shift;
+}
+
+int
+wb_throttle (struct cache *c)
+{
+  bool counted = false;
+  int r = 0;
+
+  if (dirty_bytes (c) < c->dirty_limit)
+    return 0;
+  while (dirty_bytes (c) >= c->dirty_limit) {
+    struct timespec ts;
+
+    if (!counted) {
+      atomic_fetch_add (&c->st_throttled, 1);
+      counted = true;
+    }
+    wb_kick (c);
+    pthread_mutex_lock (&c->wb_lock);
+    if (c->wb_failing && atomic_load (&c->runs_in_flight) == 0) {
+      r = c->wb_err ? c->wb_err : -EIO;
+      pthread_mutex_unlock (&c->wb_lock);
+      break;
+    }
+    if (dirty_bytes (c) >= c->dirty_limit) {
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_sec += 1;                   /* re-kick at least every second */
+      atomic_fetch_add (&c->w_throttle, 1);
+      pthread_cond_timedwait (&c->wb_cv, &c->wb_lock, &ts);
+      atomic_fetch_sub (&c->w_throttle, 1);
+    }
+    pthread_mutex_unlock (&c->wb_lock);
+  }
+  return r;
+}
+
+/* ---- FUA and write-through ---- */
+
+/* Writes RUN synchronously and completes it; returns its result. */
+static int
+sync_run_io (struct cache *c, struct cache_run *run)
+{
+  int r;
+
+  atomic_fetch_add (&run->batch->pending, 1);
+  atomic_fetch_add (&c->runs_in_flight, 1);
+  atomic_fetch_add (&c->st_runs, 1);
+  run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
+  r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
+  atomic_fetch_add (&c->st_bwrites, 1);
+  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+  cache_run_done (c, run, r);
+  return r;
+}
+
+int
+wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
+{
+  uint64_t a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
+  uint64_t e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
+  uint64_t p0 = a >> c->page_shift, p1 = (e - 1) >> c->page_shift;
+  uint32_t npages = (uint32_t) (p1 - p0 + 1);
+  struct batch *b = batch_new (c, (uint32_t) (e - a), npages);
+  struct cache_run *run = NULL;
+  bool need_flush = false;
+  int err = 0, r;
+
+  if (!b)
+    return -ENOMEM;
+
+  for (uint64_t pi = p0; pi <= p1; pi++) {
+    uint64_t poff = pi << c->page_shift;
+    uint64_t lo = MAX (a, poff), hi = MIN (e, poff + c->cfg.page_size);
+    uint32_t s0 = (uint32_t) ((lo - poff) >> c->sector_shift);
+    uint32_t n = (uint32_t) ((hi - lo) >> c->sector_shift);
+    struct page *p = page_find (c, pi);
+    struct frag *f;
+    bool took;
+
+    if (!p) {                           /* written back and evicted */
+      need_flush = true;
+      goto next_run;
+    }
+    page_lock (p);
+    for (;;) {
+      bool busy = busy_overlaps (c, pi, pi);
+      bool inflight = sect_count (&p->sb, SECT_BM_W, s0, n) > 0;
+      if (!busy && !inflight)
+        break;
+      /* Never wait while holding W bits not yet submitted. */
+      if (run) {
+        page_unlock (p);
+        r = sync_run_io (c, run);
+        err = err ? err : r;
+        run = NULL;
+        page_lock (p);
+        continue;
+      }
+      if (inflight)
+        page_wait (c, p, &c->w_idle);
+      else {
+        page_unlock (p);
+        busy_wait (c, pi, pi);
+        page_lock (p);
+      }
+    }
+    if (sect_count (&p->sb, SECT_BM_V, s0, n) < n) {
+      /* Dropped by a concurrent trim or zero: nothing to rewrite. */
+      need_flush = true;
+      page_unlock (p);
+      page_unpin (c, p);
+      goto next_run;
+    }
+    f = &b->frags[b->nfrags++];
+    if (!run) {
+      run = &b->runs[b->nruns++];
+      run->batch = b;
+      run->off = lo;
+      run->len = 0;
+      run->flags = flags & CACHE_FUA;
+      run->data = b->buf + (lo - a);
+      run->frags = f;
+      run->nfrags = 0;
+    }
+    took = snap_range (c, p, s0, n, f, b->buf + (lo - a));
+    f->run = run;
+    run->nfrags++;
+    run->len += (uint32_t) (hi - lo);
+    pthread_mutex_lock (&c->wb_lock);
+    snap_finish (c, p, &f, &took, 1);
+    pthread_mutex_unlock (&c->wb_lock);
+    page_unlock (p);
+    page_unpin (c, p);
+    continue;
+
+  next_run:
+    if (run) {
+      r = sync_run_io (c, run);
+      err = err ? err : r;
+      run = NULL;
+    }
+  }
+  if (run) {
+    r = sync_run_io (c, run);
+    err = err ? err : r;
+  }
+  batch_put (b);
+
+  if (!err && need_flush && (flags & CACHE_FUA)) {
+    r = c->ops->flush (c->bopaque);
+    atomic_fetch_add (&c->st_bflushes, 1);
+    err = r;
+  }
+  return err;
+}
