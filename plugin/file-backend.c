@@ -30,6 +30,8 @@
  *      may both be slow: the kernel falls back to writing zeroes);
  *   4. block devices: ioctl BLKZEROOUT;
  *   5. pwrite of zeroes in chunks.
+ * On a block device 1-4 need whole logical blocks, so the unaligned
+ * head and tail of the range (under a block each) are written instead.
  * A method that fails with EOPNOTSUPP (or ENOTTY, ENOSYS) is not tried
  * again.  Trim is advisory: PUNCH_HOLE (regular files) or BLKDISCARD
  * (block devices, range shrunk to the logical block size), and 0 when
@@ -297,10 +299,13 @@ fb_zero_by_writing (struct file_backend *fb, uint32_t count, uint64_t off,
   return 0;
 }
 
+/* The method chain of the design note on [off, off+count), which must
+ * be whole logical blocks on a block device.
+ */
 static int
-fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
+fb_zero_range (struct file_backend *fb, uint32_t count, uint64_t off,
+               uint32_t flags)
 {
-  struct file_backend *fb = opaque;
   int r = 1;
 
   if (!fb->is_block)
@@ -319,6 +324,31 @@ fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   if (r == 1)
     return fb_zero_by_writing (fb, count, off, flags);
   return fb_fua (fb, flags, r);
+}
+
+static int
+fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
+{
+  struct file_backend *fb = opaque;
+  uint64_t start = off, end = off + count;
+  int r = 0;
+
+  /* A block device zeroes (and punches) whole logical blocks only:
+   * the unaligned head and tail, at most a block each, are written.
+   */
+  if (fb->is_block) {
+    start = ROUND_UP (off, (uint64_t) fb->lbs);
+    end = ROUND_DOWN (off + count, (uint64_t) fb->lbs);
+    if (start >= end)
+      start = end = off + count;        /* no whole block: write it all */
+  }
+  if (start < end)
+    r = fb_zero_range (fb, end - start, start, flags);
+  if (r == 0 && start > off)
+    r = fb_zero_by_writing (fb, start - off, off, flags);
+  if (r == 0 && end < off + count)
+    r = fb_zero_by_writing (fb, off + count - end, end, flags);
+  return r;
 }
 
 const struct cache_backend_ops file_backend_ops = {
