@@ -1,0 +1,247 @@
+/* subpage unit tests: pin before use (invariant 1) and bounded memory
+ * (invariant 10), with threads.
+ *
+ * A tiny cache (CACHE_MIN_PAGES = 8 pages) is flooded with reads: clean
+ * pages are evicted, but dirty, pinned and in-flight pages stay,
+ * intact, and the resident count never passes the frame count.  When
+ * no page can be evicted a reader waits (stats.waiting_page) until a
+ * run completes or a page is unpinned.  When dirty + write-back data
+ * reaches dirty_ratio, a writer waits (stats.waiting_throttle) until
+ * write-back makes progress, after the kick hook was asked for it.
+ */
+#undef NDEBUG
+/* cache_test_dep defines UNIT_TESTING for cache-assert.h; here it would
+ * make cmocka.h swap malloc/free for its leak-checking allocator, which
+ * is not thread-safe and flags buffers freed by the teardown.
+ */
+#undef UNIT_TESTING
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+
+#define V CACHE_SECT_V
+#define D CACHE_SECT_D
+#define W CACHE_SECT_W
+#define PG (64 * KiB)
+#define SS 512
+
+static struct fake_counts
+counts (struct tcache *t)
+{
+  struct fake_counts fc;
+
+  fake_get_counts (t->f, &fc);
+  return fc;
+}
+
+static struct cache_config
+tiny_config (void)
+{
+  struct cache_config cfg = test_config ();
+
+  cfg.cache_size = CACHE_MIN_PAGES * PG;
+  cfg.dirty_ratio = 100;
+  return cfg;
+}
+
+static void
+test_eviction_spares_dirty_pinned_inflight (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = tiny_config ();
+  unsigned char *buf = malloc (PG);
+  uint64_t reads_before;
+
+  assert_non_null (buf);
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  assert_int_equal (stats (t->c).pages_total, CACHE_MIN_PAGES);
+
+  /* Page 3: in flight (W, held).  Pages 0, 1: dirty.  Page 2: pinned,
+   * clean, fully valid.
+   */
+  assert_int_equal (write_pattern (t, 3 * PG, PG, 3, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (write_pattern (t, 0, 4 * KiB, 2, 0), 0);
+  assert_int_equal (write_pattern (t, PG + 1000, 100, 2, 0), 0);
+  assert_int_equal (cache_debug_pin (t->c, 2 * PG), 0);
+  assert_true (read_is_pattern (t, 2 * PG, PG, 1));
+  assert_true (cache_debug_refs (t->c, 2 * PG) >= 1);
+
+  for (uint64_t p = 10; p < 60; p++) {
+    assert_int_equal (cache_read (t->c, buf, PG, p * PG), 0);
+    assert_int_equal (pattern_mismatch (buf, PG, p * PG, 1), -1);
+    assert_true (stats (t->c).pages_resident <= CACHE_MIN_PAGES);
+    assert_true (cache_debug_resident (t->c, p * PG));
+  }
+  assert_true (stats (t->c).evictions >= 50 - 4);
+  assert_true (cache_debug_check (t->c));
+
+  /* The four survived, with their state and data. */
+  for (uint64_t p = 0; p < 4; p++)
+    assert_true (cache_debug_resident (t->c, p * PG));
+  assert_true (sectors_are (t, 3 * PG, PG, V | W));
+  assert_true (sectors_are (t, 0, 4 * KiB, V | D));
+  assert_int_equal (cache_debug_sector (t->c, PG + 1000), V | D);
+  assert_true (sectors_are (t, 2 * PG, PG, V));
+  reads_before = counts (t).reads;
+  assert_true (read_is_pattern (t, 3 * PG, PG, 3));
+  assert_true (read_is_pattern (t, 0, 4 * KiB, 2));
+  assert_true (read_is_pattern (t, PG + 1000, 100, 2));
+  assert_true (read_is_pattern (t, 2 * PG, PG, 1));
+  assert_int_equal (counts (t).reads, reads_before);  /* all from memory */
+  assert_true (disk_is_pattern (t, 3 * PG, PG, 1));   /* still held */
+
+  /* Unpinned and written back, they become evictable like any other. */
+  cache_debug_unpin (t->c, 2 * PG);
+  assert_int_equal (cache_debug_refs (t->c, 2 * PG), 0);
+  assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
+  cache_set_submit (t->c, NULL, NULL);
+  assert_int_equal (cache_flush (t->c), 0);
+  for (uint64_t p = 10; p < 30; p++)
+    assert_int_equal (cache_read (t->c, buf, PG, p * PG), 0);
+  for (uint64_t p = 0; p < 4; p++)
+    assert_false (cache_debug_resident (t->c, p * PG));
+  assert_true (disk_is_pattern (t, 3 * PG, PG, 3));
+  assert_true (disk_is_pattern (t, 0, 4 * KiB, 2));
+  assert_true (disk_is_pattern (t, PG + 1000, 100, 2));
+  free (buf);
+}
+
+/* Fills all 8 frames with pages that cannot be evicted: page 0 in
+ * flight (capture 0), page 1 pinned, pages 2..7 dirty.
+ */
+static void
+fill_unevictable (struct tcache *t)
+{
+  struct cache_config cfg = tiny_config ();
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  assert_int_equal (write_pattern (t, 0, PG, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (cache_debug_pin (t->c, PG), 0);
+  for (uint64_t p = 2; p < 8; p++)
+    assert_int_equal (write_pattern (t, p * PG, PG, 2, 0), 0);
+  assert_int_equal (stats (t->c).pages_resident, CACHE_MIN_PAGES);
+}
+
+static void
+test_reader_waits_for_run_completion (void **state)
+{
+  struct tcache *t = *state;
+  struct async *r;
+  unsigned kicks;
+
+  fill_unevictable (t);
+  kicks = atomic_load (&t->kicks);
+  r = async_start (t, ASYNC_READ, NULL, PG, 20 * PG, 0);
+  WAIT_FOR (stats (t->c).waiting_page == 1);
+  assert_false (async_done (r));
+  assert_true (atomic_load (&t->kicks) > kicks);  /* it asked for write-back */
+  assert_int_equal (stats (t->c).pages_resident, CACHE_MIN_PAGES);
+
+  assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
+  assert_int_equal (async_join (r), 0);
+  assert_int_equal (pattern_mismatch (r->buf, PG, 20 * PG, 1), -1);
+  /* Page 0, now clean, was the one evicted. */
+  assert_false (cache_debug_resident (t->c, 0));
+  assert_true (cache_debug_resident (t->c, PG));
+  for (uint64_t p = 2; p < 8; p++)
+    assert_true (sectors_are (t, p * PG, PG, V | D));
+  assert_true (disk_is_pattern (t, 0, PG, 2));
+  cache_debug_unpin (t->c, PG);
+}
+
+static void
+test_reader_waits_for_unpin (void **state)
+{
+  struct tcache *t = *state;
+  struct async *r;
+
+  fill_unevictable (t);
+  r = async_start (t, ASYNC_READ, NULL, 100, 20 * PG + 5, 0);
+  WAIT_FOR (stats (t->c).waiting_page == 1);
+  assert_false (async_done (r));
+
+  cache_debug_unpin (t->c, PG);
+  assert_int_equal (async_join (r), 0);
+  assert_int_equal (pattern_mismatch (r->buf, 100, 20 * PG + 5, 1), -1);
+  /* Page 1 went; page 0 is still in flight and resident. */
+  assert_false (cache_debug_resident (t->c, PG));
+  assert_true (sectors_are (t, 0, PG, V | W));
+  assert_int_equal (stats (t->c).pages_resident, CACHE_MIN_PAGES);
+}
+
+/* Dirty limit = 2 pages.  With write-back held, a writer dirtying a
+ * third page waits until the held runs complete.
+ */
+static void
+test_dirty_throttle (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = tiny_config ();
+  unsigned char *buf = malloc (PG);
+  struct async *w;
+
+  assert_non_null (buf);
+  cfg.dirty_ratio = 25;                /* 25% of 8 pages = 2 pages */
+  cfg.dirty_background_ratio = 10;
+  tc_open (t, &cfg);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  assert_int_equal (write_pattern (t, 0, PG, 2, 0), 0);
+  assert_true (cache_over_background (t->c));
+  assert_true (atomic_load (&t->kicks) > 0);   /* past the background ratio */
+  assert_int_equal (write_pattern (t, 4 * PG, PG, 2, 0), 0);
+  assert_int_equal (stats (t->c).waiting_throttle, 0);
+  assert_int_equal (stats (t->c).throttled, 0);
+  assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  assert_true (fake_nr_pending (t->f) > 0);
+  assert_int_equal (stats (t->c).writeback_bytes, 2 * PG);
+
+  pattern (buf, PG, 2 * PG, 3);
+  w = async_start (t, ASYNC_WRITE, buf, PG, 2 * PG, 0);
+  WAIT_FOR (stats (t->c).waiting_throttle == 1);
+  assert_false (async_done (w));
+  assert_int_equal (stats (t->c).throttled, 1);
+
+  fake_complete_all (t->f, t->c, 0);
+  assert_int_equal (async_join (w), 0);
+  assert_true (sectors_are (t, 2 * PG, PG, V | D));
+  assert_int_equal (stats (t->c).waiting_throttle, 0);
+
+  cache_set_submit (t->c, NULL, NULL);
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_true (disk_is_pattern (t, 0, PG, 2));
+  assert_true (disk_is_pattern (t, 4 * PG, PG, 2));
+  assert_true (disk_is_pattern (t, 2 * PG, PG, 3));
+  free (buf);
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown (test_eviction_spares_dirty_pinned_inflight,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_reader_waits_for_run_completion,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_reader_waits_for_unpin,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_dirty_throttle,
+                                     tc_setup, tc_teardown),
+  };
+
+  return cmocka_run_group_tests (tests, NULL, NULL);
+}

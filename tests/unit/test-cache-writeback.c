@@ -1,0 +1,399 @@
+/* subpage unit tests: background write-back (cache_writeback) and runs.
+ *
+ * Uses the fake's capture submit hook, so runs stay in flight until the
+ * test completes them, in any order.  Covers how runs are cut (merged
+ * across pages, split by gaps), batch size and age order, invariant 3
+ * (one write per sector in flight: a REDIRTIED sector is not submitted
+ * again), invariant 4 (snapshot then clear D; writers never wait),
+ * invariant 5 (W set on the whole batch before the first submission;
+ * a completion clears only its own sectors, in every completion order).
+ * The thread-side of invariant 5 (a trim/zero waiter wakes only at the
+ * last completion) is in test-cache-idle.c.  No threads here.
+ */
+#undef NDEBUG
+/* cache_test_dep defines UNIT_TESTING for cache-assert.h; here it would
+ * make cmocka.h swap malloc/free for its leak-checking allocator, which
+ * is not thread-safe and flags buffers freed by the teardown.
+ */
+#undef UNIT_TESTING
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+
+#define V CACHE_SECT_V
+#define D CACHE_SECT_D
+#define W CACHE_SECT_W
+#define PG (64 * KiB)
+#define SS 512
+
+static struct fake_counts
+counts (struct tcache *t)
+{
+  struct fake_counts fc;
+
+  fake_get_counts (t->f, &fc);
+  return fc;
+}
+
+static struct fake_capture
+cap (struct tcache *t, size_t i)
+{
+  struct fake_capture ci;
+
+  assert_true (fake_capture_info (t->f, i, &ci));
+  return ci;
+}
+
+/* Index of the capture with this offset and length, failing if none. */
+static size_t
+find_cap (struct tcache *t, uint64_t off, uint32_t len)
+{
+  size_t n = fake_nr_captured (t->f);
+
+  for (size_t i = 0; i < n; i++) {
+    struct fake_capture ci = cap (t, i);
+    if (ci.off == off && ci.len == len)
+      return i;
+  }
+  fail_msg ("no run off=%llu len=%u among %zu", (unsigned long long) off,
+            len, n);
+  return 0;
+}
+
+static void
+open_capture (struct tcache *t, struct cache_config *cfg)
+{
+  tc_open (t, cfg);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+}
+
+static void
+test_no_writeback_without_trigger (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+
+  tc_open (t, &cfg);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  assert_int_equal (write_pattern (t, 0, 64 * KiB, 2, 0), 0);
+  assert_int_equal (write_pattern (t, 3 * PG + 100, 5000, 2, 0), 0);
+  assert_int_equal (counts (t).writes, 0);
+  assert_int_equal (counts (t).flushes, 0);
+  assert_true (sectors_are (t, 0, PG, V | D));
+  /* Not old enough for an expiry pass of an hour. */
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_EXPIRED, 3600 * 1000), 0);
+  assert_int_equal (counts (t).writes, 0);
+  assert_true (sectors_are (t, 0, PG, V | D));
+  /* A background pass writes it, synchronously (no submit hook). */
+  assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  assert_true (sectors_are (t, 0, PG, V));
+  assert_true (disk_is_pattern (t, 0, PG, 2));
+  assert_int_equal (counts (t).flushes, 0);     /* write-back is not flush */
+  assert_int_equal (stats (t->c).dirty_bytes, 0);
+}
+
+static void
+test_runs_merge_across_pages (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  struct fake_capture ci;
+  struct cache_run *run;
+
+  open_capture (t, &cfg);
+  /* 8 KiB across the page 0/1 boundary, and 3 whole pages 4..6. */
+  assert_int_equal (write_pattern (t, PG - 4 * KiB, 8 * KiB, 2, 0), 0);
+  assert_int_equal (write_pattern (t, 4 * PG, 3 * PG, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 2);
+  assert_int_equal (fake_nr_captured (t->f), 2);
+  ci = cap (t, find_cap (t, PG - 4 * KiB, 8 * KiB));
+  assert_int_equal (ci.flags & CACHE_FUA, 0);
+  find_cap (t, 4 * PG, 3 * PG);
+  run = fake_capture_run (t->f, find_cap (t, PG - 4 * KiB, 8 * KiB));
+  assert_int_equal (pattern_mismatch (cache_run_data (run), 8 * KiB,
+                                      PG - 4 * KiB, 2), -1);
+  assert_true (sectors_are (t, PG - 4 * KiB, 8 * KiB, V | W));
+  assert_true (sectors_are (t, 4 * PG, 3 * PG, V | W));
+  assert_int_equal (stats (t->c).runs_in_flight, 2);
+  assert_int_equal (stats (t->c).writeback_bytes, 8 * KiB + 3 * PG);
+  assert_int_equal (stats (t->c).dirty_bytes, 0);
+  /* Nothing reached the backend yet. */
+  assert_int_equal (counts (t).writes, 0);
+  assert_true (cache_debug_check (t->c));
+
+  assert_int_equal (fake_complete_all (t->f, t->c, 0), 2);
+  assert_int_equal (counts (t).write_bytes, 8 * KiB + 3 * PG);
+  assert_true (sectors_are (t, PG - 4 * KiB, 8 * KiB, V));
+  assert_true (sectors_are (t, 4 * PG, 3 * PG, V));
+  assert_true (disk_is_pattern (t, PG - 4 * KiB, 8 * KiB, 2));
+  assert_true (disk_is_pattern (t, 4 * PG, 3 * PG, 2));
+  assert_int_equal (stats (t->c).runs_in_flight, 0);
+  assert_int_equal (stats (t->c).writeback_bytes, 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+}
+
+static void
+test_separate_ranges_separate_runs (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+
+  open_capture (t, &cfg);
+  assert_int_equal (write_pattern (t, 2 * PG + 0 * SS, 8 * SS, 2, 0), 0);
+  assert_int_equal (write_pattern (t, 2 * PG + 20 * SS, 8 * SS, 2, 0), 0);
+  assert_int_equal (write_pattern (t, 2 * PG + 100 * SS, 8 * SS, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_EXPIRED, 0), 3);
+  assert_int_equal (fake_nr_captured (t->f), 3);
+  find_cap (t, 2 * PG + 0 * SS, 8 * SS);
+  find_cap (t, 2 * PG + 20 * SS, 8 * SS);
+  find_cap (t, 2 * PG + 100 * SS, 8 * SS);
+  /* The gaps are not part of any run. */
+  assert_false (fake_capture_overlaps (t->f, 0, 2 * PG + 8 * SS, 12 * SS));
+  assert_false (fake_capture_overlaps (t->f, 0, 2 * PG + 28 * SS, 72 * SS));
+  assert_int_equal (cache_debug_sector (t->c, 2 * PG + 8 * SS), 0);
+  assert_int_equal (fake_complete_all (t->f, t->c, 0), 3);
+  assert_int_equal (counts (t).write_bytes, 24 * SS);
+  assert_int_equal (counts (t).read_bytes, 0);
+}
+
+/* Invariant 5, first half: W is set on every sector of the batch before
+ * the first run is submitted.  The submit hook looks at all of them
+ * when it receives the first run.
+ */
+struct mark_check {
+  struct tcache *t;
+  unsigned calls;
+  bool all_marked_at_first;
+  bool any_dirty_at_first;
+};
+
+static const uint64_t mark_ranges[][2] = {
+  { 1 * PG + 0 * SS, 8 * SS },
+  { 1 * PG + 20 * SS, 8 * SS },
+  { 1 * PG + 100 * SS, 8 * SS },
+  { 9 * PG, 2 * PG },
+  { 13 * PG + 5 * SS, SS },
+};
+#define NR_MARK (sizeof mark_ranges / sizeof mark_ranges[0])
+
+static void
+mark_check_submit (void *opaque, struct cache *c, struct cache_run *run)
+{
+  struct mark_check *mc = opaque;
+
+  if (mc->calls++ == 0) {
+    mc->all_marked_at_first = true;
+    for (unsigned r = 0; r < NR_MARK; r++)
+      for (uint64_t o = mark_ranges[r][0];
+           o < mark_ranges[r][0] + mark_ranges[r][1]; o += SS) {
+        unsigned s = cache_debug_sector (c, o);
+        if (!(s & W))
+          mc->all_marked_at_first = false;
+        if (s & D)
+          mc->any_dirty_at_first = true;
+      }
+  }
+  fake_capture_submit (mc->t->f, c, run);
+}
+
+static void
+test_mark_all_before_submit (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  struct mark_check mc = { .t = t };
+
+  tc_open (t, &cfg);
+  cache_set_submit (t->c, mark_check_submit, &mc);
+  for (unsigned r = 0; r < NR_MARK; r++)
+    assert_int_equal (write_pattern (t, mark_ranges[r][0], mark_ranges[r][1],
+                                     2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), NR_MARK);
+  assert_int_equal (mc.calls, NR_MARK);
+  assert_true (mc.all_marked_at_first);
+  assert_false (mc.any_dirty_at_first);
+  assert_int_equal (fake_complete_all (t->f, t->c, 0), NR_MARK);
+  for (unsigned r = 0; r < NR_MARK; r++)
+    assert_true (disk_is_pattern (t, mark_ranges[r][0], mark_ranges[r][1], 2));
+}
+
+/* Invariant 5, second half: three runs in flight on one page complete
+ * in every order; each completion cleans only its own sectors, and the
+ * page leaves write-back only after the last.
+ */
+static const uint64_t perm_ranges[3][2] = {
+  { 3 * PG + 0 * SS, 8 * SS },
+  { 3 * PG + 20 * SS, 8 * SS },
+  { 3 * PG + 100 * SS, 8 * SS },
+};
+static const int perms[6][3] = {
+  { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
+};
+
+static void
+test_completion_any_order (void **state)
+{
+  struct tcache *t = *state;
+
+  for (int p = 0; p < 6; p++) {
+    struct cache_config cfg = test_config ();
+    size_t idx[3];
+
+    open_capture (t, &cfg);
+    for (int r = 0; r < 3; r++)
+      assert_int_equal (write_pattern (t, perm_ranges[r][0], perm_ranges[r][1],
+                                       (unsigned) (10 + r), 0), 0);
+    assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 3);
+    for (int r = 0; r < 3; r++)
+      idx[r] = find_cap (t, perm_ranges[r][0], (uint32_t) perm_ranges[r][1]);
+    /* While runs are in flight the page holds pins for them. */
+    assert_true (cache_debug_refs (t->c, 3 * PG) >= 1);
+
+    for (int k = 0; k < 3; k++) {
+      int r = perms[p][k];
+      assert_int_equal (fake_complete (t->f, t->c, idx[r], 0), 0);
+      for (int q = 0; q < 3; q++) {
+        bool done = false;
+        for (int j = 0; j <= k; j++)
+          done |= perms[p][j] == q;
+        assert_true (sectors_are (t, perm_ranges[q][0], perm_ranges[q][1],
+                                  done ? V : V | W));
+      }
+      assert_int_equal (stats (t->c).writeback_bytes, (2 - k) * 8 * SS);
+      assert_true (cache_debug_check (t->c));
+    }
+    for (int r = 0; r < 3; r++)
+      assert_true (disk_is_pattern (t, perm_ranges[r][0], perm_ranges[r][1],
+                                    (unsigned) (10 + r)));
+    assert_int_equal (stats (t->c).runs_in_flight, 0);
+    /* Out of write-back and clean: the page can be dropped now. */
+    assert_int_equal (cache_debug_refs (t->c, 3 * PG), 0);
+    tc_close (t);
+  }
+}
+
+/* Invariants 3 and 4: snapshot, redirty, one write per sector. */
+static void
+test_redirty_while_in_flight (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t a = 7 * PG + 10 * SS;
+  struct cache_run *run0;
+  size_t n;
+
+  open_capture (t, &cfg);
+  fill_disk (t, 1);
+  /* X = pattern 2 on sector A (and its neighbour, for a wider run). */
+  assert_int_equal (write_pattern (t, a, 2 * SS, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (cap (t, 0).off, a);
+  assert_int_equal (cap (t, 0).len, 2 * SS);
+  assert_int_equal (cache_debug_sector (t->c, a), V | W);
+  run0 = fake_capture_run (t->f, 0);
+
+  /* Y = pattern 3 on sector A only: returns at once (we are the only
+   * thread, so waiting would hang), and redirties.
+   */
+  assert_int_equal (write_pattern (t, a, SS, 3, 0), 0);
+  assert_int_equal (cache_debug_sector (t->c, a), V | D | W);
+  assert_int_equal (cache_debug_sector (t->c, a + SS), V | W);
+  assert_true (read_is_pattern (t, a, SS, 3));
+  /* The snapshot in flight still holds X. */
+  assert_int_equal (pattern_mismatch (cache_run_data (run0), 2 * SS, a, 2),
+                    -1);
+  assert_int_equal (stats (t->c).dirty_bytes, SS);
+
+  /* A second pass must not submit A while the first write is out. */
+  n = fake_nr_captured (t->f);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  assert_int_equal (fake_nr_captured (t->f), n);
+  assert_false (fake_capture_overlaps (t->f, n, a, SS));
+  assert_true (cache_debug_check (t->c));
+
+  /* The first write lands: A is DIRTY (Y still to go), A+1 CLEAN. */
+  assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
+  assert_true (disk_is_pattern (t, a, 2 * SS, 2));
+  assert_int_equal (cache_debug_sector (t->c, a), V | D);
+  assert_int_equal (cache_debug_sector (t->c, a + SS), V);
+
+  /* Now A goes out again, with Y. */
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (fake_nr_captured (t->f), n + 1);
+  assert_int_equal (cap (t, n).off, a);
+  assert_int_equal (cap (t, n).len, SS);
+  assert_int_equal (pattern_mismatch (cache_run_data (fake_capture_run (t->f, n)),
+                                      SS, a, 3), -1);
+  assert_int_equal (fake_complete (t->f, t->c, n, 0), 0);
+  assert_true (disk_is_pattern (t, a, SS, 3));       /* newest wins */
+  assert_true (disk_is_pattern (t, a + SS, SS, 2));
+  assert_int_equal (cache_debug_sector (t->c, a), V);
+  assert_int_equal (stats (t->c).dirty_bytes, 0);
+}
+
+/* Batches: up to batch_bytes, oldest pages first. */
+static void
+test_batch_size_and_age_order (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  static const unsigned order[4] = { 6, 4, 2, 0 };   /* oldest first */
+  uint64_t total = 0;
+  size_t n;
+
+  cfg.batch_bytes = 2 * PG;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+  for (int i = 0; i < 4; i++)
+    assert_int_equal (write_pattern (t, order[i] * PG, PG, 2, 0), 0);
+  assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  n = fake_nr_captured (t->f);
+  for (size_t i = 0; i < n; i++)
+    total += cap (t, i).len;
+  assert_int_equal (total, 2 * PG);
+  /* The two oldest pages, 6 and 4. */
+  assert_true (sectors_are (t, 6 * PG, PG, V | W));
+  assert_true (sectors_are (t, 4 * PG, PG, V | W));
+  assert_true (sectors_are (t, 2 * PG, PG, V | D));
+  assert_true (sectors_are (t, 0, PG, V | D));
+  /* The next pass takes the rest. */
+  assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  assert_true (sectors_are (t, 2 * PG, PG, V | W));
+  assert_true (sectors_are (t, 0, PG, V | W));
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  fake_complete_all (t->f, t->c, 0);
+  for (int i = 0; i < 4; i++)
+    assert_true (disk_is_pattern (t, order[i] * PG, PG, 2));
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown (test_no_writeback_without_trigger,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_runs_merge_across_pages,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_separate_ranges_separate_runs,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_mark_all_before_submit,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_completion_any_order,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_redirty_while_in_flight,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_batch_size_and_age_order,
+                                     tc_setup, tc_teardown),
+  };
+
+  return cmocka_run_group_tests (tests, NULL, NULL);
+}
