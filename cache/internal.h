@@ -34,7 +34,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "assert.h"
+#include "cache-assert.h"
 #include "cache.h"
 #include "sector.h"
 
@@ -87,7 +87,9 @@ struct page {
   struct sect_bits sb;
 
   /* Identity: written under the shard lock (and clock_lock when freed). */
-  uint64_t index;             /* page number, PAGE_NONE if frame free */
+  _Atomic uint64_t index;     /* page number, PAGE_NONE if frame free;
+                               * read without the shard lock only as a
+                               * hint (try_evict re-checks under it) */
   struct page *hnext;         /* shard hash chain */
   atomic_uint refs;           /* pins; see page.c */
   atomic_bool referenced;     /* CLOCK bit */

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "assert.h"
+#include "cache-assert.h"
 #include "sector.h"
 #include "util.h"
 

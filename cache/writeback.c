@@ -249,9 +249,10 @@ snap_range (struct cache *c, struct page *p, uint32_t first, uint32_t n,
   return d.d < 0;
 }
 
-/* Page locked, wb_lock held.  Tags fragments frags[0..k) of P (those
- * that took DIRTY data inherit the page's tag) and releases the page's
- * tag if it has no DIRTY sector left.
+/* Page locked, wb_lock held, P pinned by the caller.  Tags fragments
+ * frags[0..k) of P (those that took DIRTY data inherit the page's tag),
+ * releases the page's tag if it has no DIRTY sector left, and takes it
+ * off the dirty list if it has no D bit left.
  */
 static void
 snap_finish (struct cache *c, struct page *p, struct frag **frags,
@@ -266,6 +267,8 @@ snap_finish (struct cache *c, struct page *p, struct frag **frags,
   }
   if (!page_has_dirty_idle (c, p))
     page_untag (c, p);
+  if (p->nd == 0)
+    unlist_page (c, p);
 }
 
 /* wb_lock held. */
@@ -436,9 +439,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     pthread_mutex_lock (&c->wb_lock);
     snap_finish (c, p, pf, took, nf);
     p->collecting = false;
-    if (p->nd == 0)
-      unlist_page (c, p);
-    else if (p->listed && p->dnext) {   /* rotate: let others go next */
+    if (p->listed && p->dnext) {   /* rotate: let others go next */
       list_remove (c, p);
       p->dprev = c->dirty_tail;
       c->dirty_tail->dnext = p;
