@@ -82,7 +82,8 @@ void
 cache_account (struct cache *c, struct page *p, const struct sect_delta *d)
 {
   p->nv = (uint32_t) ((int64_t) p->nv + d->v);
-  p->nd = (uint32_t) ((int64_t) p->nd + d->d);
+  if (d->d)
+    atomic_fetch_add_explicit (&p->nd, (unsigned) d->d, memory_order_relaxed);
   p->nw = (uint32_t) ((int64_t) p->nw + d->w);
   if (d->v)
     atomic_fetch_add (&c->st_v, (uint64_t) (int64_t) d->v);

@@ -165,7 +165,11 @@ struct cache_stats {
   uint64_t flushes, flush_errors, flush_ns_total;
   uint64_t evictions;
   uint64_t throttled;          /* writers that had to wait */
-  /* Threads waiting right now (for tests and metrics). */
+  /* Threads waiting right now (for tests and metrics): waiting_flush
+   * counts cache_flush calls blocked on write-back or on a backend flush
+   * another flush started; waiting_idle counts TRIM/ZERO/FUA waiting for
+   * write-back of their range.
+   */
   uint64_t waiting_flush, waiting_throttle, waiting_page, waiting_idle;
   uint64_t runs_in_flight;
   uint64_t metadata_bytes;

@@ -87,8 +87,11 @@ group_commit (struct cache *c)
       }
       pthread_cond_broadcast (&c->gc_cv);
     }
-    else
+    else {
+      atomic_fetch_add (&c->w_flush, 1);
       pthread_cond_wait (&c->gc_cv, &c->gc_lock);
+      atomic_fetch_sub (&c->w_flush, 1);
+    }
   }
   pthread_mutex_unlock (&c->gc_lock);
   return w.err;

@@ -95,7 +95,10 @@ struct page {
   atomic_bool referenced;     /* CLOCK bit */
 
   /* Page lock. */
-  uint32_t nv, nd, nw;        /* counts of V, D, W sectors */
+  uint32_t nv, nw;            /* counts of V and W sectors */
+  atomic_uint nd;             /* count of D sectors; written under the
+                               * page lock, read without it by collectors
+                               * sizing a batch */
   struct frag *frags;         /* snapshots in flight */
   unsigned nwaiters;          /* threads waiting on cv */
 

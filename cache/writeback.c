@@ -368,6 +368,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
 {
   struct page *picked[MAX_PICK];
   unsigned npicked = 0;
+  uint64_t est = 0;
   struct batch *b;
   struct cache_run *run = NULL;
   uint64_t now = cache_now_ms ();
@@ -378,7 +379,11 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     return -ENOMEM;
 
   pthread_mutex_lock (&c->wb_lock);
-  for (struct page *p = c->dirty_head; p && npicked < MAX_PICK; p = p->dnext) {
+  /* Pick the oldest pages whose dirty data fills the batch, then sort
+   * them by position so that neighbours merge into one run.
+   */
+  for (struct page *p = c->dirty_head;
+       p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
     if (p->collecting || p->dseq == SEQ_NONE)
       continue;
     if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
@@ -388,6 +393,8 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     p->collecting = true;
     page_pin_more (p);                  /* the collector's pin */
     picked[npicked++] = p;
+    est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
+      << c->sector_shift;
   }
   pthread_mutex_unlock (&c->wb_lock);
 
