@@ -182,7 +182,7 @@ void
 fake_reset_counts (struct fake *f)
 {
   lock (f);
-  memset (&f->counts, 0, sizeof f->counts);
+  f->counts = (struct fake_counts) { 0 };
   f->nlog = 0;
   unlock (f);
 }

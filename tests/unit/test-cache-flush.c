@@ -233,15 +233,25 @@ test_flush_redirtied_in_flight (void **state)
   assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
   assert_int_equal (write_pattern (t, a, SS, 3, 0), 0);
   assert_int_equal (cache_debug_sector (t->c, a), V | D | W);
+  /* Other dirty data right before A on the same page, so the flush
+   * has something to collect there now.
+   */
+  assert_int_equal (write_pattern (t, a - 2 * SS, 2 * SS, 4, 0), 0);
 
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
   WAIT_FOR (stats (t->c).waiting_flush == 1);
-  assert_int_equal (fake_nr_captured (t->f), 1);
+  assert_int_equal (fake_nr_captured (t->f), 2);
+  assert_false (fake_capture_overlaps (t->f, 1, a, SS));
+  assert_false (async_done (fl));
+  assert_int_equal (fake_complete (t->f, t->c, 1, 0), 0);
+  assert_true (disk_is_pattern (t, a - 2 * SS, 2 * SS, 4));
+  WAIT_FOR (stats (t->c).waiting_flush == 1);
+  assert_int_equal (fake_nr_captured (t->f), 2);
   assert_false (async_done (fl));
 
   assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
-  WAIT_FOR (fake_nr_captured (t->f) == 2);
-  run = fake_capture_run (t->f, 1);
+  WAIT_FOR (fake_nr_captured (t->f) == 3);
+  run = fake_capture_run (t->f, 2);
   assert_non_null (run);
   assert_int_equal (cache_run_offset (run), a);
   assert_int_equal (cache_run_length (run), SS);
@@ -249,7 +259,7 @@ test_flush_redirtied_in_flight (void **state)
   WAIT_FOR (stats (t->c).waiting_flush == 1);
   assert_false (async_done (fl));
   assert_int_equal (counts (t).flushes, 0);
-  assert_int_equal (fake_complete (t->f, t->c, 1, 0), 0);
+  assert_int_equal (fake_complete (t->f, t->c, 2, 0), 0);
   assert_int_equal (async_join (fl), 0);
   assert_true (disk_is_pattern (t, a, SS, 3));
   assert_true (disk_is_pattern (t, a + SS, 3 * SS, 2));

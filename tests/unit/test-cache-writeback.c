@@ -320,6 +320,21 @@ test_redirty_while_in_flight (void **state)
   assert_false (fake_capture_overlaps (t->f, n, a, SS));
   assert_true (cache_debug_check (t->c));
 
+  /* Not even when the page has other dirty data to collect: B, two
+   * sectors before A (so a run of B that ran on into A would be
+   * contiguous), goes out alone.
+   */
+  assert_int_equal (write_pattern (t, a - 2 * SS, 2 * SS, 4, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (fake_nr_captured (t->f), n + 1);
+  assert_int_equal (cap (t, n).off, a - 2 * SS);
+  assert_int_equal (cap (t, n).len, 2 * SS);
+  assert_false (fake_capture_overlaps (t->f, n, a, SS));
+  assert_int_equal (cache_debug_sector (t->c, a), V | D | W);
+  assert_int_equal (fake_complete (t->f, t->c, n, 0), 0);
+  assert_true (disk_is_pattern (t, a - 2 * SS, 2 * SS, 4));
+  n++;
+
   /* The first write lands: A is DIRTY (Y still to go), A+1 CLEAN. */
   assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
   assert_true (disk_is_pattern (t, a, 2 * SS, 2));
