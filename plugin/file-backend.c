@@ -41,7 +41,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* fallocate */
+#define _GNU_SOURCE 1               /* fallocate, strerrordesc_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -63,6 +63,7 @@
 #include <nbdkit-plugin.h>
 
 #include "cache.h"
+#include "errstr.h"
 #include "file-backend.h"
 #include "util.h"
 
@@ -104,7 +105,7 @@ fb_pread (void *opaque, void *buf, uint32_t count, uint64_t off)
       if (err == EINTR)
         continue;
       nbdkit_error ("pread: %s: offset %" PRIu64 ": %s",
-                    fb->path, off, strerror (err));
+                    fb->path, off, errstr (err));
       return -err;
     }
     if (r == 0) {
@@ -137,7 +138,7 @@ fb_pwrite_fd (struct file_backend *fb, int fd,
       if (err == EINTR)
         continue;
       nbdkit_error ("pwrite: %s: offset %" PRIu64 ": %s",
-                    fb->path, off, strerror (err));
+                    fb->path, off, errstr (err));
       return -err;
     }
     if (r == 0) {
@@ -174,7 +175,7 @@ fb_flush (void *opaque)
   if (fdatasync (fd) == -1) {
     int err = errno;
 
-    nbdkit_error ("fdatasync: %s: %s", fb->path, strerror (err));
+    nbdkit_error ("fdatasync: %s: %s", fb->path, errstr (err));
     return -err;
   }
   return 0;
@@ -216,7 +217,7 @@ fb_fallocate (struct file_backend *fb, atomic_bool *can, int mode,
   }
   r = errno;
   nbdkit_error ("fallocate: %s: %s: offset %" PRIu64 " count %" PRIu32
-                ": %s", fb->path, what, off, count, strerror (r));
+                ": %s", fb->path, what, off, count, errstr (r));
   return -r;
 }
 
@@ -249,7 +250,7 @@ fb_range_ioctl (struct file_backend *fb, atomic_bool *can,
   }
   r = errno;
   nbdkit_error ("ioctl %s: %s: offset %" PRIu64 " count %" PRIu64 ": %s",
-                what, fb->path, start, length, strerror (r));
+                what, fb->path, start, length, errstr (r));
   return -r;
 }
 
@@ -369,7 +370,7 @@ file_backend_open (const char *path, struct file_backend **fbp)
   fb = calloc (1, sizeof *fb);
   if (fb == NULL || (fb->path = strdup (path)) == NULL) {
     err = errno;
-    nbdkit_error ("calloc: %m");
+    nbdkit_error ("calloc: %s", errstr (err));
     goto err_free;
   }
   atomic_init (&fb->wfd, -1);
@@ -383,12 +384,12 @@ file_backend_open (const char *path, struct file_backend **fbp)
   fb->rfd = open (path, O_RDONLY | O_CLOEXEC);
   if (fb->rfd == -1) {
     err = errno;
-    nbdkit_error ("subpage: file=%s: open: %m", path);
+    nbdkit_error ("subpage: file=%s: open: %s", path, errstr (err));
     goto err_lock;
   }
   if (fstat (fb->rfd, &st) == -1) {
     err = errno;
-    nbdkit_error ("subpage: file=%s: fstat: %m", path);
+    nbdkit_error ("subpage: file=%s: fstat: %s", path, errstr (err));
     goto err_close;
   }
   if (S_ISREG (st.st_mode))
@@ -399,7 +400,8 @@ file_backend_open (const char *path, struct file_backend **fbp)
     fb->is_block = true;
     if (ioctl (fb->rfd, BLKGETSIZE64, &fb->size) == -1) {
       err = errno;
-      nbdkit_error ("subpage: file=%s: ioctl BLKGETSIZE64: %m", path);
+      nbdkit_error ("subpage: file=%s: ioctl BLKGETSIZE64: %s",
+                    path, errstr (err));
       goto err_close;
     }
     if (ioctl (fb->rfd, BLKSSZGET, &lbs) == -1 || lbs <= 0 ||
@@ -458,13 +460,13 @@ file_backend_open_write (struct file_backend *fb)
  out_failed:
   if (err == EACCES || err == EROFS || err == EPERM) {
     nbdkit_debug ("subpage: file=%s: cannot open for writing (%s): "
-                  "serving read-only", fb->path, strerror (err));
+                  "serving read-only", fb->path, errstr (err));
     fb->write_tried = true;
     err = 0;
   }
   else
     nbdkit_error ("subpage: file=%s: open for writing: %s",
-                  fb->path, strerror (err));
+                  fb->path, errstr (err));
  out_unlock:
   pthread_mutex_unlock (&fb->lock);
   return -err;

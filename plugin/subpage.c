@@ -41,6 +41,9 @@
  * What it does not do: extents, multiple exports, other backends.
  */
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1               /* strerrordesc_np */
+#endif
 #define NBDKIT_API_VERSION 2
 
 #include <errno.h>
@@ -57,6 +60,7 @@
 #include <nbdkit-plugin.h>
 
 #include "cache.h"
+#include "errstr.h"
 #include "file-backend.h"
 #include "util.h"
 #include "wbserver.h"
@@ -270,7 +274,7 @@ subpage_config_complete (void)
 }
 
 #define subpage_config_help \
-  "file=<FILENAME>     (required) The disk image: regular file or block device.\n" \
+  "file=<FILENAME>     (required) Disk image: regular file or block device.\n" \
   "cache-size=<SIZE>   Memory for cached pages (default 256M).\n" \
   "page-size=<SIZE>    Cache page size, power of 2, 4K..2M (default 64K).\n" \
   "sector-size=<SIZE>  Tracking granularity, power of 2, 512..page-size\n" \
@@ -327,7 +331,7 @@ subpage_get_ready (void)
   if (cache == NULL) {
     nbdkit_error ("subpage: cannot create the cache (cache-size=%" PRIu64
                   " page-size=%" PRIu32 " sector-size=%" PRIu32 "): %s",
-                  cache_size, page_size, sector_size, strerror (-err));
+                  cache_size, page_size, sector_size, errstr (-err));
     return -1;
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
@@ -373,7 +377,7 @@ subpage_after_fork (void)
   wbs = wbs_start (cache, &wcfg, &err);
   if (wbs == NULL) {
     nbdkit_error ("subpage: cannot start write-back threads: %s",
-                  strerror (-err));
+                  errstr (-err));
     return -1;
   }
 
@@ -383,7 +387,7 @@ subpage_after_fork (void)
   pthread_sigmask (SIG_SETMASK, &saved, NULL);
   if (err != 0) {
     nbdkit_error ("subpage: cannot start the shutdown watcher: %s",
-                  strerror (err));
+                  errstr (err));
     return -1;                  /* .cleanup stops wbs */
   }
   watcher_started = true;
@@ -407,7 +411,7 @@ subpage_cleanup (void)
 
     if (r < 0)
       nbdkit_error ("subpage: final flush failed, unwritten data is "
-                    "lost: %s", strerror (-r));
+                    "lost: %s", errstr (-r));
     cache_get_stats (cache, &st);
     nbdkit_debug ("subpage: exit: backend reads %" PRIu64 " (%" PRIu64
                   " bytes), writes %" PRIu64 " (%" PRIu64 " bytes), "
@@ -511,7 +515,7 @@ static int
 subpage_fail (const char *what, int r)
 {
   nbdkit_set_error (-r);
-  nbdkit_error ("%s: %s", what, strerror (-r));
+  nbdkit_error ("%s: %s", what, errstr (-r));
   return -1;
 }
 
