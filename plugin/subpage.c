@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <nbdkit-plugin.h>
 
@@ -242,6 +243,7 @@ static int
 subpage_config_complete (void)
 {
   char b1[32], b2[32], b3[32];
+  uint64_t phys;
 
   if (filename == NULL) {
     nbdkit_error ("subpage: the file= parameter is required "
@@ -262,6 +264,16 @@ subpage_config_complete (void)
                   size_str (page_size, b2, sizeof b2),
                   size_str ((uint64_t) CACHE_MIN_PAGES * page_size,
                             b3, sizeof b3));
+    return -1;
+  }
+  /* A cache larger than RAM is a typo (and would overflow the core's
+   * frame count long before it is useful).
+   */
+  phys = (uint64_t) sysconf (_SC_PHYS_PAGES) * sysconf (_SC_PAGESIZE);
+  if (phys > 0 && cache_size > phys) {
+    nbdkit_error ("subpage: cache-size=%s: must be at most the physical "
+                  "memory (%s)", size_str (cache_size, b1, sizeof b1),
+                  size_str (phys, b2, sizeof b2));
     return -1;
   }
   if (dirty_ratio < dirty_background_ratio) {
@@ -316,6 +328,12 @@ subpage_get_ready (void)
   if (err < 0)
     return -1;
 
+  if (file_backend_size (backend) == 0) {
+    nbdkit_error ("subpage: file=%s: the image is empty (size 0)",
+                  filename);
+    return -1;
+  }
+
   memset (&cfg, 0, sizeof cfg);
   cfg.size = file_backend_size (backend);
   cfg.cache_size = cache_size;
@@ -329,9 +347,13 @@ subpage_get_ready (void)
   cache = cache_create (&cfg, &file_backend_ops, backend,
                         subpage_log, NULL, &err);
   if (cache == NULL) {
-    nbdkit_error ("subpage: cannot create the cache (cache-size=%" PRIu64
-                  " page-size=%" PRIu32 " sector-size=%" PRIu32 "): %s",
-                  cache_size, page_size, sector_size, errstr (-err));
+    char b1[32], b2[32], b3[32];
+
+    nbdkit_error ("subpage: cannot create the cache (cache-size=%s "
+                  "page-size=%s sector-size=%s): %s",
+                  size_str (cache_size, b1, sizeof b1),
+                  size_str (page_size, b2, sizeof b2),
+                  size_str (sector_size, b3, sizeof b3), errstr (-err));
     return -1;
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
