@@ -322,6 +322,7 @@ static int
 subpage_get_ready (void)
 {
   struct cache_config cfg;
+  char b1[32], b2[32], b3[32];
   int err;
 
   err = file_backend_open (filename, &backend);
@@ -347,8 +348,6 @@ subpage_get_ready (void)
   cache = cache_create (&cfg, &file_backend_ops, backend,
                         subpage_log, NULL, &err);
   if (cache == NULL) {
-    char b1[32], b2[32], b3[32];
-
     nbdkit_error ("subpage: cannot create the cache (cache-size=%s "
                   "page-size=%s sector-size=%s): %s",
                   size_str (cache_size, b1, sizeof b1),
@@ -358,12 +357,14 @@ subpage_get_ready (void)
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
 
-  nbdkit_debug ("subpage: file=%s size=%" PRIu64 " cache-size=%" PRIu64
-                " page-size=%" PRIu32 " sector-size=%" PRIu32 " mode=%s "
+  nbdkit_debug ("subpage: file=%s size=%" PRIu64 " cache-size=%s "
+                "page-size=%s sector-size=%s mode=%s "
                 "dirty-expire-ms=%u dirty-writeback-ms=%u "
                 "dirty-background-ratio=%u dirty-ratio=%u "
                 "writeback-threads=%u",
-                filename, cfg.size, cache_size, page_size, sector_size,
+                filename, cfg.size, size_str (cache_size, b1, sizeof b1),
+                size_str (page_size, b2, sizeof b2),
+                size_str (sector_size, b3, sizeof b3),
                 mode_name (mode), dirty_expire_ms, dirty_writeback_ms,
                 dirty_background_ratio, dirty_ratio, writeback_threads);
   return 0;
