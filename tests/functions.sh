@@ -213,7 +213,7 @@ start_nbdkit ()
 
 # stop_nbdkit PIDFILE [SECONDS]: send SIGTERM to the nbdkit started with
 # PIDFILE, wait for it to exit (60 s by default) and return its exit
-# status (124 if it had to be killed).
+# status (124 if it had to be killed), saying so when it is not 0.
 stop_nbdkit ()
 {
   local pid=${_nbdkit_pid[$1]:-} status=0
@@ -233,6 +233,9 @@ stop_nbdkit ()
     wait "$pid" || :
   fi
   _nbdkit_stopped+="$pid "
+  if [ "$status" -ne 0 ]; then
+    echo "$0: nbdkit (PID $pid) exited with status $status after SIGTERM" >&2
+  fi
   return "$status"
 }
 

@@ -68,13 +68,9 @@ umount "$tmpdir/mnt1"
 detach_loops "$nbdfuse_file"
 stop_nbdfuse "$tmpdir/fuse1"
 
-# Data still dirty in the cache must reach the image before nbdkit exits.
-status=0
-stop_nbdkit "$pid" 120 || status=$?
-if [ "$status" -ne 0 ]; then
-  echo "$0: nbdkit exited with status $status after SIGTERM" >&2
-  exit 1
-fi
+# Data still dirty in the cache must reach the image before nbdkit
+# exits, with status 0.
+stop_nbdkit "$pid" 120
 
 # ---- 2. the image file is a clean filesystem -----------------------------
 e2fsck -fn "$img"
