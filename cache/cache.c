@@ -30,6 +30,7 @@
  * thread that holds no pin waits for a free frame, so requests cannot
  * deadlock on cache memory.
  */
+#define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "errstr.h"
 #include "internal.h"
 #include "util.h"
 
@@ -131,9 +133,12 @@ check_config (const struct cache_config *cfg, const char **what)
     *what = "sector_size must be a power of 2 between 512 and page_size";
     return -EINVAL;
   }
-  if (cfg->cache_size / cfg->page_size < CACHE_MIN_PAGES ||
-      cfg->cache_size / cfg->page_size > UINT32_MAX / 2) {
+  if (cfg->cache_size / cfg->page_size < CACHE_MIN_PAGES) {
     *what = "cache_size must hold at least 8 pages";
+    return -EINVAL;
+  }
+  if (cfg->cache_size / cfg->page_size > UINT32_MAX / 2) {
+    *what = "cache_size holds too many pages (at most 2^31)";
     return -EINVAL;
   }
   if (cfg->dirty_ratio < 1 || cfg->dirty_ratio > 100 ||
@@ -197,7 +202,7 @@ cache_create (const struct cache_config *cfg,
   wb_init (c);
   r = page_table_init (c);
   if (r < 0) {
-    cache_logf (c, CACHE_LOG_ERROR, "cache_create: %s", strerror (-r));
+    cache_logf (c, CACHE_LOG_ERROR, "cache_create: %s", errstr (-r));
     cache_destroy (c);
     *err = r;
     return NULL;

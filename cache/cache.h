@@ -102,6 +102,11 @@ struct cache *cache_create (const struct cache_config *cfg,
  */
 void cache_destroy (struct cache *c);
 
+/* Hooks take effect for calls that start after these return; a call to
+ * the old hook that started before may still be running.  Reset them
+ * only when no request and no write-back is running (server/'s wbs_stop
+ * does so after its workers have stopped, at .cleanup).
+ */
 void cache_set_submit (struct cache *c, cache_submit_fn fn, void *opaque);
 void cache_set_kick (struct cache *c, cache_kick_fn fn, void *opaque);
 void cache_set_debug (struct cache *c, bool verbose);
@@ -126,7 +131,9 @@ int cache_flush (struct cache *c);
 
 /* Background write-back: collects one batch of dirty data and submits
  * its runs.  Returns the number of runs submitted (0: nothing to do) or
- * -errno (-ENOMEM).
+ * -errno (-ENOMEM).  Never waits for a run to complete (with the default
+ * synchronous submit hook it performs them itself), so a single worker
+ * thread can call it.
  */
 enum cache_wb_reason {
   CACHE_WB_EXPIRED,     /* pages dirty for at least expire_ms */
@@ -134,7 +141,9 @@ enum cache_wb_reason {
 };
 int cache_writeback (struct cache *c, enum cache_wb_reason why,
                      uint64_t expire_ms);
-/* True when dirty data passes the background threshold. */
+/* True when dirty data plus data under write-back passes the
+ * background threshold (like Linux, write-back in flight counts).
+ */
 bool cache_over_background (struct cache *c);
 
 /* Runs.  The data stays valid until cache_run_done. */
@@ -142,8 +151,10 @@ uint64_t cache_run_offset (const struct cache_run *run);
 uint32_t cache_run_length (const struct cache_run *run);
 const void *cache_run_data (const struct cache_run *run);
 uint32_t cache_run_flags (const struct cache_run *run);
-/* Writes RUN to the backend and calls cache_run_done. */
-void cache_run_io (struct cache *c, struct cache_run *run);
+/* Writes RUN to the backend and calls cache_run_done.  Returns the
+ * backend's result (0 or -errno); RUN is gone by then.
+ */
+int cache_run_io (struct cache *c, struct cache_run *run);
 /* Completes RUN: 0 marks its sectors clean (unless written again
  * meanwhile); -errno marks them dirty again and records the error for
  * the next flush.

@@ -27,10 +27,12 @@
  * data shares a page range with older data, so a stream of writes
  * cannot starve a flush.
  */
+#define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "errstr.h"
 #include "internal.h"
 #include "util.h"
 
@@ -156,7 +158,7 @@ cache_flush (struct cache *c)
     err = group_commit (c);
   if (err) {
     atomic_fetch_add (&c->st_flush_errors, 1);
-    cache_logf (c, CACHE_LOG_ERROR, "flush failed: %s", strerror (-err));
+    cache_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
   }
   atomic_fetch_add (&c->st_flush_ns, cache_now_ns () - t0);
   return err;

@@ -38,12 +38,14 @@
  * submits what it has before it waits), so FUA, flush and discard
  * cannot deadlock on each other.
  */
+#define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "errstr.h"
 #include "internal.h"
 #include "util.h"
 
@@ -532,7 +534,7 @@ cache_run_flags (const struct cache_run *run)
   return run->flags;
 }
 
-void
+int
 cache_run_io (struct cache *c, struct cache_run *run)
 {
   int r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off,
@@ -541,6 +543,7 @@ cache_run_io (struct cache *c, struct cache_run *run)
   atomic_fetch_add (&c->st_bwrites, 1);
   atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
   cache_run_done (c, run, r);
+  return r;
 }
 
 void
@@ -552,7 +555,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     atomic_fetch_add (&c->st_wb_errors, 1);
     cache_logf (c, CACHE_LOG_ERROR,
                 "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
-                run->off, run->len, strerror (-err));
+                run->off, run->len, errstr (-err));
   }
   for (uint32_t i = 0; i < run->nfrags; i++) {
     struct frag *f = &run->frags[i];
