@@ -406,3 +406,12 @@ async_join (struct async *a)
   }
   return atomic_load (&a->ret);
 }
+
+struct fake_counts
+counts (struct tcache *t)
+{
+  struct fake_counts fc;
+
+  fake_get_counts (t->f, &fc);
+  return fc;
+}

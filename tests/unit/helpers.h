@@ -34,6 +34,15 @@
 
 #define WAIT_TIMEOUT_MS 10000
 
+/* The default geometry's page and sector size, and short names for the
+ * sector state bits of cache_debug_sector().
+ */
+#define PG (64 * KiB)
+#define SS 512
+#define V CACHE_SECT_V
+#define D CACHE_SECT_D
+#define W CACHE_SECT_W
+
 struct async;
 
 struct tcache {
@@ -61,6 +70,8 @@ void tc_open_ops (struct tcache *t, const struct cache_config *cfg,
 void tc_close (struct tcache *t);
 
 struct cache_stats stats (struct cache *c);
+/* The fake backend's counters. */
+struct fake_counts counts (struct tcache *t);
 uint64_t now_ms (void);
 void sleep_ms (unsigned ms);
 

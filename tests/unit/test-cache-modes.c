@@ -26,21 +26,6 @@
 
 #include "helpers.h"
 
-#define V CACHE_SECT_V
-#define D CACHE_SECT_D
-#define W CACHE_SECT_W
-#define PG (64 * KiB)
-#define SS 512
-
-static struct fake_counts
-counts (struct tcache *t)
-{
-  struct fake_counts fc;
-
-  fake_get_counts (t->f, &fc);
-  return fc;
-}
-
 /* Some successful FUA write in the log covers [off, off+len) entirely. */
 static bool
 fua_write_covers (struct tcache *t, uint64_t off, uint64_t len)

@@ -27,21 +27,6 @@
 
 #include "helpers.h"
 
-#define V CACHE_SECT_V
-#define D CACHE_SECT_D
-#define W CACHE_SECT_W
-#define PG (64 * KiB)
-#define SS 512
-
-static struct fake_counts
-counts (struct tcache *t)
-{
-  struct fake_counts fc;
-
-  fake_get_counts (t->f, &fc);
-  return fc;
-}
-
 static void
 test_config_checks (void **state)
 {

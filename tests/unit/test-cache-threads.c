@@ -33,8 +33,6 @@
 
 #include "helpers.h"
 
-#define PG (64 * KiB)
-#define SS 512
 #define NWORKERS 4
 #define REGION (1 * MiB)
 #define OPS 1500
