@@ -201,8 +201,8 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
   b->cap = cap;
   b->maxfrags = b->maxruns = maxfrags;
   b->buf = malloc (cap);
-  b->frags = calloc (maxfrags, sizeof *b->frags);
-  b->runs = calloc (maxfrags, sizeof *b->runs);
+  b->frags = malloc (maxfrags * sizeof *b->frags);  /* set when used */
+  b->runs = malloc (maxfrags * sizeof *b->runs);
   if (!b->buf || !b->frags || !b->runs) {
     free (b->buf);
     free (b->frags);
@@ -374,16 +374,12 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
   struct batch *b;
   struct cache_run *run = NULL;
   uint64_t now = cache_now_ms ();
-  uint32_t maxfrags = MIN (c->cfg.batch_bytes >> c->sector_shift, 4096u);
+  uint32_t cap, maxfrags;
 
-  b = batch_new (c, c->cfg.batch_bytes, maxfrags);
-  if (!b)
-    return -ENOMEM;
-
-  pthread_mutex_lock (&c->wb_lock);
   /* Pick the oldest pages whose dirty data fills the batch, then sort
    * them by position so that neighbours merge into one run.
    */
+  pthread_mutex_lock (&c->wb_lock);
   for (struct page *p = c->dirty_head;
        p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
     if (p->collecting || p->dseq == SEQ_NONE)
@@ -399,6 +395,27 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
       << c->sector_shift;
   }
   pthread_mutex_unlock (&c->wb_lock);
+
+  /* Size the batch for what was picked (the pages are ours while
+   * `collecting' is set), with no lock held.  Data dirtied since the
+   * estimate that does not fit stays dirty for the next batch.
+   */
+  cap = (uint32_t) MIN (MAX (est, (uint64_t) c->cfg.sector_size),
+                        (uint64_t) c->cfg.batch_bytes);
+  maxfrags = (uint32_t) MIN ((uint64_t) npicked * 64,
+                             (est >> c->sector_shift) + npicked);
+  maxfrags = MAX (maxfrags, 1u);
+  b = batch_new (c, cap, maxfrags);
+  if (!b) {
+    pthread_mutex_lock (&c->wb_lock);
+    for (unsigned k = 0; k < npicked; k++)
+      picked[k]->collecting = false;
+    pthread_cond_broadcast (&c->wb_cv);
+    pthread_mutex_unlock (&c->wb_lock);
+    for (unsigned k = 0; k < npicked; k++)
+      page_unpin (c, picked[k]);
+    return -ENOMEM;
+  }
 
   qsort (picked, npicked, sizeof picked[0], cmp_page_index);
 
