@@ -227,19 +227,15 @@ cache_destroy (struct cache *c)
 void
 cache_set_submit (struct cache *c, cache_submit_fn fn, void *opaque)
 {
-  pthread_mutex_lock (&c->wb_lock);
-  c->submit = fn;
-  c->submit_opaque = opaque;
-  pthread_mutex_unlock (&c->wb_lock);
+  atomic_store (&c->submit_opaque, opaque);
+  atomic_store (&c->submit, fn);
 }
 
 void
 cache_set_kick (struct cache *c, cache_kick_fn fn, void *opaque)
 {
-  pthread_mutex_lock (&c->wb_lock);
-  c->kick = fn;
-  c->kick_opaque = opaque;
-  pthread_mutex_unlock (&c->wb_lock);
+  atomic_store (&c->kick_opaque, opaque);
+  atomic_store (&c->kick, fn);
 }
 
 void
@@ -519,16 +515,12 @@ static void
 maybe_kick (struct cache *c)
 {
   cache_kick_fn fn;
-  void *opaque;
 
   if (!cache_over_background (c))
     return;
-  pthread_mutex_lock (&c->wb_lock);
-  fn = c->kick;
-  opaque = c->kick_opaque;
-  pthread_mutex_unlock (&c->wb_lock);
+  fn = atomic_load (&c->kick);
   if (fn)
-    fn (opaque);
+    fn (atomic_load (&c->kick_opaque));
 }
 
 int

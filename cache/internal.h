@@ -130,10 +130,13 @@ struct cache {
   void *bopaque;
   cache_log_fn log;
   void *log_opaque;
-  cache_submit_fn submit;
-  void *submit_opaque;
-  cache_kick_fn kick;
-  void *kick_opaque;
+  /* Hooks: read with atomic loads on hot paths, set only while no
+   * request or write-back runs (cache.h).
+   */
+  _Atomic (cache_submit_fn) submit;
+  _Atomic (void *) submit_opaque;
+  _Atomic (cache_kick_fn) kick;
+  _Atomic (void *) kick_opaque;
   atomic_bool verbose;
 
   /* Geometry. */

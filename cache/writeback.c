@@ -341,15 +341,10 @@ wb_busy_end (struct cache *c, struct busy_range *r)
 static void
 submit_run (struct cache *c, struct cache_run *run)
 {
-  cache_submit_fn fn;
-  void *opaque;
+  cache_submit_fn fn = atomic_load (&c->submit);
 
-  pthread_mutex_lock (&c->wb_lock);
-  fn = c->submit;
-  opaque = c->submit_opaque;
-  pthread_mutex_unlock (&c->wb_lock);
   if (fn)
-    fn (opaque, c, run);
+    fn (atomic_load (&c->submit_opaque), c, run);
   else
     cache_run_io (c, run);
 }
@@ -633,15 +628,10 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
 void
 wb_kick (struct cache *c)
 {
-  cache_kick_fn fn;
-  void *opaque;
+  cache_kick_fn fn = atomic_load (&c->kick);
 
-  pthread_mutex_lock (&c->wb_lock);
-  fn = c->kick;
-  opaque = c->kick_opaque;
-  pthread_mutex_unlock (&c->wb_lock);
   if (fn)
-    fn (opaque);
+    fn (atomic_load (&c->kick_opaque));
   else                                  /* no server: write back ourselves */
     wb_collect (c, PICK_BACKGROUND, 0);
 }
