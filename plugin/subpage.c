@@ -16,8 +16,10 @@
  *                              in config_complete).
  *   .get_ready                 opens the image read-only and creates the
  *                              cache (errors here are seen by the user).
- *   .after_fork                starts the write-back server and the
- *                              shutdown watcher thread.
+ *   .after_fork                applies io-flusher= and mlock= (see
+ *                              subpage_same_host), then starts the
+ *                              write-back server and the shutdown
+ *                              watcher thread.
  *   .open                      the first writable connection opens the
  *                              image for writing (so -r never does).
  *   .cleanup                   stops the watcher and the server, flushes
@@ -57,6 +59,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 
 #include <nbdkit-plugin.h>
 
@@ -94,6 +98,8 @@ static unsigned dirty_writeback_ms = 500;
 static unsigned dirty_background_ratio = 10;
 static unsigned dirty_ratio = 40;
 static unsigned writeback_threads = 4;
+static bool io_flusher;             /* see SAME-HOST CLIENTS */
+static bool mlock_memory;
 
 /* Global state, set up once and shared by every connection. */
 static struct file_backend *backend;
@@ -232,6 +238,18 @@ subpage_config (const char *key, const char *value)
     if (parse_uint (key, value, 1, 64, &writeback_threads) == -1)
       return -1;
   }
+  else if (strcmp (key, "io-flusher") == 0 || strcmp (key, "mlock") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r == -1) {
+      nbdkit_error ("subpage: %s=%s: must be true or false", key, value);
+      return -1;
+    }
+    if (strcmp (key, "io-flusher") == 0)
+      io_flusher = r;
+    else
+      mlock_memory = r;
+  }
   else {
     nbdkit_error ("subpage: unknown parameter '%s'", key);
     return -1;
@@ -303,7 +321,13 @@ subpage_config_complete (void)
   "                             this % of cache-size,\n" \
   "                             dirty-background-ratio..100 (default 40).\n" \
   "writeback-threads=<N>        Write-back worker threads, 1..64\n" \
-  "                             (default 4)."
+  "                             (default 4).\n" \
+  "io-flusher=true|false        Same-host clients: mark nbdkit as an I/O\n" \
+  "                             flusher (needs CAP_SYS_RESOURCE; default\n" \
+  "                             false).\n" \
+  "mlock=true|false             Same-host clients: lock nbdkit's memory\n" \
+  "                             (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK;\n" \
+  "                             default false)."
 
 /* The cache core's log callback. */
 static void
@@ -386,6 +410,47 @@ subpage_watcher (void *arg)
   return NULL;
 }
 
+/* Same-host safety (man page, SAME-HOST CLIENTS).  Called in
+ * .after_fork on nbdkit's main thread, before any thread that serves
+ * requests or writes back is created: the PF_MEMALLOC_NOIO flag that
+ * PR_SET_IO_FLUSHER sets is per thread and inherited by new threads,
+ * and mlockall's locks are not inherited across nbdkit's fork.
+ */
+static int
+subpage_same_host (void)
+{
+  if (io_flusher) {
+    if (prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1) {
+      int e = errno;
+
+      nbdkit_error ("subpage: io-flusher=true: prctl PR_SET_IO_FLUSHER: "
+                    "%s%s", errstr (e),
+                    e == EPERM ? " (needs CAP_SYS_RESOURCE)" :
+                    e == EINVAL ? " (needs Linux >= 5.6)" : "");
+      return -1;
+    }
+    nbdkit_debug ("subpage: io-flusher: PR_SET_IO_FLUSHER set");
+  }
+  if (mlock_memory) {
+    /* Lock what is mapped now (the cache's pages, which this faults
+     * in), then lock later mappings (thread stacks, buffers) only as
+     * they are touched, so unused stack is not pinned.
+     */
+    if (mlockall (MCL_CURRENT) == -1 ||
+        mlockall (MCL_FUTURE | MCL_ONFAULT) == -1) {
+      int e = errno;
+
+      nbdkit_error ("subpage: mlock=true: mlockall: %s (needs "
+                    "CAP_IPC_LOCK, or RLIMIT_MEMLOCK (ulimit -l) larger "
+                    "than cache-size plus nbdkit's own memory)",
+                    errstr (e));
+      return -1;
+    }
+    nbdkit_debug ("subpage: mlock: memory locked");
+  }
+  return 0;
+}
+
 static int
 subpage_after_fork (void)
 {
@@ -396,6 +461,9 @@ subpage_after_fork (void)
   };
   sigset_t all, saved;
   int err;
+
+  if (subpage_same_host () == -1)
+    return -1;
 
   wbs = wbs_start (cache, &wcfg, &err);
   if (wbs == NULL) {
