@@ -3,7 +3,8 @@
  * Notes on the design.
  *
  * What it does: parses the parameters, opens the image through the
- * file backend (file-backend.c), creates one cache (cache/cache.h)
+ * file backend (file-backend.c, file=) or the remote NBD backend
+ * (nbd-backend.c, uri=), creates one cache (cache/cache.h)
  * shared by every connection, starts the write-back server
  * (server/wbserver.h) after nbdkit forks, and maps each NBD request to
  * one cache_* call.  Flags map one to one: NBDKIT_FLAG_FUA ->
@@ -14,14 +15,16 @@
  * Lifecycle:
  *   .config, .config_complete  parameters (one strcmp chain; cross-checks
  *                              in config_complete).
- *   .get_ready                 opens the image read-only and creates the
- *                              cache (errors here are seen by the user).
+ *   .get_ready                 opens the image read-only (uri=: connects
+ *                              to the remote) and creates the cache
+ *                              (errors here are seen by the user).
  *   .after_fork                applies io-flusher= and mlock= (see
  *                              subpage_same_host), then starts the
  *                              write-back server and the shutdown
  *                              watcher thread.
- *   .open                      the first writable connection opens the
- *                              image for writing (so -r never does).
+ *   .open                      file=: the first writable connection
+ *                              opens the image for writing (so -r never
+ *                              does).
  *   .cleanup                   stops the watcher and the server, flushes
  *                              the cache, frees everything.
  * nbdkit 1.32 does not call .close on SIGTERM, so nothing is done there.
@@ -40,7 +43,7 @@
  * printed by nbdkit itself.  The watcher then calls wbs_begin_drain and
  * exits.  .cleanup stops it with a flag (checked every second).
  *
- * What it does not do: extents, multiple exports, other backends.
+ * What it does not do: extents, multiple exports.
  */
 
 #ifndef _GNU_SOURCE
@@ -67,6 +70,7 @@
 #include "cache.h"
 #include "errstr.h"
 #include "file-backend.h"
+#include "nbd-backend.h"
 #include "util.h"
 #include "wbserver.h"
 
@@ -89,6 +93,8 @@ NBDKIT_DLL_PUBLIC int subpage_debug_verbose = 0;
  * page).
  */
 static char *filename;
+static char *uri;                   /* the NBD backend, instead of file= */
+static unsigned connections = 4;    /* uri=: connections to the remote */
 static uint64_t cache_size = 256 * MiB;
 static uint32_t page_size = 64 * KiB;
 static uint32_t sector_size = 512;
@@ -102,7 +108,8 @@ static bool io_flusher;             /* see SAME-HOST CLIENTS */
 static bool mlock_memory;
 
 /* Global state, set up once and shared by every connection. */
-static struct file_backend *backend;
+static struct file_backend *backend;      /* file= */
+static struct nbd_backend *nbackend;      /* uri= */
 static struct cache *cache;
 static struct wbs *wbs;
 static pthread_t watcher;
@@ -181,6 +188,18 @@ subpage_config (const char *key, const char *value)
     /* Absolute: nbdkit changes directory before .after_fork/.open. */
     filename = nbdkit_absolute_path (value);
     if (filename == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "uri") == 0) {
+    free (uri);
+    uri = strdup (value);
+    if (uri == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
+  }
+  else if (strcmp (key, "connections") == 0) {
+    if (parse_uint (key, value, 1, 64, &connections) == -1)
       return -1;
   }
   else if (strcmp (key, "cache-size") == 0) {
@@ -263,9 +282,15 @@ subpage_config_complete (void)
   char b1[32], b2[32], b3[32];
   uint64_t phys;
 
-  if (filename == NULL) {
+  if (filename == NULL && uri == NULL) {
     nbdkit_error ("subpage: the file= parameter is required "
-                  "(a regular file or block device)");
+                  "(a regular file or block device), or uri= "
+                  "(a remote NBD export)");
+    return -1;
+  }
+  if (filename != NULL && uri != NULL) {
+    nbdkit_error ("subpage: file=%s and uri=%s: give exactly one of "
+                  "file= and uri=", filename, uri);
     return -1;
   }
   if (sector_size > page_size) {
@@ -304,7 +329,12 @@ subpage_config_complete (void)
 }
 
 #define subpage_config_help \
-  "file=<FILENAME>     (required) Disk image: regular file or block device.\n" \
+  "file=<FILENAME>     (required, or uri=) Disk image: regular file or\n" \
+  "                    block device.\n" \
+  "uri=<URI>           Remote NBD export instead of file=, for example\n" \
+  "                    nbd+unix:///?socket=/run/remote.sock.\n" \
+  "connections=<N>     uri=: connections to the remote, 1..64 (default 4;\n" \
+  "                    1 if it does not advertise multi-conn).\n" \
   "cache-size=<SIZE>   Memory for cached pages (default 256M).\n" \
   "page-size=<SIZE>    Cache page size, power of 2, 4K..2M (default 64K).\n" \
   "sector-size=<SIZE>  Tracking granularity, power of 2, 512..page-size\n" \
@@ -342,6 +372,21 @@ subpage_log (void *opaque, enum cache_log_level level,
   }
 }
 
+/* The backend in use (file= or uri=). */
+static uint64_t
+backend_size (void)
+{
+  return nbackend != NULL ? nbd_backend_size (nbackend)
+                          : file_backend_size (backend);
+}
+
+static bool
+backend_writable (void)
+{
+  return nbackend != NULL ? nbd_backend_writable (nbackend)
+                          : file_backend_writable (backend);
+}
+
 static int
 subpage_get_ready (void)
 {
@@ -349,18 +394,22 @@ subpage_get_ready (void)
   char b1[32], b2[32], b3[32];
   int err;
 
-  err = file_backend_open (filename, &backend);
+  if (uri != NULL)
+    err = nbd_backend_open (uri, connections, sector_size, &nbackend);
+  else
+    err = file_backend_open (filename, &backend);
   if (err < 0)
     return -1;
 
-  if (file_backend_size (backend) == 0) {
-    nbdkit_error ("subpage: file=%s: the image is empty (size 0)",
-                  filename);
+  if (backend_size () == 0) {
+    nbdkit_error ("subpage: %s=%s: the image is empty (size 0)",
+                  uri != NULL ? "uri" : "file",
+                  uri != NULL ? uri : filename);
     return -1;
   }
 
   memset (&cfg, 0, sizeof cfg);
-  cfg.size = file_backend_size (backend);
+  cfg.size = backend_size ();
   cfg.cache_size = cache_size;
   cfg.page_size = page_size;
   cfg.sector_size = sector_size;
@@ -369,8 +418,12 @@ subpage_get_ready (void)
   cfg.dirty_ratio = dirty_ratio;
   cfg.batch_bytes = 0;          /* the core's default */
 
-  cache = cache_create (&cfg, &file_backend_ops, backend,
-                        subpage_log, NULL, &err);
+  if (nbackend != NULL)
+    cache = cache_create (&cfg, &nbd_backend_ops, nbackend,
+                          subpage_log, NULL, &err);
+  else
+    cache = cache_create (&cfg, &file_backend_ops, backend,
+                          subpage_log, NULL, &err);
   if (cache == NULL) {
     nbdkit_error ("subpage: cannot create the cache (cache-size=%s "
                   "page-size=%s sector-size=%s): %s",
@@ -381,12 +434,13 @@ subpage_get_ready (void)
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
 
-  nbdkit_debug ("subpage: file=%s size=%" PRIu64 " cache-size=%s "
+  nbdkit_debug ("subpage: %s=%s size=%" PRIu64 " cache-size=%s "
                 "page-size=%s sector-size=%s mode=%s "
                 "dirty-expire-ms=%u dirty-writeback-ms=%u "
                 "dirty-background-ratio=%u dirty-ratio=%u "
                 "writeback-threads=%u",
-                filename, cfg.size, size_str (cache_size, b1, sizeof b1),
+                uri != NULL ? "uri" : "file", uri != NULL ? uri : filename,
+                cfg.size, size_str (cache_size, b1, sizeof b1),
                 size_str (page_size, b2, sizeof b2),
                 size_str (sector_size, b3, sizeof b3),
                 mode_name (mode), dirty_expire_ms, dirty_writeback_ms,
@@ -515,14 +569,21 @@ subpage_cleanup (void)
   }
   file_backend_close (backend);
   backend = NULL;
+  nbd_backend_close (nbackend);
+  nbackend = NULL;
   free (filename);
   filename = NULL;
+  free (uri);
+  uri = NULL;
 }
 
 static void *
 subpage_open (int readonly)
 {
-  if (!readonly && file_backend_open_write (backend) < 0)
+  /* The NBD backend is connected at .get_ready and writable unless the
+   * remote export is read-only.
+   */
+  if (!readonly && backend != NULL && file_backend_open_write (backend) < 0)
     return NULL;
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
@@ -531,7 +592,7 @@ static int64_t
 subpage_get_size (void *handle)
 {
   (void) handle;
-  return file_backend_size (backend);
+  return backend_size ();
 }
 
 static int
@@ -549,7 +610,7 @@ static int
 subpage_can_write (void *handle)
 {
   (void) handle;
-  return file_backend_writable (backend);
+  return backend_writable ();
 }
 
 static int
