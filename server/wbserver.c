@@ -58,6 +58,14 @@
  * together: the cache calls our hooks with no lock held, and we call
  * cache_* functions only after dropping s->lock.
  *
+ * Debug log (cfg->debug, -D subpage.writeback=1 in the plugin): every
+ * decision above is logged through cfg->log: each tick that finds dirty
+ * data (and which collects it asks for), kicks that ask for a
+ * background collect, the drain, back-offs, the result of every collect
+ * (reason, runs, bytes: the bytes are counted by the submit hook, which
+ * cache_writeback calls in the collecting worker's own thread, through
+ * a thread-local counter), and every failed run.
+ *
  * What it does not do: it does not flush the backend (cache_flush does
  * that) and it does not write back during wbs_stop beyond finishing
  * jobs already queued; the caller flushes afterwards.
@@ -66,6 +74,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -121,6 +131,33 @@ struct wbs {
 
   struct wbs_job pool[WBS_POOL_JOBS];
 };
+
+/* Bytes of the runs submitted by the collect running in this thread
+ * (NULL outside a collect), for the debug log.
+ */
+static __thread uint64_t *wbs_collect_bytes;
+
+static const char *
+wbs_reason_name (enum cache_wb_reason why)
+{
+  switch (why) {
+  case CACHE_WB_EXPIRED: return "expired";
+  case CACHE_WB_BACKGROUND: return "background";
+  default: abort ();
+  }
+}
+
+static void __attribute__ ((format (printf, 2, 3)))
+wbs_debug (struct wbs *s, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (!s->cfg.debug || s->cfg.log == NULL)
+    return;
+  va_start (ap, fmt);
+  s->cfg.log (s->cfg.log_opaque, CACHE_LOG_DEBUG, fmt, ap);
+  va_end (ap);
+}
 
 /* s->lock held.  Wakes wbs_stop when nothing is queued or running. */
 static void
@@ -179,6 +216,9 @@ wbs_worker (void *arg)
 
     if (job != NULL) {
       struct cache_run *run = job->run;
+      uint64_t off = 0;
+      uint32_t len = 0;
+      int r;
 
       s->io_head = job->next;
       if (s->io_head == NULL)
@@ -192,7 +232,15 @@ wbs_worker (void *arg)
       pthread_mutex_unlock (&s->lock);
 
       free (job);               /* NULL unless it was malloc'd */
-      cache_run_io (s->c, run); /* writes, then cache_run_done */
+      if (s->cfg.debug) {
+        off = cache_run_offset (run);
+        len = cache_run_length (run);
+      }
+      r = cache_run_io (s->c, run); /* writes, then cache_run_done */
+      if (r < 0)
+        wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
+                   " failed (errno %d): its data is dirty again",
+                   len, off, -r);
       ev_async_send (s->loop, &s->done_w);
 
       pthread_mutex_lock (&s->lock);
@@ -204,6 +252,7 @@ wbs_worker (void *arg)
     why = wbs_pick_collect_locked (s);
     if (why >= 0) {
       bool again;
+      uint64_t bytes = 0;
       int r;
 
       s->collect_pending[why] = false;
@@ -211,9 +260,15 @@ wbs_worker (void *arg)
       s->busy++;
       pthread_mutex_unlock (&s->lock);
 
+      wbs_collect_bytes = &bytes;
       r = cache_writeback (s->c, why, s->cfg.expire_ms);
+      wbs_collect_bytes = NULL;
       again = r > 0 &&
         (why == CACHE_WB_EXPIRED || wbs_background_applies (s));
+      if (r != 0)
+        wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes"
+                   "%s", wbs_reason_name (why), r, bytes,
+                   again ? "; collecting again" : "");
 
       pthread_mutex_lock (&s->lock);
       s->collect_running[why] = false;
@@ -240,6 +295,9 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
 {
   struct wbs *s = opaque;
   struct wbs_job *job;
+
+  if (wbs_collect_bytes != NULL)
+    *wbs_collect_bytes += cache_run_length (run);
 
   pthread_mutex_lock (&s->lock);
   job = s->free_jobs;
@@ -290,8 +348,18 @@ wbs_tick_cb (struct ev_loop *loop, ev_timer *w, int revents)
   if (st.dirty_bytes == 0)
     return;
   wbs_request_collect (s, CACHE_WB_EXPIRED);
-  if (wbs_background_applies (s))
+  if (wbs_background_applies (s)) {
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
+    wbs_debug (s, "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
+               " under write-back%s: collect expired and background",
+               st.dirty_bytes, st.writeback_bytes,
+               atomic_load (&s->draining) ? ", draining" :
+               ", over the background threshold");
+  }
+  else
+    wbs_debug (s, "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
+               " under write-back: collect expired", st.dirty_bytes,
+               st.writeback_bytes);
 }
 
 static void
@@ -301,8 +369,11 @@ wbs_kick_cb (struct ev_loop *loop, ev_async *w, int revents)
 
   (void) w;
   (void) revents;
-  if (wbs_background_applies (s))
+  if (wbs_background_applies (s)) {
+    wbs_debug (s, "writeback: kick: over the background threshold: "
+               "collect background");
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
+  }
 }
 
 static void
@@ -318,6 +389,9 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
   cache_get_stats (s->c, &st);
   if (st.wb_errors != s->last_wb_errors) {
     /* Back off: the next tick retries. */
+    wbs_debug (s, "writeback: %" PRIu64 " new write-back errors: "
+               "backing off until the next tick",
+               st.wb_errors - s->last_wb_errors);
     s->last_wb_errors = st.wb_errors;
     return;
   }
@@ -331,6 +405,7 @@ wbs_drain_cb (struct ev_loop *loop, ev_async *w, int revents)
 
   (void) w;
   (void) revents;
+  wbs_debug (s, "writeback: drain: writing back everything");
   wbs_request_collect (s, CACHE_WB_BACKGROUND);
 }
 

@@ -13,7 +13,10 @@
 #ifndef SUBPAGE_WBSERVER_H
 #define SUBPAGE_WBSERVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
+
+#include "cache.h"
 
 struct cache;
 struct wbs;
@@ -22,6 +25,13 @@ struct wbs_config {
   unsigned threads;          /* worker threads, >= 1 */
   uint64_t interval_ms;      /* timer period (dirty-writeback-ms) */
   uint64_t expire_ms;        /* age at which dirty data is written (dirty-expire-ms) */
+  /* Debug log of every scheduling decision (tick, kick, drain, collect
+   * results with runs and bytes, failed runs), when debug is set and
+   * log is not NULL.  Called from the loop thread and the workers.
+   */
+  cache_log_fn log;
+  void *log_opaque;
+  bool debug;
 };
 
 /* Starts the loop and workers and hooks them into C.  Returns NULL and
