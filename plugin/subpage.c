@@ -20,13 +20,15 @@
  *                              (errors here are seen by the user).
  *   .after_fork                applies io-flusher= and mlock= (see
  *                              subpage_same_host), then starts the
- *                              write-back server and the shutdown
- *                              watcher thread.
+ *                              write-back server, the shutdown watcher
+ *                              thread and, with metrics-socket=, the
+ *                              metrics endpoint (server/metrics.h).
  *   .open                      file=: the first writable connection
  *                              opens the image for writing (so -r never
  *                              does).
- *   .cleanup                   stops the watcher and the server, flushes
- *                              the cache, frees everything.
+ *   .cleanup                   stops the metrics endpoint (removing its
+ *                              socket), the watcher and the server,
+ *                              flushes the cache, frees everything.
  * nbdkit 1.32 does not call .close on SIGTERM, so nothing is done there.
  *
  * Shutdown watcher.  Dirty data must start draining as soon as nbdkit
@@ -62,6 +64,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -70,6 +74,7 @@
 #include "cache.h"
 #include "errstr.h"
 #include "file-backend.h"
+#include "metrics.h"
 #include "nbd-backend.h"
 #include "util.h"
 #include "wbserver.h"
@@ -82,6 +87,10 @@
 
 /* -D subpage.verbose=1: the cache logs its state decisions. */
 NBDKIT_DLL_PUBLIC int subpage_debug_verbose = 0;
+/* -D subpage.writeback=1: the write-back server logs its decisions. */
+NBDKIT_DLL_PUBLIC int subpage_debug_writeback = 0;
+/* -D subpage.metrics=1: the metrics endpoint logs each client. */
+NBDKIT_DLL_PUBLIC int subpage_debug_metrics = 0;
 
 #define KiB 1024ULL
 #define MiB (1024ULL * 1024)
@@ -104,6 +113,7 @@ static unsigned dirty_writeback_ms = 500;
 static unsigned dirty_background_ratio = 10;
 static unsigned dirty_ratio = 40;
 static unsigned writeback_threads = 4;
+static char *metrics_socket;        /* absolute; NULL: no metrics */
 static bool io_flusher;             /* see SAME-HOST CLIENTS */
 static bool mlock_memory;
 
@@ -112,6 +122,7 @@ static struct file_backend *backend;      /* file= */
 static struct nbd_backend *nbackend;      /* uri= */
 static struct cache *cache;
 static struct wbs *wbs;
+static struct metrics *metrics;
 static pthread_t watcher;
 static bool watcher_started;
 static atomic_bool watcher_stop;
@@ -178,6 +189,56 @@ parse_uint (const char *key, const char *value,
   }
   *out = u;
   return 0;
+}
+
+/* metrics-socket=PATH: made absolute (nbdkit changes directory before
+ * .after_fork, where the socket is created), and checked now, so that a
+ * bad path fails at startup, in the foreground.
+ */
+static int
+set_metrics_socket (const char *value)
+{
+  const size_t max = sizeof ((struct sockaddr_un *) NULL)->sun_path - 1;
+  struct stat sb;
+  const char *dir;
+  char *path, *slash;
+  int e;
+
+  if (value[0] == '\0') {
+    nbdkit_error ("subpage: metrics-socket=: the path is empty");
+    return -1;
+  }
+  path = nbdkit_absolute_path (value);
+  if (path == NULL)
+    return -1;
+  if (strlen (path) > max) {
+    nbdkit_error ("subpage: metrics-socket=%s: the path is too long "
+                  "(%zu bytes once absolute, at most %zu)",
+                  value, strlen (path), max);
+    goto err;
+  }
+  if (lstat (path, &sb) == 0 && !S_ISSOCK (sb.st_mode)) {
+    nbdkit_error ("subpage: metrics-socket=%s: exists and is not a socket",
+                  value);
+    goto err;
+  }
+  slash = strrchr (path, '/');
+  *slash = '\0';
+  dir = slash == path ? "/" : path;
+  e = stat (dir, &sb) == -1 ? errno : S_ISDIR (sb.st_mode) ? 0 : ENOTDIR;
+  if (e != 0) {
+    nbdkit_error ("subpage: metrics-socket=%s: directory %s: %s", value,
+                  dir, errstr (e));
+    goto err;
+  }
+  *slash = '/';
+  free (metrics_socket);
+  metrics_socket = path;
+  return 0;
+
+ err:
+  free (path);
+  return -1;
 }
 
 static int
@@ -269,6 +330,10 @@ subpage_config (const char *key, const char *value)
     else
       mlock_memory = r;
   }
+  else if (strcmp (key, "metrics-socket") == 0) {
+    if (set_metrics_socket (value) == -1)
+      return -1;
+  }
   else {
     nbdkit_error ("subpage: unknown parameter '%s'", key);
     return -1;
@@ -357,7 +422,9 @@ subpage_config_complete (void)
   "                             false).\n" \
   "mlock=true|false             Same-host clients: lock nbdkit's memory\n" \
   "                             (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK;\n" \
-  "                             default false)."
+  "                             default false).\n" \
+  "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
+  "                             on this unix socket (default: none)."
 
 /* The cache core's log callback. */
 static void
@@ -512,6 +579,8 @@ subpage_after_fork (void)
     .threads = writeback_threads,
     .interval_ms = dirty_writeback_ms,
     .expire_ms = dirty_expire_ms,
+    .log = subpage_log,
+    .debug = subpage_debug_writeback != 0,
   };
   sigset_t all, saved;
   int err;
@@ -536,12 +605,33 @@ subpage_after_fork (void)
     return -1;                  /* .cleanup stops wbs */
   }
   watcher_started = true;
+
+  if (metrics_socket != NULL) {
+    struct metrics_config mcfg = {
+      .path = metrics_socket,
+      .mode = 0660,
+      .log = subpage_log,
+      .debug = subpage_debug_metrics != 0,
+    };
+    const char *what = "";
+
+    metrics = metrics_start (cache, &mcfg, &err, &what);
+    if (metrics == NULL) {
+      nbdkit_error ("subpage: metrics-socket=%s: %s: %s", metrics_socket,
+                    what, errstr (-err));
+      return -1;                /* .cleanup stops the rest */
+    }
+  }
   return 0;
 }
 
 static void
 subpage_cleanup (void)
 {
+  metrics_stop (metrics);
+  metrics = NULL;
+  free (metrics_socket);
+  metrics_socket = NULL;
   if (watcher_started) {
     atomic_store (&watcher_stop, true);
     pthread_join (watcher, NULL);

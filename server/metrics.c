@@ -79,7 +79,8 @@
 #include "cache.h"
 #include "metrics.h"
 
-#define METRICS_MAX_CONNS   16
+#define METRICS_MAX_CONNS   16    /* served at once; more are closed */
+#define METRICS_BACKLOG     64    /* waiting to be accepted */
 #define METRICS_GRACE_S     0.05  /* wait this long for an HTTP request */
 #define METRICS_DEADLINE_S  5.0   /* then drop the connection */
 #define METRICS_REQ_MAX     4096  /* HTTP request headers we read */
@@ -341,8 +342,8 @@ mconn_answer (struct mconn *mc, bool http)
   mc->outlen = head + n;
   mc->outpos = 0;
   mc->state = MCONN_WRITING;
-  mlog (m, "metrics: answering a %s client (%zu bytes)",
-        http ? "HTTP" : "plain", mc->outlen);
+  mlog (m, "metrics: answering %s client (%zu bytes)",
+        http ? "an HTTP" : "a plain", mc->outlen);
 
   ev_io_stop (m->loop, &mc->io);
   ev_io_set (&mc->io, mc->fd, EV_WRITE);
@@ -625,7 +626,7 @@ metrics_start (struct cache *c, const struct metrics_config *cfg,
     *what = "chmod";
     goto err_free;
   }
-  if (listen (m->lfd, METRICS_MAX_CONNS) == -1) {
+  if (listen (m->lfd, METRICS_BACKLOG) == -1) {
     r = errno;
     *what = "listen";
     goto err_free;

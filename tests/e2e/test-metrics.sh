@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# metrics-socket=: the endpoint serves every documented metric in the
+# Prometheus text format, and the numbers match what the test did.
+#
+#  1. Before any I/O: configuration gauges, everything else 0; plain,
+#     shut-down and HTTP clients (and curl, when installed) all get it;
+#     the socket file has mode 0660.
+#  2. Known I/O, checked exactly: 20 KiB of whole-sector writes (dirty,
+#     cached, no backend I/O), a 64 KiB read of uncached data (misses,
+#     backend reads), the same read again and a read of the written data
+#     (hits), then one flush (flushes +1, dirty 0, the 20 KiB written to
+#     the image, one backend flush, flush time > 0).  dirty-expire-ms is
+#     an hour and 20 KiB is far below dirty-background-ratio, so nothing
+#     is written back before the flush.
+#  3. While a background nbdsh loop writes, reads and flushes: repeated
+#     scrapes (each must answer within 10 s and parse), with clients
+#     that never read and a stalled half request held open meanwhile,
+#     and more clients than the server serves at once.
+#  4. -D subpage.metrics=1 and -D subpage.writeback=1 log what they
+#     should, the socket file is gone after nbdkit exits, and a bad
+#     metrics-socket= fails at startup naming the parameter.
+
+source "$(dirname "$0")/../functions.sh"
+set -euo pipefail
+
+requires_plugin
+requires_nbdsh
+make_tmpdir
+
+img=$tmpdir/disk.img
+sock=$tmpdir/nbd.sock
+msock=$tmpdir/metrics.sock
+pid=$tmpdir/nbdkit.pid
+log=$tmpdir/nbdkit.log
+
+truncate -s 64M "$img"
+start_nbdkit -P "$pid" -U "$sock" -v \
+             -D subpage.metrics=1 -D subpage.writeback=1 \
+             "$PLUGIN" file="$img" metrics-socket="$msock" \
+             cache-size=64M dirty-expire-ms=3600000 2>"$log"
+
+mode=$(stat -c %a "$msock")
+if [ "$mode" != 660 ]; then
+  echo "$0: metrics socket has mode $mode, expected 660" >&2
+  exit 1
+fi
+
+export IMG=$img MSOCK=$msock URI=$(nbd_uri "$sock")
+export PYTHONPATH=$(cd "$(dirname "$0")" && pwd)
+export CURL=$(command -v curl || :)
+if [ -z "$CURL" ]; then
+  echo "$0: curl not found: checking HTTP with a Python client only" >&2
+fi
+
+# ---- 1 and 2: known I/O ----------------------------------------------------
+nbdsh_py -u "$URI" -c - <<'EOF'
+import os, subprocess
+from metrics_scrape import scrape, parse
+
+msock = os.environ["MSOCK"]
+KiB = 1024
+MiB = 1024 * KiB
+
+EXPECTED = """
+export_size_bytes cache_size_bytes page_size_bytes sector_size_bytes
+pages_capacity pages_resident cached_bytes dirty_bytes writeback_bytes
+metadata_bytes hits_total misses_total hit_bytes_total miss_bytes_total
+backend_reads_total backend_read_bytes_total backend_writes_total
+backend_written_bytes_total backend_flushes_total writeback_runs_total
+writeback_errors_total writeback_runs_in_flight evictions_total
+throttled_writers_total flushes_total flush_errors_total
+flush_seconds_total flush_duration_seconds_sum
+flush_duration_seconds_count
+waiting_threads{on="flush"} waiting_threads{on="throttle"}
+waiting_threads{on="page"} waiting_threads{on="idle"}
+""".split()
+
+def get(how="shutdown"):
+    m = scrape(msock, how)
+    missing = [k for k in EXPECTED if "subpage_" + k not in m]
+    assert not missing, "missing metrics: %r" % missing
+    extra = [k for k in m if k[len("subpage_"):] not in EXPECTED]
+    assert not extra, "undocumented metrics (add them to the test and " \
+        "the man page): %r" % extra
+    return {k[len("subpage_"):]: v for k, v in m.items()}
+
+def check(m, want, what):
+    for k, v in want.items():
+        assert m[k] == v, "%s: %s is %r, expected %r" % (what, k, m[k], v)
+
+def delta(a, b, want, what):
+    for k, v in want.items():
+        assert b[k] - a[k] == v, "%s: %s went from %r to %r, expected +%r" \
+            % (what, k, a[k], b[k], v)
+
+# 1. Before any I/O.
+m0 = get("plain")
+check(m0, {
+    "export_size_bytes": 64 * MiB, "cache_size_bytes": 64 * MiB,
+    "page_size_bytes": 64 * KiB, "sector_size_bytes": 512,
+    "pages_capacity": 1024, "pages_resident": 0,
+    "cached_bytes": 0, "dirty_bytes": 0, "writeback_bytes": 0,
+    "hits_total": 0, "misses_total": 0, "hit_bytes_total": 0,
+    "miss_bytes_total": 0, "backend_reads_total": 0,
+    "backend_read_bytes_total": 0, "backend_writes_total": 0,
+    "backend_written_bytes_total": 0, "backend_flushes_total": 0,
+    "writeback_runs_total": 0, "writeback_errors_total": 0,
+    "writeback_runs_in_flight": 0, "evictions_total": 0,
+    "throttled_writers_total": 0, "flushes_total": 0,
+    "flush_errors_total": 0, "flush_seconds_total": 0,
+    "flush_duration_seconds_sum": 0, "flush_duration_seconds_count": 0,
+    'waiting_threads{on="flush"}': 0, 'waiting_threads{on="throttle"}': 0,
+    'waiting_threads{on="page"}': 0, 'waiting_threads{on="idle"}': 0,
+}, "before I/O")
+assert m0["metadata_bytes"] > 0, "metadata_bytes is 0"
+# Every kind of client gets the same numbers while nothing happens.
+assert get("shutdown") == m0, "shut-down client got other numbers"
+assert get("http") == m0, "HTTP client got other numbers"
+if os.environ["CURL"]:
+    out = subprocess.run([os.environ["CURL"], "-sS", "--fail", "--max-time",
+                          "10", "--unix-socket", msock,
+                          "http://localhost/metrics"],
+                         check=True, capture_output=True).stdout
+    m = {k[len("subpage_"):]: v for k, v in parse(out.decode()).items()}
+    assert m == m0, "curl got other numbers"
+    print("ok: curl --unix-socket")
+
+# 2. Writes: 20 KiB of whole sectors at 1 MiB + 4 KiB (one page).
+N = 20 * KiB
+data = bytes((i * 7 + 1) & 0xFF for i in range(N))
+h.pwrite(data[:12 * KiB], 1 * MiB + 4 * KiB)
+h.pwrite(data[12 * KiB:], 1 * MiB + 16 * KiB)
+m1 = get()
+check(m1, {"dirty_bytes": N, "cached_bytes": N, "pages_resident": 1,
+           "writeback_bytes": 0, "backend_written_bytes_total": 0,
+           "backend_writes_total": 0, "misses_total": 0,
+           "backend_read_bytes_total": 0, "flushes_total": 0},
+      "after writing 20 KiB")
+with open(os.environ["IMG"], "rb") as f:
+    assert os.pread(f.fileno(), N, 1 * MiB + 4 * KiB) != data, \
+        "written back before the flush: the test proves nothing"
+
+# A 64 KiB read of data that is not cached: 128 missed sectors, read
+# from the image; then the same read again and a read of the written
+# data: hits only.
+M = 64 * KiB
+assert h.pread(M, 8 * MiB) == bytes(M)
+m2 = get()
+delta(m1, m2, {"misses_total": M // 512, "miss_bytes_total": M,
+               "backend_read_bytes_total": M, "hits_total": 0,
+               "cached_bytes": M, "pages_resident": 1,
+               "backend_written_bytes_total": 0}, "after a 64 KiB miss")
+assert m2["backend_reads_total"] > m1["backend_reads_total"]
+assert h.pread(M, 8 * MiB) == bytes(M)
+assert h.pread(N, 1 * MiB + 4 * KiB) == data
+m3 = get()
+delta(m2, m3, {"hits_total": (M + N) // 512, "hit_bytes_total": M + N,
+               "misses_total": 0, "backend_reads_total": 0,
+               "backend_read_bytes_total": 0}, "after cached reads")
+check(m3, {"dirty_bytes": N}, "after cached reads")
+
+# One flush.
+h.flush()
+m4 = get("http")
+check(m4, {"dirty_bytes": 0, "writeback_bytes": 0,
+           "writeback_runs_in_flight": 0, "flush_errors_total": 0,
+           "writeback_errors_total": 0, "cached_bytes": M + N},
+      "after the flush")
+delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
+               "backend_written_bytes_total": N,
+               "backend_flushes_total": 1}, "after the flush")
+assert m4["writeback_runs_total"] >= 1, "no write-back run counted"
+assert m4["backend_writes_total"] >= m4["writeback_runs_total"]
+assert m4["flush_seconds_total"] > 0, "flush took no time"
+assert m4["flush_duration_seconds_sum"] == m4["flush_seconds_total"]
+with open(os.environ["IMG"], "rb") as f:
+    assert os.pread(f.fileno(), N, 1 * MiB + 4 * KiB) == data, \
+        "flushed data not in the image"
+print("ok: numbers match the I/O")
+EOF
+
+# ---- 3: scrapes while I/O runs -----------------------------------------------
+# The loader writes, reads and flushes for at most 8 s or until the stop
+# file appears; then it leaves 8 MiB dirty, which is over the background
+# threshold.
+stop=$tmpdir/stop-loader
+# A simple command run in the background is exec'd: $! is nbdsh itself.
+PATH=/usr/bin:$PATH nbdsh -u "$URI" -c "
+import os, random, time
+rng = random.Random(4)
+end = time.monotonic() + 8
+n = 0
+while time.monotonic() < end and not os.path.exists('$stop'):
+    off = rng.randrange(0, 60 << 20)
+    h.pwrite(rng.randbytes(rng.choice([512, 4096, 65536, 300000])), off)
+    h.pread(rng.choice([4096, 65536, 1 << 20]), rng.randrange(0, 60 << 20))
+    n += 1
+    if n % 10 == 0:
+        h.flush()
+# 8 MiB dirty, over dirty-background-ratio (10% of 64M): the server
+# writes back in the background (and logs it).
+for i in range(8):
+    h.pwrite(b'\xab' * (1 << 20), (40 + i) << 20)
+print('loader: %d rounds' % n)
+" &
+loader=$!
+cleanup_fn stop_loader "$loader"
+stop_loader ()
+{
+  touch "$stop"
+  if _pid_running "$1"; then
+    _wait_pid "$1" 20 || kill "$1"
+  fi
+  wait "$1" 2>/dev/null || :
+}
+
+/usr/bin/python3 - "$loader" <<'EOF'
+import os, socket, sys, time
+from metrics_scrape import scrape
+
+msock = os.environ["MSOCK"]
+loader = int(sys.argv[1])
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+# Clients that never read, and one stuck in the middle of "GET ": the
+# server must keep answering others.
+idle = []
+for i in range(4):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(msock)
+    idle.append(s)
+stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+stuck.connect(msock)
+stuck.sendall(b"GE")
+idle.append(stuck)
+
+scrapes, writes, slowest = 0, set(), 0.0
+deadline = time.monotonic() + 60
+while alive(loader) and time.monotonic() < deadline:
+    t = time.monotonic()
+    m = scrape(msock, ("plain", "shutdown", "http")[scrapes % 3])
+    slowest = max(slowest, time.monotonic() - t)
+    assert m["subpage_dirty_bytes"] <= m["subpage_cache_size_bytes"]
+    assert m["subpage_cached_bytes"] <= m["subpage_cache_size_bytes"]
+    writes.add(m["subpage_backend_written_bytes_total"])
+    scrapes += 1
+    if scrapes == 5:
+        # More clients at once than the server serves (16): some are
+        # closed at once, the rest answered; none hangs.
+        burst = []
+        for i in range(24):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(msock)    # blocking: waits while the backlog is full
+            s.settimeout(10)
+            s.shutdown(socket.SHUT_WR)
+            burst.append(s)
+        answered = 0
+        for s in burst:
+            data = b""
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+            s.close()
+            answered += data.startswith(b"# HELP")
+        assert answered >= 1, "no client of the burst was answered"
+        print("burst: %d of 24 answered" % answered)
+    time.sleep(0.05)
+
+assert scrapes >= 10, "only %d scrapes while the loader ran" % scrapes
+assert len(writes) >= 2, "backend_written_bytes_total never moved"
+for s in idle:
+    s.close()
+print("ok: %d scrapes during I/O, slowest %.3f s" % (scrapes, slowest))
+EOF
+
+status=0
+wait "$loader" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "$0: the background nbdsh loop failed (status $status)" >&2
+  exit 1
+fi
+
+# The idle clients are closed by now; scrapes still work, and show
+# background write-back bringing dirty data under the threshold.
+/usr/bin/python3 -c '
+import os, time
+from metrics_scrape import scrape
+end = time.monotonic() + 60
+while True:
+    m = scrape(os.environ["MSOCK"], "http")
+    assert m["subpage_flushes_total"] >= 1
+    if m["subpage_dirty_bytes"] + m["subpage_writeback_bytes"] <= \
+       m["subpage_cache_size_bytes"] // 10:
+        break
+    assert time.monotonic() < end, "background write-back did not run"
+    time.sleep(0.1)
+print("ok: background write-back: %d bytes dirty" % m["subpage_dirty_bytes"])
+'
+
+# ---- 4: debug flags, socket removal, bad paths -----------------------------
+stop_nbdkit "$pid"
+if [ -e "$msock" ]; then
+  echo "$0: $msock still exists after nbdkit exited" >&2
+  exit 1
+fi
+for want in "metrics: serving on $msock" "metrics: answering a plain client" \
+            "metrics: answering an HTTP client" \
+            "writeback: tick: " \
+            "writeback: kick: over the background threshold" \
+            "writeback: collect background: "; do
+  if ! grep -qF -- "$want" "$log"; then
+    echo "$0: '$want' not in the debug log" >&2
+    exit 1
+  fi
+done
+
+err=$tmpdir/stderr
+for bad in "$tmpdir/no-such-dir/m.sock" "$img" \
+           "$tmpdir/$(printf 'x%.0s' {1..120}).sock"; do
+  status=0
+  nbdkit_cmd -U - "$PLUGIN" file="$img" metrics-socket="$bad" \
+             --run 'exit 0' 2>"$err" || status=$?
+  if [ "$status" -eq 0 ] || ! grep -qF "metrics-socket=" "$err"; then
+    echo "$0: metrics-socket=$bad: status $status, stderr:" >&2
+    cat "$err" >&2
+    exit 1
+  fi
+  echo "ok: rejected: $(grep -F metrics-socket= "$err")"
+done
+echo "ok"
