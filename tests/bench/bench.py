@@ -1,0 +1,681 @@
+#!/usr/bin/python3
+"""subpage benchmark against its peers (docs/benchmarks.md).
+
+Runs each server on the same backing image, one at a time, on a unix
+socket, drives it with fio's nbd engine (or tests/bench/nbdload.py where
+fio cannot do it exactly), and prints markdown tables of medians with
+min-max spread, p99 latency, backend bytes per client byte, and ratios
+of subpage to each peer.  Above each table: the exact command lines.
+
+  /usr/bin/python3 tests/bench/bench.py --plugin BUILD/plugin/nbdkit-subpage-plugin.so
+  ... --quick                  runtime 3 s, 1 repetition (smoke test)
+  ... --only randwrite4k,slow  some workloads or sections only
+
+Not part of the test suite.  Needs fio, nbdkit (file, memory, nbd
+plugins; cache, stats, delay filters), qemu-nbd (qemu-utils) and
+python3-libnbd.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname (os.path.abspath (__file__))
+NBDLOAD = os.path.join (HERE, "nbdload.py")
+PY = "/usr/bin/python3"
+GiB = 1 << 30
+MiB = 1 << 20
+
+NBD_REQ = 28        # NBD request header (client -> server)
+NBD_SIMPLE = 16     # simple reply header (server -> client)
+
+# ---------------------------------------------------------------- servers
+
+def local_servers (a):
+  """name -> (argv template, kind).  {sock}, {img}, {size}, {stats} are
+  substituted per run.  kind: 'nbdkit' (reads the socket with read(2),
+  writes it with send(2)), 'qemu' (recvmsg/sendmsg: neither is counted
+  in /proc/PID/io) -- see docs/benchmarks.md."""
+  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+        "-U", "{sock}", a.plugin, "file={img}"]
+  return {
+    "subpage": (sp, "nbdkit"),
+    "subpage-4k": (sp + ["sector-size=4096"], "nbdkit"),
+    "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache",
+               "--filter=stats", "file", "{img}", "cache=writeback",
+               "cache-max-size=256M", "statsfile={stats}"], "nbdkit"),
+    "file": (["nbdkit", "-f", "-U", "{sock}", "file", "{img}"], "nbdkit"),
+    "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
+                  "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
+                  "{img}"], "qemu"),
+    "memory": (["nbdkit", "-f", "-U", "{sock}", "memory", "{size}"],
+               "nbdkit"),
+  }
+
+
+def probe_servers (a):
+  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+        "-U", "{sock}", a.plugin, "file={img}", "cache-size=2G"]
+  return {
+    "subpage": (sp, "nbdkit"),
+    "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "file",
+               "{img}", "cache=writeback", "cache-max-size=2G"], "nbdkit"),
+    "file": (["nbdkit", "-f", "-U", "{sock}", "file", "{img}"], "nbdkit"),
+    "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
+                  "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
+                  "{img}"], "qemu"),
+  }
+
+
+SLOW_BACKEND = ["nbdkit", "-f", "-U", "{bsock}", "--filter=stats",
+                "--filter=delay", "memory", "{size}", "rdelay=1ms",
+                "wdelay=1ms", "statsfile={stats}"]
+
+
+def slow_servers (a):
+  burl = "nbd+unix:///?socket={bsock}"
+  return {
+    "subpage": (["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+                 "-U", "{sock}", a.plugin, "uri=" + burl], "nbdkit"),
+    "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "nbd",
+               "socket={bsock}", "cache=writeback", "cache-max-size=256M"],
+              "nbdkit"),
+    "nbd": (["nbdkit", "-f", "-U", "{sock}", "nbd", "socket={bsock}"],
+            "nbdkit"),
+    "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
+                  "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
+                  burl], "qemu"),
+  }
+
+# -------------------------------------------------------------- workloads
+
+def fio_cmd (uri, name, opts, runtime):
+  return (["fio", "--name=" + name, "--ioengine=nbd", "--uri=" + uri,
+           "--time_based", "--runtime=%d" % runtime, "--norandommap",
+           "--group_reporting", "--output-format=json"] + opts)
+
+
+# name -> dict(kind=fio|flushload, opts, write=bool, warm=bytes or 0,
+#                metric=iops|mibs)
+def local_workloads (size):
+  return {
+    "randwrite4k": dict (kind="fio", write=True, opts=[
+      "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=%d" % size]),
+    "flush32": dict (kind="flushload", write=True, bs=4096, size=size),
+    "randwrite512": dict (kind="fio", write=True, opts=[
+      "--rw=randwrite", "--bs=512", "--iodepth=32", "--size=%d" % size]),
+    "randread-hot": dict (kind="fio", warm=128 * MiB, opts=[
+      "--rw=randread", "--bs=4k", "--iodepth=32", "--size=%d" % (128 * MiB)]),
+    "randread-cold": dict (kind="fio", opts=[
+      "--rw=randread", "--bs=4k", "--iodepth=32", "--size=%d" % size]),
+    "seqwrite1m": dict (kind="fio", write=True, metric="mibs", opts=[
+      "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size]),
+    "randrw4k": dict (kind="fio", write=True, opts=[
+      "--rw=randrw", "--rwmixread=70", "--bs=4k", "--iodepth=32",
+      "--size=%d" % size]),
+    "randwrite4k-4conn": dict (kind="fio", write=True, opts=[
+      "--rw=randwrite", "--bs=4k", "--iodepth=8", "--numjobs=4",
+      "--size=%d" % size]),
+  }
+
+
+def slow_workloads (size):
+  return {
+    "slow-flush32": dict (kind="flushload", write=True, bs=4096, size=size),
+    "slow-seqwrite1m": dict (kind="fio", write=True, metric="mibs", opts=[
+      "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size]),
+    "slow-randread-hot": dict (kind="fio", warm=64 * MiB, opts=[
+      "--rw=randread", "--bs=4k", "--iodepth=32", "--size=%d" % (64 * MiB)]),
+  }
+
+# ---------------------------------------------------------------- helpers
+
+def log (*msg):
+  print ("#", *msg, file=sys.stderr, flush=True)
+
+
+def drop_image_cache (img):
+  """Write back and drop the host page cache of IMG only (not the whole
+  machine's: other work runs here)."""
+  fd = os.open (img, os.O_RDONLY)
+  try:
+    os.fsync (fd)
+    os.posix_fadvise (fd, 0, 0, os.POSIX_FADV_DONTNEED)
+  finally:
+    os.close (fd)
+
+
+def proc_io (pid):
+  d = {}
+  with open ("/proc/%d/io" % pid) as f:
+    for line in f:
+      k, v = line.split (":")
+      d[k] = int (v)
+  return d
+
+
+def wait_socket (path, proc, timeout=60):
+  t = time.time () + timeout
+  while time.time () < t:
+    if proc.poll () is not None:
+      raise RuntimeError ("server exited with %d" % proc.returncode)
+    if os.path.exists (path):
+      s = socket.socket (socket.AF_UNIX)
+      try:
+        s.connect (path)
+        s.close ()
+        return
+      except OSError:
+        s.close ()
+    time.sleep (0.05)
+  raise RuntimeError ("server did not listen on %s" % path)
+
+
+class Server:
+  def __init__ (self, argv, kind, logpath):
+    self.argv = argv
+    self.kind = kind
+    self.logpath = logpath
+    self.logf = open (logpath, "w")
+    self.proc = subprocess.Popen (argv, stdin=subprocess.DEVNULL,
+                                  stdout=self.logf, stderr=self.logf)
+    self.pid = self.proc.pid
+
+  def stop (self):
+    """SIGTERM by PID and wait (subpage writes back on exit)."""
+    if self.proc.poll () is None:
+      os.kill (self.pid, signal.SIGTERM)
+      try:
+        self.proc.wait (timeout=300)
+      except subprocess.TimeoutExpired:
+        os.kill (self.pid, signal.SIGKILL)
+        self.proc.wait ()
+    self.logf.close ()
+    with open (self.logpath) as f:
+      return f.read ()
+
+
+def subst (argv, **kw):
+  return [x.format (**kw) for x in argv]
+
+
+def run_json (argv):
+  p = subprocess.run (argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)
+  if p.returncode != 0:
+    raise RuntimeError ("%s failed (%d): %s" % (argv[0], p.returncode,
+                                                p.stderr[-2000:]))
+  s = p.stdout
+  return json.loads (s[s.index ("{"):])
+
+
+def parse_stats_bytes (path):
+  """Bytes read/written as logged by nbdkit's stats filter (its sizes are
+  printed with 2 decimals, e.g. "132.38 MiB")."""
+  units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
+           "TiB": 1 << 40}
+  out = {"read": 0.0, "write": 0.0, "flush": 0}
+  try:
+    text = open (path).read ()
+  except OSError:
+    return None
+  for line in text.splitlines ():
+    m = re.match (r"(read|write): (\d+) ops, [\d.]+ s, ([\d.]+) (\w+)", line)
+    if m:
+      out[m.group (1)] = float (m.group (3)) * units[m.group (4)]
+    m = re.match (r"flush: (\d+) ops", line)
+    if m:
+      out["flush"] = int (m.group (1))
+  return out
+
+
+def parse_subpage_exit (text):
+  m = re.search (r"subpage: exit: backend reads \d+ \((\d+) bytes\), "
+                 r"writes \d+ \((\d+) bytes\), flushes (\d+)", text)
+  if not m:
+    return None
+  return {"read": int (m.group (1)), "write": int (m.group (2)),
+          "flush": int (m.group (3))}
+
+
+def fio_summary (j):
+  """Totals over all jobs (group_reporting gives one)."""
+  r = {"iops": 0.0, "bw": 0.0, "p99_ns": 0, "wios": 0, "wbytes": 0,
+       "rios": 0, "rbytes": 0, "sync": 0}
+  for job in j["jobs"]:
+    for d in ("read", "write"):
+      x = job[d]
+      r["iops"] += x["iops"]
+      r["bw"] += x["bw_bytes"]
+      if x["total_ios"] > 0:
+        p = x["clat_ns"].get ("percentile", {}).get ("99.000000", 0)
+        r["p99_ns"] = max (r["p99_ns"], p)
+      r[d[0] + "ios"] += x["total_ios"]
+      r[d[0] + "bytes"] += x["io_bytes"]
+    r["sync"] += job.get ("sync", {}).get ("total_ios", 0)
+  return r
+
+# ----------------------------------------------------------------- runner
+
+class Bench:
+  def __init__ (self, a):
+    self.a = a
+    self.results = []         # dicts
+    self.commands = {}        # section -> list of lines
+    self.dir = a.image_dir
+    self.img = os.path.join (self.dir, "bench.img")
+    self.sock = os.path.join (self.dir, "s.sock")
+    self.bsock = os.path.join (self.dir, "b.sock")
+    self.uri = "nbd+unix:///?socket=" + self.sock
+
+  def note (self, section, line):
+    lst = self.commands.setdefault (section, [])
+    if line not in lst:
+      lst.append (line)
+
+  def prefill (self):
+    size = self.a.size
+    if (os.path.exists (self.img) and os.path.getsize (self.img) == size
+        and not self.a.reprefill):
+      log ("reusing", self.img)
+      return
+    cmd = ["fio", "--name=prefill", "--filename=" + self.img,
+           "--rw=write", "--bs=1M", "--size=%d" % size, "--ioengine=psync",
+           "--refill_buffers", "--end_fsync=1", "--output-format=terse"]
+    self.note ("prefill", " ".join (shlex.quote (x) for x in cmd))
+    log ("prefill", self.img)
+    subprocess.run (cmd, check=True, stdout=subprocess.DEVNULL)
+
+  def start (self, argv, kind, tag, **kw):
+    for p in (kw.get ("sock", self.sock),):
+      if os.path.exists (p):
+        os.unlink (p)
+    full = subst (argv, **kw)
+    srv = Server (full, kind, os.path.join (self.dir, tag + ".log"))
+    wait_socket (kw.get ("sock", self.sock), srv.proc)
+    return srv
+
+  def client_cmd (self, w, name, uri):
+    if w["kind"] == "fio":
+      return fio_cmd (uri, name, w["opts"], self.a.runtime)
+    return [PY, NBDLOAD, "flushload", "--uri", uri, "--bs", str (w["bs"]),
+            "--qd", "32", "--every", "32", "--size", str (w["size"]),
+            "--runtime", str (self.a.runtime)]
+
+  def measure (self, section, srvname, argv, kind, wname, w, rep,
+               backend=None):
+    """One cell run on a fresh server."""
+    a = self.a
+    stats = os.path.join (self.dir, "stats-%s.txt" % srvname)
+    bstats = os.path.join (self.dir, "bstats.txt")
+    for p in (stats, bstats):
+      if os.path.exists (p):
+        os.unlink (p)
+    kw = dict (sock=self.sock, img=self.img, size=str (a.size), stats=stats,
+               bsock=self.bsock)
+    self.note (section, "server %-10s %s" % (srvname, " ".join (
+      shlex.quote (x) for x in subst (argv, **dict (kw, stats="STATS.txt")))))
+    bsrv = None
+    if backend is None:
+      drop_image_cache (self.img)
+    else:
+      if os.path.exists (self.bsock):
+        os.unlink (self.bsock)
+      self.note (section, "backend    " + " ".join (
+        shlex.quote (x) for x in subst (backend, **dict (kw, stats="B.txt"))))
+      bsrv = Server (subst (backend, **dict (kw, stats=bstats)), "nbdkit",
+                     os.path.join (self.dir, "backend.log"))
+      wait_socket (self.bsock, bsrv.proc)
+    srv = self.start (argv, kind, srvname, **kw)
+    res = {"section": section, "server": srvname, "workload": wname,
+           "rep": rep}
+    try:
+      if w.get ("warm"):
+        wc = [PY, NBDLOAD, "read", "--uri", self.uri, "--size",
+              str (w["warm"])]
+        self.note (section, "warm %-14s %s" % (wname, " ".join (
+          shlex.quote (x) for x in wc)))
+        run_json (wc)
+      cmd = self.client_cmd (w, wname, self.uri)
+      self.note (section, "client %-12s %s" % (wname, " ".join (
+        shlex.quote (x) for x in cmd)))
+      io0 = proc_io (srv.pid)
+      j = run_json (cmd)
+      if w.get ("write"):
+        run_json ([PY, NBDLOAD, "flush", "--uri", self.uri])
+      io1 = proc_io (srv.pid)
+    finally:
+      out = srv.stop ()
+      if bsrv is not None:
+        bsrv.stop ()
+    if w["kind"] == "fio":
+      s = fio_summary (j)
+      res.update (iops=s["iops"], mibs=s["bw"] / MiB, p99_ns=s["p99_ns"],
+                  cw=s["wbytes"], cr=s["rbytes"], fl=s["sync"])
+      sock_in = (s["wios"] + s["rios"] + s["sync"] + 1) * NBD_REQ + s["wbytes"]
+    else:
+      res.update (iops=j["iops"], mibs=j["write_bytes"] / MiB / j["elapsed_s"],
+                  p99_ns=j["wlat_p99_ns"], flush_p99_ns=j["flat_p99_ns"],
+                  cw=j["all_writes"] * w["bs"], cr=0,
+                  fl=j["all_flushes"], fpw=j["flushes_per_write"])
+      # all_*: including the requests drained after the timed window
+      sock_in = ((j["all_writes"] + j["all_flushes"] + 1) * NBD_REQ
+                 + res["cw"])
+    if w.get ("write") and res["cw"] > 0:
+      drc = io1["rchar"] - io0["rchar"]
+      dwc = io1["wchar"] - io0["wchar"]
+      if kind == "nbdkit":
+        drc -= sock_in
+      res["bw_wr"] = dwc
+      res["bw_rd"] = max (0, drc)
+      src = "proc"
+      st = None
+      if backend is not None:
+        st = parse_stats_bytes (bstats)
+      elif srvname == "cache":
+        st = parse_stats_bytes (stats)
+      if st is not None:
+        res["bw_wr"], res["bw_rd"] = st["write"], st["read"]
+        src = "stats"
+      res["src"] = src
+      if srvname.startswith ("subpage"):
+        ex = parse_subpage_exit (out)
+        if ex:
+          res["own_wr"], res["own_rd"] = ex["write"], ex["read"]
+    log ("%s %s rep%d: %.0f IOPS %.1f MiB/s p99 %.0f us%s" % (
+      srvname, wname, rep, res["iops"], res["mibs"], res["p99_ns"] / 1000,
+      (" wr/client %.3f rd %.0f" % (res["bw_wr"] / res["cw"], res["bw_rd"]))
+      if "bw_wr" in res else ""))
+    self.results.append (res)
+    return res
+
+  def probe (self, srvname, argv, kind, which, rep):
+    kw = dict (sock=self.sock, img=self.img, size=str (self.a.size),
+               stats="", bsock="")
+    self.note ("probe", "server %-10s %s" % (srvname, " ".join (
+      shlex.quote (x) for x in subst (argv, **kw))))
+    drop_image_cache (self.img)
+    srv = self.start (argv, kind, srvname, **kw)
+    try:
+      if which == "dirty64m":
+        cmd = [PY, NBDLOAD, "dirty", "--uri", self.uri, "--size",
+               str (self.a.size), "--bs", "4096", "--count", "16384"]
+      else:
+        cmd = [PY, NBDLOAD, "fill", "--uri", self.uri, "--size",
+               str (self.a.size)]
+      self.note ("probe", "client %-10s %s" % (which, " ".join (
+        shlex.quote (x) for x in cmd)))
+      j = run_json (cmd)
+    finally:
+      srv.stop ()
+    res = {"section": "probe", "server": srvname, "workload": which,
+           "rep": rep, "flush_ns": j["flush_ns"],
+           "flush_more_ns": j.get ("flush_more_median_ns")}
+    log ("%s %s rep%d: flush %.3f ms" % (srvname, which, rep,
+                                         j["flush_ns"] / 1e6))
+    self.results.append (res)
+
+# ---------------------------------------------------------------- reports
+
+def med (xs):
+  return statistics.median (xs) if xs else None
+
+
+def fmt_num (x, unit):
+  if x is None:
+    return "-"
+  if unit == "us":
+    return "%.0f" % (x / 1000) if x >= 10000 else "%.1f" % (x / 1000)
+  if unit == "ms":
+    return "%.3f" % (x / 1e6)
+  return "%.0f" % x if x >= 100 else "%.2f" % x
+
+
+def cell (rs, key, unit=""):
+  xs = [r[key] for r in rs if r.get (key) is not None]
+  if not xs:
+    return "-", None
+  m = med (xs)
+  if len (xs) == 1:
+    return fmt_num (m, unit), m
+  return "%s (%s–%s)" % (fmt_num (m, unit), fmt_num (min (xs), unit),
+                         fmt_num (max (xs), unit)), m
+
+
+def section_table (b, section, servers, workloads, peers):
+  rs = [r for r in b.results if r["section"] == section]
+  if not rs:
+    return ""
+  out = ["### %s" % section, "", "Commands (SOCK = %s, IMG = %s):" % (
+    b.sock, b.img), "", "```"] + b.commands.get (section, []) + ["```", ""]
+  wl = [w for w in workloads if any (r["workload"] == w for r in rs)]
+  sv = [s for s in servers if any (r["server"] == s for r in rs)]
+  # main figures
+  out.append ("| workload | metric | " + " | ".join (sv) + " |")
+  out.append ("| --- | --- |" + " --- |" * len (sv))
+  meds = {}
+  for w in wl:
+    unit = "MiB/s" if workloads[w].get ("metric") == "mibs" else "IOPS"
+    key = "mibs" if unit == "MiB/s" else "iops"
+    row1, row2 = [], []
+    for s in sv:
+      x = [r for r in rs if r["workload"] == w and r["server"] == s]
+      t, m = cell (x, key)
+      meds[(w, s)] = m
+      row1.append (t)
+      row2.append (cell (x, "p99_ns", "us")[0])
+    out.append ("| %s | %s | %s |" % (w, unit, " | ".join (row1)))
+    out.append ("| | p99 µs | %s |" % " | ".join (row2))
+    if workloads[w]["kind"] == "flushload":
+      row3 = []
+      row4 = []
+      for s in sv:
+        x = [r for r in rs if r["workload"] == w and r["server"] == s]
+        row3.append (cell (x, "flush_p99_ns", "us")[0])
+        row4.append (cell (x, "fpw")[0] if not x or x[0].get ("fpw") is None
+                     else "%.4f" % med ([r["fpw"] for r in x]))
+      out.append ("| | flush p99 µs | %s |" % " | ".join (row3))
+      out.append ("| | flushes/write | %s |" % " | ".join (row4))
+    if workloads[w].get ("write"):
+      row5, row6 = [], []
+      for s in sv:
+        x = [r for r in rs if r["workload"] == w and r["server"] == s
+             and r.get ("cw")]
+        if not x or "bw_wr" not in x[0]:
+          row5.append ("-")
+          row6.append ("-")
+          continue
+        wr = med ([r["bw_wr"] / r["cw"] for r in x])
+        rd = med ([r["bw_rd"] / r["cw"] for r in x])
+        t5 = "%.3f" % wr
+        if x[0].get ("own_wr") is not None:
+          t5 += " (own %.3f)" % med ([r["own_wr"] / r["cw"] for r in x])
+        if x[0].get ("src") == "stats":
+          t5 += "ˢ"
+        row5.append (t5)
+        row6.append ("%.3f" % rd)
+      out.append ("| | backend wr/client B | %s |" % " | ".join (row5))
+      out.append ("| | backend rd/client B | %s |" % " | ".join (row6))
+  out.append ("")
+  # ratios
+  subs = [s for s in sv if s.startswith ("subpage")]
+  pe = [p for p in peers if p in sv]
+  if subs and pe:
+    cols = ["%s / %s" % (s, p) for s in subs for p in pe]
+    out.append ("| workload | " + " | ".join (cols) + " |")
+    out.append ("| --- |" + " --- |" * len (cols))
+    for w in wl:
+      row = []
+      for s in subs:
+        for p in pe:
+          x, y = meds.get ((w, s)), meds.get ((w, p))
+          row.append ("%.2fx" % (x / y) if x and y else "-")
+      out.append ("| %s | %s |" % (w, " | ".join (row)))
+    out.append ("")
+  return "\n".join (out)
+
+
+def probe_table (b, servers):
+  rs = [r for r in b.results if r["section"] == "probe"]
+  if not rs:
+    return ""
+  out = ["### flush-latency probe", "", "Commands:", "", "```"] + \
+    b.commands.get ("probe", []) + ["```", ""]
+  sv = [s for s in servers if any (r["server"] == s for r in rs)]
+  out.append ("| probe | " + " | ".join (sv) + " |")
+  out.append ("| --- |" + " --- |" * len (sv))
+  for w, label in (("dirty64m", "flush, 64 MiB scattered 4K dirty (ms)"),
+                   ("clean2g", "flush, nothing dirty, 2 GiB read first (ms)"),
+                   ("clean2g-more", "next 10 flushes, median (ms)")):
+    key = "flush_more_ns" if w.endswith ("more") else "flush_ns"
+    wn = w.replace ("-more", "")
+    row = []
+    for s in sv:
+      x = [r for r in rs if r["workload"] == wn and r["server"] == s]
+      row.append (cell (x, key, "ms")[0])
+    if any (c != "-" for c in row):
+      out.append ("| %s | %s |" % (label, " | ".join (row)))
+  out.append ("")
+  return "\n".join (out)
+
+# ------------------------------------------------------------------- main
+
+def main ():
+  p = argparse.ArgumentParser (description=__doc__,
+                               formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument ("--runtime", type=int, default=20)
+  p.add_argument ("--reps", type=int, default=3)
+  p.add_argument ("--quick", action="store_true",
+                  help="runtime 3 s, 1 repetition")
+  p.add_argument ("--only", default="",
+                  help="comma list of workloads or sections "
+                  "(local, probe, slow)")
+  p.add_argument ("--servers", default="",
+                  help="comma list of server names to run (default all)")
+  p.add_argument ("--image-dir", default=None,
+                  help="directory for the image and sockets "
+                  "(default: a new temporary directory under /var/tmp)")
+  p.add_argument ("--size", default="2G", help="image size (default 2G)")
+  p.add_argument ("--reprefill", action="store_true",
+                  help="rewrite an existing image in --image-dir")
+  p.add_argument ("--keep", action="store_true",
+                  help="keep the image and logs")
+  p.add_argument ("--plugin", default=None)
+  p.add_argument ("--json", default=None, help="also write raw results here")
+  a = p.parse_args ()
+  if a.quick:
+    a.runtime, a.reps = 3, 1
+  a.size = int (a.size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.size[-1]] \
+    if a.size[-1] in "KMG" else int (a.size)
+  if a.plugin is None:
+    for c in ("build/plugin/nbdkit-subpage-plugin.so",):
+      if os.path.exists (c):
+        a.plugin = c
+  if a.plugin is None or not os.path.exists (a.plugin):
+    sys.exit ("bench.py: --plugin PATH to nbdkit-subpage-plugin.so")
+  a.plugin = os.path.abspath (a.plugin)
+  for t in ("fio", "nbdkit", "qemu-nbd"):
+    if shutil.which (t) is None:
+      sys.exit ("bench.py: %s not found (scripts/packages.txt)" % t)
+  tmp = None
+  if a.image_dir is None:
+    tmp = a.image_dir = tempfile.mkdtemp (prefix="subpage-bench-",
+                                          dir="/var/tmp")
+  os.makedirs (a.image_dir, exist_ok=True)
+  a.image_dir = os.path.abspath (a.image_dir)
+  only = set (x for x in a.only.split (",") if x)
+  want_srv = set (x for x in a.servers.split (",") if x)
+
+  def wanted (section, name):
+    return not only or section in only or name in only
+
+  b = Bench (a)
+  ok = True
+  try:
+    lw = local_workloads (a.size)
+    ls = local_servers (a)
+    if want_srv:
+      ls = {k: v for k, v in ls.items () if k in want_srv}
+    if any (wanted ("local", w) for w in lw) or wanted ("probe", "probe"):
+      b.prefill ()
+    for wname, w in lw.items ():
+      if not wanted ("local", wname):
+        continue
+      for rep in range (a.reps):
+        for sname, (argv, kind) in ls.items ():
+          b.measure ("local", sname, argv, kind, wname, w, rep)
+    if wanted ("probe", "probe"):
+      ps = probe_servers (a)
+      if want_srv:
+        ps = {k: v for k, v in ps.items () if k in want_srv}
+      for which in ("dirty64m", "clean2g"):
+        for rep in range (a.reps):
+          for sname, (argv, kind) in ps.items ():
+            b.probe (sname, argv, kind, which, rep)
+    sw = slow_workloads (a.size)
+    ss = slow_servers (a)
+    if want_srv:
+      ss = {k: v for k, v in ss.items () if k in want_srv}
+    has_uri = b'"uri"' in open (os.path.join (HERE, "..", "..", "plugin",
+                                              "subpage.c"), "rb").read () \
+      if os.path.exists (os.path.join (HERE, "..", "..", "plugin",
+                                       "subpage.c")) else True
+    for wname, w in sw.items ():
+      if not wanted ("slow", wname):
+        continue
+      for rep in range (a.reps):
+        for sname, (argv, kind) in ss.items ():
+          if sname == "subpage" and not has_uri:
+            log ("subpage uri=: pending, skipped")
+            continue
+          b.measure ("slow", sname, argv, kind, wname, w, rep,
+                     backend=SLOW_BACKEND)
+  except Exception as e:
+    ok = False
+    log ("error:", e)
+  finally:
+    if a.json:
+      with open (a.json, "w") as f:
+        json.dump ({"args": vars (a), "results": b.results,
+                    "commands": b.commands}, f, indent=1)
+    print ("## subpage benchmark (runtime %d s, %d rep%s, image %s)\n" % (
+      a.runtime, a.reps, "s" if a.reps > 1 else "", fmt_size (a.size)))
+    if "prefill" in b.commands:
+      print ("Prefill (once; the image is reused, and before every server "
+             "start it is fsynced and dropped from the host page cache "
+             "with posix_fadvise DONTNEED):\n\n```\n%s\n```\n" %
+             "\n".join (b.commands["prefill"]))
+    allw = dict (local_workloads (a.size), **slow_workloads (a.size))
+    print (section_table (b, "local", list (local_servers (a)), allw,
+                          ["cache", "memory", "file", "qemu-nbd"]))
+    print (probe_table (b, list (probe_servers (a))))
+    print (section_table (b, "slow", list (slow_servers (a)), allw,
+                          ["cache", "nbd", "qemu-nbd"]))
+    if tmp is not None and not a.keep:
+      shutil.rmtree (tmp, ignore_errors=True)
+    elif not a.keep:
+      for f in os.listdir (a.image_dir):
+        if f.endswith ((".sock", ".log", ".txt")):
+          os.unlink (os.path.join (a.image_dir, f))
+  sys.exit (0 if ok else 1)
+
+
+def fmt_size (n):
+  for u, s in ((GiB, "GiB"), (MiB, "MiB")):
+    if n % u == 0:
+      return "%d %s" % (n // u, s)
+  return "%d B" % n
+
+
+if __name__ == "__main__":
+  main ()
