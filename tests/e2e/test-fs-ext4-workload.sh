@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# ext4 under a file-system workload through a small cache: see
+# fs-workload.sh (shared with the other test-fs-*-workload.sh).
+source "$(dirname "$0")/../functions.sh"
+FS=ext4
+source "$(dirname "$0")/fs-workload.sh"
