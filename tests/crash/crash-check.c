@@ -107,11 +107,11 @@ static unsigned cycles = 20;
 static unsigned nconns = 4;
 static unsigned qdepth = 4;
 static unsigned min_ms = 100, max_ms = 1500;
-static unsigned flush_pct = 3;        /* % of requests that are flushes */
+static unsigned flush_pct = 3; /* % of requests that are flushes */
 static unsigned long long seed;
 static bool soak, no_kill, verbose;
 static unsigned seconds;
-static char **fixed_args;             /* after "--": plugin parameters */
+static char **fixed_args; /* after "--": plugin parameters */
 static int nfixed;
 
 static volatile sig_atomic_t interrupted;
@@ -132,12 +132,12 @@ struct wrec {
   uint32_t id;
   uint8_t conn;
   uint64_t issue;
-  _Atomic uint64_t ack;       /* UNACKED unless a successful reply came */
+  _Atomic uint64_t ack; /* UNACKED unless a successful reply came */
 };
 
 struct frec {
   uint64_t sent;
-  _Atomic uint64_t done;      /* 0: no successful reply */
+  _Atomic uint64_t done; /* 0: no successful reply */
 };
 
 /* This cycle's writes and flushes; slots are claimed atomically. */
@@ -147,13 +147,13 @@ static _Atomic size_t nwrites;
 static struct frec *flushes;
 static size_t max_flushes = 1u << 18;
 static _Atomic size_t nflushes;
-static _Atomic uint64_t last_flush;   /* F: max sent of successful flushes */
-static uint32_t first_id = 1;         /* id of this cycle's writes[0] */
+static _Atomic uint64_t last_flush; /* F: max sent of successful flushes */
+static uint32_t first_id = 1;       /* id of this cycle's writes[0] */
 static atomic_bool stop;
 
 /* Run totals. */
-static uint64_t t_cycles, t_writes, t_acked, t_covered, t_flushes,
-  t_flushes_ok, t_bytes, t_bad_bytes, t_bad_ranges;
+static uint64_t t_cycles, t_writes, t_acked, t_covered, t_flushes, t_flushes_ok,
+  t_bytes, t_bad_bytes, t_bad_ranges;
 
 /* ---- payload ------------------------------------------------------- */
 
@@ -213,16 +213,15 @@ fill_payload (uint8_t *buf, uint32_t id, uint8_t conn, uint64_t off,
 
 /* If the record around OFF in IMG is intact, return its write id. */
 static bool
-decode_record (const uint8_t *img, uint64_t off, uint32_t *id,
-               uint8_t *conn)
+decode_record (const uint8_t *img, uint64_t off, uint32_t *id, uint8_t *conn)
 {
   uint64_t r = off & ~(uint64_t) (REC - 1);
   uint8_t rec[REC];
 
   if (r + REC > image_size)
     return false;
-  *id = img[r + 8] | img[r + 9] << 8 | img[r + 10] << 16
-    | (uint32_t) img[r + 11] << 24;
+  *id = img[r + 8] | img[r + 9] << 8 | img[r + 10] << 16 |
+        (uint32_t) img[r + 11] << 24;
   *conn = img[r + 12];
   make_record (rec, *id, *conn, r);
   return memcmp (rec, img + r, REC) == 0;
@@ -241,7 +240,7 @@ rnd (uint64_t *s)
 }
 
 static uint64_t
-rnd_range (uint64_t *s, uint64_t lo, uint64_t hi)     /* [lo, hi] */
+rnd_range (uint64_t *s, uint64_t lo, uint64_t hi) /* [lo, hi] */
 {
   return lo + rnd (s) % (hi - lo + 1);
 }
@@ -394,8 +393,10 @@ connect_retry (const char *sock, pid_t pid)
       return h;
     nbd_close (h);
     if (waitpid (pid, &status, WNOHANG) == pid) {
-      fprintf (stderr, "crash-check: nbdkit (PID %d) exited before "
-               "accepting connections (status 0x%x)\n", (int) pid, status);
+      fprintf (stderr,
+               "crash-check: nbdkit (PID %d) exited before "
+               "accepting connections (status 0x%x)\n",
+               (int) pid, status);
       exit (1);
     }
     if (now_s () > deadline) {
@@ -519,11 +520,12 @@ issue (struct conn *cn)
       return false;
     f = &flushes[i];
     f->sent = tick ();
-    if (nbd_aio_flush (cn->h, (nbd_completion_callback) {
-          .callback = flush_done, .user_data = f }, 0) == -1)
+    if (nbd_aio_flush (
+          cn->h,
+          (nbd_completion_callback){ .callback = flush_done, .user_data = f },
+          0) == -1)
       return false;
-  }
-  else {
+  } else {
     size_t i = atomic_fetch_add (&nwrites, 1);
     struct wctx *c;
     struct wrec *w;
@@ -542,9 +544,10 @@ issue (struct conn *cn)
     fill_payload (c->buf, w->id, w->conn, w->off, w->len);
     w->issue = tick ();
     if (nbd_aio_pwrite (cn->h, c->buf, w->len, w->off,
-                        (nbd_completion_callback) {
-                          .callback = write_done, .user_data = c,
-                          .free = write_free }, 0) == -1)
+                        (nbd_completion_callback){ .callback = write_done,
+                                                   .user_data = c,
+                                                   .free = write_free },
+                        0) == -1)
       return false;
   }
   return true;
@@ -556,8 +559,7 @@ conn_thread (void *arg)
   struct conn *cn = arg;
 
   while (!atomic_load (&stop)) {
-    while (nbd_aio_in_flight (cn->h) < (int) qdepth
-           && !atomic_load (&stop))
+    while (nbd_aio_in_flight (cn->h) < (int) qdepth && !atomic_load (&stop))
       if (!issue (cn))
         return NULL;
     if (nbd_poll (cn->h, -1) == -1)
@@ -608,7 +610,7 @@ write_allowed (const struct wrec *x, uint64_t b, uint64_t F)
 
   if (!is_covered (x, F))
     return true;
-  m = cov_sorted[covm[b] - 1];          /* exists: x is covered */
+  m = cov_sorted[covm[b] - 1]; /* exists: x is covered */
   return atomic_load (&x->ack) > m->issue;
 }
 
@@ -624,8 +626,9 @@ write_by_id (uint32_t id)
  * before it); stops when FN returns true.
  */
 static bool
-for_each_touching (uint64_t b, bool (*fn) (const struct wrec *, uint64_t,
-                                           void *), void *arg)
+for_each_touching (uint64_t b,
+                   bool (*fn) (const struct wrec *, uint64_t, void *),
+                   void *arg)
 {
   size_t lo = 0, hi = nw;
 
@@ -647,14 +650,16 @@ for_each_touching (uint64_t b, bool (*fn) (const struct wrec *, uint64_t,
   return false;
 }
 
-struct match_arg { uint8_t v; uint64_t F; };
+struct match_arg {
+  uint8_t v;
+  uint64_t F;
+};
 
 static bool
 match_fn (const struct wrec *x, uint64_t b, void *arg)
 {
   struct match_arg *a = arg;
-  return payload_byte (x->id, x->conn, b) == a->v
-    && write_allowed (x, b, a->F);
+  return payload_byte (x->id, x->conn, b) == a->v && write_allowed (x, b, a->F);
 }
 
 static bool
@@ -682,26 +687,27 @@ report (uint64_t b, uint64_t F)
   uint32_t id;
   uint8_t conn;
 
-  printf ("crash-check: INCONSISTENT byte at offset %" PRIu64
-           " (0x%" PRIx64 "): found 0x%02x", b, b, found[b]);
+  printf ("crash-check: INCONSISTENT byte at offset %" PRIu64 " (0x%" PRIx64
+          "): found 0x%02x",
+          b, b, found[b]);
   if (decode_record (found, b, &id, &conn)) {
     const struct wrec *x = write_by_id (id);
     if (id == INIT_ID)
       printf (" (the initial pattern)");
     else if (x)
-      printf (" (from write id %" PRIu32 " conn %u [%" PRIu64
-               ", +%" PRIu32 ") of this cycle)", id, conn, x->off, x->len);
+      printf (" (from write id %" PRIu32 " conn %u [%" PRIu64 ", +%" PRIu32
+              ") of this cycle)",
+              id, conn, x->off, x->len);
     else
       printf (" (from write id %" PRIu32 " conn %u of an earlier "
-               "cycle)", id, conn);
-  }
-  else
+              "cycle)",
+              id, conn);
+  } else
     printf (" (record not intact)");
-  printf ("\n  last successful flush sent at %" PRIu64
-           "; accepted values:\n", F);
+  printf ("\n  last successful flush sent at %" PRIu64 "; accepted values:\n",
+          F);
   if (covm[b] == 0)
-    printf ("    initial content (no covered write): 0x%02x\n",
-             base[b]);
+    printf ("    initial content (no covered write): 0x%02x\n", base[b]);
   for_each_touching (b, print_fn, &F);
 }
 
@@ -748,9 +754,8 @@ verify (uint64_t F)
       uint8_t conn;
       const struct wrec *x;
 
-      if (decode_record (found, b, &id, &conn)
-          && (x = write_by_id (id)) != NULL
-          && x->off <= b && b < x->off + x->len)
+      if (decode_record (found, b, &id, &conn) &&
+          (x = write_by_id (id)) != NULL && x->off <= b && b < x->off + x->len)
         ok = write_allowed (x, b, F);
     }
     if (!ok) {
@@ -767,8 +772,9 @@ verify (uint64_t F)
     prev_bad = !ok;
   }
   if (bad)
-    printf ("crash-check: %" PRIu64 " inconsistent bytes in %"
-             PRIu64 " ranges\n", bad, ranges);
+    printf ("crash-check: %" PRIu64 " inconsistent bytes in %" PRIu64
+            " ranges\n",
+            bad, ranges);
   t_bad_ranges += ranges;
   return bad;
 }
@@ -820,15 +826,14 @@ run_cycle (unsigned cycle, const char *dir)
   memset (flushes, 0, max_flushes * sizeof *flushes);
 
   if (strcmp (backend, "nbd") == 0) {
-    char *bargv[] = { "nbdkit", "-f", "--exit-with-parent", "-U", bsock,
-                      "file", a_file, NULL };
+    char *bargv[] = { "nbdkit", "-f", "--exit-with-parent", "-U", bsock, "file",
+                      a_file,   NULL };
     unlink (bsock);
     snprintf (a_file, sizeof a_file, "file=%s", image_path);
     bpid = spawn_nbdkit (bargv);
     nbd_close (connect_retry (bsock, bpid));
     snprintf (uri, sizeof uri, "uri=nbd+unix:///?socket=%s", bsock);
-  }
-  else
+  } else
     snprintf (uri, sizeof uri, "file=%s", image_path);
 
   argv[n++] = "nbdkit";
@@ -841,16 +846,18 @@ run_cycle (unsigned cycle, const char *dir)
   if (nfixed) {
     for (i = 0; i < (unsigned) nfixed; i++)
       argv[n++] = fixed_args[i];
-  }
-  else {
+  } else {
     const char *page = PICK (&s, pages);
     const char *sect = PICK (&s, sectors);
-    snprintf (a[0], sizeof a[0], "cache-size=%s", PICK (&s, caches));
+    const char *csize = PICK (&s, caches);
+    /* The cache must hold 8 pages (CACHE_MIN_PAGES). */
+    if (strcmp (page, "256K") == 0 && strcmp (csize, "1M") == 0)
+      csize = "4M";
+    snprintf (a[0], sizeof a[0], "cache-size=%s", csize);
     snprintf (a[1], sizeof a[1], "page-size=%s", page);
     snprintf (a[2], sizeof a[2], "sector-size=%s", sect);
     snprintf (a[3], sizeof a[3], "dirty-expire-ms=%s", PICK (&s, expires));
-    snprintf (a[4], sizeof a[4], "dirty-writeback-ms=%s",
-              PICK (&s, intervals));
+    snprintf (a[4], sizeof a[4], "dirty-writeback-ms=%s", PICK (&s, intervals));
     snprintf (a[5], sizeof a[5], "writeback-threads=%s", PICK (&s, threads));
     snprintf (a[6], sizeof a[6], "dirty-ratio=%u",
               (unsigned) rnd_range (&s, 20, 60));
@@ -867,7 +874,7 @@ run_cycle (unsigned cycle, const char *dir)
   }
   if (!nbd_can_multi_conn (cn[0].h)) {
     fprintf (stderr, "crash-check: the server does not advertise "
-             "multi-conn\n");
+                     "multi-conn\n");
     exit (1);
   }
   for (i = 0; i < nconns; i++)
@@ -882,8 +889,10 @@ run_cycle (unsigned cycle, const char *dir)
       die ("waitpid");
     killed = WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL;
     if (!killed) {
-      fprintf (stderr, "crash-check: nbdkit had already exited (status "
-               "0x%x) before SIGKILL\n", status);
+      fprintf (stderr,
+               "crash-check: nbdkit had already exited (status "
+               "0x%x) before SIGKILL\n",
+               status);
       exit (1);
     }
   }
@@ -910,8 +919,10 @@ run_cycle (unsigned cycle, const char *dir)
   if (no_kill) {
     status = stop_pid (pid);
     if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
-      fprintf (stderr, "crash-check: nbdkit exited with status 0x%x "
-               "after SIGTERM\n", status);
+      fprintf (stderr,
+               "crash-check: nbdkit exited with status 0x%x "
+               "after SIGTERM\n",
+               status);
       exit (1);
     }
   }
@@ -919,8 +930,10 @@ run_cycle (unsigned cycle, const char *dir)
     /* The backend may still be writing requests of the dead server. */
     status = stop_pid (bpid);
     if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
-      fprintf (stderr, "crash-check: backend nbdkit exited with status "
-               "0x%x\n", status);
+      fprintf (stderr,
+               "crash-check: backend nbdkit exited with status "
+               "0x%x\n",
+               status);
       exit (1);
     }
   }
@@ -970,9 +983,21 @@ parse_size (const char *s)
   unsigned long long v = strtoull (s, &end, 0);
 
   switch (*end) {
-  case 'k': case 'K': v *= KiB; end++; break;
-  case 'm': case 'M': v *= MiB; end++; break;
-  case 'g': case 'G': v *= 1024ULL * MiB; end++; break;
+  case 'k':
+  case 'K':
+    v *= KiB;
+    end++;
+    break;
+  case 'm':
+  case 'M':
+    v *= MiB;
+    end++;
+    break;
+  case 'g':
+  case 'G':
+    v *= 1024ULL * MiB;
+    end++;
+    break;
   }
   if (*end || v == 0) {
     fprintf (stderr, "crash-check: bad size: %s\n", s);
@@ -991,33 +1016,51 @@ on_sigint (int sig)
 static void
 usage (FILE *f)
 {
-  fprintf (f,
-"usage: crash-check --plugin PATH [options] [-- PLUGIN-PARAMS...]\n"
-"  --plugin PATH      the built nbdkit-subpage-plugin.so (required)\n"
-"  --image PATH       image file (re-created with a known pattern;\n"
-"                     default: a file in a new directory under $TMPDIR)\n"
-"  --size SIZE        image size (default 64M; 4 bytes of bookkeeping/byte)\n"
-"  --backend file|nbd file= or uri= in front of an nbdkit file plugin\n"
-"  --cycles N         kill cycles (default 20)\n"
-"  --soak             run cycles until SIGINT (or --seconds)\n"
-"  --seconds N        stop starting cycles after N seconds\n"
-"  --no-kill          one cycle without SIGKILL: drain, flush, SIGTERM\n"
-"  --seed S           seed for sizes, offsets, timings and parameters\n"
-"  --conns N          connections (threads), default 4\n"
-"  --qd N             requests in flight per connection, default 4\n"
-"  --min-ms/--max-ms  time between start and kill (default 100..1500)\n"
-"  --flush-pct N      %% of requests that are flushes (default 3)\n"
-"  --server-log PATH  append nbdkit's stderr to PATH\n"
-"  --verbose          print every cycle's nbdkit command line\n"
-"Without PLUGIN-PARAMS each cycle picks random cache parameters.\n");
+  fprintf (
+    f,
+    "usage: crash-check --plugin PATH [options] [-- PLUGIN-PARAMS...]\n"
+    "  --plugin PATH      the built nbdkit-subpage-plugin.so (required)\n"
+    "  --image PATH       image file (re-created with a known pattern;\n"
+    "                     default: a file in a new directory under $TMPDIR)\n"
+    "  --size SIZE        image size (default 64M; 4 bytes of "
+    "bookkeeping/byte)\n"
+    "  --backend file|nbd file= or uri= in front of an nbdkit file plugin\n"
+    "  --cycles N         kill cycles (default 20)\n"
+    "  --soak             run cycles until SIGINT (or --seconds)\n"
+    "  --seconds N        stop starting cycles after N seconds\n"
+    "  --no-kill          one cycle without SIGKILL: drain, flush, SIGTERM\n"
+    "  --seed S           seed for sizes, offsets, timings and parameters\n"
+    "  --conns N          connections (threads), default 4\n"
+    "  --qd N             requests in flight per connection, default 4\n"
+    "  --min-ms/--max-ms  time between start and kill (default 100..1500)\n"
+    "  --flush-pct N      %% of requests that are flushes (default 3)\n"
+    "  --server-log PATH  append nbdkit's stderr to PATH\n"
+    "  --verbose          print every cycle's nbdkit command line\n"
+    "Without PLUGIN-PARAMS each cycle picks random cache parameters.\n");
 }
 
 int
 main (int argc, char **argv)
 {
-  enum { O_PLUGIN = 256, O_IMAGE, O_SIZE, O_BACKEND, O_CYCLES, O_SOAK,
-         O_SECONDS, O_NOKILL, O_SEED, O_CONNS, O_QD, O_MINMS, O_MAXMS,
-         O_FLUSHPCT, O_LOG, O_VERBOSE, O_HELP };
+  enum {
+    O_PLUGIN = 256,
+    O_IMAGE,
+    O_SIZE,
+    O_BACKEND,
+    O_CYCLES,
+    O_SOAK,
+    O_SECONDS,
+    O_NOKILL,
+    O_SEED,
+    O_CONNS,
+    O_QD,
+    O_MINMS,
+    O_MAXMS,
+    O_FLUSHPCT,
+    O_LOG,
+    O_VERBOSE,
+    O_HELP
+  };
   static const struct option opts[] = {
     { "plugin", required_argument, NULL, O_PLUGIN },
     { "image", required_argument, NULL, O_IMAGE },
@@ -1055,7 +1098,10 @@ main (int argc, char **argv)
     case O_SOAK: soak = true; break;
     case O_SECONDS: seconds = atoi (optarg); break;
     case O_NOKILL: no_kill = true; break;
-    case O_SEED: seed = strtoull (optarg, NULL, 0); have_seed = true; break;
+    case O_SEED:
+      seed = strtoull (optarg, NULL, 0);
+      have_seed = true;
+      break;
     case O_CONNS: nconns = atoi (optarg); break;
     case O_QD: qdepth = atoi (optarg); break;
     case O_MINMS: min_ms = atoi (optarg); break;
@@ -1069,10 +1115,10 @@ main (int argc, char **argv)
   }
   fixed_args = argv + optind;
   nfixed = argc - optind;
-  if (plugin_path == NULL || nconns < 1 || nconns > 200 || qdepth < 1
-      || min_ms > max_ms || image_size < MAX_WRITE || image_size % REC
-      || image_size > UINT32_MAX
-      || (strcmp (backend, "file") && strcmp (backend, "nbd"))) {
+  if (plugin_path == NULL || nconns < 1 || nconns > 200 || qdepth < 1 ||
+      min_ms > max_ms || image_size < MAX_WRITE || image_size % REC ||
+      image_size > UINT32_MAX ||
+      (strcmp (backend, "file") && strcmp (backend, "nbd"))) {
     usage (stderr);
     exit (1);
   }
@@ -1084,8 +1130,8 @@ main (int argc, char **argv)
   if (!have_seed)
     seed = (unsigned long long) time (NULL) ^ getpid ();
   printf ("crash-check: seed %llu, backend %s, image %" PRIu64 " bytes, "
-          "%u connections x %u in flight\n", seed, backend, image_size,
-          nconns, qdepth);
+          "%u connections x %u in flight\n",
+          seed, backend, image_size, nconns, qdepth);
 
   signal (SIGPIPE, SIG_IGN);
   signal (SIGINT, on_sigint);
@@ -1107,8 +1153,8 @@ main (int argc, char **argv)
   base = malloc (image_size);
   found = malloc (image_size);
   covm = malloc (image_size * sizeof *covm);
-  if (!writes || !flushes || !cov_sorted || !off_sorted || !base || !found
-      || !covm)
+  if (!writes || !flushes || !cov_sorted || !off_sorted || !base || !found ||
+      !covm)
     die ("malloc");
 
   start = now_s ();
@@ -1126,9 +1172,8 @@ main (int argc, char **argv)
           "and checked (%" PRIu64 " acked, %" PRIu64 " covered by a flush), "
           "%" PRIu64 " flushes (%" PRIu64 " ok), %" PRIu64 " bytes verified, "
           "%" PRIu64 " inconsistent bytes in %" PRIu64 " ranges\n",
-          t_cycles, no_kill ? "no-kill" : "kill", t_writes, t_acked,
-          t_covered, t_flushes, t_flushes_ok, t_bytes, t_bad_bytes,
-          t_bad_ranges);
+          t_cycles, no_kill ? "no-kill" : "kill", t_writes, t_acked, t_covered,
+          t_flushes, t_flushes_ok, t_bytes, t_bad_bytes, t_bad_ranges);
 
   if (image_path == img)
     unlink (img);
