@@ -67,7 +67,9 @@ noio_threads ()
   for t in /proc/"$1"/task/*; do
     # Field 9 is the flags word; the command name (field 2) is
     # "(nbdkit)", without blanks.
-    flags=$(awk '{ print $9 }' "$t/stat")
+    # (A connection thread may exit while we look: skip it.)
+    flags=$(awk '{ print $9 }' "$t/stat" 2>/dev/null) || continue
+    [ -n "$flags" ] || continue
     n=$((n + 1))
     (( flags & 0x00080000 )) && m=$((m + 1))
   done
