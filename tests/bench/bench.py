@@ -23,12 +23,13 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import nbd
 
 HERE = os.path.dirname (os.path.abspath (__file__))
 NBDLOAD = os.path.join (HERE, "nbdload.py")
@@ -42,8 +43,11 @@ NBD_SIMPLE = 16     # simple reply header (server -> client)
 # ---------------------------------------------------------------- servers
 
 def local_servers (a):
-  """name -> (argv template, kind).  {sock}, {img}, {size}, {stats} are
-  substituted per run.  kind: 'nbdkit' (reads the socket with read(2),
+  """name -> (argv template, kind).  No cache-max-size for the cache
+  filter: in nbdkit 1.32.5 its reclaim drops dirty blocks (a 512 MiB
+  write through cache=writeback cache-max-size=64M left 50 MiB of it in
+  the image after a flush), see docs/benchmarks.md.
+  {sock}, {img}, {size}, {stats} are substituted per run.  kind: 'nbdkit' (reads the socket with read(2),
   writes it with send(2)), 'qemu' (recvmsg/sendmsg: neither is counted
   in /proc/PID/io) -- see docs/benchmarks.md."""
   sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
@@ -53,7 +57,7 @@ def local_servers (a):
     "subpage-4k": (sp + ["sector-size=4096"], "nbdkit"),
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache",
                "--filter=stats", "file", "{img}", "cache=writeback",
-               "cache-max-size=256M", "statsfile={stats}"], "nbdkit"),
+               "statsfile={stats}"], "nbdkit"),
     "file": (["nbdkit", "-f", "-U", "{sock}", "file", "{img}"], "nbdkit"),
     "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
                   "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
@@ -69,7 +73,8 @@ def probe_servers (a):
   return {
     "subpage": (sp, "nbdkit"),
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "file",
-               "{img}", "cache=writeback", "cache-max-size=2G"], "nbdkit"),
+               "{img}", "cache=writeback", "cache-on-read=true"],
+              "nbdkit"),
     "file": (["nbdkit", "-f", "-U", "{sock}", "file", "{img}"], "nbdkit"),
     "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
                   "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
@@ -88,7 +93,7 @@ def slow_servers (a):
     "subpage": (["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
                  "-U", "{sock}", a.plugin, "uri=" + burl], "nbdkit"),
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "nbd",
-               "socket={bsock}", "cache=writeback", "cache-max-size=256M"],
+               "socket={bsock}", "cache=writeback", "cache-on-read=true"],
               "nbdkit"),
     "nbd": (["nbdkit", "-f", "-U", "{sock}", "nbd", "socket={bsock}"],
             "nbdkit"),
@@ -170,13 +175,15 @@ def wait_socket (path, proc, timeout=60):
     if proc.poll () is not None:
       raise RuntimeError ("server exited with %d" % proc.returncode)
     if os.path.exists (path):
-      s = socket.socket (socket.AF_UNIX)
+      # A full NBD handshake: a bare connect-and-close makes servers
+      # log "Broken pipe".
       try:
-        s.connect (path)
-        s.close ()
+        h = nbd.NBD ()
+        h.connect_unix (path)
+        h.shutdown ()
         return
-      except OSError:
-        s.close ()
+      except nbd.Error:
+        pass
     time.sleep (0.05)
   raise RuntimeError ("server did not listen on %s" % path)
 
@@ -441,6 +448,13 @@ def fmt_num (x, unit):
   return "%.0f" % x if x >= 100 else "%.2f" % x
 
 
+def ordered (lines):
+  """Backend and server command lines first, then warm-up and client
+  lines, each group in first-use order."""
+  rank = {"backend": 0, "server": 1, "warm": 2, "client": 2}
+  return sorted (lines, key=lambda l: rank.get (l.split ()[0], 3))
+
+
 def cell (rs, key, unit=""):
   xs = [r[key] for r in rs if r.get (key) is not None]
   if not xs:
@@ -457,7 +471,8 @@ def section_table (b, section, servers, workloads, peers):
   if not rs:
     return ""
   out = ["### %s" % section, "", "Commands (SOCK = %s, IMG = %s):" % (
-    b.sock, b.img), "", "```"] + b.commands.get (section, []) + ["```", ""]
+    b.sock, b.img), "", "```"] + ordered (b.commands.get (section, [])) + [
+      "```", ""]
   wl = [w for w in workloads if any (r["workload"] == w for r in rs)]
   sv = [s for s in servers if any (r["server"] == s for r in rs)]
   # main figures
@@ -530,7 +545,7 @@ def probe_table (b, servers):
   if not rs:
     return ""
   out = ["### flush-latency probe", "", "Commands:", "", "```"] + \
-    b.commands.get ("probe", []) + ["```", ""]
+    ordered (b.commands.get ("probe", [])) + ["```", ""]
   sv = [s for s in servers if any (r["server"] == s for r in rs)]
   out.append ("| probe | " + " | ".join (sv) + " |")
   out.append ("| --- |" + " --- |" * len (sv))
@@ -572,7 +587,12 @@ def main ():
                   help="keep the image and logs")
   p.add_argument ("--plugin", default=None)
   p.add_argument ("--json", default=None, help="also write raw results here")
+  p.add_argument ("--report", default=None, metavar="JSON",
+                  help="only print the tables of an earlier --json file")
   a = p.parse_args ()
+  if a.report:
+    report_from_json (a.report)
+    return
   if a.quick:
     a.runtime, a.reps = 3, 1
   a.size = int (a.size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.size[-1]] \
@@ -648,19 +668,7 @@ def main ():
       with open (a.json, "w") as f:
         json.dump ({"args": vars (a), "results": b.results,
                     "commands": b.commands}, f, indent=1)
-    print ("## subpage benchmark (runtime %d s, %d rep%s, image %s)\n" % (
-      a.runtime, a.reps, "s" if a.reps > 1 else "", fmt_size (a.size)))
-    if "prefill" in b.commands:
-      print ("Prefill (once; the image is reused, and before every server "
-             "start it is fsynced and dropped from the host page cache "
-             "with posix_fadvise DONTNEED):\n\n```\n%s\n```\n" %
-             "\n".join (b.commands["prefill"]))
-    allw = dict (local_workloads (a.size), **slow_workloads (a.size))
-    print (section_table (b, "local", list (local_servers (a)), allw,
-                          ["cache", "memory", "file", "qemu-nbd"]))
-    print (probe_table (b, list (probe_servers (a))))
-    print (section_table (b, "slow", list (slow_servers (a)), allw,
-                          ["cache", "nbd", "qemu-nbd"]))
+    report (b, a)
     if tmp is not None and not a.keep:
       shutil.rmtree (tmp, ignore_errors=True)
     elif not a.keep:
@@ -668,6 +676,32 @@ def main ():
         if f.endswith ((".sock", ".log", ".txt")):
           os.unlink (os.path.join (a.image_dir, f))
   sys.exit (0 if ok else 1)
+
+
+def report (b, a):
+  print ("## subpage benchmark (runtime %d s, %d rep%s, image %s)\n" % (
+    a.runtime, a.reps, "s" if a.reps > 1 else "", fmt_size (a.size)))
+  if "prefill" in b.commands:
+    print ("Prefill (once; the image is reused, and before every server "
+           "start it is fsynced and dropped from the host page cache "
+           "with posix_fadvise DONTNEED):\n\n```\n%s\n```\n" %
+           "\n".join (b.commands["prefill"]))
+  allw = dict (local_workloads (a.size), **slow_workloads (a.size))
+  print (section_table (b, "local", list (local_servers (a)), allw,
+                        ["cache", "memory", "file", "qemu-nbd"]))
+  print (probe_table (b, list (probe_servers (a))))
+  print (section_table (b, "slow", list (slow_servers (a)), allw,
+                        ["cache", "nbd", "qemu-nbd"]))
+
+
+def report_from_json (path):
+  """--report FILE: print the tables of an earlier run's --json FILE."""
+  d = json.load (open (path))
+  a = argparse.Namespace (**d["args"])
+  b = argparse.Namespace (results=d["results"], commands=d["commands"],
+                          img=os.path.join (a.image_dir, "bench.img"),
+                          sock=os.path.join (a.image_dir, "s.sock"))
+  report (b, a)
 
 
 def fmt_size (n):
