@@ -47,6 +47,7 @@ fi
 
 export IMG=$img MSOCK=$msock URI=$(nbd_uri "$sock")
 export PYTHONPATH=$(cd "$(dirname "$0")" && pwd)
+export PYTHONDONTWRITEBYTECODE=1    # no __pycache__ in the source tree
 export CURL=$(command -v curl || :)
 if [ -z "$CURL" ]; then
   echo "$0: curl not found: checking HTTP with a Python client only" >&2
