@@ -32,8 +32,9 @@
  * socket accepts it, and the connection is dropped when it has not
  * finished within METRICS_DEADLINE_S.  At most METRICS_MAX_CONNS
  * connections are served at once; beyond that a new one is closed at
- * once.  A connection costs one malloc; nothing else is allocated after
- * the start.
+ * once.  A connection costs two mallocs (its state, its answer);
+ * nothing else is allocated after the start.  If accept4 fails for
+ * want of descriptors or memory, listening pauses for a second.
  *
  * Data: the statistics come from cache_get_stats (thread-safe, takes no
  * lock a request needs), read once per answer, so one answer is one
@@ -118,6 +119,7 @@ struct metrics {
   bool bound;                   /* the socket file is ours to remove */
   struct ev_loop *loop;
   ev_io listen_w;
+  ev_timer retry_w;             /* restarts listen_w after EMFILE etc. */
   ev_async stop_w;
   pthread_t thread;
   bool started;
@@ -480,9 +482,15 @@ listen_cb (struct ev_loop *loop, ev_io *w, int revents)
     if (fd == -1) {
       if (errno == EINTR || errno == ECONNABORTED)
         continue;
-      /* EAGAIN: all accepted.  EMFILE, ENOMEM...: try again on the
-       * next event rather than spin.
-       */
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        /* EMFILE, ENFILE, ENOMEM...: the connection stays queued and
+         * the socket readable; pause for a second rather than spin.
+         */
+        mlog (m, "metrics: accept4 failed (errno %d), retrying in 1 s",
+              errno);
+        ev_io_stop (loop, &m->listen_w);
+        ev_timer_start (loop, &m->retry_w);
+      }
       return;
     }
     if (m->nconns >= METRICS_MAX_CONNS ||
@@ -507,6 +515,16 @@ listen_cb (struct ev_loop *loop, ev_io *w, int revents)
     mc->timer.data = mc;
     ev_timer_start (loop, &mc->timer);
   }
+}
+
+static void
+retry_cb (struct ev_loop *loop, ev_timer *w, int revents)
+{
+  struct metrics *m = ev_userdata (loop);
+
+  (void) w;
+  (void) revents;
+  ev_io_start (loop, &m->listen_w);
 }
 
 static void
@@ -635,6 +653,7 @@ metrics_start (struct cache *c, const struct metrics_config *cfg,
   ev_set_userdata (m->loop, m);
   ev_io_init (&m->listen_w, listen_cb, m->lfd, EV_READ);
   ev_io_start (m->loop, &m->listen_w);
+  ev_timer_init (&m->retry_w, retry_cb, 1., 0.);
   ev_async_init (&m->stop_w, stop_cb);
   ev_async_start (m->loop, &m->stop_w);
 
