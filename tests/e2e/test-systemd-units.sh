@@ -14,12 +14,15 @@
 #      on the first connection, as by subpage@.socket), as user nobody
 #      with no capabilities, no new privileges and umask 077 (what
 #      DynamicUser=, CapabilityBoundingSet=, NoNewPrivileges= and
-#      UMask= give): nbdinfo sees the export with the parameters of
-#      SUBPAGE_ARGS, a write and flush reach the image, and SIGTERM
-#      ends it with status 0.
-# What this cannot check without PID 1: that the sandbox options
-# (SystemCallFilter=, MemoryDenyWriteExecute=, PrivateNetwork=, ...)
-# leave nbdkit working; see docs/operations.md.
+#      UMask= give), in a network namespace of its own (PrivateNetwork=,
+#      with `unshare --net`) and with the kernel's memory-deny-write-
+#      execute (prctl PR_SET_MDWE, Linux >= 6.3, the in-kernel form of
+#      MemoryDenyWriteExecute=) when the kernel has them: nbdinfo sees
+#      the export with the parameters of SUBPAGE_ARGS, a write and flush
+#      reach the image, and SIGTERM ends it with status 0.
+# What this cannot check without PID 1: the other sandbox options
+# (SystemCallFilter=, ProtectSystem=, PrivateUsers=, ...); see
+# docs/operations.md.
 
 source "$(dirname "$0")/../functions.sh"
 set -euo pipefail
@@ -146,11 +149,34 @@ else
   echo "note: nobody cannot read $PLUGIN: running ExecStart as root"
 fi
 
+# PrivateNetwork= and MemoryDenyWriteExecute=, where this machine can.
+sandbox=()
+if unshare --net true 2>/dev/null; then
+  sandbox+=(unshare --net)
+else
+  echo "note: unshare --net not possible here: network not isolated"
+fi
+cat > "$tmpdir/mdwe.py" <<'EOF'
+# Exec argv[1:] with PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN), which is
+# kept across execve: no mapping can become writable and executable.
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit("prctl PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
+os.execvp(sys.argv[1], sys.argv[1:])
+EOF
+if /usr/bin/python3 "$tmpdir/mdwe.py" true 2>/dev/null; then
+  sandbox+=(/usr/bin/python3 "$tmpdir/mdwe.py")
+else
+  echo "note: no PR_SET_MDWE in this kernel: W^X not enforced"
+fi
+
 # systemd-socket-activate listens, waits for the first connection, and
 # then execs the command in its own process (LISTEN_PID is its PID),
-# so $! is nbdkit's PID from then on; setpriv and env exec too.
+# so $! is nbdkit's PID from then on; unshare, python, setpriv and env
+# exec too.
 ( umask 077
-  exec systemd-socket-activate -l "$sock" "${as_user[@]}" \
+  exec systemd-socket-activate -l "$sock" "${sandbox[@]}" "${as_user[@]}" \
     env "${_nbdkit_env[@]}" "${cmd[@]}" ) > "$log" 2>&1 &
 pid=$!
 cleanup_fn _kill_nbdkit "$pid"
@@ -181,6 +207,11 @@ print("nbdinfo: size", e["export-size"], "preferred block size",
   { echo "$0: PID $pid is not nbdkit" >&2; exit 1; }
 tr '\0' '\n' < "/proc/$pid/environ" | grep -qx "LISTEN_PID=$pid" ||
   { echo "$0: nbdkit has no LISTEN_PID=$pid" >&2; exit 1; }
+if [ "${sandbox[0]:-}" = unshare ] &&
+   [ "$(readlink "/proc/$pid/ns/net")" = "$(readlink /proc/self/ns/net)" ]; then
+  echo "$0: nbdkit is not in a network namespace of its own" >&2
+  exit 1
+fi
 if [ ${#as_user[@]} -gt 0 ]; then
   uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status")
   caps=$(awk '/^CapEff:/ { print $2 }' "/proc/$pid/status")
