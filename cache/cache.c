@@ -396,15 +396,20 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
   a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
   e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
   if (a == off && e == off + count)
-    return read_aligned (c, buf, off, count);
-
-  bounce = malloc (e - a);
-  if (!bounce)
-    return -ENOMEM;
-  r = read_aligned (c, bounce, a, e - a);
-  if (r == 0)
-    memcpy (buf, bounce + (off - a), count);
-  free (bounce);
+    r = read_aligned (c, buf, off, count);
+  else {
+    bounce = malloc (e - a);
+    if (!bounce)
+      return -ENOMEM;
+    r = read_aligned (c, bounce, a, e - a);
+    if (r == 0)
+      memcpy (buf, bounce + (off - a), count);
+    free (bounce);
+  }
+  if (r == 0) {
+    atomic_fetch_add_explicit (&c->st_creads, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit (&c->st_cread_bytes, count, memory_order_relaxed);
+  }
   return r;
 }
 
@@ -523,9 +528,9 @@ maybe_kick (struct cache *c)
     fn (atomic_load (&c->kick_opaque));
 }
 
-int
-cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
-             uint32_t flags)
+static int
+do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+          uint32_t flags)
 {
   uint64_t end = off + count, pos = off;
   char *tmp = NULL;
@@ -561,6 +566,19 @@ cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
   if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH)
     r = wb_sync_range (c, off, count, flags & CACHE_FUA);
   maybe_kick (c);
+  return r;
+}
+
+int
+cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+             uint32_t flags)
+{
+  int r = do_write (c, buf, count, off, flags);
+
+  if (r == 0) {
+    atomic_fetch_add_explicit (&c->st_cwrites, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit (&c->st_cwrite_bytes, count, memory_order_relaxed);
+  }
   return r;
 }
 
@@ -619,7 +637,7 @@ write_zeroes (struct cache *c, uint64_t count, uint64_t off, uint32_t flags)
 
   while (count > 0 && r == 0) {
     uint32_t n = (uint32_t) MIN (count, (uint64_t) ZBUF_SIZE);
-    r = cache_write (c, zeroes, n, off, flags);
+    r = do_write (c, zeroes, n, off, flags);
     off += n;
     count -= n;
   }
@@ -687,13 +705,25 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
 int
 cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
 {
-  return discard (c, count, off, flags, true);
+  int r = discard (c, count, off, flags, true);
+
+  if (r == 0) {
+    atomic_fetch_add_explicit (&c->st_czeroes, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit (&c->st_czero_bytes, count, memory_order_relaxed);
+  }
+  return r;
 }
 
 int
 cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
 {
-  return discard (c, count, off, flags, false);
+  int r = discard (c, count, off, flags, false);
+
+  if (r == 0) {
+    atomic_fetch_add_explicit (&c->st_ctrims, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit (&c->st_ctrim_bytes, count, memory_order_relaxed);
+  }
+  return r;
 }
 
 /* ---- statistics and debugging ---- */
@@ -715,6 +745,14 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->writeback_bytes = atomic_load (&c->st_w) * ss;
   st->hits = atomic_load (&c->st_hits);
   st->misses = atomic_load (&c->st_misses);
+  st->client_reads = atomic_load (&c->st_creads);
+  st->client_read_bytes = atomic_load (&c->st_cread_bytes);
+  st->client_writes = atomic_load (&c->st_cwrites);
+  st->client_write_bytes = atomic_load (&c->st_cwrite_bytes);
+  st->client_zeroes = atomic_load (&c->st_czeroes);
+  st->client_zero_bytes = atomic_load (&c->st_czero_bytes);
+  st->client_trims = atomic_load (&c->st_ctrims);
+  st->client_trim_bytes = atomic_load (&c->st_ctrim_bytes);
   st->backend_reads = atomic_load (&c->st_breads);
   st->backend_read_bytes = atomic_load (&c->st_bread_bytes);
   st->backend_writes = atomic_load (&c->st_bwrites);

@@ -169,6 +169,15 @@ struct cache_stats {
   uint64_t dirty_bytes;        /* D sectors */
   uint64_t writeback_bytes;    /* W sectors */
   uint64_t hits, misses;       /* sectors */
+  /* What clients asked for (cache_read/cache_write/cache_zero/
+   * cache_trim calls that succeeded), to compare with the backend's
+   * figures: backend_write_bytes / client_write_bytes is the write
+   * amplification.
+   */
+  uint64_t client_reads, client_read_bytes;
+  uint64_t client_writes, client_write_bytes;
+  uint64_t client_zeroes, client_zero_bytes;
+  uint64_t client_trims, client_trim_bytes;
   uint64_t backend_reads, backend_read_bytes;
   uint64_t backend_writes, backend_write_bytes;
   uint64_t backend_flushes;

@@ -240,6 +240,25 @@ metrics_render (const struct cache_stats *st, char *buf, size_t len)
   counter (&o, "miss_bytes_total", "misses_total in bytes.",
            st->misses * st->sector_size);
 
+  /* Client requests. */
+  counter (&o, "client_reads_total", "Read requests served.",
+           st->client_reads);
+  counter (&o, "client_read_bytes_total", "Bytes read by clients.",
+           st->client_read_bytes);
+  counter (&o, "client_writes_total", "Write requests served.",
+           st->client_writes);
+  counter (&o, "client_written_bytes_total",
+           "Bytes written by clients (compare backend_written_bytes_total: "
+           "write amplification).", st->client_write_bytes);
+  counter (&o, "client_zeroes_total", "Zero requests served.",
+           st->client_zeroes);
+  counter (&o, "client_zero_bytes_total", "Bytes zeroed by clients.",
+           st->client_zero_bytes);
+  counter (&o, "client_trims_total", "Trim requests served.",
+           st->client_trims);
+  counter (&o, "client_trim_bytes_total", "Bytes trimmed by clients.",
+           st->client_trim_bytes);
+
   /* The image. */
   counter (&o, "backend_reads_total", "Reads from the image.",
            st->backend_reads);

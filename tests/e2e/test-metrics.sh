@@ -66,6 +66,9 @@ EXPECTED = """
 export_size_bytes cache_size_bytes page_size_bytes sector_size_bytes
 pages_capacity pages_resident cached_bytes dirty_bytes writeback_bytes
 metadata_bytes hits_total misses_total hit_bytes_total miss_bytes_total
+client_reads_total client_read_bytes_total client_writes_total
+client_written_bytes_total client_zeroes_total client_zero_bytes_total
+client_trims_total client_trim_bytes_total
 backend_reads_total backend_read_bytes_total backend_writes_total
 backend_written_bytes_total backend_flushes_total writeback_runs_total
 writeback_errors_total writeback_runs_in_flight evictions_total
@@ -103,6 +106,10 @@ check(m0, {
     "cached_bytes": 0, "dirty_bytes": 0, "writeback_bytes": 0,
     "hits_total": 0, "misses_total": 0, "hit_bytes_total": 0,
     "miss_bytes_total": 0, "backend_reads_total": 0,
+    "client_reads_total": 0, "client_read_bytes_total": 0,
+    "client_writes_total": 0, "client_written_bytes_total": 0,
+    "client_zeroes_total": 0, "client_zero_bytes_total": 0,
+    "client_trims_total": 0, "client_trim_bytes_total": 0,
     "backend_read_bytes_total": 0, "backend_writes_total": 0,
     "backend_written_bytes_total": 0, "backend_flushes_total": 0,
     "writeback_runs_total": 0, "writeback_errors_total": 0,
@@ -132,7 +139,9 @@ data = bytes((i * 7 + 1) & 0xFF for i in range(N))
 h.pwrite(data[:12 * KiB], 1 * MiB + 4 * KiB)
 h.pwrite(data[12 * KiB:], 1 * MiB + 16 * KiB)
 m1 = get()
-check(m1, {"dirty_bytes": N, "cached_bytes": N, "pages_resident": 1,
+check(m1, {"client_writes_total": 2, "client_written_bytes_total": N,
+           "client_reads_total": 0,
+           "dirty_bytes": N, "cached_bytes": N, "pages_resident": 1,
            "writeback_bytes": 0, "backend_written_bytes_total": 0,
            "backend_writes_total": 0, "misses_total": 0,
            "backend_read_bytes_total": 0, "flushes_total": 0},
@@ -147,7 +156,8 @@ with open(os.environ["IMG"], "rb") as f:
 M = 64 * KiB
 assert h.pread(M, 8 * MiB) == bytes(M)
 m2 = get()
-delta(m1, m2, {"misses_total": M // 512, "miss_bytes_total": M,
+delta(m1, m2, {"client_reads_total": 1, "client_read_bytes_total": M,
+               "misses_total": M // 512, "miss_bytes_total": M,
                "backend_read_bytes_total": M, "hits_total": 0,
                "cached_bytes": M, "pages_resident": 1,
                "backend_written_bytes_total": 0}, "after a 64 KiB miss")
@@ -155,7 +165,8 @@ assert m2["backend_reads_total"] > m1["backend_reads_total"]
 assert h.pread(M, 8 * MiB) == bytes(M)
 assert h.pread(N, 1 * MiB + 4 * KiB) == data
 m3 = get()
-delta(m2, m3, {"hits_total": (M + N) // 512, "hit_bytes_total": M + N,
+delta(m2, m3, {"client_reads_total": 2, "client_read_bytes_total": M + N,
+               "hits_total": (M + N) // 512, "hit_bytes_total": M + N,
                "misses_total": 0, "backend_reads_total": 0,
                "backend_read_bytes_total": 0}, "after cached reads")
 check(m3, {"dirty_bytes": N}, "after cached reads")
@@ -167,12 +178,23 @@ check(m4, {"dirty_bytes": 0, "writeback_bytes": 0,
            "writeback_runs_in_flight": 0, "flush_errors_total": 0,
            "writeback_errors_total": 0, "cached_bytes": M + N},
       "after the flush")
+# Write amplification of this flush: exactly 1 (only dirty sectors).
+assert m4["backend_written_bytes_total"] == m4["client_written_bytes_total"]
 delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
                "backend_written_bytes_total": N,
                "backend_flushes_total": 1}, "after the flush")
 assert m4["writeback_runs_total"] >= 1, "no write-back run counted"
 assert m4["backend_writes_total"] >= m4["writeback_runs_total"]
 assert m4["flush_seconds_total"] > 0, "flush took no time"
+
+# One zero and one trim, counted as what the client asked for.
+h.zero(4 * KiB, 2 * MiB)
+h.trim(64 * KiB, 4 * MiB)
+m4z = get()
+delta(m4, m4z, {"client_zeroes_total": 1, "client_zero_bytes_total": 4 * KiB,
+                "client_trims_total": 1, "client_trim_bytes_total": 64 * KiB,
+                "client_writes_total": 0}, "after a zero and a trim")
+m4 = m4z
 assert m4["flush_duration_seconds_sum"] == m4["flush_seconds_total"]
 with open(os.environ["IMG"], "rb") as f:
     assert os.pread(f.fileno(), N, 1 * MiB + 4 * KiB) == data, \
