@@ -139,6 +139,7 @@ struct fz {
   bool err_pending;           /* write-back error since the last flush */
 
   unsigned step;
+  unsigned full_reads;        /* full-disk read ops so far */
   const char *what;
   bool trace;
   bool verbose;
@@ -966,10 +967,18 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       op_prefetch ();
       break;
     case 15:
+      /* A full read of up to 2 MiB through a cache of 32 KiB or more
+       * is costly: a few per input are enough.
+       */
       F.what = (op & 0x10) ? "full read" : "settle";
-      if (op & 0x10) {
+      if ((op & 0x10) && F.full_reads < 3) {
+        F.full_reads++;
         trace ("full read");
         read_all_check ("full read");
+      }
+      else if (op & 0x10) {
+        F.what = "read";
+        op_read ();
       }
       else
         settle ("settle");
