@@ -309,7 +309,11 @@ class Bench:
         os.unlink (p)
     full = subst (argv, **kw)
     srv = Server (full, kind, os.path.join (self.dir, tag + ".log"))
-    wait_socket (kw.get ("sock", self.sock), srv.proc)
+    try:
+      wait_socket (kw.get ("sock", self.sock), srv.proc)
+    except Exception:
+      log (srv.stop ()[-2000:])
+      raise
     return srv
 
   def client_cmd (self, w, name, uri):
@@ -342,8 +346,14 @@ class Bench:
         shlex.quote (x) for x in subst (backend, **dict (kw, stats="B.txt"))))
       bsrv = Server (subst (backend, **dict (kw, stats=bstats)), "nbdkit",
                      os.path.join (self.dir, "backend.log"))
-      wait_socket (self.bsock, bsrv.proc)
-    srv = self.start (argv, kind, srvname, **kw)
+      try:
+        wait_socket (self.bsock, bsrv.proc)
+        srv = self.start (argv, kind, srvname, **kw)
+      except Exception:
+        bsrv.stop ()
+        raise
+    if bsrv is None:
+      srv = self.start (argv, kind, srvname, **kw)
     res = {"section": section, "server": srvname, "workload": wname,
            "rep": rep}
     try:
@@ -633,7 +643,8 @@ def main ():
         continue
       for rep in range (a.reps):
         for sname, (argv, kind) in ls.items ():
-          b.measure ("local", sname, argv, kind, wname, w, rep)
+          ok &= cell_ok (b.measure, "local", sname, argv, kind, wname, w,
+                         rep)
     if wanted ("probe", "probe"):
       ps = probe_servers (a)
       if want_srv:
@@ -641,7 +652,7 @@ def main ():
       for which in ("dirty64m", "clean2g"):
         for rep in range (a.reps):
           for sname, (argv, kind) in ps.items ():
-            b.probe (sname, argv, kind, which, rep)
+            ok &= cell_ok (b.probe, sname, argv, kind, which, rep)
     sw = slow_workloads (a.size)
     ss = slow_servers (a)
     if want_srv:
@@ -658,8 +669,8 @@ def main ():
           if sname == "subpage" and not has_uri:
             log ("subpage uri=: pending, skipped")
             continue
-          b.measure ("slow", sname, argv, kind, wname, w, rep,
-                     backend=SLOW_BACKEND)
+          ok &= cell_ok (b.measure, "slow", sname, argv, kind, wname, w,
+                         rep, backend=SLOW_BACKEND)
   except Exception as e:
     ok = False
     log ("error:", e)
@@ -676,6 +687,17 @@ def main ():
         if f.endswith ((".sock", ".log", ".txt")):
           os.unlink (os.path.join (a.image_dir, f))
   sys.exit (0 if ok else 1)
+
+
+def cell_ok (fn, *args, **kw):
+  """Runs one cell; a failure is logged and the other cells still run."""
+  try:
+    fn (*args, **kw)
+    return True
+  except (RuntimeError, OSError, ValueError, KeyError) as e:
+    log ("FAILED %s: %s" % (" ".join (str (x) for x in args
+                                       if isinstance (x, (str, int))), e))
+    return False
 
 
 def report (b, a):
