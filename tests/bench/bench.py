@@ -300,14 +300,14 @@ class Bench:
 
   def prefill (self):
     size = self.a.size
-    if (os.path.exists (self.img) and os.path.getsize (self.img) == size
-        and not self.a.reprefill):
-      log ("reusing", self.img)
-      return
     cmd = ["fio", "--name=prefill", "--filename=" + self.img,
            "--rw=write", "--bs=1M", "--size=%d" % size, "--ioengine=psync",
            "--refill_buffers", "--end_fsync=1", "--output-format=terse"]
     self.note ("prefill", " ".join (shlex.quote (x) for x in cmd))
+    if (os.path.exists (self.img) and os.path.getsize (self.img) == size
+        and not self.a.reprefill):
+      log ("reusing", self.img)
+      return
     log ("prefill", self.img)
     subprocess.run (cmd, check=True, stdout=subprocess.DEVNULL)
 
