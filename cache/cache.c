@@ -199,6 +199,7 @@ cache_create (const struct cache_config *cfg,
   c->bg_limit = (uint64_t) c->nframes * cfg->page_size
     * cfg->dirty_background_ratio / 100;
   c->dirty_limit = MAX (c->dirty_limit, (uint64_t) cfg->page_size);
+  c->wb_buf_max = 4 * (uint64_t) c->cfg.batch_bytes;
   wb_init (c);
   r = page_table_init (c);
   if (r < 0) {
@@ -770,6 +771,7 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->waiting_page = atomic_load (&c->w_page);
   st->waiting_idle = atomic_load (&c->w_idle);
   st->runs_in_flight = atomic_load (&c->runs_in_flight);
+  st->writeback_buffer_bytes = atomic_load (&c->wb_buf_bytes);
   st->metadata_bytes = sizeof *c
     + (uint64_t) c->nframes * (sizeof (struct page) + sizeof (uint32_t)
                                + SECT_NR_BITMAPS * c->words * sizeof (uint64_t))

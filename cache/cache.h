@@ -65,7 +65,9 @@ struct cache_config {
   enum cache_mode mode;
   unsigned dirty_background_ratio; /* % of cache_size: kick write-back */
   unsigned dirty_ratio;     /* % of cache_size: writers are throttled */
-  uint32_t batch_bytes;     /* write-back buffer per batch; 0 = 1 MiB */
+  uint32_t batch_bytes;     /* write-back buffer per batch; 0 = 1 MiB.
+                             * At most 4 batches' worth of buffers are
+                             * in flight (FUA buffers aside). */
 };
 
 /* Smallest cache, in pages, that cache_create accepts. */
@@ -192,6 +194,7 @@ struct cache_stats {
    */
   uint64_t waiting_flush, waiting_throttle, waiting_page, waiting_idle;
   uint64_t runs_in_flight;
+  uint64_t writeback_buffer_bytes;  /* snapshot buffers alive */
   uint64_t metadata_bytes;
 };
 void cache_get_stats (struct cache *c, struct cache_stats *st);

@@ -71,6 +71,7 @@ struct cache_run {
  * run completes.
  */
 struct batch {
+  struct cache *c;
   char *buf;
   uint32_t cap, used;
   struct cache_run *runs;
@@ -195,6 +196,13 @@ struct cache {
   atomic_uint_fast64_t st_evictions, st_throttled;
   atomic_uint_fast64_t w_flush, w_throttle, w_page, w_idle;
   atomic_uint_fast64_t runs_in_flight;
+
+  /* Bytes of write-back buffers alive (batches not yet freed), and the
+   * cap background and flush collection respect (FUA and write-through
+   * buffers, one request's size, are not capped).
+   */
+  atomic_uint_fast64_t wb_buf_bytes;
+  uint64_t wb_buf_max;
 };
 
 struct gc_waiter {

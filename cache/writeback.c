@@ -210,19 +210,31 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
     free (b);
     return NULL;
   }
-  (void) c;
+  b->c = c;
+  atomic_fetch_add (&c->wb_buf_bytes, cap);
   atomic_store (&b->pending, 1);        /* the submitter's bias */
   return b;
 }
 
+/* Drops one reference to B; the last one frees it.  No lock held:
+ * freeing a buffer lowers wb_buf_bytes, which collectors waiting for
+ * room (flush, throttled writers) must hear about.
+ */
 static void
 batch_put (struct batch *b)
 {
+  struct cache *c = b->c;
+  uint32_t cap = b->cap;
+
   if (atomic_fetch_sub (&b->pending, 1) == 1) {
     free (b->buf);
     free (b->frags);
     free (b->runs);
     free (b);
+    pthread_mutex_lock (&c->wb_lock);
+    atomic_fetch_sub (&c->wb_buf_bytes, cap);
+    pthread_cond_broadcast (&c->wb_cv);
+    pthread_mutex_unlock (&c->wb_lock);
   }
 }
 
@@ -370,6 +382,13 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
   struct cache_run *run = NULL;
   uint64_t now = cache_now_ms ();
   uint32_t cap, maxfrags;
+
+  /* Bounded memory: while wb_buf_max bytes of snapshots are in flight,
+   * collect nothing; the data stays dirty (writers are throttled by
+   * dirty_ratio) and completions wake whoever waits for progress.
+   */
+  if (atomic_load (&c->wb_buf_bytes) >= c->wb_buf_max)
+    return 0;
 
   /* Pick the oldest pages whose dirty data fills the batch, then sort
    * them by position so that neighbours merge into one run.

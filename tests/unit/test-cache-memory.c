@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "helpers.h"
@@ -214,6 +215,54 @@ test_dirty_throttle (void **state)
   free (buf);
 }
 
+/* Write-back buffers in flight are capped at 4 batches: with runs held,
+ * collection stops once 4 batch buffers are alive (the data stays
+ * dirty), and a flush waits for room instead of allocating more; each
+ * completion makes room again.
+ */
+static void
+test_writeback_buffers_capped (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  struct async *fl;
+  int n;
+
+  cfg.batch_bytes = 2 * PG;              /* cap: 4 x 128 KiB */
+  cfg.dirty_ratio = 100;
+  tc_open (t, &cfg);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  for (uint64_t p = 0; p < 12; p++)      /* 12 separate dirty pages */
+    assert_int_equal (write_pattern (t, 2 * p * PG, PG, 2, 0), 0);
+
+  for (int i = 0; i < 4; i++)
+    assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  assert_int_equal (stats (t->c).writeback_buffer_bytes, 4 * 2 * PG);
+  n = (int) fake_nr_captured (t->f);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  assert_int_equal ((int) fake_nr_captured (t->f), n);
+  assert_int_equal (stats (t->c).dirty_bytes, 4 * PG);  /* kept dirty */
+
+  /* A flush cannot collect either: it waits for room. */
+  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  WAIT_FOR (stats (t->c).waiting_flush == 1);
+  assert_false (async_done (fl));
+  assert_true (stats (t->c).writeback_buffer_bytes <= 4 * 2 * PG);
+
+  /* Completing held runs makes room; the flush then collects the rest
+   * (captured too) and finishes once everything is complete.
+   */
+  while (!async_done (fl)) {
+    fake_complete_all (t->f, t->c, 0);
+    assert_true (stats (t->c).writeback_buffer_bytes <= 4 * 2 * PG);
+    usleep (1000);
+  }
+  assert_int_equal (async_join (fl), 0);
+  for (uint64_t p = 0; p < 12; p++)
+    assert_true (disk_is_pattern (t, 2 * p * PG, PG, 2));
+  assert_int_equal (stats (t->c).writeback_buffer_bytes, 0);
+}
+
 int
 main (void)
 {
@@ -225,6 +274,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_reader_waits_for_unpin,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_dirty_throttle,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_writeback_buffers_capped,
                                      tc_setup, tc_teardown),
   };
 
