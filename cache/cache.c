@@ -83,6 +83,9 @@ cache_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
 void
 cache_account (struct cache *c, struct page *p, const struct sect_delta *d)
 {
+  bool was_dirty = atomic_load_explicit (&p->nd, memory_order_relaxed) + p->nw > 0;
+  bool is_dirty;
+
   p->nv = (uint32_t) ((int64_t) p->nv + d->v);
   if (d->d)
     atomic_fetch_add_explicit (&p->nd, (unsigned) d->d, memory_order_relaxed);
@@ -93,6 +96,9 @@ cache_account (struct cache *c, struct page *p, const struct sect_delta *d)
     atomic_fetch_add (&c->st_d, (uint64_t) (int64_t) d->d);
   if (d->w)
     atomic_fetch_add (&c->st_w, (uint64_t) (int64_t) d->w);
+  is_dirty = atomic_load_explicit (&p->nd, memory_order_relaxed) + p->nw > 0;
+  if (is_dirty != was_dirty)
+    atomic_fetch_add (&c->st_dpages, is_dirty ? 1 : (uint64_t) -1);
 }
 
 /* Reads from the backend; the part past the end of the disk (the tail
@@ -744,6 +750,7 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->cached_bytes = atomic_load (&c->st_v) * ss;
   st->dirty_bytes = atomic_load (&c->st_d) * ss;
   st->writeback_bytes = atomic_load (&c->st_w) * ss;
+  st->dirty_pages = atomic_load (&c->st_dpages);
   st->hits = atomic_load (&c->st_hits);
   st->misses = atomic_load (&c->st_misses);
   st->client_reads = atomic_load (&c->st_creads);

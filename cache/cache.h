@@ -63,6 +63,9 @@ struct cache_config {
   uint32_t page_size;       /* power of 2, 4K..2M */
   uint32_t sector_size;     /* power of 2, 512..page_size */
   enum cache_mode mode;
+  /* Thresholds on dirty memory: pages holding any dirty or in-flight
+   * sector, counted at their full size (such a page cannot be reclaimed).
+   */
   unsigned dirty_background_ratio; /* % of cache_size: kick write-back */
   unsigned dirty_ratio;     /* % of cache_size: writers are throttled */
   uint32_t batch_bytes;     /* write-back buffer per batch; 0 = 1 MiB.
@@ -143,8 +146,9 @@ enum cache_wb_reason {
 };
 int cache_writeback (struct cache *c, enum cache_wb_reason why,
                      uint64_t expire_ms);
-/* True when dirty data plus data under write-back passes the
- * background threshold (like Linux, write-back in flight counts).
+/* True when dirty memory (pages holding a D or W sector, at their full
+ * size: write-back in flight counts, like in Linux) passes the
+ * background threshold.
  */
 bool cache_over_background (struct cache *c);
 
@@ -170,6 +174,7 @@ struct cache_stats {
   uint64_t cached_bytes;       /* V sectors */
   uint64_t dirty_bytes;        /* D sectors */
   uint64_t writeback_bytes;    /* W sectors */
+  uint64_t dirty_pages;        /* pages holding a D or W sector */
   uint64_t hits, misses;       /* sectors */
   /* What clients asked for (cache_read/cache_write/cache_zero/
    * cache_trim calls that succeeded), to compare with the backend's

@@ -187,6 +187,7 @@ struct cache {
 
   /* Statistics. */
   atomic_uint_fast64_t st_v, st_d, st_w, st_resident;
+  atomic_uint_fast64_t st_dpages;   /* pages holding a D or W sector */
   atomic_uint_fast64_t st_hits, st_misses;
   atomic_uint_fast64_t st_creads, st_cread_bytes, st_cwrites, st_cwrite_bytes;
   atomic_uint_fast64_t st_czeroes, st_czero_bytes, st_ctrims, st_ctrim_bytes;

@@ -529,12 +529,22 @@ cache_writeback (struct cache *c, enum cache_wb_reason why, uint64_t expire_ms)
   }
 }
 
+/* Dirty memory, for the background threshold and the throttle: pages
+ * holding any D or W sector, at their full size.  Such a page cannot be
+ * reclaimed, whatever its number of dirty sectors, so counting dirty
+ * bytes instead would let scattered small writes pin every page while
+ * staying under both thresholds (like Linux, which counts dirty pages).
+ */
+static uint64_t
+dirty_mem (struct cache *c)
+{
+  return (uint64_t) atomic_load (&c->st_dpages) << c->page_shift;
+}
+
 bool
 cache_over_background (struct cache *c)
 {
-  uint64_t dirty = (atomic_load (&c->st_d) + atomic_load (&c->st_w))
-    << c->sector_shift;
-  return dirty > c->bg_limit;
+  return dirty_mem (c) > c->bg_limit;
 }
 
 uint64_t
@@ -655,21 +665,15 @@ wb_kick (struct cache *c)
     wb_collect (c, PICK_BACKGROUND, 0);
 }
 
-static uint64_t
-dirty_bytes (struct cache *c)
-{
-  return (atomic_load (&c->st_d) + atomic_load (&c->st_w)) << c->sector_shift;
-}
-
 int
 wb_throttle (struct cache *c)
 {
   bool counted = false;
   int r = 0;
 
-  if (dirty_bytes (c) < c->dirty_limit)
+  if (dirty_mem (c) < c->dirty_limit)
     return 0;
-  while (dirty_bytes (c) >= c->dirty_limit) {
+  while (dirty_mem (c) >= c->dirty_limit) {
     struct timespec ts;
 
     if (!counted) {
@@ -683,7 +687,7 @@ wb_throttle (struct cache *c)
       pthread_mutex_unlock (&c->wb_lock);
       break;
     }
-    if (dirty_bytes (c) >= c->dirty_limit) {
+    if (dirty_mem (c) >= c->dirty_limit) {
       clock_gettime (CLOCK_REALTIME, &ts);
       ts.tv_sec += 1;                   /* re-kick at least every second */
       atomic_fetch_add (&c->w_throttle, 1);

@@ -263,6 +263,51 @@ test_writeback_buffers_capped (void **state)
   assert_int_equal (stats (t->c).writeback_buffer_bytes, 0);
 }
 
+/* Dirty memory counts pages, not bytes: a page with one dirty sector
+ * cannot be reclaimed.  Small writes scattered over many pages must
+ * cross the background threshold and throttle writers, or they would
+ * pin every page while staying under both thresholds (and readers and
+ * writers needing a page would starve).
+ */
+static void
+test_thresholds_count_pages (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();   /* 16 pages */
+  unsigned char buf[4096];
+  struct async *w;
+  unsigned kicks;
+
+  cfg.dirty_background_ratio = 25;            /* 4 pages */
+  cfg.dirty_ratio = 50;                       /* 8 pages */
+  tc_open (t, &cfg);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  for (uint64_t p = 0; p < 4; p++)
+    assert_int_equal (write_pattern (t, p * PG, SS, 2, 0), 0);
+  assert_false (cache_over_background (t->c));
+  kicks = atomic_load (&t->kicks);
+  assert_int_equal (write_pattern (t, 4 * PG, SS, 2, 0), 0);
+  assert_true (cache_over_background (t->c));   /* 5 x 512 bytes dirty */
+  assert_true (atomic_load (&t->kicks) > kicks);
+  assert_int_equal (stats (t->c).dirty_bytes, 5 * SS);
+  assert_int_equal (stats (t->c).dirty_pages, 5);
+
+  for (uint64_t p = 5; p < 8; p++)
+    assert_int_equal (write_pattern (t, p * PG, SS, 2, 0), 0);
+  /* 8 pages hold 4 KiB of dirty data: the ninth page's writer waits. */
+  pattern (buf, SS, 8 * PG, 2);
+  w = async_start (t, ASYNC_WRITE, buf, SS, 8 * PG, 0);
+  WAIT_FOR (stats (t->c).waiting_throttle == 1);
+  assert_false (async_done (w));
+  assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
+  fake_complete_all (t->f, t->c, 0);
+  assert_int_equal (async_join (w), 0);
+  cache_set_submit (t->c, NULL, NULL);
+  assert_int_equal (cache_flush (t->c), 0);
+  for (uint64_t p = 0; p < 9; p++)
+    assert_true (disk_is_pattern (t, p * PG, SS, 2));
+}
+
 int
 main (void)
 {
@@ -276,6 +321,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_dirty_throttle,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_writeback_buffers_capped,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_thresholds_count_pages,
                                      tc_setup, tc_teardown),
   };
 

@@ -331,6 +331,11 @@ test_flush_through_workers (void **state)
   struct async *fl;
   long last_write, flush_idx;
 
+  /* Eight dirty pages of sixteen: dirty memory counts whole pages, so
+   * keep the background threshold above them.
+   */
+  cfg.dirty_background_ratio = 90;
+  cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   start_server (ts, 4, HOUR_MS, HOUR_MS);
   write_scattered (t, 0, 8, 2);         /* 32 KiB, 8 runs */
@@ -422,9 +427,12 @@ test_stop_waits_and_unhooks (void **state)
   struct cache_config cfg = test_config ();
   struct cache_stats st;
 
+  cfg.dirty_background_ratio = 90;      /* 8 dirty pages stay below */
+  cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   start_server (ts, 2, HOUR_MS, HOUR_MS);
   write_scattered (t, 0, 8, 2);
+  assert_false (cache_over_background (t->c));
 
   fake_hold (t->f, FAKE_WRITE, true);
   wbs_begin_drain (ts->s);
@@ -456,16 +464,16 @@ test_stop_waits_and_unhooks (void **state)
   assert_int_equal (stats (t->c).runs_in_flight, 0);
   assert_true (disk_has (t, 30 * PG, 4 * KiB, 3));
 
-  /* Kick hook reset: a writer over the dirty limit (40% of 1 MiB)
-   * writes back itself and returns.
+  /* Kick hook reset: a writer over the dirty limit (dirty_ratio 100:
+   * all 16 pages dirty) writes back itself and returns.
    */
-  for (unsigned i = 0; i < 8; i++)
+  for (unsigned i = 0; i < 20; i++)
     assert_int_equal (write_pattern (t, (32 + i) * PG, PG, 4, 0), 0);
   assert_true (stats (t->c).throttled > 0);
 
   assert_int_equal (cache_flush (t->c), 0);
   assert_true (all_clean (t));
-  assert_true (disk_has (t, 32 * PG, 8 * PG, 4));
+  assert_true (disk_has (t, 32 * PG, 20 * PG, 4));
   assert_true (disk_has_scattered (t, 0, 8, 2));
 }
 
@@ -564,6 +572,7 @@ test_error_persistent (void **state)
   struct cache_stats st;
   uint64_t e;
 
+  cfg.dirty_background_ratio = 40;      /* two dirty pages stay below */
   tc_open (t, &cfg);
   start_server (ts, 2, 10, 50);
   fake_fail_all (t->f, FAKE_WRITE, -EIO);
