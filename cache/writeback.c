@@ -64,16 +64,18 @@ wb_init (struct cache *c)
 
 /* ---- epoch tags (wb_lock held) ---- */
 
-static void
+/* Returns true if the count of epoch E dropped to zero. */
+static bool
 ec_add (uint64_t *ec, uint64_t e, int delta)
 {
   uint64_t *slot;
 
   if (e == SEQ_NONE)
-    return;
+    return false;
   slot = &ec[e % EPOCH_RING];
   CACHE_ASSERT (delta > 0 || *slot >= (uint64_t) -delta);
   *slot += (uint64_t) (int64_t) delta;
+  return delta < 0 && *slot == 0;
 }
 
 /* Gives P's DIRTY sectors tag T (the older of T and the current tag). */
@@ -590,7 +592,7 @@ cache_run_io (struct cache *c, struct cache_run *run)
 void
 cache_run_done (struct cache *c, struct cache_run *run, int err)
 {
-  bool ok = err == 0;
+  bool ok = err == 0, wake = false;
 
   if (!ok) {
     atomic_fetch_add (&c->st_wb_errors, 1);
@@ -614,8 +616,10 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     *pp = f->pnext;
 
     pthread_mutex_lock (&c->wb_lock);
-    ec_add (c->ecount_run, f->seq, -1);
-    ec_add (c->ecount_run, f->rseq, -1);
+    if (ec_add (c->ecount_run, f->seq, -1))
+      wake = true;
+    if (ec_add (c->ecount_run, f->rseq, -1))
+      wake = true;
     if (ok)
       t = f->rseq;                      /* REDIRTIED -> DIRTY */
     else {
@@ -626,8 +630,10 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     if (t != SEQ_NONE) {
       page_tag (c, p, t);
       list_page (c, p);
+      wake = true;                      /* a flush may need to collect */
     }
     if (!ok) {
+      wake = true;
       if (c->wb_err == 0)
         c->wb_err = err;
       c->wb_last_err = err;
@@ -645,10 +651,19 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     page_unpin (c, p);                  /* the fragment's pin */
   }
 
-  atomic_fetch_sub (&c->runs_in_flight, 1);
-  pthread_mutex_lock (&c->wb_lock);
-  pthread_cond_broadcast (&c->wb_cv);
-  pthread_mutex_unlock (&c->wb_lock);
+  /* Wake waiters on wb_cv only when what they wait for may have
+   * changed: a flush waits for an epoch's count to reach zero, for data
+   * to come back to a page (to collect it) or for an error; throttled
+   * writers for dirty memory to drop.  Waking a flush on every one of
+   * the runs it waits for would cost a context switch each.
+   */
+  if (atomic_fetch_sub (&c->runs_in_flight, 1) == 1)
+    wake = true;
+  if (wake || atomic_load (&c->w_throttle) > 0) {
+    pthread_mutex_lock (&c->wb_lock);
+    pthread_cond_broadcast (&c->wb_cv);
+    pthread_mutex_unlock (&c->wb_lock);
+  }
   batch_put (run->batch);
 }
 
