@@ -255,8 +255,9 @@ vm_debian_rootfs ()
     return 0
   fi
   mirror=$(vm_debian_mirror)
+  # Under the lock, any tmp.* is left over from a run that was killed.
+  rm -rf --one-file-system "$cache"/tmp.* 2>/dev/null || :
   tmp=$cache/tmp.$$
-  rm -rf --one-file-system "$tmp"
   echo "debootstrap: bookworm minbase + $* from $mirror into $tmp (first run"
   echo "only: downloads ~100 MB; log in $cache/debootstrap.log)"
   timeout 1800 debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" \
