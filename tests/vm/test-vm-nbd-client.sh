@@ -46,10 +46,17 @@ root=$tmpdir/root
 results=$tmpdir/results.log     # guest's ttyS1: the markers
 console=$tmpdir/console.log     # guest's ttyS0: kernel and commands
 # The ends of the guest's logs go to the test's output (the meson log)
-# unless the test got to its end.
+# unless the test got to its end; VM_LOG_DIR=DIR keeps them whole.
 passed=
 show_logs ()
 {
+  # VM_LOG_DIR=DIR keeps the guest's logs (DIR/<test>.<log>)
+  if [ -n "${VM_LOG_DIR:-}" ]; then
+    mkdir -p "$VM_LOG_DIR"
+    for f in "$console" "$results" "$tmpdir"/qemu.log; do
+      [ -f "$f" ] && cp "$f" "$VM_LOG_DIR/$(basename "$0" .sh).$(basename "$f")"
+    done
+  fi
   if [ -z "$passed" ]; then
     for f in "$console" "$results" "$tmpdir"/qemu.log; do
       [ -f "$f" ] || continue

@@ -55,6 +55,13 @@ console=$tmpdir/console.log
 passed=
 show_logs ()
 {
+  # VM_LOG_DIR=DIR keeps the guest's logs (DIR/<test>.<log>)
+  if [ -n "${VM_LOG_DIR:-}" ]; then
+    mkdir -p "$VM_LOG_DIR"
+    for f in "$console" "$results" "$tmpdir"/qemu.log; do
+      [ -f "$f" ] && cp "$f" "$VM_LOG_DIR/$(basename "$0" .sh).$(basename "$f")"
+    done
+  fi
   if [ -z "$passed" ]; then
     for f in "$console" "$results" "$tmpdir"/qemu.log; do
       [ -f "$f" ] || continue
