@@ -113,7 +113,7 @@ vm_make_initramfs "$root" "$tmpdir/initrd.cpio"
 echo "initramfs: $(du -h "$tmpdir/initrd.cpio" | cut -f1)"
 
 # ---- boot ----------------------------------------------------------------
-vm_start "$tmpdir/qemu.log" 540 \
+vm_start "$tmpdir/qemu.log" 500 \
   -m 1024 -smp 2 \
   -kernel "$vm_kernel" -initrd "$tmpdir/initrd.cpio" \
   -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" \

@@ -249,7 +249,7 @@ vm_debian_rootfs ()
 
   mkdir -p "$cache"
   exec {lock}> "$cache/.lock"
-  flock -w 1800 "$lock" || { echo "$0: $cache/.lock held for 30 min" >&2; return 1; }
+  flock -w 1000 "$lock" || { echo "$0: $cache/.lock held for 1000 s" >&2; return 1; }
   if [ -f "$vm_rootfs_tar" ]; then
     exec {lock}>&-
     return 0
@@ -260,7 +260,7 @@ vm_debian_rootfs ()
   tmp=$cache/tmp.$$
   echo "debootstrap: bookworm minbase + $* from $mirror into $tmp (first run"
   echo "only: downloads ~100 MB; log in $cache/debootstrap.log)"
-  timeout 1800 debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" \
+  timeout 900 debootstrap --variant=minbase --include="$(IFS=,; echo "$*")" \
     bookworm "$tmp" "$mirror" > "$cache/debootstrap.log" 2>&1 || status=$?
   if [ "$status" -ne 0 ]; then
     tail -n 20 "$cache/debootstrap.log" >&2
