@@ -33,10 +33,13 @@
  * so a burst of collecting cannot starve writes, and dirty data is not
  * snapshotted faster than it can be written.  IO jobs start in the
  * order they were submitted (they may complete in any order; the cache
- * allows that).  At most one collect per reason runs at a time, and a
- * collect that returned > 0 re-arms itself while its reason still holds
- * (EXPIRED: always; BACKGROUND: over the threshold, or draining), so
- * there is never more than one queued collect per reason.
+ * allows that).  At most one collect per reason runs at a time, and
+ * there is never more than one queued collect per reason.  A collect
+ * never re-arms itself: the loop asks for the next one, after each
+ * completion (EXPIRED, and BACKGROUND while over the threshold or
+ * draining) unless write-back errors increased, and on every timer tick.
+ * A worker that re-armed its own collect retried a failing backend in a
+ * tight loop (the failed data is dirty again at once).
  *
  * Completions are processed by the worker, not by the loop: the worker
  * calls cache_run_io, which calls cache_run_done (thread-safe), and
@@ -251,7 +254,6 @@ wbs_worker (void *arg)
 
     why = wbs_pick_collect_locked (s);
     if (why >= 0) {
-      bool again;
       uint64_t bytes = 0;
       int r;
 
@@ -263,18 +265,13 @@ wbs_worker (void *arg)
       wbs_collect_bytes = &bytes;
       r = cache_writeback (s->c, why, s->cfg.expire_ms);
       wbs_collect_bytes = NULL;
-      again = r > 0 &&
-        (why == CACHE_WB_EXPIRED || wbs_background_applies (s));
       if (r != 0)
-        wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes"
-                   "%s", wbs_reason_name (why), r, bytes,
-                   again ? "; collecting again" : "");
+        wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes",
+                   wbs_reason_name (why), r, bytes);
 
       pthread_mutex_lock (&s->lock);
       s->collect_running[why] = false;
       s->busy--;
-      if (again && !s->stopping)
-        s->collect_pending[why] = true;
       wbs_check_idle_locked (s);
       continue;
     }
@@ -384,8 +381,6 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
 
   (void) w;
   (void) revents;
-  if (!wbs_background_applies (s))
-    return;
   cache_get_stats (s->c, &st);
   if (st.wb_errors != s->last_wb_errors) {
     /* Back off: the next tick retries. */
@@ -395,7 +390,11 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
     s->last_wb_errors = st.wb_errors;
     return;
   }
-  wbs_request_collect (s, CACHE_WB_BACKGROUND);
+  if (st.dirty_bytes == 0)
+    return;
+  wbs_request_collect (s, CACHE_WB_EXPIRED);
+  if (wbs_background_applies (s))
+    wbs_request_collect (s, CACHE_WB_BACKGROUND);
 }
 
 static void

@@ -20,8 +20,7 @@
  *             data; the server retries without a retry storm; after
  *             the fault clears, write-back and flush succeed.  The
  *             same guard over the background threshold, with
- *             expire_ms 0 and while draining fails today: those three
- *             are skipped as a known bug (see known_bug()).
+ *             expire_ms 0 and while draining.
  *
  * Determinism: a test never asserts that something happened within a
  * time.  It waits (WAIT_FOR, 10 s) until another thread has REACHED a
@@ -604,26 +603,15 @@ test_error_persistent (void **state)
   assert_true (disk_zero (t, 0, 2 * PG));
 }
 
-/* KNOWN BUG (reported, not fixed here): in the three tests below the
- * server retries a failing backend in a tight loop, thousands of
- * writes in 200 ms (measured: 10000-30000).  A worker re-arms its
- * collect whenever cache_writeback returned > 0 and the reason still
- * holds (over the background threshold, draining, or EXPIRED with
- * expire_ms 0); the runs it submitted fail, their data is DIRTY again
- * at once, and the re-armed collect takes it again, so wbs_done_cb's
- * error back-off never gets a say.  The tests are skipped unless
- * SUBPAGE_TEST_KNOWN_BUGS is set, so the suite stays green until the
- * server is fixed; then delete known_bug().
+/* The three tests below once showed a retry storm: a worker re-armed
+ * its collect whenever cache_writeback returned > 0 and the reason
+ * still held (over the background threshold, draining, or EXPIRED with
+ * expire_ms 0); the runs it submitted failed, their data was DIRTY
+ * again at once and the re-armed collect took it again, thousands of
+ * writes in 200 ms (measured: 10000-30000).  Now only the loop asks for
+ * the next collect, after a completion without new errors or on the
+ * timer, so the error back-off decides.
  */
-static void
-known_bug (void)
-{
-  if (getenv ("SUBPAGE_TEST_KNOWN_BUGS") == NULL) {
-    print_message ("skipped: known retry storm in server/wbserver.c "
-                   "(SUBPAGE_TEST_KNOWN_BUGS=1 runs it)\n");
-    skip ();
-  }
-}
 
 /* The same fault while the cache is over its background threshold,
  * where write-back does not wait for data to age: the server's error
@@ -639,7 +627,6 @@ test_error_over_background (void **state)
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
 
-  known_bug ();
 
   cfg.dirty_background_ratio = 10;
   tc_open (t, &cfg);
@@ -669,7 +656,6 @@ test_error_expire_zero (void **state)
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
 
-  known_bug ();
 
   tc_open (t, &cfg);
   start_server (ts, 2, 10, 0);
@@ -692,7 +678,6 @@ test_error_draining (void **state)
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
 
-  known_bug ();
 
   tc_open (t, &cfg);
   start_server (ts, 2, 10, HOUR_MS);
