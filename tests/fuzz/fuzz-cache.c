@@ -396,7 +396,8 @@ kick (void *opaque)
     return;
   cache_get_stats (F.c, &st);
   full = st.pages_resident == st.pages_total;
-  over = st.dirty_bytes + st.writeback_bytes >= F.dirty_limit;
+  /* The throttle's test: pages holding a D or W sector, at full size. */
+  over = st.dirty_pages * F.ps >= F.dirty_limit;
   if (!full && !over)
     return;                     /* background hint: held runs stay held */
   F.in_kick = true;
@@ -559,6 +560,14 @@ check_step (void)
   }
   CHECK (st.writeback_bytes == held_bytes, "write-back bytes %" PRIu64
          ", held runs cover %" PRIu64, st.writeback_bytes, held_bytes);
+  CHECK (st.dirty_pages <= st.pages_resident, "dirty pages %" PRIu64
+         " > resident %" PRIu64, st.dirty_pages, st.pages_resident);
+  CHECK ((st.dirty_bytes + st.writeback_bytes == 0) == (st.dirty_pages == 0),
+         "dirty pages %" PRIu64 " with %" PRIu64 " D and %" PRIu64
+         " W bytes", st.dirty_pages, st.dirty_bytes, st.writeback_bytes);
+  CHECK (F.nheld > 0 || st.writeback_buffer_bytes == 0, "%" PRIu64
+         " bytes of write-back buffers alive with no run in flight",
+         st.writeback_buffer_bytes);
   CHECK (st.waiting_flush == 0 && st.waiting_throttle == 0 &&
          st.waiting_page == 0 && st.waiting_idle == 0, "someone waits");
   fake_get_counts (F.f, &fc);
