@@ -284,11 +284,11 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
     /* Pass 1: pin a chunk, copy what is valid. */
     while (pos < end && np < chunk_pages) {
       uint64_t pi = pos >> c->page_shift;
-      struct page *p = page_get (c, pi, np == 0);
+      struct page *p = page_get (c, pi, np == 0, &err);
       uint32_t s0, n, hits;
 
       if (!p)
-        break;
+        break;                          /* err set only if np == 0 */
       pages[np] = p;
       lo[np] = pos;
       hi[np] = MIN (end, (pi + 1) << c->page_shift);
@@ -490,7 +490,9 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
   struct page *p;
   int r = 0;
 
-  p = page_get (c, pi, true);
+  p = page_get (c, pi, true, &r);
+  if (!p)
+    return r;
   page_lock (p);
   for (;;) {
     if (head_partial && !sect_test (&p->sb, SECT_BM_V, sh))
@@ -833,7 +835,9 @@ cache_debug_pin (struct cache *c, uint64_t off)
 {
   if (off >= c->cfg.size)
     return -EINVAL;
-  return page_get (c, off >> c->page_shift, true) ? 0 : -ENOMEM;
+  int err;
+
+  return page_get (c, off >> c->page_shift, true, &err) ? 0 : err;
 }
 
 void

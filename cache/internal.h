@@ -228,10 +228,13 @@ int cache_backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t of
 int page_table_init (struct cache *c);
 void page_table_free (struct cache *c);
 /* Returns the pinned page for INDEX, creating it if absent.  If WAIT is
- * false and no frame can be had at once, returns NULL.  Page memory is
- * taken before the shard lock, never under it.
+ * false and no frame can be had at once, returns NULL with *err 0.  If
+ * WAIT is true it waits for write-back to free a frame, unless
+ * write-back keeps failing: then it returns NULL with *err set to the
+ * write-back error.  Page memory is taken before the shard lock, never
+ * under it.
  */
-struct page *page_get (struct cache *c, uint64_t index, bool wait);
+struct page *page_get (struct cache *c, uint64_t index, bool wait, int *err);
 /* The pinned page if resident, else NULL. */
 struct page *page_find (struct cache *c, uint64_t index);
 void page_pin_more (struct page *p);           /* caller already holds a pin */

@@ -252,7 +252,7 @@ try_evict (struct cache *c, struct page *p)
  * had and !wait.
  */
 static struct page *
-frame_get (struct cache *c, bool wait)
+frame_get (struct cache *c, bool wait, int *err)
 {
   struct page *p = NULL;
   bool kicked = false;
@@ -297,6 +297,17 @@ frame_get (struct cache *c, bool wait)
       kicked = true;
       continue;
     }
+    /* Every page is dirty or in flight and write-back keeps failing,
+     * with nothing in flight that could free one: fail the request
+     * with the write-back error, as a throttled writer does, rather
+     * than wait for a backend that may never come back.
+     */
+    pthread_mutex_lock (&c->wb_lock);
+    if (c->wb_failing && atomic_load (&c->runs_in_flight) == 0)
+      *err = c->wb_last_err ? c->wb_last_err : -EIO;
+    pthread_mutex_unlock (&c->wb_lock);
+    if (*err)
+      break;
     atomic_fetch_add (&c->frame_waiters, 1);
     {
       struct timespec ts;
@@ -324,11 +335,12 @@ frame_put (struct cache *c, struct page *p)
 }
 
 struct page *
-page_get (struct cache *c, uint64_t index, bool wait)
+page_get (struct cache *c, uint64_t index, bool wait, int *err)
 {
   struct shard *s = shard_of (c, index);
   struct page *p, *frame;
 
+  *err = 0;
   CACHE_ASSERT (index < c->npages_disk);
   p = page_find (c, index);
   if (p) {
@@ -337,7 +349,7 @@ page_get (struct cache *c, uint64_t index, bool wait)
     return p;
   }
 
-  frame = frame_get (c, wait);    /* before the shard lock */
+  frame = frame_get (c, wait, err);  /* before the shard lock */
   if (!frame)
     return NULL;
 

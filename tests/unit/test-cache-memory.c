@@ -308,6 +308,48 @@ test_thresholds_count_pages (void **state)
     assert_true (disk_is_pattern (t, p * PG, SS, 2));
 }
 
+/* Every page dirty and the backend failing every write: a request that
+ * needs another page must fail with the write-back error, not wait for
+ * ever for a page no write-back will free (writers over dirty_ratio get
+ * the error the same way).  Once the backend recovers, everything
+ * written is on the disk.
+ */
+static void
+test_no_page_while_writeback_fails (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = tiny_config ();   /* 8 pages */
+  unsigned char buf[SS];
+
+  cfg.dirty_background_ratio = 100;           /* no throttle first */
+  cfg.dirty_ratio = 100;
+  tc_open (t, &cfg);
+  cache_set_kick (t->c, NULL, NULL);  /* waiting threads write back */
+  fake_fail_all (t->f, FAKE_WRITE, -EIO);
+  for (uint64_t p = 0; p < CACHE_MIN_PAGES; p++)
+    assert_int_equal (write_pattern (t, p * PG, SS, 2, 0), 0);
+  assert_int_equal (stats (t->c).dirty_pages, CACHE_MIN_PAGES);
+
+  /* A ninth page: a write and a read both fail, and quickly (within
+   * the test's timeout, not after a backend that never recovers).
+   */
+  assert_int_equal (write_pattern (t, 9 * PG, SS, 2, 0), -EIO);
+  assert_int_equal (cache_read (t->c, buf, SS, 10 * PG), -EIO);
+  assert_true (stats (t->c).wb_errors > 0);
+  /* Nothing was lost: the eight pages still hold their data. */
+  for (uint64_t p = 0; p < CACHE_MIN_PAGES; p++)
+    assert_true (read_is_pattern (t, p * PG, SS, 2));
+
+  fake_fail_all (t->f, FAKE_WRITE, 0);
+  assert_int_equal (cache_flush (t->c), -EIO);   /* reported once */
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_int_equal (write_pattern (t, 9 * PG, SS, 2, 0), 0);
+  assert_int_equal (cache_flush (t->c), 0);
+  for (uint64_t p = 0; p < CACHE_MIN_PAGES; p++)
+    assert_true (disk_is_pattern (t, p * PG, SS, 2));
+  assert_true (disk_is_pattern (t, 9 * PG, SS, 2));
+}
+
 int
 main (void)
 {
@@ -323,6 +365,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_writeback_buffers_capped,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_thresholds_count_pages,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_no_page_while_writeback_fails,
                                      tc_setup, tc_teardown),
   };
 
