@@ -415,3 +415,13 @@ counts (struct tcache *t)
   fake_get_counts (t->f, &fc);
   return fc;
 }
+
+const uint64_t three_ranges[3][2] = {
+  { 3 * PG + 0 * SS, 8 * SS },
+  { 3 * PG + 20 * SS, 8 * SS },
+  { 3 * PG + 100 * SS, 8 * SS },
+};
+
+const int perms3[6][3] = {
+  { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
+};

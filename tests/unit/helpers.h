@@ -70,6 +70,12 @@ void tc_open_ops (struct tcache *t, const struct cache_config *cfg,
 void tc_close (struct tcache *t);
 
 struct cache_stats stats (struct cache *c);
+/* Three separate 8-sector ranges in page 3 (several runs in flight for
+ * one page), and the six orders in which three runs can complete.
+ */
+extern const uint64_t three_ranges[3][2];
+extern const int perms3[6][3];
+
 /* The fake backend's counters. */
 struct fake_counts counts (struct tcache *t);
 uint64_t now_ms (void);

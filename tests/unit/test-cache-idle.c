@@ -144,14 +144,6 @@ test_trim_discards_dirty (void **state)
  * (even permutations) or ZERO (odd) over the page waits, and returns
  * only after the LAST completion, in every completion order.
  */
-static const uint64_t ranges[3][2] = {
-  { 3 * PG + 0 * SS, 8 * SS },
-  { 3 * PG + 20 * SS, 8 * SS },
-  { 3 * PG + 100 * SS, 8 * SS },
-};
-static const int perms[6][3] = {
-  { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
-};
 
 static void
 test_waiter_wakes_after_last_completion (void **state)
@@ -170,16 +162,16 @@ test_waiter_wakes_after_last_completion (void **state)
     fill_disk (t, 1);
     cache_set_submit (t->c, fake_capture_submit, t->f);
     for (int r = 0; r < 3; r++)
-      assert_int_equal (write_pattern (t, ranges[r][0], ranges[r][1],
+      assert_int_equal (write_pattern (t, three_ranges[r][0], three_ranges[r][1],
                                        (unsigned) (10 + r), 0), 0);
     assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 3);
     for (int r = 0; r < 3; r++)
-      idx[r] = find_cap (t, ranges[r][0], (uint32_t) ranges[r][1]);
+      idx[r] = find_cap (t, three_ranges[r][0], (uint32_t) three_ranges[r][1]);
 
     z = async_start (t, op, NULL, PG, 3 * PG, 0);
     WAIT_FOR (stats (t->c).waiting_idle == 1);
     for (int k = 0; k < 3; k++) {
-      int r = perms[p][k];
+      int r = perms3[p][k];
 
       assert_false (async_done (z));
       assert_int_equal (counts (t).trims + counts (t).zeroes, 0);
@@ -189,8 +181,8 @@ test_waiter_wakes_after_last_completion (void **state)
         for (int q = 0; q < 3; q++) {
           bool done = false;
           for (int j = 0; j <= k; j++)
-            done |= perms[p][j] == q;
-          assert_true (sectors_are (t, ranges[q][0], ranges[q][1],
+            done |= perms3[p][j] == q;
+          assert_true (sectors_are (t, three_ranges[q][0], three_ranges[q][1],
                                     done ? V : V | W));
         }
         /* An extra chance for a wrongly woken waiter to show itself;
@@ -204,8 +196,8 @@ test_waiter_wakes_after_last_completion (void **state)
     di = fake_log_last (t->f, fop, 3 * PG, PG);
     assert_true (di >= 0);
     for (int r = 0; r < 3; r++)
-      assert_true (fake_log_last (t->f, FAKE_WRITE, ranges[r][0],
-                                  (uint32_t) ranges[r][1]) < di);
+      assert_true (fake_log_last (t->f, FAKE_WRITE, three_ranges[r][0],
+                                  (uint32_t) three_ranges[r][1]) < di);
     assert_true (fake_disk_is_byte (t->f, 0, PG, 3 * PG));
     assert_true (read_is_byte (t, 3 * PG, PG, 0));
     tc_close (t);

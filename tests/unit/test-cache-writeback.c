@@ -215,14 +215,6 @@ test_mark_all_before_submit (void **state)
  * in every order; each completion cleans only its own sectors, and the
  * page leaves write-back only after the last.
  */
-static const uint64_t perm_ranges[3][2] = {
-  { 3 * PG + 0 * SS, 8 * SS },
-  { 3 * PG + 20 * SS, 8 * SS },
-  { 3 * PG + 100 * SS, 8 * SS },
-};
-static const int perms[6][3] = {
-  { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
-};
 
 static void
 test_completion_any_order (void **state)
@@ -235,29 +227,29 @@ test_completion_any_order (void **state)
 
     open_capture (t, &cfg);
     for (int r = 0; r < 3; r++)
-      assert_int_equal (write_pattern (t, perm_ranges[r][0], perm_ranges[r][1],
+      assert_int_equal (write_pattern (t, three_ranges[r][0], three_ranges[r][1],
                                        (unsigned) (10 + r), 0), 0);
     assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 3);
     for (int r = 0; r < 3; r++)
-      idx[r] = find_cap (t, perm_ranges[r][0], (uint32_t) perm_ranges[r][1]);
+      idx[r] = find_cap (t, three_ranges[r][0], (uint32_t) three_ranges[r][1]);
     /* While runs are in flight the page holds pins for them. */
     assert_true (cache_debug_refs (t->c, 3 * PG) >= 1);
 
     for (int k = 0; k < 3; k++) {
-      int r = perms[p][k];
+      int r = perms3[p][k];
       assert_int_equal (fake_complete (t->f, t->c, idx[r], 0), 0);
       for (int q = 0; q < 3; q++) {
         bool done = false;
         for (int j = 0; j <= k; j++)
-          done |= perms[p][j] == q;
-        assert_true (sectors_are (t, perm_ranges[q][0], perm_ranges[q][1],
+          done |= perms3[p][j] == q;
+        assert_true (sectors_are (t, three_ranges[q][0], three_ranges[q][1],
                                   done ? V : V | W));
       }
       assert_int_equal (stats (t->c).writeback_bytes, (2 - k) * 8 * SS);
       assert_true (cache_debug_check (t->c));
     }
     for (int r = 0; r < 3; r++)
-      assert_true (disk_is_pattern (t, perm_ranges[r][0], perm_ranges[r][1],
+      assert_true (disk_is_pattern (t, three_ranges[r][0], three_ranges[r][1],
                                     (unsigned) (10 + r)));
     assert_int_equal (stats (t->c).runs_in_flight, 0);
     /* Out of write-back and clean: the page can be dropped now. */

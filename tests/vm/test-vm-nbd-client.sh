@@ -48,25 +48,7 @@ console=$tmpdir/console.log     # guest's ttyS0: kernel and commands
 # The ends of the guest's logs go to the test's output (the meson log)
 # unless the test got to its end; VM_LOG_DIR=DIR keeps them whole.
 passed=
-show_logs ()
-{
-  # VM_LOG_DIR=DIR keeps the guest's logs (DIR/<test>.<log>)
-  if [ -n "${VM_LOG_DIR:-}" ]; then
-    mkdir -p "$VM_LOG_DIR"
-    for f in "$console" "$results" "$tmpdir"/qemu.log; do
-      [ -f "$f" ] && cp "$f" "$VM_LOG_DIR/$(basename "$0" .sh).$(basename "$f")"
-    done
-  fi
-  if [ -z "$passed" ]; then
-    for f in "$console" "$results" "$tmpdir"/qemu.log; do
-      [ -f "$f" ] || continue
-      echo "---- last 80 lines of $(basename "$f")"
-      tail -n 80 "$f" | tr -d '\r'
-    done
-  fi
-  return 0
-}
-cleanup_fn show_logs
+cleanup_fn vm_show_logs
 
 # ---- the servers and the guest's way to them -----------------------------
 netdev="user,id=n0,restrict=on"

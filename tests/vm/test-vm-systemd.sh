@@ -53,25 +53,7 @@ make_tmpdir
 results=$tmpdir/results.log
 console=$tmpdir/console.log
 passed=
-show_logs ()
-{
-  # VM_LOG_DIR=DIR keeps the guest's logs (DIR/<test>.<log>)
-  if [ -n "${VM_LOG_DIR:-}" ]; then
-    mkdir -p "$VM_LOG_DIR"
-    for f in "$console" "$results" "$tmpdir"/qemu.log; do
-      [ -f "$f" ] && cp "$f" "$VM_LOG_DIR/$(basename "$0" .sh).$(basename "$f")"
-    done
-  fi
-  if [ -z "$passed" ]; then
-    for f in "$console" "$results" "$tmpdir"/qemu.log; do
-      [ -f "$f" ] || continue
-      echo "---- last 100 lines of $(basename "$f")"
-      tail -n 100 "$f" | tr -d '\r'
-    done
-  fi
-  return 0
-}
-cleanup_fn show_logs
+cleanup_fn vm_show_logs
 
 # ---- the root filesystem -------------------------------------------------
 mapfile -t libpkgs < <(vm_packages_of "$PLUGIN")

@@ -294,3 +294,25 @@ vm_packages_of ()
     dpkg -S "$(realpath "$lib")" 2>/dev/null || dpkg -S "$lib" 2>/dev/null || :
   done | cut -d: -f1 | sort -u
 }
+
+# On exit: with VM_LOG_DIR=DIR, keep the guest's logs as
+# DIR/<test>.<log>; if the test did not set passed=1, print the last
+# lines of each.  Uses the test's $console, $results and $tmpdir.
+# Register with: passed=; cleanup_fn vm_show_logs
+vm_show_logs ()
+{
+  if [ -n "${VM_LOG_DIR:-}" ]; then
+    mkdir -p "$VM_LOG_DIR"
+    for f in "$console" "$results" "$tmpdir"/qemu.log; do
+      [ -f "$f" ] && cp "$f" "$VM_LOG_DIR/$(basename "$0" .sh).$(basename "$f")"
+    done
+  fi
+  if [ -z "$passed" ]; then
+    for f in "$console" "$results" "$tmpdir"/qemu.log; do
+      [ -f "$f" ] || continue
+      echo "---- last 100 lines of $(basename "$f")"
+      tail -n 100 "$f" | tr -d '\r'
+    done
+  fi
+  return 0
+}
