@@ -46,9 +46,9 @@
  * then only signals the loop through done_w.  The loop thread never
  * touches cache data beyond asking for statistics and thresholds.
  *
- * Error back-off: if write-back errors increased since the loop last
- * looked, a completion does not immediately ask for another collect;
- * the timer retries one interval later, so a failing backend is not
+ * Error back-off: once write-back errors increase, neither completions
+ * nor kicks ask for a collect until the next timer tick, which retries
+ * (one round per interval), so a failing backend is not
  * hammered in a tight loop (the failed sectors are dirty again and the
  * next flush reports the error; see cache.h).
  *
@@ -114,6 +114,9 @@ struct wbs {
   pthread_t loop_thread;
   bool loop_started;
   uint64_t last_wb_errors;      /* loop thread only */
+  bool backoff;                 /* loop thread only: errors seen since
+                                 * the last tick, so only the timer
+                                 * retries */
 
   atomic_bool draining;
 
@@ -342,6 +345,7 @@ wbs_tick_cb (struct ev_loop *loop, ev_timer *w, int revents)
   (void) revents;
   cache_get_stats (s->c, &st);
   s->last_wb_errors = st.wb_errors;
+  s->backoff = false;           /* the tick is the retry */
   if (st.dirty_bytes == 0)
     return;
   wbs_request_collect (s, CACHE_WB_EXPIRED);
@@ -366,7 +370,7 @@ wbs_kick_cb (struct ev_loop *loop, ev_async *w, int revents)
 
   (void) w;
   (void) revents;
-  if (wbs_background_applies (s)) {
+  if (!s->backoff && wbs_background_applies (s)) {
     wbs_debug (s, "writeback: kick: over the background threshold: "
                "collect background");
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
@@ -383,14 +387,17 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
   (void) revents;
   cache_get_stats (s->c, &st);
   if (st.wb_errors != s->last_wb_errors) {
-    /* Back off: the next tick retries. */
+    /* Back off: until the next tick, neither completions nor kicks ask
+     * for a collect; the tick retries, once.
+     */
     wbs_debug (s, "writeback: %" PRIu64 " new write-back errors: "
                "backing off until the next tick",
                st.wb_errors - s->last_wb_errors);
     s->last_wb_errors = st.wb_errors;
+    s->backoff = true;
     return;
   }
-  if (st.dirty_bytes == 0)
+  if (s->backoff || st.dirty_bytes == 0)
     return;
   wbs_request_collect (s, CACHE_WB_EXPIRED);
   if (wbs_background_applies (s))
