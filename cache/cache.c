@@ -251,6 +251,15 @@ cache_set_debug (struct cache *c, bool verbose)
   atomic_store (&c->verbose, verbose);
 }
 
+/* Counts one client request of COUNT bytes that succeeded. */
+static void
+count_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
+               uint32_t count)
+{
+  atomic_fetch_add_explicit (n, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit (bytes, count, memory_order_relaxed);
+}
+
 /* ---- reads ---- */
 
 /* Sectors [*s0, *s0 + *n) of page PI that [lo, hi) covers. */
@@ -413,10 +422,8 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
       memcpy (buf, bounce + (off - a), count);
     free (bounce);
   }
-  if (r == 0) {
-    atomic_fetch_add_explicit (&c->st_creads, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit (&c->st_cread_bytes, count, memory_order_relaxed);
-  }
+  if (r == 0)
+    count_request (&c->st_creads, &c->st_cread_bytes, count);
   return r;
 }
 
@@ -584,10 +591,8 @@ cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
 {
   int r = do_write (c, buf, count, off, flags);
 
-  if (r == 0) {
-    atomic_fetch_add_explicit (&c->st_cwrites, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit (&c->st_cwrite_bytes, count, memory_order_relaxed);
-  }
+  if (r == 0)
+    count_request (&c->st_cwrites, &c->st_cwrite_bytes, count);
   return r;
 }
 
@@ -716,10 +721,8 @@ cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
 {
   int r = discard (c, count, off, flags, true);
 
-  if (r == 0) {
-    atomic_fetch_add_explicit (&c->st_czeroes, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit (&c->st_czero_bytes, count, memory_order_relaxed);
-  }
+  if (r == 0)
+    count_request (&c->st_czeroes, &c->st_czero_bytes, count);
   return r;
 }
 
@@ -728,10 +731,8 @@ cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
 {
   int r = discard (c, count, off, flags, false);
 
-  if (r == 0) {
-    atomic_fetch_add_explicit (&c->st_ctrims, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit (&c->st_ctrim_bytes, count, memory_order_relaxed);
-  }
+  if (r == 0)
+    count_request (&c->st_ctrims, &c->st_ctrim_bytes, count);
   return r;
 }
 
