@@ -101,19 +101,7 @@ vm_start "$tmpdir/qemu.log" 500 \
   -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" \
   -serial "file:$console" -serial "file:$results" \
   -netdev "$netdev" -device virtio-net-pci,netdev=n0,romfile=
-vm_status=0
-vm_wait || vm_status=$?
-echo "---- markers (results.log)"
-grep -v '^VMTEST SUM ' "$results" | tr -d '\r' || :
-
-if grep -q '^VMTEST FAIL' "$results"; then
-  echo "$0: the guest reported a failure" >&2
-  exit 1
-fi
-if [ "$vm_status" -ne 0 ]; then
-  echo "$0: qemu exited with status $vm_status (124: the VM did not finish in time)" >&2
-  exit 1
-fi
+vm_finish
 
 # sums_of ROUND FS: the checksums the guest printed for ROUND (r1, r2)
 # and FS, sorted.

@@ -139,19 +139,7 @@ vm_start "$tmpdir/qemu.log" 480 \
   -drive "file=$tmpdir/root.img,if=none,id=root,format=raw,cache=unsafe" \
   -device virtio-blk-pci,drive=root \
   -serial "file:$console" -serial "file:$results"
-vm_status=0
-vm_wait || vm_status=$?
-echo "---- markers (results.log)"
-grep -av '^VMTEST SUM ' "$results" | tr -d '\r' || :
-
-if grep -q '^VMTEST FAIL' "$results"; then
-  echo "$0: the guest reported a failure" >&2
-  exit 1
-fi
-if [ "$vm_status" -ne 0 ]; then
-  echo "$0: qemu exited with status $vm_status (124: the VM did not finish in time)" >&2
-  exit 1
-fi
+vm_finish
 vm_expect "$results" \
   "VMTEST SOCKET OK" "VMTEST ATTACH OK" "VMTEST WRITE OK files=$nfiles" \
   "VMTEST FSCK OK" "VMTEST STOP OK result=success status=0" \

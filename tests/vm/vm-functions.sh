@@ -316,3 +316,24 @@ vm_show_logs ()
   fi
   return 0
 }
+
+# Waits for the VM started by vm_start, prints the guest's markers from
+# $results (without the checksum lines), and exits the test with a
+# failure if the guest reported one or qemu did not end cleanly.
+vm_finish ()
+{
+  local vm_status=0
+
+  vm_wait || vm_status=$?
+  echo "---- markers (results.log)"
+  grep -av '^VMTEST SUM ' "$results" | tr -d '\r' || :
+
+  if grep -q '^VMTEST FAIL' "$results"; then
+    echo "$0: the guest reported a failure" >&2
+    exit 1
+  fi
+  if [ "$vm_status" -ne 0 ]; then
+    echo "$0: qemu exited with status $vm_status (124: the VM did not finish in time)" >&2
+    exit 1
+  fi
+}
