@@ -289,8 +289,8 @@ frame_get (struct cache *c, bool wait, int *err)
      * always follows a scan made under clock_lock while registered, so
      * no wake-up is lost; the timeout is only a safety net.
      */
-    atomic_fetch_sub (&c->frame_waiters, 1);
     if (!kicked) {
+      atomic_fetch_sub (&c->frame_waiters, 1);
       pthread_mutex_unlock (&c->clock_lock);
       wb_kick (c);
       pthread_mutex_lock (&c->clock_lock);
@@ -306,9 +306,13 @@ frame_get (struct cache *c, bool wait, int *err)
     if (c->wb_failing && atomic_load (&c->runs_in_flight) == 0)
       *err = c->wb_last_err ? c->wb_last_err : -EIO;
     pthread_mutex_unlock (&c->wb_lock);
-    if (*err)
+    if (*err) {
+      atomic_fetch_sub (&c->frame_waiters, 1);
       break;
-    atomic_fetch_add (&c->frame_waiters, 1);
+    }
+    /* Still registered since the scan, and clock_lock held since: an
+     * unpin from here on broadcasts to us.
+     */
     {
       struct timespec ts;
       clock_gettime (CLOCK_REALTIME, &ts);
