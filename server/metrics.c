@@ -217,6 +217,10 @@ metrics_render (const struct cache_stats *st, char *buf, size_t len)
          st->pages_total);
   gauge (&o, "pages_resident", "Pages in memory now.",
          st->pages_resident);
+  gauge (&o, "pages_dirty",
+         "Pages holding dirty data or data being written back; "
+         "dirty-background-ratio and dirty-ratio count these pages.",
+         st->dirty_pages);
   gauge (&o, "cached_bytes",
          "Bytes of valid data in the cache, clean or dirty.",
          st->cached_bytes);
@@ -225,6 +229,9 @@ metrics_render (const struct cache_stats *st, char *buf, size_t len)
          "written back.", st->dirty_bytes);
   gauge (&o, "writeback_bytes",
          "Bytes being written to the image now.", st->writeback_bytes);
+  gauge (&o, "writeback_buffer_bytes",
+         "Memory for snapshots of data being written back, on top of "
+         "cache_size_bytes.", st->writeback_buffer_bytes);
   gauge (&o, "metadata_bytes",
          "Memory for the cache's bookkeeping, on top of cache_size_bytes.",
          st->metadata_bytes);

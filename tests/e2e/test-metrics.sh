@@ -6,16 +6,22 @@
 #     shut-down and HTTP clients (and curl, when installed) all get it;
 #     the socket file has mode 0660.
 #  2. Known I/O, checked exactly: 20 KiB of whole-sector writes (dirty,
-#     cached, no backend I/O), a 64 KiB read of uncached data (misses,
-#     backend reads), the same read again and a read of the written data
-#     (hits), then one flush (flushes +1, dirty 0, the 20 KiB written to
-#     the image, one backend flush, flush time > 0).  dirty-expire-ms is
-#     an hour and 20 KiB is far below dirty-background-ratio, so nothing
-#     is written back before the flush.
+#     cached, one dirty page, no backend I/O, no write-back buffers), a
+#     64 KiB read of uncached data (misses, backend reads, a second
+#     resident page that is not dirty), the same read again and a read
+#     of the written data (hits), then one flush (flushes +1, dirty 0,
+#     no dirty page, no write-back buffer left, the 20 KiB written to
+#     the image, one backend flush, flush time > 0); then 1.5 KiB over
+#     three pages (three dirty pages) and another flush.
+#     dirty-expire-ms is an hour and this is far below
+#     dirty-background-ratio, so nothing is written back before a flush.
 #  3. While a background nbdsh loop writes, reads and flushes: repeated
 #     scrapes (each must answer within 10 s and parse), with clients
 #     that never read and a stalled half request held open meanwhile,
-#     and more clients than the server serves at once.
+#     and more clients than the server serves at once.  Then background
+#     write-back brings the dirty pages under dirty-background-ratio, and
+#     once it is idle no write-back buffer is left and the dirty gauges
+#     agree with each other.
 #  4. -D subpage.metrics=1 and -D subpage.writeback=1 log what they
 #     should, the socket file is gone after nbdkit exits, and a bad
 #     metrics-socket= fails at startup naming the parameter.
@@ -55,7 +61,7 @@ fi
 
 # ---- 1 and 2: known I/O ----------------------------------------------------
 nbdsh_py -u "$URI" -c - <<'EOF'
-import os, subprocess
+import os, subprocess, time
 from metrics_scrape import scrape, parse
 
 msock = os.environ["MSOCK"]
@@ -64,8 +70,8 @@ MiB = 1024 * KiB
 
 EXPECTED = """
 export_size_bytes cache_size_bytes page_size_bytes sector_size_bytes
-pages_capacity pages_resident cached_bytes dirty_bytes writeback_bytes
-metadata_bytes hits_total misses_total hit_bytes_total miss_bytes_total
+pages_capacity pages_resident pages_dirty cached_bytes dirty_bytes
+writeback_bytes writeback_buffer_bytes metadata_bytes hits_total misses_total hit_bytes_total miss_bytes_total
 client_reads_total client_read_bytes_total client_writes_total
 client_written_bytes_total client_zeroes_total client_zero_bytes_total
 client_trims_total client_trim_bytes_total
@@ -97,13 +103,26 @@ def delta(a, b, want, what):
         assert b[k] - a[k] == v, "%s: %s went from %r to %r, expected +%r" \
             % (what, k, a[k], b[k], v)
 
+def buffers_freed(what):
+    # A write-back buffer is freed by the completion of its last run,
+    # just after that completion wakes the flush: allow that moment.
+    end = time.monotonic() + 5
+    while True:
+        m = get()
+        if m["writeback_buffer_bytes"] == 0:
+            return m
+        assert time.monotonic() < end, "%s: writeback_buffer_bytes is " \
+            "%r, expected 0" % (what, m["writeback_buffer_bytes"])
+        time.sleep(0.01)
+
 # 1. Before any I/O.
 m0 = get("plain")
 check(m0, {
     "export_size_bytes": 64 * MiB, "cache_size_bytes": 64 * MiB,
     "page_size_bytes": 64 * KiB, "sector_size_bytes": 512,
-    "pages_capacity": 1024, "pages_resident": 0,
+    "pages_capacity": 1024, "pages_resident": 0, "pages_dirty": 0,
     "cached_bytes": 0, "dirty_bytes": 0, "writeback_bytes": 0,
+    "writeback_buffer_bytes": 0,
     "hits_total": 0, "misses_total": 0, "hit_bytes_total": 0,
     "miss_bytes_total": 0, "backend_reads_total": 0,
     "client_reads_total": 0, "client_read_bytes_total": 0,
@@ -142,7 +161,8 @@ m1 = get()
 check(m1, {"client_writes_total": 2, "client_written_bytes_total": N,
            "client_reads_total": 0,
            "dirty_bytes": N, "cached_bytes": N, "pages_resident": 1,
-           "writeback_bytes": 0, "backend_written_bytes_total": 0,
+           "pages_dirty": 1, "writeback_bytes": 0,
+           "writeback_buffer_bytes": 0, "backend_written_bytes_total": 0,
            "backend_writes_total": 0, "misses_total": 0,
            "backend_read_bytes_total": 0, "flushes_total": 0},
       "after writing 20 KiB")
@@ -169,15 +189,17 @@ delta(m2, m3, {"client_reads_total": 2, "client_read_bytes_total": M + N,
                "hits_total": (M + N) // 512, "hit_bytes_total": M + N,
                "misses_total": 0, "backend_reads_total": 0,
                "backend_read_bytes_total": 0}, "after cached reads")
-check(m3, {"dirty_bytes": N}, "after cached reads")
+check(m3, {"dirty_bytes": N, "pages_resident": 2, "pages_dirty": 1,
+           "writeback_buffer_bytes": 0}, "after cached reads")
 
 # One flush.
 h.flush()
 m4 = get("http")
-check(m4, {"dirty_bytes": 0, "writeback_bytes": 0,
+check(m4, {"dirty_bytes": 0, "writeback_bytes": 0, "pages_dirty": 0,
            "writeback_runs_in_flight": 0, "flush_errors_total": 0,
-           "writeback_errors_total": 0, "cached_bytes": M + N},
-      "after the flush")
+           "writeback_errors_total": 0, "cached_bytes": M + N,
+           "pages_resident": 2}, "after the flush")
+buffers_freed("after the flush")
 # Write amplification of this flush: exactly 1 (only dirty sectors).
 assert m4["backend_written_bytes_total"] == m4["client_written_bytes_total"]
 delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
@@ -186,6 +208,23 @@ delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
 assert m4["writeback_runs_total"] >= 1, "no write-back run counted"
 assert m4["backend_writes_total"] >= m4["writeback_runs_total"]
 assert m4["flush_seconds_total"] > 0, "flush took no time"
+
+# Dirty pages count pages, not bytes: 1 KiB across a page boundary and
+# one sector elsewhere are 1.5 KiB in three dirty pages.
+h.pwrite(b"\x5a" * KiB, 16 * MiB + 64 * KiB - 512)
+h.pwrite(b"\xa5" * 512, 20 * MiB)
+m5 = get()
+check(m5, {"dirty_bytes": 3 * 512, "pages_dirty": 3, "pages_resident": 5,
+           "writeback_bytes": 0, "writeback_buffer_bytes": 0},
+      "after writing 3 sectors in 3 pages")
+delta(m4, m5, {"backend_written_bytes_total": 0}, "after writing 3 sectors")
+h.flush()
+m4 = get()
+check(m4, {"dirty_bytes": 0, "pages_dirty": 0, "pages_resident": 5,
+           "writeback_runs_in_flight": 0}, "after the second flush")
+delta(m5, m4, {"flushes_total": 1, "backend_written_bytes_total": 3 * 512},
+      "after the second flush")
+m4 = buffers_freed("after the second flush")
 
 # One zero and one trim, counted as what the client asked for.
 h.zero(4 * KiB, 2 * MiB)
@@ -263,7 +302,7 @@ stuck.connect(msock)
 stuck.sendall(b"GE")
 idle.append(stuck)
 
-scrapes, writes, slowest = 0, set(), 0.0
+scrapes, writes, slowest, bufmax = 0, set(), 0.0, 0
 deadline = time.monotonic() + 60
 while alive(loader) and time.monotonic() < deadline:
     t = time.monotonic()
@@ -271,6 +310,8 @@ while alive(loader) and time.monotonic() < deadline:
     slowest = max(slowest, time.monotonic() - t)
     assert m["subpage_dirty_bytes"] <= m["subpage_cache_size_bytes"]
     assert m["subpage_cached_bytes"] <= m["subpage_cache_size_bytes"]
+    assert m["subpage_pages_dirty"] <= m["subpage_pages_capacity"]
+    bufmax = max(bufmax, m["subpage_writeback_buffer_bytes"])
     writes.add(m["subpage_backend_written_bytes_total"])
     scrapes += 1
     if scrapes == 5:
@@ -301,7 +342,8 @@ assert scrapes >= 10, "only %d scrapes while the loader ran" % scrapes
 assert len(writes) >= 2, "backend_written_bytes_total never moved"
 for s in idle:
     s.close()
-print("ok: %d scrapes during I/O, slowest %.3f s" % (scrapes, slowest))
+print("ok: %d scrapes during I/O, slowest %.3f s, up to %d bytes of "
+      "write-back buffers" % (scrapes, slowest, bufmax))
 EOF
 
 status=0
@@ -312,20 +354,32 @@ if [ "$status" -ne 0 ]; then
 fi
 
 # The idle clients are closed by now; scrapes still work, and show
-# background write-back bringing dirty data under the threshold.
+# background write-back bringing dirty data under the threshold (which
+# counts dirty pages), then stopping: no run in flight, no write-back
+# buffer left, and the dirty gauges agreeing with each other.
 /usr/bin/python3 -c '
 import os, time
 from metrics_scrape import scrape
 end = time.monotonic() + 60
 while True:
-    m = scrape(os.environ["MSOCK"], "http")
-    assert m["subpage_flushes_total"] >= 1
-    if m["subpage_dirty_bytes"] + m["subpage_writeback_bytes"] <= \
-       m["subpage_cache_size_bytes"] // 10:
+    m = {k[len("subpage_"):]: v
+         for k, v in scrape(os.environ["MSOCK"], "http").items()}
+    assert m["flushes_total"] >= 1
+    limit = m["cache_size_bytes"] // 10
+    if m["dirty_bytes"] + m["writeback_bytes"] <= limit and \
+       m["pages_dirty"] * m["page_size_bytes"] <= limit and \
+       m["writeback_runs_in_flight"] == 0 and \
+       m["writeback_buffer_bytes"] == 0:
         break
-    assert time.monotonic() < end, "background write-back did not run"
+    assert time.monotonic() < end, "background write-back did not run " \
+        "or did not finish: %r" % m
     time.sleep(0.1)
-print("ok: background write-back: %d bytes dirty" % m["subpage_dirty_bytes"])
+assert m["writeback_bytes"] == 0, m
+assert m["pages_dirty"] <= m["pages_resident"], m
+assert m["dirty_bytes"] <= m["pages_dirty"] * m["page_size_bytes"], m
+assert (m["pages_dirty"] == 0) == (m["dirty_bytes"] == 0), m
+print("ok: background write-back: %d bytes dirty in %d pages" %
+      (m["dirty_bytes"], m["pages_dirty"]))
 '
 
 # ---- 4: debug flags, socket removal, bad paths -----------------------------
