@@ -161,6 +161,11 @@ uint32_t cache_run_flags (const struct cache_run *run);
  * backend's result (0 or -errno); RUN is gone by then.
  */
 int cache_run_io (struct cache *c, struct cache_run *run);
+/* For submit hooks that write RUN themselves instead of calling
+ * cache_run_io (e.g. asynchronously): counts RUN's backend write in the
+ * statistics.  Call it once per run, before cache_run_done.
+ */
+void cache_run_account (struct cache *c, const struct cache_run *run);
 /* Completes RUN: 0 marks its sectors clean (unless written again
  * meanwhile); -errno marks them dirty again and records the error for
  * the next flush.

@@ -577,14 +577,20 @@ cache_run_flags (const struct cache_run *run)
   return run->flags;
 }
 
+void
+cache_run_account (struct cache *c, const struct cache_run *run)
+{
+  atomic_fetch_add (&c->st_bwrites, 1);
+  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+}
+
 int
 cache_run_io (struct cache *c, struct cache_run *run)
 {
   int r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off,
                           run->flags);
 
-  atomic_fetch_add (&c->st_bwrites, 1);
-  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+  cache_run_account (c, run);
   cache_run_done (c, run, r);
   return r;
 }

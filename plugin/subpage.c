@@ -588,6 +588,16 @@ subpage_after_fork (void)
   if (subpage_same_host () == -1)
     return -1;
 
+  if (nbackend != NULL) {
+    if (nbd_backend_start (nbackend) < 0)
+      return -1;
+    /* Write-back runs go to the remote asynchronously: many in flight
+     * per connection, not one per worker.
+     */
+    wcfg.aio_pwrite = nbd_backend_aio_pwrite;
+    wcfg.aio_opaque = nbackend;
+  }
+
   wbs = wbs_start (cache, &wcfg, &err);
   if (wbs == NULL) {
     nbdkit_error ("subpage: cannot start write-back threads: %s",

@@ -41,6 +41,14 @@
  * A worker that re-armed its own collect retried a failing backend in a
  * tight loop (the failed data is dirty again at once).
  *
+ * Asynchronous writes (cfg.aio_pwrite, the NBD backend): the submit hook
+ * hands each run straight to aio_pwrite instead of queueing an IO job,
+ * counting it in aio_inflight (wbs_stop waits for those too); the
+ * backend calls wbs_aio_done from its own thread, which accounts the
+ * write, calls cache_run_done and signals the loop like a worker would.
+ * Runs it declines (returns 1) are queued as IO jobs.  Workers then
+ * only collect, and any number of runs are in flight.
+ *
  * Completions are processed by the worker, not by the loop: the worker
  * calls cache_run_io, which calls cache_run_done (thread-safe), and
  * then only signals the loop through done_w.  The loop thread never
@@ -90,13 +98,14 @@
 #include "wbserver.h"
 
 /* Preallocated IO job nodes; more are malloc'd when these are in use. */
-#define WBS_POOL_JOBS 256
+#define WBS_POOL_JOBS 1024
 
 #define WBS_NR_REASONS 2        /* enum cache_wb_reason */
 
 struct wbs_job {
   struct wbs_job *next;
   struct cache_run *run;
+  struct wbs *s;                /* for asynchronous completions */
   bool heap;                    /* malloc'd: freed after use, not pooled */
 };
 
@@ -129,6 +138,7 @@ struct wbs {
   bool collect_pending[WBS_NR_REASONS];
   bool collect_running[WBS_NR_REASONS];
   unsigned busy;                /* workers executing a job */
+  unsigned aio_inflight;        /* runs handed to cfg.aio_pwrite */
   bool stopping;                /* refuse collects; signal idle_cond */
   bool quit;                    /* workers exit when the queue is empty */
 
@@ -169,7 +179,8 @@ wbs_debug (struct wbs *s, const char *fmt, ...)
 static void
 wbs_check_idle_locked (struct wbs *s)
 {
-  if (s->stopping && s->io_head == NULL && s->busy == 0)
+  if (s->stopping && s->io_head == NULL && s->busy == 0 &&
+      s->aio_inflight == 0)
     pthread_cond_broadcast (&s->idle_cond);
 }
 
@@ -287,8 +298,37 @@ wbs_worker (void *arg)
   return NULL;
 }
 
-/* The cache's submit hook: queue RUN for a worker.  Called from request
- * threads (cache_flush) and workers (cache_writeback), no lock held.
+/* cfg.aio_pwrite's completion: any thread, no lock held. */
+static void
+wbs_aio_done (void *arg, int err)
+{
+  struct wbs_job *job = arg;
+  struct wbs *s = job->s;
+  struct cache_run *run = job->run;
+
+  if (err < 0)
+    wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
+               " failed (errno %d): its data is dirty again",
+               cache_run_length (run), cache_run_offset (run), -err);
+  cache_run_account (s->c, run);
+  cache_run_done (s->c, run, err);
+  ev_async_send (s->loop, &s->done_w);
+
+  pthread_mutex_lock (&s->lock);
+  s->aio_inflight--;
+  if (!job->heap) {
+    job->next = s->free_jobs;
+    s->free_jobs = job;
+    job = NULL;
+  }
+  wbs_check_idle_locked (s);
+  pthread_mutex_unlock (&s->lock);
+  free (job);                   /* NULL unless it was malloc'd */
+}
+
+/* The cache's submit hook: start RUN through cfg.aio_pwrite, or queue
+ * it for a worker.  Called from request threads (cache_flush) and
+ * workers (cache_writeback), no lock held.
  */
 static void
 wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
@@ -315,7 +355,25 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
     job->heap = true;
   }
   job->run = run;
+  job->s = s;
   job->next = NULL;
+
+  if (s->cfg.aio_pwrite != NULL) {
+    int r;
+
+    pthread_mutex_lock (&s->lock);
+    s->aio_inflight++;
+    pthread_mutex_unlock (&s->lock);
+    r = s->cfg.aio_pwrite (s->cfg.aio_opaque, cache_run_data (run),
+                           cache_run_length (run), cache_run_offset (run),
+                           cache_run_flags (run), wbs_aio_done, job);
+    if (r == 0)
+      return;                   /* wbs_aio_done follows */
+    /* Not taken: a worker writes it. */
+    pthread_mutex_lock (&s->lock);
+    s->aio_inflight--;
+    pthread_mutex_unlock (&s->lock);
+  }
 
   pthread_mutex_lock (&s->lock);
   if (s->io_tail != NULL)
@@ -567,7 +625,7 @@ wbs_wait_idle (struct wbs *s)
   s->stopping = true;
   s->collect_pending[CACHE_WB_EXPIRED] = false;
   s->collect_pending[CACHE_WB_BACKGROUND] = false;
-  while (s->io_head != NULL || s->busy > 0)
+  while (s->io_head != NULL || s->busy > 0 || s->aio_inflight > 0)
     pthread_cond_wait (&s->idle_cond, &s->lock);
   pthread_mutex_unlock (&s->lock);
 }

@@ -32,6 +32,21 @@ struct wbs_config {
   cache_log_fn log;
   void *log_opaque;
   bool debug;
+  /* Optional asynchronous backend write (the NBD backend).  When set,
+   * the submit hook hands each run to it instead of queueing it for a
+   * worker, so that any number of runs are in flight at once (bounded
+   * by the cache's write-back buffer cap), not one per worker.
+   * aio_pwrite starts writing [buf, buf+count) at off and returns 0,
+   * and later calls done (arg, err) exactly once, err 0 or -errno, from
+   * any thread (possibly before it returns); or returns 1 without
+   * starting anything when it cannot take this write (too large, or a
+   * flag it cannot carry): a worker then writes the run synchronously.
+   * It must not block waiting for the backend.
+   */
+  int (*aio_pwrite) (void *opaque, const void *buf, uint32_t count,
+                     uint64_t off, uint32_t flags,
+                     void (*done) (void *arg, int err), void *arg);
+  void *aio_opaque;
 };
 
 /* Starts the loop and workers and hooks them into C.  Returns NULL and
