@@ -13,7 +13,8 @@
  *      flight (which becomes DIRTY again, and is collected, when that
  *      run completes),
  *   3. asks the backend to flush, sharing one backend flush among all
- *      flushes that are ready for it at the time (group commit).
+ *      flushes that are ready for it at the time (group commit), with
+ *      up to GC_MAX_RUNNING backend flushes at once.
  * Each step follows the last completion it depends on, so the backend
  * flush comes after every sub-page write it covers.
  *
@@ -58,6 +59,21 @@ live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
   }
 }
 
+/* Backend flushes that may run at once.  One at a time made a flush
+ * that became ready while another's fdatasync ran wait for it and then
+ * run its own: flushes queued behind each other (the file plugin, which
+ * lets every request thread fdatasync, ran 4-5 at once and was 1.5x
+ * faster with a flush every 32 writes).
+ */
+#define GC_MAX_RUNNING 4
+
+/* Ticket T is covered by a backend flush that started after T was
+ * handed out, i.e. one whose target (the last ticket handed out when it
+ * started) is >= T.  A flush that finds one already started for it
+ * waits for it; otherwise it starts its own, unless GC_MAX_RUNNING are
+ * running, in which case it waits for one to end and looks again.  Every
+ * waiter takes the result of the first flush covering it to end.
+ */
 static int
 group_commit (struct cache *c)
 {
@@ -68,16 +84,17 @@ group_commit (struct cache *c)
   w.next = c->gc_waiters;
   c->gc_waiters = &w;
   while (!w.done) {
-    if (!c->gc_running) {
+    if (c->gc_started < w.ticket && c->gc_running < GC_MAX_RUNNING) {
       uint64_t target = c->gc_requested;
       int r;
 
-      c->gc_running = true;
+      c->gc_started = target;
+      c->gc_running++;
       pthread_mutex_unlock (&c->gc_lock);
       r = c->ops->flush (c->bopaque);
       atomic_fetch_add (&c->st_bflushes, 1);
       pthread_mutex_lock (&c->gc_lock);
-      c->gc_running = false;
+      c->gc_running--;
       for (struct gc_waiter **pp = &c->gc_waiters; *pp; ) {
         if ((*pp)->ticket <= target) {
           (*pp)->done = true;

@@ -181,8 +181,9 @@ struct cache {
   /* Group commit of backend flushes. */
   pthread_mutex_t gc_lock;
   pthread_cond_t gc_cv;
-  uint64_t gc_requested, gc_done;
-  bool gc_running;
+  uint64_t gc_requested;         /* tickets handed out */
+  uint64_t gc_started;           /* highest ticket a started flush covers */
+  unsigned gc_running;           /* backend flushes in progress */
   struct gc_waiter *gc_waiters;
 
   /* Statistics. */

@@ -218,6 +218,19 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
   return b;
 }
 
+/* wb_lock held.  Is anyone waiting on wb_cv?  Every waiter counts
+ * itself in w_flush, w_throttle or w_idle under wb_lock before it
+ * sleeps, so a broadcast skipped when this is false wakes nobody.
+ * (w_flush also counts flushes waiting on gc_cv: an extra broadcast at
+ * worst.)
+ */
+static bool
+wb_cv_waiters (struct cache *c)
+{
+  return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
+         atomic_load (&c->w_idle) > 0;
+}
+
 /* Drops one reference to B; the last one frees it.  No lock held:
  * freeing a buffer lowers wb_buf_bytes, which collectors waiting for
  * room (flush, throttled writers) must hear about.
@@ -235,7 +248,8 @@ batch_put (struct batch *b)
     free (b);
     pthread_mutex_lock (&c->wb_lock);
     atomic_fetch_sub (&c->wb_buf_bytes, cap);
-    pthread_cond_broadcast (&c->wb_cv);
+    if (wb_cv_waiters (c))              /* a collector may use the room */
+      pthread_cond_broadcast (&c->wb_cv);
     pthread_mutex_unlock (&c->wb_lock);
   }
 }
@@ -411,6 +425,8 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
       << c->sector_shift;
   }
   pthread_mutex_unlock (&c->wb_lock);
+  if (npicked == 0)
+    return 0;                           /* no batch, nobody to wake */
 
   /* Size the batch for what was picked (the pages are ours while
    * `collecting' is set), with no lock held.  Data dirtied since the
@@ -500,7 +516,8 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     page_unpin (c, picked[k]);
 
   pthread_mutex_lock (&c->wb_lock);
-  pthread_cond_broadcast (&c->wb_cv);   /* collecting flags cleared */
+  if (wb_cv_waiters (c))
+    pthread_cond_broadcast (&c->wb_cv); /* collecting flags cleared */
   pthread_mutex_unlock (&c->wb_lock);
 
   /* Every W bit of the batch is set: now submit. */

@@ -15,8 +15,10 @@
  *   kick_w   ev_async sent by wbs_kick (the cache's kick hook, called
  *            from request threads): ask for a background collect while
  *            cache_over_background().
- *   done_w   ev_async sent by a worker after each run it completed, so
- *            the loop can schedule more (background or drain).
+ *   done_w   ev_async sent after a run completed, when the loop may
+ *            have something to schedule: an error (back-off), expired
+ *            data left (the last EXPIRED collect found some), background
+ *            write-back (over the threshold, or draining).
  *   drain_w  ev_async sent by wbs_begin_drain; stop_w breaks the loop.
  * ev_async_send never blocks (it writes an eventfd at most) and several
  * sends before the loop wakes collapse into one callback.
@@ -33,11 +35,14 @@
  * so a burst of collecting cannot starve writes, and dirty data is not
  * snapshotted faster than it can be written.  IO jobs start in the
  * order they were submitted (they may complete in any order; the cache
- * allows that).  At most one collect per reason runs at a time, and
+ * allows that).  Runs a flush collects in a request thread are not
+ * queued when the backend is synchronous: that thread writes them
+ * (cache_run_io) and goes on waiting, with no wake-up in between.  At most one collect per reason runs at a time, and
  * there is never more than one queued collect per reason.  A collect
  * never re-arms itself: the loop asks for the next one, after each
- * completion (EXPIRED, and BACKGROUND while over the threshold or
- * draining) unless write-back errors increased, and on every timer tick.
+ * completion (EXPIRED while the last one found data, and BACKGROUND
+ * while over the threshold or draining) unless write-back errors
+ * increased, and on every timer tick.
  * A worker that re-armed its own collect retried a failing backend in a
  * tight loop (the failed data is dirty again at once).
  *
@@ -128,6 +133,11 @@ struct wbs {
                                  * retries */
 
   atomic_bool draining;
+  /* The last EXPIRED collect found data: completions ask for the next
+   * one.  Once one finds nothing, only the timer asks (an empty collect
+   * after every completion cost a worker wake-up per write).
+   */
+  atomic_bool expired_more;
 
   /* Everything below is guarded by lock. */
   pthread_mutex_t lock;
@@ -152,6 +162,12 @@ struct wbs {
  * (NULL outside a collect), for the debug log.
  */
 static __thread uint64_t *wbs_collect_bytes;
+
+/* Set in worker threads.  Runs submitted by any other thread come from
+ * cache_flush in a request thread: without cfg.aio_pwrite that thread
+ * writes them itself (see wbs_submit).
+ */
+static __thread bool wbs_in_worker;
 
 static const char *
 wbs_reason_name (enum cache_wb_reason why)
@@ -221,11 +237,24 @@ wbs_background_applies (struct wbs *s)
   return atomic_load (&s->draining) || cache_over_background (s->c);
 }
 
+/* After a run completed with R: wake the loop (done_w) if it has
+ * something to decide: an error (back-off), more expired data, or
+ * background write-back to continue.  Otherwise the eventfd write and
+ * the loop's wake-up would be wasted on every run.
+ */
+static void
+wbs_signal_done (struct wbs *s, int r)
+{
+  if (r < 0 || atomic_load (&s->expired_more) || wbs_background_applies (s))
+    ev_async_send (s->loop, &s->done_w);
+}
+
 static void *
 wbs_worker (void *arg)
 {
   struct wbs *s = arg;
 
+  wbs_in_worker = true;
   pthread_mutex_lock (&s->lock);
   for (;;) {
     struct wbs_job *job = s->io_head;
@@ -258,7 +287,7 @@ wbs_worker (void *arg)
         wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
                    " failed (errno %d): its data is dirty again",
                    len, off, -r);
-      ev_async_send (s->loop, &s->done_w);
+      wbs_signal_done (s, r);
 
       pthread_mutex_lock (&s->lock);
       s->busy--;
@@ -279,6 +308,8 @@ wbs_worker (void *arg)
       wbs_collect_bytes = &bytes;
       r = cache_writeback (s->c, why, s->cfg.expire_ms);
       wbs_collect_bytes = NULL;
+      if (why == CACHE_WB_EXPIRED)
+        atomic_store (&s->expired_more, r > 0);
       if (r != 0)
         wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes",
                    wbs_reason_name (why), r, bytes);
@@ -312,7 +343,7 @@ wbs_aio_done (void *arg, int err)
                cache_run_length (run), cache_run_offset (run), -err);
   cache_run_account (s->c, run);
   cache_run_done (s->c, run, err);
-  ev_async_send (s->loop, &s->done_w);
+  wbs_signal_done (s, err);
 
   pthread_mutex_lock (&s->lock);
   s->aio_inflight--;
@@ -338,6 +369,16 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
 
   if (wbs_collect_bytes != NULL)
     *wbs_collect_bytes += cache_run_length (run);
+
+  /* A flush's runs with a synchronous backend: written by the flushing
+   * thread itself.  Handing each to a worker cost two wake-ups per run
+   * (worker, then the flush again) and left the flush asleep meanwhile;
+   * concurrent flushes still write in parallel, each its own runs.
+   */
+  if (s->cfg.aio_pwrite == NULL && !wbs_in_worker) {
+    cache_run_io (c, run);
+    return;
+  }
 
   pthread_mutex_lock (&s->lock);
   job = s->free_jobs;
@@ -457,7 +498,8 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
   }
   if (s->backoff || st.dirty_bytes == 0)
     return;
-  wbs_request_collect (s, CACHE_WB_EXPIRED);
+  if (atomic_load (&s->expired_more))
+    wbs_request_collect (s, CACHE_WB_EXPIRED);
   if (wbs_background_applies (s))
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
 }
