@@ -18,7 +18,8 @@
  *   done_w   ev_async sent after a run completed, when the loop may
  *            have something to schedule: an error (back-off), expired
  *            data left (the last EXPIRED collect found some), background
- *            write-back (over the threshold, or draining).
+ *            write-back (over the threshold, or draining); and after a
+ *            collect that found data.
  *   drain_w  ev_async sent by wbs_begin_drain; stop_w breaks the loop.
  * ev_async_send never blocks (it writes an eventfd at most) and several
  * sends before the loop wakes collapse into one callback.
@@ -310,6 +311,13 @@ wbs_worker (void *arg)
       wbs_collect_bytes = NULL;
       if (why == CACHE_WB_EXPIRED)
         atomic_store (&s->expired_more, r > 0);
+      /* Found data: the loop may ask for the next batch now, not only
+       * when a run completes (with asynchronous writes the worker is
+       * free at once, and waiting for a completion kept one batch in
+       * flight).  The cache's buffer cap still bounds what is in flight.
+       */
+      if (r > 0)
+        ev_async_send (s->loop, &s->done_w);
       if (r != 0)
         wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes",
                    wbs_reason_name (why), r, bytes);
