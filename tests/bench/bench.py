@@ -100,6 +100,9 @@ def slow_servers (a):
     "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
                   "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
                   burl], "qemu"),
+    # No server: the client on the remote itself, for its ceiling
+    # (workload slow-remote-4x16 only).
+    "remote": (None, "direct"),
   }
 
 # -------------------------------------------------------------- workloads
@@ -141,6 +144,12 @@ def slow_workloads (size):
       "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size]),
     "slow-randread-hot": dict (kind="fio", warm=64 * MiB, opts=[
       "--rw=randread", "--bs=4k", "--iodepth=32", "--size=%d" % (64 * MiB)]),
+    # The remote's own ceiling for 4 KiB writes: 4 connections x 16 in
+    # flight straight to it (no flush).  No cache in front of it can get
+    # more than this into it, which bounds slow-flush32 for every server.
+    "slow-remote-4x16": dict (kind="fio", write=True, only=["remote"], opts=[
+      "--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=4",
+      "--size=%d" % size]),
   }
 
 # ---------------------------------------------------------------- helpers
@@ -342,8 +351,15 @@ class Bench:
         os.unlink (p)
     kw = dict (sock=self.sock, img=self.img, size=str (a.size), stats=stats,
                bsock=self.bsock)
-    self.note (section, "server %-10s %s" % (srvname, " ".join (
-      shlex.quote (x) for x in subst (argv, **dict (kw, stats="STATS.txt")))))
+    uri = self.uri
+    if argv is None:            # the client straight on the remote
+      uri = "nbd+unix:///?socket=" + self.bsock
+      self.note (section, "server %-10s (none: the client connects to "
+                 "BSOCK = %s)" % (srvname, self.bsock))
+    else:
+      self.note (section, "server %-10s %s" % (srvname, " ".join (
+        shlex.quote (x) for x in subst (argv, **dict (kw,
+                                                      stats="STATS.txt")))))
     bsrv = None
     if backend is None:
       drop_image_cache (self.img)
@@ -356,7 +372,8 @@ class Bench:
                      os.path.join (self.dir, "backend.log"))
       try:
         wait_socket (self.bsock, bsrv.proc)
-        srv = self.start (argv, kind, srvname, **kw)
+        srv = bsrv if argv is None else self.start (argv, kind, srvname,
+                                                     **kw)
       except Exception:
         bsrv.stop ()
         raise
@@ -366,22 +383,22 @@ class Bench:
            "rep": rep}
     try:
       if w.get ("warm"):
-        wc = [PY, NBDLOAD, "read", "--uri", self.uri, "--size",
+        wc = [PY, NBDLOAD, "read", "--uri", uri, "--size",
               str (w["warm"])]
         self.note (section, "warm %-14s %s" % (wname, " ".join (
           shlex.quote (x) for x in wc)))
         run_json (wc)
-      cmd = self.client_cmd (w, wname, self.uri)
+      cmd = self.client_cmd (w, wname, uri)
       self.note (section, "client %-12s %s" % (wname, " ".join (
         shlex.quote (x) for x in cmd)))
       io0 = proc_io (srv.pid)
       j = run_json (cmd)
       if w.get ("write"):
-        run_json ([PY, NBDLOAD, "flush", "--uri", self.uri])
+        run_json ([PY, NBDLOAD, "flush", "--uri", uri])
       io1 = proc_io (srv.pid)
     finally:
       out = srv.stop ()
-      if bsrv is not None:
+      if bsrv is not None and bsrv is not srv:
         bsrv.stop ()
     if w["kind"] == "fio":
       s = fio_summary (j)
@@ -691,6 +708,8 @@ def main ():
         continue
       for rep in range (a.reps):
         for sname, (argv, kind) in ss.items ():
+          if (sname == "remote") != ("remote" in w.get ("only", [])):
+            continue
           if sname == "subpage" and not has_uri:
             log ("subpage uri=: pending, skipped")
             continue
