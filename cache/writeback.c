@@ -682,7 +682,12 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
    */
   if (atomic_fetch_sub (&c->runs_in_flight, 1) == 1)
     wake = true;
-  if (wake || atomic_load (&c->w_throttle) > 0) {
+  /* Throttled writers wait for dirty memory to drop under dirty_limit:
+   * waking all of them on every run while it is still over made each
+   * run cost a context switch per throttled writer.
+   */
+  if (wake || (atomic_load (&c->w_throttle) > 0 &&
+               dirty_mem (c) < c->dirty_limit)) {
     pthread_mutex_lock (&c->wb_lock);
     pthread_cond_broadcast (&c->wb_cv);
     pthread_mutex_unlock (&c->wb_lock);
@@ -725,13 +730,17 @@ wb_throttle (struct cache *c)
       pthread_mutex_unlock (&c->wb_lock);
       break;
     }
+    /* Counted before the check: cache_run_done lowers dirty memory and
+     * then reads w_throttle, so it either sees us or we see the lower
+     * figure (sequentially consistent atomics on both sides).
+     */
+    atomic_fetch_add (&c->w_throttle, 1);
     if (dirty_mem (c) >= c->dirty_limit) {
       clock_gettime (CLOCK_REALTIME, &ts);
       ts.tv_sec += 1;                   /* re-kick at least every second */
-      atomic_fetch_add (&c->w_throttle, 1);
       pthread_cond_timedwait (&c->wb_cv, &c->wb_lock, &ts);
-      atomic_fetch_sub (&c->w_throttle, 1);
     }
+    atomic_fetch_sub (&c->w_throttle, 1);
     pthread_mutex_unlock (&c->wb_lock);
   }
   return r;

@@ -148,6 +148,11 @@ struct wbs {
   struct wbs_job *free_jobs;
   bool collect_pending[WBS_NR_REASONS];
   bool collect_running[WBS_NR_REASONS];
+  /* pending || running, readable without the lock: while a collect is
+   * armed, completions and kicks need not wake the loop to ask for one
+   * (a collect that finds data signals done_w itself).
+   */
+  atomic_bool armed[WBS_NR_REASONS];
   unsigned busy;                /* workers executing a job */
   unsigned aio_inflight;        /* runs handed to cfg.aio_pwrite */
   bool stopping;                /* refuse collects; signal idle_cond */
@@ -201,6 +206,14 @@ wbs_check_idle_locked (struct wbs *s)
     pthread_cond_broadcast (&s->idle_cond);
 }
 
+/* s->lock held, after collect_pending/collect_running[WHY] changed. */
+static void
+wbs_armed_update_locked (struct wbs *s, enum cache_wb_reason why)
+{
+  atomic_store (&s->armed[why],
+                s->collect_pending[why] || s->collect_running[why]);
+}
+
 /* Any thread, s->lock not held.  Arms a collect job for WHY. */
 static void
 wbs_request_collect (struct wbs *s, enum cache_wb_reason why)
@@ -208,6 +221,7 @@ wbs_request_collect (struct wbs *s, enum cache_wb_reason why)
   pthread_mutex_lock (&s->lock);
   if (!s->stopping && !s->collect_pending[why]) {
     s->collect_pending[why] = true;
+    wbs_armed_update_locked (s, why);
     pthread_cond_signal (&s->work_cond);
   }
   pthread_mutex_unlock (&s->lock);
@@ -239,14 +253,19 @@ wbs_background_applies (struct wbs *s)
 }
 
 /* After a run completed with R: wake the loop (done_w) if it has
- * something to decide: an error (back-off), more expired data, or
- * background write-back to continue.  Otherwise the eventfd write and
- * the loop's wake-up would be wasted on every run.
+ * something to decide: an error (back-off), or a collect to ask for
+ * (expired data left, or background write-back to continue) that is not
+ * already pending or running.  Otherwise the eventfd write, the loop's
+ * wake-up and its statistics pass would be spent on every run.
  */
 static void
 wbs_signal_done (struct wbs *s, int r)
 {
-  if (r < 0 || atomic_load (&s->expired_more) || wbs_background_applies (s))
+  if (r < 0 ||
+      (atomic_load (&s->expired_more) &&
+       !atomic_load (&s->armed[CACHE_WB_EXPIRED])) ||
+      (!atomic_load (&s->armed[CACHE_WB_BACKGROUND]) &&
+       wbs_background_applies (s)))
     ev_async_send (s->loop, &s->done_w);
 }
 
@@ -303,6 +322,7 @@ wbs_worker (void *arg)
 
       s->collect_pending[why] = false;
       s->collect_running[why] = true;
+      wbs_armed_update_locked (s, why);
       s->busy++;
       pthread_mutex_unlock (&s->lock);
 
@@ -324,6 +344,7 @@ wbs_worker (void *arg)
 
       pthread_mutex_lock (&s->lock);
       s->collect_running[why] = false;
+      wbs_armed_update_locked (s, why);
       s->busy--;
       wbs_check_idle_locked (s);
       continue;
@@ -434,10 +455,17 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
   pthread_mutex_unlock (&s->lock);
 }
 
+/* The cache kicks after every write while over the background
+ * threshold; a background collect already armed will be followed by
+ * another if it finds data, so the loop need not wake.
+ */
 static void
 wbs_kick_hook (void *opaque)
 {
-  wbs_kick (opaque);
+  struct wbs *s = opaque;
+
+  if (!atomic_load (&s->armed[CACHE_WB_BACKGROUND]))
+    wbs_kick (s);
 }
 
 /* Loop thread callbacks. */
@@ -598,6 +626,9 @@ wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
   s->c = c;
   s->cfg = *cfg;
   atomic_init (&s->draining, false);
+  atomic_init (&s->expired_more, false);
+  atomic_init (&s->armed[CACHE_WB_EXPIRED], false);
+  atomic_init (&s->armed[CACHE_WB_BACKGROUND], false);
   pthread_mutex_init (&s->lock, NULL);
   pthread_cond_init (&s->work_cond, NULL);
   pthread_cond_init (&s->idle_cond, NULL);
@@ -675,6 +706,8 @@ wbs_wait_idle (struct wbs *s)
   s->stopping = true;
   s->collect_pending[CACHE_WB_EXPIRED] = false;
   s->collect_pending[CACHE_WB_BACKGROUND] = false;
+  wbs_armed_update_locked (s, CACHE_WB_EXPIRED);
+  wbs_armed_update_locked (s, CACHE_WB_BACKGROUND);
   while (s->io_head != NULL || s->busy > 0 || s->aio_inflight > 0)
     pthread_cond_wait (&s->idle_cond, &s->lock);
   pthread_mutex_unlock (&s->lock);
