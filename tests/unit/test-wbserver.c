@@ -903,38 +903,20 @@ aio_set_auto (struct fake_aio *a)
   pthread_mutex_unlock (&a->lock);
 }
 
+/* One counter of A, read under its lock. */
 static size_t
-aio_started (struct fake_aio *a)
+aio_count (struct fake_aio *a, const size_t *counter)
 {
   size_t n;
 
   pthread_mutex_lock (&a->lock);
-  n = a->started;
+  n = *counter;
   pthread_mutex_unlock (&a->lock);
   return n;
 }
-
-static size_t
-aio_completed (struct fake_aio *a)
-{
-  size_t n;
-
-  pthread_mutex_lock (&a->lock);
-  n = a->completed;
-  pthread_mutex_unlock (&a->lock);
-  return n;
-}
-
-static size_t
-aio_declined (struct fake_aio *a)
-{
-  size_t n;
-
-  pthread_mutex_lock (&a->lock);
-  n = a->declined;
-  pthread_mutex_unlock (&a->lock);
-  return n;
-}
+#define aio_started(a) aio_count ((a), &(a)->started)
+#define aio_completed(a) aio_count ((a), &(a)->completed)
+#define aio_declined(a) aio_count ((a), &(a)->declined)
 
 static struct aio_rec
 aio_rec (struct fake_aio *a, size_t i)
