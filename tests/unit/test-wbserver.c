@@ -476,7 +476,10 @@ test_drain (void **state)
 
 /* ---- stop ---- */
 
-static size_t aio_completed (struct fake_aio *a);
+static size_t aio_count (struct fake_aio *a, const size_t *counter);
+#define aio_started(a) aio_count ((a), &(a)->started)
+#define aio_completed(a) aio_count ((a), &(a)->completed)
+#define aio_declined(a) aio_count ((a), &(a)->declined)
 
 static void *
 stopper_main (void *arg)
@@ -914,9 +917,6 @@ aio_count (struct fake_aio *a, const size_t *counter)
   pthread_mutex_unlock (&a->lock);
   return n;
 }
-#define aio_started(a) aio_count ((a), &(a)->started)
-#define aio_completed(a) aio_count ((a), &(a)->completed)
-#define aio_declined(a) aio_count ((a), &(a)->declined)
 
 static struct aio_rec
 aio_rec (struct fake_aio *a, size_t i)
