@@ -167,6 +167,9 @@ struct nbd_backend {
 /* Zeroes written when the remote cannot zero, from .bss. */
 static char zero_buf[256 * 1024];
 
+/* In a reader thread: its connection (NULL in every other thread). */
+static __thread struct nb_conn *nb_reader_conn;
+
 static void
 nb_kick (struct nb_conn *conn)
 {
@@ -288,8 +291,7 @@ nb_complete_async (void *user_data, int *error)
   cmd->next = conn->done;
   conn->done = cmd;
   pthread_mutex_unlock (&conn->lock);
-  if (!conn->reader_started ||
-      !pthread_equal (pthread_self (), conn->reader))
+  if (nb_reader_conn != conn)   /* the reader drains after each poll */
     nb_kick (conn);
   return 1;
 }
@@ -378,17 +380,18 @@ nb_sync (struct nb_conn *conn, enum nb_op op, const char *what,
          void *buf, uint32_t count, uint64_t off, uint32_t nbd_flags)
 {
   struct nbd_backend *nb = conn->nb;
+  bool zeroes = buf == zero_buf;    /* the same zeroes for every piece */
   char *p = buf;
   int r = 0;
 
   do {
     uint32_t n = MIN (count, nb->max_request);
 
-    if (buf == zero_buf)
+    if (zeroes)
       n = MIN (n, (uint32_t) sizeof zero_buf);
-    r = nb_sync_on (conn, op, what, buf == zero_buf ? zero_buf : p, n,
-                    off, nbd_flags);
-    if (p != NULL && buf != zero_buf)
+
+    r = nb_sync_on (conn, op, what, p, n, off, nbd_flags);
+    if (p != NULL && !zeroes)
       p += n;
     off += n;
     count -= n;
@@ -657,6 +660,7 @@ nb_reader (void *arg)
 {
   struct nb_conn *conn = arg;
 
+  nb_reader_conn = conn;
   while (!atomic_load (&conn->quit) && !nb_is_dead (conn)) {
     struct pollfd fds[2] = {
       { .fd = nbd_aio_get_fd (conn->h) },

@@ -38,8 +38,9 @@
  * order they were submitted (they may complete in any order; the cache
  * allows that).  Runs a flush collects in a request thread are not
  * queued when the backend is synchronous: that thread writes them
- * (cache_run_io) and goes on waiting, with no wake-up in between.  At most one collect per reason runs at a time, and
- * there is never more than one queued collect per reason.  A collect
+ * (cache_run_io) and goes on waiting, with no wake-up in between.
+ * At most one collect per reason runs at a time, and there is never
+ * more than one queued collect per reason.  A collect
  * never re-arms itself: the loop asks for the next one, after each
  * completion (EXPIRED while the last one found data, and BACKGROUND
  * while over the threshold or draining) unless write-back errors
@@ -206,6 +207,19 @@ wbs_check_idle_locked (struct wbs *s)
     pthread_cond_broadcast (&s->idle_cond);
 }
 
+/* s->lock held.  Gives JOB back to the pool; returns it if it was
+ * malloc'd, for the caller to free once the lock is dropped, else NULL.
+ */
+static struct wbs_job *
+wbs_job_put_locked (struct wbs *s, struct wbs_job *job)
+{
+  if (job->heap)
+    return job;
+  job->next = s->free_jobs;
+  s->free_jobs = job;
+  return NULL;
+}
+
 /* s->lock held, after collect_pending/collect_running[WHY] changed. */
 static void
 wbs_armed_update_locked (struct wbs *s, enum cache_wb_reason why)
@@ -289,11 +303,7 @@ wbs_worker (void *arg)
       s->io_head = job->next;
       if (s->io_head == NULL)
         s->io_tail = NULL;
-      if (!job->heap) {
-        job->next = s->free_jobs;
-        s->free_jobs = job;
-        job = NULL;
-      }
+      job = wbs_job_put_locked (s, job);
       s->busy++;
       pthread_mutex_unlock (&s->lock);
 
@@ -376,11 +386,7 @@ wbs_aio_done (void *arg, int err)
 
   pthread_mutex_lock (&s->lock);
   s->aio_inflight--;
-  if (!job->heap) {
-    job->next = s->free_jobs;
-    s->free_jobs = job;
-    job = NULL;
-  }
+  job = wbs_job_put_locked (s, job);
   wbs_check_idle_locked (s);
   pthread_mutex_unlock (&s->lock);
   free (job);                   /* NULL unless it was malloc'd */
