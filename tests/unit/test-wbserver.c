@@ -559,16 +559,25 @@ test_stop_waits_and_unhooks (void **state)
 
 /* ---- one worker ---- */
 
-/* One worker, thousands of runs (every other sector of 48 pages: the
- * job pool runs dry and job nodes are malloc'd), background write-back
+/* One worker, thousands of runs (every other sector of 48 pages: 3072
+ * runs, more than the 1024 pooled job nodes), background write-back
  * kicked all the time and a flush, then more writes during a second
  * flush.  No deadlock (each wait is bounded by async_join's timeout),
  * and the disk matches.
  */
+/* The load of test_single_worker and test_aio_complete_inside: one
+ * worker (with AIO: aio_pwrite completing every run inside the call),
+ * every other sector of NPAGES pages written, a flush, then writes
+ * racing with a second flush, a last flush; everything clean and the
+ * disk equal to the model.
+ */
+static void aio_set_auto (struct fake_aio *a);
+static void start_server_aio (struct tserver *ts, unsigned threads,
+                              uint64_t interval_ms, uint64_t expire_ms);
+
 static void
-test_single_worker (void **state)
+single_worker_load (struct tserver *ts, bool aio)
 {
-  struct tserver *ts = *state;
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
   const unsigned npages = 48;
@@ -583,7 +592,12 @@ test_single_worker (void **state)
   tc_open (t, &cfg);
   model = calloc (1, cfg.size);
   assert_non_null (model);
-  start_server (ts, 1, 1, HOUR_MS);
+  if (aio) {
+    start_server_aio (ts, 1, 1, HOUR_MS);
+    aio_set_auto (ts->aio);
+  }
+  else
+    start_server (ts, 1, 1, HOUR_MS);
 
   for (uint64_t off = 0; off < npages * PG; off += 2 * SS) {
     assert_int_equal (write_pattern (t, off, SS, 2, 0), 0);
@@ -603,8 +617,16 @@ test_single_worker (void **state)
   assert_int_equal (cache_flush (t->c), 0);
   assert_true (all_clean (t));
   assert_true (fake_disk_equals (t->f, model, cfg.size, 0));
-  assert_true (stats (t->c).wb_runs > 2 * 256);
   free (model);
+}
+
+static void
+test_single_worker (void **state)
+{
+  struct tserver *ts = *state;
+
+  single_worker_load (ts, false);
+  assert_true (stats (ts->t.c).wb_runs > 2 * 256);
 }
 
 /* ---- errors ---- */
@@ -1323,7 +1345,7 @@ test_aio_stats (void **state)
 }
 
 /* aio_pwrite may call done before it returns: every run completes inside
- * the call.  One worker, thousands of runs (the job pool runs dry), a
+ * the call.  One worker, thousands of runs, a
  * flush, then writes racing with a second flush: no deadlock, no run
  * lost or left in flight, the disk matches, and none of it went through
  * the synchronous path.
@@ -1333,44 +1355,12 @@ test_aio_complete_inside (void **state)
 {
   struct tserver *ts = *state;
   struct tcache *t = &ts->t;
-  struct cache_config cfg = test_config ();
-  const unsigned npages = 48;
-  unsigned char *model;
-  struct async *fl;
 
-  cfg.size = 8 * MiB;
-  cfg.cache_size = 4 * MiB;
-  cfg.dirty_background_ratio = 10;
-  cfg.dirty_ratio = 90;
-  cfg.batch_bytes = PG;
-  tc_open (t, &cfg);
-  model = calloc (1, cfg.size);
-  assert_non_null (model);
-  start_server_aio (ts, 1, 1, HOUR_MS);
-  aio_set_auto (ts->aio);
-
-  for (uint64_t off = 0; off < npages * PG; off += 2 * SS) {
-    assert_int_equal (write_pattern (t, off, SS, 2, 0), 0);
-    pattern (model + off, SS, off, 2);
-  }
-  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  assert_int_equal (async_join (fl), 0);
-  assert_true (fake_disk_equals (t->f, model, cfg.size, 0));
-
-  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  for (uint64_t off = SS; off < npages * PG; off += 8 * SS) {
-    assert_int_equal (write_pattern (t, off, SS, 3, 0), 0);
-    pattern (model + off, SS, off, 3);
-  }
-  assert_int_equal (async_join (fl), 0);
-  assert_int_equal (cache_flush (t->c), 0);
-  assert_true (all_clean (t));
-  assert_true (fake_disk_equals (t->f, model, cfg.size, 0));
+  single_worker_load (ts, true);
   assert_true (aio_started (ts->aio) > 2 * 256);
   assert_int_equal (aio_completed (ts->aio), aio_started (ts->aio));
   assert_int_equal (stats (t->c).backend_writes, aio_started (ts->aio));
   assert_int_equal (write_attempts (t), 0);
-  free (model);
 }
 
 int
