@@ -2,8 +2,9 @@
 """subpage benchmark against its peers (docs/benchmarks.md).
 
 Runs each server on the same backing image, one at a time, on a unix
-socket, drives it with fio's nbd engine (or tests/bench/nbdload.py where
-fio cannot do it exactly), and prints markdown tables of medians with
+socket, drives it with fio's nbd engine (or, where fio cannot do it
+exactly, tests/bench/flushload.c, built with the project, and
+tests/bench/nbdload.py), and prints markdown tables of medians with
 min-max spread, p99 latency, backend bytes per client byte, and ratios
 of subpage to each peer.  Above each table: the exact command lines.
 
@@ -101,7 +102,7 @@ def slow_servers (a):
                   "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
                   burl], "qemu"),
     # No server: the client on the remote itself, for its ceiling
-    # (workload slow-remote-4x16 only).
+    # (workload slow-remote-8x16 only).
     "remote": (None, "direct"),
   }
 
@@ -144,12 +145,13 @@ def slow_workloads (size):
       "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size]),
     "slow-randread-hot": dict (kind="fio", warm=64 * MiB, opts=[
       "--rw=randread", "--bs=4k", "--iodepth=32", "--size=%d" % (64 * MiB)]),
-    # The remote's own ceiling for 4 KiB writes: 4 connections x 16 in
-    # flight straight to it (no flush).  No cache in front of it can get
+    # The remote's own ceiling for 4 KiB writes: the C client straight on
+    # it, 8 connections x 16 in flight, no flush (the remote serves 16
+    # requests at a time per connection; 4, 8 or 16 connections give the
+    # same figure on 2 cores, 32 less).  No cache in front of it can get
     # more than this into it, which bounds slow-flush32 for every server.
-    "slow-remote-4x16": dict (kind="fio", write=True, only=["remote"], opts=[
-      "--rw=randwrite", "--bs=4k", "--iodepth=16", "--numjobs=4",
-      "--size=%d" % size]),
+    "slow-remote-8x16": dict (kind="flushload", write=True, only=["remote"],
+                              bs=4096, size=size, qd=16, every=0, conns=8),
   }
 
 # ---------------------------------------------------------------- helpers
@@ -336,9 +338,10 @@ class Bench:
   def client_cmd (self, w, name, uri):
     if w["kind"] == "fio":
       return fio_cmd (uri, name, w["opts"], self.a.runtime)
-    return [PY, NBDLOAD, "flushload", "--uri", uri, "--bs", str (w["bs"]),
-            "--qd", "32", "--every", "32", "--size", str (w["size"]),
-            "--runtime", str (self.a.runtime)]
+    return [self.a.flushload, "--uri", uri, "--bs", str (w["bs"]),
+            "--qd", str (w.get ("qd", 32)), "--every",
+            str (w.get ("every", 32)), "--conns", str (w.get ("conns", 1)),
+            "--size", str (w["size"]), "--runtime", str (self.a.runtime)]
 
   def measure (self, section, srvname, argv, kind, wname, w, rep,
                backend=None):
@@ -638,6 +641,9 @@ def main ():
   p.add_argument ("--keep", action="store_true",
                   help="keep the image and logs")
   p.add_argument ("--plugin", default=None)
+  p.add_argument ("--flushload", default=None,
+                  help="the C load client (default: tests/bench/flushload "
+                  "in the plugin's build tree)")
   p.add_argument ("--json", default=None, help="also write raw results here")
   p.add_argument ("--report", default=None, metavar="JSON",
                   help="only print the tables of an earlier --json file")
@@ -656,6 +662,12 @@ def main ():
   if a.plugin is None or not os.path.exists (a.plugin):
     sys.exit ("bench.py: --plugin PATH to nbdkit-subpage-plugin.so")
   a.plugin = os.path.abspath (a.plugin)
+  if a.flushload is None:
+    a.flushload = os.path.join (os.path.dirname (os.path.dirname (a.plugin)),
+                                "tests", "bench", "flushload")
+  if not os.access (a.flushload, os.X_OK):
+    sys.exit ("bench.py: %s not found: build the project (meson builds "
+              "tests/bench/flushload) or pass --flushload" % a.flushload)
   for t in ("fio", "nbdkit", "qemu-nbd"):
     if shutil.which (t) is None:
       sys.exit ("bench.py: %s not found (scripts/packages.txt)" % t)

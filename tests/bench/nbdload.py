@@ -2,16 +2,11 @@
 """nbdload: small libnbd clients for tests/bench/bench.py.
 
 fio 3.33's nbd engine sends more flushes than fsync=N asks for (fixed
-upstream in fio commit 673159e6), so the workloads that need an exact
-write/flush ratio, and the flush-latency probes, use this client
-instead.  Every mode prints one JSON object on stdout.
+upstream in fio commit 673159e6), so the flush-latency probes use this client
+instead (the flush-every-32 load itself is tests/bench/flushload.c,
+which costs the server's CPU less than Python does).  Every mode prints
+one JSON object on stdout.
 
-  flushload  QD random writes of BS bytes over [0, SIZE); after every
-             EVERY acknowledged writes, one flush is queued.  A flush
-             takes one of the QD slots while it is in flight (like fio's
-             fsync=N with an async engine, but exactly one flush per
-             EVERY writes).  Reports write IOPS and latency percentiles,
-             flush count and latency.
   dirty      write COUNT distinct random BS-aligned blocks over
              [0, SIZE) at QD (no flush), then time one flush.
   fill       read [0, SIZE) sequentially in 1 MiB requests at QD 8 (to
@@ -52,78 +47,6 @@ def connect (uri):
 def drain (h, state):
   while state["inflight"] > 0:
     h.poll (-1)
-
-
-def flushload (a):
-  h = connect (a.uri)
-  rng = random.Random (a.seed)
-  nblocks = a.size // a.bs
-  buf = nbd.Buffer.from_bytearray (bytearray (os.urandom (a.bs)))
-  st = {"inflight": 0, "acked": 0, "pending_flush": 0,
-        "writes": 0, "flushes": 0, "counting": True,
-        "all_writes": 0, "all_flushes": 0}
-  wlat = []
-  flat = []
-
-  def on_write (t0, err):
-    st["inflight"] -= 1
-    if err.value != 0:
-      sys.exit ("write failed: %s" % err.value)
-    if st["counting"]:
-      wlat.append (time.perf_counter_ns () - t0)
-      st["writes"] += 1
-    st["acked"] += 1
-    st["all_writes"] += 1
-    if st["acked"] == a.every:
-      st["acked"] = 0
-      st["pending_flush"] += 1
-    return 1
-
-  def on_flush (t0, err):
-    st["inflight"] -= 1
-    if err.value != 0:
-      sys.exit ("flush failed: %s" % err.value)
-    if st["counting"]:
-      flat.append (time.perf_counter_ns () - t0)
-      st["flushes"] += 1
-    return 1
-
-  start = time.perf_counter ()
-  end = start + a.runtime
-  while True:
-    now = time.perf_counter ()
-    if now >= end:
-      break
-    while st["inflight"] < a.qd:
-      t0 = time.perf_counter_ns ()
-      if st["pending_flush"] > 0:
-        st["pending_flush"] -= 1
-        st["all_flushes"] += 1
-        h.aio_flush (completion=lambda err, t0=t0: on_flush (t0, err))
-      else:
-        off = rng.randrange (nblocks) * a.bs
-        h.aio_pwrite (buf, off,
-                      completion=lambda err, t0=t0: on_write (t0, err))
-      st["inflight"] += 1
-    h.poll (-1)
-  elapsed = time.perf_counter () - start
-  st["counting"] = False
-  drain (h, st)
-  h.shutdown ()
-  wlat.sort ()
-  flat.sort ()
-  print (json.dumps ({
-    "mode": "flushload", "elapsed_s": elapsed,
-    "writes": st["writes"], "flushes": st["flushes"],
-    "iops": st["writes"] / elapsed,
-    "write_bytes": st["writes"] * a.bs,
-    # all writes acknowledged and flushes sent, including the drain
-    # after the timed window: exactly one flush per EVERY writes
-    "all_writes": st["all_writes"], "all_flushes": st["all_flushes"],
-    "flushes_per_write": st["all_flushes"] / max (1, st["all_writes"]),
-    "wlat_p50_ns": pct (wlat, 50), "wlat_p99_ns": pct (wlat, 99),
-    "flat_p50_ns": pct (flat, 50), "flat_p99_ns": pct (flat, 99),
-  }))
 
 
 def seqread (h, size, qd=8, bs=1 << 20):
@@ -200,21 +123,16 @@ def fill (a):
 def main ():
   p = argparse.ArgumentParser (description=__doc__,
                                formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument ("mode", choices=["flushload", "dirty", "fill", "flush",
-                                   "read"])
+  p.add_argument ("mode", choices=["dirty", "fill", "flush", "read"])
   p.add_argument ("--uri", required=True)
   p.add_argument ("--size", type=int, default=2 << 30)
   p.add_argument ("--bs", type=int, default=4096)
   p.add_argument ("--qd", type=int, default=32)
-  p.add_argument ("--every", type=int, default=32)
-  p.add_argument ("--runtime", type=float, default=20)
   p.add_argument ("--count", type=int, default=16384)
   p.add_argument ("--repeat", type=int, default=10)
   p.add_argument ("--seed", type=int, default=1)
   a = p.parse_args ()
-  if a.mode == "flushload":
-    flushload (a)
-  elif a.mode == "dirty":
+  if a.mode == "dirty":
     dirty (a)
   elif a.mode == "fill":
     fill (a)
