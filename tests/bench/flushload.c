@@ -265,13 +265,8 @@ main (int argc, char *argv[])
     }
     if (busy == 0)
       break;
-    if (nconns == 1) {
-      if (nbd_poll (cns[0].h, -1) == -1)
-        die_nbd ("nbd_poll");
-      continue;
-    }
-    /* Several handles: poll their sockets together, then let each
-     * handle that is ready move on (libnbd's nbd_aio_notify_*).
+    /* Poll every handle's socket together, then let each one that is
+     * ready move on: what nbd_poll does for one handle.
      */
     for (unsigned k = 0; k < nconns; k++) {
       unsigned dir = nbd_aio_get_direction (cns[k].h);
@@ -286,12 +281,16 @@ main (int argc, char *argv[])
       exit (EXIT_FAILURE);
     }
     for (unsigned k = 0; k < nconns; k++) {
-      if ((pfds[k].revents & (POLLIN | POLLHUP | POLLERR)) &&
-          nbd_aio_notify_read (cns[k].h) == -1)
-        die_nbd ("nbd_aio_notify_read");
-      else if ((pfds[k].revents & POLLOUT) &&
-               nbd_aio_notify_write (cns[k].h) == -1)
-        die_nbd ("nbd_aio_notify_write");
+      short ev = pfds[k].revents;
+
+      if (ev & (POLLIN | POLLHUP | POLLERR)) {
+        if (nbd_aio_notify_read (cns[k].h) == -1)
+          die_nbd ("nbd_aio_notify_read");
+      }
+      else if (ev & POLLOUT) {
+        if (nbd_aio_notify_write (cns[k].h) == -1)
+          die_nbd ("nbd_aio_notify_write");
+      }
     }
   }
   for (unsigned k = 0; k < nconns; k++) {
