@@ -239,6 +239,26 @@ stop_nbdkit ()
   return "$status"
 }
 
+# stop_nbdkit_ok PIDFILE SECONDS: stop_nbdkit, and fail the test unless
+# nbdkit exited with status 0 within SECONDS.
+stop_nbdkit_ok ()
+{
+  local status=0
+  stop_nbdkit "$1" "$2" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "FAIL: subpage exited with status $status after SIGTERM" >&2
+    exit 1
+  fi
+}
+
+# reap_killed PID: wait for an nbdkit started with start_nbdkit that the
+# test killed itself (SIGKILL), quietly (bash reports "Killed").
+reap_killed ()
+{
+  { wait "$1"; } 2>/dev/null || :
+  _nbdkit_stopped+="$1 "
+}
+
 # Cleanup of start_nbdkit: the same as stop_nbdkit, unless already done.
 _kill_nbdkit ()
 {
@@ -256,6 +276,19 @@ _kill_nbdkit ()
 }
 
 # ---- clients -------------------------------------------------------------
+
+# check_client STATUS: STATUS of a client run as `timeout 60 CLIENT ||
+# status=$?`.  On failure, exit the test: with 1 and "the client hung"
+# for 124 (timeout), else with STATUS.
+check_client ()
+{
+  if [ "$1" -eq 124 ]; then
+    echo "FAIL: the client hung (killed after 60 s)" >&2
+    exit 1
+  elif [ "$1" -ne 0 ]; then
+    exit "$1"
+  fi
+}
 
 # nbdsh_py ARGS...: nbdsh with Debian's python3 (which has the nbd module).
 nbdsh_py ()
