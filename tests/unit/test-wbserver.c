@@ -122,12 +122,43 @@ static void aio_set_auto (struct fake_aio *a);
 static size_t aio_complete_pending (struct fake_aio *a, int err);
 static void aio_free (struct fake_aio *a);
 
+static bool
+teardown_asyncs_done (struct tserver *ts)
+{
+  return asyncs_done (&ts->t);
+}
+
+static bool
+teardown_stopper_done (struct tserver *ts)
+{
+  return atomic_load (&ts->stopper_done);
+}
+
+/* Teardown: waits until DONE (TS) holds, completing the aio runs that
+ * are pending meanwhile; aborts, naming WHAT, after WAIT_TIMEOUT_MS.
+ */
+static void
+teardown_wait (struct tserver *ts, bool (*done) (struct tserver *),
+               const char *what)
+{
+  uint64_t t0 = now_ms ();
+
+  while (!done (ts)) {
+    if (ts->aio)
+      aio_complete_pending (ts->aio, 0);
+    if (now_ms () - t0 > WAIT_TIMEOUT_MS) {
+      fprintf (stderr, "teardown: %s is stuck\n", what);
+      abort ();
+    }
+    sleep_ms (1);
+  }
+}
+
 static int
 ts_teardown (void **state)
 {
   struct tserver *ts = *state;
   struct tcache *t = &ts->t;
-  uint64_t t0 = now_ms ();
 
   if (t->f) {
     for (int op = 0; op < FAKE_NR_OPS; op++) {
@@ -143,15 +174,7 @@ ts_teardown (void **state)
     aio_complete_pending (ts->aio, 0);
   }
   /* Requests must be out of the cache before wbs_stop (see wbserver.h). */
-  while (!asyncs_done (t)) {
-    if (ts->aio)
-      aio_complete_pending (ts->aio, 0);
-    if (now_ms () - t0 > WAIT_TIMEOUT_MS) {
-      fprintf (stderr, "teardown: a test thread is stuck in the cache\n");
-      abort ();
-    }
-    sleep_ms (1);
-  }
+  teardown_wait (ts, teardown_asyncs_done, "a test thread in the cache");
   /* wbs_stop in a thread, bounded: a server that never gets idle (an
    * aio run it lost count of) aborts the test instead of hanging it.
    */
@@ -161,16 +184,7 @@ ts_teardown (void **state)
     ts->stopper_started = true;
   }
   if (ts->stopper_started) {
-    t0 = now_ms ();
-    while (!atomic_load (&ts->stopper_done)) {
-      if (ts->aio)
-        aio_complete_pending (ts->aio, 0);
-      if (now_ms () - t0 > WAIT_TIMEOUT_MS) {
-        fprintf (stderr, "teardown: wbs_stop is stuck\n");
-        abort ();
-      }
-      sleep_ms (1);
-    }
+    teardown_wait (ts, teardown_stopper_done, "wbs_stop");
     pthread_join (ts->stopper, NULL);
   }
   ts->s = NULL;
@@ -559,19 +573,12 @@ test_stop_waits_and_unhooks (void **state)
 
 /* ---- one worker ---- */
 
-/* One worker, thousands of runs (every other sector of 48 pages: 3072
- * runs, more than the 1024 pooled job nodes), background write-back
- * kicked all the time and a flush, then more writes during a second
- * flush.  No deadlock (each wait is bounded by async_join's timeout),
- * and the disk matches.
- */
 /* The load of test_single_worker and test_aio_complete_inside: one
  * worker (with AIO: aio_pwrite completing every run inside the call),
  * every other sector of NPAGES pages written, a flush, then writes
  * racing with a second flush, a last flush; everything clean and the
  * disk equal to the model.
  */
-static void aio_set_auto (struct fake_aio *a);
 static void start_server_aio (struct tserver *ts, unsigned threads,
                               uint64_t interval_ms, uint64_t expire_ms);
 
@@ -620,6 +627,12 @@ single_worker_load (struct tserver *ts, bool aio)
   free (model);
 }
 
+/* One worker, thousands of runs (every other sector of 48 pages: 3072
+ * runs, more than the 1024 pooled job nodes), background write-back
+ * kicked all the time and a flush, then more writes during a second
+ * flush.  No deadlock (each wait is bounded by async_join's timeout),
+ * and the disk matches.
+ */
 static void
 test_single_worker (void **state)
 {
