@@ -383,11 +383,9 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
 bool
 page_check (struct cache *c, struct page *p)
 {
-  uint32_t nv = sect_count (&p->sb, SECT_BM_V, 0, c->nsect);
-  uint32_t nd = sect_count (&p->sb, SECT_BM_D, 0, c->nsect);
-  uint32_t nw = sect_count (&p->sb, SECT_BM_W, 0, c->nsect);
-  uint32_t fw = 0;
+  uint32_t nv, nd, nw, fw = 0;
 
+  sect_totals (&p->sb, &nv, &nd, &nw);
   for (struct frag *f = p->frags; f; f = f->pnext)
     fw += f->n;
   if (!sect_check (&p->sb) || nv != p->nv || nd != p->nd || nw != p->nw

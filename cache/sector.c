@@ -122,7 +122,7 @@ sect_count (const struct sect_bits *sb, enum sect_bitmap bm,
 
   CACHE_ASSERT (first + n <= sb->nsect);
   FOR_EACH_WORD (sb, first, n, w, mask)
-    c += __builtin_popcountll (b[w] & mask);
+    c += popcount64 (b[w] & mask);
   return c;
 }
 
@@ -135,6 +135,22 @@ sect_any (const struct sect_bits *sb, enum sect_bitmap bm)
     if (b[w])
       return true;
   return false;
+}
+
+void
+sect_totals (const struct sect_bits *sb, uint32_t *nv, uint32_t *nd,
+             uint32_t *nw)
+{
+  const uint64_t *v = bm_words (sb, SECT_BM_V);
+  const uint64_t *d = bm_words (sb, SECT_BM_D);
+  const uint64_t *wb = bm_words (sb, SECT_BM_W);
+
+  *nv = *nd = *nw = 0;
+  for (uint32_t w = 0; w < sb->words; w++) {
+    *nv += popcount64 (v[w]);
+    *nd += popcount64 (d[w]);
+    *nw += popcount64 (wb[w]);
+  }
 }
 
 /* Find the first sector in [from, end) whose bit in (a & ~b) is set,
@@ -174,17 +190,42 @@ sect_find_dirty_idle (const struct sect_bits *sb, uint32_t from, uint32_t end)
                     from, end);
 }
 
+/* Mask of the sectors of word w, among those in MASK, whose state is
+ * in the bit set ALLOWED (1 << state): the states of sector.h's table
+ * as bit operations on the three bitmaps.
+ */
+static inline uint64_t
+allowed_mask (const struct sect_bits *sb, uint32_t w, uint64_t mask,
+              unsigned allowed)
+{
+  uint64_t v = bm_words (sb, SECT_BM_V)[w];
+  uint64_t d = bm_words (sb, SECT_BM_D)[w];
+  uint64_t wb = bm_words (sb, SECT_BM_W)[w];
+  uint64_t ok = 0;
+
+  if (allowed & (1u << SECT_ABSENT))    ok |= ~v & ~d & ~wb;
+  if (allowed & (1u << SECT_CLEAN))     ok |= v & ~d & ~wb;
+  if (allowed & (1u << SECT_DIRTY))     ok |= v & d & ~wb;
+  if (allowed & (1u << SECT_WRITEBACK)) ok |= v & ~d & wb;
+  if (allowed & (1u << SECT_REDIRTIED)) ok |= v & d & wb;
+  if (allowed & (1u << SECT_ILLEGAL))   ok |= ~v & (d | wb);
+  return mask & ok;
+}
+
 /* Checks that every sector in the range is in one of the states in the
- * bit set ALLOWED (1 << state).  Reports the first offender.
+ * bit set ALLOWED (1 << state), a word (64 sectors) at a time.  Reports
+ * the first offender.
  */
 static void
 assert_from (const struct sect_bits *sb, uint32_t first, uint32_t n,
              unsigned allowed)
 {
   CACHE_ASSERT (n > 0 && first + n <= sb->nsect);
-  for (uint32_t i = first; i < first + n; i++) {
-    enum sect_state s = sect_get (sb, i);
-    if (!((allowed >> s) & 1)) {
+  FOR_EACH_WORD (sb, first, n, w, mask) {
+    uint64_t bad = mask & ~allowed_mask (sb, w, mask, allowed);
+    if (bad) {
+      uint32_t i = w * 64 + (uint32_t) __builtin_ctzll (bad);
+      enum sect_state s = sect_get (sb, i);
       fprintf (stderr, "subpage: illegal transition from sector %u in state %s\n",
                i, sect_state_name (s));
       CACHE_ASSERT (((allowed >> s) & 1) && "illegal sector transition");
@@ -227,8 +268,8 @@ sect_write (struct sect_bits *sb, uint32_t first, uint32_t n,
   assert_from (sb, first, n, ST (SECT_ABSENT) | ST (SECT_CLEAN) |
                ST (SECT_DIRTY) | ST (SECT_WRITEBACK) | ST (SECT_REDIRTIED));
   FOR_EACH_WORD (sb, first, n, w, mask) {
-    nv += __builtin_popcountll (mask & ~v[w]);
-    nd += __builtin_popcountll (mask & ~d[w]);
+    nv += popcount64 (mask & ~v[w]);
+    nd += popcount64 (mask & ~d[w]);
     v[w] |= mask;
     d[w] |= mask;
   }
@@ -244,7 +285,7 @@ sect_wb_start (struct sect_bits *sb, uint32_t first, uint32_t n,
 
   assert_from (sb, first, n, ST (SECT_DIRTY) | ST (SECT_CLEAN));
   FOR_EACH_WORD (sb, first, n, w, mask) {
-    nd += __builtin_popcountll (mask & d[w]);
+    nd += popcount64 (mask & d[w]);
     d[w] &= ~mask;
     wb[w] |= mask;
   }
@@ -262,7 +303,7 @@ sect_wb_end (struct sect_bits *sb, uint32_t first, uint32_t n, bool ok,
   FOR_EACH_WORD (sb, first, n, w, mask) {
     wb[w] &= ~mask;
     if (!ok) {
-      nd += __builtin_popcountll (mask & ~d[w]);
+      nd += popcount64 (mask & ~d[w]);
       d[w] |= mask;
     }
   }
@@ -279,8 +320,8 @@ sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
   assert_from (sb, first, n, ST (SECT_ABSENT) | ST (SECT_CLEAN) |
                ST (SECT_DIRTY));
   FOR_EACH_WORD (sb, first, n, w, mask) {
-    nv += __builtin_popcountll (mask & v[w]);
-    nd += __builtin_popcountll (mask & d[w]);
+    nv += popcount64 (mask & v[w]);
+    nd += popcount64 (mask & d[w]);
     v[w] &= ~mask;
     d[w] &= ~mask;
   }

@@ -168,6 +168,40 @@ test_log2_u64 (void **state)
     assert_int_equal (log2_u64 (UINT64_C (1) << b), b);
 }
 
+/* popcount64 against a bit-by-bit count: single bits, runs from
+ * either end, alternating patterns and a pseudo-random walk.
+ */
+static unsigned
+naive_popcount (uint64_t v)
+{
+  unsigned n = 0;
+
+  for (unsigned b = 0; b < 64; b++)
+    n += (v >> b) & 1;
+  return n;
+}
+
+static void
+test_popcount64 (void **state)
+{
+  uint64_t x = UINT64_C (0x9e3779b97f4a7c15);
+
+  (void) state;
+  assert_int_equal (popcount64 (0), 0);
+  assert_int_equal (popcount64 (~UINT64_C (0)), 64);
+  assert_int_equal (popcount64 (UINT64_C (0x5555555555555555)), 32);
+  assert_int_equal (popcount64 (UINT64_C (0x8000000000000001)), 2);
+  for (unsigned b = 0; b < 64; b++) {
+    assert_int_equal (popcount64 (UINT64_C (1) << b), 1);
+    assert_int_equal (popcount64 ((UINT64_C (1) << b) - 1), b);
+    assert_int_equal (popcount64 (~UINT64_C (0) << b), 64 - b);
+  }
+  for (unsigned k = 0; k < 10000; k++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;     /* xorshift64 */
+    assert_int_equal (popcount64 (x), naive_popcount (x));
+  }
+}
+
 /* Runs FN in a child; true if the child died of SIGABRT. */
 static bool
 aborts (void (*fn) (void))
@@ -227,6 +261,7 @@ main (void)
     cmocka_unit_test (test_is_aligned),
     cmocka_unit_test (test_div_round_up),
     cmocka_unit_test (test_log2_u64),
+    cmocka_unit_test (test_popcount64),
     cmocka_unit_test (test_power_of_2_asserted),
   };
 
