@@ -190,13 +190,11 @@ sect_find_dirty_idle (const struct sect_bits *sb, uint32_t from, uint32_t end)
                     from, end);
 }
 
-/* Mask of the sectors of word w, among those in MASK, whose state is
- * in the bit set ALLOWED (1 << state): the states of sector.h's table
- * as bit operations on the three bitmaps.
+/* Sectors of word w whose state is in the bit set ALLOWED (1 << state):
+ * sector.h's table of states as bit operations on the three bitmaps.
  */
 static inline uint64_t
-allowed_mask (const struct sect_bits *sb, uint32_t w, uint64_t mask,
-              unsigned allowed)
+allowed_mask (const struct sect_bits *sb, uint32_t w, unsigned allowed)
 {
   uint64_t v = bm_words (sb, SECT_BM_V)[w];
   uint64_t d = bm_words (sb, SECT_BM_D)[w];
@@ -209,7 +207,7 @@ allowed_mask (const struct sect_bits *sb, uint32_t w, uint64_t mask,
   if (allowed & (1u << SECT_WRITEBACK)) ok |= v & ~d & wb;
   if (allowed & (1u << SECT_REDIRTIED)) ok |= v & d & wb;
   if (allowed & (1u << SECT_ILLEGAL))   ok |= ~v & (d | wb);
-  return mask & ok;
+  return ok;
 }
 
 /* Checks that every sector in the range is in one of the states in the
@@ -222,7 +220,7 @@ assert_from (const struct sect_bits *sb, uint32_t first, uint32_t n,
 {
   CACHE_ASSERT (n > 0 && first + n <= sb->nsect);
   FOR_EACH_WORD (sb, first, n, w, mask) {
-    uint64_t bad = mask & ~allowed_mask (sb, w, mask, allowed);
+    uint64_t bad = mask & ~allowed_mask (sb, w, allowed);
     if (bad) {
       uint32_t i = w * 64 + (uint32_t) __builtin_ctzll (bad);
       enum sect_state s = sect_get (sb, i);

@@ -109,8 +109,8 @@ uint32_t sect_find (const struct sect_bits *sb, enum sect_bitmap bm,
 uint32_t sect_find_dirty_idle (const struct sect_bits *sb,
                                uint32_t from, uint32_t end);
 bool sect_any (const struct sect_bits *sb, enum sect_bitmap bm);
-/* Sectors with V, D and W set in the whole page: sect_count over every
- * bitmap in one pass, for page_check.
+/* The number of sectors with V, with D and with W set in the whole
+ * page: sect_count of each bitmap in one pass, for page_check.
  */
 void sect_totals (const struct sect_bits *sb, uint32_t *nv, uint32_t *nd,
                   uint32_t *nw);

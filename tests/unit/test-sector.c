@@ -429,6 +429,13 @@ check_search (uint32_t nsect, unsigned density, unsigned seed)
   }
   for (int m = 0; m < SECT_NR_BITMAPS; m++)
     assert_int_equal (sect_any (&b.sb, m), naive_count (&b, m, 0, nsect) > 0);
+  {
+    uint32_t nv, nd, nw;
+    sect_totals (&b.sb, &nv, &nd, &nw);
+    assert_int_equal (nv, naive_count (&b, SECT_BM_V, 0, nsect));
+    assert_int_equal (nd, naive_count (&b, SECT_BM_D, 0, nsect));
+    assert_int_equal (nw, naive_count (&b, SECT_BM_W, 0, nsect));
+  }
   assert_true (checks > 0 && found > 0);
 }
 
