@@ -195,6 +195,14 @@ def proc_io (pid):
   return d
 
 
+def proc_cpu_s (pid):
+  """User plus system CPU seconds of the whole process (every thread,
+  live or exited), from /proc/PID/stat fields 14 and 15."""
+  with open ("/proc/%d/stat" % pid) as f:
+    fields = f.read ().rsplit (")", 1)[1].split ()
+  return (int (fields[11]) + int (fields[12])) / os.sysconf ("SC_CLK_TCK")
+
+
 def wait_socket (path, proc, timeout=60):
   t = time.time () + timeout
   while time.time () < t:
@@ -401,11 +409,11 @@ class Bench:
       cmd = self.client_cmd (w, wname, uri)
       self.note (section, "client %-12s %s" % (wname, " ".join (
         shlex.quote (x) for x in cmd)))
-      io0 = proc_io (srv.pid)
+      io0, cpu0 = proc_io (srv.pid), proc_cpu_s (srv.pid)
       j = run_json (cmd)
       if w.get ("write"):
         run_json ([PY, NBDLOAD, "flush", "--uri", uri])
-      io1 = proc_io (srv.pid)
+      io1, cpu1 = proc_io (srv.pid), proc_cpu_s (srv.pid)
     finally:
       out = srv.stop ()
       if bsrv is not None and bsrv is not srv:
@@ -414,15 +422,20 @@ class Bench:
       s = fio_summary (j)
       res.update (iops=s["iops"], mibs=s["bw"] / MiB, p99_ns=s["p99_ns"],
                   cw=s["wbytes"], cr=s["rbytes"], fl=s["sync"])
-      sock_in = (s["wios"] + s["rios"] + s["sync"] + 1) * NBD_REQ + s["wbytes"]
+      nreq = s["wios"] + s["rios"] + s["sync"]
+      sock_in = (nreq + 1) * NBD_REQ + s["wbytes"]
     else:
       res.update (iops=j["iops"], mibs=j["write_bytes"] / MiB / j["elapsed_s"],
                   p99_ns=j["wlat_p99_ns"], flush_p99_ns=j["flat_p99_ns"],
                   cw=j["all_writes"] * w["bs"], cr=0,
                   fl=j["all_flushes"], fpw=j["flushes_per_write"])
       # all_*: including the requests drained after the timed window
-      sock_in = ((j["all_writes"] + j["all_flushes"] + 1) * NBD_REQ
-                 + res["cw"])
+      nreq = j["all_writes"] + j["all_flushes"]
+      sock_in = (nreq + 1) * NBD_REQ + res["cw"]
+    # Server CPU per request: the client run, and for write workloads the
+    # final flush, whose write-back belongs to the writes before it.
+    if nreq > 0:
+      res["cpu_us"] = (cpu1 - cpu0) * 1e6 / nreq
     if w.get ("write") and res["cw"] > 0:
       drc = io1["rchar"] - io0["rchar"]
       dwc = io1["wchar"] - io0["wchar"]
@@ -444,8 +457,9 @@ class Bench:
         ex = parse_subpage_exit (out)
         if ex:
           res["own_wr"], res["own_rd"] = ex["write"], ex["read"]
-    log ("%s %s rep%d: %.0f IOPS %.1f MiB/s p99 %.0f us%s" % (
+    log ("%s %s rep%d: %.0f IOPS %.1f MiB/s p99 %.0f us cpu %.1f us/req%s" % (
       srvname, wname, rep, res["iops"], res["mibs"], res["p99_ns"] / 1000,
+      res.get ("cpu_us", 0),
       (" wr/client %.3f rd %.0f" % (res["bw_wr"] / res["cw"], res["bw_rd"]))
       if "bw_wr" in res else ""))
     self.results.append (res)
@@ -497,6 +511,8 @@ def fmt_num (x, unit):
     return "%.0f" % (x / 1000) if x >= 10000 else "%.1f" % (x / 1000)
   if unit == "ms":
     return "%.3f" % (x / 1e6)
+  if unit == "cpu":
+    return "%.1f" % x
   return "%.0f" % x if x >= 100 else "%.2f" % x
 
 
@@ -543,6 +559,12 @@ def section_table (b, section, servers, workloads, peers):
       row2.append (cell (x, "p99_ns", "us")[0])
     out.append ("| %s | %s | %s |" % (w, unit, " | ".join (row1)))
     out.append ("| | p99 µs | %s |" % " | ".join (row2))
+    if any (r.get ("cpu_us") is not None for r in rs if r["workload"] == w):
+      row7 = []
+      for s in sv:
+        x = [r for r in rs if r["workload"] == w and r["server"] == s]
+        row7.append (cell (x, "cpu_us", "cpu")[0])
+      out.append ("| | server CPU µs/request | %s |" % " | ".join (row7))
     if workloads[w]["kind"] == "flushload" and workloads[w].get ("every",
                                                                   32):
       row3 = []
