@@ -69,7 +69,8 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np, pipe2 */
+#define _GNU_SOURCE 1               /* strerrordesc_np, pipe2,
+                                     * pthread_setname_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -661,6 +662,7 @@ nb_reader (void *arg)
   struct nb_conn *conn = arg;
 
   nb_reader_conn = conn;
+  pthread_setname_np (pthread_self (), "subpage-nbdrd");
   while (!atomic_load (&conn->quit) && !nb_is_dead (conn)) {
     struct pollfd fds[2] = {
       { .fd = nbd_aio_get_fd (conn->h) },

@@ -49,7 +49,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np */
+#define _GNU_SOURCE 1               /* strerrordesc_np, pthread_setname_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -520,6 +520,7 @@ static void *
 subpage_watcher (void *arg)
 {
   (void) arg;
+  pthread_setname_np (pthread_self (), "subpage-watch");
   while (!atomic_load (&watcher_stop)) {
     if (nbdkit_nanosleep (1, 0) == -1) {
       nbdkit_debug ("subpage: server is shutting down: "

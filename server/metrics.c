@@ -55,7 +55,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* accept4 */
+#define _GNU_SOURCE 1               /* accept4, pthread_setname_np */
 #endif
 
 #include <errno.h>
@@ -566,6 +566,7 @@ metrics_main (void *arg)
 {
   struct metrics *m = arg;
 
+  pthread_setname_np (pthread_self (), "subpage-metric");
   ev_run (m->loop, 0);
   return NULL;
 }

@@ -25,17 +25,27 @@
  * sends before the loop wakes collapse into one callback.
  *
  * Jobs.  The queue (s->lock + s->work_cond) holds two kinds of job:
- *   IO(run)          a FIFO list of runs handed over by the submit hook;
- *                    the worker calls cache_run_io (backend write, then
+ *   IO(run)          a FIFO list of runs handed over by the submit hook
+ *                    (with cfg.aio_pwrite, the runs it declined); the
+ *                    worker calls cache_run_io (backend write, then
  *                    cache_run_done).
  *   COLLECT(reason)  not a list but one "pending" flag per reason; the
  *                    worker calls cache_writeback (c, reason, expire_ms),
- *                    which snapshots a batch and submits its runs, i.e.
- *                    queues IO jobs.
+ *                    which snapshots a batch and submits its runs.
+ * Own runs: with a synchronous backend the submit hook does not queue a
+ * collect's runs; the collecting worker keeps them (wbs_own) and, once
+ * its collect is over and the collect flag cleared (so another worker
+ * may take the next batch meanwhile), writes them itself one after
+ * another.  Queueing each run cost a lock round and often a wake-up
+ * per run, and on a local file the workers writing one batch in
+ * parallel only contended for the file's inode lock; write-back is
+ * parallel across batches instead, up to one per worker (and the
+ * cache's buffer cap).
  * Ordering guarantees: workers always take an IO job before a collect,
- * so a burst of collecting cannot starve writes, and dirty data is not
- * snapshotted faster than it can be written.  IO jobs start in the
- * order they were submitted (they may complete in any order; the cache
+ * and write their own runs before taking any job, so a burst of
+ * collecting cannot starve writes, and dirty data is not snapshotted
+ * faster than it can be written.  Runs start in the order they were
+ * submitted, per worker (they may complete in any order; the cache
  * allows that).  Runs a flush collects in a request thread are not
  * queued when the backend is synchronous: that thread writes them
  * (cache_run_io) and goes on waiting, with no wake-up in between.
@@ -69,8 +79,11 @@
  *
  * Job nodes for IO come from a preallocated pool; when it runs dry the
  * submit hook mallocs one with no lock held, and if even that fails the
- * run is written synchronously in the submitting thread.  Nothing is
- * allocated and no cache function is called while s->lock is held.
+ * run is written synchronously in the submitting thread.  A worker's
+ * own-run list grows by realloc, also with no lock held (the same
+ * fallback if it fails), and is kept for the thread's life, so steady
+ * write-back allocates nothing here.  Nothing is allocated and no
+ * cache function is called while s->lock is held.
  *
  * Lock order: cache locks (inside cache_*) and s->lock are never held
  * together: the cache calls our hooks with no lock held, and we call
@@ -88,6 +101,10 @@
  * that) and it does not write back during wbs_stop beyond finishing
  * jobs already queued; the caller flushes afterwards.
  */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1               /* pthread_setname_np */
+#endif
 
 #include <errno.h>
 #include <pthread.h>
@@ -175,6 +192,17 @@ static __thread uint64_t *wbs_collect_bytes;
  * writes them itself (see wbs_submit).
  */
 static __thread bool wbs_in_worker;
+
+/* A worker's own runs: those of the batch its collect just submitted,
+ * when the backend is synchronous.  The worker writes them itself once
+ * the collect is over (see wbs_worker).  Grown with realloc, with no
+ * lock held, and kept for the thread's life.
+ */
+struct wbs_own {
+  struct cache_run **runs;
+  size_t n, cap;
+};
+static __thread struct wbs_own wbs_own;
 
 static const char *
 wbs_reason_name (enum cache_wb_reason why)
@@ -283,12 +311,35 @@ wbs_signal_done (struct wbs *s, int r)
     ev_async_send (s->loop, &s->done_w);
 }
 
+/* A worker writes RUN (cache_run_io: the backend write, then
+ * cache_run_done) and tells the loop if it has something to decide.
+ */
+static void
+wbs_run_io (struct wbs *s, struct cache_run *run)
+{
+  uint64_t off = 0;
+  uint32_t len = 0;
+  int r;
+
+  if (s->cfg.debug) {
+    off = cache_run_offset (run);
+    len = cache_run_length (run);
+  }
+  r = cache_run_io (s->c, run);
+  if (r < 0)
+    wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
+               " failed (errno %d): its data is dirty again",
+               len, off, -r);
+  wbs_signal_done (s, r);
+}
+
 static void *
 wbs_worker (void *arg)
 {
   struct wbs *s = arg;
 
   wbs_in_worker = true;
+  pthread_setname_np (pthread_self (), "subpage-wb");
   pthread_mutex_lock (&s->lock);
   for (;;) {
     struct wbs_job *job = s->io_head;
@@ -296,9 +347,6 @@ wbs_worker (void *arg)
 
     if (job != NULL) {
       struct cache_run *run = job->run;
-      uint64_t off = 0;
-      uint32_t len = 0;
-      int r;
 
       s->io_head = job->next;
       if (s->io_head == NULL)
@@ -308,16 +356,7 @@ wbs_worker (void *arg)
       pthread_mutex_unlock (&s->lock);
 
       free (job);               /* NULL unless it was malloc'd */
-      if (s->cfg.debug) {
-        off = cache_run_offset (run);
-        len = cache_run_length (run);
-      }
-      r = cache_run_io (s->c, run); /* writes, then cache_run_done */
-      if (r < 0)
-        wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
-                   " failed (errno %d): its data is dirty again",
-                   len, off, -r);
-      wbs_signal_done (s, r);
+      wbs_run_io (s, run);
 
       pthread_mutex_lock (&s->lock);
       s->busy--;
@@ -337,17 +376,11 @@ wbs_worker (void *arg)
       pthread_mutex_unlock (&s->lock);
 
       wbs_collect_bytes = &bytes;
+      wbs_own.n = 0;
       r = cache_writeback (s->c, why, s->cfg.expire_ms);
       wbs_collect_bytes = NULL;
       if (why == CACHE_WB_EXPIRED)
         atomic_store (&s->expired_more, r > 0);
-      /* Found data: the loop may ask for the next batch now, not only
-       * when a run completes (with asynchronous writes the worker is
-       * free at once, and waiting for a completion kept one batch in
-       * flight).  The cache's buffer cap still bounds what is in flight.
-       */
-      if (r > 0)
-        ev_async_send (s->loop, &s->done_w);
       if (r != 0)
         wbs_debug (s, "writeback: collect %s: %d runs, %" PRIu64 " bytes",
                    wbs_reason_name (why), r, bytes);
@@ -355,6 +388,24 @@ wbs_worker (void *arg)
       pthread_mutex_lock (&s->lock);
       s->collect_running[why] = false;
       wbs_armed_update_locked (s, why);
+      if (s->collect_pending[why])
+        pthread_cond_signal (&s->work_cond);
+      pthread_mutex_unlock (&s->lock);
+
+      /* Found data: the loop may ask for the next batch now, not only
+       * when a run completes (with asynchronous writes the worker is
+       * free at once, and waiting for a completion kept one batch in
+       * flight).  The collect is over, so another worker may take the
+       * next one while this one writes its own runs.  The cache's
+       * buffer cap still bounds what is in flight.
+       */
+      if (r > 0)
+        ev_async_send (s->loop, &s->done_w);
+      for (size_t k = 0; k < wbs_own.n; ++k)
+        wbs_run_io (s, wbs_own.runs[k]);
+      wbs_own.n = 0;
+
+      pthread_mutex_lock (&s->lock);
       s->busy--;
       wbs_check_idle_locked (s);
       continue;
@@ -365,6 +416,9 @@ wbs_worker (void *arg)
     pthread_cond_wait (&s->work_cond, &s->lock);
   }
   pthread_mutex_unlock (&s->lock);
+  free (wbs_own.runs);
+  wbs_own.runs = NULL;
+  wbs_own.cap = 0;
   return NULL;
 }
 
@@ -412,6 +466,30 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
    */
   if (s->cfg.aio_pwrite == NULL && !wbs_in_worker) {
     cache_run_io (c, run);
+    return;
+  }
+
+  /* A background collect's runs with a synchronous backend: kept by the
+   * collecting worker, which writes them once its collect is over.
+   * Queueing each for the pool cost a lock round and often a wake-up
+   * per run, and on a local file the workers only contended for the
+   * file's inode lock; parallelism is across batches instead (other
+   * workers collect and write the next ones meanwhile).  If the list
+   * cannot grow, the run is written here and now.
+   */
+  if (s->cfg.aio_pwrite == NULL && wbs_collect_bytes != NULL) {
+    if (wbs_own.n == wbs_own.cap) {
+      size_t cap = wbs_own.cap ? 2 * wbs_own.cap : 256;
+      struct cache_run **v = realloc (wbs_own.runs, cap * sizeof *v);
+
+      if (v == NULL) {
+        wbs_run_io (s, run);
+        return;
+      }
+      wbs_own.runs = v;
+      wbs_own.cap = cap;
+    }
+    wbs_own.runs[wbs_own.n++] = run;
     return;
   }
 
@@ -570,6 +648,7 @@ wbs_loop_main (void *arg)
 {
   struct wbs *s = arg;
 
+  pthread_setname_np (pthread_self (), "subpage-wbloop");
   ev_run (s->loop, 0);
   return NULL;
 }

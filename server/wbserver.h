@@ -5,8 +5,10 @@
  * threads when dirty data passes the background threshold, and a drain
  * request at shutdown), and a small pool of worker threads that take
  * jobs from one queue (mutex + condition variable): "collect a batch"
- * (cache_writeback) and "write this run" (cache_run_io).  The server
- * installs itself as the cache's submit and kick hooks.
+ * (cache_writeback), after which the worker writes that batch's runs
+ * itself when the backend is synchronous, and "write this run"
+ * (cache_run_io, for runs an asynchronous backend declined).  The
+ * server installs itself as the cache's submit and kick hooks.
  *
  * Knows nothing of nbdkit.  Start it after fork (nbdkit's .after_fork).
  */

@@ -4,7 +4,9 @@
 #
 #  1. Before any I/O: configuration gauges, everything else 0; plain,
 #     shut-down and HTTP clients (and curl, when installed) all get it;
-#     the socket file has mode 0660.
+#     the socket file has mode 0660.  The plugin's threads carry their
+#     names (docs/operations.md): writeback-threads=3 gives three
+#     subpage-wb, one subpage-wbloop, subpage-watch and subpage-metric.
 #  2. Known I/O, checked exactly: 20 KiB of whole-sector writes (dirty,
 #     cached, one dirty page, no backend I/O, no write-back buffers), a
 #     64 KiB read of uncached data (misses, backend reads, a second
@@ -43,11 +45,25 @@ truncate -s 64M "$img"
 start_nbdkit -P "$pid" -U "$sock" -v \
              -D subpage.metrics=1 -D subpage.writeback=1 \
              "$PLUGIN" file="$img" metrics-socket="$msock" \
-             cache-size=64M dirty-expire-ms=3600000 2>"$log"
+             cache-size=64M dirty-expire-ms=3600000 writeback-threads=3 \
+             2>"$log"
 
 mode=$(stat -c %a "$msock")
 if [ "$mode" != 660 ]; then
   echo "$0: metrics socket has mode $mode, expected 660" >&2
+  exit 1
+fi
+
+# Thread names: the threads start in .after_fork, so wait for them.
+want="subpage-metric:1 subpage-watch:1 subpage-wb:3 subpage-wbloop:1"
+for (( i = 0; i < 100; i++ )); do
+  got=$(cat /proc/"$(cat "$pid")"/task/*/comm | grep '^subpage-' | sort |
+        uniq -c | awk '{ printf "%s%s:%s", sep, $2, $1; sep = " " }')
+  [ "$got" = "$want" ] && break
+  sleep 0.1
+done
+if [ "$got" != "$want" ]; then
+  echo "$0: plugin threads are '$got', expected '$want'" >&2
   exit 1
 fi
 

@@ -8,11 +8,14 @@
  *             expire_ms old, not before, and without a backend flush;
  *   kick      crossing the background threshold gets the data written
  *             by the workers (the writer does not wait); below it a
- *             kick writes nothing;
- *   flush     cache_flush hands its runs to the workers, which write
- *             them in parallel, and replies only when they are done;
+ *             kick writes nothing; the worker that collected a batch
+ *             writes its runs itself, one after another;
+ *   flush     with a synchronous backend cache_flush writes its runs
+ *             in the flushing thread, and replies only when they are
+ *             done, with the backend flush after the last one;
  *   drain     wbs_begin_drain writes back everything, batch after
- *             batch, with no flush;
+ *             batch, with no flush; two workers write two batches at
+ *             once;
  *   stop      wbs_stop returns only after the runs queued and in flight
  *             are written, and leaves the cache's hooks synchronous;
  *   single    one worker, thousands of runs and a flush: no deadlock;
@@ -379,8 +382,14 @@ test_kick_over_background (void **state)
   free (buf);
   assert_int_equal (async_join (wr), 0);
   assert_true (cache_over_background (t->c));
-  /* Two pages, not contiguous: two runs, one per worker. */
-  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 2);
+  /* Two pages, not contiguous: two runs of one batch.  The worker that
+   * collected them writes them in turn, so one write is held and the
+   * other worker, with no batch of its own, does not take the second.
+   */
+  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 1);
+  sleep_ms (50);
+  assert_int_equal (fake_held (t->f, FAKE_WRITE), 1);
+  assert_int_equal (stats (t->c).runs_in_flight, 2);
   assert_int_equal (counts (t).writes, 0);
 
   fake_hold (t->f, FAKE_WRITE, false);
@@ -488,6 +497,48 @@ test_drain (void **state)
   assert_true (stats (t->c).wb_runs >= 7);
 }
 
+/* Parallel across batches: a worker writing the runs of the batch it
+ * collected does not keep the next collect waiting.  Four full pages,
+ * one 64 KiB batch each, two workers, every backend write held: two
+ * writes are held at once, one from each worker's own batch, and the
+ * other two pages stay dirty until a worker is free.
+ */
+static void
+test_batches_in_parallel (void **state)
+{
+  struct tserver *ts = *state;
+  struct tcache *t = &ts->t;
+  struct cache_config cfg = test_config ();
+  struct cache_stats st;
+
+  cfg.dirty_background_ratio = 50;
+  cfg.dirty_ratio = 80;
+  cfg.batch_bytes = PG;
+  tc_open (t, &cfg);
+  start_server (ts, 2, HOUR_MS, HOUR_MS);
+  for (unsigned i = 0; i < 4; i++)
+    assert_int_equal (write_pattern (t, (2 * i + 1) * PG, PG, 2, 0), 0);
+  assert_false (cache_over_background (t->c));
+
+  fake_hold (t->f, FAKE_WRITE, true);
+  wbs_begin_drain (ts->s);
+  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 2);
+  sleep_ms (50);
+  assert_int_equal (fake_held (t->f, FAKE_WRITE), 2);
+  st = stats (t->c);
+  assert_int_equal (st.runs_in_flight, 2);
+  assert_int_equal (st.writeback_bytes, 2 * PG);
+  assert_int_equal (st.dirty_bytes, 2 * PG);
+  assert_int_equal (counts (t).writes, 0);
+
+  fake_hold (t->f, FAKE_WRITE, false);
+  WAIT_FOR (all_clean (t));
+  for (unsigned i = 0; i < 4; i++)
+    assert_true (disk_has (t, (2 * i + 1) * PG, PG, 2));
+  assert_int_equal (counts (t).writes, 4);
+  assert_int_equal (counts (t).flushes, 0);
+}
+
 /* ---- stop ---- */
 
 static size_t aio_count (struct fake_aio *a, const size_t *counter);
@@ -507,8 +558,9 @@ stopper_main (void *arg)
   return NULL;
 }
 
-/* wbs_stop with two runs held in the workers and six more queued
- * returns only after all eight are written; afterwards no run is in
+/* wbs_stop with one run held in the worker that collected the batch
+ * and seven more waiting in its list returns only after all eight are
+ * written; afterwards no run is in
  * flight and the cache's hooks are gone: write-back, throttling and
  * flush run synchronously in the caller (a hook left pointing at the
  * freed server would be a use after free, which ASan reports).
@@ -530,7 +582,7 @@ test_stop_waits_and_unhooks (void **state)
 
   fake_hold (t->f, FAKE_WRITE, true);
   wbs_begin_drain (ts->s);
-  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 2);
+  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 1);
   assert_int_equal (stats (t->c).runs_in_flight, 8);
 
   assert_int_equal (pthread_create (&ts->stopper, NULL, stopper_main, ts), 0);
@@ -628,10 +680,11 @@ single_worker_load (struct tserver *ts, bool aio)
 }
 
 /* One worker, thousands of runs (every other sector of 48 pages: 3072
- * runs, more than the 1024 pooled job nodes), background write-back
- * kicked all the time and a flush, then more writes during a second
- * flush.  No deadlock (each wait is bounded by async_join's timeout),
- * and the disk matches.
+ * runs, 64 per batch, which the worker keeps and writes after each
+ * collect; a flush writes its own), background write-back kicked all
+ * the time and a flush, then more writes during a second flush.  No
+ * deadlock (each wait is bounded by async_join's timeout), and the
+ * disk matches.
  */
 static void
 test_single_worker (void **state)
@@ -1386,6 +1439,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_flush_writes_inline,
                                      ts_setup, ts_teardown),
     cmocka_unit_test_setup_teardown (test_drain, ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_batches_in_parallel,
+                                     ts_setup, ts_teardown),
     cmocka_unit_test_setup_teardown (test_stop_waits_and_unhooks,
                                      ts_setup, ts_teardown),
     cmocka_unit_test_setup_teardown (test_single_worker,
