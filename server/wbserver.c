@@ -37,10 +37,8 @@
  * its collect is over and the collect flag cleared (so another worker
  * may take the next batch meanwhile), writes them itself one after
  * another.  Queueing each run cost a lock round and often a wake-up
- * per run, and on a local file the workers writing one batch in
- * parallel only contended for the file's inode lock; write-back is
- * parallel across batches instead, up to one per worker (and the
- * cache's buffer cap).
+ * per run; write-back is parallel across batches instead, up to one
+ * per worker (and the cache's buffer cap).
  * Ordering guarantees: workers always take an IO job before a collect,
  * and write their own runs before taking any job, so a burst of
  * collecting cannot starve writes, and dirty data is not snapshotted
@@ -183,7 +181,8 @@ struct wbs {
 };
 
 /* Bytes of the runs submitted by the collect running in this thread
- * (NULL outside a collect), for the debug log.
+ * (NULL outside a collect), for the debug log.  Non-NULL also tells the
+ * submit hook that the run belongs to this worker's collect.
  */
 static __thread uint64_t *wbs_collect_bytes;
 
@@ -472,10 +471,9 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
   /* A background collect's runs with a synchronous backend: kept by the
    * collecting worker, which writes them once its collect is over.
    * Queueing each for the pool cost a lock round and often a wake-up
-   * per run, and on a local file the workers only contended for the
-   * file's inode lock; parallelism is across batches instead (other
-   * workers collect and write the next ones meanwhile).  If the list
-   * cannot grow, the run is written here and now.
+   * per run; parallelism is across batches instead (other workers
+   * collect and write the next ones meanwhile).  If the list cannot
+   * grow, the run is written here and now.
    */
   if (s->cfg.aio_pwrite == NULL && wbs_collect_bytes != NULL) {
     if (wbs_own.n == wbs_own.cap) {
