@@ -560,10 +560,10 @@ stopper_main (void *arg)
 
 /* wbs_stop with one run held in the worker that collected the batch
  * and seven more waiting in its list returns only after all eight are
- * written; afterwards no run is in
- * flight and the cache's hooks are gone: write-back, throttling and
- * flush run synchronously in the caller (a hook left pointing at the
- * freed server would be a use after free, which ASan reports).
+ * written; afterwards no run is in flight and the cache's hooks are
+ * gone: write-back, throttling and flush run synchronously in the
+ * caller (a hook left pointing at the freed server would be a use
+ * after free, which ASan reports).
  */
 static void
 test_stop_waits_and_unhooks (void **state)
