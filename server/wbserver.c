@@ -194,8 +194,9 @@ static __thread bool wbs_in_worker;
 
 /* A worker's own runs: those of the batch its collect just submitted,
  * when the backend is synchronous.  The worker writes them itself once
- * the collect is over (see wbs_worker).  Grown with realloc, with no
- * lock held, and kept for the thread's life.
+ * the collect is over (see wbs_worker), so it is empty between
+ * collects.  Grown with realloc, with no lock held, and kept for the
+ * thread's life.
  */
 struct wbs_own {
   struct cache_run **runs;
@@ -375,7 +376,6 @@ wbs_worker (void *arg)
       pthread_mutex_unlock (&s->lock);
 
       wbs_collect_bytes = &bytes;
-      wbs_own.n = 0;
       r = cache_writeback (s->c, why, s->cfg.expire_ms);
       wbs_collect_bytes = NULL;
       if (why == CACHE_WB_EXPIRED)
@@ -416,8 +416,6 @@ wbs_worker (void *arg)
   }
   pthread_mutex_unlock (&s->lock);
   free (wbs_own.runs);
-  wbs_own.runs = NULL;
-  wbs_own.cap = 0;
   return NULL;
 }
 
