@@ -12,7 +12,7 @@ of subpage to each peer.  Above each table: the exact command lines.
   ... --quick                  runtime 3 s, 1 repetition (smoke test)
   ... --only randwrite4k,slow  some workloads or sections only
 
-Not part of the test suite.  Needs fio, nbdkit (file, memory, nbd
+Not part of the test suite.  Needs fio, nbdkit (file, memory, null, nbd
 plugins; cache, stats, delay filters), qemu-nbd (qemu-utils) and
 python3-libnbd.
 """
@@ -65,6 +65,11 @@ def local_servers (a):
                   "{img}"], "qemu"),
     "memory": (["nbdkit", "-f", "-U", "{sock}", "memory", "{size}"],
                "nbdkit"),
+    # No storage at all (writes dropped, reads zero): what nbdkit's
+    # protocol path and the client cost by themselves, the ceiling of
+    # any nbdkit plugin.
+    "null": (["nbdkit", "-f", "-U", "{sock}", "null", "{size}"],
+             "nbdkit"),
   }
 
 
@@ -796,7 +801,7 @@ def report (b, a):
            "\n".join (b.commands["prefill"]))
   allw = dict (local_workloads (a.size), **slow_workloads (a.size))
   print (section_table (b, "local", list (local_servers (a)), allw,
-                        ["cache", "memory", "file", "qemu-nbd"]))
+                        ["cache", "memory", "file", "qemu-nbd", "null"]))
   print (probe_table (b, list (probe_servers (a))))
   print (section_table (b, "slow", list (slow_servers (a)), allw,
                         ["cache", "nbd", "qemu-nbd"]))
