@@ -461,6 +461,26 @@ test_flush_writes_inline (void **state)
 
 /* ---- drain ---- */
 
+/* For the drain tests: 64 KiB batches, background write-back far
+ * away (50%), two workers with hour-long timers, and N full pages of
+ * pattern 2 at odd page offsets (1, 3, 5, ...), so no two touch and
+ * each page is a batch and a run of its own.
+ */
+static void
+drain_setup (struct tserver *ts, unsigned n)
+{
+  struct tcache *t = &ts->t;
+  struct cache_config cfg = test_config ();
+
+  cfg.dirty_background_ratio = 50;
+  cfg.dirty_ratio = 80;
+  cfg.batch_bytes = PG;
+  tc_open (t, &cfg);
+  start_server (ts, 2, HOUR_MS, HOUR_MS);
+  for (unsigned i = 0; i < n; i++)
+    assert_int_equal (write_pattern (t, (2 * i + 1) * PG, PG, 2, 0), 0);
+}
+
 /* With the timer and expiry at an hour and the dirty data below the
  * background threshold, nothing would ever be written; wbs_begin_drain
  * must write all of it, one 64 KiB batch after another (six batches:
@@ -472,15 +492,8 @@ test_drain (void **state)
 {
   struct tserver *ts = *state;
   struct tcache *t = &ts->t;
-  struct cache_config cfg = test_config ();
 
-  cfg.dirty_background_ratio = 50;
-  cfg.dirty_ratio = 80;
-  cfg.batch_bytes = PG;
-  tc_open (t, &cfg);
-  start_server (ts, 2, HOUR_MS, HOUR_MS);
-  for (unsigned i = 0; i < 6; i++)
-    assert_int_equal (write_pattern (t, (2 * i + 1) * PG, PG, 2, 0), 0);
+  drain_setup (ts, 6);
   assert_int_equal (write_pattern (t, 40 * PG + 3, 1000, 2, 0), 0);
   assert_false (cache_over_background (t->c));
   sleep_ms (20);
@@ -508,16 +521,9 @@ test_batches_in_parallel (void **state)
 {
   struct tserver *ts = *state;
   struct tcache *t = &ts->t;
-  struct cache_config cfg = test_config ();
   struct cache_stats st;
 
-  cfg.dirty_background_ratio = 50;
-  cfg.dirty_ratio = 80;
-  cfg.batch_bytes = PG;
-  tc_open (t, &cfg);
-  start_server (ts, 2, HOUR_MS, HOUR_MS);
-  for (unsigned i = 0; i < 4; i++)
-    assert_int_equal (write_pattern (t, (2 * i + 1) * PG, PG, 2, 0), 0);
+  drain_setup (ts, 4);
   assert_false (cache_over_background (t->c));
 
   fake_hold (t->f, FAKE_WRITE, true);
