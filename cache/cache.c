@@ -4,18 +4,22 @@
  * Requests are split per page (ranges half-open, [off, off+count)).
  *
  * Reads (invariant 2): a read pins up to a chunk of pages, copies what
- * is valid, and only if some sector is missing reads the missing
- * sectors from the backend, coalesced into as few backend reads as
- * possible (across page boundaries too), with no page lock held.  It
- * then re-locks each page and installs what it read into sectors that
- * are still ABSENT, unless a TRIM or ZERO began in the meantime (the
- * discard generation changed), in which case it only returns the data.
- * Sectors that became valid meanwhile are newer than the backend's, so
- * those are what the reader returns.
+ * is valid, and only if some sector is missing lists the missing
+ * sectors (copying the valid ones again under the same lock, so every
+ * byte of the buffer is filled even if a TRIM or ZERO drops a sector
+ * before the end) and reads them from the backend, coalesced into as
+ * few backend reads as possible (across page boundaries too), with no
+ * page lock held.  It then re-locks each page and installs what it read
+ * into sectors that are still ABSENT, unless a TRIM or ZERO began in the
+ * meantime (the discard generation changed), in which case it only
+ * returns the data.  Sectors that became valid meanwhile are newer than
+ * the backend's, so those are what the reader returns.
  *
  * Writes (invariant 2): whole sectors are copied in and marked DIRTY
  * with no backend read.  Only a partial sector that is not valid is
- * read first (one sector), with the page lock dropped, then re-checked.
+ * read first (one sector), with the page lock dropped; both partial
+ * sectors are then re-checked, since a TRIM or ZERO may have dropped
+ * the other one meanwhile, until both are valid under the lock.
  * Writers never wait for write-back (invariant 4): a sector in flight
  * becomes REDIRTIED.  Writers are throttled before they dirty anything
  * when dirty data passes dirty_ratio (invariant 10), holding no lock.
@@ -251,6 +255,13 @@ cache_set_debug (struct cache *c, bool verbose)
   atomic_store (&c->verbose, verbose);
 }
 
+void
+cache_debug_set_park (struct cache *c, cache_park_fn fn, void *opaque)
+{
+  atomic_store (&c->park_opaque, opaque);
+  atomic_store (&c->park, fn);
+}
+
 /* Counts one client request of COUNT bytes that succeeded. */
 static void
 count_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
@@ -324,22 +335,34 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
           goto unpin;
         }
       }
-      /* Pass 2: list the missing sectors, coalesced across pages. */
+      /* Pass 2: list the missing sectors, coalesced across pages, and
+       * copy the valid ones.  Every sector of the buffer is then filled
+       * (here or by the backend reads), so a sector that a TRIM or ZERO
+       * drops before pass 3 returns the data it held here: a value it
+       * had during the read.
+       */
       gen = atomic_load (&c->discard_started);
       stable = atomic_load (&c->nbusy) == 0;
       for (unsigned k = 0; k < np; k++) {
         struct page *p = pages[k];
-        uint32_t s0, n, i;
+        uint32_t s0, n, i, j;
         uint64_t poff = page_offset (c, p);
+        char *dst = buf + (lo[k] - off);
 
         page_span (c, p->index, lo[k], hi[k], &s0, &n);
         page_lock (p);
-        i = s0;
-        while ((i = sect_find (&p->sb, SECT_BM_V, false, i, s0 + n)) < s0 + n) {
-          uint32_t j = sect_find (&p->sb, SECT_BM_V, true, i, s0 + n);
+        for (i = s0; i < s0 + n; i = j) {
+          bool v = sect_test (&p->sb, SECT_BM_V, i);
           uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
-          uint32_t len = (j - i) << c->sector_shift;
+          uint32_t len;
 
+          j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+          len = (j - i) << c->sector_shift;
+          if (v) {
+            memcpy (dst + ((size_t) (i - s0) << c->sector_shift),
+                    sect_data (c, p, i), len);
+            continue;
+          }
           if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
             segs[nsegs - 1].len += len;
           else {
@@ -348,7 +371,6 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
             segs[nsegs].len = len;
             nsegs++;
           }
-          i = j;
         }
         page_unlock (p);
       }
@@ -502,12 +524,20 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
     return r;
   page_lock (p);
   for (;;) {
-    if (head_partial && !sect_test (&p->sb, SECT_BM_V, sh))
-      r = fill_sector (c, p, sh, tmp);
-    if (r == 0 && tail_partial && !sect_test (&p->sb, SECT_BM_V, st))
-      r = fill_sector (c, p, st, tmp);
-    if (r <= 0)
+    /* Each fill drops the page lock: a TRIM or ZERO may meanwhile have
+     * dropped the other partial sector, filled or valid before.  Both
+     * are re-checked under the lock that the write then keeps.
+     */
+    bool head_ok = !head_partial || sect_test (&p->sb, SECT_BM_V, sh);
+    bool tail_ok = !tail_partial || sect_test (&p->sb, SECT_BM_V, st);
+
+    if (head_ok && tail_ok)
       break;
+    r = fill_sector (c, p, head_ok ? st : sh, tmp);
+    if (r < 0)
+      break;
+    if (r == 0)
+      continue;
     /* A TRIM or ZERO raced with the fill: wait for it, then again. */
     page_unlock (p);
     pthread_mutex_lock (&c->wb_lock);
@@ -579,8 +609,10 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
   if (r < 0)
     return r;
 
-  if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH)
+  if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH) {
+    CACHE_PARK (c, "fua.written");
     r = wb_sync_range (c, off, count, flags & CACHE_FUA);
+  }
   maybe_kick (c);
   return r;
 }

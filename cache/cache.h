@@ -102,7 +102,7 @@ struct cache *cache_create (const struct cache_config *cfg,
                             void *backend_opaque,
                             cache_log_fn log, void *log_opaque,
                             int *err);
-/* Frees everything.  Dirty data is NOT written: call cache_flush first.
+/* Frees everything.  Dirty data is NOT written: call cache_drain first.
  * No run may be in flight.
  */
 void cache_destroy (struct cache *c);
@@ -131,8 +131,15 @@ int cache_prefetch (struct cache *c, uint32_t count, uint64_t off);
 /* Returns only when every write that returned before the call is on
  * the backend and the backend's flush has succeeded afterwards (or the
  * first error).  Concurrent flushes share backend flushes.
+ * In CACHE_MODE_UNSAFE it returns 0 at once and writes nothing.
  */
 int cache_flush (struct cache *c);
+/* The shutdown drain: cache_flush in every mode, CACHE_MODE_UNSAFE
+ * included (the mode ignores the client's flushes, not shutdown).
+ * Writes back everything written before the call and then flushes the
+ * backend; returns 0 or the first error.
+ */
+int cache_drain (struct cache *c);
 
 /* Background write-back: collects one batch of dirty data and submits
  * its runs.  Returns the number of runs submitted (0: nothing to do) or
@@ -231,5 +238,16 @@ void cache_debug_unpin (struct cache *c, uint64_t off);
  * (which is dumped through the log).
  */
 bool cache_debug_check (struct cache *c);
+/* Park points, for deterministic tests of races.  The core calls
+ * FN (OPAQUE, NAME) at a few named points where it has dropped every
+ * lock and another thread's request can change what it will do next
+ * (see CACHE_PARK in internal.h for the list); a test parks the calling
+ * thread there until it has run the racing request.  Compiled in only
+ * with -DCACHE_PARK_POINTS (the unit tests' and the schedule
+ * explorer's builds of the core); elsewhere the hook is never called.
+ * Set it only while no request runs.
+ */
+typedef void (*cache_park_fn) (void *opaque, const char *point);
+void cache_debug_set_park (struct cache *c, cache_park_fn fn, void *opaque);
 
 #endif /* SUBPAGE_CACHE_H */

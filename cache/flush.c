@@ -11,7 +11,11 @@
  *      a run in flight (including runs background write-back submitted
  *      before the flush began) and not in data that redirtied a run in
  *      flight (which becomes DIRTY again, and is collected, when that
- *      run completes),
+ *      run completes).
+ *      A collect can find nothing to take for a while (buffers full,
+ *      pages being collected by another thread or inside a TRIM or
+ *      ZERO); the flush then sleeps only until collect progress is
+ *      counted after that collect (internal.h), never past it,
  *   3. asks the backend to flush, sharing one backend flush among all
  *      flushes that are ready for it at the time (group commit), with
  *      up to GC_MAX_RUNNING backend flushes at once.
@@ -36,28 +40,6 @@
 #include "errstr.h"
 #include "internal.h"
 #include "util.h"
-
-/* wb_lock held.  Live tags of epochs <= T, on pages and in runs.  If
- * the live range is wider than the ring (thousands of failed flushes in
- * a row), every slot is counted: conservative, never wrong.
- */
-static void
-live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
-{
-  uint64_t lo = c->epoch_low;
-
-  *pages = *runs = 0;
-  if (t < lo)
-    return;
-  if (t - lo + 1 >= EPOCH_RING) {
-    lo = 0;
-    t = EPOCH_RING - 1;
-  }
-  for (uint64_t e = lo; e <= t; e++) {
-    *pages += c->ecount_page[e % EPOCH_RING];
-    *runs += c->ecount_run[e % EPOCH_RING];
-  }
-}
 
 /* Backend flushes that may run at once.  One at a time made a flush
  * that became ready while another's fdatasync ran wait for it and then
@@ -116,32 +98,51 @@ group_commit (struct cache *c)
   return w.err;
 }
 
+static int flush_body (struct cache *c, bool force);
+
 int
 cache_flush (struct cache *c)
 {
-  uint64_t t0 = cache_now_ns (), t, gen0, pages, runs;
+  return flush_body (c, false);
+}
+
+/* The shutdown drain: the same as a flush, in every mode (unsafe mode
+ * ignores only the client's flushes).
+ */
+int
+cache_drain (struct cache *c)
+{
+  return flush_body (c, true);
+}
+
+static int
+flush_body (struct cache *c, bool force)
+{
+  uint64_t t0 = cache_now_ns (), t, gen0, pages, runs, ticket = 0;
   bool collected_nothing = false;
   int err = 0;
 
-  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+  if (c->cfg.mode == CACHE_MODE_UNSAFE && !force)
     return 0;
   atomic_fetch_add (&c->st_flushes, 1);
 
   pthread_mutex_lock (&c->wb_lock);
-  t = c->epoch++;
+  t = wb_new_epoch (c);
   gen0 = c->wb_err_gen;
   for (;;) {
-    live_tags (c, t, &pages, &runs);
+    wb_live_tags (c, t, &pages, &runs);
     if (pages == 0 && runs == 0)
       break;
     if (c->wb_err_gen != gen0) {
       if (runs == 0)
         break;                          /* failed; nothing more in flight */
     }
-    else if (pages > 0 && !collected_nothing) {
+    else if (pages > 0 &&
+             !(collected_nothing && atomic_load (&c->wb_progress) == ticket)) {
       int n;
       pthread_mutex_unlock (&c->wb_lock);
-      n = wb_collect (c, PICK_FLUSH, t);
+      n = wb_collect (c, PICK_FLUSH, t, &ticket);
+      CACHE_PARK (c, "flush.collected");
       pthread_mutex_lock (&c->wb_lock);
       if (n < 0) {
         err = n;
@@ -150,16 +151,14 @@ cache_flush (struct cache *c)
       collected_nothing = n == 0;
       continue;
     }
-    /* Wait for a run to complete, a collector to finish, or a trim or
-     * zero to end.
+    /* Wait for a run to complete, or, if the last collect found
+     * nothing to take, for collect progress since (internal.h).
      */
     atomic_fetch_add (&c->w_flush, 1);
     pthread_cond_wait (&c->wb_cv, &c->wb_lock);
     atomic_fetch_sub (&c->w_flush, 1);
     collected_nothing = false;
   }
-  if (pages == 0 && runs == 0 && t >= c->epoch_low)
-    c->epoch_low = t + 1;
   if (!err) {
     err = c->wb_err;                    /* reported once */
     c->wb_err = 0;

@@ -20,11 +20,28 @@
  * oldest one, when data of several epochs is merged).  Tags live in
  * three places: page->dseq (the DIRTY sectors of a page, D and not W),
  * frag->seq (a snapshot in flight) and frag->rseq (sectors written
- * again while that snapshot is in flight: REDIRTIED).  ecount[e % RING]
- * counts live tags of epoch e.  A flush takes T = epoch and bumps it;
- * it is done when no tag <= T is alive.  New data gets tags > T, so a
- * flush cannot be starved by later writes.  All tag changes happen under
- * wb_lock (and the owning page's lock).
+ * again while that snapshot is in flight: REDIRTIED).  A flush takes
+ * T = epoch and bumps it; it is done when no tag <= T is alive.  New
+ * data gets tags > T, so a flush cannot be starved by later writes.
+ *
+ * Live tags are counted per epoch: ecount_*[e % EPOCH_RING] for epochs
+ * e in [ebase, epoch], and efloor_* for all epochs below ebase
+ * together.  ebase moves up past empty slots, and past full ones (whose
+ * counts then go to the floor) so that epoch - ebase < EPOCH_RING: no
+ * two live epochs share a slot however long old data stays dirty (a
+ * backend failing for thousands of flushes).  A flush with T >= ebase
+ * counts exactly its own epochs (the floor's are all older); only a
+ * flush that EPOCH_RING later flushes overtook counts the whole floor.
+ * All tag changes happen under wb_lock (and the owning page's lock).
+ *
+ * Collect progress.  c->wb_progress counts events after which a
+ * collect that found nothing to take may find something: a batch
+ * buffer freed, a collector done with its pages, a TRIM or ZERO ended,
+ * data put back on a page by a run's completion.  Each is counted under
+ * wb_lock, with a broadcast on wb_cv.  A flush whose collect returned
+ * nothing sleeps only while the count is what that collect saw (its
+ * ticket), so none of those events can be missed between the collect
+ * and the sleep.
  */
 #ifndef SUBPAGE_INTERNAL_H
 #define SUBPAGE_INTERNAL_H
@@ -139,6 +156,8 @@ struct cache {
   _Atomic (cache_kick_fn) kick;
   _Atomic (void *) kick_opaque;
   atomic_bool verbose;
+  _Atomic (cache_park_fn) park;
+  _Atomic (void *) park_opaque;
 
   /* Geometry. */
   uint32_t page_shift, sector_shift, nsect, words;
@@ -166,8 +185,10 @@ struct cache {
   pthread_cond_t wb_cv;       /* progress: runs done, collect done, discard done */
   struct page *dirty_head, *dirty_tail;
   uint64_t ndirty_pages;
-  uint64_t epoch, epoch_low;
+  uint64_t epoch, ebase;
   uint64_t ecount_page[EPOCH_RING], ecount_run[EPOCH_RING];
+  uint64_t efloor_page, efloor_run;
+  atomic_uint_fast64_t wb_progress; /* written under wb_lock */
   struct busy_range *busy;
   atomic_uint nbusy;
   int wb_err;                 /* first write-back error not yet reported */
@@ -213,6 +234,24 @@ struct gc_waiter {
   int err;
   struct gc_waiter *next;
 };
+
+/* Named park points (cache_debug_set_park):
+ *   "flush.collected"   cache_flush, after a collect, before it decides
+ *                       whether to wait for write-back progress
+ *   "fua.written"       a FUA or write-through write, after its data is
+ *                       in the cache, before writing it back
+ * No lock is held at any of them.
+ */
+#ifdef CACHE_PARK_POINTS
+#define CACHE_PARK(c, name)                                             \
+  do {                                                                  \
+    cache_park_fn _park = atomic_load (&(c)->park);                     \
+    if (_park)                                                          \
+      _park (atomic_load (&(c)->park_opaque), (name));                  \
+  } while (0)
+#else
+#define CACHE_PARK(c, name) ((void) 0)
+#endif
 
 /* cache.c */
 void cache_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
@@ -282,8 +321,18 @@ void wb_kick (struct cache *c);
 enum wb_pick { PICK_EXPIRED, PICK_BACKGROUND, PICK_FLUSH };
 /* Collects one batch of pages chosen by HOW (PICK_EXPIRED: dirty for
  * ARG ms; PICK_FLUSH: tag <= ARG) and submits its runs.  Returns the
- * number of runs or -ENOMEM.
+ * number of runs or -ENOMEM.  When it returns 0 and TICKET is not NULL,
+ * *TICKET is the value of c->wb_progress that the empty collect
+ * accounts for (internal.h, "Collect progress").
  */
-int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg);
+int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
+                uint64_t *ticket);
+/* wb_lock held.  Counts a collect progress event and wakes wb_cv. */
+void wb_progress (struct cache *c);
+/* wb_lock held.  Live tags of epochs <= T, on pages and in runs. */
+void wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages,
+                   uint64_t *runs);
+/* wb_lock held.  Opens a new epoch and returns the one it closes. */
+uint64_t wb_new_epoch (struct cache *c);
 
 #endif /* SUBPAGE_INTERNAL_H */

@@ -59,23 +59,91 @@ wb_init (struct cache *c)
   pthread_mutex_init (&c->gc_lock, NULL);
   pthread_cond_init (&c->gc_cv, NULL);
   c->epoch = 1;
-  c->epoch_low = 1;
+  c->ebase = 1;
 }
 
 /* ---- epoch tags (wb_lock held) ---- */
 
+enum ec_kind { EC_PAGE, EC_RUN };
+
+/* The counter of live tags of epoch E (internal.h). */
+static uint64_t *
+ec_slot (struct cache *c, enum ec_kind k, uint64_t e)
+{
+  if (e < c->ebase)
+    return k == EC_PAGE ? &c->efloor_page : &c->efloor_run;
+  CACHE_ASSERT (e - c->ebase < EPOCH_RING);
+  return &(k == EC_PAGE ? c->ecount_page : c->ecount_run)[e % EPOCH_RING];
+}
+
 /* Returns true if the count of epoch E dropped to zero. */
 static bool
-ec_add (uint64_t *ec, uint64_t e, int delta)
+ec_add (struct cache *c, enum ec_kind k, uint64_t e, int delta)
 {
   uint64_t *slot;
 
   if (e == SEQ_NONE)
     return false;
-  slot = &ec[e % EPOCH_RING];
+  slot = ec_slot (c, k, e);
   CACHE_ASSERT (delta > 0 || *slot >= (uint64_t) -delta);
   *slot += (uint64_t) (int64_t) delta;
   return delta < 0 && *slot == 0;
+}
+
+uint64_t
+wb_new_epoch (struct cache *c)
+{
+  uint64_t t = c->epoch++;
+
+  /* Past empty slots for free; past full ones into the floor, so that
+   * epochs [ebase, epoch] never share a slot.
+   */
+  while (c->ebase < c->epoch) {
+    uint64_t *pg = &c->ecount_page[c->ebase % EPOCH_RING];
+    uint64_t *rn = &c->ecount_run[c->ebase % EPOCH_RING];
+
+    if (*pg + *rn > 0) {
+      if (c->epoch - c->ebase < EPOCH_RING)
+        break;
+      c->efloor_page += *pg;
+      c->efloor_run += *rn;
+      *pg = *rn = 0;
+    }
+    c->ebase++;
+  }
+  return t;
+}
+
+void
+wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
+{
+  *pages = c->efloor_page;
+  *runs = c->efloor_run;
+  for (uint64_t e = c->ebase; e <= t; e++) {
+    *pages += c->ecount_page[e % EPOCH_RING];
+    *runs += c->ecount_run[e % EPOCH_RING];
+  }
+}
+
+/* wb_lock held.  Is anyone waiting on wb_cv?  Every waiter counts
+ * itself in w_flush, w_throttle or w_idle under wb_lock before it
+ * sleeps, so a broadcast skipped when this is false wakes nobody.
+ * (w_flush also counts flushes waiting on gc_cv: an extra broadcast at
+ * worst.)
+ */
+static bool
+wb_cv_waiters (struct cache *c)
+{
+  return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
+         atomic_load (&c->w_idle) > 0;
+}
+
+void
+wb_progress (struct cache *c)
+{
+  atomic_fetch_add (&c->wb_progress, 1);
+  if (wb_cv_waiters (c))
+    pthread_cond_broadcast (&c->wb_cv);
 }
 
 /* Gives P's DIRTY sectors tag T (the older of T and the current tag). */
@@ -85,16 +153,16 @@ page_tag (struct cache *c, struct page *p, uint64_t t)
   if (t == SEQ_NONE)
     return;
   if (p->dseq == SEQ_NONE || t < p->dseq) {
-    ec_add (c->ecount_page, p->dseq, -1);
+    ec_add (c, EC_PAGE, p->dseq, -1);
     p->dseq = t;
-    ec_add (c->ecount_page, t, 1);
+    ec_add (c, EC_PAGE, t, 1);
   }
 }
 
 static void
 page_untag (struct cache *c, struct page *p)
 {
-  ec_add (c->ecount_page, p->dseq, -1);
+  ec_add (c, EC_PAGE, p->dseq, -1);
   p->dseq = SEQ_NONE;
 }
 
@@ -173,7 +241,7 @@ wb_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
   for (struct frag *f = p->frags; f; f = f->pnext)
     if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE) {
       f->rseq = c->epoch;
-      ec_add (c->ecount_run, f->rseq, 1);
+      ec_add (c, EC_RUN, f->rseq, 1);
     }
   list_page (c, p);
   pthread_mutex_unlock (&c->wb_lock);
@@ -218,19 +286,6 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
   return b;
 }
 
-/* wb_lock held.  Is anyone waiting on wb_cv?  Every waiter counts
- * itself in w_flush, w_throttle or w_idle under wb_lock before it
- * sleeps, so a broadcast skipped when this is false wakes nobody.
- * (w_flush also counts flushes waiting on gc_cv: an extra broadcast at
- * worst.)
- */
-static bool
-wb_cv_waiters (struct cache *c)
-{
-  return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
-         atomic_load (&c->w_idle) > 0;
-}
-
 /* Drops one reference to B; the last one frees it.  No lock held:
  * freeing a buffer lowers wb_buf_bytes, which collectors waiting for
  * room (flush, throttled writers) must hear about.
@@ -248,8 +303,7 @@ batch_put (struct batch *b)
     free (b);
     pthread_mutex_lock (&c->wb_lock);
     atomic_fetch_sub (&c->wb_buf_bytes, cap);
-    if (wb_cv_waiters (c))              /* a collector may use the room */
-      pthread_cond_broadcast (&c->wb_cv);
+    wb_progress (c);                    /* a collector may use the room */
     pthread_mutex_unlock (&c->wb_lock);
   }
 }
@@ -292,7 +346,7 @@ snap_finish (struct cache *c, struct page *p, struct frag **frags,
     if (took_dirty[i]) {
       CACHE_ASSERT (p->dseq != SEQ_NONE);
       frags[i]->seq = p->dseq;
-      ec_add (c->ecount_run, p->dseq, 1);
+      ec_add (c, EC_RUN, p->dseq, 1);
     }
   }
   if (!page_has_dirty_idle (c, p))
@@ -362,7 +416,7 @@ wb_busy_end (struct cache *c, struct busy_range *r)
    * not install what it read.
    */
   atomic_fetch_add (&c->discard_started, 1);
-  pthread_cond_broadcast (&c->wb_cv);
+  wb_progress (c);
   pthread_mutex_unlock (&c->wb_lock);
 }
 
@@ -389,7 +443,8 @@ cmp_page_index (const void *a, const void *b)
  * (0: nothing collected) or -ENOMEM.
  */
 int
-wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
+wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
+            uint64_t *ticket)
 {
   struct page *picked[MAX_PICK];
   unsigned npicked = 0;
@@ -398,7 +453,14 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
   struct cache_run *run = NULL;
   uint64_t now = cache_now_ms ();
   uint32_t cap, maxfrags;
+  uint64_t seen = atomic_load (&c->wb_progress);
 
+  /* An empty collect accounts for the progress counted before it
+   * looked (read first here, then under wb_lock when picking), plus its
+   * own event at the end.
+   */
+  if (ticket)
+    *ticket = seen;
   /* Bounded memory: while wb_buf_max bytes of snapshots are in flight,
    * collect nothing; the data stays dirty (writers are throttled by
    * dirty_ratio) and completions wake whoever waits for progress.
@@ -410,6 +472,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
    * them by position so that neighbours merge into one run.
    */
   pthread_mutex_lock (&c->wb_lock);
+  seen = atomic_load (&c->wb_progress);
   for (struct page *p = c->dirty_head;
        p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
     if (p->collecting || p->dseq == SEQ_NONE)
@@ -425,6 +488,8 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
       << c->sector_shift;
   }
   pthread_mutex_unlock (&c->wb_lock);
+  if (ticket)
+    *ticket = seen;
   if (npicked == 0)
     return 0;                           /* no batch, nobody to wake */
 
@@ -442,7 +507,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     pthread_mutex_lock (&c->wb_lock);
     for (unsigned k = 0; k < npicked; k++)
       picked[k]->collecting = false;
-    pthread_cond_broadcast (&c->wb_cv);
+    wb_progress (c);
     pthread_mutex_unlock (&c->wb_lock);
     for (unsigned k = 0; k < npicked; k++)
       page_unpin (c, picked[k]);
@@ -516,9 +581,10 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg)
     page_unpin (c, picked[k]);
 
   pthread_mutex_lock (&c->wb_lock);
-  if (wb_cv_waiters (c))
-    pthread_cond_broadcast (&c->wb_cv); /* collecting flags cleared */
+  wb_progress (c);                      /* collecting flags cleared */
   pthread_mutex_unlock (&c->wb_lock);
+  if (ticket)
+    *ticket = seen + 1;
 
   /* Every W bit of the batch is set: now submit. */
   atomic_fetch_add (&b->pending, b->nruns);
@@ -542,8 +608,8 @@ int
 cache_writeback (struct cache *c, enum cache_wb_reason why, uint64_t expire_ms)
 {
   switch (why) {
-  case CACHE_WB_EXPIRED: return wb_collect (c, PICK_EXPIRED, expire_ms);
-  case CACHE_WB_BACKGROUND: return wb_collect (c, PICK_BACKGROUND, 0);
+  case CACHE_WB_EXPIRED: return wb_collect (c, PICK_EXPIRED, expire_ms, NULL);
+  case CACHE_WB_BACKGROUND: return wb_collect (c, PICK_BACKGROUND, 0, NULL);
   default: abort ();
   }
 }
@@ -639,9 +705,9 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     *pp = f->pnext;
 
     pthread_mutex_lock (&c->wb_lock);
-    if (ec_add (c->ecount_run, f->seq, -1))
+    if (ec_add (c, EC_RUN, f->seq, -1))
       wake = true;
-    if (ec_add (c->ecount_run, f->rseq, -1))
+    if (ec_add (c, EC_RUN, f->rseq, -1))
       wake = true;
     if (ok)
       t = f->rseq;                      /* REDIRTIED -> DIRTY */
@@ -653,7 +719,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     if (t != SEQ_NONE) {
       page_tag (c, p, t);
       list_page (c, p);
-      wake = true;                      /* a flush may need to collect */
+      wb_progress (c);                  /* a flush may need to collect */
     }
     if (!ok) {
       wake = true;
@@ -705,7 +771,7 @@ wb_kick (struct cache *c)
   if (fn)
     fn (atomic_load (&c->kick_opaque));
   else                                  /* no server: write back ourselves */
-    wb_collect (c, PICK_BACKGROUND, 0);
+    wb_collect (c, PICK_BACKGROUND, 0, NULL);
 }
 
 int
@@ -765,17 +831,45 @@ sync_run_io (struct cache *c, struct cache_run *run)
   return r;
 }
 
+/* Writes the runs b->runs[*nsub..nruns) (built, not yet submitted)
+ * synchronously; returns the first error.
+ */
+static int
+sync_submit (struct cache *c, struct batch *b, uint32_t *nsub)
+{
+  int err = 0;
+
+  while (*nsub < b->nruns) {
+    int r = sync_run_io (c, &b->runs[(*nsub)++]);
+    err = err ? err : r;
+  }
+  return err;
+}
+
+/* Writes [off, off+count) back with FLAGS.  Per page: waits until no
+ * sector of the range is in flight and no TRIM or ZERO covers the page
+ * (submitting what it has built first: it never waits holding W bits
+ * it has not submitted), then snapshots every valid sector of the range
+ * (CLEAN or DIRTY -> WRITEBACK).  A sector that is not valid was
+ * dropped by a TRIM or ZERO that ran after the write, or its page was
+ * written back and evicted: the backend holds what it should, and only
+ * a backend flush is needed for it (FUA).
+ */
 int
 wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
 {
   uint64_t a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
   uint64_t e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
   uint64_t p0 = a >> c->page_shift, p1 = (e - 1) >> c->page_shift;
-  uint32_t npages = (uint32_t) (p1 - p0 + 1);
-  struct batch *b = batch_new (c, (uint32_t) (e - a), npages);
+  uint32_t nsect = (uint32_t) ((e - a) >> c->sector_shift);
+  /* At most one run per page, plus one per gap a discard left. */
+  uint32_t maxfrags = (uint32_t) MIN ((uint64_t) nsect,
+                                      (p1 - p0 + 1) + nsect / 2);
+  struct batch *b = batch_new (c, (uint32_t) (e - a), maxfrags);
   struct cache_run *run = NULL;
+  uint32_t nsub = 0;
   bool need_flush = false;
-  int err = 0, r;
+  int err = 0;
 
   if (!b)
     return -ENOMEM;
@@ -786,12 +880,11 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     uint32_t s0 = (uint32_t) ((lo - poff) >> c->sector_shift);
     uint32_t n = (uint32_t) ((hi - lo) >> c->sector_shift);
     struct page *p = page_find (c, pi);
-    struct frag *f;
-    bool took;
 
     if (!p) {                           /* written back and evicted */
       need_flush = true;
-      goto next_run;
+      run = NULL;
+      continue;
     }
     page_lock (p);
     for (;;) {
@@ -799,11 +892,9 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       bool inflight = sect_count (&p->sb, SECT_BM_W, s0, n) > 0;
       if (!busy && !inflight)
         break;
-      /* Never wait while holding W bits not yet submitted. */
-      if (run) {
+      if (nsub < b->nruns) {            /* submit before waiting */
         page_unlock (p);
-        r = sync_run_io (c, run);
-        err = err ? err : r;
+        err = err ? err : sync_submit (c, b, &nsub);
         run = NULL;
         page_lock (p);
         continue;
@@ -816,52 +907,52 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
         page_lock (p);
       }
     }
-    if (sect_count (&p->sb, SECT_BM_V, s0, n) < n) {
-      /* Dropped by a concurrent trim or zero: nothing to rewrite. */
-      need_flush = true;
-      page_unlock (p);
-      page_unpin (c, p);
-      goto next_run;
+    /* The runs of earlier pages may have been submitted while waiting:
+     * a run continues only from this page's first sector on.
+     */
+    if (run && run->off + run->len != lo)
+      run = NULL;
+    for (uint32_t i = s0, j; i < s0 + n; i = j) {
+      bool v = sect_test (&p->sb, SECT_BM_V, i);
+      uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
+      struct frag *f;
+      bool took;
+
+      j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+      if (!v) {                         /* dropped by a TRIM or ZERO */
+        need_flush = true;
+        run = NULL;
+        continue;
+      }
+      CACHE_ASSERT (b->nfrags < b->maxfrags);
+      f = &b->frags[b->nfrags++];
+      if (!run) {
+        run = &b->runs[b->nruns++];
+        run->batch = b;
+        run->off = soff;
+        run->len = 0;
+        run->flags = flags & CACHE_FUA;
+        run->data = b->buf + (soff - a);
+        run->frags = f;
+        run->nfrags = 0;
+      }
+      took = snap_range (c, p, i, j - i, f, b->buf + (soff - a));
+      f->run = run;
+      run->nfrags++;
+      run->len += (j - i) << c->sector_shift;
+      pthread_mutex_lock (&c->wb_lock);
+      snap_finish (c, p, &f, &took, 1);
+      pthread_mutex_unlock (&c->wb_lock);
     }
-    f = &b->frags[b->nfrags++];
-    if (!run) {
-      run = &b->runs[b->nruns++];
-      run->batch = b;
-      run->off = lo;
-      run->len = 0;
-      run->flags = flags & CACHE_FUA;
-      run->data = b->buf + (lo - a);
-      run->frags = f;
-      run->nfrags = 0;
-    }
-    took = snap_range (c, p, s0, n, f, b->buf + (lo - a));
-    f->run = run;
-    run->nfrags++;
-    run->len += (uint32_t) (hi - lo);
-    pthread_mutex_lock (&c->wb_lock);
-    snap_finish (c, p, &f, &took, 1);
-    pthread_mutex_unlock (&c->wb_lock);
     page_unlock (p);
     page_unpin (c, p);
-    continue;
-
-  next_run:
-    if (run) {
-      r = sync_run_io (c, run);
-      err = err ? err : r;
-      run = NULL;
-    }
   }
-  if (run) {
-    r = sync_run_io (c, run);
-    err = err ? err : r;
-  }
+  err = err ? err : sync_submit (c, b, &nsub);
   batch_put (b);
 
   if (!err && need_flush && (flags & CACHE_FUA)) {
-    r = c->ops->flush (c->bopaque);
+    err = c->ops->flush (c->bopaque);
     atomic_fetch_add (&c->st_bflushes, 1);
-    err = r;
   }
   return err;
 }

@@ -59,12 +59,16 @@ wait_until (bool (*pred) (void *), void *arg, unsigned timeout_ms)
   return true;
 }
 
+atomic_bool tc_quiet_errors;
+
 static void
 test_log (void *opaque, enum cache_log_level level, const char *fmt,
           va_list ap)
 {
   (void) opaque;
   if (level == CACHE_LOG_DEBUG && !getenv ("SUBPAGE_TEST_DEBUG"))
+    return;
+  if (level == CACHE_LOG_ERROR && atomic_load (&tc_quiet_errors))
     return;
   fprintf (stderr, "cache %s: ", level == CACHE_LOG_ERROR ? "error" : "debug");
   vfprintf (stderr, fmt, ap);
@@ -376,7 +380,7 @@ async_start (struct tcache *t, enum async_op op, void *buf, uint32_t count,
      */
     a->buf = calloc (1, count);
     assert_non_null (a->buf);
-    if (op == ASYNC_WRITE)
+    if (buf)                  /* a read's buffer starts as BUF */
       memcpy (a->buf, buf, count);
   }
   a->count = count;

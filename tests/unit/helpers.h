@@ -55,6 +55,11 @@ struct tcache {
 
 struct cache_config test_config (void);
 
+/* While true, the caches' error messages are not printed (for tests
+ * that fail write-back on purpose thousands of times).
+ */
+extern atomic_bool tc_quiet_errors;
+
 /* cmocka group/test setup and teardown: *state is a struct tcache. */
 int tc_setup (void **state);
 int tc_teardown (void **state);
@@ -126,8 +131,9 @@ bool sectors_are (struct tcache *t, uint64_t off, uint64_t n, unsigned want);
 bool no_stray_pins (struct tcache *t);
 
 /* Runs one cache call in a thread.  For ASYNC_WRITE the data is copied
- * from BUF at start; for ASYNC_READ, BUF is ignored and the data read
- * is in a->buf after async_join.  Teardown joins and frees them.
+ * from BUF at start; for ASYNC_READ, a->buf starts as a copy of BUF
+ * (zeroes if BUF is NULL: pass a poison pattern to see bytes the read
+ * did not fill) and holds the data read after async_join.  Teardown joins and frees them.
  */
 enum async_op {
   ASYNC_READ, ASYNC_WRITE, ASYNC_ZERO, ASYNC_TRIM, ASYNC_FLUSH,

@@ -1,0 +1,345 @@
+/* subpage unit tests: races between requests, one test per race that
+ * reached the code, each forced into its bad interleaving without a
+ * sleep.  A thread is held where it has dropped every lock (in a
+ * backend call behind a fake-backend gate, or at a named park point,
+ * cache_debug_set_park), the racing request runs to completion in the
+ * test's thread, then the held thread is let go and the outcome is
+ * checked against what every valid order of the two requests allows.
+ *
+ *  - an unaligned write whose partial sector is being filled while a
+ *    ZERO drops its other partial sector (pre-ZERO bytes must not come
+ *    back);
+ *  - a FUA write racing a TRIM or ZERO of part of its range (the rest
+ *    must still be durable at the reply);
+ *  - a read racing a TRIM of sectors it had found valid (it must not
+ *    return bytes it never filled);
+ *  - a flush whose collect found nothing to take because a TRIM held
+ *    the page, and the TRIM ends before the flush sleeps (no lost
+ *    wake-up);
+ *  - a flush after 100,000 failed flushes (it must not wait for writes
+ *    that arrived after it).
+ */
+#undef NDEBUG
+/* See test-cache-idle.c: cmocka's leak-checking allocator is not
+ * thread-safe.
+ */
+#undef UNIT_TESTING
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+
+/* A park point that holds the first thread to reach POINT until the
+ * test lets it go.
+ */
+struct park {
+  const char *point;
+  pthread_mutex_t lock;
+  pthread_cond_t cv;
+  bool armed, parked, go;
+};
+
+static void
+park_hook (void *opaque, const char *point)
+{
+  struct park *pk = opaque;
+
+  if (strcmp (point, pk->point) != 0)
+    return;
+  pthread_mutex_lock (&pk->lock);
+  if (pk->armed) {
+    pk->armed = false;
+    pk->parked = true;
+    pthread_cond_broadcast (&pk->cv);
+    while (!pk->go)
+      pthread_cond_wait (&pk->cv, &pk->lock);
+  }
+  pthread_mutex_unlock (&pk->lock);
+}
+
+static void
+park_init (struct park *pk, const char *point)
+{
+  memset (pk, 0, sizeof *pk);
+  pk->point = point;
+  pk->armed = true;
+  pthread_mutex_init (&pk->lock, NULL);
+  pthread_cond_init (&pk->cv, NULL);
+}
+
+static bool
+park_is_parked (struct park *pk)
+{
+  bool r;
+
+  pthread_mutex_lock (&pk->lock);
+  r = pk->parked;
+  pthread_mutex_unlock (&pk->lock);
+  return r;
+}
+
+static void
+park_release (struct park *pk)
+{
+  pthread_mutex_lock (&pk->lock);
+  pk->go = true;
+  pthread_cond_broadcast (&pk->cv);
+  pthread_mutex_unlock (&pk->lock);
+}
+
+/* Was [off, off+len) made durable with FUA, or by a backend flush
+ * after the write that put it on the disk?
+ */
+static bool
+durable_in_log (struct tcache *t, uint64_t off, uint32_t len)
+{
+  long w = fake_log_last (t->f, FAKE_WRITE, off, len);
+  struct fake_event ev;
+
+  if (w < 0 || !fake_event (t->f, (size_t) w, &ev))
+    return false;
+  return (ev.flags & CACHE_FUA) || fake_log_last (t->f, FAKE_FLUSH, 0, 0) > w;
+}
+
+/* An unaligned write [x+100, x+2*SS+100) of page 2: its head sector 1
+ * is valid (CLEAN), its tail sector 3 is absent and being filled from
+ * the backend (held).  Meanwhile a ZERO of sector 1 drops it and a
+ * whole-sector write makes sector 3 valid.  In either order of the
+ * write and the ZERO, bytes [x, x+100) of sector 1 read as zero; the
+ * write must not mark sector 1 dirty over the stale bytes its page
+ * still holds there.
+ */
+static void
+test_unaligned_write_racing_zero (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 2 * PG + SS;       /* sector 1 of page 2 */
+  unsigned char buf[2 * SS], tmp[SS];
+  struct async *w;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (cache_read (t->c, tmp, SS, x), 0);
+  assert_true (sectors_are (t, x, SS, V));
+  assert_true (sectors_are (t, x + 2 * SS, SS, 0));
+
+  fake_hold (t->f, FAKE_READ, true);
+  pattern (buf, sizeof buf, x + 100, 2);
+  w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x + 100, 0);
+  WAIT_FOR (fake_held (t->f, FAKE_READ) == 1);  /* filling sector 3 */
+
+  assert_int_equal (cache_zero (t->c, SS, x, 0), 0);
+  assert_true (sectors_are (t, x, SS, 0));
+  assert_int_equal (write_pattern (t, x + 2 * SS, SS, 3, 0), 0);
+  fake_hold (t->f, FAKE_READ, false);
+  assert_int_equal (async_join (w), 0);
+
+  assert_true (read_is_byte (t, x, 100, 0));
+  assert_true (read_is_pattern (t, x + 100, 2 * SS - 100, 2));
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_true (fake_disk_is_byte (t->f, 0, 100, x));
+  assert_true (disk_is_pattern (t, x + 100, 2 * SS - 100, 2));
+}
+
+/* A FUA write of sectors 0-15 of page 3 while a TRIM or ZERO of
+ * sectors 8-15 is in the backend (held): the write lands in the cache,
+ * waits for the busy range, and the discard then drops sectors 8-15.
+ * Sectors 0-7 were not touched by the discard: at the FUA write's reply
+ * they must be durable on the backend.
+ */
+static void
+fua_write_racing_discard (struct tcache *t, enum async_op op)
+{
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 3 * PG;
+  enum fake_op fop = op == ASYNC_ZERO ? FAKE_ZERO : FAKE_TRIM;
+  unsigned char buf[16 * SS];
+  struct async *d, *w;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  fake_hold (t->f, fop, true);
+  d = async_start (t, op, NULL, 8 * SS, x + 8 * SS, 0);
+  WAIT_FOR (fake_held (t->f, fop) == 1);
+
+  pattern (buf, sizeof buf, x, 2);
+  w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x, CACHE_FUA);
+  WAIT_FOR (stats (t->c).waiting_idle == 1);    /* for the busy range */
+  assert_false (async_done (w));
+  fake_hold (t->f, fop, false);
+  assert_int_equal (async_join (d), 0);
+  assert_int_equal (async_join (w), 0);
+
+  assert_true (disk_is_pattern (t, x, 8 * SS, 2));
+  assert_true (durable_in_log (t, x, 8 * SS));
+  assert_true (sectors_are (t, x, 8 * SS, V));
+}
+
+static void
+test_fua_write_racing_trim (void **state)
+{
+  fua_write_racing_discard (*state, ASYNC_TRIM);
+}
+
+static void
+test_fua_write_racing_zero (void **state)
+{
+  fua_write_racing_discard (*state, ASYNC_ZERO);
+}
+
+/* A read of sectors 0-3 of page 4, where 0-1 are valid (dirty) and 2-3
+ * absent: while it reads 2-3 from the backend (held), a TRIM drops 0-1.
+ * Each of sectors 0-1 must come back as the data before the trim or as
+ * zeroes (what the fake's trim leaves), never as the bytes the read's
+ * buffer held before the call.
+ */
+static void
+test_read_racing_trim (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 4 * PG;
+  unsigned char poison[4 * SS], want[SS];
+  const unsigned char *got;
+  struct async *r;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, x, 2 * SS, 2, 0), 0);
+
+  fake_hold (t->f, FAKE_READ, true);
+  memset (poison, 0xcc, sizeof poison);
+  r = async_start (t, ASYNC_READ, poison, sizeof poison, x, 0);
+  WAIT_FOR (fake_held (t->f, FAKE_READ) == 1);
+  assert_int_equal (cache_trim (t->c, 2 * SS, x, 0), 0);
+  assert_true (sectors_are (t, x, 2 * SS, 0));
+  fake_hold (t->f, FAKE_READ, false);
+  assert_int_equal (async_join (r), 0);
+
+  got = r->buf;
+  for (unsigned s = 0; s < 2; s++) {
+    const unsigned char *g = got + s * SS;
+    bool zero = true;
+
+    pattern (want, SS, x + s * SS, 2);
+    for (unsigned i = 0; i < SS; i++)
+      zero = zero && g[i] == 0;
+    if (!zero && memcmp (g, want, SS) != 0)
+      fail_msg ("sector %u: neither the data before the trim nor zeroes "
+                "(first byte %#x)", s, g[0]);
+  }
+  assert_int_equal (pattern_mismatch (got + 2 * SS, 2 * SS, x + 2 * SS, 1),
+                    -1);
+}
+
+/* Sectors 0-7 of page 5 are dirty.  A TRIM of sectors 8-15 is in the
+ * backend (held), so the page is busy.  A flush collects: the page is
+ * skipped and the collect returns 0.  The flush is parked there, the
+ * TRIM ends (its wake-ups find nobody waiting), then the flush goes on.
+ * It must notice that the page can now be collected, rather than sleep
+ * until background write-back (which this cache has none of).
+ */
+static void
+test_flush_after_skipped_collect (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 5 * PG;
+  struct park pk;
+  struct async *d, *fl;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, x, 8 * SS, 2, 0), 0);
+
+  fake_hold (t->f, FAKE_TRIM, true);
+  d = async_start (t, ASYNC_TRIM, NULL, 8 * SS, x + 8 * SS, 0);
+  WAIT_FOR (fake_held (t->f, FAKE_TRIM) == 1);
+
+  park_init (&pk, "flush.collected");
+  cache_debug_set_park (t->c, park_hook, &pk);
+  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  WAIT_FOR (park_is_parked (&pk));
+  assert_int_equal (counts (t).writes, 0);       /* the page was skipped */
+
+  fake_hold (t->f, FAKE_TRIM, false);
+  assert_int_equal (async_join (d), 0);
+  park_release (&pk);
+  assert_int_equal (async_join (fl), 0);
+  cache_debug_set_park (t->c, NULL, NULL);
+
+  assert_true (disk_is_pattern (t, x, 8 * SS, 2));
+  assert_true (durable_in_log (t, x, 8 * SS));
+}
+
+/* Write-back of one sector fails 100,000 flushes in a row (a backend at
+ * ENOSPC for hours while a client keeps flushing), then the backend
+ * recovers.  The next flush holds that sector's write in the backend;
+ * meanwhile a client writes another page.  That write arrived after the
+ * flush: the flush must return once the old sector is written, without
+ * waiting for the new one.
+ */
+static void
+test_flush_after_100000_failed_flushes (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  struct async *fl;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, 0, SS, 2, 0), 0);
+
+  atomic_store (&tc_quiet_errors, true);
+  fake_fail_all (t->f, FAKE_WRITE, -ENOSPC);
+  for (unsigned i = 0; i < 100000; i++) {
+    int r = cache_flush (t->c);
+    if (r != -ENOSPC) {
+      atomic_store (&tc_quiet_errors, false);
+      fail_msg ("failed flush %u returned %d, not -ENOSPC", i, r);
+    }
+  }
+  fake_fail_all (t->f, FAKE_WRITE, 0);
+  atomic_store (&tc_quiet_errors, false);
+
+  fake_hold (t->f, FAKE_WRITE, true);
+  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 1);
+  assert_int_equal (write_pattern (t, 7 * PG, SS, 3, 0), 0);
+  fake_release (t->f, FAKE_WRITE, 1);
+  assert_int_equal (async_join (fl), 0);
+  fake_hold (t->f, FAKE_WRITE, false);
+
+  assert_true (disk_is_pattern (t, 0, SS, 2));
+  assert_true (sectors_are (t, 7 * PG, SS, V | D));
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown (test_unaligned_write_racing_zero,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_write_racing_trim,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_write_racing_zero,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_read_racing_trim,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_after_skipped_collect,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_after_100000_failed_flushes,
+                                     tc_setup, tc_teardown),
+  };
+
+  return cmocka_run_group_tests (tests, NULL, NULL);
+}
