@@ -1,40 +1,76 @@
 /* crash-check: crash-consistency checker for the subpage plugin.
  *
- * What it proves.  The flush contract (DESIGN.md invariant 6): once a
- * FLUSH has succeeded, every write whose reply arrived before that
- * flush was sent is in the backend.  Each cycle starts nbdkit with the
- * plugin on an image file (the one the previous cycle left), opens
- * several connections (one thread and one libnbd handle each, several
- * requests in flight per handle), issues random writes (1 byte to
- * 1 MiB, unaligned, overlapping across connections) and now and then a
- * flush, then kills the server with SIGKILL at a random moment and
- * checks every byte of the image file.  SIGKILL does not lose the
- * kernel's page cache, so this checks that acknowledged and flushed
- * data reached the backend file, which is exactly the cache's promise;
- * power loss (fdatasync) is not tested here.
+ * What it proves.  The flush contract (DESIGN.md invariant 6), FUA
+ * (invariant 9) and what docs/guarantees.md promises for ZERO, TRIM and
+ * reads: once a FLUSH has succeeded, every write, zero and trim whose
+ * reply arrived before that flush was sent is in the backend; a write
+ * or zero with FUA is there from its reply on; a read returns, byte by
+ * byte, what some order of the requests allows, never bytes nobody
+ * wrote.  Each cycle starts nbdkit with the plugin on an image file
+ * (the one the previous cycle left), opens several connections (one
+ * thread and one libnbd handle each, several requests in flight per
+ * handle), and races on overlapping ranges across connections (85% of
+ * the requests fall into a 256 KiB hot range picked per cycle):
+ *   writes    1 byte to 1 MiB, unaligned, some with FUA;
+ *   zeroes    NBD_CMD_WRITE_ZEROES, same sizes, with and without
+ *             NO_HOLE, with and without FAST_ZERO, some with FUA;
+ *   trims     NBD_CMD_TRIM, same sizes, some with FUA;
+ *   reads     same sizes, each checked when the cycle ends;
+ *   flushes   now and then.
+ * Then it kills the server with SIGKILL at a random moment and checks
+ * every byte of the image file.  SIGKILL does not lose the kernel's
+ * page cache, so this checks that acknowledged and flushed data reached
+ * the backend file, which is exactly the cache's promise; power loss
+ * (fdatasync) is not tested here.
  *
  * Ordering.  One logical clock (an atomic counter) stamps events:
- *   w->issue  taken before the write is handed to libnbd (earlier than
- *             the real send),
- *   w->ack    taken in the completion callback (later than the real
- *             reply), UNACKED if no successful reply came,
- *   f->sent   taken before the flush is handed to libnbd.
+ *   x->issue  taken before the request is handed to libnbd (earlier
+ *             than the real send),
+ *   x->reply  taken in the completion callback (later than the real
+ *             reply), with the reply's error; NOREPLY if no reply came
+ *             (in flight at the kill),
+ *   f->sent   taken before a flush is handed to libnbd.
  * Both errors of the stamps only ever widen the set of accepted values,
  * so the check has no false alarms.  F is the largest f->sent of the
- * flushes that succeeded.  A write is COVERED when w->ack < F (any
- * connection: the plugin advertises multi-conn).  Writes issued before
- * F but acknowledged after it are not covered.
+ * flushes that succeeded.
  *
- * The rule, per byte b of the image:
- *   M = the covered write touching b with the largest issue stamp.
- *   Accepted values: the initial content of b (what the image held at
- *   the start of the cycle) if no covered write touches b; the value of
- *   any covered write X touching b that M did not supersede (X->ack >
- *   M->issue: M itself and writes in flight when M was issued); the
- *   value of any write touching b that is not covered.
- *   Anything else (older data, zeroes, bytes of a write that never
- *   touched b) is an inconsistency, printed with the offset, the
- *   accepted candidates and what was found.
+ * What each request may leave in a byte b it touches (its "value"):
+ *   write   its payload byte;
+ *   zero    0;
+ *   trim    0, or nothing (b keeps what it held): docs/guarantees.md
+ *           promises that a trimmed range reads as zeroes or as the data
+ *           it held before.  So a trim adds 0 to the accepted values and
+ *           never supersedes anything;
+ *   a fast zero that failed with ENOTSUP: nothing at all (it must not
+ *           have changed any byte); a request libnbd refused to send:
+ *           nothing; any other failed request: its value may be there
+ *           (it may have done part of its work), but it supersedes
+ *           nothing.
+ * A request SUPERSEDES the older ones when it is a write or a zero that
+ * succeeded.
+ *
+ * The rule after the kill, per byte b of the image: a request is
+ * COVERED when it succeeded and its reply came before F (any
+ * connection: the plugin advertises multi-conn), or when it had FUA and
+ * succeeded (durable on reply, without a flush).  M = the covered
+ * superseding request touching b with the largest issue stamp.
+ * Accepted: the initial content of b (what the image held at the start
+ * of the cycle) if there is no M; the value of any request X touching b
+ * that M did not supersede (X->reply > M->issue: M itself, requests in
+ * flight when M was issued, and every request not covered, since those
+ * may have reached the image or not).
+ *
+ * The rule for a read R, per byte b it returned: Mr = the superseding
+ * request touching b whose reply came before R was issued, with the
+ * largest issue stamp.  Accepted: the initial content of b if there is
+ * no Mr; the value of any request X touching b, issued before R's
+ * reply, that Mr did not supersede (X->reply > Mr->issue).  A read
+ * that returns bytes no such request wrote (stale data, another
+ * request's buffer, uninitialised memory) is an inconsistency.
+ *
+ * Anything else is an inconsistency, printed with the offset, what was
+ * found, M (or Mr) and every request touching the byte with its kind,
+ * flags, stamps and whether it is accepted.
  *
  * Payload.  Every byte is traceable: a write's payload is cut into
  * 16-byte records aligned on absolute image offsets, and the record at
@@ -44,20 +80,29 @@
  *   byte  12    C
  *   bytes 13-15 a hash of R, ID and C
  * so a record found intact names its write, and any byte's expected
- * value under a given write is computable.  Write ids are unique over
+ * value under a given write is computable.  Request ids are unique over
  * the whole run (the initial pattern is ID 0, connection 0xff).
  *
  * Bookkeeping.  covm[b] (uint32 per byte) holds 1 + the index of M in
- * the covered writes sorted by issue stamp, painted in that order.
- * Most bytes match M or the initial content; the rest are decoded from
- * their record, or checked against the writes that start within 1 MiB
- * before them (binary search in the writes sorted by offset).
+ * the covered superseding requests sorted by issue stamp, painted in
+ * that order; zok[b] says whether a zero or trim not superseded by M
+ * touches b (0 is then accepted).  Most bytes match M, zok or the
+ * initial content; the rest are decoded from their record, or checked
+ * against the requests that start within 1 MiB before them (binary
+ * search in the requests sorted by offset).  A read gets the same maps
+ * over its own range.
  *
  * Modes: --cycles N (kill cycles), --soak (until SIGINT, or --seconds),
  * --no-kill (one cycle, no SIGKILL: drain, final flush, SIGTERM; the
  * stress run for ThreadSanitizer), --backend file|nbd (nbd: the plugin's
  * uri= in front of an nbdkit file plugin serving the image; skips with
- * exit 77 if the plugin has no uri= parameter).
+ * exit 77 if the plugin has no uri= parameter).  The request mix is set
+ * by --read-pct, --zero-pct, --trim-pct, --fua-pct, --flush-pct and
+ * --hot-pct; --align N aligns writes, zeroes and trims to N bytes;
+ * --cache-pages N forces a cache of N pages (with random page sizes).
+ *
+ * Errors.  A request that fails before the kill (other than a fast zero
+ * with ENOTSUP) is reported and fails the run: nothing here should fail.
  *
  * nbdkit runs with the environment of the caller plus, for nbdkit only,
  * LD_PRELOAD=$NBDKIT_PRELOAD, ASAN_OPTIONS=$NBDKIT_ASAN_OPTIONS,
@@ -90,9 +135,10 @@
 
 #define KiB 1024u
 #define MiB (1024u * KiB)
-#define MAX_WRITE MiB
+#define MAX_WRITE MiB /* the largest request of any kind */
 #define REC 16u
-#define UNACKED UINT64_MAX
+#define NOREPLY UINT64_MAX
+#define NOT_SENT (-1) /* err of a request libnbd refused */
 #define INIT_ID 0u
 #define INIT_CONN 0xffu
 
@@ -107,7 +153,15 @@ static unsigned cycles = 20;
 static unsigned nconns = 4;
 static unsigned qdepth = 4;
 static unsigned min_ms = 100, max_ms = 1500;
-static unsigned flush_pct = 3; /* % of requests that are flushes */
+static unsigned flush_pct = 1; /* % of requests that are flushes */
+static unsigned read_pct = 15;  /* ... reads */
+static unsigned zero_pct = 15;  /* ... zeroes */
+static unsigned trim_pct = 15;  /* ... trims (the rest: writes) */
+static unsigned fua_pct = 20;   /* % of writes, zeroes, trims with FUA */
+static unsigned hot_pct = 85;   /* % of requests in the hot range */
+static uint64_t hot_size = 256 * KiB; /* its length */
+static uint32_t align = 1;      /* of writes, zeroes and trims */
+static unsigned cache_pages;    /* 0: random cache-size */
 static unsigned long long seed;
 static bool soak, no_kill, verbose;
 static unsigned seconds;
@@ -126,34 +180,65 @@ tick (void)
   return atomic_fetch_add (&clock_now, 1) + 1;
 }
 
+enum op_kind { OP_WRITE, OP_ZERO, OP_TRIM };
+static const char *const kind_name[] = { "write", "zero", "trim" };
+
+#define OPF_FUA 1u     /* LIBNBD_CMD_FLAG_FUA */
+#define OPF_NO_HOLE 2u /* LIBNBD_CMD_FLAG_NO_HOLE (zero) */
+#define OPF_FAST 4u    /* LIBNBD_CMD_FLAG_FAST_ZERO (zero) */
+
+/* A write, zero or trim. */
 struct wrec {
   uint64_t off;
   uint32_t len;
   uint32_t id;
   uint8_t conn;
+  uint8_t kind;
+  uint8_t flags;
   uint64_t issue;
-  _Atomic uint64_t ack; /* UNACKED unless a successful reply came */
+  _Atomic uint64_t reply; /* NOREPLY unless a reply came */
+  _Atomic int err;        /* the reply's errno (0: success), NOT_SENT */
+};
+
+struct rrec {
+  uint64_t off;
+  uint32_t len;
+  uint8_t conn;
+  uint64_t issue;
+  _Atomic uint64_t reply;
+  _Atomic int err;
+  uint8_t *buf;
 };
 
 struct frec {
   uint64_t sent;
   _Atomic uint64_t done; /* 0: no successful reply */
+  _Atomic int err;
+  _Atomic uint64_t reply; /* any reply */
 };
 
-/* This cycle's writes and flushes; slots are claimed atomically. */
-static struct wrec *writes;
+/* This cycle's requests; slots are claimed atomically. */
+static struct wrec *writes; /* writes, zeroes and trims */
 static size_t max_writes = 1u << 20;
 static _Atomic size_t nwrites;
+static struct rrec *reads;
+static size_t max_reads = 1u << 17;
+static _Atomic size_t nreads;
+static _Atomic uint64_t read_bytes; /* held in read buffers */
+static uint64_t max_read_bytes = 256 * MiB;
 static struct frec *flushes;
 static size_t max_flushes = 1u << 18;
 static _Atomic size_t nflushes;
 static _Atomic uint64_t last_flush; /* F: max sent of successful flushes */
 static uint32_t first_id = 1;       /* id of this cycle's writes[0] */
+static uint64_t hot_off, hot_len;   /* this cycle's hot range */
+static uint64_t kill_stamp;         /* just before the kill */
 static atomic_bool stop;
 
 /* Run totals. */
 static uint64_t t_cycles, t_writes, t_acked, t_covered, t_flushes, t_flushes_ok,
-  t_bytes, t_bad_bytes, t_bad_ranges;
+  t_bytes, t_bad_bytes, t_bad_ranges, t_kind[3], t_fua, t_enotsup, t_reads,
+  t_read_bytes, t_bad_read_bytes, t_errors;
 
 /* ---- payload ------------------------------------------------------- */
 
@@ -211,20 +296,23 @@ fill_payload (uint8_t *buf, uint32_t id, uint8_t conn, uint64_t off,
   }
 }
 
-/* If the record around OFF in IMG is intact, return its write id. */
+/* If the whole record around OFF lies in BUF, which holds the image's
+ * bytes [LO, HI), and is intact, return its write id.
+ */
 static bool
-decode_record (const uint8_t *img, uint64_t off, uint32_t *id, uint8_t *conn)
+decode_record (const uint8_t *buf, uint64_t lo, uint64_t hi, uint64_t off,
+               uint32_t *id, uint8_t *conn)
 {
   uint64_t r = off & ~(uint64_t) (REC - 1);
+  const uint8_t *p = buf + (r - lo);
   uint8_t rec[REC];
 
-  if (r + REC > image_size)
+  if (r < lo || r + REC > hi)
     return false;
-  *id = img[r + 8] | img[r + 9] << 8 | img[r + 10] << 16 |
-        (uint32_t) img[r + 11] << 24;
-  *conn = img[r + 12];
+  *id = p[8] | p[9] << 8 | p[10] << 16 | (uint32_t) p[11] << 24;
+  *conn = p[12];
   make_record (rec, *id, *conn, r);
-  return memcmp (rec, img + r, REC) == 0;
+  return memcmp (rec, p, REC) == 0;
 }
 
 /* ---- random numbers (per thread) ----------------------------------- */
@@ -258,6 +346,30 @@ rnd_len (uint64_t *s)
     return len ? len : 1;
   }
   }
+}
+
+/* A range for a request: in the hot range (HOT_PCT % of requests) or
+ * anywhere; ALIGNED: offset and length multiples of --align.
+ */
+static void
+pick_range (uint64_t *s, bool aligned, uint64_t *off, uint32_t *len)
+{
+  uint64_t lo = 0, span = image_size;
+  uint32_t l = rnd_len (s);
+
+  if (rnd (s) % 100 < hot_pct) {
+    lo = hot_off;
+    span = hot_len;
+  }
+  if (l > span)
+    l = rnd_range (s, 1, span);
+  if (aligned && align > 1) {
+    /* span and lo are multiples of align, and so is MAX_WRITE */
+    l = (l + align - 1) / align * align;
+    *off = lo + rnd_range (s, 0, span - l) / align * align;
+  } else
+    *off = lo + rnd_range (s, 0, span - l);
+  *len = l;
 }
 
 /* ---- files --------------------------------------------------------- */
@@ -465,13 +577,21 @@ struct wctx {
 };
 
 static int
+op_done (void *user_data, int *error)
+{
+  struct wrec *w = user_data;
+
+  atomic_store (&w->err, *error);
+  atomic_store (&w->reply, tick ());
+  return 1;
+}
+
+static int
 write_done (void *user_data, int *error)
 {
   struct wctx *c = user_data;
 
-  if (*error == 0)
-    atomic_store (&c->w->ack, tick ());
-  return 1;
+  return op_done (c->w, error);
 }
 
 static void
@@ -484,14 +604,27 @@ write_free (void *user_data)
 }
 
 static int
+read_done (void *user_data, int *error)
+{
+  struct rrec *r = user_data;
+
+  atomic_store (&r->err, *error);
+  atomic_store (&r->reply, tick ());
+  return 1;
+}
+
+static int
 flush_done (void *user_data, int *error)
 {
   struct frec *f = user_data;
+  uint64_t t = tick ();
 
+  atomic_store (&f->err, *error);
+  atomic_store (&f->reply, t);
   if (*error == 0) {
     uint64_t old = atomic_load (&last_flush);
 
-    atomic_store (&f->done, tick ());
+    atomic_store (&f->done, t);
     while (old < f->sent &&
            !atomic_compare_exchange_weak (&last_flush, &old, f->sent))
       ;
@@ -506,51 +639,169 @@ struct conn {
   pthread_t thread;
 };
 
-/* Issues one request on CN.  Returns false when the handle is dead or
- * the record arrays are full.
+/* libnbd refused a request.  After the kill that is expected (the
+ * handle is dead); a request libnbd rejects for its flags or kind is a
+ * bug of this program.  Returns false (the thread stops issuing).
  */
 static bool
-issue (struct conn *cn)
+refused (struct conn *cn, const char *what)
 {
-  if (rnd (&cn->rng) % 100 < flush_pct) {
-    size_t i = atomic_fetch_add (&nflushes, 1);
-    struct frec *f;
+  int e = nbd_get_errno ();
 
-    if (i >= max_flushes)
-      return false;
-    f = &flushes[i];
-    f->sent = tick ();
-    if (nbd_aio_flush (
-          cn->h,
-          (nbd_completion_callback){ .callback = flush_done, .user_data = f },
-          0) == -1)
-      return false;
-  } else {
-    size_t i = atomic_fetch_add (&nwrites, 1);
-    struct wctx *c;
-    struct wrec *w;
+  if (nbd_aio_is_dead (cn->h) || nbd_aio_is_closed (cn->h))
+    return false;
+  if (e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP) {
+    fprintf (stderr, "crash-check: libnbd refused a %s: %s\n", what,
+             nbd_get_error ());
+    exit (1);
+  }
+  return false;
+}
 
-    if (i >= max_writes)
-      return false;
-    w = &writes[i];
-    w->len = rnd_len (&cn->rng);
-    w->off = rnd_range (&cn->rng, 0, image_size - w->len);
-    w->id = first_id + i;
-    w->conn = cn->idx;
+static bool
+issue_flush (struct conn *cn)
+{
+  size_t i = atomic_fetch_add (&nflushes, 1);
+  struct frec *f;
+
+  if (i >= max_flushes)
+    return false;
+  f = &flushes[i];
+  f->sent = tick ();
+  if (nbd_aio_flush (
+        cn->h,
+        (nbd_completion_callback){ .callback = flush_done, .user_data = f },
+        0) == -1)
+    return refused (cn, "flush");
+  return true;
+}
+
+/* Returns false when the read buffers hold enough: write instead. */
+static bool
+issue_read (struct conn *cn, bool *ok)
+{
+  size_t i;
+  struct rrec *r;
+  uint64_t off;
+  uint32_t len;
+
+  pick_range (&cn->rng, false, &off, &len);
+  if (atomic_fetch_add (&read_bytes, len) + len > max_read_bytes)
+    return false;
+  i = atomic_fetch_add (&nreads, 1);
+  if (i >= max_reads)
+    return false;
+  r = &reads[i];
+  r->off = off;
+  r->len = len;
+  r->conn = cn->idx;
+  r->buf = malloc (len);
+  if (r->buf == NULL)
+    die ("malloc");
+  memset (r->buf, 0xa5, len); /* not 0: bytes never filled show */
+  r->issue = tick ();
+  if (nbd_aio_pread (cn->h, r->buf, len, off,
+                     (nbd_completion_callback){ .callback = read_done,
+                                                .user_data = r },
+                     0) == -1) {
+    atomic_store (&r->err, NOT_SENT);
+    *ok = refused (cn, "read");
+  } else
+    *ok = true;
+  return true;
+}
+
+static bool
+issue_op (struct conn *cn, enum op_kind kind)
+{
+  size_t i = atomic_fetch_add (&nwrites, 1);
+  uint32_t nflags = 0;
+  struct wctx *c;
+  struct wrec *w;
+  int64_t r;
+
+  if (i >= max_writes)
+    return false;
+  w = &writes[i];
+  w->kind = kind;
+  pick_range (&cn->rng, true, &w->off, &w->len);
+  w->id = first_id + i;
+  w->conn = cn->idx;
+  if (rnd (&cn->rng) % 100 < fua_pct)
+    w->flags |= OPF_FUA;
+  if (kind == OP_ZERO) {
+    if (rnd (&cn->rng) % 2)
+      w->flags |= OPF_NO_HOLE;
+    if (rnd (&cn->rng) % 3 == 0)
+      w->flags |= OPF_FAST;
+  }
+  if (w->flags & OPF_FUA)
+    nflags |= LIBNBD_CMD_FLAG_FUA;
+  if (w->flags & OPF_NO_HOLE)
+    nflags |= LIBNBD_CMD_FLAG_NO_HOLE;
+  if (w->flags & OPF_FAST)
+    nflags |= LIBNBD_CMD_FLAG_FAST_ZERO;
+
+  switch (kind) {
+  case OP_WRITE:
     c = malloc (sizeof *c);
     if (c == NULL || (c->buf = malloc (w->len)) == NULL)
       die ("malloc");
     c->w = w;
     fill_payload (c->buf, w->id, w->conn, w->off, w->len);
     w->issue = tick ();
-    if (nbd_aio_pwrite (cn->h, c->buf, w->len, w->off,
+    r = nbd_aio_pwrite (cn->h, c->buf, w->len, w->off,
                         (nbd_completion_callback){ .callback = write_done,
                                                    .user_data = c,
                                                    .free = write_free },
-                        0) == -1)
-      return false;
+                        nflags);
+    break;
+  case OP_ZERO:
+    w->issue = tick ();
+    r = nbd_aio_zero (cn->h, w->len, w->off,
+                      (nbd_completion_callback){ .callback = op_done,
+                                                 .user_data = w },
+                      nflags);
+    break;
+  default:
+    w->issue = tick ();
+    r = nbd_aio_trim (cn->h, w->len, w->off,
+                      (nbd_completion_callback){ .callback = op_done,
+                                                 .user_data = w },
+                      nflags);
+    break;
+  }
+  if (r == -1) {
+    atomic_store (&w->err, NOT_SENT);
+    return refused (cn, kind_name[kind]);
   }
   return true;
+}
+
+/* Issues one request on CN.  Returns false when the handle is dead or
+ * the record arrays are full.
+ */
+static bool
+issue (struct conn *cn)
+{
+  unsigned roll = rnd (&cn->rng) % 100;
+  bool ok;
+
+  if (roll < flush_pct)
+    return issue_flush (cn);
+  roll -= flush_pct;
+  if (roll < read_pct) {
+    if (issue_read (cn, &ok))
+      return ok;
+    return issue_op (cn, OP_WRITE);
+  }
+  roll -= read_pct;
+  if (roll < zero_pct)
+    return issue_op (cn, OP_ZERO);
+  roll -= zero_pct;
+  if (roll < trim_pct)
+    return issue_op (cn, OP_TRIM);
+  return issue_op (cn, OP_WRITE);
 }
 
 static void *
@@ -574,16 +825,85 @@ conn_thread (void *arg)
 
 /* ---- verification -------------------------------------------------- */
 
-static uint8_t *base, *found;
-static uint32_t *covm;
-static struct wrec **cov_sorted, **off_sorted;
+static uint8_t *base, *found, *zok, *rzok;
+static uint32_t *covm, *rmap, *rzmap, *rnext;
+static struct wrec **cov_sorted, **off_sorted, **r_sorted, **rz_sorted;
 static size_t ncov, nw;
 
-static bool
-is_covered (const struct wrec *w, uint64_t F)
+static uint64_t
+reply_of (const struct wrec *x)
 {
-  uint64_t a = atomic_load (&w->ack);
-  return a != UNACKED && a < F;
+  return atomic_load (&x->reply);
+}
+
+static bool
+succeeded (const struct wrec *x)
+{
+  return reply_of (x) != NOREPLY && atomic_load (&x->err) == 0;
+}
+
+/* Requests that cannot have changed a byte. */
+static bool
+never_applied (const struct wrec *x)
+{
+  int e = atomic_load (&x->err);
+
+  if (e == NOT_SENT)
+    return true;
+  return x->kind == OP_ZERO && (x->flags & OPF_FAST) &&
+         reply_of (x) != NOREPLY && (e == ENOTSUP || e == EOPNOTSUPP);
+}
+
+static bool
+supersedes (const struct wrec *x)
+{
+  return x->kind != OP_TRIM && succeeded (x);
+}
+
+static bool
+is_covered (const struct wrec *x, uint64_t F)
+{
+  return succeeded (x) && (reply_of (x) < F || (x->flags & OPF_FUA));
+}
+
+/* The value X leaves in byte B (a trim: 0, or nothing). */
+static uint8_t
+op_byte (const struct wrec *x, uint64_t b)
+{
+  return x->kind == OP_WRITE ? payload_byte (x->id, x->conn, b) : 0;
+}
+
+/* One check: the image after the kill (lo = 0, hi = image_size), or one
+ * read (its range).  map[b - lo]: 1 + the index in sorted of the
+ * superseding request M (Mr) of byte b, 0 if none; z[b - lo]: a zero or
+ * trim accepted at b touches it; candidates must be issued before limit.
+ */
+struct model {
+  const uint8_t *buf; /* what was found, bytes [lo, hi) */
+  uint64_t lo, hi;
+  const uint32_t *map;
+  const uint8_t *z;
+  struct wrec *const *sorted;
+  uint64_t limit;
+};
+
+static const struct wrec *
+model_m (const struct model *md, uint64_t b)
+{
+  uint32_t i = md->map[b - md->lo];
+  return i ? md->sorted[i - 1] : NULL;
+}
+
+/* May X (touching B) account for byte B? */
+static bool
+cand_ok (const struct model *md, const struct wrec *x, uint64_t b)
+{
+  const struct wrec *m;
+
+  if (never_applied (x) || x->issue >= md->limit)
+    return false;
+  m = model_m (md, b);
+  return m == NULL || reply_of (x) > m->issue;
 }
 
 static int
@@ -602,16 +922,86 @@ cmp_off (const void *a, const void *b)
   return x->off < y->off ? -1 : x->off > y->off;
 }
 
-/* May write X account for byte B?  X touches B. */
-static bool
-write_allowed (const struct wrec *x, uint64_t b, uint64_t F)
+/* Paints md->map over [lo, hi) with the N requests of sorted (in issue
+ * order, so the last one touching a byte wins), then md->z with the
+ * zeroes and trims of LIST[0..nl) accepted at each byte.
+ */
+static void
+paint (struct model *md, uint32_t *map, uint8_t *z, size_t n,
+       struct wrec *const *list, size_t nl)
 {
-  const struct wrec *m;
+  size_t i;
+  uint64_t b;
 
-  if (!is_covered (x, F))
-    return true;
-  m = cov_sorted[covm[b] - 1]; /* exists: x is covered */
-  return atomic_load (&x->ack) > m->issue;
+  memset (map, 0, (md->hi - md->lo) * sizeof *map);
+  memset (z, 0, md->hi - md->lo);
+  for (i = 0; i < n; i++) {
+    const struct wrec *x = md->sorted[i];
+    uint64_t s = x->off < md->lo ? md->lo : x->off;
+    uint64_t e = x->off + x->len > md->hi ? md->hi : x->off + x->len;
+    for (b = s; b < e; b++)
+      map[b - md->lo] = i + 1;
+  }
+  for (i = 0; i < nl; i++) {
+    const struct wrec *x = list[i];
+    uint64_t s = x->off < md->lo ? md->lo : x->off;
+    uint64_t e = x->off + x->len > md->hi ? md->hi : x->off + x->len;
+    if (x->kind == OP_WRITE || never_applied (x) || x->issue >= md->limit)
+      continue;
+    for (b = s; b < e; b++)
+      if (!z[b - md->lo] && cand_ok (md, x, b))
+        z[b - md->lo] = 1;
+  }
+}
+
+static int
+cmp_issue_desc (const void *a, const void *b)
+{
+  return -cmp_issue (a, b);
+}
+
+static int
+cmp_reply_desc (const void *a, const void *b)
+{
+  uint64_t x = reply_of (*(struct wrec *const *) a);
+  uint64_t y = reply_of (*(struct wrec *const *) b);
+  return x > y ? -1 : x < y;
+}
+
+/* rnext[i]: the first unpainted index >= i (path halving). */
+static uint32_t
+next_free (uint32_t i)
+{
+  while (rnext[i] != i) {
+    rnext[i] = rnext[rnext[i]];
+    i = rnext[i];
+  }
+  return i;
+}
+
+/* The same as painting LIST[0..n) over [lo, hi) in reverse order (so
+ * the first one touching a byte wins), in time linear in hi - lo:
+ * each byte is painted once (hi - lo <= MAX_WRITE).
+ */
+static void
+paint_first (uint32_t *map, uint64_t lo, uint64_t hi, struct wrec *const *list,
+             size_t n)
+{
+  uint32_t len = hi - lo, i;
+  size_t k;
+
+  memset (map, 0, len * sizeof *map);
+  for (i = 0; i <= len; i++)
+    rnext[i] = i;
+  for (k = 0; k < n; k++) {
+    const struct wrec *x = list[k];
+    uint32_t s = x->off < lo ? 0 : x->off - lo;
+    uint32_t e = x->off + x->len > hi ? len : x->off + x->len - lo;
+    for (i = next_free (s); i < e; i = next_free (i + 1)) {
+      map[i] = k + 1;
+      rnext[i] = i + 1;
+    }
+  }
 }
 
 static const struct wrec *
@@ -622,28 +1012,34 @@ write_by_id (uint32_t id)
   return &writes[id - first_id];
 }
 
-/* Calls FN for each write touching B (those starting within MAX_WRITE
- * before it); stops when FN returns true.
+/* Index in off_sorted of the first request that may touch B or later
+ * bytes (every request is at most MAX_WRITE long).
  */
+static size_t
+first_near (uint64_t b)
+{
+  size_t lo = 0, hi = nw;
+
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (off_sorted[mid]->off + MAX_WRITE <= b)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Calls FN for each request touching B; stops when FN returns true. */
 static bool
 for_each_touching (uint64_t b,
                    bool (*fn) (const struct wrec *, uint64_t, void *),
                    void *arg)
 {
-  size_t lo = 0, hi = nw;
+  size_t i;
 
-  /* first index with off > b */
-  while (lo < hi) {
-    size_t mid = (lo + hi) / 2;
-    if (off_sorted[mid]->off <= b)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  while (lo-- > 0) {
-    const struct wrec *x = off_sorted[lo];
-    if (x->off + MAX_WRITE <= b)
-      break;
+  for (i = first_near (b); i < nw && off_sorted[i]->off <= b; i++) {
+    const struct wrec *x = off_sorted[i];
     if (x->off + x->len > b && fn (x, b, arg))
       return true;
   }
@@ -651,132 +1047,308 @@ for_each_touching (uint64_t b,
 }
 
 struct match_arg {
+  const struct model *md;
   uint8_t v;
-  uint64_t F;
 };
 
 static bool
 match_fn (const struct wrec *x, uint64_t b, void *arg)
 {
   struct match_arg *a = arg;
-  return payload_byte (x->id, x->conn, b) == a->v && write_allowed (x, b, a->F);
+  return op_byte (x, b) == a->v && cand_ok (a->md, x, b);
 }
+
+/* Is V, found at B, accepted?  BASE_V: the initial content of B. */
+static bool
+check_byte (const struct model *md, uint64_t b, uint8_t v, uint8_t base_v)
+{
+  const struct wrec *m = model_m (md, b), *x;
+  struct match_arg a = { md, v };
+  uint32_t id;
+  uint8_t conn;
+
+  if (m ? v == op_byte (m, b) : v == base_v)
+    return true;
+  if (v == 0 && md->z[b - md->lo])
+    return true;
+  if (decode_record (md->buf, md->lo, md->hi, b, &id, &conn) &&
+      (x = write_by_id (id)) != NULL && x->kind == OP_WRITE &&
+      x->off <= b && b < x->off + x->len && cand_ok (md, x, b))
+    return true;
+  return for_each_touching (b, match_fn, &a);
+}
+
+static void
+print_op (const struct wrec *x, uint64_t F)
+{
+  uint64_t r = reply_of (x);
+  int e = atomic_load (&x->err);
+  char rep[64] = "no reply";
+
+  if (e == NOT_SENT)
+    snprintf (rep, sizeof rep, "not sent");
+  else if (r != NOREPLY && e == 0)
+    snprintf (rep, sizeof rep, "ok at %" PRIu64, r);
+  else if (r != NOREPLY)
+    snprintf (rep, sizeof rep, "failed (%s) at %" PRIu64, strerror (e), r);
+  printf ("%s id %" PRIu32 " conn %u [%" PRIu64 ", +%" PRIu32 ")%s%s%s "
+          "issued %" PRIu64 ", %s%s",
+          kind_name[x->kind], x->id, x->conn, x->off, x->len,
+          x->flags & OPF_FUA ? " FUA" : "",
+          x->flags & OPF_NO_HOLE ? " NO_HOLE" : "",
+          x->flags & OPF_FAST ? " FAST_ZERO" : "", x->issue, rep,
+          F && is_covered (x, F) ? ", covered" : "");
+}
+
+struct print_arg {
+  const struct model *md;
+  uint64_t F;
+  const struct wrec *found; /* the write whose record is found, or NULL */
+  uint8_t v;                /* the byte found */
+  unsigned n, superseded;
+};
 
 static bool
 print_fn (const struct wrec *x, uint64_t b, void *arg)
 {
-  uint64_t F = *(uint64_t *) arg;
-  uint64_t ack = atomic_load (&x->ack);
-  char acked[32] = "never";
+  struct print_arg *a = arg;
+  const struct wrec *m = model_m (a->md, b);
 
-  if (!write_allowed (x, b, F))
+  if (x->issue >= a->md->limit)
     return false;
-  if (ack != UNACKED)
-    snprintf (acked, sizeof acked, "%" PRIu64, ack);
-  printf ("    write id %" PRIu32 " conn %u [%" PRIu64 ", +%" PRIu32
-          ") issued %" PRIu64 " acked %s, %s: 0x%02x\n",
-          x->id, x->conn, x->off, x->len, x->issue, acked,
-          is_covered (x, F) ? "covered" : "not covered",
-          payload_byte (x->id, x->conn, b));
+  if (!cand_ok (a->md, x, b) && !never_applied (x) && x != a->found &&
+      op_byte (x, b) != a->v) {
+    a->superseded++;
+    return false;
+  }
+  if (a->n++ >= 40) {
+    if (a->n == 41)
+      printf ("    ...\n");
+    return false;
+  }
+  printf ("    %s ", cand_ok (a->md, x, b)
+                     ? "accepted:"
+                     : never_applied (x) ? "no effect:"
+                                         : "superseded:");
+  print_op (x, a->F);
+  if (x == m)
+    printf (" (M)");
+  if (x == a->found)
+    printf (" (found)");
+  if (x->kind == OP_TRIM)
+    printf (": 0 or unchanged\n");
+  else
+    printf (": 0x%02x\n", op_byte (x, b));
   return false;
 }
 
 static void
-report (uint64_t b, uint64_t F)
+report_byte (const struct model *md, uint64_t b, uint64_t F)
 {
+  const struct wrec *m = model_m (md, b);
+  uint8_t v = md->buf[b - md->lo];
+  struct print_arg pa = { md, F, NULL, v, 0, 0 };
   uint32_t id;
   uint8_t conn;
 
-  printf ("crash-check: INCONSISTENT byte at offset %" PRIu64 " (0x%" PRIx64
-          "): found 0x%02x",
-          b, b, found[b]);
-  if (decode_record (found, b, &id, &conn)) {
+  printf ("  byte at offset %" PRIu64 " (0x%" PRIx64 "): found 0x%02x", b,
+          b, v);
+  if (decode_record (md->buf, md->lo, md->hi, b, &id, &conn)) {
     const struct wrec *x = write_by_id (id);
-    if (id == INIT_ID)
+    if (id == INIT_ID && conn == INIT_CONN)
       printf (" (the initial pattern)");
-    else if (x)
+    else if (x && x->kind == OP_WRITE) {
       printf (" (from write id %" PRIu32 " conn %u [%" PRIu64 ", +%" PRIu32
               ") of this cycle)",
               id, conn, x->off, x->len);
+      if (x->off <= b && b < x->off + x->len)
+        pa.found = x;
+    }
     else
-      printf (" (from write id %" PRIu32 " conn %u of an earlier "
-              "cycle)",
+      printf (" (from write id %" PRIu32 " conn %u of an earlier cycle)",
               id, conn);
   } else
     printf (" (record not intact)");
-  printf ("\n  last successful flush sent at %" PRIu64 "; accepted values:\n",
-          F);
-  if (covm[b] == 0)
-    printf ("    initial content (no covered write): 0x%02x\n", base[b]);
-  for_each_touching (b, print_fn, &F);
+  printf ("\n  M: ");
+  if (m) {
+    print_op (m, F);
+    printf ("\n");
+  } else
+    printf ("none; initial content accepted: 0x%02x\n", base[b]);
+  printf ("  the requests touching it%s (superseded: only those whose "
+          "value matches):\n",
+          md->limit != UINT64_MAX ? " issued before the read's reply" : "");
+  for_each_touching (b, print_fn, &pa);
+  printf ("  and %u more requests M superseded\n", pa.superseded);
 }
 
-/* Returns the number of inconsistent bytes. */
+/* The image after the kill.  Returns the number of inconsistent bytes. */
 static uint64_t
 verify (uint64_t F)
 {
+  struct model md = { found, 0, image_size, covm, zok, NULL, UINT64_MAX };
   uint64_t b, bad = 0, ranges = 0, printed = 0;
   bool prev_bad = false;
   size_t i;
 
-  nw = atomic_load (&nwrites);
-  if (nw > max_writes)
-    nw = max_writes;
   ncov = 0;
   for (i = 0; i < nw; i++) {
     off_sorted[i] = &writes[i];
-    if (is_covered (&writes[i], F))
+    if (supersedes (&writes[i]) && is_covered (&writes[i], F))
       cov_sorted[ncov++] = &writes[i];
   }
   qsort (cov_sorted, ncov, sizeof *cov_sorted, cmp_issue);
   qsort (off_sorted, nw, sizeof *off_sorted, cmp_off);
-
-  memset (covm, 0, image_size * sizeof *covm);
-  for (i = 0; i < ncov; i++) {
-    const struct wrec *w = cov_sorted[i];
-    for (b = w->off; b < w->off + w->len; b++)
-      covm[b] = i + 1;
-  }
+  md.sorted = cov_sorted;
+  paint (&md, covm, zok, ncov, off_sorted, nw);
 
   read_image (found);
   for (b = 0; b < image_size; b++) {
-    uint8_t v = found[b];
-    bool ok = false;
+    bool ok = check_byte (&md, b, found[b], base[b]);
 
-    if (covm[b] == 0)
-      ok = v == base[b];
-    else {
-      const struct wrec *m = cov_sorted[covm[b] - 1];
-      ok = v == payload_byte (m->id, m->conn, b);
-    }
-    if (!ok) {
-      uint32_t id;
-      uint8_t conn;
-      const struct wrec *x;
-
-      if (decode_record (found, b, &id, &conn) &&
-          (x = write_by_id (id)) != NULL && x->off <= b && b < x->off + x->len)
-        ok = write_allowed (x, b, F);
-    }
-    if (!ok) {
-      struct match_arg a = { v, F };
-      ok = for_each_touching (b, match_fn, &a);
-    }
     if (!ok) {
       bad++;
       if (!prev_bad)
         ranges++;
-      if (!prev_bad && printed++ < 10)
-        report (b, F);
+      if (!prev_bad && printed++ < 10) {
+        printf ("crash-check: INCONSISTENT image after the kill; last "
+                "successful flush sent at %" PRIu64 "\n",
+                F);
+        report_byte (&md, b, F);
+      }
     }
     prev_bad = !ok;
   }
   if (bad)
     printf ("crash-check: %" PRIu64 " inconsistent bytes in %" PRIu64
-            " ranges\n",
+            " ranges of the image\n",
             bad, ranges);
   t_bad_ranges += ranges;
   return bad;
+}
+
+/* Every read that succeeded.  Call after verify (off_sorted).  Returns
+ * the number of inconsistent bytes; *NCHECKED, *NBYTES: reads and bytes.
+ */
+static uint64_t
+verify_reads (size_t *nchecked, uint64_t *nbytes)
+{
+  size_t nr = atomic_load (&nreads), i, k;
+  uint64_t bad = 0, printed = 0;
+
+  if (nr > max_reads)
+    nr = max_reads;
+  *nchecked = 0;
+  *nbytes = 0;
+  for (i = 0; i < nr; i++) {
+    struct rrec *r = &reads[i];
+    uint64_t rep = atomic_load (&r->reply), b, rbad = 0;
+    struct model md = { r->buf, r->off, r->off + r->len, rmap, rzok,
+                        r_sorted, rep };
+    size_t n = 0, nz = 0;
+    bool prev_bad = false;
+
+    if (rep == NOREPLY || atomic_load (&r->err) != 0)
+      continue;
+    /* r_sorted: the superseding requests touching the read whose reply
+     * came before it was issued, newest issue first: rmap[b] names Mr.
+     * rz_sorted: the zeroes and trims touching it issued before its
+     * reply, latest reply first: rzmap[b] names the one that M is the
+     * least likely to have superseded.
+     */
+    for (k = first_near (r->off); k < nw && off_sorted[k]->off < md.hi;
+         k++) {
+      struct wrec *x = off_sorted[k];
+      if (x->off + x->len <= md.lo || never_applied (x))
+        continue;
+      if (supersedes (x) && reply_of (x) < r->issue)
+        r_sorted[n++] = x;
+      if (x->kind != OP_WRITE && x->issue < rep)
+        rz_sorted[nz++] = x;
+    }
+    qsort (r_sorted, n, sizeof *r_sorted, cmp_issue_desc);
+    qsort (rz_sorted, nz, sizeof *rz_sorted, cmp_reply_desc);
+    paint_first (rmap, md.lo, md.hi, r_sorted, n);
+    paint_first (rzmap, md.lo, md.hi, rz_sorted, nz);
+    for (b = md.lo; b < md.hi; b++) {
+      const struct wrec *m = model_m (&md, b);
+      uint32_t zi = rzmap[b - md.lo];
+      rzok[b - md.lo] =
+        zi && (m == NULL || reply_of (rz_sorted[zi - 1]) > m->issue);
+    }
+
+    for (b = md.lo; b < md.hi; b++) {
+      bool ok = check_byte (&md, b, r->buf[b - md.lo], base[b]);
+
+      if (!ok) {
+        rbad++;
+        if (!prev_bad && printed++ < 10) {
+          printf ("crash-check: INCONSISTENT read [%" PRIu64 ", +%" PRIu32
+                  ") conn %u issued %" PRIu64 ", replied %" PRIu64 "\n",
+                  r->off, r->len, r->conn, r->issue, rep);
+          report_byte (&md, b, 0);
+        }
+      }
+      prev_bad = !ok;
+    }
+    if (rbad)
+      printf ("crash-check: read [%" PRIu64 ", +%" PRIu32 "): %" PRIu64
+              " inconsistent bytes\n",
+              r->off, r->len, rbad);
+    bad += rbad;
+    ++*nchecked;
+    *nbytes += r->len;
+  }
+  return bad;
+}
+
+/* Requests that failed before the kill (a fast zero may fail with
+ * ENOTSUP).  Returns how many, and prints the first few.
+ */
+static uint64_t
+check_errors (void)
+{
+  size_t nr = atomic_load (&nreads), nf = atomic_load (&nflushes), i;
+  uint64_t n = 0;
+
+  if (nr > max_reads)
+    nr = max_reads;
+  if (nf > max_flushes)
+    nf = max_flushes;
+  for (i = 0; i < nw; i++) {
+    const struct wrec *x = &writes[i];
+    int e = atomic_load (&x->err);
+    if (e == 0 || e == NOT_SENT || reply_of (x) >= kill_stamp ||
+        never_applied (x))
+      continue;
+    if (n++ < 5) {
+      printf ("crash-check: ERROR before the kill: ");
+      print_op (x, 0);
+      printf ("\n");
+    }
+  }
+  for (i = 0; i < nr; i++) {
+    const struct rrec *r = &reads[i];
+    int e = atomic_load (&r->err);
+    if (e == 0 || e == NOT_SENT || atomic_load (&r->reply) >= kill_stamp)
+      continue;
+    if (n++ < 5)
+      printf ("crash-check: ERROR before the kill: read [%" PRIu64
+              ", +%" PRIu32 ") conn %u: %s\n",
+              r->off, r->len, r->conn, strerror (e));
+  }
+  for (i = 0; i < nf; i++) {
+    const struct frec *f = &flushes[i];
+    int e = atomic_load (&f->err);
+    if (e == 0 || atomic_load (&f->reply) == 0 ||
+        atomic_load (&f->reply) >= kill_stamp)
+      continue;
+    if (n++ < 5)
+      printf ("crash-check: ERROR before the kill: flush sent at %" PRIu64
+              ": %s\n",
+              f->sent, strerror (e));
+  }
+  return n;
 }
 
 /* ---- cycles -------------------------------------------------------- */
@@ -788,7 +1360,9 @@ pick (uint64_t *s, const char *const *v, size_t n)
 }
 #define PICK(s, v) pick (s, v, sizeof v / sizeof v[0])
 
-/* One cycle.  Returns the number of inconsistent bytes. */
+static uint64_t parse_size (const char *s);
+
+/* One cycle.  Returns the number of inconsistent bytes and errors. */
 static uint64_t
 run_cycle (unsigned cycle, const char *dir)
 {
@@ -801,12 +1375,13 @@ run_cycle (unsigned cycle, const char *dir)
   char sock[PATH_MAX], bsock[PATH_MAX], uri[PATH_MAX + 32];
   char a_file[PATH_MAX + 8], a[7][64];
   char *argv[32 + nfixed];
-  uint64_t s = seed * 1000003 + cycle, F, bad, nacked = 0;
+  uint64_t s = seed * 1000003 + cycle, F, bad, rbad, nacked = 0, nrbytes;
+  uint64_t nkind[3] = { 0 }, nfua = 0, nenotsup = 0, nerr;
   struct conn *cn = calloc (nconns, sizeof *cn);
   pid_t pid, bpid = 0;
   unsigned i, ms;
   int n = 0, status;
-  size_t k, nf, nf_ok = 0;
+  size_t k, nf, nf_ok = 0, nr, nrchecked;
   bool killed = false;
 
   if (cn == NULL)
@@ -817,13 +1392,21 @@ run_cycle (unsigned cycle, const char *dir)
 
   read_image (base);
   atomic_store (&nwrites, 0);
+  atomic_store (&nreads, 0);
+  atomic_store (&read_bytes, 0);
   atomic_store (&nflushes, 0);
   atomic_store (&last_flush, 0);
   atomic_store (&stop, false);
+  kill_stamp = UINT64_MAX;
   memset (writes, 0, max_writes * sizeof *writes);
   for (k = 0; k < max_writes; k++)
-    atomic_store (&writes[k].ack, UNACKED);
+    atomic_store (&writes[k].reply, NOREPLY);
+  memset (reads, 0, max_reads * sizeof *reads);
+  for (k = 0; k < max_reads; k++)
+    atomic_store (&reads[k].reply, NOREPLY);
   memset (flushes, 0, max_flushes * sizeof *flushes);
+  hot_len = image_size < hot_size ? image_size : hot_size;
+  hot_off = rnd_range (&s, 0, (image_size - hot_len) / (64 * KiB)) * 64 * KiB;
 
   if (strcmp (backend, "nbd") == 0) {
     char *bargv[] = { "nbdkit", "-f", "--exit-with-parent", "-U", bsock, "file",
@@ -853,7 +1436,11 @@ run_cycle (unsigned cycle, const char *dir)
     /* The cache must hold 8 pages (CACHE_MIN_PAGES). */
     if (strcmp (page, "256K") == 0 && strcmp (csize, "1M") == 0)
       csize = "4M";
-    snprintf (a[0], sizeof a[0], "cache-size=%s", csize);
+    if (cache_pages)
+      snprintf (a[0], sizeof a[0], "cache-size=%" PRIu64,
+                (uint64_t) cache_pages * parse_size (page));
+    else
+      snprintf (a[0], sizeof a[0], "cache-size=%s", csize);
     snprintf (a[1], sizeof a[1], "page-size=%s", page);
     snprintf (a[2], sizeof a[2], "sector-size=%s", sect);
     snprintf (a[3], sizeof a[3], "dirty-expire-ms=%s", PICK (&s, expires));
@@ -884,6 +1471,7 @@ run_cycle (unsigned cycle, const char *dir)
   ms = rnd_range (&s, min_ms, max_ms);
   sleep_ms (ms);
   if (!no_kill) {
+    kill_stamp = tick ();
     kill (pid, SIGKILL);
     if (waitpid (pid, &status, 0) == -1)
       die ("waitpid");
@@ -945,16 +1533,38 @@ run_cycle (unsigned cycle, const char *dir)
     nf = max_flushes;
   for (k = 0; k < nf; k++)
     nf_ok += atomic_load (&flushes[k].done) != 0;
+  nw = atomic_load (&nwrites);
+  if (nw > max_writes)
+    nw = max_writes;
   bad = verify (F);
-  for (k = 0; k < nw; k++)
-    nacked += atomic_load (&writes[k].ack) != UNACKED;
+  rbad = verify_reads (&nrchecked, &nrbytes);
+  nerr = check_errors ();
+  for (k = 0; k < nw; k++) {
+    const struct wrec *x = &writes[k];
+    nacked += succeeded (x);
+    nkind[x->kind]++;
+    nfua += (x->flags & OPF_FUA) != 0;
+    nenotsup += x->kind == OP_ZERO && never_applied (x);
+  }
+  nr = atomic_load (&nreads);
+  if (nr > max_reads)
+    nr = max_reads;
+  for (k = 0; k < nr; k++) {
+    free (reads[k].buf);
+    reads[k].buf = NULL;
+  }
 
-  printf ("cycle %u: %s after %u ms: %zu writes (%" PRIu64 " acked, %zu "
-          "covered by the last flush), %zu flushes (%zu ok), %" PRIu64
-          " bytes verified, %" PRIu64 " inconsistent\n",
-          cycle, killed ? "SIGKILL" : "SIGTERM", ms, nw, nacked, ncov, nf,
-          nf_ok, image_size, bad);
-  if (verbose || bad) {
+  printf ("cycle %u: %s after %u ms: %zu requests (%" PRIu64 " writes, %"
+          PRIu64 " zeroes of which %" PRIu64 " fast zeroes failed with "
+          "ENOTSUP, %" PRIu64 " trims; %" PRIu64 " with FUA; %" PRIu64
+          " succeeded, %zu covered), %zu flushes (%zu ok), %zu reads "
+          "(%" PRIu64 " bytes) checked, %" PRIu64 " image bytes verified; "
+          "%" PRIu64 " inconsistent in the image, %" PRIu64 " in reads, %"
+          PRIu64 " errors\n",
+          cycle, killed ? "SIGKILL" : "SIGTERM", ms, nw, nkind[OP_WRITE],
+          nkind[OP_ZERO], nenotsup, nkind[OP_TRIM], nfua, nacked, ncov, nf,
+          nf_ok, nrchecked, nrbytes, image_size, bad, rbad, nerr);
+  if (verbose || bad || rbad || nerr) {
     printf ("  nbdkit");
     for (i = 1; argv[i]; i++)
       printf (" %s", argv[i]);
@@ -970,9 +1580,17 @@ run_cycle (unsigned cycle, const char *dir)
   t_flushes_ok += nf_ok;
   t_bytes += image_size;
   t_bad_bytes += bad;
+  t_bad_read_bytes += rbad;
+  t_errors += nerr;
+  for (k = 0; k < 3; k++)
+    t_kind[k] += nkind[k];
+  t_fua += nfua;
+  t_enotsup += nenotsup;
+  t_reads += nrchecked;
+  t_read_bytes += nrbytes;
   first_id += nw;
   free (cn);
-  return bad;
+  return bad + rbad + nerr;
 }
 
 /* ---- main ---------------------------------------------------------- */
@@ -1034,7 +1652,17 @@ usage (FILE *f)
     "  --conns N          connections (threads), default 4\n"
     "  --qd N             requests in flight per connection, default 4\n"
     "  --min-ms/--max-ms  time between start and kill (default 100..1500)\n"
-    "  --flush-pct N      %% of requests that are flushes (default 3)\n"
+    "  --flush-pct N      %% of requests that are flushes (default 1)\n"
+    "  --read-pct N       %% of requests that are reads (default 15)\n"
+    "  --zero-pct N       %% of requests that are zeroes (default 15)\n"
+    "  --trim-pct N       %% of requests that are trims (default 15)\n"
+    "                     (the rest are writes)\n"
+    "  --fua-pct N        %% of writes, zeroes, trims with FUA (default 20)\n"
+    "  --hot-pct N        %% of requests in the hot range (default 85)\n"
+    "  --hot-size SIZE    its length, a multiple of 64K (default 256K)\n"
+    "  --align N          align writes, zeroes and trims to N bytes (a\n"
+    "                     power of two up to 64K; default 1)\n"
+    "  --cache-pages N    cache-size = N x the (random) page size\n"
     "  --server-log PATH  append nbdkit's stderr to PATH\n"
     "  --verbose          print every cycle's nbdkit command line\n"
     "Without PLUGIN-PARAMS each cycle picks random cache parameters.\n");
@@ -1058,6 +1686,14 @@ main (int argc, char **argv)
     O_MINMS,
     O_MAXMS,
     O_FLUSHPCT,
+    O_READPCT,
+    O_ZEROPCT,
+    O_TRIMPCT,
+    O_FUAPCT,
+    O_HOTPCT,
+    O_HOTSIZE,
+    O_ALIGN,
+    O_CACHEPAGES,
     O_LOG,
     O_VERBOSE,
     O_HELP
@@ -1077,6 +1713,14 @@ main (int argc, char **argv)
     { "min-ms", required_argument, NULL, O_MINMS },
     { "max-ms", required_argument, NULL, O_MAXMS },
     { "flush-pct", required_argument, NULL, O_FLUSHPCT },
+    { "read-pct", required_argument, NULL, O_READPCT },
+    { "zero-pct", required_argument, NULL, O_ZEROPCT },
+    { "trim-pct", required_argument, NULL, O_TRIMPCT },
+    { "fua-pct", required_argument, NULL, O_FUAPCT },
+    { "hot-pct", required_argument, NULL, O_HOTPCT },
+    { "hot-size", required_argument, NULL, O_HOTSIZE },
+    { "align", required_argument, NULL, O_ALIGN },
+    { "cache-pages", required_argument, NULL, O_CACHEPAGES },
     { "server-log", required_argument, NULL, O_LOG },
     { "verbose", no_argument, NULL, O_VERBOSE },
     { "help", no_argument, NULL, O_HELP },
@@ -1108,6 +1752,14 @@ main (int argc, char **argv)
     case O_MINMS: min_ms = atoi (optarg); break;
     case O_MAXMS: max_ms = atoi (optarg); break;
     case O_FLUSHPCT: flush_pct = atoi (optarg); break;
+    case O_READPCT: read_pct = atoi (optarg); break;
+    case O_ZEROPCT: zero_pct = atoi (optarg); break;
+    case O_TRIMPCT: trim_pct = atoi (optarg); break;
+    case O_FUAPCT: fua_pct = atoi (optarg); break;
+    case O_HOTPCT: hot_pct = atoi (optarg); break;
+    case O_HOTSIZE: hot_size = parse_size (optarg); break;
+    case O_ALIGN: align = parse_size (optarg); break;
+    case O_CACHEPAGES: cache_pages = atoi (optarg); break;
     case O_LOG: server_log = optarg; break;
     case O_VERBOSE: verbose = true; break;
     case O_HELP: usage (stdout); exit (0);
@@ -1119,6 +1771,9 @@ main (int argc, char **argv)
   if (plugin_path == NULL || nconns < 1 || nconns > 200 || qdepth < 1 ||
       min_ms > max_ms || image_size < MAX_WRITE || image_size % REC ||
       image_size > UINT32_MAX ||
+      flush_pct + read_pct + zero_pct + trim_pct > 100 || fua_pct > 100 ||
+      hot_pct > 100 || hot_size % (64 * KiB) || align > 64 * KiB || (align & (align - 1)) ||
+      image_size % (64 * KiB) ||
       (strcmp (backend, "file") && strcmp (backend, "nbd"))) {
     usage (stderr);
     exit (1);
@@ -1131,8 +1786,13 @@ main (int argc, char **argv)
   if (!have_seed)
     seed = (unsigned long long) time (NULL) ^ getpid ();
   printf ("crash-check: seed %llu, backend %s, image %" PRIu64 " bytes, "
-          "%u connections x %u in flight\n",
-          seed, backend, image_size, nconns, qdepth);
+          "%u connections x %u in flight; %% of requests: %u flush, %u read, "
+          "%u zero, %u trim, %u write; %u%% FUA, %u%% in %" PRIu64 " hot bytes, "
+          "align %" PRIu32
+          "%s\n",
+          seed, backend, image_size, nconns, qdepth, flush_pct, read_pct,
+          zero_pct, trim_pct, 100 - flush_pct - read_pct - zero_pct - trim_pct,
+          fua_pct, hot_pct, hot_size, align, cache_pages ? ", tiny cache" : "");
 
   signal (SIGPIPE, SIG_IGN);
   signal (SIGINT, on_sigint);
@@ -1149,13 +1809,22 @@ main (int argc, char **argv)
 
   writes = calloc (max_writes, sizeof *writes);
   flushes = calloc (max_flushes, sizeof *flushes);
+  reads = calloc (max_reads, sizeof *reads);
   cov_sorted = calloc (max_writes, sizeof *cov_sorted);
   off_sorted = calloc (max_writes, sizeof *off_sorted);
+  r_sorted = calloc (max_writes, sizeof *r_sorted);
+  rz_sorted = calloc (max_writes, sizeof *rz_sorted);
   base = malloc (image_size);
   found = malloc (image_size);
+  zok = malloc (image_size);
   covm = malloc (image_size * sizeof *covm);
-  if (!writes || !flushes || !cov_sorted || !off_sorted || !base || !found ||
-      !covm)
+  rzok = malloc (MAX_WRITE);
+  rmap = malloc (MAX_WRITE * sizeof *rmap);
+  rzmap = malloc (MAX_WRITE * sizeof *rzmap);
+  rnext = malloc ((MAX_WRITE + 1) * sizeof *rnext);
+  if (!writes || !flushes || !reads || !cov_sorted || !off_sorted ||
+      !r_sorted || !rz_sorted || !base || !found || !zok || !covm ||
+      !rzok || !rmap || !rzmap || !rnext)
     die ("malloc");
 
   start = now_s ();
@@ -1169,12 +1838,18 @@ main (int argc, char **argv)
     bad += run_cycle (c, dir);
   }
 
-  printf ("crash-check: %" PRIu64 " %s cycles, %" PRIu64 " writes issued "
-          "and checked (%" PRIu64 " acked, %" PRIu64 " covered by a flush), "
-          "%" PRIu64 " flushes (%" PRIu64 " ok), %" PRIu64 " bytes verified, "
-          "%" PRIu64 " inconsistent bytes in %" PRIu64 " ranges\n",
-          t_cycles, no_kill ? "no-kill" : "kill", t_writes, t_acked, t_covered,
-          t_flushes, t_flushes_ok, t_bytes, t_bad_bytes, t_bad_ranges);
+  printf ("crash-check: %" PRIu64 " %s cycles, %" PRIu64 " requests issued "
+          "and checked (%" PRIu64 " writes, %" PRIu64 " zeroes of which %"
+          PRIu64 " fast zeroes failed with ENOTSUP, %" PRIu64 " trims; %"
+          PRIu64 " with FUA; %" PRIu64 " succeeded, %" PRIu64 " covered), %"
+          PRIu64 " flushes (%" PRIu64 " ok), %" PRIu64 " reads (%" PRIu64
+          " bytes) checked, %" PRIu64 " image bytes verified; %" PRIu64
+          " inconsistent image bytes in %" PRIu64 " ranges, %" PRIu64
+          " inconsistent read bytes, %" PRIu64 " errors\n",
+          t_cycles, no_kill ? "no-kill" : "kill", t_writes, t_kind[OP_WRITE],
+          t_kind[OP_ZERO], t_enotsup, t_kind[OP_TRIM], t_fua, t_acked,
+          t_covered, t_flushes, t_flushes_ok, t_reads, t_read_bytes, t_bytes,
+          t_bad_bytes, t_bad_ranges, t_bad_read_bytes, t_errors);
 
   if (image_path == img)
     unlink (img);
