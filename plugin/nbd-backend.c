@@ -37,9 +37,12 @@
  * covers has completed, possibly on other connections.  An NBD flush
  * covers writes completed on other connections only if the server
  * advertises multi-conn, so without it N is 1 (said in the debug
- * output).  With a remote that cannot flush at all, flush is a no-op
- * (and FUA is plain writing): there is nothing more the client can ask
- * for.
+ * output).  That holds for a remote that cannot flush as well: the NBD
+ * spec says a client SHOULD NOT multiplex its commands over several
+ * connections to a server without multi-conn (a read on one need not
+ * see a write completed on another).  With a remote that cannot flush
+ * at all, flush is a no-op (and FUA is plain writing): there is
+ * nothing more the client can ask for.
  *
  * Flags (CACHE_*): FUA becomes LIBNBD_CMD_FLAG_FUA when the remote can
  * FUA, otherwise a flush after the command.  Zero without
@@ -820,9 +823,11 @@ nbd_backend_open (const char *uri, unsigned connections,
   pthread_mutex_init (&nb->pool_lock, NULL);
 
   /* Without multi-conn a flush on one connection need not cover writes
-   * completed on another: use one connection.
+   * completed on another, nor a read see them, whether or not the
+   * remote can flush (the NBD spec: a client SHOULD NOT use several
+   * connections then): use one connection.
    */
-  nb->n = nb->can_multi_conn || !nb->can_flush ? connections : 1;
+  nb->n = nb->can_multi_conn ? connections : 1;
   nb->conns = calloc (nb->n, sizeof *nb->conns);
   nb->pool = calloc (NB_POOL_CMDS, sizeof *nb->pool);
   if (nb->conns == NULL || nb->pool == NULL) {
@@ -881,8 +886,9 @@ nbd_backend_open (const char *uri, unsigned connections,
 
   if (nb->n < connections)
     nbdkit_debug ("subpage: uri=%s: the remote does not advertise "
-                  "multi-conn: using 1 connection, not %u (a flush on "
-                  "one connection need not cover writes on another)",
+                  "multi-conn: using 1 connection, not %u (a flush or "
+                  "read on one connection need not cover or see writes "
+                  "on another)",
                   uri, connections);
   nbdkit_debug ("subpage: uri=%s: size %" PRIu64 ", %u connection%s, "
                 "%s, flush %d, fua %d, trim %d, zero %d, fast zero %d, "

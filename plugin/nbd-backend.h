@@ -7,7 +7,8 @@
  * in parallel.  A flush is
  * the remote's flush; with more than one connection that is correct
  * only if the remote advertises multi-conn, so without it one
- * connection is used.  A dead connection makes every request that
+ * connection is used (also when the remote cannot flush: the NBD spec
+ * says a client SHOULD NOT use several connections then).  A dead connection makes every request that
  * needs it fail with EIO; there is no reconnection.
  */
 #ifndef SUBPAGE_NBD_BACKEND_H
