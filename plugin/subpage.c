@@ -28,7 +28,9 @@
  *                              does).
  *   .cleanup                   stops the metrics endpoint (removing its
  *                              socket), the watcher and the server,
- *                              flushes the cache, frees everything.
+ *                              drains the cache (cache_drain: writes
+ *                              back everything and flushes the backend,
+ *                              in every mode), frees everything.
  * nbdkit 1.32 does not call .close on SIGTERM, so nothing is done there.
  *
  * Shutdown watcher.  Dirty data must start draining as soon as nbdkit
@@ -653,7 +655,10 @@ subpage_cleanup (void)
 
   if (cache != NULL) {
     struct cache_stats st;
-    int r = cache_flush (cache);
+    /* cache_drain, not cache_flush: mode=unsafe ignores the client's
+     * flushes, but shutdown drains in every mode.
+     */
+    int r = cache_drain (cache);
 
     if (r < 0)
       nbdkit_error ("subpage: final flush failed, unwritten data is "

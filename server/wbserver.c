@@ -97,7 +97,8 @@
  *
  * What it does not do: it does not flush the backend (cache_flush does
  * that) and it does not write back during wbs_stop beyond finishing
- * jobs already queued; the caller flushes afterwards.
+ * jobs already queued; the caller then drains the cache with
+ * cache_drain (which, unlike cache_flush, also writes in mode=unsafe).
  */
 
 #ifndef _GNU_SOURCE

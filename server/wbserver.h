@@ -63,8 +63,9 @@ void wbs_kick (struct wbs *s);
 void wbs_begin_drain (struct wbs *s);
 /* Stops the loop and the workers once every queued job and in-flight
  * run has finished, unhooks the cache (its submit hook goes back to
- * synchronous) and frees S.  Dirty data may remain: the caller then
- * calls cache_flush.
+ * synchronous) and frees S.  Dirty data may remain (a pending drain
+ * is not finished): the caller then calls cache_drain, which writes it
+ * in every mode (cache_flush does nothing in mode=unsafe).
  */
 void wbs_stop (struct wbs *s);
 

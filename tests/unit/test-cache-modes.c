@@ -4,7 +4,8 @@
  * fake must see a FUA write covering the written sectors before
  * cache_write returns, no backend flush, and other dirty data must stay
  * dirty.  WRITETHROUGH writes reach the backend before the reply;
- * UNSAFE never writes or flushes on flush or FUA.  The FUA-waits-for-
+ * UNSAFE never writes or flushes on flush or FUA, but cache_drain (the
+ * shutdown drain) writes everything in every mode.  The FUA-waits-for-
  * write-back case needs a thread and is in test-cache-idle.c.
  */
 #undef NDEBUG
@@ -198,6 +199,54 @@ test_unsafe (void **state)
   assert_true (read_is_pattern (t, 0, 4 * KiB, 2));
 }
 
+/* The shutdown drain writes in unsafe mode too (issue 13, bug 4: the
+ * plugin's .cleanup used cache_flush, which does nothing in unsafe
+ * mode, so SIGTERM lost every dirty byte).  cache_drain puts every
+ * dirty sector on the backend, then flushes the backend; a client's
+ * flush afterwards is still a no-op.
+ */
+static void
+test_unsafe_drain (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  long w1, w2, w3, f;
+
+  cfg.mode = CACHE_MODE_UNSAFE;
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, 0, 4 * KiB, 2, 0), 0);
+  assert_int_equal (write_pattern (t, 5 * PG, 4 * KiB, 2, CACHE_FUA), 0);
+  assert_int_equal (write_pattern (t, 9 * PG + 100, PG + 300, 3, 0), 0);
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_int_equal (counts (t).writes, 0);
+  assert_true (disk_is_pattern (t, 0, 4 * KiB, 1));
+
+  assert_int_equal (cache_drain (t->c), 0);
+  assert_true (disk_is_pattern (t, 0, 4 * KiB, 2));
+  assert_true (disk_is_pattern (t, 5 * PG, 4 * KiB, 2));
+  assert_true (disk_is_pattern (t, 9 * PG + 100, PG + 300, 3));
+  assert_true (disk_is_pattern (t, 9 * PG, 100, 1));
+  assert_true (disk_is_pattern (t, 10 * PG + 400, SS - 400, 1));
+  assert_int_equal (stats (t->c).dirty_bytes, 0);
+  assert_true (sectors_are (t, 0, 4 * KiB, V));
+  /* The backend flush comes after the last write. */
+  w1 = fake_log_last (t->f, FAKE_WRITE, 0, 4 * KiB);
+  w2 = fake_log_last (t->f, FAKE_WRITE, 5 * PG, 4 * KiB);
+  w3 = fake_log_last (t->f, FAKE_WRITE, 10 * PG, SS);
+  f = fake_log_last (t->f, FAKE_FLUSH, 0, 0);
+  assert_true (w1 >= 0 && w2 >= 0 && w3 >= 0);
+  assert_true (f > w1 && f > w2 && f > w3);
+  assert_int_equal (counts (t).flushes, 1);
+  assert_int_equal (counts (t).fua_writes, 0);
+
+  /* Client flushes stay no-ops. */
+  assert_int_equal (write_pattern (t, 2 * PG, 4 * KiB, 4, 0), 0);
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_int_equal (counts (t).flushes, 1);
+  assert_true (sectors_are (t, 2 * PG, 4 * KiB, V | D));
+}
+
 int
 main (void)
 {
@@ -210,6 +259,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_writethrough_pages_evictable,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_unsafe, tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_unsafe_drain, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
