@@ -40,11 +40,12 @@
  *
  * Scheduling, without sleeps.  After every step the main thread waits
  * (sched_yield polling, bounded) until each running job has finished
- * or is blocked: counted in cache_get_stats' waiting_idle,
- * waiting_flush, waiting_throttle or waiting_page, or parked here.  Each
- * of those counters is raised under the lock that the waker takes, so
- * a waiter that is counted is either asleep or about to be woken.  A
- * request of the main sequence runs on the main thread when no job is
+ * or is blocked: parked here, or asleep in a condition wait of the core
+ * that no broadcast has ended yet (see "Who sleeps": exact, where
+ * cache_get_stats' waiting_* counters keep a woken thread counted until
+ * it runs; they name what a job waits for in traces and hang reports).
+ * A job seen throttled or waiting for a frame then gets the kick's
+ * write-back from the main thread.  A request of the main sequence runs on the main thread when no job is
  * running (completing first, as before, the held runs its sectors wait
  * for), otherwise on slot 0, and then it and a "join worker k" step
  * resolve: while the job is blocked, complete a held run (which, and ok
