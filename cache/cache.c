@@ -27,8 +27,10 @@
  * TRIM and ZERO (invariant 8): register the range as busy (so no new
  * write-back of it starts), wait until no sector of it is in flight
  * (dropping the page lock while waiting, re-checking in a loop), apply
- * the backend operation, then drop the cached sectors.  A failed backend
- * operation leaves the cache untouched.
+ * the backend operation, then drop the cached sectors; a ZERO's partial
+ * head and tail sectors are then written as zeroes through the cache.
+ * A failed backend operation (ENOTSUP for a FAST_ZERO included) leaves
+ * the cache untouched.
  *
  * Each request pins at most one chunk of pages at a time, and only a
  * thread that holds no pin waits for a free frame, so requests cannot
@@ -717,17 +719,6 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
       return -ENOTSUP;
     return write_zeroes (c, count, off, flags & CACHE_FUA);
   }
-  if (zero && off < a) {                /* partial head and tail sectors */
-    r = write_zeroes (c, a - off, off, flags & CACHE_FUA);
-    if (r < 0)
-      return r;
-  }
-  if (zero && e < end) {
-    r = write_zeroes (c, end - e, e, flags & CACHE_FUA);
-    if (r < 0)
-      return r;
-  }
-
   br.first_page = a >> c->page_shift;
   br.last_page = (e - 1) >> c->page_shift;
   wb_busy_begin (c, &br);
@@ -745,6 +736,13 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
     r = 0;                              /* unsupported trim: advisory */
   cache_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim",
                a, e - a, r);
+  /* Partial head and tail sectors, only once the backend's part has
+   * succeeded: a refused FAST_ZERO (or a failed one) changes nothing.
+   */
+  if (zero && r == 0 && off < a)
+    r = write_zeroes (c, a - off, off, flags & CACHE_FUA);
+  if (zero && r == 0 && e < end)
+    r = write_zeroes (c, end - e, e, flags & CACHE_FUA);
   return r;
 }
 

@@ -39,8 +39,9 @@ struct cache_run;
 
 /* How the cache reaches storage.  All return 0 or -errno and must be
  * safe to call from several threads at once.  trim and zero may be
- * NULL: trim then only drops cached data, and zero writes zeroes with
- * pwrite.
+ * NULL: a TRIM is then a no-op (it is advisory: the cache keeps its
+ * data, and the backend keeps what it holds), and a ZERO writes zeroes
+ * through the cache (a FAST_ZERO fails with -ENOTSUP).
  */
 struct cache_backend_ops {
   int (*pread) (void *opaque, void *buf, uint32_t count, uint64_t off);

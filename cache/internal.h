@@ -35,9 +35,11 @@
  * All tag changes happen under wb_lock (and the owning page's lock).
  *
  * Collect progress.  c->wb_progress counts events after which a
- * collect that found nothing to take may find something: a batch
- * buffer freed, a collector done with its pages, a TRIM or ZERO ended,
- * data put back on a page by a run's completion.  Each is counted under
+ * collect that found nothing to take may find something: batch buffers
+ * freed down under their cap, a collector done with pages that another
+ * one skipped, a TRIM or ZERO ended, data put back on a page by a run's
+ * completion.  (A collect that merely found nothing is not one: two
+ * flushes waiting on a TRIM would otherwise wake each other in turn.)  Each is counted under
  * wb_lock, with a broadcast on wb_cv.  A flush whose collect returned
  * nothing sleeps only while the count is what that collect saw (its
  * ticket), so none of those events can be missed between the collect
@@ -189,6 +191,8 @@ struct cache {
   uint64_t ecount_page[EPOCH_RING], ecount_run[EPOCH_RING];
   uint64_t efloor_page, efloor_run;
   atomic_uint_fast64_t wb_progress; /* written under wb_lock */
+  bool wb_contended;          /* a collector skipped a page being
+                               * collected by another one */
   struct busy_range *busy;
   atomic_uint nbusy;
   int wb_err;                 /* first write-back error not yet reported */

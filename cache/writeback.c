@@ -287,25 +287,33 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
 }
 
 /* Drops one reference to B; the last one frees it.  No lock held:
- * freeing a buffer lowers wb_buf_bytes, which collectors waiting for
- * room (flush, throttled writers) must hear about.
+ * freeing a buffer lowers wb_buf_bytes, which collectors refused for
+ * lack of room (flush, throttled writers) must hear about: when the
+ * free brings it under wb_buf_max, that is collect progress, and the
+ * function returns true.
  */
-static void
+static bool
 batch_put (struct batch *b)
 {
   struct cache *c = b->c;
   uint32_t cap = b->cap;
 
   if (atomic_fetch_sub (&b->pending, 1) == 1) {
+    bool room;
+
     free (b->buf);
     free (b->frags);
     free (b->runs);
     free (b);
     pthread_mutex_lock (&c->wb_lock);
-    atomic_fetch_sub (&c->wb_buf_bytes, cap);
-    wb_progress (c);                    /* a collector may use the room */
+    room = atomic_fetch_sub (&c->wb_buf_bytes, cap) >= c->wb_buf_max &&
+      atomic_load (&c->wb_buf_bytes) < c->wb_buf_max;
+    if (room)
+      wb_progress (c);                  /* a collector may use the room */
     pthread_mutex_unlock (&c->wb_lock);
+    return room;
   }
+  return false;
 }
 
 /* Page locked.  Snapshots sectors [first, first+n) of P into DST and
@@ -454,6 +462,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   uint64_t now = cache_now_ms ();
   uint32_t cap, maxfrags;
   uint64_t seen = atomic_load (&c->wb_progress);
+  unsigned own_events = 0;
 
   /* An empty collect accounts for the progress counted before it
    * looked (read first here, then under wb_lock when picking), plus its
@@ -475,8 +484,12 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   seen = atomic_load (&c->wb_progress);
   for (struct page *p = c->dirty_head;
        p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
-    if (p->collecting || p->dseq == SEQ_NONE)
+    if (p->dseq == SEQ_NONE)
       continue;
+    if (p->collecting) {
+      c->wb_contended = true;           /* its collector will tell us */
+      continue;
+    }
     if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
       break;
     if (how == PICK_FLUSH && p->dseq > arg)
@@ -581,10 +594,12 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
     page_unpin (c, picked[k]);
 
   pthread_mutex_lock (&c->wb_lock);
-  wb_progress (c);                      /* collecting flags cleared */
+  if (c->wb_contended) {                /* collecting flags cleared */
+    c->wb_contended = false;
+    wb_progress (c);
+    own_events++;
+  }
   pthread_mutex_unlock (&c->wb_lock);
-  if (ticket)
-    *ticket = seen + 1;
 
   /* Every W bit of the batch is set: now submit. */
   atomic_fetch_add (&b->pending, b->nruns);
@@ -599,7 +614,13 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
                    b->runs[r].off, b->runs[r].len, b->runs[r].nfrags);
       submit_run (c, &b->runs[r]);
     }
-    batch_put (b);                      /* drop the bias */
+    /* Drop the bias.  The collect's own progress events (the one
+     * above, and the batch's free if it happens here) are part of what
+     * an empty collect accounts for.
+     */
+    own_events += batch_put (b);
+    if (ticket)
+      *ticket = seen + own_events;
     return (int) nruns;
   }
 }
@@ -734,8 +755,11 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     pthread_mutex_unlock (&c->wb_lock);
 
     CACHE_ASSERT (page_check (c, p));
-    if (p->nw == 0)                     /* page leaves write-back */
-      page_wake (p);
+    /* Waiters (TRIM, ZERO, FUA) wait for W to clear in their own range,
+     * not in the whole page: each completion wakes them to re-check, so
+     * steady write-back of other sectors of the page cannot starve them.
+     */
+    page_wake (p);
     page_unlock (p);
     page_unpin (c, p);                  /* the fragment's pin */
   }

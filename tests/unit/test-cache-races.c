@@ -17,7 +17,12 @@
  *    the page, and the TRIM ends before the flush sleeps (no lost
  *    wake-up);
  *  - a flush after 100,000 failed flushes (it must not wait for writes
- *    that arrived after it).
+ *    that arrived after it);
+ *  - a FUA write waiting for write-back of its own sector while another
+ *    sector of the page stays in flight (it must go on when its sector
+ *    is done, not when the whole page is);
+ * and one that is not a race: a FAST_ZERO that the backend refuses
+ * changes nothing, its partial head and tail sectors included.
  */
 #undef NDEBUG
 /* See test-cache-idle.c: cmocka's leak-checking allocator is not
@@ -323,6 +328,71 @@ test_flush_after_100000_failed_flushes (void **state)
   assert_true (sectors_are (t, 7 * PG, SS, V | D));
 }
 
+/* Two runs in flight on page 6: sector 0 and sector 8.  A FUA write of
+ * sector 8 waits for its run.  When that run completes, the FUA write
+ * must go on although sector 0's run is still in flight.
+ */
+static void
+test_fua_waiter_wakes_when_its_range_is_idle (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 6 * PG;
+  unsigned char buf[SS];
+  struct fake_capture ci;
+  size_t a = SIZE_MAX, b = SIZE_MAX;
+  struct async *w;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  assert_int_equal (write_pattern (t, x, SS, 2, 0), 0);
+  assert_int_equal (write_pattern (t, x + 8 * SS, SS, 3, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 2);
+  for (size_t i = 0; i < fake_nr_captured (t->f); i++) {
+    assert_true (fake_capture_info (t->f, i, &ci));
+    if (ci.off == x)
+      a = i;
+    else if (ci.off == x + 8 * SS)
+      b = i;
+  }
+  assert_true (a != SIZE_MAX && b != SIZE_MAX);
+
+  pattern (buf, SS, x + 8 * SS, 4);
+  w = async_start (t, ASYNC_WRITE, buf, SS, x + 8 * SS, CACHE_FUA);
+  WAIT_FOR (stats (t->c).waiting_idle == 1);
+  assert_int_equal (fake_complete (t->f, t->c, b, 0), 0);
+  assert_true (sectors_are (t, x, SS, V | W));
+  WAIT_FOR (async_done (w));
+  assert_int_equal (async_join (w), 0);
+  assert_true (disk_is_pattern (t, x + 8 * SS, SS, 4));
+  assert_true (durable_in_log (t, x + 8 * SS, SS));
+  assert_int_equal (fake_complete (t->f, t->c, a, 0), 0);
+}
+
+/* A FAST_ZERO over [x+SS/2, x+3*SS+SS/2) of dirty data, refused by the
+ * backend with ENOTSUP: the client will write zeroes itself, so the
+ * cache must be as it was, its partial head and tail sectors included.
+ */
+static void
+test_fast_zero_refused_changes_nothing (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 7 * PG;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, x, 4 * SS, 2, 0), 0);
+  fake_fail_nth (t->f, FAKE_ZERO, 1, -ENOTSUP);
+  assert_int_equal (cache_zero (t->c, 3 * SS, x + SS / 2,
+                                CACHE_FAST_ZERO | CACHE_MAY_TRIM), -ENOTSUP);
+  assert_true (read_is_pattern (t, x, 4 * SS, 2));
+  assert_true (sectors_are (t, x, 4 * SS, V | D));
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_true (disk_is_pattern (t, x, 4 * SS, 2));
+}
+
 int
 main (void)
 {
@@ -338,6 +408,10 @@ main (void)
     cmocka_unit_test_setup_teardown (test_flush_after_skipped_collect,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_flush_after_100000_failed_flushes,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_waiter_wakes_when_its_range_is_idle,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fast_zero_refused_changes_nothing,
                                      tc_setup, tc_teardown),
   };
 
