@@ -1,0 +1,1329 @@
+/* subpage: a schedule explorer for the cache core.
+ *
+ * What it does.  It runs two or three requests against the cache core
+ * at once, each in its own thread, and explores their interleavings
+ * systematically, the way CHESS, loom or Coyote do: only one thread
+ * runs at a time, and at every scheduling point the explorer decides
+ * which one runs next.  The scheduling points are every mutex
+ * acquisition and condition-variable wait of the core (its own build of
+ * cache/, with shim.h force-included, routes pthreads here), every
+ * backend call's start and completion, the core's named park points
+ * (CACHE_PARK) and the start of each request.  An execution is fully
+ * determined by its list of choices, so the explorer enumerates them
+ * depth-first, replaying a prefix and trying the next choice at the
+ * deepest point that still has one, within a preemption bound:
+ * switching away from a thread that could go on costs 1 at a backend
+ * call or park point and 2 at a mutex acquisition (1 with SUBPAGE_DEEP),
+ * switching when the running thread blocks or ends is free.  A point
+ * where no switch fits in the bound is passed without a decision (so a
+ * schedule is numbered within its bound).  Iterative bounding: for 40%
+ * of the time, scenario after scenario is explored completely within
+ * bound 1; then, from the first scenario again, within bound 2, up to
+ * 3000 schedules each (all of them for most scenarios).  The requests
+ * run in three worker threads that live for the whole run.
+ *
+ * Scenarios.  A small disk (10 pages of 4 KiB, 1 KiB sectors, so 4
+ * sectors a page; 512 B sectors in some scenarios), a cache of 8 pages,
+ * and a prelude that puts page 0 and 1 in a mixed state (sectors
+ * absent, clean and dirty side by side) before the threads start.  The
+ * requests are drawn, from a seeded generator, by role (a write, a
+ * TRIM or ZERO near it, and a third request of any kind, in most
+ * scenarios), among: aligned,
+ * unaligned and sub-sector writes, FUA writes, reads, TRIM, ZERO (with
+ * and without MAY_TRIM (NO_HOLE) and FAST_ZERO), flush, the shutdown
+ * drain (cache_drain), background write-back (cache_writeback: collect,
+ * submit, complete, in that thread) and reclaim (a read of 8 other
+ * pages, which evicts), over a small set of ranges that cross the
+ * sectors and pages of the prelude in every way.  Modes writeback,
+ * writethrough and unsafe; a backend with or without trim/zero and fast
+ * zero; and a backend write that fails (-EIO) in some scenarios.
+ *
+ * The model.  Every request's data is one byte value repeated (values
+ * differ between requests and from the initial disk, 0xE5), and every
+ * range is a multiple of a 256-byte granule, inside which nothing can
+ * be torn.  Each request has a start and an end on the explorer's
+ * logical clock.  For a granule and an interval [s, e], the values a
+ * read may return are: the initial value, unless some modifying request
+ * completed before s; the value of every write, zero (0) or trim (0, or
+ * any value allowed just before or during it) of the granule that
+ * started before e and that no request completed before s superseded
+ * (started after it ended).  A failed request may have landed (never
+ * supersedes); a fast zero refused with ENOTSUP has no effect.  The
+ * backend has a volatile part and a durable part (what a backend flush
+ * or a FUA write made durable).  Checks:
+ *  - a read returns, for each granule, one uniform value the model
+ *    allows over the read's interval (never bytes nobody wrote, such as
+ *    the 0xCC the explorer fills read buffers with);
+ *  - at the reply of a FUA write (of every write in writethrough mode,
+ *    to the volatile part there), the backend holds the write's value
+ *    or that of a request concurrent with it;
+ *  - at the reply of a successful flush (not in unsafe mode) or drain,
+ *    the durable backend holds, for every granule, a value the model
+ *    allows over the flush's interval;
+ *  - no thread is left waiting with nobody to wake it (a lost wake-up
+ *    or a deadlock), and no execution runs forever;
+ *  - after the requests, with faults off, cache_drain succeeds and the
+ *    durable backend and reads through the cache hold only values the
+ *    model allows at the end; nothing is dirty; nobody waits; every
+ *    page passes page_check (the drain and the read run in a worker
+ *    under the scheduler too, so a drain that never returns is found);
+ *  - any CACHE_ASSERT of the core (assert()) aborts the run.
+ * On a failure it prints the scenario, the schedule (the choices, which
+ * --replay takes) and the steps of the failing execution, and exits 1.
+ *
+ * Usage: explore [--seconds N] [--seed N] [--scenarios N]
+ *                [--only-bound2] [--ops KIND[:OFF+LEN],...]
+ *                [--replay BOUND:SEED:CHOICES]
+ * --ops replaces the drawn requests (kinds as printed: write,
+ * write+fua, read, trim, zero, flush, drain, writeback, reclaim); a
+ * failure prints the --replay line that runs its schedule again.
+ * Environment: EXPLORE_SECONDS (default 60), SUBPAGE_DEEP=1 (then
+ * EXPLORE_DEEP_SECONDS, default 600; preemptions at mutexes cost 1,
+ * bound 3 in the second pass, up to 20000 schedules a scenario).
+ *
+ * What it does not do: partial-order reduction (equivalent schedules are
+ * run again), threads of server/ or the plugin (the core only), or
+ * asynchronous completion of write-back runs (runs complete in the
+ * thread that submitted them, with a scheduling point before and after
+ * the backend write).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache.h"
+
+#define PAGE 4096u
+#define NPAGES 10u
+#define DISK (NPAGES * PAGE)
+#define HOT (2 * PAGE)              /* the pages the prelude and ops use */
+#define GRAN 256u
+#define NGRAN (DISK / GRAN)
+#define INITIAL 0xE5
+#define POISON 0xCC
+#define MAXT 3
+#define MAXOPS 8                    /* prelude + concurrent */
+#define MAXDEC 20000
+
+/* ---- threads and the scheduler ---- */
+
+enum xstate { XS_NEW, XS_RUN, XS_MUTEX, XS_COND, XS_DONE };
+
+struct op;
+
+struct xthread {
+  pthread_t th;
+  unsigned id;
+  enum xstate st;
+  const void *obj;              /* mutex or condvar waited on */
+  bool timed, timedout;
+  sem_t go;
+  const char *where;            /* last scheduling point */
+  bool major;                   /* ... and whether it was a major one */
+  struct op *op;
+};
+
+static struct xthread xt[MAXT];
+static unsigned nxt;
+static __thread struct xthread *self;
+static sem_t back;
+static uint64_t clk;                /* logical clock: scheduling steps */
+
+static struct { const void *m; struct xthread *owner; } held[64];
+static unsigned nheld;
+
+struct decision {
+  uint8_t nopt, chosen, spent;
+  uint8_t opt[MAXT], cost[MAXT];
+  uint8_t who;                      /* thread that ran */
+  const char *where;                /* where the previous thread stopped */
+};
+static struct decision trace[MAXDEC];
+static unsigned ntrace;
+static uint8_t prefix[MAXDEC];
+static unsigned nprefix;
+static unsigned minor_cost = 2;
+
+static char failure[2048];
+static const char *ops_arg;          /* --ops, for the replay line */          /* first failure of this execution */
+
+static void
+fail (const char *fmt, ...)
+{
+  va_list ap;
+
+  if (failure[0])
+    return;
+  va_start (ap, fmt);
+  vsnprintf (failure, sizeof failure, fmt, ap);
+  va_end (ap);
+}
+
+static unsigned bound;               /* of the current exploration */
+static unsigned spent;               /* preemption cost spent so far */
+
+/* A scheduling point.  A running thread that could not be preempted
+ * here within the bound goes on without a decision being recorded (so
+ * schedules are numbered per bound: --replay takes the bound).
+ */
+static void
+yield (const char *where, bool major)
+{
+  self->where = where;
+  self->major = major;
+  if (self->st == XS_RUN && spent + (major ? 1 : minor_cost) > bound)
+    return;
+  sem_post (&back);
+  sem_wait (&self->go);
+}
+
+static struct xthread *
+owner_of (const void *m)
+{
+  for (unsigned i = 0; i < nheld; i++)
+    if (held[i].m == m)
+      return held[i].owner;
+  return NULL;
+}
+
+static void
+held_add (const void *m)
+{
+  if (nheld == sizeof held / sizeof held[0])
+    abort ();
+  held[nheld].m = m;
+  held[nheld].owner = self;
+  nheld++;
+}
+
+static void
+held_del (const void *m)
+{
+  for (unsigned i = 0; i < nheld; i++)
+    if (held[i].m == m) {
+      held[i] = held[--nheld];
+      return;
+    }
+  abort ();                         /* unlock of a mutex not held */
+}
+
+static void
+acquire (pthread_mutex_t *m)
+{
+  while (owner_of (m)) {
+    self->st = XS_MUTEX;
+    self->obj = m;
+    yield ("mutex.wait", false);
+  }
+  held_add (m);
+  pthread_mutex_lock (m);           /* free: cannot block */
+}
+
+int
+x_mutex_lock (pthread_mutex_t *m)
+{
+  if (!self)
+    return pthread_mutex_lock (m);
+  yield ("mutex.lock", false);
+  acquire (m);
+  return 0;
+}
+
+int
+x_mutex_unlock (pthread_mutex_t *m)
+{
+  if (!self)
+    return pthread_mutex_unlock (m);
+  held_del (m);
+  pthread_mutex_unlock (m);
+  for (unsigned i = 0; i < nxt; i++)
+    if (xt[i].st == XS_MUTEX && xt[i].obj == m)
+      xt[i].st = XS_RUN;
+  return 0;
+}
+
+static int
+cond_wait (pthread_cond_t *cv, pthread_mutex_t *m, bool timed)
+{
+  x_mutex_unlock (m);
+  self->st = XS_COND;
+  self->obj = cv;
+  self->timed = timed;
+  self->timedout = false;
+  yield ("cond.wait", true);
+  acquire (m);
+  return self->timedout ? ETIMEDOUT : 0;
+}
+
+int
+x_cond_wait (pthread_cond_t *cv, pthread_mutex_t *m)
+{
+  if (!self)
+    return pthread_cond_wait (cv, m);
+  return cond_wait (cv, m, false);
+}
+
+int
+x_cond_timedwait (pthread_cond_t *cv, pthread_mutex_t *m,
+                  const struct timespec *abstime)
+{
+  if (!self)
+    return pthread_cond_timedwait (cv, m, abstime);
+  return cond_wait (cv, m, true);
+}
+
+static void
+wake (const void *cv, bool all)
+{
+  for (unsigned i = 0; i < nxt; i++)
+    if (xt[i].st == XS_COND && xt[i].obj == cv) {
+      xt[i].st = XS_RUN;
+      if (!all)
+        return;
+    }
+}
+
+int
+x_cond_broadcast (pthread_cond_t *cv)
+{
+  wake (cv, true);
+  return pthread_cond_broadcast (cv);
+}
+
+int
+x_cond_signal (pthread_cond_t *cv)
+{
+  wake (cv, false);
+  return pthread_cond_signal (cv);
+}
+
+static bool
+runnable (const struct xthread *t)
+{
+  return t->st == XS_NEW || t->st == XS_RUN;
+}
+
+/* Runs the threads to the end, one step at a time.  Returns false on a
+ * deadlock or a runaway execution (failure set).
+ */
+static bool
+schedule (void)
+{
+  struct xthread *cur = NULL;
+  const char *where = "start";
+
+  for (;;) {
+    struct decision *d;
+    struct xthread *t;
+    bool any = false;
+
+    if (ntrace == MAXDEC) {
+      fail ("execution longer than %u steps (livelock?)", MAXDEC);
+      return false;
+    }
+    d = &trace[ntrace];
+    d->nopt = 0;
+    d->spent = ntrace ? trace[ntrace - 1].spent
+      + trace[ntrace - 1].cost[trace[ntrace - 1].chosen] : 0;
+    if (cur && runnable (cur)) {
+      d->opt[d->nopt] = (uint8_t) cur->id;
+      d->cost[d->nopt++] = 0;
+    }
+    for (unsigned i = 0; i < nxt; i++) {
+      if (&xt[i] == cur || !runnable (&xt[i]))
+        continue;
+      d->opt[d->nopt] = (uint8_t) i;
+      d->cost[d->nopt++] = (uint8_t) (cur && runnable (cur)
+                                      ? (cur->major ? 1 : minor_cost) : 0);
+    }
+    if (d->nopt == 0) {
+      for (unsigned i = 0; i < nxt; i++)
+        if (xt[i].st != XS_DONE)
+          any = true;
+      if (!any)
+        return true;
+      /* Time passes only when nobody can run: a timed wait expires. */
+      for (unsigned i = 0; i < nxt; i++)
+        if (xt[i].st == XS_COND && xt[i].timed) {
+          xt[i].st = XS_RUN;
+          xt[i].timedout = true;
+          any = false;
+          break;
+        }
+      if (!any)
+        continue;
+      {
+        char buf[512];
+        size_t n = 0;
+        for (unsigned i = 0; i < nxt; i++)
+          if (xt[i].st != XS_DONE)
+            n += (size_t) snprintf (buf + n, sizeof buf - n,
+                                    " thread %u at %s;", i, xt[i].where);
+        fail ("no thread can run, and some never returned (lost wake-up "
+              "or deadlock):%s", buf);
+      }
+      return false;
+    }
+    if (ntrace < nprefix) {
+      if (prefix[ntrace] >= d->nopt) {
+        fail ("replay diverged at step %u", ntrace);
+        return false;
+      }
+      d->chosen = prefix[ntrace];
+    }
+    else
+      d->chosen = 0;
+    spent = d->spent + d->cost[d->chosen];
+    t = &xt[d->opt[d->chosen]];
+    d->who = (uint8_t) t->id;
+    d->where = where;
+    ntrace++;
+    clk++;
+    if (t->st == XS_NEW)
+      t->st = XS_RUN;
+    cur = t;
+    sem_post (&t->go);
+    sem_wait (&back);
+    where = t->where;
+  }
+}
+
+/* The next schedule to try within BOUND, as a new prefix; false when
+ * every schedule has been tried.
+ */
+static bool
+next_schedule (unsigned bound)
+{
+  for (unsigned d = ntrace; d-- > 0; ) {
+    for (unsigned j = trace[d].chosen + 1u; j < trace[d].nopt; j++)
+      if (trace[d].spent + trace[d].cost[j] <= bound) {
+        for (unsigned k = 0; k < d; k++)
+          prefix[k] = trace[k].chosen;
+        prefix[d] = (uint8_t) j;
+        nprefix = d + 1;
+        return true;
+      }
+  }
+  return false;
+}
+
+/* ---- the backend: volatile and durable copies of the disk ---- */
+
+static unsigned char mem[DISK], durable[DISK];
+static unsigned nwrites, fail_nth;
+static bool fast_zero_ok;
+
+static void
+io_point (const char *where)
+{
+  if (self)
+    yield (where, true);
+}
+
+static int
+xb_pread (void *o, void *buf, uint32_t n, uint64_t off)
+{
+  (void) o;
+  if (off + n > DISK) abort ();
+  io_point ("io.read");
+  memcpy (buf, mem + off, n);
+  io_point ("io.read.done");
+  return 0;
+}
+
+static int
+xb_pwrite (void *o, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
+{
+  (void) o;
+  if (off + n > DISK || n % GRAN || off % GRAN) abort ();
+  io_point ("io.write");
+  if (++nwrites == fail_nth) {
+    io_point ("io.write.failed");
+    return -EIO;
+  }
+  memcpy (mem + off, buf, n);
+  if (fl & CACHE_FUA)
+    memcpy (durable + off, buf, n);
+  io_point ("io.write.done");
+  return 0;
+}
+
+static int
+xb_flush (void *o)
+{
+  (void) o;
+  io_point ("io.flush");
+  memcpy (durable, mem, DISK);
+  io_point ("io.flush.done");
+  return 0;
+}
+
+static int
+xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
+{
+  if (off + n > DISK) abort ();
+  io_point (what);
+  memset (mem + off, 0, n);
+  if (fl & CACHE_FUA)
+    memset (durable + off, 0, n);
+  io_point ("io.discard.done");
+  return 0;
+}
+
+static int
+xb_trim (void *o, uint32_t n, uint64_t off, uint32_t fl)
+{
+  (void) o;
+  return xb_discard (n, off, fl, "io.trim");
+}
+
+static int
+xb_zero (void *o, uint32_t n, uint64_t off, uint32_t fl)
+{
+  (void) o;
+  if ((fl & CACHE_FAST_ZERO) && !fast_zero_ok)
+    return -ENOTSUP;
+  return xb_discard (n, off, fl, "io.zero");
+}
+
+static const struct cache_backend_ops xb_ops = {
+  .pread = xb_pread, .pwrite = xb_pwrite, .flush = xb_flush,
+  .trim = xb_trim, .zero = xb_zero,
+};
+static const struct cache_backend_ops xb_ops_plain = {
+  .pread = xb_pread, .pwrite = xb_pwrite, .flush = xb_flush,
+};
+
+/* ---- scenarios ---- */
+
+enum kind {
+  K_WRITE, K_WRITE_FUA, K_READ, K_TRIM, K_ZERO, K_FLUSH, K_DRAIN, K_WB,
+  K_RECLAIM, K_NR
+};
+static const char *const kind_name[K_NR] = {
+  "write", "write+fua", "read", "trim", "zero", "flush", "drain",
+  "writeback", "reclaim",
+};
+
+struct op {
+  enum kind k;
+  uint32_t off, len, flags;
+  unsigned char val;
+  int ret;
+  uint64_t start, end;              /* end UINT64_MAX while running */
+  bool noop;                        /* refused without effect */
+  unsigned char buf[DISK];          /* a read's data */
+};
+
+struct scenario {
+  uint64_t seed;
+  enum cache_mode mode;
+  uint32_t sector_size;
+  bool trim_zero, fast_zero_ok;
+  unsigned fail_nth;
+  unsigned prelude;
+  unsigned nops;
+  struct op ops[MAXT];
+};
+
+static struct op events[MAXOPS];    /* prelude ops, then the scenario's */
+static unsigned nevents;
+static struct cache *cache;
+static struct scenario scn;
+
+/* Ranges over pages 0 and 1, crossing the prelude's sector states
+ * (1 KiB sectors: page 0 is clean, absent, dirty, absent after prelude
+ * 0).  Writes: partial head and tail sectors, inside one sector, a
+ * whole page, across the page boundary.  Discards: whole sectors, and
+ * partial ones (ZERO writes those through the cache, TRIM skips them).
+ */
+static const uint32_t wranges[][2] = {
+  { 512, 1024 }, { 1536, 1024 }, { 1280, 256 }, { 0, 4096 }, { 2560, 2048 },
+  { 1024, 1024 },
+};
+static const uint32_t dranges[][2] = {
+  { 0, 1024 }, { 1024, 1024 }, { 2048, 1024 }, { 0, 2048 }, { 512, 1024 },
+  { 2048, 4096 },
+};
+#define NWRANGES (sizeof wranges / sizeof wranges[0])
+#define NDRANGES (sizeof dranges / sizeof dranges[0])
+
+static uint64_t
+rnd (uint64_t *s)
+{
+  uint64_t z = (*s += UINT64_C (0x9e3779b97f4a7c15));
+  z = (z ^ (z >> 30)) * UINT64_C (0xbf58476d1ce4e5b9);
+  z = (z ^ (z >> 27)) * UINT64_C (0x94d049bb133111eb);
+  return z ^ (z >> 31);
+}
+
+/* Draws a request of role ROLE: 'w' a write, 'd' a TRIM or ZERO, 'x'
+ * anything.
+ */
+static void
+make_op (uint64_t *r, char role, struct op *o)
+{
+  static const enum kind xkinds[] = {
+    K_READ, K_READ, K_WRITE, K_WRITE_FUA, K_FLUSH, K_FLUSH, K_DRAIN, K_WB,
+    K_WB, K_RECLAIM, K_TRIM, K_ZERO,
+  };
+  const uint32_t *rg;
+
+  switch (role) {
+  case 'w': o->k = rnd (r) % 5 < 3 ? K_WRITE : K_WRITE_FUA; break;
+  case 'd': o->k = rnd (r) % 4 == 0 ? K_TRIM : K_ZERO; break;
+  default: o->k = xkinds[rnd (r) % (sizeof xkinds / sizeof xkinds[0])];
+  }
+  rg = o->k == K_TRIM || o->k == K_ZERO || (o->k == K_READ && rnd (r) % 2)
+    ? dranges[rnd (r) % NDRANGES] : wranges[rnd (r) % NWRANGES];
+  o->off = rg[0];
+  o->len = rg[1];
+  if (o->k == K_ZERO) {
+    if (rnd (r) % 2)
+      o->flags |= CACHE_MAY_TRIM;
+    if (rnd (r) % 4 == 0)
+      o->flags |= CACHE_FAST_ZERO;
+  }
+}
+
+/* Scenario SEED.  Requests are drawn by role, so that most scenarios
+ * pair a write with a TRIM or ZERO near it (where the races of the
+ * past were), plus a third request of any kind.
+ */
+static void
+make_scenario (uint64_t seed, struct scenario *s)
+{
+  static const char *const roles2[] = { "wd", "wd", "wd", "wx", "dx", "xx" };
+  static const char *const roles3[] = { "wdx", "wdx", "wdx", "wdx", "wwd",
+                                        "xxx" };
+  uint64_t r = seed * UINT64_C (0x2545F4914F6CDD1D);
+  const char *roles;
+
+  memset (s, 0, sizeof *s);
+  s->seed = seed;
+  switch (rnd (&r) % 10) {
+  case 0: s->mode = CACHE_MODE_WRITETHROUGH; break;
+  case 1: s->mode = CACHE_MODE_UNSAFE; break;
+  default: s->mode = CACHE_MODE_WRITEBACK;
+  }
+  s->sector_size = rnd (&r) % 6 == 0 ? 512 : 1024;
+  s->trim_zero = rnd (&r) % 8 != 0;
+  s->fast_zero_ok = rnd (&r) % 2;
+  s->fail_nth = rnd (&r) % 8 == 0 ? 1 + (unsigned) (rnd (&r) % 3) : 0;
+  s->prelude = (unsigned) (rnd (&r) % 5) % 4;   /* 0 twice as often */
+  s->nops = rnd (&r) % 5 < 2 ? 2 : 3;
+  roles = s->nops == 2 ? roles2[rnd (&r) % 6] : roles3[rnd (&r) % 6];
+  for (unsigned i = 0; i < s->nops; i++) {
+    make_op (&r, roles[i], &s->ops[i]);
+    s->ops[i].val = (unsigned char) (0x30 + i);
+  }
+}
+
+/* --ops KIND[:OFF+LEN][,...] over scenario SEED's other settings. */
+static void
+parse_ops (const char *arg, struct scenario *s)
+{
+  char *copy = strdup (arg), *save = NULL;
+
+  s->nops = 0;
+  for (char *tok = strtok_r (copy, ",", &save); tok && s->nops < MAXT;
+       tok = strtok_r (NULL, ",", &save)) {
+    struct op *o = &s->ops[s->nops];
+    char *colon = strchr (tok, ':');
+    unsigned k;
+
+    if (colon)
+      *colon = 0;
+    for (k = 0; k < K_NR && strcmp (tok, kind_name[k]); k++)
+      ;
+    if (k == K_NR) {
+      fprintf (stderr, "explore: unknown op kind %s\n", tok);
+      exit (2);
+    }
+    memset (o, 0, sizeof *o);
+    o->k = (enum kind) k;
+    o->val = (unsigned char) (0x30 + s->nops);
+    if (colon && sscanf (colon + 1, "%u+%u", &o->off, &o->len) != 2) {
+      fprintf (stderr, "explore: bad range in %s\n", colon + 1);
+      exit (2);
+    }
+    s->nops++;
+  }
+  free (copy);
+}
+
+static void
+describe (const struct scenario *s, char *buf, size_t len)
+{
+  size_t n = (size_t) snprintf (buf, len,
+    "seed=%" PRIu64 " mode=%s sector=%u trim/zero=%s fast-zero=%s "
+    "fail-write=%u prelude=%u:",
+    s->seed, s->mode == CACHE_MODE_WRITEBACK ? "writeback"
+    : s->mode == CACHE_MODE_WRITETHROUGH ? "writethrough" : "unsafe",
+    s->sector_size, s->trim_zero ? "yes" : "no",
+    s->fast_zero_ok ? "yes" : "no", s->fail_nth, s->prelude);
+
+  for (unsigned i = 0; i < s->nops && n < len; i++) {
+    const struct op *o = &s->ops[i];
+    n += (size_t) snprintf (buf + n, len - n, " [t%u %s", i, kind_name[o->k]);
+    if (o->k <= K_ZERO && n < len)
+      n += (size_t) snprintf (buf + n, len - n, " %u+%u", o->off, o->len);
+    if (o->k <= K_WRITE_FUA && n < len)
+      n += (size_t) snprintf (buf + n, len - n, " =%#x", o->val);
+    if ((o->flags & CACHE_MAY_TRIM) && n < len)
+      n += (size_t) snprintf (buf + n, len - n, " may-trim");
+    if ((o->flags & CACHE_FAST_ZERO) && n < len)
+      n += (size_t) snprintf (buf + n, len - n, " fast");
+    if (n < len)
+      n += (size_t) snprintf (buf + n, len - n, "]");
+  }
+}
+
+/* ---- the model ---- */
+
+typedef struct { uint64_t w[4]; } vset;
+
+static void
+vadd (vset *s, unsigned v)
+{
+  s->w[v / 64] |= UINT64_C (1) << (v % 64);
+}
+
+static bool
+vhas (const vset *s, unsigned v)
+{
+  return s->w[v / 64] >> (v % 64) & 1;
+}
+
+static bool
+modifies (const struct op *e, unsigned g)
+{
+  uint32_t a = g * GRAN;
+
+  if (e->noop || (e->k != K_WRITE && e->k != K_WRITE_FUA &&
+                  e->k != K_TRIM && e->k != K_ZERO))
+    return false;
+  return a >= e->off && a < e->off + e->len;
+}
+
+static bool
+completed_ok_before (const struct op *e, uint64_t t)
+{
+  return e->end != UINT64_MAX && e->end < t && e->ret == 0;
+}
+
+/* Values granule G may hold for a read over [s, e]; EXCL is skipped. */
+static void
+allowed (unsigned g, uint64_t s, uint64_t e, const struct op *excl,
+         vset *out, int depth)
+{
+  bool initial = true;
+
+  for (unsigned i = 0; i < nevents; i++)
+    if (&events[i] != excl && modifies (&events[i], g) &&
+        completed_ok_before (&events[i], s))
+      initial = false;
+  if (initial)
+    vadd (out, INITIAL);
+  for (unsigned i = 0; i < nevents; i++) {
+    const struct op *x = &events[i];
+    bool superseded = false;
+
+    if (x == excl || !modifies (x, g) || x->start >= e)
+      continue;
+    for (unsigned j = 0; j < nevents && !superseded; j++) {
+      const struct op *y = &events[j];
+      if (y != excl && y != x && modifies (y, g) && x->end != UINT64_MAX &&
+          y->start > x->end && completed_ok_before (y, s))
+        superseded = true;
+    }
+    if (superseded)
+      continue;
+    switch (x->k) {
+    case K_WRITE: case K_WRITE_FUA: vadd (out, x->val); break;
+    case K_ZERO: vadd (out, 0); break;
+    case K_TRIM:
+      vadd (out, 0);
+      if (depth < 4)
+        allowed (g, x->start, x->end, x, out, depth + 1);
+      break;
+    default: abort ();
+    }
+  }
+}
+
+/* The uniform value of granule G of BUF (at disk offset g*GRAN), or
+ * -1 if torn.
+ */
+static int
+gran_value (const unsigned char *buf)
+{
+  for (unsigned i = 1; i < GRAN; i++)
+    if (buf[i] != buf[0])
+      return -1;
+  return buf[0];
+}
+
+static bool
+check_gran (const char *what, const struct op *o, unsigned g,
+            const unsigned char *data, const vset *ok)
+{
+  int v = gran_value (data);
+
+  if (v >= 0 && vhas (ok, (unsigned) v))
+    return true;
+  {
+    char list[256];
+    size_t n = 0;
+    list[0] = 0;
+    for (unsigned x = 0; x < 256 && n < sizeof list - 8; x++)
+      if (vhas (ok, x))
+        n += (size_t) snprintf (list + n, sizeof list - n, " %#x", x);
+    if (v < 0)
+      fail ("%s (%s): granule at %u is torn (first byte %#x)",
+            what, o ? kind_name[o->k] : "end", g * GRAN, data[0]);
+    else
+      fail ("%s (%s): granule at %u holds %#x; allowed:%s",
+            what, o ? kind_name[o->k] : "end", g * GRAN, v, list);
+  }
+  return false;
+}
+
+/* At the reply of O (in its thread, holding the baton). */
+static void
+check_reply (struct op *o)
+{
+  if (o->ret != 0)
+    return;
+  switch (o->k) {
+  case K_READ:
+    for (unsigned g = o->off / GRAN; g < (o->off + o->len) / GRAN; g++) {
+      vset ok = { { 0 } };
+      allowed (g, o->start, o->end, NULL, &ok, 0);
+      if (!check_gran ("read returned", o, g,
+                       o->buf + (g * GRAN - o->off), &ok))
+        return;
+    }
+    break;
+  case K_WRITE: case K_WRITE_FUA: {
+    bool fua = o->k == K_WRITE_FUA && scn.mode != CACHE_MODE_UNSAFE;
+    const unsigned char *disk;
+
+    if (!fua && scn.mode != CACHE_MODE_WRITETHROUGH)
+      break;
+    disk = fua ? durable : mem;
+    for (unsigned g = o->off / GRAN; g < (o->off + o->len) / GRAN; g++) {
+      vset ok = { { 0 } };
+      vadd (&ok, o->val);
+      for (unsigned i = 0; i < nevents; i++) {
+        const struct op *x = &events[i];
+        if (x == o || !modifies (x, g) || x->start >= o->end ||
+            (x->end != UINT64_MAX && x->end <= o->start))
+          continue;
+        vadd (&ok, x->k == K_WRITE || x->k == K_WRITE_FUA ? x->val : 0);
+      }
+      if (!check_gran (fua ? "durable at FUA reply"
+                           : "backend at write-through reply",
+                       o, g, disk + g * GRAN, &ok))
+        return;
+    }
+    break;
+  }
+  case K_FLUSH: case K_DRAIN:
+    if (o->k == K_FLUSH && scn.mode == CACHE_MODE_UNSAFE)
+      break;
+    for (unsigned g = 0; g < NGRAN; g++) {
+      vset ok = { { 0 } };
+      allowed (g, o->start, o->end, NULL, &ok, 0);
+      if (!check_gran ("durable at flush reply", o, g, durable + g * GRAN,
+                       &ok))
+        return;
+    }
+    break;
+  default:
+    break;
+  }
+}
+
+static void
+run_op (struct op *o)
+{
+  switch (o->k) {
+  case K_WRITE: case K_WRITE_FUA: {
+    unsigned char buf[HOT];
+    memset (buf, o->val, o->len);
+    o->ret = cache_write (cache, buf, o->len, o->off,
+                          o->k == K_WRITE_FUA ? CACHE_FUA : 0);
+    break;
+  }
+  case K_READ:
+    memset (o->buf, POISON, o->len);
+    o->ret = cache_read (cache, o->buf, o->len, o->off);
+    break;
+  case K_TRIM: o->ret = cache_trim (cache, o->len, o->off, 0); break;
+  case K_ZERO:
+    o->ret = cache_zero (cache, o->len, o->off, o->flags);
+    o->noop = o->ret == -ENOTSUP && (o->flags & CACHE_FAST_ZERO);
+    break;
+  case K_FLUSH: o->ret = cache_flush (cache); break;
+  case K_DRAIN: o->ret = cache_drain (cache); break;
+  case K_WB: {
+    int r = cache_writeback (cache, CACHE_WB_BACKGROUND, 0);
+    o->ret = r < 0 ? r : 0;
+    break;
+  }
+  case K_RECLAIM: {
+    static __thread unsigned char buf[DISK - HOT];
+    o->ret = cache_read (cache, buf, DISK - HOT, HOT);
+    break;
+  }
+  default: abort ();
+  }
+}
+
+static bool quit;
+
+/* The workers live for the whole run; each execution hands each of
+ * them one request (the first sem_wait is the request's start).
+ */
+static void *
+worker (void *arg)
+{
+  self = arg;
+  for (;;) {
+    sem_wait (&self->go);
+    if (quit)
+      return NULL;
+    self->op->start = clk;
+    run_op (self->op);
+    self->op->end = clk;
+    check_reply (self->op);
+    self->st = XS_DONE;
+    self->where = "done";
+    sem_post (&back);
+  }
+}
+
+static void
+start_workers (void)
+{
+  for (unsigned i = 0; i < MAXT; i++) {
+    xt[i].id = i;
+    xt[i].st = XS_DONE;
+    sem_init (&xt[i].go, 0, 0);
+    if (pthread_create (&xt[i].th, NULL, worker, &xt[i]) != 0)
+      abort ();
+  }
+}
+
+static void
+stop_workers (void)
+{
+  quit = true;
+  for (unsigned i = 0; i < MAXT; i++) {
+    sem_post (&xt[i].go);
+    pthread_join (xt[i].th, NULL);
+    sem_destroy (&xt[i].go);
+  }
+}
+
+static void
+park_hook (void *opaque, const char *point)
+{
+  (void) opaque;
+  if (self)
+    yield (point, true);
+}
+
+static void
+quiet_log (void *opaque, enum cache_log_level lvl, const char *fmt,
+           va_list ap)
+{
+  (void) opaque; (void) lvl; (void) fmt; (void) ap;
+}
+
+/* Runs one prelude request on the main thread (no scheduling). */
+static void
+prelude_op (enum kind k, uint32_t off, uint32_t len, unsigned char val)
+{
+  struct op *o = &events[nevents++];
+
+  memset (o, 0, sizeof *o);
+  o->k = k;
+  o->off = off;
+  o->len = len;
+  o->val = val;
+  o->start = ++clk;
+  run_op (o);
+  o->end = ++clk;
+  if (o->ret != 0) {
+    fprintf (stderr, "explore: prelude %s failed: %d\n", kind_name[k], o->ret);
+    exit (2);
+  }
+}
+
+static void
+prelude (unsigned variant)
+{
+  switch (variant) {
+  case 0: case 2:       /* page 0: clean, absent, dirty, absent; ... */
+    prelude_op (K_READ, 0, 1024, 0);
+    prelude_op (K_WRITE, 2048, 1024, 0x21);
+    prelude_op (K_WRITE, 4096, 2048, 0x22);
+    prelude_op (K_READ, 6144, 1024, 0);
+    if (variant == 2)
+      prelude_op (K_FLUSH, 0, 0, 0);
+    break;
+  case 1:               /* empty cache */
+    break;
+  case 3:               /* all clean but one dirty sector */
+    prelude_op (K_WRITE, 0, HOT, 0x21);
+    prelude_op (K_FLUSH, 0, 0, 0);
+    prelude_op (K_WRITE, 1024, 1024, 0x22);
+    break;
+  default: abort ();
+  }
+}
+
+/* A request after all of the scenario's have returned, in worker 0
+ * under the scheduler (alone, so without choices), outside the model:
+ * the final drain, or a read of the whole disk into final.buf.
+ */
+static struct op final;
+
+static int
+final_op (enum kind k)
+{
+  memset (&final, 0, sizeof final);
+  final.k = k;
+  final.off = 0;
+  final.len = DISK;
+  final.end = UINT64_MAX;
+  nxt = 1;
+  xt[0].st = XS_NEW;
+  xt[0].op = &final;
+  xt[0].where = "start";
+  xt[0].major = true;
+  if (!schedule ())
+    return -EDEADLK;                    /* failure set */
+  nxt = 0;
+  return final.ret;
+}
+
+/* One execution of scn under the current prefix.  Returns true if it
+ * passed every check.
+ */
+static bool
+execute (void)
+{
+  struct cache_config cfg = {
+    .size = DISK, .cache_size = 8 * PAGE, .page_size = PAGE,
+    .sector_size = scn.sector_size, .mode = scn.mode,
+    .dirty_background_ratio = 10, .dirty_ratio = 40, .batch_bytes = PAGE,
+  };
+  struct cache_stats st;
+  int err = 0;
+
+  failure[0] = 0;
+  ntrace = 0;
+  clk = 0;
+  nheld = 0;
+  memset (mem, INITIAL, DISK);
+  memset (durable, INITIAL, DISK);
+  nwrites = 0;
+  fail_nth = 0;
+  fast_zero_ok = scn.fast_zero_ok;
+  cache = cache_create (&cfg, scn.trim_zero ? &xb_ops : &xb_ops_plain,
+                        NULL, quiet_log, NULL, &err);
+  if (!cache) {
+    fprintf (stderr, "explore: cache_create: %s\n", strerror (-err));
+    exit (2);
+  }
+  cache_debug_set_park (cache, park_hook, NULL);
+  nevents = 0;
+  prelude (scn.prelude);
+  fail_nth = scn.fail_nth;
+
+  nxt = scn.nops;
+  for (unsigned i = 0; i < nxt; i++) {
+    struct xthread *t = &xt[i];
+    struct op *o = &events[nevents++];
+
+    *o = scn.ops[i];
+    o->start = o->end = UINT64_MAX;
+    o->ret = 0;
+    o->noop = false;
+    t->st = XS_NEW;
+    t->op = o;
+    t->where = "start";
+    t->major = true;
+  }
+  spent = 0;
+  if (!schedule ()) {
+    /* Threads are stuck for good: report and leave. */
+    return false;
+  }
+  nxt = 0;
+
+  /* The end: nobody waits; a drain with the fault off succeeds; the
+   * durable disk and reads hold what the model allows.
+   */
+  cache_get_stats (cache, &st);
+  if (st.waiting_flush + st.waiting_throttle + st.waiting_page
+      + st.waiting_idle > 0)
+    fail ("a thread is still counted as waiting after every request "
+          "returned");
+  fail_nth = 0;
+  /* An injected write error that no flush reported yet is reported
+   * once, by this drain; the next one must succeed.  The drain runs in
+   * a worker, so that a drain that never returns is found too.
+   */
+  if (!failure[0] && (err = final_op (K_DRAIN)) != 0 &&
+      !(scn.fail_nth && nwrites >= scn.fail_nth && err == -EIO &&
+        (err = final_op (K_DRAIN)) == 0))
+    fail ("final drain failed: %s", strerror (-err));
+  if (failure[0])
+    return false;
+  clk++;
+  if (!failure[0]) {
+    cache_get_stats (cache, &st);
+    if (st.dirty_bytes || st.writeback_bytes)
+      fail ("dirty data left after the final drain");
+  }
+  for (unsigned g = 0; g < NGRAN && !failure[0]; g++) {
+    vset ok = { { 0 } };
+    allowed (g, clk, clk + 1, NULL, &ok, 0);
+    check_gran ("durable at the end", NULL, g, durable + g * GRAN, &ok);
+  }
+  if (!failure[0]) {
+    err = final_op (K_READ);
+    if (failure[0])
+      return false;
+    if (err)
+      fail ("final read failed: %s", strerror (-err));
+    for (unsigned g = 0; g < NGRAN && !failure[0]; g++) {
+      vset ok = { { 0 } };
+      allowed (g, clk, clk + 1, NULL, &ok, 0);
+      check_gran ("read at the end", NULL, g, final.buf + g * GRAN, &ok);
+    }
+  }
+  if (!failure[0] && !cache_debug_check (cache))
+    fail ("page_check failed at the end");
+  cache_destroy (cache);
+  cache = NULL;
+  return !failure[0];
+}
+
+/* ---- reporting ---- */
+
+/* The choices as a list, runs of one choice as C*N (--replay reads it). */
+static void
+print_schedule (FILE *fp)
+{
+  fprintf (fp, "%u:%" PRIu64 ":", bound, scn.seed);
+  for (unsigned i = 0; i < ntrace; ) {
+    unsigned j = i;
+    while (j < ntrace && trace[j].chosen == trace[i].chosen)
+      j++;
+    fprintf (fp, "%s%u", i ? "," : "", trace[i].chosen);
+    if (j - i > 1)
+      fprintf (fp, "*%u", j - i);
+    i = j;
+  }
+}
+
+static void
+report (const char *why)
+{
+  char desc[1024];
+  unsigned from = ntrace > 80 ? ntrace - 80 : 0;
+
+  describe (&scn, desc, sizeof desc);
+  fprintf (stderr, "explore: FAILED: %s\n", why);
+  fprintf (stderr, "scenario: %s\n", desc);
+  fprintf (stderr, "steps (the thread that ran, and where the one before "
+           "it stopped)%s:\n", from ? ", the last 80" : "");
+  for (unsigned i = from; i < ntrace; i++)
+    fprintf (stderr, "  %5u: t%u%s (after %s)\n", i, trace[i].who,
+             trace[i].chosen ? " <- switch" : "", trace[i].where);
+  fprintf (stderr, "replay: explore%s%s%s --replay '", ops_arg ? " --ops '" : "",
+           ops_arg ? ops_arg : "", ops_arg ? "'" : "");
+  print_schedule (stderr);
+  fprintf (stderr, "'\n");
+}
+
+static void
+on_abort (int sig)
+{
+  static const char msg[] =
+    "explore: the core aborted (CACHE_ASSERT); scenario and schedule:\n";
+  (void) sig;
+  if (write (2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
+  report ("abort");
+  signal (SIGABRT, SIG_DFL);
+  abort ();
+}
+
+static double
+now_s (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* Explores scn with BOUND, at most CAP schedules.  Returns the number
+ * run, or -1 on a failure (reported).
+ */
+static long nsched;                  /* of the scenario in progress */
+
+static long
+explore_bound (unsigned b, long cap, double deadline, bool *timeout)
+{
+  long n = 0;
+
+  bound = b;
+  nprefix = 0;
+  for (;;) {
+    if (!execute ()) {
+      report (failure);
+      nsched = n;
+      return -1;
+    }
+    n++;
+    if (n >= cap)
+      break;
+    if (now_s () > deadline) {
+      *timeout = true;
+      break;
+    }
+    if (!next_schedule (bound))
+      break;
+  }
+  return n;
+}
+
+int
+main (int argc, char **argv)
+{
+  double seconds = 60, t0;
+  uint64_t seed = 1;
+  long max_scenarios = -1, cap2 = 3000;
+  unsigned bound2 = 2;
+  const char *replay = NULL, *ops = NULL;
+  bool only2 = false;
+  double share1 = 0.4;
+  bool deep = getenv ("SUBPAGE_DEEP") && strcmp (getenv ("SUBPAGE_DEEP"), "0");
+  long total = 0, nscen[2] = { 0, 0 };
+  bool timeout = false;
+
+  if (getenv ("EXPLORE_SECONDS"))
+    seconds = atof (getenv ("EXPLORE_SECONDS"));
+  if (deep) {
+    seconds = getenv ("EXPLORE_DEEP_SECONDS")
+      ? atof (getenv ("EXPLORE_DEEP_SECONDS")) : 600;
+    minor_cost = 1;
+    bound2 = 3;
+    cap2 = 20000;
+  }
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp (argv[i], "--seconds") && i + 1 < argc)
+      seconds = atof (argv[++i]);
+    else if (!strcmp (argv[i], "--seed") && i + 1 < argc)
+      seed = strtoull (argv[++i], NULL, 0);
+    else if (!strcmp (argv[i], "--scenarios") && i + 1 < argc)
+      max_scenarios = atol (argv[++i]);
+    else if (!strcmp (argv[i], "--replay") && i + 1 < argc)
+      replay = argv[++i];
+    else if (!strcmp (argv[i], "--only-bound2"))
+      only2 = true;
+    else if (!strcmp (argv[i], "--ops") && i + 1 < argc)
+      ops = argv[++i];
+    else {
+      fprintf (stderr, "usage: explore [--seconds N] [--seed N] "
+               "[--scenarios N] [--ops KIND[:OFF+LEN],...] "
+               "[--replay BOUND:SEED:c,c,...]\n");
+      return 2;
+    }
+  }
+  sem_init (&back, 0, 0);
+  signal (SIGABRT, on_abort);
+
+  ops_arg = ops;
+  start_workers ();
+  if (replay) {
+    char *p;
+    bound = (unsigned) strtoul (replay, &p, 10);
+    if (*p != ':') {
+      fprintf (stderr, "explore: --replay BOUND:SEED:CHOICES\n");
+      return 2;
+    }
+    make_scenario (strtoull (p + 1, &p, 10), &scn);
+    if (ops)
+      parse_ops (ops, &scn);
+    nprefix = 0;
+    while (*p == ':' || *p == ',') {
+      unsigned long c = strtoul (p + 1, &p, 10), n = 1;
+      if (*p == '*')
+        n = strtoul (p + 1, &p, 10);
+      while (n-- > 0 && nprefix < MAXDEC)
+        prefix[nprefix++] = (uint8_t) c;
+    }
+    if (!execute ()) {
+      report (failure);
+      return 1;
+    }
+    printf ("replay passed (%u steps)\n", ntrace);
+    stop_workers ();
+    return 0;
+  }
+
+  /* Iterative bounding: bound 1 over as many scenarios as half the time
+   * allows, then bound BOUND2 over the same scenarios from the first.
+   */
+  t0 = now_s ();
+  for (unsigned phase = only2 ? 1 : 0; phase < 2; phase++) {
+    double deadline = t0 + seconds * (phase == 0 ? share1 : 1.0);
+    unsigned b = phase == 0 ? 1 : bound2;
+    long cap = phase == 0 ? 1000000 : cap2;
+
+    timeout = false;
+    for (uint64_t i = 0; max_scenarios < 0 || (long) i < max_scenarios; i++) {
+      long n;
+
+      if (now_s () > deadline)
+        break;
+      make_scenario (seed + i, &scn);
+      if (ops)
+        parse_ops (ops, &scn);
+      n = explore_bound (b, cap, deadline, &timeout);
+      if (n < 0) {
+        fprintf (stderr, "explore: found in scenario %ld of bound %u, "
+                 "after %ld schedules in all, in %.1f s\n",
+                 nscen[phase] + 1, b, total + nsched + 1, now_s () - t0);
+        return 1;
+      }
+      total += n;
+      nscen[phase]++;
+      nsched = 0;
+    }
+  }
+  printf ("explore: %ld scenarios within bound 1 and %ld within bound %u "
+          "(at most %ld schedules each), %ld schedules, %.1f s, "
+          "%.0f schedules/s: no failure\n",
+          nscen[0], nscen[1], bound2, cap2, total, now_s () - t0,
+          (double) total / (now_s () - t0));
+  stop_workers ();
+  return 0;
+}
