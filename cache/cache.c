@@ -264,6 +264,13 @@ cache_debug_set_park (struct cache *c, cache_park_fn fn, void *opaque)
   atomic_store (&c->park, fn);
 }
 
+void
+cache_debug_set_clock (struct cache *c, cache_clock_fn fn, void *opaque)
+{
+  atomic_store (&c->clock_opaque, opaque);
+  atomic_store (&c->clock, fn);
+}
+
 /* Counts one client request of COUNT bytes that succeeded. */
 static void
 count_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,

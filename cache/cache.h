@@ -250,5 +250,11 @@ bool cache_debug_check (struct cache *c);
  */
 typedef void (*cache_park_fn) (void *opaque, const char *point);
 void cache_debug_set_park (struct cache *c, cache_park_fn fn, void *opaque);
+/* The clock that dates dirty pages for CACHE_WB_EXPIRED, in ms: FN
+ * (OPAQUE) instead of CLOCK_MONOTONIC (NULL: back to it), so a test can
+ * age data without sleeping.  Set it only while no request runs.
+ */
+typedef uint64_t (*cache_clock_fn) (void *opaque);
+void cache_debug_set_clock (struct cache *c, cache_clock_fn fn, void *opaque);
 
 #endif /* SUBPAGE_CACHE_H */

@@ -160,6 +160,8 @@ struct cache {
   atomic_bool verbose;
   _Atomic (cache_park_fn) park;
   _Atomic (void *) park_opaque;
+  _Atomic (cache_clock_fn) clock;
+  _Atomic (void *) clock_opaque;
 
   /* Geometry. */
   uint32_t page_shift, sector_shift, nsect, words;

@@ -172,6 +172,15 @@ page_has_dirty_idle (struct cache *c, struct page *p)
   return sect_find_dirty_idle (&p->sb, 0, c->nsect) < c->nsect;
 }
 
+/* The clock of dirty-page ages (cache_debug_set_clock). */
+static uint64_t
+wb_now_ms (struct cache *c)
+{
+  cache_clock_fn fn = atomic_load_explicit (&c->clock, memory_order_relaxed);
+
+  return fn ? fn (atomic_load (&c->clock_opaque)) : cache_now_ms ();
+}
+
 /* Lists P on the dirty list (it must already be pinned by the caller). */
 static void
 list_page (struct cache *c, struct page *p)
@@ -180,7 +189,7 @@ list_page (struct cache *c, struct page *p)
     return;
   page_pin_more (p);
   p->listed = true;
-  p->dirtied_ms = cache_now_ms ();
+  p->dirtied_ms = wb_now_ms (c);
   p->dnext = NULL;
   p->dprev = c->dirty_tail;
   if (c->dirty_tail)
@@ -459,7 +468,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   uint64_t est = 0;
   struct batch *b;
   struct cache_run *run = NULL;
-  uint64_t now = cache_now_ms ();
+  uint64_t now = wb_now_ms (c);
   uint32_t cap, maxfrags;
   uint64_t seen = atomic_load (&c->wb_progress);
   unsigned own_events = 0;
@@ -490,8 +499,11 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
       c->wb_contended = true;           /* its collector will tell us */
       continue;
     }
+    /* Not a break: pages that a collect left dirty are moved to the
+     * tail below with their old date, so the list is not in date order.
+     */
     if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
-      break;
+      continue;
     if (how == PICK_FLUSH && p->dseq > arg)
       continue;
     p->collecting = true;

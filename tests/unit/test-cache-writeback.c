@@ -8,7 +8,8 @@
  * invariant 5 (W set on the whole batch before the first submission;
  * a completion clears only its own sectors, in every completion order).
  * The thread-side of invariant 5 (a trim/zero waiter wakes only at the
- * last completion) is in test-cache-idle.c.  No threads here.
+ * last completion) is in test-cache-idle.c.  Expiry ages are read from a
+ * fake clock (cache_debug_set_clock).  No threads here.
  */
 #undef NDEBUG
 /* cache_test_dep defines UNIT_TESTING for cache-assert.h; here it would
@@ -367,6 +368,55 @@ test_batch_size_and_age_order (void **state)
     assert_true (disk_is_pattern (t, order[i] * PG, PG, 2));
 }
 
+static uint64_t fake_now;
+
+static uint64_t
+fake_clock (void *opaque)
+{
+  (void) opaque;
+  return fake_now;
+}
+
+/* Expiry when the list is out of date order.  Page 1 (dirty since 0 ms)
+ * is collected at 11 ms except for a sector written again while in
+ * flight, so it stays listed and goes to the tail, behind page 3
+ * (dirty since 10 ms).  At 55 ms with a 50 ms expiry, page 1 is expired
+ * and page 3 is not: the expired pass must still find page 1.  The
+ * cache's clock is a variable here, so no test waits for time to pass.
+ */
+static void
+test_expired_page_behind_younger_one (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+
+  cfg.batch_bytes = PG;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+  cache_debug_set_clock (t->c, fake_clock, NULL);
+  fake_now = 0;
+  assert_int_equal (write_pattern (t, PG, SS, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (write_pattern (t, PG, PG, 3, 0), 0);   /* sector 0: D+W */
+  fake_now = 10;
+  assert_int_equal (write_pattern (t, 3 * PG, SS, 4, 0), 0);
+  fake_now = 11;
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_true (sectors_are (t, PG, SS, V | D | W));
+  assert_true (sectors_are (t, PG + SS, PG - SS, V | W));
+  assert_true (sectors_are (t, 3 * PG, SS, V | D));
+  fake_complete_all (t->f, t->c, 0);
+  assert_true (sectors_are (t, PG, SS, V | D));
+
+  fake_now = 55;
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_EXPIRED, 50), 1);
+  assert_true (sectors_are (t, PG, SS, V | W));
+  assert_true (sectors_are (t, 3 * PG, SS, V | D));
+  fake_complete_all (t->f, t->c, 0);
+  assert_true (disk_is_pattern (t, PG, PG, 3));
+  cache_debug_set_clock (t->c, NULL, NULL);
+}
+
 int
 main (void)
 {
@@ -384,6 +434,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_redirty_while_in_flight,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_batch_size_and_age_order,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_expired_page_behind_younger_one,
                                      tc_setup, tc_teardown),
   };
 
