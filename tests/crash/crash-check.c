@@ -103,6 +103,9 @@
  *
  * Errors.  A request that fails before the kill (other than a fast zero
  * with ENOTSUP) is reported and fails the run: nothing here should fail.
+ * With --backend nbd, the backend nbdkit (1.32) sometimes aborts on its
+ * own assertion in raw_send_socket when its client, the killed server,
+ * goes away; that is noted (from the server log) and the cycle goes on.
  *
  * nbdkit runs with the environment of the caller plus, for nbdkit only,
  * LD_PRELOAD=$NBDKIT_PRELOAD, ASAN_OPTIONS=$NBDKIT_ASAN_OPTIONS,
@@ -532,6 +535,34 @@ stop_pid (pid_t pid)
   if (waitpid (pid, &status, 0) == -1)
     die ("waitpid");
   return status;
+}
+
+/* The size of the server log (0 if none). */
+static off_t
+log_size (void)
+{
+  struct stat st;
+
+  if (server_log == NULL || stat (server_log, &st) == -1)
+    return 0;
+  return st.st_size;
+}
+
+/* Does the server log hold NEEDLE in a line after offset FROM? */
+static bool
+log_has (off_t from, const char *needle)
+{
+  char line[1024];
+  bool found = false;
+  FILE *f;
+
+  if (server_log == NULL || (f = fopen (server_log, "r")) == NULL)
+    return false;
+  if (fseeko (f, from, SEEK_SET) == 0)
+    while (!found && fgets (line, sizeof line, f))
+      found = strstr (line, needle) != NULL;
+  fclose (f);
+  return found;
 }
 
 /* Does the plugin take uri=?  `nbdkit PLUGIN --help` prints its
@@ -1379,6 +1410,7 @@ run_cycle (unsigned cycle, const char *dir)
   uint64_t nkind[3] = { 0 }, nfua = 0, nenotsup = 0, nerr;
   struct conn *cn = calloc (nconns, sizeof *cn);
   pid_t pid, bpid = 0;
+  off_t blog_from = 0;
   unsigned i, ms;
   int n = 0, status;
   size_t k, nf, nf_ok = 0, nr, nrchecked;
@@ -1413,6 +1445,7 @@ run_cycle (unsigned cycle, const char *dir)
                       a_file,   NULL };
     unlink (bsock);
     snprintf (a_file, sizeof a_file, "file=%s", image_path);
+    blog_from = log_size ();
     bpid = spawn_nbdkit (bargv);
     nbd_close (connect_retry (bsock, bpid));
     snprintf (uri, sizeof uri, "uri=nbd+unix:///?socket=%s", bsock);
@@ -1518,7 +1551,17 @@ run_cycle (unsigned cycle, const char *dir)
   if (bpid) {
     /* The backend may still be writing requests of the dead server. */
     status = stop_pid (bpid);
-    if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+    if (WIFSIGNALED (status) && WTERMSIG (status) == SIGABRT &&
+        log_has (blog_from, "raw_send_socket: Assertion `sock >= 0' failed")) {
+      /* nbdkit 1.32's own race: a thread sends a reply on the socket
+       * another one closed when the client (our dead server) went
+       * away.  The backend had replied to every request the check
+       * counts on, so the image is still checked.
+       */
+      printf ("crash-check: note: the backend nbdkit aborted on its "
+              "raw_send_socket assertion after its client died (nbdkit's "
+              "race, not the plugin's)\n");
+    } else if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
       fprintf (stderr,
                "crash-check: backend nbdkit exited with status "
                "0x%x\n",
