@@ -24,7 +24,7 @@
 # flushed data reached the backend, not power-loss durability.
 #
 # CYCLES=N (default 20 per run) and SEED=N replay or extend a run.  About
-# 3 minutes under ASan.
+# 2.5 minutes under ASan (60 cycles).
 
 source "$(dirname "$0")/../functions.sh"
 set -euo pipefail
