@@ -739,8 +739,11 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
   if (r == 0)
     drop_range (c, a, e);
   wb_busy_end (c, &br);
-  if (!zero && r < 0 && r != -EIO && r != -ENOSPC)
-    r = 0;                              /* unsupported trim: advisory */
+  /* A trim the backend did not do (1), or could not do, is a no-op:
+   * dropping the cache's dirty sectors would bring back older data.
+   */
+  if (!zero && (r > 0 || (r < 0 && r != -EIO && r != -ENOSPC)))
+    r = 0;
   cache_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim",
                a, e - a, r);
   /* Partial head and tail sectors, only once the backend's part has

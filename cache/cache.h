@@ -41,7 +41,9 @@ struct cache_run;
  * safe to call from several threads at once.  trim and zero may be
  * NULL: a TRIM is then a no-op (it is advisory: the cache keeps its
  * data, and the backend keeps what it holds), and a ZERO writes zeroes
- * through the cache (a FAST_ZERO fails with -ENOTSUP).
+ * through the cache (a FAST_ZERO fails with -ENOTSUP).  trim returns 1
+ * when it did nothing (the backend cannot trim that range): the cache
+ * then keeps its data of the range too, dirty sectors included.
  */
 struct cache_backend_ops {
   int (*pread) (void *opaque, void *buf, uint32_t count, uint64_t off);

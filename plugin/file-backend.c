@@ -265,20 +265,20 @@ fb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
                       FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                       "PUNCH_HOLE", count, off);
   else {
-    /* BLKDISCARD wants whole logical blocks: discard only those fully
-     * inside the range.
+    /* BLKDISCARD wants whole logical blocks: a range that is not made
+     * of them is not trimmed at all (the cache keeps its data of the
+     * whole range, so discarding only the blocks inside would leave
+     * cached sectors that differ from the device).
      */
-    uint64_t start = ROUND_UP (off, (uint64_t) fb->lbs);
-    uint64_t end = ROUND_DOWN (off + count, (uint64_t) fb->lbs);
-
-    r = start < end
-      ? fb_range_ioctl (fb, &fb->can_discard, BLKDISCARD, "BLKDISCARD",
-                        start, end - start)
-      : 0;
+    if (!IS_ALIGNED (off, (uint64_t) fb->lbs) ||
+        !IS_ALIGNED ((uint64_t) count, (uint64_t) fb->lbs))
+      r = 1;
+    else
+      r = fb_range_ioctl (fb, &fb->can_discard, BLKDISCARD, "BLKDISCARD",
+                          off, count);
   }
-  if (r == 1)
-    r = 0;                      /* trim is advisory */
-  return fb_fua (fb, flags, r);
+  /* 1: not done (trim is advisory); the cache keeps the range. */
+  return r == 1 ? 1 : fb_fua (fb, flags, r);
 }
 
 static int

@@ -462,7 +462,7 @@ nb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   int r;
 
   if (!nb->can_trim)
-    return 0;                   /* trim is advisory */
+    return 1;                   /* trim is advisory: not done */
   conn = nb_pick (nb, false);
   r = nb_sync (conn, NB_TRIM, "trim", NULL, count, off,
                nb_fua_flag (nb, flags));

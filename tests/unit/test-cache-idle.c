@@ -140,6 +140,36 @@ test_trim_discards_dirty (void **state)
   discard_drops_dirty (*state, false);
 }
 
+/* A backend trim that did nothing (returns 1: a remote without trim, a
+ * file system without hole punching, a range that is not made of the
+ * device's logical blocks).  The cache must keep its dirty data of the
+ * range: dropping it would make the range read as older data.
+ */
+static int
+trim_not_done (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
+{
+  (void) opaque; (void) count; (void) off; (void) flags;
+  return 1;
+}
+
+static void
+test_trim_not_done_keeps_data (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  struct cache_backend_ops ops = fake_ops;
+
+  ops.trim = trim_not_done;
+  tc_open_ops (t, &cfg, &ops);
+  fill_disk (t, 1);
+  assert_int_equal (write_pattern (t, 3 * PG, PG, 2, 0), 0);
+  assert_int_equal (cache_trim (t->c, PG, 3 * PG, 0), 0);
+  assert_true (sectors_are (t, 3 * PG, PG, V | D));
+  assert_true (read_is_pattern (t, 3 * PG, PG, 2));
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_true (disk_is_pattern (t, 3 * PG, PG, 2));
+}
+
 /* Invariant 5, waiter side: three runs in flight on one page; a TRIM
  * (even permutations) or ZERO (odd) over the page waits, and returns
  * only after the LAST completion, in every completion order.
@@ -252,6 +282,8 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test_setup_teardown (test_trim_not_done_keeps_data,
+                                     tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_zero_waits_for_writeback,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_trim_waits_for_writeback,
