@@ -929,8 +929,11 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       if (!busy && !inflight)
         break;
       if (nsub < b->nruns) {            /* submit before waiting */
+        int r;
+
         page_unlock (p);
-        err = err ? err : sync_submit (c, b, &nsub);
+        r = sync_submit (c, b, &nsub);  /* whatever an earlier run did */
+        err = err ? err : r;
         run = NULL;
         page_lock (p);
         continue;
@@ -983,7 +986,10 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     page_unlock (p);
     page_unpin (c, p);
   }
-  err = err ? err : sync_submit (c, b, &nsub);
+  {
+    int r = sync_submit (c, b, &nsub);  /* every run built is submitted */
+    err = err ? err : r;
+  }
   batch_put (b);
 
   if (!err && need_flush && (flags & CACHE_FUA)) {

@@ -177,11 +177,15 @@ static unsigned spent;               /* preemption cost spent so far */
  * here within the bound goes on without a decision being recorded (so
  * schedules are numbered per bound: --replay takes the bound).
  */
+static bool trace_points;            /* EXPLORE_TRACE: print every point */
+
 static void
 yield (const char *where, bool major)
 {
   self->where = where;
   self->major = major;
+  if (trace_points)
+    fprintf (stderr, "  t%u: %s\n", self->id, where);
   if (self->st == XS_RUN && spent + (major ? 1 : minor_cost) > bound)
     return;
   sem_post (&back);
@@ -1143,6 +1147,35 @@ print_schedule (FILE *fp)
   }
 }
 
+/* The cache's state, after a failure: sector states of the hot pages
+ * and the counters.  Safe from the main thread only while no worker
+ * holds a lock (a deadlock report: everyone is in a wait).
+ */
+static void
+dump_cache (void)
+{
+  struct cache_stats st;
+
+  if (!cache)
+    return;
+  for (uint32_t off = 0; off < HOT; off += PAGE) {
+    fprintf (stderr, "page %u:", off / PAGE);
+    for (uint32_t o = off; o < off + PAGE; o += scn.sector_size) {
+      unsigned b = cache_debug_sector (cache, o);
+      fprintf (stderr, " %s%s%s", b & CACHE_SECT_V ? "V" : "-",
+               b & CACHE_SECT_D ? "D" : "-", b & CACHE_SECT_W ? "W" : "-");
+    }
+    fprintf (stderr, "\n");
+  }
+  cache_get_stats (cache, &st);
+  fprintf (stderr, "dirty %" PRIu64 " B, writeback %" PRIu64 " B, dirty "
+           "pages %" PRIu64 ", runs in flight %" PRIu64 ", waiting: flush "
+           "%" PRIu64 " idle %" PRIu64 " throttle %" PRIu64 " page %" PRIu64
+           "\n", st.dirty_bytes, st.writeback_bytes, st.dirty_pages,
+           st.runs_in_flight, st.waiting_flush, st.waiting_idle,
+           st.waiting_throttle, st.waiting_page);
+}
+
 static void
 report (const char *why)
 {
@@ -1152,6 +1185,8 @@ report (const char *why)
   describe (&scn, desc, sizeof desc);
   fprintf (stderr, "explore: FAILED: %s\n", why);
   fprintf (stderr, "scenario: %s\n", desc);
+  if (strstr (why, "no thread can run"))
+    dump_cache ();
   fprintf (stderr, "steps (the thread that ran, and where the one before "
            "it stopped)%s:\n", from ? ", the last 80" : "");
   for (unsigned i = from; i < ntrace; i++)
@@ -1228,6 +1263,7 @@ main (int argc, char **argv)
   long total = 0, nscen[2] = { 0, 0 };
   bool timeout = false;
 
+  trace_points = getenv ("EXPLORE_TRACE") != NULL;
   if (getenv ("EXPLORE_SECONDS"))
     seconds = atof (getenv ("EXPLORE_SECONDS"));
   if (deep) {

@@ -21,6 +21,8 @@
  *  - a FUA write waiting for write-back of its own sector while another
  *    sector of the page stays in flight (it must go on when its sector
  *    is done, not when the whole page is);
+ *  - a FUA write whose first run fails before it waits for write-back
+ *    of its next page (it must still submit the rest);
  * and one that is not a race: a FAST_ZERO that the backend refuses
  * changes nothing, its partial head and tail sectors included.
  */
@@ -393,6 +395,51 @@ test_fast_zero_refused_changes_nothing (void **state)
   assert_true (disk_is_pattern (t, x, 4 * SS, 2));
 }
 
+/* A FUA write over the last sector of page 3 and the first of page 4,
+ * whose page-4 sector is in flight (a held background run).  The FUA
+ * write submits its page-3 run before it waits (it never waits holding
+ * W bits it has not submitted), and that run fails.  When the held run
+ * completes, the FUA write must still submit its page-4 run: it returns
+ * the error, and leaves no sector under W and no run behind.
+ */
+static void
+test_fua_write_failing_before_a_wait (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t x = 4 * PG - SS;
+  unsigned char buf[2 * SS];
+  struct cache_stats st;
+  struct async *w;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  cache_set_submit (t->c, fake_capture_submit, t->f);
+  assert_int_equal (write_pattern (t, 4 * PG, SS, 2, 0), 0);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+
+  atomic_store (&tc_quiet_errors, true);
+  fake_fail_nth (t->f, FAKE_WRITE, 1, -EIO);
+  pattern (buf, sizeof buf, x, 3);
+  w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x, CACHE_FUA);
+  WAIT_FOR (stats (t->c).waiting_idle == 1);
+  assert_int_equal (counts (t).write_errors, 1);
+  assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
+  assert_int_equal (async_join (w), -EIO);
+
+  st = stats (t->c);
+  assert_int_equal (st.runs_in_flight, 0);
+  assert_int_equal (st.writeback_bytes, 0);
+  assert_true (sectors_are (t, x, SS, V | D));
+  assert_true (sectors_are (t, 4 * PG, SS, V));
+  assert_true (disk_is_pattern (t, 4 * PG, SS, 3));
+  cache_set_submit (t->c, NULL, NULL);
+  assert_int_equal (cache_flush (t->c), -EIO);    /* reported once */
+  atomic_store (&tc_quiet_errors, false);
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_true (disk_is_pattern (t, x, 2 * SS, 3));
+}
+
 int
 main (void)
 {
@@ -412,6 +459,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_fua_waiter_wakes_when_its_range_is_idle,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_fast_zero_refused_changes_nothing,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_write_failing_before_a_wait,
                                      tc_setup, tc_teardown),
   };
 
