@@ -12,6 +12,13 @@ of subpage to each peer.  Above each table: the exact command lines.
   ... --quick                  runtime 3 s, 1 repetition (smoke test)
   ... --only randwrite4k,slow  some workloads or sections only
 
+Two builds against each other, interleaved run by run, with a
+"new / old" ratio row (docs/benchmarks.md, "Comparing two builds"):
+
+  ... --plugin old=OLD/plugin/nbdkit-subpage-plugin.so \
+      --plugin new=NEW/plugin/nbdkit-subpage-plugin.so \
+      --servers old,new --only randwrite4k,flush32 --reps 5
+
 Not part of the test suite.  Needs fio, nbdkit (file, memory, null, nbd
 plugins; cache, stats, delay filters), qemu-nbd (qemu-utils) and
 python3-libnbd.
@@ -43,19 +50,36 @@ NBD_SIMPLE = 16     # simple reply header (server -> client)
 
 # ---------------------------------------------------------------- servers
 
+def plugins_of (a):
+  """[(name, path)] of the subpage builds under test: one "subpage" for
+  --plugin PATH, or one NAME per --plugin NAME=PATH, in the order given.
+  (An --report of a JSON file written before --plugin NAME=PATH has only
+  a.plugin.)"""
+  return getattr (a, "plugins", None) or [("subpage", a.plugin)]
+
+
+def subpage_names (a):
+  """Server names that run a subpage build (NAME and NAME-4k)."""
+  return set (n + x for n, _ in plugins_of (a) for x in ("", "-4k"))
+
+
 def local_servers (a):
-  """name -> (argv template, kind).  No cache-max-size for the cache
-  filter: in nbdkit 1.32.5 its reclaim drops dirty blocks (a 512 MiB
-  write through cache=writeback cache-max-size=64M left 50 MiB of it in
-  the image after a flush), see docs/benchmarks.md.
-  {sock}, {img}, {size}, {stats} are substituted per run.  kind: 'nbdkit' (reads the socket with read(2),
-  writes it with send(2)), 'qemu' (recvmsg/sendmsg: neither is counted
-  in /proc/PID/io) -- see docs/benchmarks.md."""
-  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
-        "-U", "{sock}", a.plugin, "file={img}"]
-  return {
-    "subpage": (sp, "nbdkit"),
-    "subpage-4k": (sp + ["sector-size=4096"], "nbdkit"),
+  """name -> (argv template, kind).  Each subpage build is two servers,
+  NAME and NAME-4k (sector-size=4096), before the peers.  No
+  cache-max-size for the cache filter: in nbdkit 1.32.5 its reclaim
+  drops dirty blocks (a 512 MiB write through cache=writeback
+  cache-max-size=64M left 50 MiB of it in the image after a flush), see
+  docs/benchmarks.md.  {sock}, {img}, {size}, {stats} are substituted
+  per run.  kind: 'nbdkit' (reads the socket with read(2), writes it
+  with send(2)), 'qemu' (recvmsg/sendmsg: neither is counted in
+  /proc/PID/io) -- see docs/benchmarks.md."""
+  d = {}
+  for name, path in plugins_of (a):
+    sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+          "-U", "{sock}", path, "file={img}"]
+    d[name] = (sp, "nbdkit")
+    d[name + "-4k"] = (sp + ["sector-size=4096"], "nbdkit")
+  return dict (d, **{
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache",
                "--filter=stats", "file", "{img}", "cache=writeback",
                "statsfile={stats}"], "nbdkit"),
@@ -70,14 +94,15 @@ def local_servers (a):
     # any nbdkit plugin.
     "null": (["nbdkit", "-f", "-U", "{sock}", "null", "{size}"],
              "nbdkit"),
-  }
+  })
 
 
 def probe_servers (a):
-  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
-        "-U", "{sock}", a.plugin, "file={img}", "cache-size=2G"]
-  return {
-    "subpage": (sp, "nbdkit"),
+  d = {name: (["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+               "-U", "{sock}", path, "file={img}", "cache-size=2G"],
+              "nbdkit")
+       for name, path in plugins_of (a)}
+  return dict (d, **{
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "file",
                "{img}", "cache=writeback", "cache-on-read=true"],
               "nbdkit"),
@@ -85,7 +110,7 @@ def probe_servers (a):
     "qemu-nbd": (["qemu-nbd", "-f", "raw", "--cache=writeback",
                   "--aio=threads", "-t", "-e", "16", "-k", "{sock}",
                   "{img}"], "qemu"),
-  }
+  })
 
 
 SLOW_BACKEND = ["nbdkit", "-f", "-U", "{bsock}", "--filter=stats",
@@ -95,9 +120,10 @@ SLOW_BACKEND = ["nbdkit", "-f", "-U", "{bsock}", "--filter=stats",
 
 def slow_servers (a):
   burl = "nbd+unix:///?socket={bsock}"
-  return {
-    "subpage": (["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
-                 "-U", "{sock}", a.plugin, "uri=" + burl], "nbdkit"),
+  d = {name: (["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+               "-U", "{sock}", path, "uri=" + burl], "nbdkit")
+       for name, path in plugins_of (a)}
+  return dict (d, **{
     "cache": (["nbdkit", "-f", "-U", "{sock}", "--filter=cache", "nbd",
                "socket={bsock}", "cache=writeback", "cache-on-read=true"],
               "nbdkit"),
@@ -109,7 +135,7 @@ def slow_servers (a):
     # No server: the client on the remote itself, for its ceiling
     # (workload slow-remote-8x16 only).
     "remote": (None, "direct"),
-  }
+  })
 
 # -------------------------------------------------------------- workloads
 
@@ -458,7 +484,7 @@ class Bench:
         res["bw_wr"], res["bw_rd"] = st["write"], st["read"]
         src = "stats"
       res["src"] = src
-      if srvname.startswith ("subpage"):
+      if srvname in subpage_names (a):
         ex = parse_subpage_exit (out)
         if ex:
           res["own_wr"], res["own_rd"] = ex["write"], ex["read"]
@@ -602,19 +628,23 @@ def section_table (b, section, servers, workloads, peers):
       out.append ("| | backend wr/client B | %s |" % " | ".join (row5))
       out.append ("| | backend rd/client B | %s |" % " | ".join (row6))
   out.append ("")
-  # ratios
-  subs = [s for s in sv if s.startswith ("subpage")]
-  pe = [p for p in peers if p in sv]
-  if subs and pe:
-    cols = ["%s / %s" % (s, p) for s in subs for p in pe]
+  # ratios: each subpage build against each peer, then each later build
+  # against the first (NAME / FIRST, the same sector size)
+  spn = subpage_names (b.a)
+  subs = [s for s in sv if s in spn]
+  pairs = [(s, p) for s in subs for p in peers if p in sv]
+  names = [n for n, _ in plugins_of (b.a)]
+  pairs += [(n + x, names[0] + x) for n in names[1:] for x in ("", "-4k")
+            if n + x in sv and names[0] + x in sv]
+  if pairs:
+    cols = ["%s / %s" % (s, p) for s, p in pairs]
     out.append ("| workload | " + " | ".join (cols) + " |")
     out.append ("| --- |" + " --- |" * len (cols))
     for w in wl:
       row = []
-      for s in subs:
-        for p in pe:
-          x, y = meds.get ((w, s)), meds.get ((w, p))
-          row.append ("%.2fx" % (x / y) if x and y else "-")
+      for s, p in pairs:
+        x, y = meds.get ((w, s)), meds.get ((w, p))
+        row.append ("%.2fx" % (x / y) if x and y else "-")
       out.append ("| %s | %s |" % (w, " | ".join (row)))
     out.append ("")
   return "\n".join (out)
@@ -644,7 +674,7 @@ def probe_table (b, servers):
   for s in sv:
     x = [r["rss_over_ns"] for r in rs
          if r["workload"] == "clean2g" and r["server"] == s
-         and "rss_over_ns" in r and s.startswith ("subpage")]
+         and "rss_over_ns" in r and s in subpage_names (b.a)]
     row.append ("-" if not x else "%+.1f (%+.2f %%)" % (
       med (x) / MiB, 100.0 * med (x) / b.a.size))
   if any (c != "-" for c in row):
@@ -666,7 +696,9 @@ def main ():
                   help="comma list of workloads or sections "
                   "(local, probe, slow)")
   p.add_argument ("--servers", default="",
-                  help="comma list of server names to run (default all)")
+                  help="comma list of server names to run (default all):\n"
+                  "subpage, subpage-4k (or each build's NAME, NAME-4k),\n"
+                  "cache, file, qemu-nbd, memory, null, nbd, remote")
   p.add_argument ("--image-dir", default=None,
                   help="directory for the image and sockets "
                   "(default: a new temporary directory under /var/tmp)")
@@ -675,10 +707,16 @@ def main ():
                   help="rewrite an existing image in --image-dir")
   p.add_argument ("--keep", action="store_true",
                   help="keep the image and logs")
-  p.add_argument ("--plugin", default=None)
+  p.add_argument ("--plugin", action="append", default=[],
+                  metavar="[NAME=]PATH",
+                  help="the subpage plugin (default: build/plugin/"
+                  "nbdkit-subpage-plugin.so), run as servers subpage and\n"
+                  "subpage-4k.  NAME=PATH, repeatable: several builds,\n"
+                  "run as servers NAME and NAME-4k, interleaved run by\n"
+                  "run, each later build's ratio against the first")
   p.add_argument ("--flushload", default=None,
                   help="the C load client (default: tests/bench/flushload "
-                  "in the plugin's build tree)")
+                  "in the first plugin's build tree)")
   p.add_argument ("--json", default=None, help="also write raw results here")
   p.add_argument ("--report", default=None, metavar="JSON",
                   help="only print the tables of an earlier --json file")
@@ -690,13 +728,8 @@ def main ():
     a.runtime, a.reps = 3, 1
   a.size = int (a.size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.size[-1]] \
     if a.size[-1] in "KMG" else int (a.size)
-  if a.plugin is None:
-    for c in ("build/plugin/nbdkit-subpage-plugin.so",):
-      if os.path.exists (c):
-        a.plugin = c
-  if a.plugin is None or not os.path.exists (a.plugin):
-    sys.exit ("bench.py: --plugin PATH to nbdkit-subpage-plugin.so")
-  a.plugin = os.path.abspath (a.plugin)
+  a.plugins = parse_plugins (a.plugin)
+  a.plugin = a.plugins[0][1]
   if a.flushload is None:
     a.flushload = os.path.join (os.path.dirname (os.path.dirname (a.plugin)),
                                 "tests", "bench", "flushload")
@@ -757,7 +790,7 @@ def main ():
         for sname, (argv, kind) in ss.items ():
           if (sname == "remote") != ("remote" in w.get ("only", [])):
             continue
-          if sname == "subpage" and not has_uri:
+          if sname in subpage_names (a) and not has_uri:
             log ("subpage uri=: pending, skipped")
             continue
           ok &= cell_ok (b.measure, "slow", sname, argv, kind, wname, w,
@@ -778,6 +811,34 @@ def main ():
         if f.endswith ((".sock", ".log", ".txt")):
           os.unlink (os.path.join (a.image_dir, f))
   sys.exit (0 if ok else 1)
+
+
+def parse_plugins (args):
+  """--plugin values -> [(name, absolute path)].  One PATH is named
+  "subpage"; NAME=PATH names a build (letters, digits, '_' and '.', not
+  a peer's name).  Exits with a message on a bad value."""
+  if not args:
+    args = [c for c in ("build/plugin/nbdkit-subpage-plugin.so",)
+            if os.path.exists (c)][:1]
+  if not args:
+    sys.exit ("bench.py: --plugin PATH to nbdkit-subpage-plugin.so")
+  peers = {"cache", "file", "qemu-nbd", "memory", "null", "nbd", "remote"}
+  out = []
+  for x in args:
+    m = re.match (r"([A-Za-z0-9_.]+)=(.+)$", x)
+    if m and not os.path.exists (x):
+      name, path = m.group (1), m.group (2)
+    elif len (args) == 1:
+      name, path = "subpage", x
+    else:
+      sys.exit ("bench.py: several --plugin: each one NAME=PATH (%s)" % x)
+    if name in peers or name in (n for n, _ in out):
+      sys.exit ("bench.py: --plugin %s: %s is a peer's or another "
+                "build's name" % (x, name))
+    if not os.path.exists (path):
+      sys.exit ("bench.py: --plugin %s: %s not found" % (x, path))
+    out.append ((name, os.path.abspath (path)))
+  return out
 
 
 def cell_ok (fn, *args, **kw):
