@@ -92,6 +92,7 @@ cache_account (struct cache *c, struct page *p, const struct sect_delta *d)
   bool was_dirty = atomic_load_explicit (&p->nd, memory_order_relaxed) + p->nw > 0;
   bool is_dirty;
 
+  LOCK_ASSERT_HELD (&p->lock);
   p->nv = (uint32_t) ((int64_t) p->nv + d->v);
   if (d->d)
     atomic_fetch_add_explicit (&p->nd, (unsigned) d->d, memory_order_relaxed);
@@ -230,9 +231,9 @@ cache_destroy (struct cache *c)
     return;
   CACHE_ASSERT (atomic_load (&c->runs_in_flight) == 0);
   page_table_free (c);
-  pthread_mutex_destroy (&c->wb_lock);
+  lock_destroy (&c->wb_lock);
   pthread_cond_destroy (&c->wb_cv);
-  pthread_mutex_destroy (&c->gc_lock);
+  lock_destroy (&c->gc_lock);
   pthread_cond_destroy (&c->gc_cv);
   free (c);
 }
@@ -494,6 +495,7 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   uint64_t soff = page_offset (c, p) + ((uint64_t) i << c->sector_shift);
   int r;
 
+  LOCK_ASSERT_HELD (&p->lock);
   page_unlock (p);
   r = cache_backend_pread (c, tmp, c->cfg.sector_size, soff);
   atomic_fetch_add (&c->st_misses, 1);
@@ -549,13 +551,13 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
       continue;
     /* A TRIM or ZERO raced with the fill: wait for it, then again. */
     page_unlock (p);
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     while (atomic_load (&c->nbusy) > 0) {
       atomic_fetch_add (&c->w_idle, 1);
-      pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+      lock_wait (&c->wb_lock, &c->wb_cv);
       atomic_fetch_sub (&c->w_idle, 1);
     }
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
     page_lock (p);
     r = 0;
   }

@@ -61,7 +61,7 @@ group_commit (struct cache *c)
 {
   struct gc_waiter w = { .done = false };
 
-  pthread_mutex_lock (&c->gc_lock);
+  lock_take (&c->gc_lock);
   w.ticket = ++c->gc_requested;
   w.next = c->gc_waiters;
   c->gc_waiters = &w;
@@ -72,10 +72,10 @@ group_commit (struct cache *c)
 
       c->gc_started = target;
       c->gc_running++;
-      pthread_mutex_unlock (&c->gc_lock);
+      lock_drop (&c->gc_lock);
       r = c->ops->flush (c->bopaque);
       atomic_fetch_add (&c->st_bflushes, 1);
-      pthread_mutex_lock (&c->gc_lock);
+      lock_take (&c->gc_lock);
       c->gc_running--;
       for (struct gc_waiter **pp = &c->gc_waiters; *pp; ) {
         if ((*pp)->ticket <= target) {
@@ -90,11 +90,11 @@ group_commit (struct cache *c)
     }
     else {
       atomic_fetch_add (&c->w_flush, 1);
-      pthread_cond_wait (&c->gc_cv, &c->gc_lock);
+      lock_wait (&c->gc_lock, &c->gc_cv);
       atomic_fetch_sub (&c->w_flush, 1);
     }
   }
-  pthread_mutex_unlock (&c->gc_lock);
+  lock_drop (&c->gc_lock);
   return w.err;
 }
 
@@ -126,7 +126,7 @@ flush_body (struct cache *c, bool force)
     return 0;
   atomic_fetch_add (&c->st_flushes, 1);
 
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   t = wb_new_epoch (c);
   gen0 = c->wb_err_gen;
   for (;;) {
@@ -140,10 +140,10 @@ flush_body (struct cache *c, bool force)
     else if (pages > 0 &&
              !(collected_nothing && atomic_load (&c->wb_progress) == ticket)) {
       int n;
-      pthread_mutex_unlock (&c->wb_lock);
+      lock_drop (&c->wb_lock);
       n = wb_collect (c, PICK_FLUSH, t, &ticket);
       CACHE_PARK (c, "flush.collected");
-      pthread_mutex_lock (&c->wb_lock);
+      lock_take (&c->wb_lock);
       if (n < 0) {
         err = n;
         break;
@@ -155,7 +155,7 @@ flush_body (struct cache *c, bool force)
      * nothing to take, for collect progress since (internal.h).
      */
     atomic_fetch_add (&c->w_flush, 1);
-    pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+    lock_wait (&c->wb_lock, &c->wb_cv);
     atomic_fetch_sub (&c->w_flush, 1);
     collected_nothing = false;
   }
@@ -168,7 +168,7 @@ flush_body (struct cache *c, bool force)
    */
   if (!err && (pages > 0 || runs > 0))
     err = c->wb_last_err ? c->wb_last_err : -EIO;
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 
   if (!err)
     err = group_commit (c);

@@ -55,6 +55,7 @@
 
 #include "cache-assert.h"
 #include "cache.h"
+#include "lock.h"
 #include "sector.h"
 
 #define SEQ_NONE UINT64_MAX
@@ -101,7 +102,7 @@ struct batch {
 };
 
 struct page {
-  pthread_mutex_t lock;
+  struct lock lock;
   pthread_cond_t cv;          /* broadcast when W bits clear */
   char *data;
   struct sect_bits sb;
@@ -133,7 +134,7 @@ struct page {
 };
 
 struct shard {
-  pthread_mutex_t lock;
+  struct lock lock;
   struct page **buckets;
   uint32_t mask;
 };
@@ -175,7 +176,7 @@ struct cache {
   char *mem;
   size_t mem_len;
 
-  pthread_mutex_t clock_lock;
+  struct lock clock_lock;
   pthread_cond_t frame_cv;
   uint32_t hand;
   uint32_t *free_stack;
@@ -185,7 +186,7 @@ struct cache {
   struct shard shards[NR_SHARDS];
 
   /* wb_lock */
-  pthread_mutex_t wb_lock;
+  struct lock wb_lock;
   pthread_cond_t wb_cv;       /* progress: runs done, collect done, discard done */
   struct page *dirty_head, *dirty_tail;
   uint64_t ndirty_pages;
@@ -206,7 +207,7 @@ struct cache {
   atomic_uint_fast64_t discard_started;
 
   /* Group commit of backend flushes. */
-  pthread_mutex_t gc_lock;
+  struct lock gc_lock;
   pthread_cond_t gc_cv;
   uint64_t gc_requested;         /* tickets handed out */
   uint64_t gc_started;           /* highest ticket a started flush covers */

@@ -70,7 +70,7 @@ page_table_init (struct cache *c)
 
   for (uint32_t i = 0; i < c->nframes; i++) {
     struct page *p = &c->frames[i];
-    pthread_mutex_init (&p->lock, NULL);
+    lock_init (&p->lock);
     pthread_cond_init (&p->cv, NULL);
     p->data = c->mem + ((size_t) i << c->page_shift);
     p->sb.bits = c->bits + (size_t) i * SECT_NR_BITMAPS * c->words;
@@ -87,13 +87,13 @@ page_table_init (struct cache *c)
   while (nb < 2 * DIV_ROUND_UP (c->nframes, NR_SHARDS))
     nb <<= 1;
   for (unsigned i = 0; i < NR_SHARDS; i++) {
-    pthread_mutex_init (&c->shards[i].lock, NULL);
+    lock_init (&c->shards[i].lock);
     c->shards[i].buckets = calloc (nb, sizeof (struct page *));
     if (!c->shards[i].buckets)
       return -ENOMEM;
     c->shards[i].mask = nb - 1;
   }
-  pthread_mutex_init (&c->clock_lock, NULL);
+  lock_init (&c->clock_lock);
   pthread_cond_init (&c->frame_cv, NULL);
   return 0;
 }
@@ -103,34 +103,34 @@ page_table_free (struct cache *c)
 {
   if (c->frames) {
     for (uint32_t i = 0; i < c->nframes; i++) {
-      pthread_mutex_destroy (&c->frames[i].lock);
+      lock_destroy (&c->frames[i].lock);
       pthread_cond_destroy (&c->frames[i].cv);
     }
   }
   for (unsigned i = 0; i < NR_SHARDS; i++) {
     free (c->shards[i].buckets);
     if (c->shards[i].buckets)
-      pthread_mutex_destroy (&c->shards[i].lock);
+      lock_destroy (&c->shards[i].lock);
   }
   if (c->mem)
     munmap (c->mem, c->mem_len);
   free (c->frames);
   free (c->bits);
   free (c->free_stack);
-  pthread_mutex_destroy (&c->clock_lock);
+  lock_destroy (&c->clock_lock);
   pthread_cond_destroy (&c->frame_cv);
 }
 
 void
 page_lock (struct page *p)
 {
-  pthread_mutex_lock (&p->lock);
+  lock_take (&p->lock);
 }
 
 void
 page_unlock (struct page *p)
 {
-  pthread_mutex_unlock (&p->lock);
+  lock_drop (&p->lock);
 }
 
 void
@@ -140,7 +140,7 @@ page_wait (struct cache *c, struct page *p, atomic_uint_fast64_t *counter)
   p->nwaiters++;
   if (counter)
     atomic_fetch_add (counter, 1);
-  pthread_cond_wait (&p->cv, &p->lock);
+  lock_wait (&p->lock, &p->cv);
   if (counter)
     atomic_fetch_sub (counter, 1);
   p->nwaiters--;
@@ -157,6 +157,7 @@ page_wake (struct page *p)
 static struct page *
 shard_lookup (struct shard *s, uint64_t index)
 {
+  LOCK_ASSERT_HELD (&s->lock);
   for (struct page *p = s->buckets[bucket_of (s, index)]; p; p = p->hnext)
     if (p->index == index)
       return p;
@@ -180,11 +181,11 @@ page_find (struct cache *c, uint64_t index)
   struct shard *s = shard_of (c, index);
   struct page *p;
 
-  pthread_mutex_lock (&s->lock);
+  lock_take (&s->lock);
   p = shard_lookup (s, index);
   if (p)
     atomic_fetch_add (&p->refs, 1);
-  pthread_mutex_unlock (&s->lock);
+  lock_drop (&s->lock);
   return p;
 }
 
@@ -202,9 +203,9 @@ page_unpin (struct cache *c, struct page *p)
 
   CACHE_ASSERT (old > 0);
   if (old == 1 && atomic_load (&c->frame_waiters) > 0) {
-    pthread_mutex_lock (&c->clock_lock);
+    lock_take (&c->clock_lock);
     pthread_cond_broadcast (&c->frame_cv);
-    pthread_mutex_unlock (&c->clock_lock);
+    lock_drop (&c->clock_lock);
   }
 }
 
@@ -219,10 +220,11 @@ try_evict (struct cache *c, struct page *p)
   struct shard *s;
   bool ok = false;
 
+  LOCK_ASSERT_HELD (&c->clock_lock);
   if (index == PAGE_NONE || atomic_load (&p->refs) > 0)
     return false;
   s = shard_of (c, index);
-  pthread_mutex_lock (&s->lock);
+  lock_take (&s->lock);
   if (p->index == index && atomic_load (&p->refs) == 0) {
     page_lock (p);
     if (p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
@@ -240,7 +242,7 @@ try_evict (struct cache *c, struct page *p)
       page_dump (c, p, "unpinned page with D or W");
     page_unlock (p);
   }
-  pthread_mutex_unlock (&s->lock);
+  lock_drop (&s->lock);
   if (ok) {
     atomic_fetch_sub (&c->st_resident, 1);
     atomic_fetch_add (&c->st_evictions, 1);
@@ -257,7 +259,7 @@ frame_get (struct cache *c, bool wait, int *err)
   struct page *p = NULL;
   bool kicked = false;
 
-  pthread_mutex_lock (&c->clock_lock);
+  lock_take (&c->clock_lock);
   for (;;) {
     /* Register as a waiter before scanning: page_unpin drops its ref and
      * then reads frame_waiters (both seq_cst), so either the scan sees
@@ -291,9 +293,9 @@ frame_get (struct cache *c, bool wait, int *err)
      */
     if (!kicked) {
       atomic_fetch_sub (&c->frame_waiters, 1);
-      pthread_mutex_unlock (&c->clock_lock);
+      lock_drop (&c->clock_lock);
       wb_kick (c);
-      pthread_mutex_lock (&c->clock_lock);
+      lock_take (&c->clock_lock);
       kicked = true;
       continue;
     }
@@ -302,10 +304,10 @@ frame_get (struct cache *c, bool wait, int *err)
      * with the write-back error, as a throttled writer does, rather
      * than wait for a backend that may never come back.
      */
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     if (c->wb_failing && atomic_load (&c->runs_in_flight) == 0)
       *err = c->wb_last_err ? c->wb_last_err : -EIO;
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
     if (*err) {
       atomic_fetch_sub (&c->frame_waiters, 1);
       break;
@@ -318,24 +320,24 @@ frame_get (struct cache *c, bool wait, int *err)
       clock_gettime (CLOCK_REALTIME, &ts);
       ts.tv_sec += 1;
       atomic_fetch_add (&c->w_page, 1);
-      pthread_cond_timedwait (&c->frame_cv, &c->clock_lock, &ts);
+      lock_timedwait (&c->clock_lock, &c->frame_cv, &ts);
       atomic_fetch_sub (&c->w_page, 1);
     }
     atomic_fetch_sub (&c->frame_waiters, 1);
     kicked = false;
   }
-  pthread_mutex_unlock (&c->clock_lock);
+  lock_drop (&c->clock_lock);
   return p;
 }
 
 static void
 frame_put (struct cache *c, struct page *p)
 {
-  pthread_mutex_lock (&c->clock_lock);
+  lock_take (&c->clock_lock);
   c->free_stack[c->nfree++] = (uint32_t) (p - c->frames);
   if (atomic_load (&c->frame_waiters) > 0)
     pthread_cond_broadcast (&c->frame_cv);
-  pthread_mutex_unlock (&c->clock_lock);
+  lock_drop (&c->clock_lock);
 }
 
 struct page *
@@ -357,11 +359,11 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
   if (!frame)
     return NULL;
 
-  pthread_mutex_lock (&s->lock);
+  lock_take (&s->lock);
   p = shard_lookup (s, index);
   if (p) {                        /* another thread inserted it */
     atomic_fetch_add (&p->refs, 1);
-    pthread_mutex_unlock (&s->lock);
+    lock_drop (&s->lock);
     frame_put (c, frame);
     return p;
   }
@@ -372,7 +374,7 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
   atomic_store (&frame->referenced, true);
   frame->hnext = s->buckets[bucket_of (s, index)];
   s->buckets[bucket_of (s, index)] = frame;
-  pthread_mutex_unlock (&s->lock);
+  lock_drop (&s->lock);
   atomic_fetch_add (&c->st_resident, 1);
   return frame;
 }
@@ -385,6 +387,7 @@ page_check (struct cache *c, struct page *p)
 {
   uint32_t nv, nd, nw, fw = 0;
 
+  LOCK_ASSERT_HELD (&p->lock);
   sect_totals (&p->sb, &nv, &nd, &nw);
   for (struct frag *f = p->frags; f; f = f->pnext)
     fw += f->n;

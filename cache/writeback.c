@@ -54,9 +54,9 @@
 void
 wb_init (struct cache *c)
 {
-  pthread_mutex_init (&c->wb_lock, NULL);
+  lock_init (&c->wb_lock);
   pthread_cond_init (&c->wb_cv, NULL);
-  pthread_mutex_init (&c->gc_lock, NULL);
+  lock_init (&c->gc_lock);
   pthread_cond_init (&c->gc_cv, NULL);
   c->epoch = 1;
   c->ebase = 1;
@@ -70,6 +70,7 @@ enum ec_kind { EC_PAGE, EC_RUN };
 static uint64_t *
 ec_slot (struct cache *c, enum ec_kind k, uint64_t e)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   if (e < c->ebase)
     return k == EC_PAGE ? &c->efloor_page : &c->efloor_run;
   CACHE_ASSERT (e - c->ebase < EPOCH_RING);
@@ -95,6 +96,7 @@ wb_new_epoch (struct cache *c)
 {
   uint64_t t = c->epoch++;
 
+  LOCK_ASSERT_HELD (&c->wb_lock);
   /* Past empty slots for free; past full ones into the floor, so that
    * epochs [ebase, epoch] never share a slot.
    */
@@ -117,6 +119,7 @@ wb_new_epoch (struct cache *c)
 void
 wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   *pages = c->efloor_page;
   *runs = c->efloor_run;
   for (uint64_t e = c->ebase; e <= t; e++) {
@@ -134,6 +137,7 @@ wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
 static bool
 wb_cv_waiters (struct cache *c)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
          atomic_load (&c->w_idle) > 0;
 }
@@ -141,6 +145,7 @@ wb_cv_waiters (struct cache *c)
 void
 wb_progress (struct cache *c)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   atomic_fetch_add (&c->wb_progress, 1);
   if (wb_cv_waiters (c))
     pthread_cond_broadcast (&c->wb_cv);
@@ -150,6 +155,8 @@ wb_progress (struct cache *c)
 static void
 page_tag (struct cache *c, struct page *p, uint64_t t)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
+  LOCK_ASSERT_HELD (&p->lock);
   if (t == SEQ_NONE)
     return;
   if (p->dseq == SEQ_NONE || t < p->dseq) {
@@ -162,6 +169,7 @@ page_tag (struct cache *c, struct page *p, uint64_t t)
 static void
 page_untag (struct cache *c, struct page *p)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   ec_add (c, EC_PAGE, p->dseq, -1);
   p->dseq = SEQ_NONE;
 }
@@ -185,6 +193,7 @@ wb_now_ms (struct cache *c)
 static void
 list_page (struct cache *c, struct page *p)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   if (p->listed)
     return;
   page_pin_more (p);
@@ -203,6 +212,7 @@ list_page (struct cache *c, struct page *p)
 static void
 list_remove (struct cache *c, struct page *p)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   if (p->dprev)
     p->dprev->dnext = p->dnext;
   else
@@ -222,6 +232,7 @@ unlist_page (struct cache *c, struct page *p)
 {
   unsigned old;
 
+  LOCK_ASSERT_HELD (&c->wb_lock);
   if (!p->listed)
     return;
   list_remove (c, p);
@@ -238,13 +249,14 @@ wb_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
   bool need = !p->listed || (idle && p->dseq == SEQ_NONE);
   uint32_t end = first + n;
 
+  LOCK_ASSERT_HELD (&p->lock);
   for (struct frag *f = p->frags; f && !need; f = f->pnext)
     if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE)
       need = true;
   if (!need)
     return;
 
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   if (idle && p->dseq == SEQ_NONE)
     page_tag (c, p, c->epoch);
   for (struct frag *f = p->frags; f; f = f->pnext)
@@ -253,19 +265,20 @@ wb_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
       ec_add (c, EC_RUN, f->rseq, 1);
     }
   list_page (c, p);
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 }
 
 void
 wb_note_drop (struct cache *c, struct page *p)
 {
-  pthread_mutex_lock (&c->wb_lock);
+  LOCK_ASSERT_HELD (&p->lock);
+  lock_take (&c->wb_lock);
   if (!page_has_dirty_idle (c, p))
     page_untag (c, p);
   if (p->nd == 0)
     unlist_page (c, p);
   pthread_cond_broadcast (&c->wb_cv);
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 }
 
 /* ---- batches and runs ---- */
@@ -307,6 +320,7 @@ batch_put (struct batch *b)
   struct cache *c = b->c;
   uint32_t cap = b->cap;
 
+  CACHE_ASSERT (!lock_held (&b->c->wb_lock));
   if (atomic_fetch_sub (&b->pending, 1) == 1) {
     bool room;
 
@@ -314,12 +328,12 @@ batch_put (struct batch *b)
     free (b->frags);
     free (b->runs);
     free (b);
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     room = atomic_fetch_sub (&c->wb_buf_bytes, cap) >= c->wb_buf_max &&
       atomic_load (&c->wb_buf_bytes) < c->wb_buf_max;
     if (room)
       wb_progress (c);                  /* a collector may use the room */
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
     return room;
   }
   return false;
@@ -336,6 +350,7 @@ snap_range (struct cache *c, struct page *p, uint32_t first, uint32_t n,
 {
   struct sect_delta d = { 0 };
 
+  LOCK_ASSERT_HELD (&p->lock);
   CACHE_ASSERT (page_check (c, p));
   memcpy (dst, sect_data (c, p, first), (size_t) n << c->sector_shift);
   sect_wb_start (&p->sb, first, n, &d);
@@ -359,6 +374,8 @@ static void
 snap_finish (struct cache *c, struct page *p, struct frag **frags,
              bool *took_dirty, unsigned k)
 {
+  LOCK_ASSERT_HELD (&p->lock);
+  LOCK_ASSERT_HELD (&c->wb_lock);
   for (unsigned i = 0; i < k; i++) {
     if (took_dirty[i]) {
       CACHE_ASSERT (p->dseq != SEQ_NONE);
@@ -376,6 +393,7 @@ snap_finish (struct cache *c, struct page *p, struct frag **frags,
 static bool
 busy_overlaps_locked (struct cache *c, uint64_t first_page, uint64_t last_page)
 {
+  LOCK_ASSERT_HELD (&c->wb_lock);
   for (struct busy_range *b = c->busy; b; b = b->next)
     if (b->first_page <= last_page && first_page <= b->last_page)
       return true;
@@ -389,9 +407,9 @@ busy_overlaps (struct cache *c, uint64_t first_page, uint64_t last_page)
 
   if (atomic_load (&c->nbusy) == 0)
     return false;
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   r = busy_overlaps_locked (c, first_page, last_page);
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
   return r;
 }
 
@@ -399,24 +417,25 @@ busy_overlaps (struct cache *c, uint64_t first_page, uint64_t last_page)
 static void
 busy_wait (struct cache *c, uint64_t first_page, uint64_t last_page)
 {
-  pthread_mutex_lock (&c->wb_lock);
+  CACHE_ASSERT (!lock_held (&c->wb_lock));
+  lock_take (&c->wb_lock);
   while (busy_overlaps_locked (c, first_page, last_page)) {
     atomic_fetch_add (&c->w_idle, 1);
-    pthread_cond_wait (&c->wb_cv, &c->wb_lock);
+    lock_wait (&c->wb_lock, &c->wb_cv);
     atomic_fetch_sub (&c->w_idle, 1);
   }
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 }
 
 void
 wb_busy_begin (struct cache *c, struct busy_range *r)
 {
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   r->next = c->busy;
   c->busy = r;
   atomic_fetch_add (&c->nbusy, 1);
   atomic_fetch_add (&c->discard_started, 1);
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 }
 
 void
@@ -424,7 +443,7 @@ wb_busy_end (struct cache *c, struct busy_range *r)
 {
   struct busy_range **pp;
 
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   for (pp = &c->busy; *pp != r; pp = &(*pp)->next)
     CACHE_ASSERT (*pp != NULL);
   *pp = r->next;
@@ -434,7 +453,7 @@ wb_busy_end (struct cache *c, struct busy_range *r)
    */
   atomic_fetch_add (&c->discard_started, 1);
   wb_progress (c);
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 }
 
 static void
@@ -489,7 +508,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   /* Pick the oldest pages whose dirty data fills the batch, then sort
    * them by position so that neighbours merge into one run.
    */
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   seen = atomic_load (&c->wb_progress);
   for (struct page *p = c->dirty_head;
        p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
@@ -512,7 +531,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
     est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
       << c->sector_shift;
   }
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
   if (ticket)
     *ticket = seen;
   if (npicked == 0)
@@ -529,11 +548,11 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   maxfrags = MAX (maxfrags, 1u);
   b = batch_new (c, cap, maxfrags);
   if (!b) {
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     for (unsigned k = 0; k < npicked; k++)
       picked[k]->collecting = false;
     wb_progress (c);
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
     for (unsigned k = 0; k < npicked; k++)
       page_unpin (c, picked[k]);
     return -ENOMEM;
@@ -584,7 +603,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
         i = j;
       }
     }
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     snap_finish (c, p, pf, took, nf);
     p->collecting = false;
     if (p->listed && p->dnext) {   /* rotate: let others go next */
@@ -593,7 +612,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
       c->dirty_tail->dnext = p;
       c->dirty_tail = p;
     }
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
     CACHE_ASSERT (page_check (c, p));
     page_unlock (p);
     /* A run continues into the next page only if it is contiguous on
@@ -605,13 +624,13 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
   for (unsigned k = 0; k < npicked; k++)
     page_unpin (c, picked[k]);
 
-  pthread_mutex_lock (&c->wb_lock);
+  lock_take (&c->wb_lock);
   if (c->wb_contended) {                /* collecting flags cleared */
     c->wb_contended = false;
     wb_progress (c);
     own_events++;
   }
-  pthread_mutex_unlock (&c->wb_lock);
+  lock_drop (&c->wb_lock);
 
   /* Every W bit of the batch is set: now submit. */
   atomic_fetch_add (&b->pending, b->nruns);
@@ -737,7 +756,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
       CACHE_ASSERT (*pp != NULL);
     *pp = f->pnext;
 
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     if (ec_add (c, EC_RUN, f->seq, -1))
       wake = true;
     if (ec_add (c, EC_RUN, f->rseq, -1))
@@ -764,7 +783,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     }
     else
       c->wb_failing = false;
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
 
     CACHE_ASSERT (page_check (c, p));
     /* Waiters (TRIM, ZERO, FUA) wait for W to clear in their own range,
@@ -790,9 +809,9 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
    */
   if (wake || (atomic_load (&c->w_throttle) > 0 &&
                dirty_mem (c) < c->dirty_limit)) {
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     pthread_cond_broadcast (&c->wb_cv);
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
   }
   batch_put (run->batch);
 }
@@ -826,10 +845,10 @@ wb_throttle (struct cache *c)
       counted = true;
     }
     wb_kick (c);
-    pthread_mutex_lock (&c->wb_lock);
+    lock_take (&c->wb_lock);
     if (c->wb_failing && atomic_load (&c->runs_in_flight) == 0) {
       r = c->wb_err ? c->wb_err : -EIO;
-      pthread_mutex_unlock (&c->wb_lock);
+      lock_drop (&c->wb_lock);
       break;
     }
     /* Counted before the check: cache_run_done lowers dirty memory and
@@ -840,10 +859,10 @@ wb_throttle (struct cache *c)
     if (dirty_mem (c) >= c->dirty_limit) {
       clock_gettime (CLOCK_REALTIME, &ts);
       ts.tv_sec += 1;                   /* re-kick at least every second */
-      pthread_cond_timedwait (&c->wb_cv, &c->wb_lock, &ts);
+      lock_timedwait (&c->wb_lock, &c->wb_cv, &ts);
     }
     atomic_fetch_sub (&c->w_throttle, 1);
-    pthread_mutex_unlock (&c->wb_lock);
+    lock_drop (&c->wb_lock);
   }
   return r;
 }
@@ -979,9 +998,9 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       f->run = run;
       run->nfrags++;
       run->len += (j - i) << c->sector_shift;
-      pthread_mutex_lock (&c->wb_lock);
+      lock_take (&c->wb_lock);
       snap_finish (c, p, &f, &took, 1);
-      pthread_mutex_unlock (&c->wb_lock);
+      lock_drop (&c->wb_lock);
     }
     page_unlock (p);
     page_unpin (c, p);
