@@ -1,4 +1,4 @@
-/* subpage unit tests: cache/util.h, the header-only arithmetic helpers.
+/* subpage unit tests: common/util.h, the header-only arithmetic helpers.
  *
  * Each helper gets its own test.  The power-of-2 assertions inside
  * ROUND_UP/ROUND_DOWN/IS_ALIGNED/log2_u64 are plain assert() (util.h is
