@@ -82,7 +82,6 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -96,6 +95,7 @@
 #include "cache.h"
 #include "errstr.h"
 #include "nbd-backend.h"
+#include "thread.h"
 #include "util.h"
 
 /* Largest single request sent when the remote advertises no maximum. */
@@ -711,15 +711,12 @@ nb_reader (void *arg)
 int
 nbd_backend_start (struct nbd_backend *nb)
 {
-  sigset_t all, saved;
   int err = 0;
 
-  sigfillset (&all);
-  pthread_sigmask (SIG_SETMASK, &all, &saved);
   for (unsigned i = 0; i < nb->n; i++) {
     struct nb_conn *conn = &nb->conns[i];
 
-    err = pthread_create (&conn->reader, NULL, nb_reader, conn);
+    err = thread_start_nosignals (&conn->reader, nb_reader, conn);
     if (err != 0) {
       nbdkit_error ("subpage: uri=%s: cannot start a reader thread: %s",
                     nb->uri, errstr (err));
@@ -728,7 +725,6 @@ nbd_backend_start (struct nbd_backend *nb)
     }
     conn->reader_started = true;
   }
-  pthread_sigmask (SIG_SETMASK, &saved, NULL);
   if (err == 0)
     nb->started = true;
   return err;

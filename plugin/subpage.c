@@ -58,7 +58,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -78,6 +77,7 @@
 #include "file-backend.h"
 #include "metrics.h"
 #include "nbd-backend.h"
+#include "thread.h"
 #include "util.h"
 #include "wbserver.h"
 
@@ -585,7 +585,6 @@ subpage_after_fork (void)
     .log = subpage_log,
     .debug = subpage_debug_writeback != 0,
   };
-  sigset_t all, saved;
   int err;
 
   if (subpage_same_host () == -1)
@@ -608,10 +607,7 @@ subpage_after_fork (void)
     return -1;
   }
 
-  sigfillset (&all);
-  pthread_sigmask (SIG_SETMASK, &all, &saved);
-  err = pthread_create (&watcher, NULL, subpage_watcher, NULL);
-  pthread_sigmask (SIG_SETMASK, &saved, NULL);
+  err = thread_start_nosignals (&watcher, subpage_watcher, NULL);
   if (err != 0) {
     nbdkit_error ("subpage: cannot start the shutdown watcher: %s",
                   errstr (err));

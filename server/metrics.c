@@ -62,7 +62,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -79,6 +78,7 @@
 
 #include "cache.h"
 #include "metrics.h"
+#include "thread.h"
 
 #define METRICS_MAX_CONNS   16    /* served at once; more are closed */
 #define METRICS_BACKLOG     64    /* waiting to be accepted */
@@ -623,7 +623,6 @@ metrics_start (struct cache *c, const struct metrics_config *cfg,
 {
   struct metrics *m;
   struct sockaddr_un addr;
-  sigset_t all, saved;
   int r;
 
   memset (&addr, 0, sizeof addr);
@@ -684,10 +683,7 @@ metrics_start (struct cache *c, const struct metrics_config *cfg,
   ev_async_init (&m->stop_w, stop_cb);
   ev_async_start (m->loop, &m->stop_w);
 
-  sigfillset (&all);
-  pthread_sigmask (SIG_SETMASK, &all, &saved);
-  r = pthread_create (&m->thread, NULL, metrics_main, m);
-  pthread_sigmask (SIG_SETMASK, &saved, NULL);
+  r = thread_start_nosignals (&m->thread, metrics_main, m);
   if (r != 0) {
     *what = "pthread_create";
     goto err_free;

@@ -107,7 +107,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -118,6 +117,7 @@
 #include <ev.h>
 
 #include "cache.h"
+#include "thread.h"
 #include "wbserver.h"
 
 /* Preallocated IO job nodes; more are malloc'd when these are in use. */
@@ -692,7 +692,6 @@ struct wbs *
 wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
 {
   struct wbs *s;
-  sigset_t all, saved;
   unsigned i;
   int r;
 
@@ -738,27 +737,22 @@ wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
   ev_async_init (&s->stop_w, wbs_stop_cb);
   ev_async_start (s->loop, &s->stop_w);
 
-  /* Our threads inherit a mask that blocks every signal. */
-  sigfillset (&all);
-  pthread_sigmask (SIG_SETMASK, &all, &saved);
   for (i = 0; i < cfg->threads; ++i) {
-    r = pthread_create (&s->workers[i], NULL, wbs_worker, s);
+    r = thread_start_nosignals (&s->workers[i], wbs_worker, s);
     if (r != 0)
       goto err_threads;
     s->nworkers++;
   }
-  r = pthread_create (&s->loop_thread, NULL, wbs_loop_main, s);
+  r = thread_start_nosignals (&s->loop_thread, wbs_loop_main, s);
   if (r != 0)
     goto err_threads;
   s->loop_started = true;
-  pthread_sigmask (SIG_SETMASK, &saved, NULL);
 
   cache_set_submit (c, wbs_submit, s);
   cache_set_kick (c, wbs_kick_hook, s);
   return s;
 
  err_threads:
-  pthread_sigmask (SIG_SETMASK, &saved, NULL);
   r = -r;
   wbs_join_threads (s);
  err_free:
