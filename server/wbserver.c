@@ -75,9 +75,10 @@
  * hammered in a tight loop (the failed sectors are dirty again and the
  * next flush reports the error; see cache.h).
  *
- * Job nodes for IO come from a preallocated pool; when it runs dry the
- * submit hook mallocs one with no lock held, and if even that fails the
- * run is written synchronously in the submitting thread.  A worker's
+ * Job nodes for IO come from a pool (common/pool.h: preallocated nodes
+ * under a leaf lock of its own, a malloc when they are all in use); if
+ * even that fails the run is written synchronously in the submitting
+ * thread.  A worker's
  * own-run list grows by realloc, also with no lock held (the same
  * fallback if it fails), and is kept for the thread's life, so steady
  * write-back allocates nothing here.  Nothing is allocated and no
@@ -117,6 +118,7 @@
 #include <ev.h>
 
 #include "cache.h"
+#include "pool.h"
 #include "thread.h"
 #include "wbserver.h"
 
@@ -129,7 +131,6 @@ struct wbs_job {
   struct wbs_job *next;
   struct cache_run *run;
   struct wbs *s;                /* for asynchronous completions */
-  bool heap;                    /* malloc'd: freed after use, not pooled */
 };
 
 struct wbs {
@@ -162,7 +163,6 @@ struct wbs {
   pthread_cond_t work_cond;     /* workers: a job is available, or quit */
   pthread_cond_t idle_cond;     /* wbs_stop: nothing queued or running */
   struct wbs_job *io_head, *io_tail;
-  struct wbs_job *free_jobs;
   bool collect_pending[WBS_NR_REASONS];
   bool collect_running[WBS_NR_REASONS];
   /* pending || running, readable without the lock: while a collect is
@@ -178,7 +178,7 @@ struct wbs {
   pthread_t *workers;
   unsigned nworkers;            /* started so far */
 
-  struct wbs_job pool[WBS_POOL_JOBS];
+  struct pool jobs;             /* IO job nodes (its own lock) */
 };
 
 /* Bytes of the runs submitted by the collect running in this thread
@@ -234,19 +234,6 @@ wbs_check_idle_locked (struct wbs *s)
   if (s->stopping && s->io_head == NULL && s->busy == 0 &&
       s->aio_inflight == 0)
     pthread_cond_broadcast (&s->idle_cond);
-}
-
-/* s->lock held.  Gives JOB back to the pool; returns it if it was
- * malloc'd, for the caller to free once the lock is dropped, else NULL.
- */
-static struct wbs_job *
-wbs_job_put_locked (struct wbs *s, struct wbs_job *job)
-{
-  if (job->heap)
-    return job;
-  job->next = s->free_jobs;
-  s->free_jobs = job;
-  return NULL;
 }
 
 /* s->lock held, after collect_pending/collect_running[WHY] changed. */
@@ -352,11 +339,10 @@ wbs_worker (void *arg)
       s->io_head = job->next;
       if (s->io_head == NULL)
         s->io_tail = NULL;
-      job = wbs_job_put_locked (s, job);
       s->busy++;
       pthread_mutex_unlock (&s->lock);
 
-      free (job);               /* NULL unless it was malloc'd */
+      pool_put (&s->jobs, job);
       wbs_run_io (s, run);
 
       pthread_mutex_lock (&s->lock);
@@ -435,13 +421,13 @@ wbs_aio_done (void *arg, int err)
   cache_run_account (s->c, run);
   cache_run_done (s->c, run, err);
   wbs_signal_done (s, err);
+  /* Before aio_inflight drops: from then on wbs_stop may free S. */
+  pool_put (&s->jobs, job);
 
   pthread_mutex_lock (&s->lock);
   s->aio_inflight--;
-  job = wbs_job_put_locked (s, job);
   wbs_check_idle_locked (s);
   pthread_mutex_unlock (&s->lock);
-  free (job);                   /* NULL unless it was malloc'd */
 }
 
 /* The cache's submit hook: start RUN through cfg.aio_pwrite, or queue
@@ -490,20 +476,11 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
     return;
   }
 
-  pthread_mutex_lock (&s->lock);
-  job = s->free_jobs;
-  if (job != NULL)
-    s->free_jobs = job->next;
-  pthread_mutex_unlock (&s->lock);
-
+  job = pool_get (&s->jobs);
   if (job == NULL) {
-    job = malloc (sizeof *job);
-    if (job == NULL) {
-      /* Out of memory: do it here rather than lose the run. */
-      cache_run_io (c, run);
-      return;
-    }
-    job->heap = true;
+    /* Out of memory: do it here rather than lose the run. */
+    cache_run_io (c, run);
+    return;
   }
   job->run = run;
   job->s = s;
@@ -684,6 +661,7 @@ wbs_free (struct wbs *s)
   pthread_cond_destroy (&s->idle_cond);
   pthread_cond_destroy (&s->work_cond);
   pthread_mutex_destroy (&s->lock);
+  pool_destroy (&s->jobs);
   free (s->workers);
   free (s);
 }
@@ -713,14 +691,11 @@ wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
   pthread_mutex_init (&s->lock, NULL);
   pthread_cond_init (&s->work_cond, NULL);
   pthread_cond_init (&s->idle_cond, NULL);
-  for (i = 0; i < WBS_POOL_JOBS; ++i) {
-    s->pool[i].next = s->free_jobs;
-    s->free_jobs = &s->pool[i];
-  }
+  r = pool_init (&s->jobs, sizeof (struct wbs_job), WBS_POOL_JOBS);
 
   s->workers = calloc (cfg->threads, sizeof *s->workers);
   s->loop = ev_loop_new (EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-  if (s->workers == NULL || s->loop == NULL) {
+  if (r < 0 || s->workers == NULL || s->loop == NULL) {
     r = -ENOMEM;
     goto err_free;
   }
