@@ -2,17 +2,18 @@
  *
  * Notes on the design.
  *
- * What it does: the cache core's backend operations (cache.h, struct
- * cache_backend_ops) over a regular file or a block device, with plain
- * buffered I/O.  Every operation returns 0 or -errno, reports the
+ * What it does: the struct backend of file= (backend.h): the cache
+ * core's backend operations (cache.h, struct cache_backend_ops) over a
+ * regular file or a block device, with plain buffered I/O.  Every operation returns 0 or -errno, reports the
  * failing syscall with nbdkit_error, and is safe to call from several
  * threads at once (request threads reading misses, write-back workers
  * writing runs, flushes).
  *
  * Representation: up to three descriptors on the same image.
  *   rfd   O_RDONLY, opened by file_backend_open (at .get_ready); reads.
- *   wfd   O_RDWR, opened by file_backend_open_write when the first
- *         writable connection opens; writes, fallocate, ioctls, flush.
+ *   wfd   O_RDWR, opened by fb_open_write (struct backend's open_write)
+ *         when the first writable connection opens; writes, fallocate,
+ *         ioctls, flush.
  *   sfd   O_RDWR|O_DSYNC, opened with wfd; FUA writes, which are then
  *         durable when pwrite returns, without flushing the whole file.
  * wfd and sfd are set once, under lock, before any write can reach the
@@ -63,6 +64,7 @@
 #include <nbdkit-plugin.h>
 
 #include "cache.h"
+#include "backend.h"
 #include "errstr.h"
 #include "file-backend.h"
 #include "util.h"
@@ -71,7 +73,7 @@ struct file_backend {
   char *path;                   /* for messages */
   int rfd;
   atomic_int wfd, sfd;          /* -1 until opened for writing */
-  pthread_mutex_t lock;         /* serializes file_backend_open_write */
+  pthread_mutex_t lock;         /* serializes fb_open_write */
   bool write_tried;             /* under lock */
   bool is_block;
   uint64_t size;
@@ -79,9 +81,6 @@ struct file_backend {
   /* Cleared when the kernel says a method is unsupported. */
   atomic_bool can_zero_range, can_punch, can_discard, can_zeroout;
 };
-
-/* Zeroes written by the fallback, from .bss. */
-static char zero_buf[256 * 1024];
 
 static bool
 is_unsupported (int err)
@@ -289,8 +288,8 @@ fb_zero_by_writing (struct file_backend *fb, uint32_t count, uint64_t off,
                                : atomic_load (&fb->wfd);
 
   while (count > 0) {
-    uint32_t n = MIN (count, (uint32_t) sizeof zero_buf);
-    int r = fb_pwrite_fd (fb, fd, zero_buf, n, off);
+    uint32_t n = MIN (count, (uint32_t) BACKEND_ZEROES_SIZE);
+    int r = fb_pwrite_fd (fb, fd, backend_zeroes, n, off);
 
     if (r < 0)
       return r;
@@ -352,7 +351,7 @@ fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   return r;
 }
 
-const struct cache_backend_ops file_backend_ops = {
+static const struct cache_backend_ops fb_ops = {
   .pread = fb_pread,
   .pwrite = fb_pwrite,
   .flush = fb_flush,
@@ -360,8 +359,80 @@ const struct cache_backend_ops file_backend_ops = {
   .zero = fb_zero,
 };
 
+/* struct backend's open_write: reopens the image read-write (and a
+ * second descriptor with O_DSYNC for FUA writes).  If the image cannot
+ * be opened for writing (EACCES, EROFS, EPERM) it stays read-only,
+ * which is logged as debug and is not an error.  Thread-safe and
+ * idempotent.
+ */
+static int
+fb_open_write (void *opaque)
+{
+  struct file_backend *fb = opaque;
+  int wfd, sfd, err = 0;
+
+  pthread_mutex_lock (&fb->lock);
+  if (fb->write_tried)
+    goto out_unlock;
+
+  wfd = open (fb->path, O_RDWR | O_CLOEXEC);
+  if (wfd == -1) {
+    err = errno;
+    goto out_failed;
+  }
+  sfd = open (fb->path, O_RDWR | O_DSYNC | O_CLOEXEC);
+  if (sfd == -1) {
+    err = errno;
+    close (wfd);
+    goto out_failed;
+  }
+  atomic_store (&fb->sfd, sfd);
+  atomic_store (&fb->wfd, wfd);
+  fb->write_tried = true;
+  goto out_unlock;
+
+ out_failed:
+  if (err == EACCES || err == EROFS || err == EPERM) {
+    nbdkit_debug ("subpage: file=%s: cannot open for writing (%s): "
+                  "serving read-only", fb->path, errstr (err));
+    fb->write_tried = true;
+    err = 0;
+  }
+  else
+    nbdkit_error ("subpage: file=%s: open for writing: %s",
+                  fb->path, errstr (err));
+ out_unlock:
+  pthread_mutex_unlock (&fb->lock);
+  return -err;
+}
+
+static bool
+fb_can_write (void *opaque)
+{
+  struct file_backend *fb = opaque;
+
+  return atomic_load (&fb->wfd) != -1;
+}
+
+/* Closes the descriptors and frees FB. */
+static void
+fb_close (void *opaque)
+{
+  struct file_backend *fb = opaque;
+  int fd;
+
+  if ((fd = atomic_load (&fb->sfd)) != -1)
+    close (fd);
+  if ((fd = atomic_load (&fb->wfd)) != -1)
+    close (fd);
+  close (fb->rfd);
+  pthread_mutex_destroy (&fb->lock);
+  free (fb->path);
+  free (fb);
+}
+
 int
-file_backend_open (const char *path, struct file_backend **fbp)
+file_backend_open (const char *path, struct backend *be)
 {
   struct file_backend *fb;
   struct stat st;
@@ -418,7 +489,16 @@ file_backend_open (const char *path, struct file_backend **fbp)
 
   nbdkit_debug ("subpage: file=%s: %s of %" PRIu64 " bytes", path,
                 fb->is_block ? "block device" : "regular file", fb->size);
-  *fbp = fb;
+  *be = (struct backend) {
+    .param = "file",
+    .value = fb->path,
+    .ops = &fb_ops,
+    .handle = fb,
+    .size = fb->size,
+    .can_write = fb_can_write,
+    .open_write = fb_open_write,
+    .close = fb_close,
+  };
   return 0;
 
  err_close:
@@ -430,79 +510,4 @@ file_backend_open (const char *path, struct file_backend **fbp)
     free (fb->path);
   free (fb);
   return -err;
-}
-
-int
-file_backend_open_write (struct file_backend *fb)
-{
-  int wfd, sfd, err = 0;
-
-  pthread_mutex_lock (&fb->lock);
-  if (fb->write_tried)
-    goto out_unlock;
-
-  wfd = open (fb->path, O_RDWR | O_CLOEXEC);
-  if (wfd == -1) {
-    err = errno;
-    goto out_failed;
-  }
-  sfd = open (fb->path, O_RDWR | O_DSYNC | O_CLOEXEC);
-  if (sfd == -1) {
-    err = errno;
-    close (wfd);
-    goto out_failed;
-  }
-  atomic_store (&fb->sfd, sfd);
-  atomic_store (&fb->wfd, wfd);
-  fb->write_tried = true;
-  goto out_unlock;
-
- out_failed:
-  if (err == EACCES || err == EROFS || err == EPERM) {
-    nbdkit_debug ("subpage: file=%s: cannot open for writing (%s): "
-                  "serving read-only", fb->path, errstr (err));
-    fb->write_tried = true;
-    err = 0;
-  }
-  else
-    nbdkit_error ("subpage: file=%s: open for writing: %s",
-                  fb->path, errstr (err));
- out_unlock:
-  pthread_mutex_unlock (&fb->lock);
-  return -err;
-}
-
-bool
-file_backend_writable (struct file_backend *fb)
-{
-  return atomic_load (&fb->wfd) != -1;
-}
-
-uint64_t
-file_backend_size (struct file_backend *fb)
-{
-  return fb->size;
-}
-
-bool
-file_backend_is_block_device (struct file_backend *fb)
-{
-  return fb->is_block;
-}
-
-void
-file_backend_close (struct file_backend *fb)
-{
-  int fd;
-
-  if (fb == NULL)
-    return;
-  if ((fd = atomic_load (&fb->sfd)) != -1)
-    close (fd);
-  if ((fd = atomic_load (&fb->wfd)) != -1)
-    close (fd);
-  close (fb->rfd);
-  pthread_mutex_destroy (&fb->lock);
-  free (fb->path);
-  free (fb);
 }

@@ -2,9 +2,10 @@
  *
  * Notes on the design.
  *
- * What it does: parses the parameters, opens the image through the
- * file backend (file-backend.c, file=) or the remote NBD backend
- * (nbd-backend.c, uri=), creates one cache (cache/cache.h)
+ * What it does: parses the parameters, opens the image through one
+ * struct backend (backend.h): the file backend (file-backend.c, file=)
+ * or the remote NBD backend (nbd-backend.c, uri=), chosen once in
+ * .get_ready and not asked about again, creates one cache (cache/cache.h)
  * shared by every connection, starts the write-back server
  * (server/wbserver.h) after nbdkit forks, and maps each NBD request to
  * one cache_* call.  Flags map one to one: NBDKIT_FLAG_FUA ->
@@ -23,9 +24,10 @@
  *                              write-back server, the shutdown watcher
  *                              thread and, with metrics-socket=, the
  *                              metrics endpoint (server/metrics.h).
- *   .open                      file=: the first writable connection
- *                              opens the image for writing (so -r never
- *                              does).
+ *   .open                      a writable connection makes the backend
+ *                              writable if it can be (file=: the first
+ *                              one opens the image for writing, so -r
+ *                              never does).
  *   .cleanup                   stops the metrics endpoint (removing its
  *                              socket), the watcher and the server,
  *                              drains the cache (cache_drain: writes
@@ -72,6 +74,7 @@
 
 #include <nbdkit-plugin.h>
 
+#include "backend.h"
 #include "cache.h"
 #include "errstr.h"
 #include "file-backend.h"
@@ -120,8 +123,7 @@ static bool io_flusher;             /* see SAME-HOST CLIENTS */
 static bool mlock_memory;
 
 /* Global state, set up once and shared by every connection. */
-static struct file_backend *backend;      /* file= */
-static struct nbd_backend *nbackend;      /* uri= */
+static struct backend backend;            /* file= or uri= */
 static struct cache *cache;
 static struct wbs *wbs;
 static struct metrics *metrics;
@@ -441,21 +443,6 @@ subpage_log (void *opaque, enum cache_log_level level,
   }
 }
 
-/* The backend in use (file= or uri=). */
-static uint64_t
-backend_size (void)
-{
-  return nbackend != NULL ? nbd_backend_size (nbackend)
-                          : file_backend_size (backend);
-}
-
-static bool
-backend_writable (void)
-{
-  return nbackend != NULL ? nbd_backend_writable (nbackend)
-                          : file_backend_writable (backend);
-}
-
 static int
 subpage_get_ready (void)
 {
@@ -463,22 +450,22 @@ subpage_get_ready (void)
   char b1[32], b2[32], b3[32];
   int err;
 
+  /* The one place that knows which backend there is. */
   if (uri != NULL)
-    err = nbd_backend_open (uri, connections, sector_size, &nbackend);
+    err = nbd_backend_open (uri, connections, sector_size, &backend);
   else
     err = file_backend_open (filename, &backend);
   if (err < 0)
     return -1;
 
-  if (backend_size () == 0) {
+  if (backend.size == 0) {
     nbdkit_error ("subpage: %s=%s: the image is empty (size 0)",
-                  uri != NULL ? "uri" : "file",
-                  uri != NULL ? uri : filename);
+                  backend.param, backend.value);
     return -1;
   }
 
   memset (&cfg, 0, sizeof cfg);
-  cfg.size = backend_size ();
+  cfg.size = backend.size;
   cfg.cache_size = cache_size;
   cfg.page_size = page_size;
   cfg.sector_size = sector_size;
@@ -487,12 +474,8 @@ subpage_get_ready (void)
   cfg.dirty_ratio = dirty_ratio;
   cfg.batch_bytes = 0;          /* the core's default */
 
-  if (nbackend != NULL)
-    cache = cache_create (&cfg, &nbd_backend_ops, nbackend,
-                          subpage_log, NULL, &err);
-  else
-    cache = cache_create (&cfg, &file_backend_ops, backend,
-                          subpage_log, NULL, &err);
+  cache = cache_create (&cfg, backend.ops, backend.handle,
+                        subpage_log, NULL, &err);
   if (cache == NULL) {
     nbdkit_error ("subpage: cannot create the cache (cache-size=%s "
                   "page-size=%s sector-size=%s): %s",
@@ -508,8 +491,7 @@ subpage_get_ready (void)
                 "dirty-expire-ms=%u dirty-writeback-ms=%u "
                 "dirty-background-ratio=%u dirty-ratio=%u "
                 "writeback-threads=%u",
-                uri != NULL ? "uri" : "file", uri != NULL ? uri : filename,
-                cfg.size, size_str (cache_size, b1, sizeof b1),
+                backend.param, backend.value, cfg.size, size_str (cache_size, b1, sizeof b1),
                 size_str (page_size, b2, sizeof b2),
                 size_str (sector_size, b3, sizeof b3),
                 mode_name (mode), dirty_expire_ms, dirty_writeback_ms,
@@ -590,15 +572,13 @@ subpage_after_fork (void)
   if (subpage_same_host () == -1)
     return -1;
 
-  if (nbackend != NULL) {
-    if (nbd_backend_start (nbackend) < 0)
-      return -1;
-    /* Write-back runs go to the remote asynchronously: many in flight
-     * per connection, not one per worker.
-     */
-    wcfg.aio_pwrite = nbd_backend_aio_pwrite;
-    wcfg.aio_opaque = nbackend;
-  }
+  if (backend.start != NULL && backend.start (backend.handle) < 0)
+    return -1;
+  /* An asynchronous backend (uri=) takes write-back runs itself: many
+   * in flight per connection, not one per worker.
+   */
+  wcfg.aio_pwrite = backend.aio_pwrite;
+  wcfg.aio_opaque = backend.handle;
 
   wbs = wbs_start (cache, &wcfg, &err);
   if (wbs == NULL) {
@@ -669,10 +649,7 @@ subpage_cleanup (void)
     cache_destroy (cache);
     cache = NULL;
   }
-  file_backend_close (backend);
-  backend = NULL;
-  nbd_backend_close (nbackend);
-  nbackend = NULL;
+  backend_close (&backend);
   free (filename);
   filename = NULL;
   free (uri);
@@ -682,10 +659,8 @@ subpage_cleanup (void)
 static void *
 subpage_open (int readonly)
 {
-  /* The NBD backend is connected at .get_ready and writable unless the
-   * remote export is read-only.
-   */
-  if (!readonly && backend != NULL && file_backend_open_write (backend) < 0)
+  if (!readonly && backend.open_write != NULL &&
+      backend.open_write (backend.handle) < 0)
     return NULL;
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
@@ -694,7 +669,7 @@ static int64_t
 subpage_get_size (void *handle)
 {
   (void) handle;
-  return backend_size ();
+  return backend.size;
 }
 
 static int
@@ -712,7 +687,7 @@ static int
 subpage_can_write (void *handle)
 {
   (void) handle;
-  return backend_writable ();
+  return backend.can_write (backend.handle);
 }
 
 static int

@@ -1,0 +1,124 @@
+/* subpage: the NBD backend's internals, shared by plugin/nbd-backend.c
+ * (the operations) and plugin/nbd-conn.c (the connections).
+ *
+ * Nothing outside those two files includes this header; the plugin
+ * sees only nbd-backend.h.  Lock order: libnbd's lock on a handle,
+ * then conn->lock (a completion callback takes conn->lock under the
+ * handle's lock, so conn->lock is never held across a libnbd call);
+ * the lock of nb->cmds is a leaf.
+ */
+#ifndef SUBPAGE_NBD_INTERNAL_H
+#define SUBPAGE_NBD_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libnbd.h>
+
+#include "pool.h"
+
+/* Asynchronous writes in flight per connection; more wait in its queue
+ * (sq) until some complete.  A few times what a remote serves at once
+ * (nbdkit: 16 threads per connection), so the remote never idles, while
+ * libnbd's per-command memory and the remote's queue stay small.
+ */
+#define NB_CONN_INFLIGHT 64
+
+struct nb_conn;
+
+enum nb_op { NB_READ, NB_WRITE, NB_FLUSH, NB_TRIM, NB_ZERO };
+
+struct nb_cmd {
+  struct nb_cmd *next;          /* conn->sq_head or conn->done */
+  struct nb_conn *conn;
+  int err;                      /* errno from the completion, 0 if ok */
+  bool done;                    /* synchronous: completed */
+  /* Asynchronous write: called by the reader (NULL: synchronous). */
+  void (*fn) (void *arg, int err);
+  void *arg;
+  const void *buf;
+  uint64_t off;
+  uint32_t count;
+  uint32_t nbd_flags;
+};
+
+struct nb_conn {
+  struct nbd_backend *nb;
+  unsigned idx;
+  struct nbd_handle *h;
+  int kick[2];                  /* pipe: wakes the reader */
+  pthread_t reader;
+  bool reader_started;
+  atomic_bool quit;             /* nb_conns_close: reader exits */
+  atomic_bool dead_logged;      /* loss of this connection logged */
+  atomic_bool retired;          /* dead: new commands go elsewhere */
+
+  pthread_mutex_t lock;         /* sq, done, reader_exited, cmd->done */
+  pthread_cond_t cv;            /* a synchronous command completed */
+  struct nb_cmd *sq_head, *sq_tail; /* async writes for the reader to issue */
+  unsigned inflight;            /* reader only: async writes issued */
+  struct nb_cmd *done;          /* async completions for the reader */
+  bool reader_exited;           /* sq is closed */
+};
+
+struct nbd_backend {
+  char *uri;                    /* for messages */
+  unsigned n;                   /* connections */
+  struct nb_conn *conns;        /* [n] */
+  atomic_uint next;             /* round robin */
+  atomic_uint nlive;            /* connections not retired */
+  bool started;                 /* readers running */
+
+  struct pool cmds;             /* asynchronous writes (its own lock) */
+
+  /* What the remote advertised (read once, at open). */
+  uint64_t size;
+  uint32_t max_request;
+  bool read_only, can_flush, can_fua, can_trim, can_zero, can_fast_zero;
+  bool can_multi_conn;
+};
+
+/* ---- nbd-conn.c ---------------------------------------------------------- */
+
+/* Creates a handle and connects it to URI.  Returns NULL (logged, *err
+ * set to -errno) on failure.
+ */
+struct nbd_handle *nb_connect (const char *uri, int *err);
+
+/* Sets up NB's nb->n connections: the first is H0 (already connected;
+ * owned by NB from now on, even on failure), the others are connected
+ * to nb->uri and must see nb->size.  Returns 0 or -errno (logged); on
+ * failure nb_conns_close undoes what was done.
+ */
+int nb_conns_open (struct nbd_backend *nb, struct nbd_handle *h0);
+
+/* Starts one reader thread per connection (after nbdkit's fork).  Until
+ * then commands are driven by the thread that waits for them.  Returns
+ * 0 or -errno (logged).
+ */
+int nb_conns_start (struct nbd_backend *nb);
+
+/* Stops the readers, disconnects and frees the connections.  No command
+ * may be in flight.
+ */
+void nb_conns_close (struct nbd_backend *nb);
+
+/* A connection for a new command (ASYNC: an asynchronous write). */
+struct nb_conn *nb_pick (struct nbd_backend *nb, bool async);
+
+/* One synchronous command on CONN: issues it and waits for it.
+ * Returns 0 or -errno (logged, naming WHAT).  A fast zero that would
+ * not be fast fails with -ENOTSUP, not logged.
+ */
+int nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what,
+                void *buf, uint32_t count, uint64_t off, uint32_t nbd_flags);
+
+/* Hands asynchronous write CMD (fn set) to CONN's reader, which issues
+ * it and later calls cmd->fn.  Returns 0, or 1 when the reader has
+ * exited (CMD is untouched: the caller takes another way).
+ */
+int nb_conn_submit (struct nb_conn *conn, struct nb_cmd *cmd);
+
+#endif /* SUBPAGE_NBD_INTERNAL_H */
