@@ -193,6 +193,156 @@ counter (struct out *o, const char *name, const char *help, uint64_t v)
 #define SECONDS_ARG(ns) (uint64_t) ((ns) / 1000000000), \
     (uint64_t) ((ns) % 1000000000)
 
+/* The families, in the order of the text, in four groups. */
+
+/* Configuration and memory. */
+static void
+render_memory (struct out *o, const struct cache_stats *st)
+{
+  /* Configuration. */
+  gauge (o, "export_size_bytes", "Size of the served image.", st->size);
+  gauge (o, "cache_size_bytes",
+         "Memory for cached pages (cache-size).", st->cache_size);
+  gauge (o, "page_size_bytes", "Cache page size (page-size).",
+         st->page_size);
+  gauge (o, "sector_size_bytes",
+         "Granularity of the per-sector state (sector-size).",
+         st->sector_size);
+
+  /* Memory. */
+  gauge (o, "pages_capacity",
+         "Pages the cache can hold (cache-size / page-size).",
+         st->pages_total);
+  gauge (o, "pages_resident", "Pages in memory now.",
+         st->pages_resident);
+  gauge (o, "pages_dirty",
+         "Pages holding dirty data or data being written back; "
+         "dirty-background-ratio and dirty-ratio count these pages.",
+         st->dirty_pages);
+  gauge (o, "cached_bytes",
+         "Bytes of valid data in the cache, clean or dirty.",
+         st->cached_bytes);
+  gauge (o, "dirty_bytes",
+         "Bytes newer in memory than on the image, not yet being "
+         "written back.", st->dirty_bytes);
+  gauge (o, "writeback_bytes",
+         "Bytes being written to the image now.", st->writeback_bytes);
+  gauge (o, "writeback_buffer_bytes",
+         "Memory for snapshots of data being written back, on top of "
+         "cache_size_bytes.", st->writeback_buffer_bytes);
+  gauge (o, "metadata_bytes",
+         "Memory for the cache's bookkeeping, on top of cache_size_bytes.",
+         st->metadata_bytes);
+
+}
+
+/* Reads and client requests. */
+static void
+render_requests (struct out *o, const struct cache_stats *st)
+{
+  /* Reads. */
+  counter (o, "hits_total",
+           "Sectors read by clients that were in the cache.", st->hits);
+  counter (o, "misses_total",
+           "Sectors read from the image because they were not in the "
+           "cache.", st->misses);
+  counter (o, "hit_bytes_total", "hits_total in bytes.",
+           st->hits * st->sector_size);
+  counter (o, "miss_bytes_total", "misses_total in bytes.",
+           st->misses * st->sector_size);
+
+  /* Client requests. */
+  counter (o, "client_reads_total", "Read requests served.",
+           st->client_reads);
+  counter (o, "client_read_bytes_total", "Bytes read by clients.",
+           st->client_read_bytes);
+  counter (o, "client_writes_total", "Write requests served.",
+           st->client_writes);
+  counter (o, "client_written_bytes_total",
+           "Bytes written by clients (compare backend_written_bytes_total: "
+           "write amplification).", st->client_write_bytes);
+  counter (o, "client_zeroes_total", "Zero requests served.",
+           st->client_zeroes);
+  counter (o, "client_zero_bytes_total", "Bytes zeroed by clients.",
+           st->client_zero_bytes);
+  counter (o, "client_trims_total", "Trim requests served.",
+           st->client_trims);
+  counter (o, "client_trim_bytes_total", "Bytes trimmed by clients.",
+           st->client_trim_bytes);
+
+}
+
+/* The image and write-back. */
+static void
+render_backend (struct out *o, const struct cache_stats *st)
+{
+  /* The image. */
+  counter (o, "backend_reads_total", "Reads from the image.",
+           st->backend_reads);
+  counter (o, "backend_read_bytes_total", "Bytes read from the image.",
+           st->backend_read_bytes);
+  counter (o, "backend_writes_total",
+           "Writes to the image (write-back runs, FUA and write-through "
+           "writes).", st->backend_writes);
+  counter (o, "backend_written_bytes_total",
+           "Bytes written to the image.", st->backend_write_bytes);
+  counter (o, "backend_flushes_total", "Syncs of the image (fdatasync).",
+           st->backend_flushes);
+
+  /* Write-back. */
+  counter (o, "writeback_runs_total",
+           "Write-back runs started (one contiguous write of dirty data "
+           "each).", st->wb_runs);
+  counter (o, "writeback_errors_total",
+           "Write-back runs that failed (their data stays dirty).",
+           st->wb_errors);
+  gauge (o, "writeback_runs_in_flight",
+         "Write-back runs started and not yet completed.",
+         st->runs_in_flight);
+  counter (o, "evictions_total", "Clean pages evicted to make room.",
+           st->evictions);
+  counter (o, "throttled_writers_total",
+           "Writes that waited because dirty data passed dirty-ratio.",
+           st->throttled);
+
+}
+
+/* Flushes and threads waiting now. */
+static void
+render_waits (struct out *o, const struct cache_stats *st)
+{
+  /* Flushes. */
+  counter (o, "flushes_total", "Flushes (client flushes and the final "
+           "flush at exit).", st->flushes);
+  counter (o, "flush_errors_total", "Flushes that failed.",
+           st->flush_errors);
+  family (o, "flush_seconds_total", "counter",
+          "Time spent in flushes, in seconds.");
+  out_printf (o, "subpage_flush_seconds_total " SECONDS_FMT "\n",
+              SECONDS_ARG (st->flush_ns_total));
+  family (o, "flush_duration_seconds", "summary",
+          "Flush latency: _sum / _count is the mean.");
+  out_printf (o, "subpage_flush_duration_seconds_sum " SECONDS_FMT "\n",
+              SECONDS_ARG (st->flush_ns_total));
+  out_printf (o, "subpage_flush_duration_seconds_count %" PRIu64 "\n",
+              st->flushes);
+
+  /* Waiting now. */
+  family (o, "waiting_threads", "gauge",
+          "Threads waiting now: on=flush (a flush waiting for write-back "
+          "or a sync), throttle (a writer over dirty-ratio), page (a "
+          "request waiting for a free page), idle (trim, zero or FUA "
+          "waiting for write-back of its range).");
+  out_printf (o, "subpage_waiting_threads{on=\"flush\"} %" PRIu64 "\n",
+              st->waiting_flush);
+  out_printf (o, "subpage_waiting_threads{on=\"throttle\"} %" PRIu64 "\n",
+              st->waiting_throttle);
+  out_printf (o, "subpage_waiting_threads{on=\"page\"} %" PRIu64 "\n",
+              st->waiting_page);
+  out_printf (o, "subpage_waiting_threads{on=\"idle\"} %" PRIu64 "\n",
+              st->waiting_idle);
+}
+
 size_t
 metrics_render (const struct cache_stats *st, char *buf, size_t len)
 {
@@ -200,132 +350,10 @@ metrics_render (const struct cache_stats *st, char *buf, size_t len)
 
   if (buf != NULL && len > 0)
     buf[0] = '\0';
-
-  /* Configuration. */
-  gauge (&o, "export_size_bytes", "Size of the served image.", st->size);
-  gauge (&o, "cache_size_bytes",
-         "Memory for cached pages (cache-size).", st->cache_size);
-  gauge (&o, "page_size_bytes", "Cache page size (page-size).",
-         st->page_size);
-  gauge (&o, "sector_size_bytes",
-         "Granularity of the per-sector state (sector-size).",
-         st->sector_size);
-
-  /* Memory. */
-  gauge (&o, "pages_capacity",
-         "Pages the cache can hold (cache-size / page-size).",
-         st->pages_total);
-  gauge (&o, "pages_resident", "Pages in memory now.",
-         st->pages_resident);
-  gauge (&o, "pages_dirty",
-         "Pages holding dirty data or data being written back; "
-         "dirty-background-ratio and dirty-ratio count these pages.",
-         st->dirty_pages);
-  gauge (&o, "cached_bytes",
-         "Bytes of valid data in the cache, clean or dirty.",
-         st->cached_bytes);
-  gauge (&o, "dirty_bytes",
-         "Bytes newer in memory than on the image, not yet being "
-         "written back.", st->dirty_bytes);
-  gauge (&o, "writeback_bytes",
-         "Bytes being written to the image now.", st->writeback_bytes);
-  gauge (&o, "writeback_buffer_bytes",
-         "Memory for snapshots of data being written back, on top of "
-         "cache_size_bytes.", st->writeback_buffer_bytes);
-  gauge (&o, "metadata_bytes",
-         "Memory for the cache's bookkeeping, on top of cache_size_bytes.",
-         st->metadata_bytes);
-
-  /* Reads. */
-  counter (&o, "hits_total",
-           "Sectors read by clients that were in the cache.", st->hits);
-  counter (&o, "misses_total",
-           "Sectors read from the image because they were not in the "
-           "cache.", st->misses);
-  counter (&o, "hit_bytes_total", "hits_total in bytes.",
-           st->hits * st->sector_size);
-  counter (&o, "miss_bytes_total", "misses_total in bytes.",
-           st->misses * st->sector_size);
-
-  /* Client requests. */
-  counter (&o, "client_reads_total", "Read requests served.",
-           st->client_reads);
-  counter (&o, "client_read_bytes_total", "Bytes read by clients.",
-           st->client_read_bytes);
-  counter (&o, "client_writes_total", "Write requests served.",
-           st->client_writes);
-  counter (&o, "client_written_bytes_total",
-           "Bytes written by clients (compare backend_written_bytes_total: "
-           "write amplification).", st->client_write_bytes);
-  counter (&o, "client_zeroes_total", "Zero requests served.",
-           st->client_zeroes);
-  counter (&o, "client_zero_bytes_total", "Bytes zeroed by clients.",
-           st->client_zero_bytes);
-  counter (&o, "client_trims_total", "Trim requests served.",
-           st->client_trims);
-  counter (&o, "client_trim_bytes_total", "Bytes trimmed by clients.",
-           st->client_trim_bytes);
-
-  /* The image. */
-  counter (&o, "backend_reads_total", "Reads from the image.",
-           st->backend_reads);
-  counter (&o, "backend_read_bytes_total", "Bytes read from the image.",
-           st->backend_read_bytes);
-  counter (&o, "backend_writes_total",
-           "Writes to the image (write-back runs, FUA and write-through "
-           "writes).", st->backend_writes);
-  counter (&o, "backend_written_bytes_total",
-           "Bytes written to the image.", st->backend_write_bytes);
-  counter (&o, "backend_flushes_total", "Syncs of the image (fdatasync).",
-           st->backend_flushes);
-
-  /* Write-back. */
-  counter (&o, "writeback_runs_total",
-           "Write-back runs started (one contiguous write of dirty data "
-           "each).", st->wb_runs);
-  counter (&o, "writeback_errors_total",
-           "Write-back runs that failed (their data stays dirty).",
-           st->wb_errors);
-  gauge (&o, "writeback_runs_in_flight",
-         "Write-back runs started and not yet completed.",
-         st->runs_in_flight);
-  counter (&o, "evictions_total", "Clean pages evicted to make room.",
-           st->evictions);
-  counter (&o, "throttled_writers_total",
-           "Writes that waited because dirty data passed dirty-ratio.",
-           st->throttled);
-
-  /* Flushes. */
-  counter (&o, "flushes_total", "Flushes (client flushes and the final "
-           "flush at exit).", st->flushes);
-  counter (&o, "flush_errors_total", "Flushes that failed.",
-           st->flush_errors);
-  family (&o, "flush_seconds_total", "counter",
-          "Time spent in flushes, in seconds.");
-  out_printf (&o, "subpage_flush_seconds_total " SECONDS_FMT "\n",
-              SECONDS_ARG (st->flush_ns_total));
-  family (&o, "flush_duration_seconds", "summary",
-          "Flush latency: _sum / _count is the mean.");
-  out_printf (&o, "subpage_flush_duration_seconds_sum " SECONDS_FMT "\n",
-              SECONDS_ARG (st->flush_ns_total));
-  out_printf (&o, "subpage_flush_duration_seconds_count %" PRIu64 "\n",
-              st->flushes);
-
-  /* Waiting now. */
-  family (&o, "waiting_threads", "gauge",
-          "Threads waiting now: on=flush (a flush waiting for write-back "
-          "or a sync), throttle (a writer over dirty-ratio), page (a "
-          "request waiting for a free page), idle (trim, zero or FUA "
-          "waiting for write-back of its range).");
-  out_printf (&o, "subpage_waiting_threads{on=\"flush\"} %" PRIu64 "\n",
-              st->waiting_flush);
-  out_printf (&o, "subpage_waiting_threads{on=\"throttle\"} %" PRIu64 "\n",
-              st->waiting_throttle);
-  out_printf (&o, "subpage_waiting_threads{on=\"page\"} %" PRIu64 "\n",
-              st->waiting_page);
-  out_printf (&o, "subpage_waiting_threads{on=\"idle\"} %" PRIu64 "\n",
-              st->waiting_idle);
-
+  render_memory (&o, st);
+  render_requests (&o, st);
+  render_backend (&o, st);
+  render_waits (&o, st);
   return o.pos;
 }
 
