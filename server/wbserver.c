@@ -36,9 +36,9 @@
  * collect's runs; the collecting worker keeps them (wbs_own) and, once
  * its collect is over and the collect flag cleared (so another worker
  * may take the next batch meanwhile), writes them itself one after
- * another.  Queueing each run cost a lock round and often a wake-up
- * per run; write-back is parallel across batches instead, up to one
- * per worker (and the cache's buffer cap).
+ * another.  Queueing each run would cost a lock round and often a
+ * wake-up per run; write-back is parallel across batches instead, up
+ * to one per worker (and the cache's buffer cap).
  * Ordering guarantees: workers always take an IO job before a collect,
  * and write their own runs before taking any job, so a burst of
  * collecting cannot starve writes, and dirty data is not snapshotted
@@ -52,9 +52,9 @@
  * never re-arms itself: the loop asks for the next one, after each
  * completion (EXPIRED while the last one found data, and BACKGROUND
  * while over the threshold or draining) unless write-back errors
- * increased, and on every timer tick.
- * A worker that re-armed its own collect retried a failing backend in a
- * tight loop (the failed data is dirty again at once).
+ * increased, and on every timer tick.  A collect that re-armed itself
+ * would retry a failing backend in a tight loop (the failed data is
+ * dirty again at once).
  *
  * Asynchronous writes (cfg.aio_pwrite, the NBD backend): the submit hook
  * hands each run straight to aio_pwrite instead of queueing an IO job,
@@ -153,8 +153,9 @@ struct wbs {
 
   atomic_bool draining;
   /* The last EXPIRED collect found data: completions ask for the next
-   * one.  Once one finds nothing, only the timer asks (an empty collect
-   * after every completion cost a worker wake-up per write).
+   * one.  Once one finds nothing, only the timer asks (asking after
+   * every completion would wake a worker for an empty collect on every
+   * write).
    */
   atomic_bool expired_more;
 
@@ -380,9 +381,9 @@ wbs_worker (void *arg)
 
       /* Found data: the loop may ask for the next batch now, not only
        * when a run completes (with asynchronous writes the worker is
-       * free at once, and waiting for a completion kept one batch in
-       * flight).  The collect is over, so another worker may take the
-       * next one while this one writes its own runs.  The cache's
+       * free at once, and waiting for a completion would keep only one
+       * batch in flight).  The collect is over, so another worker may
+       * take the next one while this one writes its own runs.  The cache's
        * buffer cap still bounds what is in flight.
        */
       if (r > 0)
@@ -444,9 +445,10 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
     *wbs_collect_bytes += cache_run_length (run);
 
   /* A flush's runs with a synchronous backend: written by the flushing
-   * thread itself.  Handing each to a worker cost two wake-ups per run
-   * (worker, then the flush again) and left the flush asleep meanwhile;
-   * concurrent flushes still write in parallel, each its own runs.
+   * thread itself.  Handing each to a worker would cost two wake-ups
+   * per run (worker, then the flush again) and leave the flush asleep
+   * meanwhile; concurrent flushes still write in parallel, each its own
+   * runs.
    */
   if (s->cfg.aio_pwrite == NULL && !wbs_in_worker) {
     cache_run_io (c, run);
@@ -455,8 +457,8 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
 
   /* A background collect's runs with a synchronous backend: kept by the
    * collecting worker, which writes them once its collect is over.
-   * Queueing each for the pool cost a lock round and often a wake-up
-   * per run; parallelism is across batches instead (other workers
+   * Queueing each for the pool would cost a lock round and often a
+   * wake-up per run; parallelism is across batches instead (other workers
    * collect and write the next ones meanwhile).  If the list cannot
    * grow, the run is written here and now.
    */
