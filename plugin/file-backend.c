@@ -4,10 +4,11 @@
  *
  * What it does: the struct backend of file= (backend.h): the cache
  * core's backend operations (cache.h, struct cache_backend_ops) over a
- * regular file or a block device, with plain buffered I/O.  Every operation returns 0 or -errno, reports the
- * failing syscall with nbdkit_error, and is safe to call from several
- * threads at once (request threads reading misses, write-back workers
- * writing runs, flushes).
+ * regular file or a block device, with plain buffered I/O.  Every
+ * operation returns 0 or -errno, reports the failing syscall with
+ * nbdkit_error, and is safe to call from several threads at once
+ * (request threads reading misses, write-back workers writing runs,
+ * flushes).
  *
  * Representation: up to three descriptors on the same image.
  *   rfd   O_RDONLY, opened by file_backend_open (at .get_ready); reads.

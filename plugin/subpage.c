@@ -491,7 +491,8 @@ subpage_get_ready (void)
                 "dirty-expire-ms=%u dirty-writeback-ms=%u "
                 "dirty-background-ratio=%u dirty-ratio=%u "
                 "writeback-threads=%u",
-                backend.param, backend.value, cfg.size, size_str (cache_size, b1, sizeof b1),
+                backend.param, backend.value, cfg.size,
+                size_str (cache_size, b1, sizeof b1),
                 size_str (page_size, b2, sizeof b2),
                 size_str (sector_size, b3, sizeof b3),
                 mode_name (mode), dirty_expire_ms, dirty_writeback_ms,

@@ -2,8 +2,8 @@
  *
  * The new thread must have every signal blocked that a thread can block
  * (SIGKILL and SIGSTOP cannot be, and glibc keeps the two real-time
- * signals below SIGRTMIN, which it uses itself, out of every mask), and the caller's own mask must be
- * unchanged afterwards.
+ * signals below SIGRTMIN, which it uses itself, out of every mask), and
+ * the caller's own mask must be unchanged afterwards.
  */
 #undef NDEBUG
 
