@@ -118,7 +118,7 @@ cache_drain (struct cache *c)
 static int
 flush_body (struct cache *c, bool force)
 {
-  uint64_t t0 = cache_now_ns (), t, gen0, pages, runs, ticket = 0;
+  uint64_t t0 = report_now_ns (), t, gen0, pages, runs, ticket = 0;
   bool collected_nothing = false;
   int err = 0;
 
@@ -127,10 +127,10 @@ flush_body (struct cache *c, bool force)
   atomic_fetch_add (&c->st_flushes, 1);
 
   lock_take (&c->wb_lock);
-  t = wb_new_epoch (c);
+  t = dirty_new_epoch (c);
   gen0 = c->wb_err_gen;
   for (;;) {
-    wb_live_tags (c, t, &pages, &runs);
+    dirty_live_tags (c, t, &pages, &runs);
     if (pages == 0 && runs == 0)
       break;
     if (c->wb_err_gen != gen0) {
@@ -138,7 +138,7 @@ flush_body (struct cache *c, bool force)
         break;                          /* failed; nothing more in flight */
     }
     else if (pages > 0 &&
-             !(collected_nothing && atomic_load (&c->wb_progress) == ticket)) {
+             !(collected_nothing && atomic_load (&c->progress) == ticket)) {
       int n;
       lock_drop (&c->wb_lock);
       n = wb_collect (c, PICK_FLUSH, t, &ticket);
@@ -174,8 +174,8 @@ flush_body (struct cache *c, bool force)
     err = group_commit (c);
   if (err) {
     atomic_fetch_add (&c->st_flush_errors, 1);
-    cache_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
+    report_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
   }
-  atomic_fetch_add (&c->st_flush_ns, cache_now_ns () - t0);
+  atomic_fetch_add (&c->st_flush_ns, report_now_ns () - t0);
   return err;
 }

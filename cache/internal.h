@@ -34,16 +34,19 @@
  * flush that EPOCH_RING later flushes overtook counts the whole floor.
  * All tag changes happen under wb_lock (and the owning page's lock).
  *
- * Collect progress.  c->wb_progress counts events after which a
- * collect that found nothing to take may find something: batch buffers
- * freed down under their cap, a collector done with pages that another
- * one skipped, a TRIM or ZERO ended, data put back on a page by a run's
- * completion.  (A collect that merely found nothing is not one: two
- * flushes waiting on a TRIM would otherwise wake each other in turn.)  Each is counted under
- * wb_lock, with a broadcast on wb_cv.  A flush whose collect returned
- * nothing sleeps only while the count is what that collect saw (its
- * ticket), so none of those events can be missed between the collect
- * and the sleep.
+ * Collect progress.  c->progress counts events after which a collect
+ * that found nothing to take may find something: batch buffers freed
+ * down under their cap, a collector done with a page that another one
+ * skipped because it was being collected (page->skipped: the event is
+ * that page's, reported by its collector), a TRIM or ZERO ended, data
+ * put back on a page by a run's completion.  A collect that merely
+ * found nothing is not one: two flushes waiting on one TRIM would
+ * otherwise wake each other in turn.  Each is counted under wb_lock,
+ * with a broadcast on wb_cv.  A flush whose collect returned nothing
+ * sleeps only while the count is what that collect accounts for (its
+ * ticket: the count it saw, plus the events it reported itself), so
+ * none of those events can be missed between the collect and the
+ * sleep.
  */
 #ifndef SUBPAGE_INTERNAL_H
 #define SUBPAGE_INTERNAL_H
@@ -55,6 +58,7 @@
 
 #include "cache-assert.h"
 #include "cache.h"
+#include "cache-debug.h"
 #include "lock.h"
 #include "sector.h"
 
@@ -128,6 +132,8 @@ struct page {
    */
   bool listed;                /* on c->dirty (holds one pin) */
   bool collecting;            /* picked by a collector right now */
+  bool skipped;               /* another collector skipped it meanwhile:
+                               * its collector reports progress */
   uint64_t dseq;              /* tag of DIRTY sectors, or SEQ_NONE */
   uint64_t dirtied_ms;        /* when listed */
   struct page *dnext, *dprev; /* c->dirty */
@@ -159,6 +165,11 @@ struct cache {
   _Atomic (cache_kick_fn) kick;
   _Atomic (void *) kick_opaque;
   atomic_bool verbose;
+  /* The core's one upcall: page.c, under write-back in the layering,
+   * asks it for clean frames through this (wb_kick, set by wb_init)
+   * when nothing can be evicted, rather than calling it by name.
+   */
+  void (*want_writeback) (struct cache *c);
   _Atomic (cache_park_fn) park;
   _Atomic (void *) park_opaque;
   _Atomic (cache_clock_fn) clock;
@@ -193,9 +204,8 @@ struct cache {
   uint64_t epoch, ebase;
   uint64_t ecount_page[EPOCH_RING], ecount_run[EPOCH_RING];
   uint64_t efloor_page, efloor_run;
-  atomic_uint_fast64_t wb_progress; /* written under wb_lock */
-  bool wb_contended;          /* a collector skipped a page being
-                               * collected by another one */
+  atomic_uint_fast64_t progress; /* written under wb_lock */
+
   struct busy_range *busy;
   atomic_uint nbusy;
   int wb_err;                 /* first write-back error not yet reported */
@@ -245,6 +255,8 @@ struct gc_waiter {
 /* Named park points (cache_debug_set_park):
  *   "flush.collected"   cache_flush, after a collect, before it decides
  *                       whether to wait for write-back progress
+ *   "collect.picked"    wb_collect, after marking the pages it picked
+ *                       `collecting', before it snapshots them
  *   "fua.written"       a FUA or write-through write, after its data is
  *                       in the cache, before writing it back
  * No lock is held at any of them.
@@ -260,16 +272,19 @@ struct gc_waiter {
 #define CACHE_PARK(c, name) ((void) 0)
 #endif
 
-/* cache.c */
-void cache_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
+/* report.c: statistics, the log, the clock. */
+void report_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
-#define cache_debug(c, ...) \
+#define report_debug(c, ...) \
   do { if (atomic_load_explicit (&(c)->verbose, memory_order_relaxed)) \
-         cache_logf ((c), CACHE_LOG_DEBUG, __VA_ARGS__); } while (0)
-uint64_t cache_now_ms (void);
-uint64_t cache_now_ns (void);
-void cache_account (struct cache *c, struct page *p, const struct sect_delta *d);
-int cache_backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off);
+         report_logf ((c), CACHE_LOG_DEBUG, __VA_ARGS__); } while (0)
+uint64_t report_now_ms (void);
+uint64_t report_now_ns (void);
+/* Page locked.  Adds sector changes D to P's counters and the cache's. */
+void report_account (struct cache *c, struct page *p, const struct sect_delta *d);
+/* Counts one client request of COUNT bytes that succeeded. */
+void report_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
+                     uint32_t count);
 
 /* page.c: frames, index, pinning, eviction. */
 int page_table_init (struct cache *c);
@@ -298,14 +313,69 @@ static inline uint64_t page_offset (struct cache *c, struct page *p)
 static inline char *sect_data (struct cache *c, struct page *p, uint32_t i)
 { return p->data + ((size_t) i << c->sector_shift); }
 
-/* writeback.c */
-void wb_init (struct cache *c);
-/* Called by a writer after sect_write on [first, first+n) of P (page
- * locked): tags new data, lists the page.  `newly_dirty' is whether any
- * sector became DIRTY (was not D, and is not W).
+/* dirty.c: the dirty list, epoch tags, busy ranges, collect progress.
+ * "wb_lock held" functions assert it.
  */
-void wb_note_write (struct cache *c, struct page *p, uint32_t first,
-                    uint32_t n);
+enum dirty_kind { DIRTY_ON_PAGE, DIRTY_IN_RUN };
+void dirty_init (struct cache *c);
+/* wb_lock held.  Adds DELTA to the count of live tags of epoch E (none
+ * if E is SEQ_NONE) of kind K; true if that count dropped to zero.
+ */
+bool dirty_count (struct cache *c, enum dirty_kind k, uint64_t e, int delta);
+/* wb_lock held.  Opens a new epoch and returns the one it closes. */
+uint64_t dirty_new_epoch (struct cache *c);
+/* wb_lock held.  Live tags of epochs <= T, on pages and in runs. */
+void dirty_live_tags (struct cache *c, uint64_t t, uint64_t *pages,
+                      uint64_t *runs);
+/* wb_lock held.  Is anyone counted as waiting on wb_cv? */
+bool dirty_waiters (struct cache *c);
+/* wb_lock held.  Counts a collect progress event and wakes wb_cv. */
+void dirty_progress (struct cache *c);
+/* Page locked and wb_lock held.  Gives P's DIRTY sectors tag T (the
+ * older of T and the current one) / releases P's tag.
+ */
+void dirty_tag (struct cache *c, struct page *p, uint64_t t);
+void dirty_untag (struct cache *c, struct page *p);
+/* Page locked.  Does P hold a DIRTY (D and not W) sector? */
+bool dirty_idle (struct cache *c, struct page *p);
+/* The clock of dirty-page ages, in ms (cache_debug_set_clock). */
+uint64_t dirty_now_ms (struct cache *c);
+/* wb_lock held.  Lists P (pinned by the caller; the list takes a pin of
+ * its own) / takes it off (the caller holds another pin) / moves it to
+ * the tail, so that other pages go first.
+ */
+void dirty_list (struct cache *c, struct page *p);
+void dirty_unlist (struct cache *c, struct page *p);
+void dirty_rotate (struct cache *c, struct page *p);
+/* Called by a writer after sect_write on [first, first+n) of P (page
+ * locked): tags new data, lists the page, marks the fragments in flight
+ * that the write redirtied.
+ */
+void dirty_note_write (struct cache *c, struct page *p, uint32_t first,
+                       uint32_t n);
+/* Called with P locked after sect_drop: releases the DIRTY tag if no
+ * DIRTY sector remains, and the list's pin if no D bit does.
+ */
+void dirty_note_drop (struct cache *c, struct page *p);
+/* TRIM and ZERO: registers R as busy / unregisters it.  Collectors and
+ * FUA leave busy pages alone; fills that overlapped a busy range do not
+ * install what they read.
+ */
+void dirty_busy_begin (struct cache *c, struct busy_range *r);
+void dirty_busy_end (struct cache *c, struct busy_range *r);
+/* Does a busy range cover any page of [first_page, last_page]? */
+bool dirty_busy_overlaps (struct cache *c, uint64_t first_page,
+                          uint64_t last_page);
+/* wb_lock not held.  Waits until no busy range covers any page of
+ * [first_page, last_page] (0, UINT64_MAX: until there is none at all).
+ */
+void dirty_busy_wait (struct cache *c, uint64_t first_page,
+                      uint64_t last_page);
+/* Dirty memory: pages holding a D or W sector, at their full size. */
+uint64_t dirty_mem (struct cache *c);
+
+/* writeback.c: batches, runs, completion, FUA, throttling. */
+void wb_init (struct cache *c);
 /* Dirty throttle: waits (no locks held) while dirty data is over the
  * limit.  Returns 0 or -errno when write-back keeps failing.
  */
@@ -315,31 +385,18 @@ int wb_throttle (struct cache *c);
  */
 int wb_sync_range (struct cache *c, uint64_t off, uint64_t count,
                    uint32_t flags);
-/* Discard support: registers R, waits until no sector of R's pages is
- * under W.
+/* Asks for background write-back: the kick hook, or (without one) a
+ * collect in the calling thread.  No lock held.
  */
-void wb_busy_begin (struct cache *c, struct busy_range *r);
-void wb_busy_end (struct cache *c, struct busy_range *r);
-/* Called with P locked after sect_drop: releases the DIRTY tag if no
- * DIRTY sector remains.
- */
-void wb_note_drop (struct cache *c, struct page *p);
 void wb_kick (struct cache *c);
 enum wb_pick { PICK_EXPIRED, PICK_BACKGROUND, PICK_FLUSH };
 /* Collects one batch of pages chosen by HOW (PICK_EXPIRED: dirty for
  * ARG ms; PICK_FLUSH: tag <= ARG) and submits its runs.  Returns the
  * number of runs or -ENOMEM.  When it returns 0 and TICKET is not NULL,
- * *TICKET is the value of c->wb_progress that the empty collect
- * accounts for (internal.h, "Collect progress").
+ * *TICKET is the value of c->progress that the empty collect accounts
+ * for ("Collect progress" above).
  */
 int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
                 uint64_t *ticket);
-/* wb_lock held.  Counts a collect progress event and wakes wb_cv. */
-void wb_progress (struct cache *c);
-/* wb_lock held.  Live tags of epochs <= T, on pages and in runs. */
-void wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages,
-                   uint64_t *runs);
-/* wb_lock held.  Opens a new epoch and returns the one it closes. */
-uint64_t wb_new_epoch (struct cache *c);
 
 #endif /* SUBPAGE_INTERNAL_H */

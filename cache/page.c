@@ -232,7 +232,7 @@ try_evict (struct cache *c, struct page *p)
       CACHE_ASSERT (page_check (c, p));
       shard_remove (s, p);
       memset (p->sb.bits, 0, SECT_NR_BITMAPS * c->words * sizeof (uint64_t));
-      cache_account (c, p, &d);
+      report_account (c, p, &d);
       p->index = PAGE_NONE;
       p->dseq = SEQ_NONE;
       atomic_store (&p->referenced, false);
@@ -294,7 +294,7 @@ frame_get (struct cache *c, bool wait, int *err)
     if (!kicked) {
       atomic_fetch_sub (&c->frame_waiters, 1);
       lock_drop (&c->clock_lock);
-      wb_kick (c);
+      c->want_writeback (c);             /* the upcall: internal.h */
       lock_take (&c->clock_lock);
       kicked = true;
       continue;
@@ -405,7 +405,7 @@ page_dump (struct cache *c, struct page *p, const char *why)
   char buf[512];
 
   sect_dump (&p->sb, buf, sizeof buf);
-  cache_logf (c, CACHE_LOG_ERROR,
+  report_logf (c, CACHE_LOG_ERROR,
               "%s: page %" PRIu64 " refs=%u nv=%u nd=%u nw=%u listed=%d %s",
               why, p->index, atomic_load (&p->refs), p->nv, p->nd, p->nw,
               p->listed, buf);

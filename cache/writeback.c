@@ -1,11 +1,12 @@
-/* subpage: write-back, flush and the flush accounting.
+/* subpage: write-back: batches, runs and their completion.
  *
  * What it does.  Collects DIRTY sectors (D and not W) into batches,
  * snapshots them and submits one backend write ("run") per contiguous
  * range, merging ranges that continue across page boundaries; completes
- * runs in any order; answers flushes once every write acknowledged
- * before them is on the backend and a backend flush has followed; and
- * writes ranges back synchronously for FUA and write-through.
+ * runs in any order; writes ranges back synchronously for FUA and
+ * write-through; throttles writers over the dirty limit.  The state
+ * under wb_lock that this works on (the dirty list, epoch tags, TRIM and
+ * ZERO ranges, collect progress) is dirty.c's; flush is flush.c's.
  *
  * Representation.  A batch owns one buffer, its runs and their
  * fragments (struct frag: one sector range of one page).  A page's
@@ -21,16 +22,16 @@
  *  - Mark all before submitting any (5): a collector marks W on every
  *    sector of every run of a batch before it submits the first run; a
  *    batch holds a bias on its pending count until all its runs are
- *    submitted.  Completion clears only its own fragments' W bits and
- *    wakes waiters on a page only when that page's W bitmap is empty.
+ *    submitted.  Completion clears only its own fragments' W bits; the
+ *    page leaves write-back when its W bitmap is empty, and every
+ *    completion wakes the page's waiters to re-check their own range.
  *  - One write per sector in flight (3): collectors take only D&~W
  *    sectors; FUA waits for W to clear before snapshotting.
  *  - Errors keep data (7): a failed run sets D again on its sectors,
  *    re-tags them with their old epoch and records the errno, which the
  *    next flush reports (once, like Linux's errseq).  A flush that sees
  *    a new error stops retrying, waits for its in-flight runs, and fails.
- *  - Flush (6): see cache_flush below.  Concurrent flushes share backend
- *    flushes (group commit).
+ *  - Flush (6): see flush.c.
  *
  * What it deliberately does not do: it never holds a page lock, shard
  * lock or clock_lock across backend I/O or allocation, and it never
@@ -58,227 +59,8 @@ wb_init (struct cache *c)
   pthread_cond_init (&c->wb_cv, NULL);
   lock_init (&c->gc_lock);
   pthread_cond_init (&c->gc_cv, NULL);
-  c->epoch = 1;
-  c->ebase = 1;
-}
-
-/* ---- epoch tags (wb_lock held) ---- */
-
-enum ec_kind { EC_PAGE, EC_RUN };
-
-/* The counter of live tags of epoch E (internal.h). */
-static uint64_t *
-ec_slot (struct cache *c, enum ec_kind k, uint64_t e)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  if (e < c->ebase)
-    return k == EC_PAGE ? &c->efloor_page : &c->efloor_run;
-  CACHE_ASSERT (e - c->ebase < EPOCH_RING);
-  return &(k == EC_PAGE ? c->ecount_page : c->ecount_run)[e % EPOCH_RING];
-}
-
-/* Returns true if the count of epoch E dropped to zero. */
-static bool
-ec_add (struct cache *c, enum ec_kind k, uint64_t e, int delta)
-{
-  uint64_t *slot;
-
-  if (e == SEQ_NONE)
-    return false;
-  slot = ec_slot (c, k, e);
-  CACHE_ASSERT (delta > 0 || *slot >= (uint64_t) -delta);
-  *slot += (uint64_t) (int64_t) delta;
-  return delta < 0 && *slot == 0;
-}
-
-uint64_t
-wb_new_epoch (struct cache *c)
-{
-  uint64_t t = c->epoch++;
-
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  /* Past empty slots for free; past full ones into the floor, so that
-   * epochs [ebase, epoch] never share a slot.
-   */
-  while (c->ebase < c->epoch) {
-    uint64_t *pg = &c->ecount_page[c->ebase % EPOCH_RING];
-    uint64_t *rn = &c->ecount_run[c->ebase % EPOCH_RING];
-
-    if (*pg + *rn > 0) {
-      if (c->epoch - c->ebase < EPOCH_RING)
-        break;
-      c->efloor_page += *pg;
-      c->efloor_run += *rn;
-      *pg = *rn = 0;
-    }
-    c->ebase++;
-  }
-  return t;
-}
-
-void
-wb_live_tags (struct cache *c, uint64_t t, uint64_t *pages, uint64_t *runs)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  *pages = c->efloor_page;
-  *runs = c->efloor_run;
-  for (uint64_t e = c->ebase; e <= t; e++) {
-    *pages += c->ecount_page[e % EPOCH_RING];
-    *runs += c->ecount_run[e % EPOCH_RING];
-  }
-}
-
-/* wb_lock held.  Is anyone waiting on wb_cv?  Every waiter counts
- * itself in w_flush, w_throttle or w_idle under wb_lock before it
- * sleeps, so a broadcast skipped when this is false wakes nobody.
- * (w_flush also counts flushes waiting on gc_cv: an extra broadcast at
- * worst.)
- */
-static bool
-wb_cv_waiters (struct cache *c)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
-         atomic_load (&c->w_idle) > 0;
-}
-
-void
-wb_progress (struct cache *c)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  atomic_fetch_add (&c->wb_progress, 1);
-  if (wb_cv_waiters (c))
-    pthread_cond_broadcast (&c->wb_cv);
-}
-
-/* Gives P's DIRTY sectors tag T (the older of T and the current tag). */
-static void
-page_tag (struct cache *c, struct page *p, uint64_t t)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  LOCK_ASSERT_HELD (&p->lock);
-  if (t == SEQ_NONE)
-    return;
-  if (p->dseq == SEQ_NONE || t < p->dseq) {
-    ec_add (c, EC_PAGE, p->dseq, -1);
-    p->dseq = t;
-    ec_add (c, EC_PAGE, t, 1);
-  }
-}
-
-static void
-page_untag (struct cache *c, struct page *p)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  ec_add (c, EC_PAGE, p->dseq, -1);
-  p->dseq = SEQ_NONE;
-}
-
-static bool
-page_has_dirty_idle (struct cache *c, struct page *p)
-{
-  return sect_find_dirty_idle (&p->sb, 0, c->nsect) < c->nsect;
-}
-
-/* The clock of dirty-page ages (cache_debug_set_clock). */
-static uint64_t
-wb_now_ms (struct cache *c)
-{
-  cache_clock_fn fn = atomic_load_explicit (&c->clock, memory_order_relaxed);
-
-  return fn ? fn (atomic_load (&c->clock_opaque)) : cache_now_ms ();
-}
-
-/* Lists P on the dirty list (it must already be pinned by the caller). */
-static void
-list_page (struct cache *c, struct page *p)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  if (p->listed)
-    return;
-  page_pin_more (p);
-  p->listed = true;
-  p->dirtied_ms = wb_now_ms (c);
-  p->dnext = NULL;
-  p->dprev = c->dirty_tail;
-  if (c->dirty_tail)
-    c->dirty_tail->dnext = p;
-  else
-    c->dirty_head = p;
-  c->dirty_tail = p;
-  c->ndirty_pages++;
-}
-
-static void
-list_remove (struct cache *c, struct page *p)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  if (p->dprev)
-    p->dprev->dnext = p->dnext;
-  else
-    c->dirty_head = p->dnext;
-  if (p->dnext)
-    p->dnext->dprev = p->dprev;
-  else
-    c->dirty_tail = p->dprev;
-  p->dnext = p->dprev = NULL;
-}
-
-/* Takes P off the dirty list.  The caller holds another pin, so the
- * list's pin can be dropped without reaching zero.
- */
-static void
-unlist_page (struct cache *c, struct page *p)
-{
-  unsigned old;
-
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  if (!p->listed)
-    return;
-  list_remove (c, p);
-  p->listed = false;
-  c->ndirty_pages--;
-  old = atomic_fetch_sub (&p->refs, 1);
-  CACHE_ASSERT (old > 1);
-}
-
-void
-wb_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
-{
-  bool idle = sect_count (&p->sb, SECT_BM_W, first, n) < n;
-  bool need = !p->listed || (idle && p->dseq == SEQ_NONE);
-  uint32_t end = first + n;
-
-  LOCK_ASSERT_HELD (&p->lock);
-  for (struct frag *f = p->frags; f && !need; f = f->pnext)
-    if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE)
-      need = true;
-  if (!need)
-    return;
-
-  lock_take (&c->wb_lock);
-  if (idle && p->dseq == SEQ_NONE)
-    page_tag (c, p, c->epoch);
-  for (struct frag *f = p->frags; f; f = f->pnext)
-    if (f->first < end && first < f->first + f->n && f->rseq == SEQ_NONE) {
-      f->rseq = c->epoch;
-      ec_add (c, EC_RUN, f->rseq, 1);
-    }
-  list_page (c, p);
-  lock_drop (&c->wb_lock);
-}
-
-void
-wb_note_drop (struct cache *c, struct page *p)
-{
-  LOCK_ASSERT_HELD (&p->lock);
-  lock_take (&c->wb_lock);
-  if (!page_has_dirty_idle (c, p))
-    page_untag (c, p);
-  if (p->nd == 0)
-    unlist_page (c, p);
-  pthread_cond_broadcast (&c->wb_cv);
-  lock_drop (&c->wb_lock);
+  dirty_init (c);
+  c->want_writeback = wb_kick;
 }
 
 /* ---- batches and runs ---- */
@@ -332,7 +114,7 @@ batch_put (struct batch *b)
     room = atomic_fetch_sub (&c->wb_buf_bytes, cap) >= c->wb_buf_max &&
       atomic_load (&c->wb_buf_bytes) < c->wb_buf_max;
     if (room)
-      wb_progress (c);                  /* a collector may use the room */
+      dirty_progress (c);                  /* a collector may use the room */
     lock_drop (&c->wb_lock);
     return room;
   }
@@ -354,7 +136,7 @@ snap_range (struct cache *c, struct page *p, uint32_t first, uint32_t n,
   CACHE_ASSERT (page_check (c, p));
   memcpy (dst, sect_data (c, p, first), (size_t) n << c->sector_shift);
   sect_wb_start (&p->sb, first, n, &d);
-  cache_account (c, p, &d);
+  report_account (c, p, &d);
   f->page = p;
   f->first = first;
   f->n = n;
@@ -380,80 +162,13 @@ snap_finish (struct cache *c, struct page *p, struct frag **frags,
     if (took_dirty[i]) {
       CACHE_ASSERT (p->dseq != SEQ_NONE);
       frags[i]->seq = p->dseq;
-      ec_add (c, EC_RUN, p->dseq, 1);
+      dirty_count (c, DIRTY_IN_RUN, p->dseq, 1);
     }
   }
-  if (!page_has_dirty_idle (c, p))
-    page_untag (c, p);
+  if (!dirty_idle (c, p))
+    dirty_untag (c, p);
   if (p->nd == 0)
-    unlist_page (c, p);
-}
-
-/* wb_lock held. */
-static bool
-busy_overlaps_locked (struct cache *c, uint64_t first_page, uint64_t last_page)
-{
-  LOCK_ASSERT_HELD (&c->wb_lock);
-  for (struct busy_range *b = c->busy; b; b = b->next)
-    if (b->first_page <= last_page && first_page <= b->last_page)
-      return true;
-  return false;
-}
-
-static bool
-busy_overlaps (struct cache *c, uint64_t first_page, uint64_t last_page)
-{
-  bool r;
-
-  if (atomic_load (&c->nbusy) == 0)
-    return false;
-  lock_take (&c->wb_lock);
-  r = busy_overlaps_locked (c, first_page, last_page);
-  lock_drop (&c->wb_lock);
-  return r;
-}
-
-/* No lock held.  Waits until no TRIM or ZERO covers the pages. */
-static void
-busy_wait (struct cache *c, uint64_t first_page, uint64_t last_page)
-{
-  CACHE_ASSERT (!lock_held (&c->wb_lock));
-  lock_take (&c->wb_lock);
-  while (busy_overlaps_locked (c, first_page, last_page)) {
-    atomic_fetch_add (&c->w_idle, 1);
-    lock_wait (&c->wb_lock, &c->wb_cv);
-    atomic_fetch_sub (&c->w_idle, 1);
-  }
-  lock_drop (&c->wb_lock);
-}
-
-void
-wb_busy_begin (struct cache *c, struct busy_range *r)
-{
-  lock_take (&c->wb_lock);
-  r->next = c->busy;
-  c->busy = r;
-  atomic_fetch_add (&c->nbusy, 1);
-  atomic_fetch_add (&c->discard_started, 1);
-  lock_drop (&c->wb_lock);
-}
-
-void
-wb_busy_end (struct cache *c, struct busy_range *r)
-{
-  struct busy_range **pp;
-
-  lock_take (&c->wb_lock);
-  for (pp = &c->busy; *pp != r; pp = &(*pp)->next)
-    CACHE_ASSERT (*pp != NULL);
-  *pp = r->next;
-  atomic_fetch_sub (&c->nbusy, 1);
-  /* Bump again: a fill that read the backend while R was active must
-   * not install what it read.
-   */
-  atomic_fetch_add (&c->discard_started, 1);
-  wb_progress (c);
-  lock_drop (&c->wb_lock);
+    dirty_unlist (c, p);
 }
 
 static void
@@ -475,51 +190,61 @@ cmp_page_index (const void *a, const void *b)
   return p->index < q->index ? -1 : p->index > q->index;
 }
 
-/* Collects one batch and submits its runs.  Returns the number of runs
- * (0: nothing collected) or -ENOMEM.
+/* A new run of B at disk offset OFF, its data at DATA, its first
+ * fragment F (runs are contiguous on disk and in B's buffer).
  */
-int
-wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
-            uint64_t *ticket)
+static struct cache_run *
+run_new (struct batch *b, uint64_t off, char *data, struct frag *f,
+         uint32_t flags)
 {
+  struct cache_run *run = &b->runs[b->nruns++];
+
+  run->batch = b;
+  run->off = off;
+  run->len = 0;
+  run->flags = flags;
+  run->data = data;
+  run->frags = f;
+  run->nfrags = 0;
+  return run;
+}
+
+/* One collect: the pages it picked and what it saw of progress. */
+struct collect {
   struct page *picked[MAX_PICK];
-  unsigned npicked = 0;
-  uint64_t est = 0;
-  struct batch *b;
-  struct cache_run *run = NULL;
-  uint64_t now = wb_now_ms (c);
-  uint32_t cap, maxfrags;
-  uint64_t seen = atomic_load (&c->wb_progress);
-  unsigned own_events = 0;
+  unsigned npicked;
+  uint64_t est;                 /* bytes of D sectors when picked */
+  uint64_t seen;                /* c->progress when it picked */
+  unsigned own_events;          /* progress events it reported itself */
+  bool vanished;                /* a picked page, not in a TRIM or ZERO,
+                                 * had nothing left to take */
+};
 
-  /* An empty collect accounts for the progress counted before it
-   * looked (read first here, then under wb_lock when picking), plus its
-   * own event at the end.
-   */
-  if (ticket)
-    *ticket = seen;
-  /* Bounded memory: while wb_buf_max bytes of snapshots are in flight,
-   * collect nothing; the data stays dirty (writers are throttled by
-   * dirty_ratio) and completions wake whoever waits for progress.
-   */
-  if (atomic_load (&c->wb_buf_bytes) >= c->wb_buf_max)
-    return 0;
+/* Picks, under wb_lock, the oldest pages HOW selects (PICK_EXPIRED:
+ * dirty for ARG ms; PICK_FLUSH: tag <= ARG) until their dirty data
+ * fills a batch, and marks them `collecting' (with a pin each).  A page
+ * another collector has is skipped, and marked so that its collector
+ * reports when it is done with it.
+ */
+static void
+collect_pick (struct cache *c, struct collect *k, enum wb_pick how,
+              uint64_t arg)
+{
+  uint64_t now = dirty_now_ms (c);
 
-  /* Pick the oldest pages whose dirty data fills the batch, then sort
-   * them by position so that neighbours merge into one run.
-   */
   lock_take (&c->wb_lock);
-  seen = atomic_load (&c->wb_progress);
+  k->seen = atomic_load (&c->progress);
   for (struct page *p = c->dirty_head;
-       p && npicked < MAX_PICK && est < c->cfg.batch_bytes; p = p->dnext) {
+       p && k->npicked < MAX_PICK && k->est < c->cfg.batch_bytes;
+       p = p->dnext) {
     if (p->dseq == SEQ_NONE)
       continue;
     if (p->collecting) {
-      c->wb_contended = true;           /* its collector will tell us */
+      p->skipped = true;                /* its collector will tell us */
       continue;
     }
-    /* Not a break: pages that a collect left dirty are moved to the
-     * tail below with their old date, so the list is not in date order.
+    /* Not a break: a collect that leaves a page dirty moves it to the
+     * tail with its old date, so the list is not in date order.
      */
     if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
       continue;
@@ -527,131 +252,176 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
       continue;
     p->collecting = true;
     page_pin_more (p);                  /* the collector's pin */
-    picked[npicked++] = p;
-    est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
+    k->picked[k->npicked++] = p;
+    k->est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
       << c->sector_shift;
   }
   lock_drop (&c->wb_lock);
-  if (ticket)
-    *ticket = seen;
-  if (npicked == 0)
-    return 0;                           /* no batch, nobody to wake */
+}
 
-  /* Size the batch for what was picked (the pages are ours while
-   * `collecting' is set), with no lock held.  Data dirtied since the
-   * estimate that does not fit stays dirty for the next batch.
-   */
-  cap = (uint32_t) MIN (MAX (est, (uint64_t) c->cfg.sector_size),
-                        (uint64_t) c->cfg.batch_bytes);
-  maxfrags = (uint32_t) MIN ((uint64_t) npicked * 64,
-                             (est >> c->sector_shift) + npicked);
-  maxfrags = MAX (maxfrags, 1u);
-  b = batch_new (c, cap, maxfrags);
-  if (!b) {
-    lock_take (&c->wb_lock);
-    for (unsigned k = 0; k < npicked; k++)
-      picked[k]->collecting = false;
-    wb_progress (c);
-    lock_drop (&c->wb_lock);
-    for (unsigned k = 0; k < npicked; k++)
-      page_unpin (c, picked[k]);
-    return -ENOMEM;
+/* Page locked.  Snapshots P's DIRTY sectors into B as far as its room
+ * goes, continuing *RUN where it is contiguous on disk (B's buffer is
+ * filled in disk order, so the run is then contiguous in memory too).
+ * Fills PF and TOOK (for snap_finish); returns how many fragments.
+ */
+static unsigned
+collect_page (struct cache *c, struct batch *b, struct page *p,
+              struct cache_run **run, struct frag **pf, bool *took)
+{
+  uint64_t poff = page_offset (c, p);
+  unsigned nf = 0;
+  uint32_t i = 0;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  while (nf < 64 && b->nfrags < b->maxfrags && b->used < b->cap &&
+         (i = sect_find_dirty_idle (&p->sb, i, c->nsect)) < c->nsect) {
+    uint32_t j = sect_find (&p->sb, SECT_BM_D, false, i, c->nsect);
+    uint32_t wj = sect_find (&p->sb, SECT_BM_W, true, i, c->nsect);
+    uint32_t room = (b->cap - b->used) >> c->sector_shift;
+    uint64_t off = poff + ((uint64_t) i << c->sector_shift);
+    struct frag *f = &b->frags[b->nfrags];
+
+    j = MIN (MIN (j, wj), i + room);
+    if (j == i)
+      break;
+    if (!*run || (*run)->off + (*run)->len != off)
+      *run = run_new (b, off, b->buf + b->used, f, 0);
+    took[nf] = snap_range (c, p, i, j - i, f, b->buf + b->used);
+    f->run = *run;
+    pf[nf++] = f;
+    b->nfrags++;
+    (*run)->nfrags++;
+    (*run)->len += (j - i) << c->sector_shift;
+    b->used += (j - i) << c->sector_shift;
+    i = j;
   }
+  return nf;
+}
 
-  qsort (picked, npicked, sizeof picked[0], cmp_page_index);
+/* Snapshots every picked page into B (in disk order, so neighbours
+ * merge into one run), and gives the pages back.
+ */
+static void
+collect_pages (struct cache *c, struct collect *k, struct batch *b)
+{
+  struct cache_run *run = NULL;
 
-  for (unsigned k = 0; k < npicked; k++) {
-    struct page *p = picked[k];
+  qsort (k->picked, k->npicked, sizeof k->picked[0], cmp_page_index);
+  for (unsigned n = 0; n < k->npicked; n++) {
+    struct page *p = k->picked[n];
     struct frag *pf[64];
     bool took[64];
     unsigned nf = 0;
-    uint64_t poff = page_offset (c, p);
 
     page_lock (p);
-    if (!busy_overlaps (c, p->index, p->index)) {
-      uint32_t i = 0;
-      while (nf < 64 && b->nfrags < b->maxfrags && b->used < b->cap &&
-             (i = sect_find_dirty_idle (&p->sb, i, c->nsect)) < c->nsect) {
-        uint32_t j = sect_find (&p->sb, SECT_BM_D, false, i, c->nsect);
-        uint32_t wj = sect_find (&p->sb, SECT_BM_W, true, i, c->nsect);
-        uint32_t room = (b->cap - b->used) >> c->sector_shift;
-        uint64_t off;
-        struct frag *f;
-
-        j = MIN (MIN (j, wj), i + room);
-        if (j == i)
-          break;
-        off = poff + ((uint64_t) i << c->sector_shift);
-        f = &b->frags[b->nfrags];
-        if (!run || run->off + run->len != off) {
-          run = &b->runs[b->nruns++];
-          run->batch = b;
-          run->off = off;
-          run->len = 0;
-          run->flags = 0;
-          run->data = b->buf + b->used;
-          run->frags = f;
-          run->nfrags = 0;
-        }
-        took[nf] = snap_range (c, p, i, j - i, f, b->buf + b->used);
-        f->run = run;
-        pf[nf++] = f;
-        b->nfrags++;
-        run->nfrags++;
-        run->len += (j - i) << c->sector_shift;
-        b->used += (j - i) << c->sector_shift;
-        i = j;
-      }
+    if (!dirty_busy_overlaps (c, p->index, p->index)) {
+      nf = collect_page (c, b, p, &run, pf, took);
+      if (nf == 0 && b->used < b->cap)
+        k->vanished = true;             /* written back meanwhile */
     }
     lock_take (&c->wb_lock);
     snap_finish (c, p, pf, took, nf);
     p->collecting = false;
-    if (p->listed && p->dnext) {   /* rotate: let others go next */
-      list_remove (c, p);
-      p->dprev = c->dirty_tail;
-      c->dirty_tail->dnext = p;
-      c->dirty_tail = p;
+    if (p->skipped) {                   /* someone wanted it meanwhile */
+      p->skipped = false;
+      dirty_progress (c);
+      k->own_events++;
     }
+    dirty_rotate (c, p);                /* let other pages go next */
     lock_drop (&c->wb_lock);
     CACHE_ASSERT (page_check (c, p));
     page_unlock (p);
-    /* A run continues into the next page only if it is contiguous on
-     * disk (checked when the next fragment is added); the batch buffer
-     * is filled in order, so it is then contiguous in memory too.
-     */
   }
+  for (unsigned n = 0; n < k->npicked; n++)
+    page_unpin (c, k->picked[n]);
+}
 
-  for (unsigned k = 0; k < npicked; k++)
-    page_unpin (c, picked[k]);
+/* Every W bit of B is set: submits its runs and drops the submitter's
+ * bias.  Returns the number of runs.
+ */
+static unsigned
+collect_submit (struct cache *c, struct collect *k, struct batch *b)
+{
+  unsigned nruns = b->nruns;
 
-  lock_take (&c->wb_lock);
-  if (c->wb_contended) {                /* collecting flags cleared */
-    c->wb_contended = false;
-    wb_progress (c);
-    own_events++;
+  atomic_fetch_add (&b->pending, nruns);
+  atomic_fetch_add (&c->runs_in_flight, nruns);
+  atomic_fetch_add (&c->st_runs, nruns);
+  for (unsigned r = 0; r < nruns; r++) {
+    struct cache_run *run = &b->runs[r];
+
+    run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
+    report_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)",
+                  run->off, run->len, run->nfrags);
+    submit_run (c, run);
   }
-  lock_drop (&c->wb_lock);
+  /* The batch's free, if it happens here, is one of the collect's own
+   * progress events.
+   */
+  k->own_events += batch_put (b);
+  return nruns;
+}
 
-  /* Every W bit of the batch is set: now submit. */
-  atomic_fetch_add (&b->pending, b->nruns);
-  atomic_fetch_add (&c->runs_in_flight, b->nruns);
-  atomic_fetch_add (&c->st_runs, b->nruns);
-  {
-    unsigned nruns = b->nruns;
-    for (unsigned r = 0; r < nruns; r++) {
-      struct cache_run *run = &b->runs[r];
-      run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
-      cache_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)",
-                   b->runs[r].off, b->runs[r].len, b->runs[r].nfrags);
-      submit_run (c, &b->runs[r]);
-    }
-    /* Drop the bias.  The collect's own progress events (the one
-     * above, and the batch's free if it happens here) are part of what
-     * an empty collect accounts for.
+/* Collects one batch and submits its runs.  Returns the number of runs
+ * (0: nothing collected) or -ENOMEM.  A collect whose picks were all
+ * written back by someone else meanwhile (a FUA write) picks again:
+ * the pages it did not pick because of them may be waiting.
+ */
+int
+wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
+            uint64_t *ticket)
+{
+  for (;;) {
+    struct collect k = { .npicked = 0 };
+    struct batch *b;
+    uint32_t cap, maxfrags;
+    unsigned nruns;
+
+    /* An empty collect accounts for the progress counted before it
+     * looked (read first here, then under wb_lock when picking), plus
+     * the events it reported itself.
      */
-    own_events += batch_put (b);
+    k.seen = atomic_load (&c->progress);
     if (ticket)
-      *ticket = seen + own_events;
+      *ticket = k.seen;
+    /* Bounded memory: while wb_buf_max bytes of snapshots are in
+     * flight, collect nothing; the data stays dirty (writers are
+     * throttled by dirty_ratio) and completions wake whoever waits.
+     */
+    if (atomic_load (&c->wb_buf_bytes) >= c->wb_buf_max)
+      return 0;
+    collect_pick (c, &k, how, arg);
+    if (ticket)
+      *ticket = k.seen;
+    if (k.npicked == 0)
+      return 0;                         /* no batch, nobody to wake */
+    CACHE_PARK (c, "collect.picked");
+
+    /* Size the batch for what was picked (the pages are ours while
+     * `collecting' is set), with no lock held.  Data dirtied since the
+     * estimate that does not fit stays dirty for the next batch.
+     */
+    cap = (uint32_t) MIN (MAX (k.est, (uint64_t) c->cfg.sector_size),
+                          (uint64_t) c->cfg.batch_bytes);
+    maxfrags = (uint32_t) MIN ((uint64_t) k.npicked * 64,
+                               (k.est >> c->sector_shift) + k.npicked);
+    b = batch_new (c, cap, MAX (maxfrags, 1u));
+    if (!b) {
+      lock_take (&c->wb_lock);
+      for (unsigned n = 0; n < k.npicked; n++)
+        k.picked[n]->collecting = k.picked[n]->skipped = false;
+      dirty_progress (c);
+      lock_drop (&c->wb_lock);
+      for (unsigned n = 0; n < k.npicked; n++)
+        page_unpin (c, k.picked[n]);
+      return -ENOMEM;
+    }
+    collect_pages (c, &k, b);
+    nruns = collect_submit (c, &k, b);
+    if (nruns == 0 && k.vanished)
+      continue;
+    if (ticket)
+      *ticket = k.seen + k.own_events;
     return (int) nruns;
   }
 }
@@ -664,24 +434,6 @@ cache_writeback (struct cache *c, enum cache_wb_reason why, uint64_t expire_ms)
   case CACHE_WB_BACKGROUND: return wb_collect (c, PICK_BACKGROUND, 0, NULL);
   default: abort ();
   }
-}
-
-/* Dirty memory, for the background threshold and the throttle: pages
- * holding any D or W sector, at their full size.  Such a page cannot be
- * reclaimed, whatever its number of dirty sectors, so counting dirty
- * bytes instead would let scattered small writes pin every page while
- * staying under both thresholds (like Linux, which counts dirty pages).
- */
-static uint64_t
-dirty_mem (struct cache *c)
-{
-  return (uint64_t) atomic_load (&c->st_dpages) << c->page_shift;
-}
-
-bool
-cache_over_background (struct cache *c)
-{
-  return dirty_mem (c) > c->bg_limit;
 }
 
 uint64_t
@@ -737,7 +489,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
 
   if (!ok) {
     atomic_fetch_add (&c->st_wb_errors, 1);
-    cache_logf (c, CACHE_LOG_ERROR,
+    report_logf (c, CACHE_LOG_ERROR,
                 "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
                 run->off, run->len, errstr (-err));
   }
@@ -751,15 +503,15 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     page_lock (p);
     CACHE_ASSERT (page_check (c, p));
     sect_wb_end (&p->sb, f->first, f->n, ok, &d);
-    cache_account (c, p, &d);
+    report_account (c, p, &d);
     for (pp = &p->frags; *pp != f; pp = &(*pp)->pnext)
       CACHE_ASSERT (*pp != NULL);
     *pp = f->pnext;
 
     lock_take (&c->wb_lock);
-    if (ec_add (c, EC_RUN, f->seq, -1))
+    if (dirty_count (c, DIRTY_IN_RUN, f->seq, -1))
       wake = true;
-    if (ec_add (c, EC_RUN, f->rseq, -1))
+    if (dirty_count (c, DIRTY_IN_RUN, f->rseq, -1))
       wake = true;
     if (ok)
       t = f->rseq;                      /* REDIRTIED -> DIRTY */
@@ -769,9 +521,9 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
         t = c->epoch;                   /* a clean rewrite failed */
     }
     if (t != SEQ_NONE) {
-      page_tag (c, p, t);
-      list_page (c, p);
-      wb_progress (c);                  /* a flush may need to collect */
+      dirty_tag (c, p, t);
+      dirty_list (c, p);
+      dirty_progress (c);                  /* a flush may need to collect */
     }
     if (!ok) {
       wake = true;
@@ -815,8 +567,6 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
   }
   batch_put (run->batch);
 }
-
-/* ---- kicking and throttling ---- */
 
 void
 wb_kick (struct cache *c)
@@ -867,8 +617,6 @@ wb_throttle (struct cache *c)
   return r;
 }
 
-/* ---- FUA and write-through ---- */
-
 /* Writes RUN synchronously and completes it; returns its result. */
 static int
 sync_run_io (struct cache *c, struct cache_run *run)
@@ -880,8 +628,7 @@ sync_run_io (struct cache *c, struct cache_run *run)
   atomic_fetch_add (&c->st_runs, 1);
   run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
   r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
-  atomic_fetch_add (&c->st_bwrites, 1);
-  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+  cache_run_account (c, run);
   cache_run_done (c, run, r);
   return r;
 }
@@ -943,7 +690,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     }
     page_lock (p);
     for (;;) {
-      bool busy = busy_overlaps (c, pi, pi);
+      bool busy = dirty_busy_overlaps (c, pi, pi);
       bool inflight = sect_count (&p->sb, SECT_BM_W, s0, n) > 0;
       if (!busy && !inflight)
         break;
@@ -961,7 +708,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
         page_wait (c, p, &c->w_idle);
       else {
         page_unlock (p);
-        busy_wait (c, pi, pi);
+        dirty_busy_wait (c, pi, pi);
         page_lock (p);
       }
     }
@@ -985,14 +732,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       CACHE_ASSERT (b->nfrags < b->maxfrags);
       f = &b->frags[b->nfrags++];
       if (!run) {
-        run = &b->runs[b->nruns++];
-        run->batch = b;
-        run->off = soff;
-        run->len = 0;
-        run->flags = flags & CACHE_FUA;
-        run->data = b->buf + (soff - a);
-        run->frags = f;
-        run->nfrags = 0;
+        run = run_new (b, soff, b->buf + (soff - a), f, flags & CACHE_FUA);
       }
       took = snap_range (c, p, i, j - i, f, b->buf + (soff - a));
       f->run = run;

@@ -103,6 +103,7 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "cache-debug.h"
 
 #define PAGE 4096u
 #define NPAGES 10u

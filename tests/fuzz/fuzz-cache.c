@@ -125,6 +125,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "cache-debug.h"
 #include "fake-backend.h"
 
 /* Linked with -Wl,--wrap=pthread_cond_wait etc.: see "Who sleeps". */

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "cache-debug.h"
 #include "fake-backend.h"
 
 #define KiB (UINT64_C (1) << 10)

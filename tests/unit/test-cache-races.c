@@ -23,6 +23,10 @@
  *    is done, not when the whole page is);
  *  - a FUA write whose first run fails before it waits for write-back
  *    of its next page (it must still submit the rest);
+ *  - a flush that skipped a page another collector had, and found
+ *    nothing elsewhere (it must hear when that page is free again);
+ *  - a flush whose one picked page a FUA write wrote back meanwhile (it
+ *    must pick again);
  * and one that is not a race: a FAST_ZERO that the backend refuses
  * changes nothing, its partial head and tail sectors included.
  */
@@ -100,6 +104,66 @@ park_release (struct park *pk)
   pk->go = true;
   pthread_cond_broadcast (&pk->cv);
   pthread_mutex_unlock (&pk->lock);
+}
+
+/* Stops at park points by arrival: stop K holds the Nth thread (from 1)
+ * to reach POINT until released.
+ */
+#define MAX_STOPS 4
+struct stops {
+  pthread_mutex_t lock;
+  pthread_cond_t cv;
+  unsigned n;
+  struct { const char *point; unsigned nth, seen; bool parked, go; } s[MAX_STOPS];
+};
+
+static void
+stops_hook (void *opaque, const char *point)
+{
+  struct stops *st = opaque;
+
+  int park = -1;
+
+  pthread_mutex_lock (&st->lock);
+  for (unsigned k = 0; k < st->n; k++)    /* count the arrival first */
+    if (strcmp (point, st->s[k].point) == 0 &&
+        ++st->s[k].seen == st->s[k].nth)
+      park = (int) k;
+  if (park >= 0) {
+    st->s[park].parked = true;
+    pthread_cond_broadcast (&st->cv);
+    while (!st->s[park].go)
+      pthread_cond_wait (&st->cv, &st->lock);
+  }
+  pthread_mutex_unlock (&st->lock);
+}
+
+static void
+stops_add (struct stops *st, const char *point, unsigned nth)
+{
+  st->s[st->n].point = point;
+  st->s[st->n].nth = nth;
+  st->n++;
+}
+
+static bool
+stops_parked (struct stops *st, unsigned k)
+{
+  bool r;
+
+  pthread_mutex_lock (&st->lock);
+  r = st->s[k].parked;
+  pthread_mutex_unlock (&st->lock);
+  return r;
+}
+
+static void
+stops_release (struct stops *st, unsigned k)
+{
+  pthread_mutex_lock (&st->lock);
+  st->s[k].go = true;
+  pthread_cond_broadcast (&st->cv);
+  pthread_mutex_unlock (&st->lock);
 }
 
 /* Was [off, off+len) made durable with FUA, or by a backend flush
@@ -440,6 +504,139 @@ test_fua_write_failing_before_a_wait (void **state)
   assert_true (disk_is_pattern (t, x, 2 * SS, 3));
 }
 
+static uint64_t race_now;
+
+static uint64_t
+race_clock (void *opaque)
+{
+  (void) opaque;
+  return race_now;
+}
+
+struct expired_job {
+  struct cache *c;
+  atomic_int ret;
+  atomic_bool done;
+};
+
+static void *
+expired_main (void *arg)
+{
+  struct expired_job *j = arg;
+
+  atomic_store (&j->ret, cache_writeback (j->c, CACHE_WB_EXPIRED, 50));
+  atomic_store (&j->done, true);
+  return NULL;
+}
+
+/* A flush skips page 2 because background write-back is collecting it,
+ * and finds nothing on page 5, the other page it picked (a FUA write
+ * wrote it back meanwhile).  The background collect then finishes
+ * page 2 with part of it still dirty (sectors written after it sized
+ * its batch), and its run completes before the flush sleeps.  The flush
+ * must hear that page 2 is free again: the event is page 2's, reported
+ * by its collector, not one the flush may count as its own.
+ */
+static void
+test_flush_skipping_a_page_being_collected (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t p2 = 2 * PG, p5 = 5 * PG;
+  struct stops st = { .n = 0 };
+  struct expired_job job = { .c = NULL };
+  unsigned char buf[4 * SS];
+  pthread_t bg;
+  struct async *fl;
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  pthread_mutex_init (&st.lock, NULL);
+  pthread_cond_init (&st.cv, NULL);
+  stops_add (&st, "collect.picked", 1);       /* 0: background */
+  stops_add (&st, "collect.picked", 2);       /* 1: the flush */
+  stops_add (&st, "flush.collected", 1);      /* 2: the flush */
+  cache_debug_set_clock (t->c, race_clock, NULL);
+  race_now = 0;
+  assert_int_equal (write_pattern (t, p2, 4 * SS, 2, 0), 0);
+  race_now = 100;
+  assert_int_equal (write_pattern (t, p5, 4 * SS, 3, 0), 0);
+  cache_debug_set_park (t->c, stops_hook, &st);
+
+  /* Background write-back of what is 50 ms old: page 2 only. */
+  race_now = 60;
+  job.c = t->c;
+  assert_int_equal (pthread_create (&bg, NULL, expired_main, &job), 0);
+  WAIT_FOR (stops_parked (&st, 0));
+  assert_int_equal (write_pattern (t, p2 + 8 * SS, 4 * SS, 4, 0), 0);
+
+  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  WAIT_FOR (stops_parked (&st, 1));             /* picked page 5 */
+  pattern (buf, sizeof buf, p5, 5);
+  assert_int_equal (cache_write (t->c, buf, sizeof buf, p5, CACHE_FUA), 0);
+  stops_release (&st, 1);
+  WAIT_FOR (stops_parked (&st, 2));             /* collected nothing */
+  stops_release (&st, 0);
+  WAIT_FOR (atomic_load (&job.done));
+  assert_int_equal (pthread_join (bg, NULL), 0);
+  assert_int_equal (atomic_load (&job.ret), 1);
+  assert_true (sectors_are (t, p2 + 8 * SS, 4 * SS, V | D));
+  stops_release (&st, 2);
+  assert_int_equal (async_join (fl), 0);
+  cache_debug_set_park (t->c, NULL, NULL);
+  cache_debug_set_clock (t->c, NULL, NULL);
+
+  assert_true (disk_is_pattern (t, p2, 4 * SS, 2));
+  assert_true (disk_is_pattern (t, p2 + 8 * SS, 4 * SS, 4));
+  assert_true (disk_is_pattern (t, p5, 4 * SS, 5));
+  pthread_cond_destroy (&st.cv);
+  pthread_mutex_destroy (&st.lock);
+}
+
+/* A flush picks page 2 only (its dirty data fills a batch), and while
+ * it is parked with its pick, a FUA write writes page 2 back.  The
+ * flush then finds nothing on the page it picked: it must pick again
+ * and write page 5, which it had left for the next batch, instead of
+ * waiting for an event that nothing will produce.
+ */
+static void
+test_flush_whose_pick_was_written_back (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t p2 = 2 * PG, p5 = 5 * PG;
+  struct stops st = { .n = 0 };
+  unsigned char *buf = malloc (PG);
+  struct async *fl;
+
+  assert_non_null (buf);
+  cfg.batch_bytes = PG;
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  pthread_mutex_init (&st.lock, NULL);
+  pthread_cond_init (&st.cv, NULL);
+  stops_add (&st, "collect.picked", 1);
+  assert_int_equal (write_pattern (t, p2, PG, 2, 0), 0);
+  assert_int_equal (write_pattern (t, p5, SS, 3, 0), 0);
+  cache_debug_set_park (t->c, stops_hook, &st);
+
+  fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  WAIT_FOR (stops_parked (&st, 0));
+  pattern (buf, PG, p2, 4);
+  assert_int_equal (cache_write (t->c, buf, PG, p2, CACHE_FUA), 0);
+  assert_true (sectors_are (t, p2, PG, V));
+  stops_release (&st, 0);
+  assert_int_equal (async_join (fl), 0);
+  cache_debug_set_park (t->c, NULL, NULL);
+
+  assert_true (disk_is_pattern (t, p2, PG, 4));
+  assert_true (disk_is_pattern (t, p5, SS, 3));
+  assert_true (sectors_are (t, p5, SS, V));
+  pthread_cond_destroy (&st.cv);
+  pthread_mutex_destroy (&st.lock);
+  free (buf);
+}
+
 int
 main (void)
 {
@@ -461,6 +658,10 @@ main (void)
     cmocka_unit_test_setup_teardown (test_fast_zero_refused_changes_nothing,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_fua_write_failing_before_a_wait,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_skipping_a_page_being_collected,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_whose_pick_was_written_back,
                                      tc_setup, tc_teardown),
   };
 

@@ -1,0 +1,573 @@
+/* subpage: the cache's request paths: read, write, zero, trim and
+ * prefetch.
+ *
+ * Requests are split per page (ranges half-open, [off, off+count)).
+ *
+ * Reads (invariant 2): a read pins up to a chunk of pages, copies what
+ * is valid, and only if some sector is missing lists the missing
+ * sectors (copying the valid ones again under the same lock, so every
+ * byte of the buffer is filled even if a TRIM or ZERO drops a sector
+ * before the end) and reads them from the backend, coalesced into as
+ * few backend reads as possible (across page boundaries too), with no
+ * page lock held.  It then re-locks each page and installs what it read
+ * into sectors that are still ABSENT, unless a TRIM or ZERO began in the
+ * meantime (the discard generation changed), in which case it only
+ * returns the data.  Sectors that became valid meanwhile are newer than
+ * the backend's, so those are what the reader returns.
+ *
+ * Writes (invariant 2): whole sectors are copied in and marked DIRTY
+ * with no backend read.  Only a partial sector that is not valid is
+ * read first (one sector), with the page lock dropped; both partial
+ * sectors are then re-checked, since a TRIM or ZERO may have dropped
+ * the other one meanwhile, until both are valid under the lock.
+ * Writers never wait for write-back (invariant 4): a sector in flight
+ * becomes REDIRTIED.  Writers are throttled before they dirty anything
+ * when dirty data passes dirty_ratio (invariant 10), holding no lock.
+ *
+ * TRIM and ZERO (invariant 8): register the range as busy (so no new
+ * write-back of it starts), wait until no sector of it is in flight
+ * (dropping the page lock while waiting, re-checking in a loop), apply
+ * the backend operation, then drop the cached sectors; a ZERO's partial
+ * head and tail sectors are then written as zeroes through the cache.
+ * A failed backend operation (ENOTSUP for a FAST_ZERO included) leaves
+ * the cache untouched.
+ *
+ * Each request pins at most one chunk of pages at a time, and only a
+ * thread that holds no pin waits for a free frame, so requests cannot
+ * deadlock on cache memory.
+ */
+#define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "util.h"
+
+#define ZBUF_SIZE (1024 * 1024)
+
+struct read_seg {
+  uint64_t off;
+  uint32_t len;
+};
+
+/* Reads from the backend; the part past the end of the disk (the tail
+ * of a last sector that the disk only partly covers) reads as zeroes.
+ */
+static int
+backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
+{
+  uint32_t n = count;
+  int r = 0;
+
+  if (off >= c->cfg.size)
+    n = 0;
+  else if (count > c->cfg.size - off)
+    n = (uint32_t) (c->cfg.size - off);
+  if (n > 0) {
+    r = c->ops->pread (c->bopaque, buf, n, off);
+    atomic_fetch_add (&c->st_breads, 1);
+    atomic_fetch_add (&c->st_bread_bytes, n);
+  }
+  if (n < count)
+    memset ((char *) buf + n, 0, count - n);
+  return r;
+}
+
+/* ---- reads ---- */
+
+/* Sectors [*s0, *s0 + *n) of page PI that [lo, hi) covers. */
+static void
+page_span (struct cache *c, uint64_t pi, uint64_t lo, uint64_t hi,
+           uint32_t *s0, uint32_t *n)
+{
+  uint64_t poff = pi << c->page_shift;
+
+  *s0 = (uint32_t) ((lo - poff) >> c->sector_shift);
+  *n = (uint32_t) ((hi - lo) >> c->sector_shift);
+}
+
+/* Reads sector-aligned [off, off+count) into buf. */
+static int
+read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
+{
+  const uint32_t chunk_pages = MAX (1u, MIN (32u, (2u << 20) >> c->page_shift));
+  const size_t maxsegs = (size_t) chunk_pages * (c->nsect / 2 + 1);
+  struct read_seg *segs = NULL;
+  uint64_t end = off + count, pos = off;
+  int err = 0;
+
+  while (pos < end && !err) {
+    struct page *pages[32];
+    uint64_t lo[32], hi[32];
+    unsigned np = 0, nsegs = 0;
+    bool miss = false, stable;
+    uint64_t gen;
+
+    /* Pass 1: pin a chunk, copy what is valid. */
+    while (pos < end && np < chunk_pages) {
+      uint64_t pi = pos >> c->page_shift;
+      struct page *p = page_get (c, pi, np == 0, &err);
+      uint32_t s0, n, hits;
+
+      if (!p)
+        break;                          /* err set only if np == 0 */
+      pages[np] = p;
+      lo[np] = pos;
+      hi[np] = MIN (end, (pi + 1) << c->page_shift);
+      page_span (c, pi, lo[np], hi[np], &s0, &n);
+      page_lock (p);
+      hits = sect_count (&p->sb, SECT_BM_V, s0, n);
+      if (hits == n)
+        memcpy (buf + (lo[np] - off), sect_data (c, p, s0),
+                (size_t) n << c->sector_shift);
+      else
+        miss = true;
+      page_unlock (p);
+      atomic_fetch_add (&c->st_hits, hits);
+      atomic_fetch_add (&c->st_misses, n - hits);
+      pos = hi[np];
+      np++;
+    }
+
+    if (miss) {
+      if (!segs) {
+        segs = malloc (maxsegs * sizeof *segs);
+        if (!segs) {
+          err = -ENOMEM;
+          goto unpin;
+        }
+      }
+      /* Pass 2: list the missing sectors, coalesced across pages, and
+       * copy the valid ones.  Every sector of the buffer is then filled
+       * (here or by the backend reads), so a sector that a TRIM or ZERO
+       * drops before pass 3 returns the data it held here: a value it
+       * had during the read.
+       */
+      gen = atomic_load (&c->discard_started);
+      stable = atomic_load (&c->nbusy) == 0;
+      for (unsigned k = 0; k < np; k++) {
+        struct page *p = pages[k];
+        uint32_t s0, n, i, j;
+        uint64_t poff = page_offset (c, p);
+        char *dst = buf + (lo[k] - off);
+
+        page_span (c, p->index, lo[k], hi[k], &s0, &n);
+        page_lock (p);
+        for (i = s0; i < s0 + n; i = j) {
+          bool v = sect_test (&p->sb, SECT_BM_V, i);
+          uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
+          uint32_t len;
+
+          j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+          len = (j - i) << c->sector_shift;
+          if (v) {
+            memcpy (dst + ((size_t) (i - s0) << c->sector_shift),
+                    sect_data (c, p, i), len);
+            continue;
+          }
+          if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
+            segs[nsegs - 1].len += len;
+          else {
+            CACHE_ASSERT (nsegs < maxsegs);
+            segs[nsegs].off = soff;
+            segs[nsegs].len = len;
+            nsegs++;
+          }
+        }
+        page_unlock (p);
+      }
+
+      /* Backend reads, no lock held, straight into the caller's buffer. */
+      for (unsigned k = 0; k < nsegs && !err; k++)
+        err = backend_pread (c, buf + (segs[k].off - off), segs[k].len,
+                                   segs[k].off);
+      if (err)
+        goto unpin;
+
+      /* Pass 3: install what is still missing; return what is newer. */
+      for (unsigned k = 0; k < np; k++) {
+        struct page *p = pages[k];
+        uint32_t s0, n, i;
+        bool install;
+        char *dst = buf + (lo[k] - off);
+
+        page_span (c, p->index, lo[k], hi[k], &s0, &n);
+        page_lock (p);
+        install = stable && atomic_load (&c->discard_started) == gen;
+        for (i = s0; i < s0 + n; ) {
+          bool v = sect_test (&p->sb, SECT_BM_V, i);
+          uint32_t j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+          size_t bytes = (size_t) (j - i) << c->sector_shift;
+          char *b = dst + ((size_t) (i - s0) << c->sector_shift);
+
+          if (v)
+            memcpy (b, sect_data (c, p, i), bytes);
+          else if (install) {
+            struct sect_delta d = { 0 };
+            memcpy (sect_data (c, p, i), b, bytes);
+            sect_fill_done (&p->sb, i, j - i, &d);
+            report_account (c, p, &d);
+          }
+          i = j;
+        }
+        CACHE_ASSERT (page_check (c, p));
+        page_unlock (p);
+      }
+    }
+  unpin:
+    for (unsigned k = 0; k < np; k++)
+      page_unpin (c, pages[k]);
+  }
+  free (segs);
+  return err;
+}
+
+int
+cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
+{
+  uint64_t a, e;
+  char *bounce;
+  int r;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
+  e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
+  if (a == off && e == off + count)
+    r = read_aligned (c, buf, off, count);
+  else {
+    bounce = malloc (e - a);
+    if (!bounce)
+      return -ENOMEM;
+    r = read_aligned (c, bounce, a, e - a);
+    if (r == 0)
+      memcpy (buf, bounce + (off - a), count);
+    free (bounce);
+  }
+  if (r == 0)
+    report_request (&c->st_creads, &c->st_cread_bytes, count);
+  return r;
+}
+
+int
+cache_prefetch (struct cache *c, uint32_t count, uint64_t off)
+{
+  uint32_t chunk = MIN (count, (uint32_t) ZBUF_SIZE);
+  char *buf;
+  int r = 0;
+
+  if (count == 0)
+    return 0;
+  buf = malloc (chunk);
+  if (!buf)
+    return -ENOMEM;
+  while (count > 0 && r == 0) {
+    uint32_t n = MIN (count, chunk);
+    r = cache_read (c, buf, n, off);
+    off += n;
+    count -= n;
+  }
+  free (buf);
+  return r;
+}
+
+/* ---- writes ---- */
+
+/* Reads sector I of P (page locked on entry and exit, dropped while
+ * reading) and installs it if it is still ABSENT.  Returns 0, 1 if a
+ * TRIM or ZERO interfered (the caller retries), or -errno.
+ */
+static int
+fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
+{
+  uint64_t gen = atomic_load (&c->discard_started);
+  bool stable = atomic_load (&c->nbusy) == 0;
+  uint64_t soff = page_offset (c, p) + ((uint64_t) i << c->sector_shift);
+  int r;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  page_unlock (p);
+  r = backend_pread (c, tmp, c->cfg.sector_size, soff);
+  atomic_fetch_add (&c->st_misses, 1);
+  page_lock (p);
+  if (r < 0)
+    return r;
+  if (sect_test (&p->sb, SECT_BM_V, i))
+    return 0;                           /* written meanwhile: newer */
+  if (!stable || atomic_load (&c->discard_started) != gen)
+    return 1;
+  {
+    struct sect_delta d = { 0 };
+    memcpy (sect_data (c, p, i), tmp, c->cfg.sector_size);
+    sect_fill_done (&p->sb, i, 1, &d);
+    report_account (c, p, &d);
+  }
+  return 0;
+}
+
+/* Writes [off, off+len) (inside page PI) from src. */
+static int
+write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
+            uint64_t len, char *tmp)
+{
+  uint64_t poff = pi << c->page_shift;
+  uint32_t ss = c->cfg.sector_size;
+  uint32_t sh = (uint32_t) ((off - poff) >> c->sector_shift);
+  uint32_t st = (uint32_t) ((off + len - 1 - poff) >> c->sector_shift);
+  bool head_partial = !IS_ALIGNED (off, (uint64_t) ss);
+  bool tail_partial = !IS_ALIGNED (off + len, (uint64_t) ss);
+  struct sect_delta d = { 0 };
+  struct page *p;
+  int r = 0;
+
+  p = page_get (c, pi, true, &r);
+  if (!p)
+    return r;
+  page_lock (p);
+  for (;;) {
+    /* Each fill drops the page lock: a TRIM or ZERO may meanwhile have
+     * dropped the other partial sector, filled or valid before.  Both
+     * are re-checked under the lock that the write then keeps.
+     */
+    bool head_ok = !head_partial || sect_test (&p->sb, SECT_BM_V, sh);
+    bool tail_ok = !tail_partial || sect_test (&p->sb, SECT_BM_V, st);
+
+    if (head_ok && tail_ok)
+      break;
+    r = fill_sector (c, p, head_ok ? st : sh, tmp);
+    if (r < 0)
+      break;
+    if (r == 0)
+      continue;
+    /* A TRIM or ZERO raced with the fill: wait for it, then again. */
+    page_unlock (p);
+    lock_take (&c->wb_lock);
+    while (atomic_load (&c->nbusy) > 0) {
+      atomic_fetch_add (&c->w_idle, 1);
+      lock_wait (&c->wb_lock, &c->wb_cv);
+      atomic_fetch_sub (&c->w_idle, 1);
+    }
+    lock_drop (&c->wb_lock);
+    page_lock (p);
+    r = 0;
+  }
+  if (r == 0) {
+    memcpy (p->data + (off - poff), src, len);
+    sect_write (&p->sb, sh, st - sh + 1, &d);
+    report_account (c, p, &d);
+    dirty_note_write (c, p, sh, st - sh + 1);
+    CACHE_ASSERT (page_check (c, p));
+  }
+  page_unlock (p);
+  page_unpin (c, p);
+  return r;
+}
+
+static void
+maybe_kick (struct cache *c)
+{
+  cache_kick_fn fn;
+
+  if (!cache_over_background (c))
+    return;
+  fn = atomic_load (&c->kick);
+  if (fn)
+    fn (atomic_load (&c->kick_opaque));
+}
+
+static int
+do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+          uint32_t flags)
+{
+  uint64_t end = off + count, pos = off;
+  char *tmp = NULL;
+  int r = 0;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+    flags &= ~CACHE_FUA;
+  if (!IS_ALIGNED (off, (uint64_t) c->cfg.sector_size) ||
+      !IS_ALIGNED (end, (uint64_t) c->cfg.sector_size)) {
+    tmp = malloc (c->cfg.sector_size);  /* before any lock */
+    if (!tmp)
+      return -ENOMEM;
+  }
+
+  while (pos < end && r == 0) {
+    uint64_t pi = pos >> c->page_shift;
+    uint64_t hi = MIN (end, (pi + 1) << c->page_shift);
+
+    r = wb_throttle (c);
+    if (r == 0)
+      r = write_page (c, pi, (const char *) buf + (pos - off), pos, hi - pos,
+                      tmp);
+    pos = hi;
+  }
+  free (tmp);
+  if (r < 0)
+    return r;
+
+  if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH) {
+    CACHE_PARK (c, "fua.written");
+    r = wb_sync_range (c, off, count, flags & CACHE_FUA);
+  }
+  maybe_kick (c);
+  return r;
+}
+
+int
+cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+             uint32_t flags)
+{
+  int r = do_write (c, buf, count, off, flags);
+
+  if (r == 0)
+    report_request (&c->st_cwrites, &c->st_cwrite_bytes, count);
+  return r;
+}
+
+/* ---- trim and zero ---- */
+
+/* Waits until no sector of [a, e) is under W, page by page. */
+static void
+wait_idle (struct cache *c, uint64_t a, uint64_t e)
+{
+  for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
+    uint64_t lo = MAX (a, pi << c->page_shift);
+    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page *p = page_find (c, pi);
+    uint32_t s0, n;
+
+    if (!p)
+      continue;
+    page_span (c, pi, lo, hi, &s0, &n);
+    page_lock (p);
+    while (sect_count (&p->sb, SECT_BM_W, s0, n) > 0)
+      page_wait (c, p, &c->w_idle);
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+}
+
+/* Drops the cached sectors of [a, e): the backend now holds them. */
+static void
+drop_range (struct cache *c, uint64_t a, uint64_t e)
+{
+  for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
+    uint64_t lo = MAX (a, pi << c->page_shift);
+    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page *p = page_find (c, pi);
+    struct sect_delta d = { 0 };
+    uint32_t s0, n;
+
+    if (!p)
+      continue;
+    page_span (c, pi, lo, hi, &s0, &n);
+    page_lock (p);
+    sect_drop (&p->sb, s0, n, &d);      /* asserts no W: range is busy */
+    report_account (c, p, &d);
+    dirty_note_drop (c, p);
+    CACHE_ASSERT (page_check (c, p));
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+}
+
+static int
+write_zeroes (struct cache *c, uint64_t count, uint64_t off, uint32_t flags)
+{
+  static const char zeroes[ZBUF_SIZE];
+  int r = 0;
+
+  while (count > 0 && r == 0) {
+    uint32_t n = (uint32_t) MIN (count, (uint64_t) ZBUF_SIZE);
+    r = do_write (c, zeroes, n, off, flags);
+    off += n;
+    count -= n;
+  }
+  return r;
+}
+
+static int
+discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
+         bool zero)
+{
+  uint64_t ss = c->cfg.sector_size, end = off + count;
+  uint64_t a = ROUND_UP (off, ss), e = ROUND_DOWN (end, ss);
+  struct busy_range br;
+  int r;
+
+  if (count == 0)
+    return 0;
+  if (off > c->cfg.size || count > c->cfg.size - off)
+    return -EINVAL;
+  if (end == c->cfg.size)               /* a partial last sector counts */
+    e = ROUND_UP (end, ss);
+  if (c->cfg.mode == CACHE_MODE_UNSAFE)
+    flags &= ~CACHE_FUA;
+
+  if (zero && a >= e)                   /* inside one sector */
+    return write_zeroes (c, count, off, flags & CACHE_FUA);
+  if (!zero && (a >= e || !c->ops->trim))
+    return 0;                           /* trim is advisory */
+  if (zero && !c->ops->zero) {
+    if (flags & CACHE_FAST_ZERO)
+      return -ENOTSUP;
+    return write_zeroes (c, count, off, flags & CACHE_FUA);
+  }
+  br.first_page = a >> c->page_shift;
+  br.last_page = (e - 1) >> c->page_shift;
+  dirty_busy_begin (c, &br);
+  wait_idle (c, a, e);
+  {
+    uint64_t be = MIN (e, c->cfg.size);
+    uint32_t bflags = flags & (CACHE_FUA | CACHE_MAY_TRIM | CACHE_FAST_ZERO);
+    r = zero ? c->ops->zero (c->bopaque, (uint32_t) (be - a), a, bflags)
+             : c->ops->trim (c->bopaque, (uint32_t) (be - a), a, bflags);
+  }
+  if (r == 0)
+    drop_range (c, a, e);
+  dirty_busy_end (c, &br);
+  /* A trim the backend did not do (1), or could not do, is a no-op:
+   * dropping the cache's dirty sectors would bring back older data.
+   */
+  if (!zero && (r > 0 || (r < 0 && r != -EIO && r != -ENOSPC)))
+    r = 0;
+  report_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim",
+               a, e - a, r);
+  /* Partial head and tail sectors, only once the backend's part has
+   * succeeded: a refused FAST_ZERO (or a failed one) changes nothing.
+   */
+  if (zero && r == 0 && off < a)
+    r = write_zeroes (c, a - off, off, flags & CACHE_FUA);
+  if (zero && r == 0 && e < end)
+    r = write_zeroes (c, end - e, e, flags & CACHE_FUA);
+  return r;
+}
+
+int
+cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
+{
+  int r = discard (c, count, off, flags, true);
+
+  if (r == 0)
+    report_request (&c->st_czeroes, &c->st_czero_bytes, count);
+  return r;
+}
+
+int
+cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
+{
+  int r = discard (c, count, off, flags, false);
+
+  if (r == 0)
+    report_request (&c->st_ctrims, &c->st_ctrim_bytes, count);
+  return r;
+}
