@@ -1,0 +1,336 @@
+/* subpage: the plugin's parameters.
+ *
+ * Notes on the design.
+ *
+ * What it does: .config and .config_complete (params_config,
+ * params_config_complete), which fill in the one struct params that
+ * the rest of the plugin reads, and the help text (PARAMS_HELP in
+ * params.h).  Each parameter is checked as it comes (one strcmp
+ * chain); what depends on several (file= or uri=, sector-size against
+ * page-size, cache-size against page-size and RAM, dirty-ratio against
+ * dirty-background-ratio) is checked in params_config_complete.  A bad
+ * value fails with a message naming the parameter and the accepted
+ * range; tests/e2e/test-config-bad-params.sh checks those messages.
+ *
+ * What it does not do: open anything (metrics-socket= is only checked
+ * here, created in .after_fork), or know which backend will be used.
+ */
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1               /* strerrordesc_np */
+#endif
+#define NBDKIT_API_VERSION 2
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <nbdkit-plugin.h>
+
+#include "cache.h"
+#include "errstr.h"
+#include "params.h"
+#include "util.h"
+
+#define KiB 1024ULL
+#define MiB (1024ULL * 1024)
+
+/* The defaults, mirrored in PARAMS_HELP and the man page. */
+struct params params = {
+  .connections = 4,
+  .cache_size = 256 * MiB,
+  .page_size = 64 * KiB,
+  .sector_size = 512,
+  .mode = CACHE_MODE_WRITEBACK,
+  .dirty_expire_ms = 5000,
+  .dirty_writeback_ms = 500,
+  .dirty_background_ratio = 10,
+  .dirty_ratio = 40,
+  .writeback_threads = 4,
+};
+
+const char *
+params_mode_name (enum cache_mode m)
+{
+  switch (m) {
+  case CACHE_MODE_WRITEBACK: return "writeback";
+  case CACHE_MODE_WRITETHROUGH: return "writethrough";
+  case CACHE_MODE_UNSAFE: return "unsafe";
+  default: abort ();
+  }
+}
+
+/* Formats a size as nbdkit_parse_size would accept it (64K, 1M, 1000). */
+const char *
+params_size_str (uint64_t v, char *buf, size_t n)
+{
+  static const char suffix[] = "KMGTPE";
+  int i = -1;
+
+  while (v != 0 && v % 1024 == 0 && i + 1 < (int) sizeof suffix - 1) {
+    v /= 1024;
+    i++;
+  }
+  if (i >= 0)
+    snprintf (buf, n, "%" PRIu64 "%c", v, suffix[i]);
+  else
+    snprintf (buf, n, "%" PRIu64, v);
+  return buf;
+}
+
+/* Parses a size parameter that must be a power of 2 in [min, max]. */
+static int
+parse_pow2_size (const char *key, const char *value,
+                 uint64_t min, uint64_t max, const char *range,
+                 uint32_t *out)
+{
+  int64_t r = nbdkit_parse_size (value);
+
+  if (r == -1 || r < (int64_t) min || r > (int64_t) max ||
+      !is_power_of_2 (r)) {
+    nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s",
+                  key, value, range);
+    return -1;
+  }
+  *out = r;
+  return 0;
+}
+
+/* Parses an unsigned decimal parameter in [min, max]. */
+static int
+parse_uint (const char *key, const char *value,
+            unsigned min, unsigned max, unsigned *out)
+{
+  unsigned u;
+
+  if (nbdkit_parse_unsigned (key, value, &u) == -1 ||
+      u < min || u > max) {
+    nbdkit_error ("subpage: %s=%s: must be an integer between %u and %u",
+                  key, value, min, max);
+    return -1;
+  }
+  *out = u;
+  return 0;
+}
+
+/* metrics-socket=PATH: made absolute (nbdkit changes directory before
+ * .after_fork, where the socket is created), and checked now, so that a
+ * bad path fails at startup, in the foreground.
+ */
+static int
+set_metrics_socket (const char *value)
+{
+  const size_t max = sizeof ((struct sockaddr_un *) NULL)->sun_path - 1;
+  struct stat sb;
+  const char *dir;
+  char *path, *slash;
+  int e;
+
+  if (value[0] == '\0') {
+    nbdkit_error ("subpage: metrics-socket=: the path is empty");
+    return -1;
+  }
+  path = nbdkit_absolute_path (value);
+  if (path == NULL)
+    return -1;
+  if (strlen (path) > max) {
+    nbdkit_error ("subpage: metrics-socket=%s: the path is too long "
+                  "(%zu bytes once absolute, at most %zu)",
+                  value, strlen (path), max);
+    goto err;
+  }
+  if (lstat (path, &sb) == 0 && !S_ISSOCK (sb.st_mode)) {
+    nbdkit_error ("subpage: metrics-socket=%s: exists and is not a socket",
+                  value);
+    goto err;
+  }
+  slash = strrchr (path, '/');
+  *slash = '\0';
+  dir = slash == path ? "/" : path;
+  e = stat (dir, &sb) == -1 ? errno : S_ISDIR (sb.st_mode) ? 0 : ENOTDIR;
+  if (e != 0) {
+    nbdkit_error ("subpage: metrics-socket=%s: directory %s: %s", value,
+                  dir, errstr (e));
+    goto err;
+  }
+  *slash = '/';
+  free (params.metrics_socket);
+  params.metrics_socket = path;
+  return 0;
+
+ err:
+  free (path);
+  return -1;
+}
+
+int
+params_config (const char *key, const char *value)
+{
+  if (strcmp (key, "file") == 0) {
+    free (params.filename);
+    /* Absolute: nbdkit changes directory before .after_fork/.open. */
+    params.filename = nbdkit_absolute_path (value);
+    if (params.filename == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "uri") == 0) {
+    free (params.uri);
+    params.uri = strdup (value);
+    if (params.uri == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
+  }
+  else if (strcmp (key, "connections") == 0) {
+    if (parse_uint (key, value, 1, 64, &params.connections) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "cache-size") == 0) {
+    int64_t r = nbdkit_parse_size (value);
+
+    if (r <= 0) {
+      nbdkit_error ("subpage: cache-size=%s: must be a size such as 256M "
+                    "(at least %d x page-size)", value, CACHE_MIN_PAGES);
+      return -1;
+    }
+    params.cache_size = r;
+  }
+  else if (strcmp (key, "page-size") == 0) {
+    if (parse_pow2_size (key, value, 4 * KiB, 2 * MiB, "4K and 2M",
+                         &params.page_size) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "sector-size") == 0) {
+    /* The upper bound, page-size, is checked in config_complete. */
+    if (parse_pow2_size (key, value, 512, 2 * MiB,
+                         "512 and page-size (at most 2M)",
+                         &params.sector_size) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "mode") == 0) {
+    if (strcmp (value, "writeback") == 0)
+      params.mode = CACHE_MODE_WRITEBACK;
+    else if (strcmp (value, "writethrough") == 0)
+      params.mode = CACHE_MODE_WRITETHROUGH;
+    else if (strcmp (value, "unsafe") == 0)
+      params.mode = CACHE_MODE_UNSAFE;
+    else {
+      nbdkit_error ("subpage: mode=%s: must be writeback, writethrough "
+                    "or unsafe", value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "dirty-expire-ms") == 0) {
+    if (parse_uint (key, value, 0, 3600000, &params.dirty_expire_ms) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "dirty-writeback-ms") == 0) {
+    if (parse_uint (key, value, 10, 60000, &params.dirty_writeback_ms) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "dirty-background-ratio") == 0) {
+    if (parse_uint (key, value, 1, 100, &params.dirty_background_ratio) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "dirty-ratio") == 0) {
+    if (parse_uint (key, value, 1, 100, &params.dirty_ratio) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "writeback-threads") == 0) {
+    if (parse_uint (key, value, 1, 64, &params.writeback_threads) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "io-flusher") == 0 || strcmp (key, "mlock") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r == -1) {
+      nbdkit_error ("subpage: %s=%s: must be true or false", key, value);
+      return -1;
+    }
+    if (strcmp (key, "io-flusher") == 0)
+      params.io_flusher = r;
+    else
+      params.mlock_memory = r;
+  }
+  else if (strcmp (key, "metrics-socket") == 0) {
+    if (set_metrics_socket (value) == -1)
+      return -1;
+  }
+  else {
+    nbdkit_error ("subpage: unknown parameter '%s'", key);
+    return -1;
+  }
+  return 0;
+}
+
+int
+params_config_complete (void)
+{
+  char b1[32], b2[32], b3[32];
+  uint64_t phys;
+
+  if (params.filename == NULL && params.uri == NULL) {
+    nbdkit_error ("subpage: the file= parameter is required "
+                  "(a regular file or block device), or uri= "
+                  "(a remote NBD export)");
+    return -1;
+  }
+  if (params.filename != NULL && params.uri != NULL) {
+    nbdkit_error ("subpage: file=%s and uri=%s: give exactly one of "
+                  "file= and uri=", params.filename, params.uri);
+    return -1;
+  }
+  if (params.sector_size > params.page_size) {
+    nbdkit_error ("subpage: sector-size=%s: must be a power of 2 "
+                  "between 512 and page-size (%s)",
+                  params_size_str (params.sector_size, b1, sizeof b1),
+                  params_size_str (params.page_size, b2, sizeof b2));
+    return -1;
+  }
+  if (params.cache_size < (uint64_t) CACHE_MIN_PAGES * params.page_size) {
+    nbdkit_error ("subpage: cache-size=%s: must be at least %d x "
+                  "page-size (%s), that is %s",
+                  params_size_str (params.cache_size, b1, sizeof b1),
+                  CACHE_MIN_PAGES,
+                  params_size_str (params.page_size, b2, sizeof b2),
+                  params_size_str ((uint64_t) CACHE_MIN_PAGES *
+                                   params.page_size, b3, sizeof b3));
+    return -1;
+  }
+  /* A cache larger than RAM is a typo (and would overflow the core's
+   * frame count long before it is useful).
+   */
+  phys = (uint64_t) sysconf (_SC_PHYS_PAGES) * sysconf (_SC_PAGESIZE);
+  if (phys > 0 && params.cache_size > phys) {
+    nbdkit_error ("subpage: cache-size=%s: must be at most the physical "
+                  "memory (%s)",
+                  params_size_str (params.cache_size, b1, sizeof b1),
+                  params_size_str (phys, b2, sizeof b2));
+    return -1;
+  }
+  if (params.dirty_ratio < params.dirty_background_ratio) {
+    nbdkit_error ("subpage: dirty-ratio=%u: must be between "
+                  "dirty-background-ratio (%u) and 100",
+                  params.dirty_ratio, params.dirty_background_ratio);
+    return -1;
+  }
+  return 0;
+}
+
+void
+params_free (void)
+{
+  free (params.filename);
+  params.filename = NULL;
+  free (params.uri);
+  params.uri = NULL;
+  free (params.metrics_socket);
+  params.metrics_socket = NULL;
+}
