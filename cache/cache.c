@@ -18,12 +18,14 @@
 static int
 check_config (const struct cache_config *cfg, const char **what)
 {
-  if (!is_power_of_2 (cfg->page_size) || cfg->page_size < 4096 ||
-      cfg->page_size > 2 * 1024 * 1024) {
+  if (!is_power_of_2 (cfg->page_size) ||
+      cfg->page_size < CACHE_MIN_PAGE_SIZE ||
+      cfg->page_size > CACHE_MAX_PAGE_SIZE) {
     *what = "page_size must be a power of 2 between 4K and 2M";
     return -EINVAL;
   }
-  if (!is_power_of_2 (cfg->sector_size) || cfg->sector_size < 512 ||
+  if (!is_power_of_2 (cfg->sector_size) ||
+      cfg->sector_size < CACHE_MIN_SECTOR_SIZE ||
       cfg->sector_size > cfg->page_size) {
     *what = "sector_size must be a power of 2 between 512 and page_size";
     return -EINVAL;

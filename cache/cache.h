@@ -76,7 +76,13 @@ struct cache_config {
                              * in flight (FUA buffers aside). */
 };
 
-/* Smallest cache, in pages, that cache_create accepts. */
+/* The geometry cache_create accepts: page_size and sector_size powers
+ * of 2 in these bounds (sector_size at most page_size), and a cache of
+ * at least CACHE_MIN_PAGES pages.
+ */
+#define CACHE_MIN_PAGE_SIZE   4096u
+#define CACHE_MAX_PAGE_SIZE   (2u * 1024 * 1024)
+#define CACHE_MIN_SECTOR_SIZE 512u
 #define CACHE_MIN_PAGES 8
 
 enum cache_log_level { CACHE_LOG_DEBUG, CACHE_LOG_ERROR };

@@ -310,6 +310,25 @@ bool page_check (struct cache *c, struct page *p);
 void page_dump (struct cache *c, struct page *p, const char *why);
 static inline uint64_t page_offset (struct cache *c, struct page *p)
 { return p->index << c->page_shift; }
+/* The part of [a, e) (sector-aligned) in page PI: bytes [lo, hi) and
+ * sectors [s0, s0 + n) of the page.
+ */
+struct page_part {
+  uint64_t lo, hi;
+  uint32_t s0, n;
+};
+static inline struct page_part
+page_part (struct cache *c, uint64_t pi, uint64_t a, uint64_t e)
+{
+  uint64_t poff = pi << c->page_shift;
+  struct page_part pp;
+
+  pp.lo = a > poff ? a : poff;
+  pp.hi = e < poff + c->cfg.page_size ? e : poff + c->cfg.page_size;
+  pp.s0 = (uint32_t) ((pp.lo - poff) >> c->sector_shift);
+  pp.n = (uint32_t) ((pp.hi - pp.lo) >> c->sector_shift);
+  return pp;
+}
 static inline char *sect_data (struct cache *c, struct page *p, uint32_t i)
 { return p->data + ((size_t) i << c->sector_shift); }
 

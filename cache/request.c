@@ -88,7 +88,149 @@ page_span (struct cache *c, uint64_t pi, uint64_t lo, uint64_t hi,
   *n = (uint32_t) ((hi - lo) >> c->sector_shift);
 }
 
-/* Reads sector-aligned [off, off+count) into buf. */
+/* One chunk of a read: up to 32 pinned pages, and for page k the part
+ * [lo[k], hi[k]) of the request it holds.  BUF is the caller's buffer
+ * for [off, ...).
+ */
+struct read_chunk {
+  struct cache *c;
+  char *buf;
+  uint64_t off;
+  struct page *pages[32];
+  uint64_t lo[32], hi[32];
+  unsigned np;
+};
+
+/* Pass 1: pins pages from *POS on (waiting for a frame only for the
+ * first), copying the ones that are wholly valid.  Returns whether
+ * some sector was missing; *ERR is set only if no page could be had.
+ */
+static bool
+read_pin (struct read_chunk *ch, uint64_t *pos, uint64_t end,
+          unsigned chunk_pages, int *err)
+{
+  struct cache *c = ch->c;
+  bool miss = false;
+
+  while (*pos < end && ch->np < chunk_pages) {
+    uint64_t pi = *pos >> c->page_shift;
+    struct page *p = page_get (c, pi, ch->np == 0, err);
+    unsigned k = ch->np;
+    uint32_t s0, n, hits;
+
+    if (!p)
+      break;
+    ch->pages[k] = p;
+    ch->lo[k] = *pos;
+    ch->hi[k] = MIN (end, (pi + 1) << c->page_shift);
+    page_span (c, pi, ch->lo[k], ch->hi[k], &s0, &n);
+    page_lock (p);
+    hits = sect_count (&p->sb, SECT_BM_V, s0, n);
+    if (hits == n)
+      memcpy (ch->buf + (ch->lo[k] - ch->off), sect_data (c, p, s0),
+              (size_t) n << c->sector_shift);
+    else
+      miss = true;
+    page_unlock (p);
+    atomic_fetch_add (&c->st_hits, hits);
+    atomic_fetch_add (&c->st_misses, n - hits);
+    *pos = ch->hi[k];
+    ch->np++;
+  }
+  return miss;
+}
+
+/* Pass 2: lists the missing sectors of the chunk in SEGS, coalesced
+ * across pages, and copies the valid ones.  Every sector of the buffer
+ * is then filled (here or by the backend reads), so a sector that a
+ * TRIM or ZERO drops before pass 3 returns the data it held here: a
+ * value it had during the read.  Returns the number of segments.
+ */
+static unsigned
+read_list_missing (struct read_chunk *ch, struct read_seg *segs,
+                   size_t maxsegs)
+{
+  struct cache *c = ch->c;
+  unsigned nsegs = 0;
+
+  for (unsigned k = 0; k < ch->np; k++) {
+    struct page *p = ch->pages[k];
+    uint64_t poff = page_offset (c, p);
+    char *dst = ch->buf + (ch->lo[k] - ch->off);
+    uint32_t s0, n, j;
+
+    page_span (c, p->index, ch->lo[k], ch->hi[k], &s0, &n);
+    page_lock (p);
+    for (uint32_t i = s0; i < s0 + n; i = j) {
+      bool v = sect_test (&p->sb, SECT_BM_V, i);
+      uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
+      uint32_t len;
+
+      j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+      len = (j - i) << c->sector_shift;
+      if (v) {
+        memcpy (dst + ((size_t) (i - s0) << c->sector_shift),
+                sect_data (c, p, i), len);
+        continue;
+      }
+      if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
+        segs[nsegs - 1].len += len;
+      else {
+        CACHE_ASSERT (nsegs < maxsegs);
+        segs[nsegs].off = soff;
+        segs[nsegs].len = len;
+        nsegs++;
+      }
+    }
+    page_unlock (p);
+  }
+  return nsegs;
+}
+
+/* Pass 3: installs what the backend returned into sectors still
+ * missing, unless a TRIM or ZERO ran since pass 2 (INSTALL false), and
+ * returns what became valid meanwhile, which is newer.
+ */
+static void
+read_install (struct read_chunk *ch, bool stable, uint64_t gen)
+{
+  struct cache *c = ch->c;
+
+  for (unsigned k = 0; k < ch->np; k++) {
+    struct page *p = ch->pages[k];
+    char *dst = ch->buf + (ch->lo[k] - ch->off);
+    uint32_t s0, n, j;
+    bool install;
+
+    page_span (c, p->index, ch->lo[k], ch->hi[k], &s0, &n);
+    page_lock (p);
+    install = stable && atomic_load (&c->discard_started) == gen;
+    for (uint32_t i = s0; i < s0 + n; i = j) {
+      bool v = sect_test (&p->sb, SECT_BM_V, i);
+      size_t bytes;
+      char *b = dst + ((size_t) (i - s0) << c->sector_shift);
+
+      j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
+      bytes = (size_t) (j - i) << c->sector_shift;
+      if (v)
+        memcpy (b, sect_data (c, p, i), bytes);
+      else if (install) {
+        struct sect_delta d = { 0 };
+        memcpy (sect_data (c, p, i), b, bytes);
+        sect_fill_done (&p->sb, i, j - i, &d);
+        report_account (c, p, &d);
+      }
+    }
+    CACHE_ASSERT (page_check (c, p));
+    page_unlock (p);
+  }
+}
+
+/* Reads sector-aligned [off, off+count) into buf, a chunk of pages at a
+ * time: copy what is valid (pass 1); if some sector is missing, list the
+ * missing ones (pass 2), read them from the backend with no lock held,
+ * straight into BUF, and install them (pass 3).
+ */
 static int
 read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
 {
@@ -99,126 +241,24 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
   int err = 0;
 
   while (pos < end && !err) {
-    struct page *pages[32];
-    uint64_t lo[32], hi[32];
-    unsigned np = 0, nsegs = 0;
-    bool miss = false, stable;
-    uint64_t gen;
+    struct read_chunk ch = { .c = c, .buf = buf, .off = off, .np = 0 };
 
-    /* Pass 1: pin a chunk, copy what is valid. */
-    while (pos < end && np < chunk_pages) {
-      uint64_t pi = pos >> c->page_shift;
-      struct page *p = page_get (c, pi, np == 0, &err);
-      uint32_t s0, n, hits;
+    if (read_pin (&ch, &pos, end, chunk_pages, &err)) {
+      uint64_t gen = atomic_load (&c->discard_started);
+      bool stable = atomic_load (&c->nbusy) == 0;
+      unsigned nsegs;
 
-      if (!p)
-        break;                          /* err set only if np == 0 */
-      pages[np] = p;
-      lo[np] = pos;
-      hi[np] = MIN (end, (pi + 1) << c->page_shift);
-      page_span (c, pi, lo[np], hi[np], &s0, &n);
-      page_lock (p);
-      hits = sect_count (&p->sb, SECT_BM_V, s0, n);
-      if (hits == n)
-        memcpy (buf + (lo[np] - off), sect_data (c, p, s0),
-                (size_t) n << c->sector_shift);
-      else
-        miss = true;
-      page_unlock (p);
-      atomic_fetch_add (&c->st_hits, hits);
-      atomic_fetch_add (&c->st_misses, n - hits);
-      pos = hi[np];
-      np++;
-    }
-
-    if (miss) {
-      if (!segs) {
-        segs = malloc (maxsegs * sizeof *segs);
-        if (!segs) {
-          err = -ENOMEM;
-          goto unpin;
-        }
-      }
-      /* Pass 2: list the missing sectors, coalesced across pages, and
-       * copy the valid ones.  Every sector of the buffer is then filled
-       * (here or by the backend reads), so a sector that a TRIM or ZERO
-       * drops before pass 3 returns the data it held here: a value it
-       * had during the read.
-       */
-      gen = atomic_load (&c->discard_started);
-      stable = atomic_load (&c->nbusy) == 0;
-      for (unsigned k = 0; k < np; k++) {
-        struct page *p = pages[k];
-        uint32_t s0, n, i, j;
-        uint64_t poff = page_offset (c, p);
-        char *dst = buf + (lo[k] - off);
-
-        page_span (c, p->index, lo[k], hi[k], &s0, &n);
-        page_lock (p);
-        for (i = s0; i < s0 + n; i = j) {
-          bool v = sect_test (&p->sb, SECT_BM_V, i);
-          uint64_t soff = poff + ((uint64_t) i << c->sector_shift);
-          uint32_t len;
-
-          j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
-          len = (j - i) << c->sector_shift;
-          if (v) {
-            memcpy (dst + ((size_t) (i - s0) << c->sector_shift),
-                    sect_data (c, p, i), len);
-            continue;
-          }
-          if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
-            segs[nsegs - 1].len += len;
-          else {
-            CACHE_ASSERT (nsegs < maxsegs);
-            segs[nsegs].off = soff;
-            segs[nsegs].len = len;
-            nsegs++;
-          }
-        }
-        page_unlock (p);
-      }
-
-      /* Backend reads, no lock held, straight into the caller's buffer. */
+      if (!segs && !(segs = malloc (maxsegs * sizeof *segs)))
+        err = -ENOMEM;
+      nsegs = err ? 0 : read_list_missing (&ch, segs, maxsegs);
       for (unsigned k = 0; k < nsegs && !err; k++)
         err = backend_pread (c, buf + (segs[k].off - off), segs[k].len,
-                                   segs[k].off);
-      if (err)
-        goto unpin;
-
-      /* Pass 3: install what is still missing; return what is newer. */
-      for (unsigned k = 0; k < np; k++) {
-        struct page *p = pages[k];
-        uint32_t s0, n, i;
-        bool install;
-        char *dst = buf + (lo[k] - off);
-
-        page_span (c, p->index, lo[k], hi[k], &s0, &n);
-        page_lock (p);
-        install = stable && atomic_load (&c->discard_started) == gen;
-        for (i = s0; i < s0 + n; ) {
-          bool v = sect_test (&p->sb, SECT_BM_V, i);
-          uint32_t j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
-          size_t bytes = (size_t) (j - i) << c->sector_shift;
-          char *b = dst + ((size_t) (i - s0) << c->sector_shift);
-
-          if (v)
-            memcpy (b, sect_data (c, p, i), bytes);
-          else if (install) {
-            struct sect_delta d = { 0 };
-            memcpy (sect_data (c, p, i), b, bytes);
-            sect_fill_done (&p->sb, i, j - i, &d);
-            report_account (c, p, &d);
-          }
-          i = j;
-        }
-        CACHE_ASSERT (page_check (c, p));
-        page_unlock (p);
-      }
+                             segs[k].off);
+      if (!err)
+        read_install (&ch, stable, gen);
     }
-  unpin:
-    for (unsigned k = 0; k < np; k++)
-      page_unpin (c, pages[k]);
+    for (unsigned k = 0; k < ch.np; k++)
+      page_unpin (c, ch.pages[k]);
   }
   free (segs);
   return err;
@@ -345,13 +385,7 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
       continue;
     /* A TRIM or ZERO raced with the fill: wait for it, then again. */
     page_unlock (p);
-    lock_take (&c->wb_lock);
-    while (atomic_load (&c->nbusy) > 0) {
-      atomic_fetch_add (&c->w_idle, 1);
-      lock_wait (&c->wb_lock, &c->wb_cv);
-      atomic_fetch_sub (&c->w_idle, 1);
-    }
-    lock_drop (&c->wb_lock);
+    dirty_busy_wait (c, 0, UINT64_MAX);
     page_lock (p);
     r = 0;
   }
@@ -440,16 +474,13 @@ static void
 wait_idle (struct cache *c, uint64_t a, uint64_t e)
 {
   for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
-    uint64_t lo = MAX (a, pi << c->page_shift);
-    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page_part pp = page_part (c, pi, a, e);
     struct page *p = page_find (c, pi);
-    uint32_t s0, n;
 
     if (!p)
       continue;
-    page_span (c, pi, lo, hi, &s0, &n);
     page_lock (p);
-    while (sect_count (&p->sb, SECT_BM_W, s0, n) > 0)
+    while (sect_count (&p->sb, SECT_BM_W, pp.s0, pp.n) > 0)
       page_wait (c, p, &c->w_idle);
     page_unlock (p);
     page_unpin (c, p);
@@ -461,17 +492,14 @@ static void
 drop_range (struct cache *c, uint64_t a, uint64_t e)
 {
   for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
-    uint64_t lo = MAX (a, pi << c->page_shift);
-    uint64_t hi = MIN (e, (pi + 1) << c->page_shift);
+    struct page_part pp = page_part (c, pi, a, e);
     struct page *p = page_find (c, pi);
     struct sect_delta d = { 0 };
-    uint32_t s0, n;
 
     if (!p)
       continue;
-    page_span (c, pi, lo, hi, &s0, &n);
     page_lock (p);
-    sect_drop (&p->sb, s0, n, &d);      /* asserts no W: range is busy */
+    sect_drop (&p->sb, pp.s0, pp.n, &d);      /* asserts no W: range is busy */
     report_account (c, p, &d);
     dirty_note_drop (c, p);
     CACHE_ASSERT (page_check (c, p));

@@ -677,10 +677,9 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     return -ENOMEM;
 
   for (uint64_t pi = p0; pi <= p1; pi++) {
-    uint64_t poff = pi << c->page_shift;
-    uint64_t lo = MAX (a, poff), hi = MIN (e, poff + c->cfg.page_size);
-    uint32_t s0 = (uint32_t) ((lo - poff) >> c->sector_shift);
-    uint32_t n = (uint32_t) ((hi - lo) >> c->sector_shift);
+    struct page_part pp = page_part (c, pi, a, e);
+    uint64_t poff = pi << c->page_shift, lo = pp.lo;
+    uint32_t s0 = pp.s0, n = pp.n;
     struct page *p = page_find (c, pi);
 
     if (!p) {                           /* written back and evicted */
