@@ -85,18 +85,28 @@ params_size_str (uint64_t v, char *buf, size_t n)
   return buf;
 }
 
-/* Parses a size parameter that must be a power of 2 in [min, max]. */
+/* Parses a size parameter that must be a power of 2 in [min, max].
+ * The message names the range "MIN and MAX", or "MIN and UPPER (at
+ * most MAX)" when UPPER (another parameter) is the real upper bound.
+ */
 static int
 parse_pow2_size (const char *key, const char *value,
-                 uint64_t min, uint64_t max, const char *range,
+                 uint64_t min, uint64_t max, const char *upper,
                  uint32_t *out)
 {
   int64_t r = nbdkit_parse_size (value);
+  char b1[32], b2[32];
 
   if (r == -1 || r < (int64_t) min || r > (int64_t) max ||
       !is_power_of_2 (r)) {
-    nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s",
-                  key, value, range);
+    params_size_str (min, b1, sizeof b1);
+    params_size_str (max, b2, sizeof b2);
+    if (upper != NULL)
+      nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s and "
+                    "%s (at most %s)", key, value, b1, upper, b2);
+    else
+      nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s and "
+                    "%s", key, value, b1, b2);
     return -1;
   }
   *out = r;
@@ -203,14 +213,14 @@ params_config (const char *key, const char *value)
     params.cache_size = r;
   }
   else if (strcmp (key, "page-size") == 0) {
-    if (parse_pow2_size (key, value, 4 * KiB, 2 * MiB, "4K and 2M",
-                         &params.page_size) == -1)
+    if (parse_pow2_size (key, value, CACHE_MIN_PAGE_SIZE,
+                         CACHE_MAX_PAGE_SIZE, NULL, &params.page_size) == -1)
       return -1;
   }
   else if (strcmp (key, "sector-size") == 0) {
     /* The upper bound, page-size, is checked in config_complete. */
-    if (parse_pow2_size (key, value, 512, 2 * MiB,
-                         "512 and page-size (at most 2M)",
+    if (parse_pow2_size (key, value, CACHE_MIN_SECTOR_SIZE,
+                         CACHE_MAX_PAGE_SIZE, "page-size",
                          &params.sector_size) == -1)
       return -1;
   }
@@ -289,8 +299,9 @@ params_config_complete (void)
   }
   if (params.sector_size > params.page_size) {
     nbdkit_error ("subpage: sector-size=%s: must be a power of 2 "
-                  "between 512 and page-size (%s)",
+                  "between %s and page-size (%s)",
                   params_size_str (params.sector_size, b1, sizeof b1),
+                  params_size_str (CACHE_MIN_SECTOR_SIZE, b3, sizeof b3),
                   params_size_str (params.page_size, b2, sizeof b2));
     return -1;
   }
