@@ -41,11 +41,11 @@
 #include "internal.h"
 #include "util.h"
 
-/* Backend flushes that may run at once.  One at a time made a flush
- * that became ready while another's fdatasync ran wait for it and then
- * run its own: flushes queued behind each other (the file plugin, which
- * lets every request thread fdatasync, ran 4-5 at once and was 1.5x
- * faster with a flush every 32 writes).
+/* Backend flushes that may run at once.  With one at a time, a flush
+ * that becomes ready while another's backend flush runs waits for that
+ * one and then runs its own, so flushes queue behind each other; a few
+ * at once let the backend (fdatasync, or a remote) overlap them
+ * (docs/benchmarks.md, flush every 32 writes).
  */
 #define GC_MAX_RUNNING 4
 

@@ -57,7 +57,7 @@
  *    sectors).
  *
  * 5. Locking and invariants.  The caller holds the owning page's lock
- *    for every sect_* call (cache/page.h: page_lock); these functions
+ *    for every sect_* call (page_lock, in cache/internal.h); these functions
  *    touch bits only, never data, and never block.  sect_check()
  *    verifies: no D or W bit without V; no bit at or past nsect.
  *    Writers never wait for write-back: a write to a WRITEBACK sector
@@ -130,8 +130,11 @@ void sect_wb_end (struct sect_bits *sb, uint32_t first, uint32_t n,
 void sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
                 struct sect_delta *delta);       /* W clear */
 
-/* The transition table, as data: the unit tests and sect_check() walk
- * it, so the comment above, the code and the tests cannot drift apart.
+/* The transition table, as data: sect_apply performs one edge of it
+ * and tests/unit/test-sector.c walks it, applying every op to every
+ * state and checking the outcome against the table (and that every edge
+ * the table does not list fails CACHE_ASSERT), so the comment above,
+ * the code and the tests cannot drift apart.
  */
 enum sect_op { SECT_OP_FILL_DONE, SECT_OP_WRITE, SECT_OP_WB_START,
                SECT_OP_WB_END_OK, SECT_OP_WB_END_ERR, SECT_OP_DROP,
@@ -149,8 +152,9 @@ const char *sect_op_name (enum sect_op op);
 void sect_apply (struct sect_bits *sb, enum sect_op op, uint32_t i,
                  struct sect_delta *delta);
 
-/* True if the bitmaps are consistent; otherwise dumps through
- * sect_dump_fn (if set) and returns false.
+/* True if the bitmaps are consistent: no D or W bit without V, no bit
+ * at or past nsect.  It prints nothing: page_check, its caller, dumps
+ * the page through the cache's log (page_dump) when it fails.
  */
 bool sect_check (const struct sect_bits *sb);
 /* Prints every bitmap as a run-length list into buf. */
