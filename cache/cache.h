@@ -188,6 +188,53 @@ void cache_run_account (struct cache *c, const struct cache_run *run);
  */
 void cache_run_done (struct cache *c, struct cache_run *run, int err);
 
+/* The cache's counters, one list for every place that names them: each
+ * is a field of struct cache_stats, an atomic counter of the core
+ * (report.c), and a Prometheus counter of the metrics endpoint (its
+ * name, "subpage_" first, and help; NULL: the endpoint shows it another
+ * way).  X (field, metric, help).
+ */
+#define CACHE_COUNTERS(X)                                                 \
+  X (hits, "hits_total",                                                  \
+     "Sectors read by clients that were in the cache.")                   \
+  X (misses, "misses_total",                                              \
+     "Sectors read from the image because they were not in the cache.")   \
+  X (client_reads, "client_reads_total", "Read requests served.")         \
+  X (client_read_bytes, "client_read_bytes_total",                        \
+     "Bytes read by clients.")                                            \
+  X (client_writes, "client_writes_total", "Write requests served.")      \
+  X (client_write_bytes, "client_written_bytes_total",                    \
+     "Bytes written by clients (compare backend_written_bytes_total: "    \
+     "write amplification).")                                             \
+  X (client_zeroes, "client_zeroes_total", "Zero requests served.")       \
+  X (client_zero_bytes, "client_zero_bytes_total",                        \
+     "Bytes zeroed by clients.")                                          \
+  X (client_trims, "client_trims_total", "Trim requests served.")         \
+  X (client_trim_bytes, "client_trim_bytes_total",                        \
+     "Bytes trimmed by clients.")                                         \
+  X (backend_reads, "backend_reads_total", "Reads from the image.")       \
+  X (backend_read_bytes, "backend_read_bytes_total",                      \
+     "Bytes read from the image.")                                        \
+  X (backend_writes, "backend_writes_total",                              \
+     "Writes to the image (write-back runs, FUA and write-through "       \
+     "writes).")                                                          \
+  X (backend_write_bytes, "backend_written_bytes_total",                  \
+     "Bytes written to the image.")                                       \
+  X (backend_flushes, "backend_flushes_total",                            \
+     "Syncs of the image (fdatasync).")                                   \
+  X (wb_runs, "writeback_runs_total",                                     \
+     "Write-back runs started (one contiguous write of dirty data "       \
+     "each).")                                                            \
+  X (wb_errors, "writeback_errors_total",                                 \
+     "Write-back runs that failed (their data stays dirty).")             \
+  X (evictions, "evictions_total", "Clean pages evicted to make room.")   \
+  X (throttled, "throttled_writers_total",                                \
+     "Writes that waited because dirty data passed dirty-ratio.")         \
+  X (flushes, "flushes_total",                                            \
+     "Flushes (client flushes and the final flush at exit).")             \
+  X (flush_errors, "flush_errors_total", "Flushes that failed.")          \
+  X (flush_ns_total, NULL, NULL)
+
 /* Statistics (approximate while requests run; exact when idle). */
 struct cache_stats {
   uint64_t size, cache_size, page_size, sector_size;
@@ -196,23 +243,14 @@ struct cache_stats {
   uint64_t dirty_bytes;        /* D sectors */
   uint64_t writeback_bytes;    /* W sectors */
   uint64_t dirty_pages;        /* pages holding a D or W sector */
-  uint64_t hits, misses;       /* sectors */
-  /* What clients asked for (cache_read/cache_write/cache_zero/
-   * cache_trim calls that succeeded), to compare with the backend's
-   * figures: backend_write_bytes / client_write_bytes is the write
-   * amplification.
+  /* The counters above: hits and misses count sectors; the client
+   * figures count cache_read/cache_write/cache_zero/cache_trim calls
+   * that succeeded (backend_write_bytes / client_write_bytes is the
+   * write amplification); throttled counts writers that had to wait.
    */
-  uint64_t client_reads, client_read_bytes;
-  uint64_t client_writes, client_write_bytes;
-  uint64_t client_zeroes, client_zero_bytes;
-  uint64_t client_trims, client_trim_bytes;
-  uint64_t backend_reads, backend_read_bytes;
-  uint64_t backend_writes, backend_write_bytes;
-  uint64_t backend_flushes;
-  uint64_t wb_runs, wb_errors;
-  uint64_t flushes, flush_errors, flush_ns_total;
-  uint64_t evictions;
-  uint64_t throttled;          /* writers that had to wait */
+#define CACHE_STATS_FIELD(f, metric, help) uint64_t f;
+  CACHE_COUNTERS (CACHE_STATS_FIELD)
+#undef CACHE_STATS_FIELD
   /* Threads waiting right now (for tests and metrics): waiting_flush
    * counts cache_flush calls blocked on write-back or on a backend flush
    * another flush started; waiting_idle counts TRIM/ZERO/FUA waiting for

@@ -74,7 +74,7 @@ group_commit (struct cache *c)
       c->gc_running++;
       lock_drop (&c->gc_lock);
       r = c->ops->flush (c->bopaque);
-      atomic_fetch_add (&c->st_bflushes, 1);
+      atomic_fetch_add (&c->ctr.backend_flushes, 1);
       lock_take (&c->gc_lock);
       c->gc_running--;
       for (struct gc_waiter **pp = &c->gc_waiters; *pp; ) {
@@ -124,7 +124,7 @@ flush_body (struct cache *c, bool force)
 
   if (c->cfg.mode == CACHE_MODE_UNSAFE && !force)
     return 0;
-  atomic_fetch_add (&c->st_flushes, 1);
+  atomic_fetch_add (&c->ctr.flushes, 1);
 
   lock_take (&c->wb_lock);
   t = dirty_new_epoch (c);
@@ -173,9 +173,9 @@ flush_body (struct cache *c, bool force)
   if (!err)
     err = group_commit (c);
   if (err) {
-    atomic_fetch_add (&c->st_flush_errors, 1);
+    atomic_fetch_add (&c->ctr.flush_errors, 1);
     report_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
   }
-  atomic_fetch_add (&c->st_flush_ns, report_now_ns () - t0);
+  atomic_fetch_add (&c->ctr.flush_ns_total, report_now_ns () - t0);
   return err;
 }

@@ -227,13 +227,11 @@ struct cache {
   /* Statistics. */
   atomic_uint_fast64_t st_v, st_d, st_w, st_resident;
   atomic_uint_fast64_t st_dpages;   /* pages holding a D or W sector */
-  atomic_uint_fast64_t st_hits, st_misses;
-  atomic_uint_fast64_t st_creads, st_cread_bytes, st_cwrites, st_cwrite_bytes;
-  atomic_uint_fast64_t st_czeroes, st_czero_bytes, st_ctrims, st_ctrim_bytes;
-  atomic_uint_fast64_t st_breads, st_bread_bytes, st_bwrites, st_bwrite_bytes;
-  atomic_uint_fast64_t st_bflushes, st_runs, st_wb_errors;
-  atomic_uint_fast64_t st_flushes, st_flush_errors, st_flush_ns;
-  atomic_uint_fast64_t st_evictions, st_throttled;
+  struct {                    /* CACHE_COUNTERS, as atomics */
+#define CACHE_CTR_FIELD(f, metric, help) atomic_uint_fast64_t f;
+    CACHE_COUNTERS (CACHE_CTR_FIELD)
+#undef CACHE_CTR_FIELD
+  } ctr;
   atomic_uint_fast64_t w_flush, w_throttle, w_page, w_idle;
   atomic_uint_fast64_t runs_in_flight;
 

@@ -245,7 +245,7 @@ try_evict (struct cache *c, struct page *p)
   lock_drop (&s->lock);
   if (ok) {
     atomic_fetch_sub (&c->st_resident, 1);
-    atomic_fetch_add (&c->st_evictions, 1);
+    atomic_fetch_add (&c->ctr.evictions, 1);
   }
   return ok;
 }

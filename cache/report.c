@@ -92,28 +92,10 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->dirty_bytes = atomic_load (&c->st_d) * ss;
   st->writeback_bytes = atomic_load (&c->st_w) * ss;
   st->dirty_pages = atomic_load (&c->st_dpages);
-  st->hits = atomic_load (&c->st_hits);
-  st->misses = atomic_load (&c->st_misses);
-  st->client_reads = atomic_load (&c->st_creads);
-  st->client_read_bytes = atomic_load (&c->st_cread_bytes);
-  st->client_writes = atomic_load (&c->st_cwrites);
-  st->client_write_bytes = atomic_load (&c->st_cwrite_bytes);
-  st->client_zeroes = atomic_load (&c->st_czeroes);
-  st->client_zero_bytes = atomic_load (&c->st_czero_bytes);
-  st->client_trims = atomic_load (&c->st_ctrims);
-  st->client_trim_bytes = atomic_load (&c->st_ctrim_bytes);
-  st->backend_reads = atomic_load (&c->st_breads);
-  st->backend_read_bytes = atomic_load (&c->st_bread_bytes);
-  st->backend_writes = atomic_load (&c->st_bwrites);
-  st->backend_write_bytes = atomic_load (&c->st_bwrite_bytes);
-  st->backend_flushes = atomic_load (&c->st_bflushes);
-  st->wb_runs = atomic_load (&c->st_runs);
-  st->wb_errors = atomic_load (&c->st_wb_errors);
-  st->flushes = atomic_load (&c->st_flushes);
-  st->flush_errors = atomic_load (&c->st_flush_errors);
-  st->flush_ns_total = atomic_load (&c->st_flush_ns);
-  st->evictions = atomic_load (&c->st_evictions);
-  st->throttled = atomic_load (&c->st_throttled);
+#define CACHE_STATS_COPY(f, metric, help) \
+  st->f = atomic_load (&c->ctr.f);
+  CACHE_COUNTERS (CACHE_STATS_COPY)
+#undef CACHE_STATS_COPY
   st->waiting_flush = atomic_load (&c->w_flush);
   st->waiting_throttle = atomic_load (&c->w_throttle);
   st->waiting_page = atomic_load (&c->w_page);

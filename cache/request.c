@@ -67,8 +67,8 @@ backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
     n = (uint32_t) (c->cfg.size - off);
   if (n > 0) {
     r = c->ops->pread (c->bopaque, buf, n, off);
-    atomic_fetch_add (&c->st_breads, 1);
-    atomic_fetch_add (&c->st_bread_bytes, n);
+    atomic_fetch_add (&c->ctr.backend_reads, 1);
+    atomic_fetch_add (&c->ctr.backend_read_bytes, n);
   }
   if (n < count)
     memset ((char *) buf + n, 0, count - n);
@@ -132,8 +132,8 @@ read_pin (struct read_chunk *ch, uint64_t *pos, uint64_t end,
     else
       miss = true;
     page_unlock (p);
-    atomic_fetch_add (&c->st_hits, hits);
-    atomic_fetch_add (&c->st_misses, n - hits);
+    atomic_fetch_add (&c->ctr.hits, hits);
+    atomic_fetch_add (&c->ctr.misses, n - hits);
     *pos = ch->hi[k];
     ch->np++;
   }
@@ -289,7 +289,7 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
     free (bounce);
   }
   if (r == 0)
-    report_request (&c->st_creads, &c->st_cread_bytes, count);
+    report_request (&c->ctr.client_reads, &c->ctr.client_read_bytes, count);
   return r;
 }
 
@@ -332,7 +332,7 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   LOCK_ASSERT_HELD (&p->lock);
   page_unlock (p);
   r = backend_pread (c, tmp, c->cfg.sector_size, soff);
-  atomic_fetch_add (&c->st_misses, 1);
+  atomic_fetch_add (&c->ctr.misses, 1);
   page_lock (p);
   if (r < 0)
     return r;
@@ -463,7 +463,7 @@ cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
   int r = do_write (c, buf, count, off, flags);
 
   if (r == 0)
-    report_request (&c->st_cwrites, &c->st_cwrite_bytes, count);
+    report_request (&c->ctr.client_writes, &c->ctr.client_write_bytes, count);
   return r;
 }
 
@@ -586,7 +586,7 @@ cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
   int r = discard (c, count, off, flags, true);
 
   if (r == 0)
-    report_request (&c->st_czeroes, &c->st_czero_bytes, count);
+    report_request (&c->ctr.client_zeroes, &c->ctr.client_zero_bytes, count);
   return r;
 }
 
@@ -596,6 +596,6 @@ cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags)
   int r = discard (c, count, off, flags, false);
 
   if (r == 0)
-    report_request (&c->st_ctrims, &c->st_ctrim_bytes, count);
+    report_request (&c->ctr.client_trims, &c->ctr.client_trim_bytes, count);
   return r;
 }

@@ -346,7 +346,7 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
 
   atomic_fetch_add (&b->pending, nruns);
   atomic_fetch_add (&c->runs_in_flight, nruns);
-  atomic_fetch_add (&c->st_runs, nruns);
+  atomic_fetch_add (&c->ctr.wb_runs, nruns);
   for (unsigned r = 0; r < nruns; r++) {
     struct cache_run *run = &b->runs[r];
 
@@ -467,8 +467,8 @@ cache_run_flags (const struct cache_run *run)
 void
 cache_run_account (struct cache *c, const struct cache_run *run)
 {
-  atomic_fetch_add (&c->st_bwrites, 1);
-  atomic_fetch_add (&c->st_bwrite_bytes, run->blen);
+  atomic_fetch_add (&c->ctr.backend_writes, 1);
+  atomic_fetch_add (&c->ctr.backend_write_bytes, run->blen);
 }
 
 int
@@ -488,7 +488,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
   bool ok = err == 0, wake = false;
 
   if (!ok) {
-    atomic_fetch_add (&c->st_wb_errors, 1);
+    atomic_fetch_add (&c->ctr.wb_errors, 1);
     report_logf (c, CACHE_LOG_ERROR,
                 "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
                 run->off, run->len, errstr (-err));
@@ -591,7 +591,7 @@ wb_throttle (struct cache *c)
     struct timespec ts;
 
     if (!counted) {
-      atomic_fetch_add (&c->st_throttled, 1);
+      atomic_fetch_add (&c->ctr.throttled, 1);
       counted = true;
     }
     wb_kick (c);
@@ -625,7 +625,7 @@ sync_run_io (struct cache *c, struct cache_run *run)
 
   atomic_fetch_add (&run->batch->pending, 1);
   atomic_fetch_add (&c->runs_in_flight, 1);
-  atomic_fetch_add (&c->st_runs, 1);
+  atomic_fetch_add (&c->ctr.wb_runs, 1);
   run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
   r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
   cache_run_account (c, run);
@@ -752,7 +752,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
 
   if (!err && need_flush && (flags & CACHE_FUA)) {
     err = c->ops->flush (c->bopaque);
-    atomic_fetch_add (&c->st_bflushes, 1);
+    atomic_fetch_add (&c->ctr.backend_flushes, 1);
   }
   return err;
 }

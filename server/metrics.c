@@ -236,86 +236,30 @@ render_memory (struct out *o, const struct cache_stats *st)
 
 }
 
-/* Reads and client requests. */
+/* The cache's counters (CACHE_COUNTERS in cache.h: one list for the
+ * core, cache_stats and this endpoint), then what is derived from them.
+ */
 static void
-render_requests (struct out *o, const struct cache_stats *st)
+render_counters (struct out *o, const struct cache_stats *st)
 {
-  /* Reads. */
-  counter (o, "hits_total",
-           "Sectors read by clients that were in the cache.", st->hits);
-  counter (o, "misses_total",
-           "Sectors read from the image because they were not in the "
-           "cache.", st->misses);
+#define RENDER_COUNTER(f, metric, help)                                 \
+  if (metric != NULL)                                                  \
+    counter (o, metric, help, st->f);
+  CACHE_COUNTERS (RENDER_COUNTER)
+#undef RENDER_COUNTER
   counter (o, "hit_bytes_total", "hits_total in bytes.",
            st->hits * st->sector_size);
   counter (o, "miss_bytes_total", "misses_total in bytes.",
            st->misses * st->sector_size);
-
-  /* Client requests. */
-  counter (o, "client_reads_total", "Read requests served.",
-           st->client_reads);
-  counter (o, "client_read_bytes_total", "Bytes read by clients.",
-           st->client_read_bytes);
-  counter (o, "client_writes_total", "Write requests served.",
-           st->client_writes);
-  counter (o, "client_written_bytes_total",
-           "Bytes written by clients (compare backend_written_bytes_total: "
-           "write amplification).", st->client_write_bytes);
-  counter (o, "client_zeroes_total", "Zero requests served.",
-           st->client_zeroes);
-  counter (o, "client_zero_bytes_total", "Bytes zeroed by clients.",
-           st->client_zero_bytes);
-  counter (o, "client_trims_total", "Trim requests served.",
-           st->client_trims);
-  counter (o, "client_trim_bytes_total", "Bytes trimmed by clients.",
-           st->client_trim_bytes);
-
-}
-
-/* The image and write-back. */
-static void
-render_backend (struct out *o, const struct cache_stats *st)
-{
-  /* The image. */
-  counter (o, "backend_reads_total", "Reads from the image.",
-           st->backend_reads);
-  counter (o, "backend_read_bytes_total", "Bytes read from the image.",
-           st->backend_read_bytes);
-  counter (o, "backend_writes_total",
-           "Writes to the image (write-back runs, FUA and write-through "
-           "writes).", st->backend_writes);
-  counter (o, "backend_written_bytes_total",
-           "Bytes written to the image.", st->backend_write_bytes);
-  counter (o, "backend_flushes_total", "Syncs of the image (fdatasync).",
-           st->backend_flushes);
-
-  /* Write-back. */
-  counter (o, "writeback_runs_total",
-           "Write-back runs started (one contiguous write of dirty data "
-           "each).", st->wb_runs);
-  counter (o, "writeback_errors_total",
-           "Write-back runs that failed (their data stays dirty).",
-           st->wb_errors);
   gauge (o, "writeback_runs_in_flight",
          "Write-back runs started and not yet completed.",
          st->runs_in_flight);
-  counter (o, "evictions_total", "Clean pages evicted to make room.",
-           st->evictions);
-  counter (o, "throttled_writers_total",
-           "Writes that waited because dirty data passed dirty-ratio.",
-           st->throttled);
-
 }
 
 /* Flushes and threads waiting now. */
 static void
 render_waits (struct out *o, const struct cache_stats *st)
 {
-  /* Flushes. */
-  counter (o, "flushes_total", "Flushes (client flushes and the final "
-           "flush at exit).", st->flushes);
-  counter (o, "flush_errors_total", "Flushes that failed.",
-           st->flush_errors);
   family (o, "flush_seconds_total", "counter",
           "Time spent in flushes, in seconds.");
   out_printf (o, "subpage_flush_seconds_total " SECONDS_FMT "\n",
@@ -351,8 +295,7 @@ metrics_render (const struct cache_stats *st, char *buf, size_t len)
   if (buf != NULL && len > 0)
     buf[0] = '\0';
   render_memory (&o, st);
-  render_requests (&o, st);
-  render_backend (&o, st);
+  render_counters (&o, st);
   render_waits (&o, st);
   return o.pos;
 }
