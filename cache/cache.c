@@ -18,8 +18,7 @@
 static int
 check_config (const struct cache_config *cfg, const char **what)
 {
-  if (!is_power_of_2 (cfg->page_size) ||
-      cfg->page_size < CACHE_MIN_PAGE_SIZE ||
+  if (!is_power_of_2 (cfg->page_size) || cfg->page_size < CACHE_MIN_PAGE_SIZE ||
       cfg->page_size > CACHE_MAX_PAGE_SIZE) {
     *what = "page_size must be a power of 2 between 4K and 2M";
     return -EINVAL;
@@ -48,8 +47,8 @@ check_config (const struct cache_config *cfg, const char **what)
     *what = "the disk is empty";
     return -EINVAL;
   }
-  if (cfg->mode != CACHE_MODE_WRITEBACK && cfg->mode != CACHE_MODE_WRITETHROUGH
-      && cfg->mode != CACHE_MODE_UNSAFE) {
+  if (cfg->mode != CACHE_MODE_WRITEBACK &&
+      cfg->mode != CACHE_MODE_WRITETHROUGH && cfg->mode != CACHE_MODE_UNSAFE) {
     *what = "unknown mode";
     return -EINVAL;
   }
@@ -92,9 +91,10 @@ cache_create (const struct cache_config *cfg,
   c->words = DIV_ROUND_UP (c->nsect, 64);
   c->npages_disk = DIV_ROUND_UP (cfg->size, (uint64_t) cfg->page_size);
   c->nframes = (uint32_t) (cfg->cache_size / cfg->page_size);
-  c->dirty_limit = (uint64_t) c->nframes * cfg->page_size * cfg->dirty_ratio / 100;
-  c->bg_limit = (uint64_t) c->nframes * cfg->page_size
-    * cfg->dirty_background_ratio / 100;
+  c->dirty_limit = (uint64_t) c->nframes * cfg->page_size * cfg->dirty_ratio /
+                   100;
+  c->bg_limit = (uint64_t) c->nframes * cfg->page_size *
+                cfg->dirty_background_ratio / 100;
   c->dirty_limit = MAX (c->dirty_limit, (uint64_t) cfg->page_size);
   c->wb_buf_max = 4 * (uint64_t) c->cfg.batch_bytes;
   wb_init (c);

@@ -33,9 +33,9 @@ struct cache;
 struct cache_run;
 
 /* Request and backend flags. */
-#define CACHE_FUA       0x1u  /* durable on return (write, zero, trim) */
-#define CACHE_MAY_TRIM  0x2u  /* zero: backend may punch a hole */
-#define CACHE_FAST_ZERO 0x4u  /* zero: fail with -ENOTSUP unless fast */
+#define CACHE_FUA 0x1u       /* durable on return (write, zero, trim) */
+#define CACHE_MAY_TRIM 0x2u  /* zero: backend may punch a hole */
+#define CACHE_FAST_ZERO 0x4u /* zero: fail with -ENOTSUP unless fast */
 
 /* How the cache reaches storage.  All return 0 or -errno and must be
  * safe to call from several threads at once.  trim and zero may be
@@ -47,8 +47,8 @@ struct cache_run;
  */
 struct cache_backend_ops {
   int (*pread) (void *opaque, void *buf, uint32_t count, uint64_t off);
-  int (*pwrite) (void *opaque, const void *buf, uint32_t count,
-                 uint64_t off, uint32_t flags);
+  int (*pwrite) (void *opaque, const void *buf, uint32_t count, uint64_t off,
+                 uint32_t flags);
   int (*flush) (void *opaque);
   int (*trim) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
   int (*zero) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
@@ -61,17 +61,17 @@ enum cache_mode {
 };
 
 struct cache_config {
-  uint64_t size;            /* export size in bytes */
-  uint64_t cache_size;      /* bytes of page memory */
-  uint32_t page_size;       /* power of 2, 4K..2M */
-  uint32_t sector_size;     /* power of 2, 512..page_size */
+  uint64_t size;        /* export size in bytes */
+  uint64_t cache_size;  /* bytes of page memory */
+  uint32_t page_size;   /* power of 2, 4K..2M */
+  uint32_t sector_size; /* power of 2, 512..page_size */
   enum cache_mode mode;
   /* Thresholds on dirty memory: pages holding any dirty or in-flight
    * sector, counted at their full size (such a page cannot be reclaimed).
    */
   unsigned dirty_background_ratio; /* % of cache_size: kick write-back */
-  unsigned dirty_ratio;     /* % of cache_size: writers are throttled */
-  uint32_t batch_bytes;     /* write-back buffer per batch; 0 = 1 MiB.
+  unsigned dirty_ratio;            /* % of cache_size: writers are throttled */
+  uint32_t batch_bytes;            /* write-back buffer per batch; 0 = 1 MiB.
                              * At most 4 batches' worth of buffers are
                              * in flight (FUA buffers aside). */
 };
@@ -80,8 +80,8 @@ struct cache_config {
  * of 2 in these bounds (sector_size at most page_size), and a cache of
  * at least CACHE_MIN_PAGES pages.
  */
-#define CACHE_MIN_PAGE_SIZE   4096u
-#define CACHE_MAX_PAGE_SIZE   (2u * 1024 * 1024)
+#define CACHE_MIN_PAGE_SIZE 4096u
+#define CACHE_MAX_PAGE_SIZE (2u * 1024 * 1024)
 #define CACHE_MIN_SECTOR_SIZE 512u
 #define CACHE_MIN_PAGES 8
 
@@ -108,9 +108,8 @@ typedef void (*cache_kick_fn) (void *opaque);
  */
 struct cache *cache_create (const struct cache_config *cfg,
                             const struct cache_backend_ops *ops,
-                            void *backend_opaque,
-                            cache_log_fn log, void *log_opaque,
-                            int *err);
+                            void *backend_opaque, cache_log_fn log,
+                            void *log_opaque, int *err);
 /* Frees everything.  Dirty data is NOT written: call cache_drain first.
  * No run may be in flight.
  */
@@ -130,8 +129,8 @@ void cache_set_debug (struct cache *c, bool verbose);
  * CACHE_FAST_ZERO for zero.
  */
 int cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off);
-int cache_write (struct cache *c, const void *buf, uint32_t count,
-                 uint64_t off, uint32_t flags);
+int cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+                 uint32_t flags);
 int cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
 int cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
 /* Brings [off, off+count) into the cache (NBD_CMD_CACHE). */
@@ -157,8 +156,8 @@ int cache_drain (struct cache *c);
  * thread can call it.
  */
 enum cache_wb_reason {
-  CACHE_WB_EXPIRED,     /* pages dirty for at least expire_ms */
-  CACHE_WB_BACKGROUND,  /* oldest dirty pages, regardless of age */
+  CACHE_WB_EXPIRED,    /* pages dirty for at least expire_ms */
+  CACHE_WB_BACKGROUND, /* oldest dirty pages, regardless of age */
 };
 int cache_writeback (struct cache *c, enum cache_wb_reason why,
                      uint64_t expire_ms);
@@ -194,55 +193,52 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
  * name, "subpage_" first, and help; NULL: the endpoint shows it another
  * way).  X (field, metric, help).
  */
-#define CACHE_COUNTERS(X)                                                 \
-  X (hits, "hits_total",                                                  \
-     "Sectors read by clients that were in the cache.")                   \
-  X (misses, "misses_total",                                              \
-     "Sectors read from the image because they were not in the cache.")   \
-  X (client_reads, "client_reads_total", "Read requests served.")         \
-  X (client_read_bytes, "client_read_bytes_total",                        \
-     "Bytes read by clients.")                                            \
-  X (client_writes, "client_writes_total", "Write requests served.")      \
-  X (client_write_bytes, "client_written_bytes_total",                    \
-     "Bytes written by clients (compare backend_written_bytes_total: "    \
-     "write amplification).")                                             \
-  X (client_zeroes, "client_zeroes_total", "Zero requests served.")       \
-  X (client_zero_bytes, "client_zero_bytes_total",                        \
-     "Bytes zeroed by clients.")                                          \
-  X (client_trims, "client_trims_total", "Trim requests served.")         \
-  X (client_trim_bytes, "client_trim_bytes_total",                        \
-     "Bytes trimmed by clients.")                                         \
-  X (backend_reads, "backend_reads_total", "Reads from the image.")       \
-  X (backend_read_bytes, "backend_read_bytes_total",                      \
-     "Bytes read from the image.")                                        \
-  X (backend_writes, "backend_writes_total",                              \
-     "Writes to the image (write-back runs, FUA and write-through "       \
-     "writes).")                                                          \
-  X (backend_write_bytes, "backend_written_bytes_total",                  \
-     "Bytes written to the image.")                                       \
-  X (backend_flushes, "backend_flushes_total",                            \
-     "Syncs of the image (fdatasync).")                                   \
-  X (wb_runs, "writeback_runs_total",                                     \
-     "Write-back runs started (one contiguous write of dirty data "       \
-     "each).")                                                            \
-  X (wb_errors, "writeback_errors_total",                                 \
-     "Write-back runs that failed (their data stays dirty).")             \
-  X (evictions, "evictions_total", "Clean pages evicted to make room.")   \
-  X (throttled, "throttled_writers_total",                                \
-     "Writes that waited because dirty data passed dirty-ratio.")         \
-  X (flushes, "flushes_total",                                            \
-     "Flushes (client flushes and the final flush at exit).")             \
-  X (flush_errors, "flush_errors_total", "Flushes that failed.")          \
+#define CACHE_COUNTERS(X)                                                      \
+  X (hits, "hits_total", "Sectors read by clients that were in the cache.")    \
+  X (misses, "misses_total",                                                   \
+     "Sectors read from the image because they were not in the cache.")        \
+  X (client_reads, "client_reads_total", "Read requests served.")              \
+  X (client_read_bytes, "client_read_bytes_total", "Bytes read by clients.")   \
+  X (client_writes, "client_writes_total", "Write requests served.")           \
+  X (client_write_bytes, "client_written_bytes_total",                         \
+     "Bytes written by clients (compare backend_written_bytes_total: "         \
+     "write amplification).")                                                  \
+  X (client_zeroes, "client_zeroes_total", "Zero requests served.")            \
+  X (client_zero_bytes, "client_zero_bytes_total", "Bytes zeroed by clients.") \
+  X (client_trims, "client_trims_total", "Trim requests served.")              \
+  X (client_trim_bytes, "client_trim_bytes_total",                             \
+     "Bytes trimmed by clients.")                                              \
+  X (backend_reads, "backend_reads_total", "Reads from the image.")            \
+  X (backend_read_bytes, "backend_read_bytes_total",                           \
+     "Bytes read from the image.")                                             \
+  X (backend_writes, "backend_writes_total",                                   \
+     "Writes to the image (write-back runs, FUA and write-through "            \
+     "writes).")                                                               \
+  X (backend_write_bytes, "backend_written_bytes_total",                       \
+     "Bytes written to the image.")                                            \
+  X (backend_flushes, "backend_flushes_total",                                 \
+     "Syncs of the image (fdatasync).")                                        \
+  X (wb_runs, "writeback_runs_total",                                          \
+     "Write-back runs started (one contiguous write of dirty data "            \
+     "each).")                                                                 \
+  X (wb_errors, "writeback_errors_total",                                      \
+     "Write-back runs that failed (their data stays dirty).")                  \
+  X (evictions, "evictions_total", "Clean pages evicted to make room.")        \
+  X (throttled, "throttled_writers_total",                                     \
+     "Writes that waited because dirty data passed dirty-ratio.")              \
+  X (flushes, "flushes_total",                                                 \
+     "Flushes (client flushes and the final flush at exit).")                  \
+  X (flush_errors, "flush_errors_total", "Flushes that failed.")               \
   X (flush_ns_total, NULL, NULL)
 
 /* Statistics (approximate while requests run; exact when idle). */
 struct cache_stats {
   uint64_t size, cache_size, page_size, sector_size;
   uint64_t pages_total, pages_resident;
-  uint64_t cached_bytes;       /* V sectors */
-  uint64_t dirty_bytes;        /* D sectors */
-  uint64_t writeback_bytes;    /* W sectors */
-  uint64_t dirty_pages;        /* pages holding a D or W sector */
+  uint64_t cached_bytes;    /* V sectors */
+  uint64_t dirty_bytes;     /* D sectors */
+  uint64_t writeback_bytes; /* W sectors */
+  uint64_t dirty_pages;     /* pages holding a D or W sector */
   /* The counters above: hits and misses count sectors; the client
    * figures count cache_read/cache_write/cache_zero/cache_trim calls
    * that succeeded (backend_write_bytes / client_write_bytes is the
@@ -258,7 +254,7 @@ struct cache_stats {
    */
   uint64_t waiting_flush, waiting_throttle, waiting_page, waiting_idle;
   uint64_t runs_in_flight;
-  uint64_t writeback_buffer_bytes;  /* snapshot buffers alive */
+  uint64_t writeback_buffer_bytes; /* snapshot buffers alive */
   uint64_t metadata_bytes;
 };
 void cache_get_stats (struct cache *c, struct cache_stats *st);

@@ -33,9 +33,12 @@ cache_debug_sector (struct cache *c, uint64_t off)
     return 0;
   i = (uint32_t) ((off & (c->cfg.page_size - 1)) >> c->sector_shift);
   page_lock (p);
-  if (sect_test (&p->sb, SECT_BM_V, i)) r |= CACHE_SECT_V;
-  if (sect_test (&p->sb, SECT_BM_D, i)) r |= CACHE_SECT_D;
-  if (sect_test (&p->sb, SECT_BM_W, i)) r |= CACHE_SECT_W;
+  if (sect_test (&p->sb, SECT_BM_V, i))
+    r |= CACHE_SECT_V;
+  if (sect_test (&p->sb, SECT_BM_D, i))
+    r |= CACHE_SECT_D;
+  if (sect_test (&p->sb, SECT_BM_W, i))
+    r |= CACHE_SECT_W;
   page_unlock (p);
   page_unpin (c, p);
   return r;
@@ -60,7 +63,7 @@ cache_debug_refs (struct cache *c, uint64_t off)
 
   if (!p)
     return 0;
-  r = atomic_load (&p->refs) - 1;       /* not counting our own */
+  r = atomic_load (&p->refs) - 1; /* not counting our own */
   page_unpin (c, p);
   return r;
 }
@@ -81,8 +84,8 @@ cache_debug_unpin (struct cache *c, uint64_t off)
   struct page *p = page_find (c, off >> c->page_shift);
 
   CACHE_ASSERT (p != NULL);
-  page_unpin (c, p);                    /* page_find's pin */
-  page_unpin (c, p);                    /* cache_debug_pin's pin */
+  page_unpin (c, p); /* page_find's pin */
+  page_unpin (c, p); /* cache_debug_pin's pin */
 }
 
 bool

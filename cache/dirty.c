@@ -101,7 +101,8 @@ dirty_waiters (struct cache *c)
 {
   LOCK_ASSERT_HELD (&c->wb_lock);
   return atomic_load (&c->w_flush) + atomic_load (&c->w_throttle) +
-         atomic_load (&c->w_idle) > 0;
+           atomic_load (&c->w_idle) >
+         0;
 }
 
 void

@@ -77,7 +77,7 @@ group_commit (struct cache *c)
       atomic_fetch_add (&c->ctr.backend_flushes, 1);
       lock_take (&c->gc_lock);
       c->gc_running--;
-      for (struct gc_waiter **pp = &c->gc_waiters; *pp; ) {
+      for (struct gc_waiter **pp = &c->gc_waiters; *pp;) {
         if ((*pp)->ticket <= target) {
           (*pp)->done = true;
           (*pp)->err = r;
@@ -135,7 +135,7 @@ flush_body (struct cache *c, bool force)
       break;
     if (c->wb_err_gen != gen0) {
       if (runs == 0)
-        break;                          /* failed; nothing more in flight */
+        break; /* failed; nothing more in flight */
     }
     else if (pages > 0 &&
              !(collected_nothing && atomic_load (&c->progress) == ticket)) {
@@ -160,7 +160,7 @@ flush_body (struct cache *c, bool force)
     collected_nothing = false;
   }
   if (!err) {
-    err = c->wb_err;                    /* reported once */
+    err = c->wb_err; /* reported once */
     c->wb_err = 0;
   }
   /* Stopped with data of epoch <= t still dirty: whoever consumed the

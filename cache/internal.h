@@ -73,21 +73,21 @@ struct batch;
 /* One contiguous range of sectors of one page inside a run. */
 struct frag {
   struct page *page;
-  struct frag *pnext;         /* page->frags list (page lock) */
+  struct frag *pnext; /* page->frags list (page lock) */
   struct cache_run *run;
-  uint32_t first, n;          /* sectors within the page */
-  uint64_t seq;               /* tag of the data it carries, or SEQ_NONE */
-  uint64_t rseq;              /* tag of redirtying writes, or SEQ_NONE */
+  uint32_t first, n; /* sectors within the page */
+  uint64_t seq;      /* tag of the data it carries, or SEQ_NONE */
+  uint64_t rseq;     /* tag of redirtying writes, or SEQ_NONE */
 };
 
 struct cache_run {
   struct batch *batch;
   uint64_t off;
-  uint32_t len;               /* whole sectors */
-  uint32_t blen;              /* len cut at the end of the disk */
-  uint32_t flags;             /* CACHE_FUA */
+  uint32_t len;   /* whole sectors */
+  uint32_t blen;  /* len cut at the end of the disk */
+  uint32_t flags; /* CACHE_FUA */
   char *data;
-  struct frag *frags;         /* frags[0..nfrags) in disk order */
+  struct frag *frags; /* frags[0..nfrags) in disk order */
   uint32_t nfrags;
 };
 
@@ -102,30 +102,30 @@ struct batch {
   uint32_t nruns, maxruns;
   struct frag *frags;
   uint32_t nfrags, maxfrags;
-  atomic_uint pending;        /* runs not yet done */
+  atomic_uint pending; /* runs not yet done */
 };
 
 struct page {
   struct lock lock;
-  pthread_cond_t cv;          /* broadcast when W bits clear */
+  pthread_cond_t cv; /* broadcast when W bits clear */
   char *data;
   struct sect_bits sb;
 
   /* Identity: written under the shard lock (and clock_lock when freed). */
-  _Atomic uint64_t index;     /* page number, PAGE_NONE if frame free;
+  _Atomic uint64_t index; /* page number, PAGE_NONE if frame free;
                                * read without the shard lock only as a
                                * hint (try_evict re-checks under it) */
-  struct page *hnext;         /* shard hash chain */
-  atomic_uint refs;           /* pins; see page.c */
-  atomic_bool referenced;     /* CLOCK bit */
+  struct page *hnext;     /* shard hash chain */
+  atomic_uint refs;       /* pins; see page.c */
+  atomic_bool referenced; /* CLOCK bit */
 
   /* Page lock. */
-  uint32_t nv, nw;            /* counts of V and W sectors */
-  atomic_uint nd;             /* count of D sectors; written under the
+  uint32_t nv, nw;    /* counts of V and W sectors */
+  atomic_uint nd;     /* count of D sectors; written under the
                                * page lock, read without it by collectors
                                * sizing a batch */
-  struct frag *frags;         /* snapshots in flight */
-  unsigned nwaiters;          /* threads waiting on cv */
+  struct frag *frags; /* snapshots in flight */
+  unsigned nwaiters;  /* threads waiting on cv */
 
   /* wb_lock (read also under the page lock by writers, who take wb_lock
    * to change them).
@@ -147,7 +147,7 @@ struct shard {
 
 /* A TRIM or ZERO in progress: collectors and FUA leave its range alone. */
 struct busy_range {
-  uint64_t first_page, last_page;   /* inclusive */
+  uint64_t first_page, last_page; /* inclusive */
   struct busy_range *next;
 };
 
@@ -178,7 +178,7 @@ struct cache {
   /* Geometry. */
   uint32_t page_shift, sector_shift, nsect, words;
   uint64_t npages_disk;
-  uint64_t dirty_limit, bg_limit;   /* bytes */
+  uint64_t dirty_limit, bg_limit; /* bytes */
 
   /* Frames. */
   uint32_t nframes;
@@ -198,7 +198,7 @@ struct cache {
 
   /* wb_lock */
   struct lock wb_lock;
-  pthread_cond_t wb_cv;       /* progress: runs done, collect done, discard done */
+  pthread_cond_t wb_cv; /* progress: runs done, collect done, discard done */
   struct page *dirty_head, *dirty_tail;
   uint64_t ndirty_pages;
   uint64_t epoch, ebase;
@@ -208,10 +208,10 @@ struct cache {
 
   struct busy_range *busy;
   atomic_uint nbusy;
-  int wb_err;                 /* first write-back error not yet reported */
-  int wb_last_err;            /* most recent write-back error */
-  uint64_t wb_err_gen;        /* write-back errors ever */
-  bool wb_failing;            /* the last run completed with an error */
+  int wb_err;          /* first write-back error not yet reported */
+  int wb_last_err;     /* most recent write-back error */
+  uint64_t wb_err_gen; /* write-back errors ever */
+  bool wb_failing;     /* the last run completed with an error */
 
   /* Discard generation: fills installed only if unchanged. */
   atomic_uint_fast64_t discard_started;
@@ -219,15 +219,15 @@ struct cache {
   /* Group commit of backend flushes. */
   struct lock gc_lock;
   pthread_cond_t gc_cv;
-  uint64_t gc_requested;         /* tickets handed out */
-  uint64_t gc_started;           /* highest ticket a started flush covers */
-  unsigned gc_running;           /* backend flushes in progress */
+  uint64_t gc_requested; /* tickets handed out */
+  uint64_t gc_started;   /* highest ticket a started flush covers */
+  unsigned gc_running;   /* backend flushes in progress */
   struct gc_waiter *gc_waiters;
 
   /* Statistics. */
   atomic_uint_fast64_t st_v, st_d, st_w, st_resident;
-  atomic_uint_fast64_t st_dpages;   /* pages holding a D or W sector */
-  struct {                    /* CACHE_COUNTERS, as atomics */
+  atomic_uint_fast64_t st_dpages; /* pages holding a D or W sector */
+  struct {                        /* CACHE_COUNTERS, as atomics */
 #define CACHE_CTR_FIELD(f, metric, help) atomic_uint_fast64_t f;
     CACHE_COUNTERS (CACHE_CTR_FIELD)
 #undef CACHE_CTR_FIELD
@@ -260,26 +260,29 @@ struct gc_waiter {
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS
-#define CACHE_PARK(c, name)                                             \
-  do {                                                                  \
-    cache_park_fn _park = atomic_load (&(c)->park);                     \
-    if (_park)                                                          \
-      _park (atomic_load (&(c)->park_opaque), (name));                  \
+#define CACHE_PARK(c, name)                            \
+  do {                                                 \
+    cache_park_fn _park = atomic_load (&(c)->park);    \
+    if (_park)                                         \
+      _park (atomic_load (&(c)->park_opaque), (name)); \
   } while (0)
 #else
 #define CACHE_PARK(c, name) ((void) 0)
 #endif
 
 /* report.c: statistics, the log, the clock. */
-void report_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-#define report_debug(c, ...) \
-  do { if (atomic_load_explicit (&(c)->verbose, memory_order_relaxed)) \
-         report_logf ((c), CACHE_LOG_DEBUG, __VA_ARGS__); } while (0)
+void report_logf (struct cache *c, enum cache_log_level lvl, const char *fmt,
+                  ...) __attribute__ ((format (printf, 3, 4)));
+#define report_debug(c, ...)                                        \
+  do {                                                              \
+    if (atomic_load_explicit (&(c)->verbose, memory_order_relaxed)) \
+      report_logf ((c), CACHE_LOG_DEBUG, __VA_ARGS__);              \
+  } while (0)
 uint64_t report_now_ms (void);
 uint64_t report_now_ns (void);
 /* Page locked.  Adds sector changes D to P's counters and the cache's. */
-void report_account (struct cache *c, struct page *p, const struct sect_delta *d);
+void report_account (struct cache *c, struct page *p,
+                     const struct sect_delta *d);
 /* Counts one client request of COUNT bytes that succeeded. */
 void report_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
                      uint32_t count);
@@ -297,7 +300,7 @@ void page_table_free (struct cache *c);
 struct page *page_get (struct cache *c, uint64_t index, bool wait, int *err);
 /* The pinned page if resident, else NULL. */
 struct page *page_find (struct cache *c, uint64_t index);
-void page_pin_more (struct page *p);           /* caller already holds a pin */
+void page_pin_more (struct page *p); /* caller already holds a pin */
 void page_unpin (struct cache *c, struct page *p);
 void page_lock (struct page *p);
 void page_unlock (struct page *p);
@@ -306,8 +309,11 @@ void page_wait (struct cache *c, struct page *p, atomic_uint_fast64_t *counter);
 void page_wake (struct page *p);
 bool page_check (struct cache *c, struct page *p);
 void page_dump (struct cache *c, struct page *p, const char *why);
-static inline uint64_t page_offset (struct cache *c, struct page *p)
-{ return p->index << c->page_shift; }
+static inline uint64_t
+page_offset (struct cache *c, struct page *p)
+{
+  return p->index << c->page_shift;
+}
 /* The part of [a, e) (sector-aligned) in page PI: bytes [lo, hi) and
  * sectors [s0, s0 + n) of the page.
  */
@@ -327,8 +333,11 @@ page_part (struct cache *c, uint64_t pi, uint64_t a, uint64_t e)
   pp.n = (uint32_t) ((pp.hi - pp.lo) >> c->sector_shift);
   return pp;
 }
-static inline char *sect_data (struct cache *c, struct page *p, uint32_t i)
-{ return p->data + ((size_t) i << c->sector_shift); }
+static inline char *
+sect_data (struct cache *c, struct page *p, uint32_t i)
+{
+  return p->data + ((size_t) i << c->sector_shift);
+}
 
 /* dirty.c: the dirty list, epoch tags, busy ranges, collect progress.
  * "wb_lock held" functions assert it.
@@ -386,8 +395,7 @@ bool dirty_busy_overlaps (struct cache *c, uint64_t first_page,
 /* wb_lock not held.  Waits until no busy range covers any page of
  * [first_page, last_page] (0, UINT64_MAX: until there is none at all).
  */
-void dirty_busy_wait (struct cache *c, uint64_t first_page,
-                      uint64_t last_page);
+void dirty_busy_wait (struct cache *c, uint64_t first_page, uint64_t last_page);
 /* Dirty memory: pages holding a D or W sector, at their full size. */
 uint64_t dirty_mem (struct cache *c);
 

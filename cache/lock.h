@@ -26,7 +26,7 @@
 
 struct lock {
   pthread_mutex_t m;
-  atomic_uintptr_t owner;       /* lock_self () of the holder, 0 if free */
+  atomic_uintptr_t owner; /* lock_self () of the holder, 0 if free */
 };
 
 static inline uintptr_t

@@ -294,7 +294,7 @@ frame_get (struct cache *c, bool wait, int *err)
     if (!kicked) {
       atomic_fetch_sub (&c->frame_waiters, 1);
       lock_drop (&c->clock_lock);
-      c->want_writeback (c);             /* the upcall: internal.h */
+      c->want_writeback (c); /* the upcall: internal.h */
       lock_take (&c->clock_lock);
       kicked = true;
       continue;
@@ -355,13 +355,13 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
     return p;
   }
 
-  frame = frame_get (c, wait, err);  /* before the shard lock */
+  frame = frame_get (c, wait, err); /* before the shard lock */
   if (!frame)
     return NULL;
 
   lock_take (&s->lock);
   p = shard_lookup (s, index);
-  if (p) {                        /* another thread inserted it */
+  if (p) { /* another thread inserted it */
     atomic_fetch_add (&p->refs, 1);
     lock_drop (&s->lock);
     frame_put (c, frame);
@@ -391,8 +391,8 @@ page_check (struct cache *c, struct page *p)
   sect_totals (&p->sb, &nv, &nd, &nw);
   for (struct frag *f = p->frags; f; f = f->pnext)
     fw += f->n;
-  if (!sect_check (&p->sb) || nv != p->nv || nd != p->nd || nw != p->nw
-      || fw != nw) {
+  if (!sect_check (&p->sb) || nv != p->nv || nd != p->nd || nw != p->nw ||
+      fw != nw) {
     page_dump (c, p, "page_check failed");
     return false;
   }
@@ -406,7 +406,7 @@ page_dump (struct cache *c, struct page *p, const char *why)
 
   sect_dump (&p->sb, buf, sizeof buf);
   report_logf (c, CACHE_LOG_ERROR,
-              "%s: page %" PRIu64 " refs=%u nv=%u nd=%u nw=%u listed=%d %s",
-              why, p->index, atomic_load (&p->refs), p->nv, p->nd, p->nw,
-              p->listed, buf);
+               "%s: page %" PRIu64 " refs=%u nv=%u nd=%u nw=%u listed=%d %s",
+               why, p->index, atomic_load (&p->refs), p->nv, p->nd, p->nw,
+               p->listed, buf);
 }

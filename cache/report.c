@@ -48,7 +48,8 @@ report_logf (struct cache *c, enum cache_log_level lvl, const char *fmt, ...)
 void
 report_account (struct cache *c, struct page *p, const struct sect_delta *d)
 {
-  bool was_dirty = atomic_load_explicit (&p->nd, memory_order_relaxed) + p->nw > 0;
+  bool was_dirty = atomic_load_explicit (&p->nd, memory_order_relaxed) + p->nw >
+                   0;
   bool is_dirty;
 
   LOCK_ASSERT_HELD (&p->lock);
@@ -70,7 +71,7 @@ report_account (struct cache *c, struct page *p, const struct sect_delta *d)
 /* Counts one client request of COUNT bytes that succeeded. */
 void
 report_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
-               uint32_t count)
+                uint32_t count)
 {
   atomic_fetch_add_explicit (n, 1, memory_order_relaxed);
   atomic_fetch_add_explicit (bytes, count, memory_order_relaxed);
@@ -92,8 +93,7 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->dirty_bytes = atomic_load (&c->st_d) * ss;
   st->writeback_bytes = atomic_load (&c->st_w) * ss;
   st->dirty_pages = atomic_load (&c->st_dpages);
-#define CACHE_STATS_COPY(f, metric, help) \
-  st->f = atomic_load (&c->ctr.f);
+#define CACHE_STATS_COPY(f, metric, help) st->f = atomic_load (&c->ctr.f);
   CACHE_COUNTERS (CACHE_STATS_COPY)
 #undef CACHE_STATS_COPY
   st->waiting_flush = atomic_load (&c->w_flush);
@@ -102,8 +102,9 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->waiting_idle = atomic_load (&c->w_idle);
   st->runs_in_flight = atomic_load (&c->runs_in_flight);
   st->writeback_buffer_bytes = atomic_load (&c->wb_buf_bytes);
-  st->metadata_bytes = sizeof *c
-    + (uint64_t) c->nframes * (sizeof (struct page) + sizeof (uint32_t)
-                               + SECT_NR_BITMAPS * c->words * sizeof (uint64_t))
-    + NR_SHARDS * (uint64_t) (c->shards[0].mask + 1) * sizeof (struct page *);
+  st->metadata_bytes =
+    sizeof *c +
+    (uint64_t) c->nframes * (sizeof (struct page) + sizeof (uint32_t) +
+                             SECT_NR_BITMAPS * c->words * sizeof (uint64_t)) +
+    NR_SHARDS * (uint64_t) (c->shards[0].mask + 1) * sizeof (struct page *);
 }

@@ -79,8 +79,8 @@ backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
 
 /* Sectors [*s0, *s0 + *n) of page PI that [lo, hi) covers. */
 static void
-page_span (struct cache *c, uint64_t pi, uint64_t lo, uint64_t hi,
-           uint32_t *s0, uint32_t *n)
+page_span (struct cache *c, uint64_t pi, uint64_t lo, uint64_t hi, uint32_t *s0,
+           uint32_t *n)
 {
   uint64_t poff = pi << c->page_shift;
 
@@ -147,8 +147,7 @@ read_pin (struct read_chunk *ch, uint64_t *pos, uint64_t end,
  * value it had during the read.  Returns the number of segments.
  */
 static unsigned
-read_list_missing (struct read_chunk *ch, struct read_seg *segs,
-                   size_t maxsegs)
+read_list_missing (struct read_chunk *ch, struct read_seg *segs, size_t maxsegs)
 {
   struct cache *c = ch->c;
   unsigned nsegs = 0;
@@ -337,7 +336,7 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   if (r < 0)
     return r;
   if (sect_test (&p->sb, SECT_BM_V, i))
-    return 0;                           /* written meanwhile: newer */
+    return 0; /* written meanwhile: newer */
   if (!stable || atomic_load (&c->discard_started) != gen)
     return 1;
   {
@@ -429,7 +428,7 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
     flags &= ~CACHE_FUA;
   if (!IS_ALIGNED (off, (uint64_t) c->cfg.sector_size) ||
       !IS_ALIGNED (end, (uint64_t) c->cfg.sector_size)) {
-    tmp = malloc (c->cfg.sector_size);  /* before any lock */
+    tmp = malloc (c->cfg.sector_size); /* before any lock */
     if (!tmp)
       return -ENOMEM;
   }
@@ -499,7 +498,7 @@ drop_range (struct cache *c, uint64_t a, uint64_t e)
     if (!p)
       continue;
     page_lock (p);
-    sect_drop (&p->sb, pp.s0, pp.n, &d);      /* asserts no W: range is busy */
+    sect_drop (&p->sb, pp.s0, pp.n, &d); /* asserts no W: range is busy */
     report_account (c, p, &d);
     dirty_note_drop (c, p);
     CACHE_ASSERT (page_check (c, p));
@@ -536,15 +535,15 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
     return 0;
   if (off > c->cfg.size || count > c->cfg.size - off)
     return -EINVAL;
-  if (end == c->cfg.size)               /* a partial last sector counts */
+  if (end == c->cfg.size) /* a partial last sector counts */
     e = ROUND_UP (end, ss);
   if (c->cfg.mode == CACHE_MODE_UNSAFE)
     flags &= ~CACHE_FUA;
 
-  if (zero && a >= e)                   /* inside one sector */
+  if (zero && a >= e) /* inside one sector */
     return write_zeroes (c, count, off, flags & CACHE_FUA);
   if (!zero && (a >= e || !c->ops->trim))
-    return 0;                           /* trim is advisory */
+    return 0; /* trim is advisory */
   if (zero && !c->ops->zero) {
     if (flags & CACHE_FAST_ZERO)
       return -ENOTSUP;
@@ -568,8 +567,8 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
    */
   if (!zero && (r > 0 || (r < 0 && r != -EIO && r != -ENOSPC)))
     r = 0;
-  report_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim",
-               a, e - a, r);
+  report_debug (c, "%s %" PRIu64 "+%" PRIu64 ": %d", zero ? "zero" : "trim", a,
+                e - a, r);
   /* Partial head and tail sectors, only once the backend's part has
    * succeeded: a refused FAST_ZERO (or a failed one) changes nothing.
    */

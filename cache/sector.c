@@ -19,6 +19,7 @@
 #include "sector.h"
 #include "util.h"
 
+/* clang-format off */
 const struct sect_edge sect_edges[] = {
   { SECT_ABSENT,    SECT_OP_FILL_DONE,  SECT_CLEAN,     "sect_fill_done" },
   { SECT_ABSENT,    SECT_OP_WRITE,      SECT_DIRTY,     "sect_write" },
@@ -36,6 +37,7 @@ const struct sect_edge sect_edges[] = {
   { SECT_DIRTY,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
   { SECT_ABSENT,    SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
 };
+/* clang-format on */
 const unsigned sect_nr_edges = sizeof sect_edges / sizeof sect_edges[0];
 
 const char *
@@ -107,15 +109,15 @@ range_mask (uint32_t w, uint32_t first, uint32_t end)
   return m << (a - lo);
 }
 
-#define FOR_EACH_WORD(sb, first, n, w, mask)                            \
-  for (uint32_t w = (first) / 64, _end = (first) + (n);                 \
-       w < DIV_ROUND_UP (_end, 64); w++)                                \
-    for (uint64_t mask = range_mask (w, (first), _end), _once = 1;      \
-         _once; _once = 0)
+#define FOR_EACH_WORD(sb, first, n, w, mask)                              \
+  for (uint32_t w = (first) / 64, _end = (first) + (n);                   \
+       w < DIV_ROUND_UP (_end, 64); w++)                                  \
+    for (uint64_t mask = range_mask (w, (first), _end), _once = 1; _once; \
+         _once = 0)
 
 uint32_t
-sect_count (const struct sect_bits *sb, enum sect_bitmap bm,
-            uint32_t first, uint32_t n)
+sect_count (const struct sect_bits *sb, enum sect_bitmap bm, uint32_t first,
+            uint32_t n)
 {
   const uint64_t *b = bm_words (sb, bm);
   uint32_t c = 0;
@@ -158,8 +160,8 @@ sect_totals (const struct sect_bits *sb, uint32_t *nv, uint32_t *nd,
  * of a are inverted first if !want.
  */
 static uint32_t
-find_bits (const uint64_t *a, bool want, const uint64_t *b,
-           uint32_t from, uint32_t end)
+find_bits (const uint64_t *a, bool want, const uint64_t *b, uint32_t from,
+           uint32_t end)
 {
   if (from >= end)
     return end;
@@ -201,12 +203,15 @@ allowed_mask (const struct sect_bits *sb, uint32_t w, unsigned allowed)
   uint64_t wb = bm_words (sb, SECT_BM_W)[w];
   uint64_t ok = 0;
 
+  /* clang-format off */
   if (allowed & (1u << SECT_ABSENT))    ok |= ~v & ~d & ~wb;
   if (allowed & (1u << SECT_CLEAN))     ok |= v & ~d & ~wb;
   if (allowed & (1u << SECT_DIRTY))     ok |= v & d & ~wb;
   if (allowed & (1u << SECT_WRITEBACK)) ok |= v & ~d & wb;
   if (allowed & (1u << SECT_REDIRTIED)) ok |= v & d & wb;
-  if (allowed & (1u << SECT_ILLEGAL))   ok |= ~v & (d | wb);
+  /* clang-format on */
+  if (allowed & (1u << SECT_ILLEGAL))
+    ok |= ~v & (d | wb);
   return ok;
 }
 
@@ -224,8 +229,9 @@ assert_from (const struct sect_bits *sb, uint32_t first, uint32_t n,
     if (bad) {
       uint32_t i = w * 64 + (uint32_t) __builtin_ctzll (bad);
       enum sect_state s = sect_get (sb, i);
-      fprintf (stderr, "subpage: illegal transition from sector %u in state %s\n",
-               i, sect_state_name (s));
+      fprintf (stderr,
+               "subpage: illegal transition from sector %u in state %s\n", i,
+               sect_state_name (s));
       CACHE_ASSERT (((allowed >> s) & 1) && "illegal sector transition");
       return;
     }
@@ -263,8 +269,9 @@ sect_write (struct sect_bits *sb, uint32_t first, uint32_t n,
   uint64_t *v = bm_words (sb, SECT_BM_V), *d = bm_words (sb, SECT_BM_D);
   int nv = 0, nd = 0;
 
-  assert_from (sb, first, n, ST (SECT_ABSENT) | ST (SECT_CLEAN) |
-               ST (SECT_DIRTY) | ST (SECT_WRITEBACK) | ST (SECT_REDIRTIED));
+  assert_from (sb, first, n,
+               ST (SECT_ABSENT) | ST (SECT_CLEAN) | ST (SECT_DIRTY) |
+                 ST (SECT_WRITEBACK) | ST (SECT_REDIRTIED));
   FOR_EACH_WORD (sb, first, n, w, mask) {
     nv += popcount64 (mask & ~v[w]);
     nd += popcount64 (mask & ~d[w]);
@@ -315,8 +322,8 @@ sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
   uint64_t *v = bm_words (sb, SECT_BM_V), *d = bm_words (sb, SECT_BM_D);
   int nv = 0, nd = 0;
 
-  assert_from (sb, first, n, ST (SECT_ABSENT) | ST (SECT_CLEAN) |
-               ST (SECT_DIRTY));
+  assert_from (sb, first, n,
+               ST (SECT_ABSENT) | ST (SECT_CLEAN) | ST (SECT_DIRTY));
   FOR_EACH_WORD (sb, first, n, w, mask) {
     nv += popcount64 (mask & v[w]);
     nd += popcount64 (mask & d[w]);
@@ -347,7 +354,8 @@ sect_check (const struct sect_bits *sb)
   const uint64_t *v = bm_words (sb, SECT_BM_V);
   const uint64_t *d = bm_words (sb, SECT_BM_D);
   const uint64_t *wb = bm_words (sb, SECT_BM_W);
-  uint64_t tail = sb->nsect % 64 ? ~((UINT64_C (1) << (sb->nsect % 64)) - 1) : 0;
+  uint64_t tail = sb->nsect % 64 ? ~((UINT64_C (1) << (sb->nsect % 64)) - 1)
+                                 : 0;
 
   for (uint32_t w = 0; w < sb->words; w++) {
     if ((d[w] | wb[w]) & ~v[w])

@@ -77,7 +77,7 @@ enum sect_state {
   SECT_DIRTY,
   SECT_WRITEBACK,
   SECT_REDIRTIED,
-  SECT_ILLEGAL,      /* D or W without V: never valid */
+  SECT_ILLEGAL, /* D or W without V: never valid */
 };
 
 /* The bitmaps of one page.  bits points to SECT_NR_BITMAPS * words
@@ -86,7 +86,7 @@ enum sect_state {
 struct sect_bits {
   uint64_t *bits;
   uint32_t nsect;
-  uint32_t words;    /* words per bitmap = DIV_ROUND_UP (nsect, 64) */
+  uint32_t words; /* words per bitmap = DIV_ROUND_UP (nsect, 64) */
 };
 
 /* Counts of sectors whose bits changed, for the cache's byte counters. */
@@ -103,11 +103,11 @@ uint32_t sect_count (const struct sect_bits *sb, enum sect_bitmap bm,
 /* Finds the next sector >= from and < end with bitmap BM set (or, if
  * want is false, clear).  Returns end if none.
  */
-uint32_t sect_find (const struct sect_bits *sb, enum sect_bitmap bm,
-                    bool want, uint32_t from, uint32_t end);
+uint32_t sect_find (const struct sect_bits *sb, enum sect_bitmap bm, bool want,
+                    uint32_t from, uint32_t end);
 /* Next sector >= from and < end that is DIRTY (D and not W); end if none. */
-uint32_t sect_find_dirty_idle (const struct sect_bits *sb,
-                               uint32_t from, uint32_t end);
+uint32_t sect_find_dirty_idle (const struct sect_bits *sb, uint32_t from,
+                               uint32_t end);
 bool sect_any (const struct sect_bits *sb, enum sect_bitmap bm);
 /* The number of sectors with V, with D and with W set in the whole
  * page: sect_count of each bitmap in one pass, for page_check.
@@ -120,15 +120,15 @@ void sect_totals (const struct sect_bits *sb, uint32_t *nv, uint32_t *nd,
  * changed to *delta (which may be NULL).
  */
 void sect_fill_done (struct sect_bits *sb, uint32_t first, uint32_t n,
-                     struct sect_delta *delta);   /* ABSENT only */
+                     struct sect_delta *delta); /* ABSENT only */
 void sect_write (struct sect_bits *sb, uint32_t first, uint32_t n,
                  struct sect_delta *delta);
 void sect_wb_start (struct sect_bits *sb, uint32_t first, uint32_t n,
-                    struct sect_delta *delta);   /* DIRTY or CLEAN */
-void sect_wb_end (struct sect_bits *sb, uint32_t first, uint32_t n,
-                  bool ok, struct sect_delta *delta);  /* W set */
+                    struct sect_delta *delta); /* DIRTY or CLEAN */
+void sect_wb_end (struct sect_bits *sb, uint32_t first, uint32_t n, bool ok,
+                  struct sect_delta *delta); /* W set */
 void sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
-                struct sect_delta *delta);       /* W clear */
+                struct sect_delta *delta); /* W clear */
 
 /* The transition table, as data: sect_apply performs one edge of it
  * and tests/unit/test-sector.c walks it, applying every op to every
@@ -136,9 +136,15 @@ void sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
  * the table does not list fails CACHE_ASSERT), so the comment above,
  * the code and the tests cannot drift apart.
  */
-enum sect_op { SECT_OP_FILL_DONE, SECT_OP_WRITE, SECT_OP_WB_START,
-               SECT_OP_WB_END_OK, SECT_OP_WB_END_ERR, SECT_OP_DROP,
-               SECT_NR_OPS };
+enum sect_op {
+  SECT_OP_FILL_DONE,
+  SECT_OP_WRITE,
+  SECT_OP_WB_START,
+  SECT_OP_WB_END_OK,
+  SECT_OP_WB_END_ERR,
+  SECT_OP_DROP,
+  SECT_NR_OPS
+};
 struct sect_edge {
   enum sect_state from;
   enum sect_op op;

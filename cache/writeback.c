@@ -75,7 +75,7 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
   b->cap = cap;
   b->maxfrags = b->maxruns = maxfrags;
   b->buf = malloc (cap);
-  b->frags = malloc (maxfrags * sizeof *b->frags);  /* set when used */
+  b->frags = malloc (maxfrags * sizeof *b->frags); /* set when used */
   b->runs = malloc (maxfrags * sizeof *b->runs);
   if (!b->buf || !b->frags || !b->runs) {
     free (b->buf);
@@ -86,7 +86,7 @@ batch_new (struct cache *c, uint32_t cap, uint32_t maxfrags)
   }
   b->c = c;
   atomic_fetch_add (&c->wb_buf_bytes, cap);
-  atomic_store (&b->pending, 1);        /* the submitter's bias */
+  atomic_store (&b->pending, 1); /* the submitter's bias */
   return b;
 }
 
@@ -112,9 +112,9 @@ batch_put (struct batch *b)
     free (b);
     lock_take (&c->wb_lock);
     room = atomic_fetch_sub (&c->wb_buf_bytes, cap) >= c->wb_buf_max &&
-      atomic_load (&c->wb_buf_bytes) < c->wb_buf_max;
+           atomic_load (&c->wb_buf_bytes) < c->wb_buf_max;
     if (room)
-      dirty_progress (c);                  /* a collector may use the room */
+      dirty_progress (c); /* a collector may use the room */
     lock_drop (&c->wb_lock);
     return room;
   }
@@ -143,7 +143,7 @@ snap_range (struct cache *c, struct page *p, uint32_t first, uint32_t n,
   f->seq = f->rseq = SEQ_NONE;
   f->pnext = p->frags;
   p->frags = f;
-  page_pin_more (p);                    /* the fragment's pin */
+  page_pin_more (p); /* the fragment's pin */
   return d.d < 0;
 }
 
@@ -213,10 +213,10 @@ run_new (struct batch *b, uint64_t off, char *data, struct frag *f,
 struct collect {
   struct page *picked[MAX_PICK];
   unsigned npicked;
-  uint64_t est;                 /* bytes of D sectors when picked */
-  uint64_t seen;                /* c->progress when it picked */
-  unsigned own_events;          /* progress events it reported itself */
-  bool vanished;                /* a picked page, not in a TRIM or ZERO,
+  uint64_t est;        /* bytes of D sectors when picked */
+  uint64_t seen;       /* c->progress when it picked */
+  unsigned own_events; /* progress events it reported itself */
+  bool vanished;       /* a picked page, not in a TRIM or ZERO,
                                  * had nothing left to take */
 };
 
@@ -240,7 +240,7 @@ collect_pick (struct cache *c, struct collect *k, enum wb_pick how,
     if (p->dseq == SEQ_NONE)
       continue;
     if (p->collecting) {
-      p->skipped = true;                /* its collector will tell us */
+      p->skipped = true; /* its collector will tell us */
       continue;
     }
     /* Not a break: a collect that leaves a page dirty moves it to the
@@ -251,10 +251,10 @@ collect_pick (struct cache *c, struct collect *k, enum wb_pick how,
     if (how == PICK_FLUSH && p->dseq > arg)
       continue;
     p->collecting = true;
-    page_pin_more (p);                  /* the collector's pin */
+    page_pin_more (p); /* the collector's pin */
     k->picked[k->npicked++] = p;
     k->est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
-      << c->sector_shift;
+              << c->sector_shift;
   }
   lock_drop (&c->wb_lock);
 }
@@ -317,17 +317,17 @@ collect_pages (struct cache *c, struct collect *k, struct batch *b)
     if (!dirty_busy_overlaps (c, p->index, p->index)) {
       nf = collect_page (c, b, p, &run, pf, took);
       if (nf == 0 && b->used < b->cap)
-        k->vanished = true;             /* written back meanwhile */
+        k->vanished = true; /* written back meanwhile */
     }
     lock_take (&c->wb_lock);
     snap_finish (c, p, pf, took, nf);
     p->collecting = false;
-    if (p->skipped) {                   /* someone wanted it meanwhile */
+    if (p->skipped) { /* someone wanted it meanwhile */
       p->skipped = false;
       dirty_progress (c);
       k->own_events++;
     }
-    dirty_rotate (c, p);                /* let other pages go next */
+    dirty_rotate (c, p); /* let other pages go next */
     lock_drop (&c->wb_lock);
     CACHE_ASSERT (page_check (c, p));
     page_unlock (p);
@@ -351,8 +351,8 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
     struct cache_run *run = &b->runs[r];
 
     run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
-    report_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)",
-                  run->off, run->len, run->nfrags);
+    report_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)", run->off,
+                  run->len, run->nfrags);
     submit_run (c, run);
   }
   /* The batch's free, if it happens here, is one of the collect's own
@@ -368,8 +368,7 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
  * the pages it did not pick because of them may be waiting.
  */
 int
-wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
-            uint64_t *ticket)
+wb_collect (struct cache *c, enum wb_pick how, uint64_t arg, uint64_t *ticket)
 {
   for (;;) {
     struct collect k = { .npicked = 0 };
@@ -394,7 +393,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
     if (ticket)
       *ticket = k.seen;
     if (k.npicked == 0)
-      return 0;                         /* no batch, nobody to wake */
+      return 0; /* no batch, nobody to wake */
     CACHE_PARK (c, "collect.picked");
 
     /* Size the batch for what was picked (the pages are ours while
@@ -490,8 +489,8 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
   if (!ok) {
     atomic_fetch_add (&c->ctr.wb_errors, 1);
     report_logf (c, CACHE_LOG_ERROR,
-                "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
-                run->off, run->len, errstr (-err));
+                 "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
+                 run->off, run->len, errstr (-err));
   }
   for (uint32_t i = 0; i < run->nfrags; i++) {
     struct frag *f = &run->frags[i];
@@ -514,16 +513,16 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     if (dirty_count (c, DIRTY_IN_RUN, f->rseq, -1))
       wake = true;
     if (ok)
-      t = f->rseq;                      /* REDIRTIED -> DIRTY */
+      t = f->rseq; /* REDIRTIED -> DIRTY */
     else {
-      t = MIN (f->seq, f->rseq);        /* everything -> DIRTY */
+      t = MIN (f->seq, f->rseq); /* everything -> DIRTY */
       if (t == SEQ_NONE)
-        t = c->epoch;                   /* a clean rewrite failed */
+        t = c->epoch; /* a clean rewrite failed */
     }
     if (t != SEQ_NONE) {
       dirty_tag (c, p, t);
       dirty_list (c, p);
-      dirty_progress (c);                  /* a flush may need to collect */
+      dirty_progress (c); /* a flush may need to collect */
     }
     if (!ok) {
       wake = true;
@@ -544,7 +543,7 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
      */
     page_wake (p);
     page_unlock (p);
-    page_unpin (c, p);                  /* the fragment's pin */
+    page_unpin (c, p); /* the fragment's pin */
   }
 
   /* Wake waiters on wb_cv only when what they wait for may have
@@ -559,8 +558,8 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
    * waking all of them on every run while it is still over made each
    * run cost a context switch per throttled writer.
    */
-  if (wake || (atomic_load (&c->w_throttle) > 0 &&
-               dirty_mem (c) < c->dirty_limit)) {
+  if (wake ||
+      (atomic_load (&c->w_throttle) > 0 && dirty_mem (c) < c->dirty_limit)) {
     lock_take (&c->wb_lock);
     pthread_cond_broadcast (&c->wb_cv);
     lock_drop (&c->wb_lock);
@@ -575,7 +574,7 @@ wb_kick (struct cache *c)
 
   if (fn)
     fn (atomic_load (&c->kick_opaque));
-  else                                  /* no server: write back ourselves */
+  else /* no server: write back ourselves */
     wb_collect (c, PICK_BACKGROUND, 0, NULL);
 }
 
@@ -608,7 +607,7 @@ wb_throttle (struct cache *c)
     atomic_fetch_add (&c->w_throttle, 1);
     if (dirty_mem (c) >= c->dirty_limit) {
       clock_gettime (CLOCK_REALTIME, &ts);
-      ts.tv_sec += 1;                   /* re-kick at least every second */
+      ts.tv_sec += 1; /* re-kick at least every second */
       lock_timedwait (&c->wb_lock, &c->wb_cv, &ts);
     }
     atomic_fetch_sub (&c->w_throttle, 1);
@@ -682,7 +681,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     uint32_t s0 = pp.s0, n = pp.n;
     struct page *p = page_find (c, pi);
 
-    if (!p) {                           /* written back and evicted */
+    if (!p) { /* written back and evicted */
       need_flush = true;
       run = NULL;
       continue;
@@ -693,11 +692,11 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       bool inflight = sect_count (&p->sb, SECT_BM_W, s0, n) > 0;
       if (!busy && !inflight)
         break;
-      if (nsub < b->nruns) {            /* submit before waiting */
+      if (nsub < b->nruns) { /* submit before waiting */
         int r;
 
         page_unlock (p);
-        r = sync_submit (c, b, &nsub);  /* whatever an earlier run did */
+        r = sync_submit (c, b, &nsub); /* whatever an earlier run did */
         err = err ? err : r;
         run = NULL;
         page_lock (p);
@@ -723,7 +722,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
       bool took;
 
       j = sect_find (&p->sb, SECT_BM_V, !v, i, s0 + n);
-      if (!v) {                         /* dropped by a TRIM or ZERO */
+      if (!v) { /* dropped by a TRIM or ZERO */
         need_flush = true;
         run = NULL;
         continue;
@@ -745,7 +744,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
     page_unpin (c, p);
   }
   {
-    int r = sync_submit (c, b, &nsub);  /* every run built is submitted */
+    int r = sync_submit (c, b, &nsub); /* every run built is submitted */
     err = err ? err : r;
   }
   batch_put (b);

@@ -29,9 +29,9 @@
 #include <string.h>
 
 struct pool {
-  pthread_mutex_t lock;         /* free */
-  void *free;                   /* linked through each item's first bytes */
-  char *items;                  /* [n * size] */
+  pthread_mutex_t lock; /* free */
+  void *free;           /* linked through each item's first bytes */
+  char *items;          /* [n * size] */
   size_t size, n;
 };
 
@@ -67,7 +67,7 @@ pool_init (struct pool *p, size_t size, size_t n)
   if (p->items == NULL)
     return -ENOMEM;
   p->n = n;
-  for (size_t i = n; i-- > 0; ) {
+  for (size_t i = n; i-- > 0;) {
     void *item = p->items + i * size;
 
     pool_set_next (item, p->free);

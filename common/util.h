@@ -11,14 +11,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define MIN(a, b) __extension__ ({             \
-      __typeof__ (a) _a = (a);                  \
-      __typeof__ (b) _b = (b);                  \
-      _a < _b ? _a : _b; })
-#define MAX(a, b) __extension__ ({             \
-      __typeof__ (a) _a = (a);                  \
-      __typeof__ (b) _b = (b);                  \
-      _a > _b ? _a : _b; })
+#define MIN(a, b)            \
+  __extension__({            \
+    __typeof__ (a) _a = (a); \
+    __typeof__ (b) _b = (b); \
+    _a < _b ? _a : _b;       \
+  })
+#define MAX(a, b)            \
+  __extension__({            \
+    __typeof__ (a) _a = (a); \
+    __typeof__ (b) _b = (b); \
+    _a > _b ? _a : _b;       \
+  })
 
 static inline bool
 is_power_of_2 (uint64_t v)
@@ -26,11 +30,12 @@ is_power_of_2 (uint64_t v)
   return v != 0 && (v & (v - 1)) == 0;
 }
 
-#define IS_ALIGNED(x, a) (assert (is_power_of_2 (a)), ((x) & ((a) - 1)) == 0)
-#define ROUND_DOWN(x, a) (assert (is_power_of_2 (a)), (x) & ~((__typeof__ (x)) (a) - 1))
-#define ROUND_UP(x, a) (assert (is_power_of_2 (a)), \
-                        ((x) + (a) - 1) & ~((__typeof__ (x)) (a) - 1))
-#define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+#define IS_ALIGNED(x, a) (assert (is_power_of_2 (a)), ((x) & ((a) -1)) == 0)
+#define ROUND_DOWN(x, a) \
+  (assert (is_power_of_2 (a)), (x) & ~((__typeof__ (x)) (a) -1))
+#define ROUND_UP(x, a) \
+  (assert (is_power_of_2 (a)), ((x) + (a) -1) & ~((__typeof__ (x)) (a) -1))
+#define DIV_ROUND_UP(n, d) (((n) + (d) -1) / (d))
 
 /* Bits set in v.  __builtin_popcountll is one instruction only where
  * the target has POPCNT (-mpopcnt, not in the x86-64 baseline);
@@ -45,8 +50,8 @@ popcount64 (uint64_t v)
   return (unsigned) __builtin_popcountll (v);
 #else
   v = v - ((v >> 1) & UINT64_C (0x5555555555555555));
-  v = (v & UINT64_C (0x3333333333333333))
-    + ((v >> 2) & UINT64_C (0x3333333333333333));
+  v = (v & UINT64_C (0x3333333333333333)) +
+      ((v >> 2) & UINT64_C (0x3333333333333333));
   v = (v + (v >> 4)) & UINT64_C (0x0f0f0f0f0f0f0f0f);
   return (unsigned) ((v * UINT64_C (0x0101010101010101)) >> 56);
 #endif

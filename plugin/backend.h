@@ -29,7 +29,7 @@ struct backend {
   const struct cache_backend_ops *ops;
   void *handle;
 
-  uint64_t size;                /* bytes, as found at open */
+  uint64_t size; /* bytes, as found at open */
 
   /* Can the image be written now (.can_write)? */
   bool (*can_write) (void *handle);

@@ -43,7 +43,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* fallocate, strerrordesc_np */
+#define _GNU_SOURCE 1 /* fallocate, strerrordesc_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -71,14 +71,14 @@
 #include "util.h"
 
 struct file_backend {
-  char *path;                   /* for messages */
+  char *path; /* for messages */
   int rfd;
-  atomic_int wfd, sfd;          /* -1 until opened for writing */
-  pthread_mutex_t lock;         /* serializes fb_open_write */
-  bool write_tried;             /* under lock */
+  atomic_int wfd, sfd;  /* -1 until opened for writing */
+  pthread_mutex_t lock; /* serializes fb_open_write */
+  bool write_tried;     /* under lock */
   bool is_block;
   uint64_t size;
-  uint32_t lbs;                 /* block devices: logical block size */
+  uint32_t lbs; /* block devices: logical block size */
   /* Cleared when the kernel says a method is unsupported. */
   atomic_bool can_zero_range, can_punch, can_discard, can_zeroout;
 };
@@ -86,8 +86,7 @@ struct file_backend {
 static bool
 is_unsupported (int err)
 {
-  return err == EOPNOTSUPP || err == ENOTSUP || err == ENOSYS ||
-    err == ENOTTY;
+  return err == EOPNOTSUPP || err == ENOTSUP || err == ENOSYS || err == ENOTTY;
 }
 
 static int
@@ -104,13 +103,14 @@ fb_pread (void *opaque, void *buf, uint32_t count, uint64_t off)
 
       if (err == EINTR)
         continue;
-      nbdkit_error ("pread: %s: offset %" PRIu64 ": %s",
-                    fb->path, off, errstr (err));
+      nbdkit_error ("pread: %s: offset %" PRIu64 ": %s", fb->path, off,
+                    errstr (err));
       return -err;
     }
     if (r == 0) {
       nbdkit_error ("pread: %s: unexpected end of file at offset %" PRIu64
-                    " (was the image truncated?)", fb->path, off);
+                    " (was the image truncated?)",
+                    fb->path, off);
       return -EIO;
     }
     p += r;
@@ -122,13 +122,13 @@ fb_pread (void *opaque, void *buf, uint32_t count, uint64_t off)
 
 /* pwrite all of [buf, buf+count) to FD, retrying short writes. */
 static int
-fb_pwrite_fd (struct file_backend *fb, int fd,
-              const void *buf, uint32_t count, uint64_t off)
+fb_pwrite_fd (struct file_backend *fb, int fd, const void *buf, uint32_t count,
+              uint64_t off)
 {
   const char *p = buf;
 
   if (fd == -1)
-    return -EROFS;              /* no writable .open: cannot happen */
+    return -EROFS; /* no writable .open: cannot happen */
   while (count > 0) {
     ssize_t r = pwrite (fd, p, count, off);
 
@@ -137,13 +137,13 @@ fb_pwrite_fd (struct file_backend *fb, int fd,
 
       if (err == EINTR)
         continue;
-      nbdkit_error ("pwrite: %s: offset %" PRIu64 ": %s",
-                    fb->path, off, errstr (err));
+      nbdkit_error ("pwrite: %s: offset %" PRIu64 ": %s", fb->path, off,
+                    errstr (err));
       return -err;
     }
     if (r == 0) {
-      nbdkit_error ("pwrite: %s: no progress at offset %" PRIu64,
-                    fb->path, off);
+      nbdkit_error ("pwrite: %s: no progress at offset %" PRIu64, fb->path,
+                    off);
       return -EIO;
     }
     p += r;
@@ -211,21 +211,21 @@ fb_fallocate (struct file_backend *fb, atomic_bool *can, int mode,
     return 0;
   if (is_unsupported (errno)) {
     nbdkit_debug ("subpage: %s: fallocate %s not supported, not trying "
-                  "again", fb->path, what);
+                  "again",
+                  fb->path, what);
     atomic_store (can, false);
     return 1;
   }
   r = errno;
-  nbdkit_error ("fallocate: %s: %s: offset %" PRIu64 " count %" PRIu32
-                ": %s", fb->path, what, off, count, errstr (r));
+  nbdkit_error ("fallocate: %s: %s: offset %" PRIu64 " count %" PRIu32 ": %s",
+                fb->path, what, off, count, errstr (r));
   return -r;
 }
 
 /* ioctl REQ with a [start, length] range on wfd; same returns. */
 static int
-fb_range_ioctl (struct file_backend *fb, atomic_bool *can,
-                unsigned long req, const char *what,
-                uint64_t start, uint64_t length)
+fb_range_ioctl (struct file_backend *fb, atomic_bool *can, unsigned long req,
+                const char *what, uint64_t start, uint64_t length)
 {
   uint64_t range[2] = { start, length };
   int fd = atomic_load (&fb->wfd);
@@ -243,14 +243,14 @@ fb_range_ioctl (struct file_backend *fb, atomic_bool *can,
   if (r == 0)
     return 0;
   if (is_unsupported (errno)) {
-    nbdkit_debug ("subpage: %s: %s not supported, not trying again",
-                  fb->path, what);
+    nbdkit_debug ("subpage: %s: %s not supported, not trying again", fb->path,
+                  what);
     atomic_store (can, false);
     return 1;
   }
   r = errno;
-  nbdkit_error ("ioctl %s: %s: offset %" PRIu64 " count %" PRIu64 ": %s",
-                what, fb->path, start, length, errstr (r));
+  nbdkit_error ("ioctl %s: %s: offset %" PRIu64 " count %" PRIu64 ": %s", what,
+                fb->path, start, length, errstr (r));
   return -r;
 }
 
@@ -262,8 +262,8 @@ fb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
 
   if (!fb->is_block)
     r = fb_fallocate (fb, &fb->can_punch,
-                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      "PUNCH_HOLE", count, off);
+                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "PUNCH_HOLE",
+                      count, off);
   else {
     /* BLKDISCARD wants whole logical blocks: a range that is not made
      * of them is not trimmed at all (the cache keeps its data of the
@@ -274,8 +274,8 @@ fb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
         !IS_ALIGNED ((uint64_t) count, (uint64_t) fb->lbs))
       r = 1;
     else
-      r = fb_range_ioctl (fb, &fb->can_discard, BLKDISCARD, "BLKDISCARD",
-                          off, count);
+      r = fb_range_ioctl (fb, &fb->can_discard, BLKDISCARD, "BLKDISCARD", off,
+                          count);
   }
   /* 1: not done (trim is advisory); the cache keeps the range. */
   return r == 1 ? 1 : fb_fua (fb, flags, r);
@@ -311,17 +311,17 @@ fb_zero_range (struct file_backend *fb, uint32_t count, uint64_t off,
 
   if (!fb->is_block)
     r = fb_fallocate (fb, &fb->can_zero_range,
-                      FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-                      "ZERO_RANGE", count, off);
+                      FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "ZERO_RANGE",
+                      count, off);
   if (r == 1 && (flags & CACHE_MAY_TRIM))
     r = fb_fallocate (fb, &fb->can_punch,
-                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                      "PUNCH_HOLE", count, off);
+                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "PUNCH_HOLE",
+                      count, off);
   if (r == 1 && (flags & CACHE_FAST_ZERO))
     return -ENOTSUP;
   if (r == 1 && fb->is_block)
-    r = fb_range_ioctl (fb, &fb->can_zeroout, BLKZEROOUT, "BLKZEROOUT",
-                        off, count);
+    r = fb_range_ioctl (fb, &fb->can_zeroout, BLKZEROOUT, "BLKZEROOUT", off,
+                        count);
   if (r == 1)
     return fb_zero_by_writing (fb, count, off, flags);
   return fb_fua (fb, flags, r);
@@ -341,7 +341,7 @@ fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
     start = ROUND_UP (off, (uint64_t) fb->lbs);
     end = ROUND_DOWN (off + count, (uint64_t) fb->lbs);
     if (start >= end)
-      start = end = off + count;        /* no whole block: write it all */
+      start = end = off + count; /* no whole block: write it all */
   }
   if (start < end)
     r = fb_zero_range (fb, end - start, start, flags);
@@ -392,17 +392,18 @@ fb_open_write (void *opaque)
   fb->write_tried = true;
   goto out_unlock;
 
- out_failed:
+out_failed:
   if (err == EACCES || err == EROFS || err == EPERM) {
     nbdkit_debug ("subpage: file=%s: cannot open for writing (%s): "
-                  "serving read-only", fb->path, errstr (err));
+                  "serving read-only",
+                  fb->path, errstr (err));
     fb->write_tried = true;
     err = 0;
   }
   else
-    nbdkit_error ("subpage: file=%s: open for writing: %s",
-                  fb->path, errstr (err));
- out_unlock:
+    nbdkit_error ("subpage: file=%s: open for writing: %s", fb->path,
+                  errstr (err));
+out_unlock:
   pthread_mutex_unlock (&fb->lock);
   return -err;
 }
@@ -472,25 +473,24 @@ file_backend_open (const char *path, struct backend *be)
     fb->is_block = true;
     if (ioctl (fb->rfd, BLKGETSIZE64, &fb->size) == -1) {
       err = errno;
-      nbdkit_error ("subpage: file=%s: ioctl BLKGETSIZE64: %s",
-                    path, errstr (err));
+      nbdkit_error ("subpage: file=%s: ioctl BLKGETSIZE64: %s", path,
+                    errstr (err));
       goto err_close;
     }
     if (ioctl (fb->rfd, BLKSSZGET, &lbs) == -1 || lbs <= 0 ||
         !is_power_of_2 (lbs))
-      lbs = 4096;               /* only used to align discards */
+      lbs = 4096; /* only used to align discards */
     fb->lbs = lbs;
   }
   else {
     err = EINVAL;
-    nbdkit_error ("subpage: file=%s: not a regular file or block device",
-                  path);
+    nbdkit_error ("subpage: file=%s: not a regular file or block device", path);
     goto err_close;
   }
 
   nbdkit_debug ("subpage: file=%s: %s of %" PRIu64 " bytes", path,
                 fb->is_block ? "block device" : "regular file", fb->size);
-  *be = (struct backend) {
+  *be = (struct backend){
     .param = "file",
     .value = fb->path,
     .ops = &fb_ops,
@@ -502,11 +502,11 @@ file_backend_open (const char *path, struct backend *be)
   };
   return 0;
 
- err_close:
+err_close:
   close (fb->rfd);
- err_lock:
+err_lock:
   pthread_mutex_destroy (&fb->lock);
- err_free:
+err_free:
   if (fb != NULL)
     free (fb->path);
   free (fb);

@@ -43,9 +43,8 @@
  * says, extents, several exports.
  */
 
-
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np */
+#define _GNU_SOURCE 1 /* strerrordesc_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -77,8 +76,8 @@
  * (at most BACKEND_ZEROES_SIZE per piece when BUF is backend_zeroes).
  */
 static int
-nb_sync (struct nb_conn *conn, enum nb_op op, const char *what,
-         void *buf, uint32_t count, uint64_t off, uint32_t nbd_flags)
+nb_sync (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
+         uint32_t count, uint64_t off, uint32_t nbd_flags)
 {
   struct nbd_backend *nb = conn->nb;
   bool zeroes = buf == backend_zeroes; /* the same zeroes for each piece */
@@ -159,7 +158,7 @@ nb_trim (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   int r;
 
   if (!nb->can_trim)
-    return 1;                   /* trim is advisory: not done */
+    return 1; /* trim is advisory: not done */
   conn = nb_pick (nb, false);
   r = nb_sync (conn, NB_TRIM, "trim", NULL, count, off,
                nb_fua_flag (nb, flags));
@@ -205,9 +204,8 @@ static const struct cache_backend_ops nb_ops = {
  * no memory): the write-back server then writes the run synchronously.
  */
 static int
-nb_aio_pwrite (void *opaque, const void *buf, uint32_t count,
-               uint64_t off, uint32_t flags,
-               void (*done) (void *arg, int err), void *arg)
+nb_aio_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off,
+               uint32_t flags, void (*done) (void *arg, int err), void *arg)
 {
   struct nbd_backend *nb = opaque;
   struct nb_cmd *cmd;
@@ -217,7 +215,7 @@ nb_aio_pwrite (void *opaque, const void *buf, uint32_t count,
     return 1;
   cmd = pool_get (&nb->cmds);
   if (cmd == NULL)
-    return 1;                   /* the synchronous path needs no memory */
+    return 1; /* the synchronous path needs no memory */
   cmd->fn = done;
   cmd->arg = arg;
   cmd->buf = buf;
@@ -226,7 +224,7 @@ nb_aio_pwrite (void *opaque, const void *buf, uint32_t count,
   cmd->nbd_flags = nb_fua_flag (nb, flags);
   if (nb_conn_submit (nb_pick (nb, true), cmd) != 0) {
     pool_put (&nb->cmds, cmd);
-    return 1;                   /* the synchronous path reports it */
+    return 1; /* the synchronous path reports it */
   }
   return 0;
 }
@@ -270,15 +268,13 @@ nb_can (int r)
  * remote's minimum block size is larger than SECTOR_SIZE.
  */
 static int
-nb_probe (struct nbd_backend *nb, struct nbd_handle *h0,
-          uint32_t sector_size)
+nb_probe (struct nbd_backend *nb, struct nbd_handle *h0, uint32_t sector_size)
 {
   int64_t size, bmin, bmax;
 
   size = nbd_get_size (h0);
   if (size == -1) {
-    nbdkit_error ("subpage: uri=%s: get size: %s", nb->uri,
-                  nbd_get_error ());
+    nbdkit_error ("subpage: uri=%s: get size: %s", nb->uri, nbd_get_error ());
     return -(nbd_get_errno () ? nbd_get_errno () : EIO);
   }
   bmin = nbd_get_block_size (h0, LIBNBD_SIZE_MINIMUM);
@@ -291,8 +287,7 @@ nb_probe (struct nbd_backend *nb, struct nbd_handle *h0,
     return -EINVAL;
   }
   nb->size = size;
-  nb->max_request = bmax > 0 && bmax < NB_MAX_REQUEST ? bmax
-                                                       : NB_MAX_REQUEST;
+  nb->max_request = bmax > 0 && bmax < NB_MAX_REQUEST ? bmax : NB_MAX_REQUEST;
   nb->read_only = nbd_is_read_only (h0) != 0;
   nb->can_flush = nb_can (nbd_can_flush (h0));
   nb->can_fua = nb_can (nbd_can_fua (h0));
@@ -317,9 +312,9 @@ nb_log_open (struct nbd_backend *nb, unsigned connections)
                 "%s, flush %d, fua %d, trim %d, zero %d, fast zero %d, "
                 "multi-conn %d, max request %" PRIu32,
                 nb->uri, nb->size, nb->n, nb->n == 1 ? "" : "s",
-                nb->read_only ? "read-only" : "writable",
-                nb->can_flush, nb->can_fua, nb->can_trim, nb->can_zero,
-                nb->can_fast_zero, nb->can_multi_conn, nb->max_request);
+                nb->read_only ? "read-only" : "writable", nb->can_flush,
+                nb->can_fua, nb->can_trim, nb->can_zero, nb->can_fast_zero,
+                nb->can_multi_conn, nb->max_request);
   if (!nb->can_flush)
     nbdkit_debug ("subpage: uri=%s: the remote cannot flush: a flush "
                   "only writes back (the remote decides durability)",
@@ -327,8 +322,8 @@ nb_log_open (struct nbd_backend *nb, unsigned connections)
 }
 
 int
-nbd_backend_open (const char *uri, unsigned connections,
-                  uint32_t sector_size, struct backend *be)
+nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
+                  struct backend *be)
 {
   struct nbd_backend *nb;
   struct nbd_handle *h0;
@@ -347,8 +342,7 @@ nbd_backend_open (const char *uri, unsigned connections,
     return err;
   }
   /* The pool first: from here on nb_close undoes everything. */
-  if ((err = pool_init (&nb->cmds, sizeof (struct nb_cmd),
-                        NB_POOL_CMDS)) < 0) {
+  if ((err = pool_init (&nb->cmds, sizeof (struct nb_cmd), NB_POOL_CMDS)) < 0) {
     nbdkit_error ("calloc: %s", errstr (-err));
     nbd_close (h0);
     goto err_close;
@@ -368,7 +362,7 @@ nbd_backend_open (const char *uri, unsigned connections,
     goto err_close;
 
   nb_log_open (nb, connections);
-  *be = (struct backend) {
+  *be = (struct backend){
     .param = "uri",
     .value = nb->uri,
     .ops = &nb_ops,
@@ -381,7 +375,7 @@ nbd_backend_open (const char *uri, unsigned connections,
   };
   return 0;
 
- err_close:
+err_close:
   nb_close (nb);
   return err;
 }

@@ -47,7 +47,8 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np, pipe2,
+#define _GNU_SOURCE \
+  1 /* strerrordesc_np, pipe2,
                                      * pthread_setname_np */
 #endif
 #define NBDKIT_API_VERSION 2
@@ -114,7 +115,7 @@ nb_pick (struct nbd_backend *nb, bool async)
     if (!atomic_load (&conn->retired))
       return conn;
   }
-  return &nb->conns[0];         /* unreachable: the last is kept */
+  return &nb->conns[0]; /* unreachable: the last is kept */
 }
 
 static bool
@@ -147,8 +148,8 @@ nb_conn_lost (struct nb_conn *conn, const char *why)
  * -errno, logged.  A dead connection gives -EIO, logged once.
  */
 static int
-nb_fail (struct nb_conn *conn, const char *what, uint64_t off,
-         uint64_t count, int err, const char *msg)
+nb_fail (struct nb_conn *conn, const char *what, uint64_t off, uint64_t count,
+         int err, const char *msg)
 {
   if (nb_is_dead (conn) || err == ENOTCONN) {
     nb_conn_lost (conn, msg);
@@ -156,8 +157,8 @@ nb_fail (struct nb_conn *conn, const char *what, uint64_t off,
   }
   if (err == 0)
     err = EIO;
-  nbdkit_error ("%s: uri=%s: offset %" PRIu64 " count %" PRIu64 ": %s",
-                what, conn->nb->uri, off, count, msg);
+  nbdkit_error ("%s: uri=%s: offset %" PRIu64 " count %" PRIu64 ": %s", what,
+                conn->nb->uri, off, count, msg);
   return -err;
 }
 
@@ -166,8 +167,7 @@ static int
 nb_issue_error (struct nb_conn *conn, const char *what, uint64_t off,
                 uint64_t count)
 {
-  return nb_fail (conn, what, off, count, nbd_get_errno (),
-                  nbd_get_error ());
+  return nb_fail (conn, what, off, count, nbd_get_errno (), nbd_get_error ());
 }
 
 /* Completion callbacks (libnbd's lock on conn->h held). */
@@ -182,7 +182,7 @@ nb_complete_sync (void *user_data, int *error)
   cmd->done = true;
   pthread_cond_broadcast (&conn->cv);
   pthread_mutex_unlock (&conn->lock);
-  return 1;                     /* retire the command */
+  return 1; /* retire the command */
 }
 
 static int
@@ -196,7 +196,7 @@ nb_complete_async (void *user_data, int *error)
   cmd->next = conn->done;
   conn->done = cmd;
   pthread_mutex_unlock (&conn->lock);
-  if (nb_reader_conn != conn)   /* the reader drains after each poll */
+  if (nb_reader_conn != conn) /* the reader drains after each poll */
     nb_kick (conn);
   return 1;
 }
@@ -222,31 +222,23 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   case NB_WRITE:
     r = nbd_aio_pwrite (conn->h, buf, count, off, cb, nbd_flags);
     break;
-  case NB_FLUSH:
-    r = nbd_aio_flush (conn->h, cb, nbd_flags);
-    break;
-  case NB_TRIM:
-    r = nbd_aio_trim (conn->h, count, off, cb, nbd_flags);
-    break;
-  case NB_ZERO:
-    r = nbd_aio_zero (conn->h, count, off, cb, nbd_flags);
-    break;
-  default:
-    abort ();
+  case NB_FLUSH: r = nbd_aio_flush (conn->h, cb, nbd_flags); break;
+  case NB_TRIM: r = nbd_aio_trim (conn->h, count, off, cb, nbd_flags); break;
+  case NB_ZERO: r = nbd_aio_zero (conn->h, count, off, cb, nbd_flags); break;
+  default: abort ();
   }
   /* Output still queued (the socket was full, or the state machine was
    * busy with a reply): the reader must poll for POLLOUT.
    */
-  if (r != -1 &&
-      (nbd_aio_get_direction (conn->h) & LIBNBD_AIO_DIRECTION_WRITE))
+  if (r != -1 && (nbd_aio_get_direction (conn->h) & LIBNBD_AIO_DIRECTION_WRITE))
     nb_kick (conn);
   return r;
 }
 
 /* One synchronous command (nbd-internal.h). */
 int
-nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what,
-            void *buf, uint32_t count, uint64_t off, uint32_t nbd_flags)
+nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
+            uint32_t count, uint64_t off, uint32_t nbd_flags)
 {
   struct nb_cmd cmd = { .fn = NULL };
 
@@ -376,8 +368,8 @@ nb_issue_queued (struct nb_conn *conn, bool fail)
                            cmd->off, cmd->nbd_flags, cmd) != -1)
       conn->inflight++;
     else {
-      int r = fail ? nb_fail (conn, "pwrite", cmd->off, cmd->count,
-                              ENOTCONN, "the connection is closed")
+      int r = fail ? nb_fail (conn, "pwrite", cmd->off, cmd->count, ENOTCONN,
+                              "the connection is closed")
                    : nb_issue_error (conn, "pwrite", cmd->off, cmd->count);
       void (*fn) (void *, int) = cmd->fn;
       void *arg = cmd->arg;
@@ -413,8 +405,8 @@ nb_reader (void *arg)
     if (poll (fds, 2, -1) == -1) {
       if (errno == EINTR)
         continue;
-      nbdkit_error ("subpage: uri=%s: connection %u: poll: %s",
-                    conn->nb->uri, conn->idx, errstr (errno));
+      nbdkit_error ("subpage: uri=%s: connection %u: poll: %s", conn->nb->uri,
+                    conn->idx, errstr (errno));
       break;
     }
     /* POLLHUP/POLLERR: let libnbd read and find out. */
@@ -472,8 +464,7 @@ nb_connect (const char *uri, int *err)
   }
   if (nbd_connect_uri (h, uri) == -1) {
     *err = -(nbd_get_errno () ? nbd_get_errno () : EIO);
-    nbdkit_error ("subpage: uri=%s: cannot connect: %s", uri,
-                  nbd_get_error ());
+    nbdkit_error ("subpage: uri=%s: cannot connect: %s", uri, nbd_get_error ());
     nbd_close (h);
     return NULL;
   }
@@ -512,8 +503,8 @@ nb_conn_connect (struct nb_conn *conn)
   s = nbd_get_size (conn->h);
   if (s != (int64_t) nb->size) {
     nbdkit_error ("subpage: uri=%s: connection %u sees size %" PRIi64
-                  ", the first saw %" PRIi64, nb->uri, conn->idx, s,
-                  (int64_t) nb->size);
+                  ", the first saw %" PRIi64,
+                  nb->uri, conn->idx, s, (int64_t) nb->size);
     return -EIO;
   }
   return 0;

@@ -31,10 +31,10 @@ struct nb_conn;
 enum nb_op { NB_READ, NB_WRITE, NB_FLUSH, NB_TRIM, NB_ZERO };
 
 struct nb_cmd {
-  struct nb_cmd *next;          /* conn->sq_head or conn->done */
+  struct nb_cmd *next; /* conn->sq_head or conn->done */
   struct nb_conn *conn;
-  int err;                      /* errno from the completion, 0 if ok */
-  bool done;                    /* synchronous: completed */
+  int err;   /* errno from the completion, 0 if ok */
+  bool done; /* synchronous: completed */
   /* Asynchronous write: called by the reader (NULL: synchronous). */
   void (*fn) (void *arg, int err);
   void *arg;
@@ -48,30 +48,30 @@ struct nb_conn {
   struct nbd_backend *nb;
   unsigned idx;
   struct nbd_handle *h;
-  int kick[2];                  /* pipe: wakes the reader */
+  int kick[2]; /* pipe: wakes the reader */
   pthread_t reader;
   bool reader_started;
-  atomic_bool quit;             /* nb_conns_close: reader exits */
-  atomic_bool dead_logged;      /* loss of this connection logged */
-  atomic_bool retired;          /* dead: new commands go elsewhere */
+  atomic_bool quit;        /* nb_conns_close: reader exits */
+  atomic_bool dead_logged; /* loss of this connection logged */
+  atomic_bool retired;     /* dead: new commands go elsewhere */
 
-  pthread_mutex_t lock;         /* sq, done, reader_exited, cmd->done */
-  pthread_cond_t cv;            /* a synchronous command completed */
+  pthread_mutex_t lock;             /* sq, done, reader_exited, cmd->done */
+  pthread_cond_t cv;                /* a synchronous command completed */
   struct nb_cmd *sq_head, *sq_tail; /* async writes for the reader to issue */
-  unsigned inflight;            /* reader only: async writes issued */
-  struct nb_cmd *done;          /* async completions for the reader */
-  bool reader_exited;           /* sq is closed */
+  unsigned inflight;                /* reader only: async writes issued */
+  struct nb_cmd *done;              /* async completions for the reader */
+  bool reader_exited;               /* sq is closed */
 };
 
 struct nbd_backend {
-  char *uri;                    /* for messages */
-  unsigned n;                   /* connections */
-  struct nb_conn *conns;        /* [n] */
-  atomic_uint next;             /* round robin */
-  atomic_uint nlive;            /* connections not retired */
-  bool started;                 /* readers running */
+  char *uri;             /* for messages */
+  unsigned n;            /* connections */
+  struct nb_conn *conns; /* [n] */
+  atomic_uint next;      /* round robin */
+  atomic_uint nlive;     /* connections not retired */
+  bool started;          /* readers running */
 
-  struct pool cmds;             /* asynchronous writes (its own lock) */
+  struct pool cmds; /* asynchronous writes (its own lock) */
 
   /* What the remote advertised (read once, at open). */
   uint64_t size;

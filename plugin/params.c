@@ -17,7 +17,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np */
+#define _GNU_SOURCE 1 /* strerrordesc_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -90,23 +90,23 @@ params_size_str (uint64_t v, char *buf, size_t n)
  * most MAX)" when UPPER (another parameter) is the real upper bound.
  */
 static int
-parse_pow2_size (const char *key, const char *value,
-                 uint64_t min, uint64_t max, const char *upper,
-                 uint32_t *out)
+parse_pow2_size (const char *key, const char *value, uint64_t min, uint64_t max,
+                 const char *upper, uint32_t *out)
 {
   int64_t r = nbdkit_parse_size (value);
   char b1[32], b2[32];
 
-  if (r == -1 || r < (int64_t) min || r > (int64_t) max ||
-      !is_power_of_2 (r)) {
+  if (r == -1 || r < (int64_t) min || r > (int64_t) max || !is_power_of_2 (r)) {
     params_size_str (min, b1, sizeof b1);
     params_size_str (max, b2, sizeof b2);
     if (upper != NULL)
       nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s and "
-                    "%s (at most %s)", key, value, b1, upper, b2);
+                    "%s (at most %s)",
+                    key, value, b1, upper, b2);
     else
       nbdkit_error ("subpage: %s=%s: must be a power of 2 between %s and "
-                    "%s", key, value, b1, b2);
+                    "%s",
+                    key, value, b1, b2);
     return -1;
   }
   *out = r;
@@ -115,15 +115,14 @@ parse_pow2_size (const char *key, const char *value,
 
 /* Parses an unsigned decimal parameter in [min, max]. */
 static int
-parse_uint (const char *key, const char *value,
-            unsigned min, unsigned max, unsigned *out)
+parse_uint (const char *key, const char *value, unsigned min, unsigned max,
+            unsigned *out)
 {
   unsigned u;
 
-  if (nbdkit_parse_unsigned (key, value, &u) == -1 ||
-      u < min || u > max) {
-    nbdkit_error ("subpage: %s=%s: must be an integer between %u and %u",
-                  key, value, min, max);
+  if (nbdkit_parse_unsigned (key, value, &u) == -1 || u < min || u > max) {
+    nbdkit_error ("subpage: %s=%s: must be an integer between %u and %u", key,
+                  value, min, max);
     return -1;
   }
   *out = u;
@@ -166,8 +165,8 @@ set_metrics_socket (const char *value)
   dir = slash == path ? "/" : path;
   e = stat (dir, &sb) == -1 ? errno : S_ISDIR (sb.st_mode) ? 0 : ENOTDIR;
   if (e != 0) {
-    nbdkit_error ("subpage: metrics-socket=%s: directory %s: %s", value,
-                  dir, errstr (e));
+    nbdkit_error ("subpage: metrics-socket=%s: directory %s: %s", value, dir,
+                  errstr (e));
     goto err;
   }
   *slash = '/';
@@ -175,7 +174,7 @@ set_metrics_socket (const char *value)
   params.metrics_socket = path;
   return 0;
 
- err:
+err:
   free (path);
   return -1;
 }
@@ -207,21 +206,21 @@ params_config (const char *key, const char *value)
 
     if (r <= 0) {
       nbdkit_error ("subpage: cache-size=%s: must be a size such as 256M "
-                    "(at least %d x page-size)", value, CACHE_MIN_PAGES);
+                    "(at least %d x page-size)",
+                    value, CACHE_MIN_PAGES);
       return -1;
     }
     params.cache_size = r;
   }
   else if (strcmp (key, "page-size") == 0) {
-    if (parse_pow2_size (key, value, CACHE_MIN_PAGE_SIZE,
-                         CACHE_MAX_PAGE_SIZE, NULL, &params.page_size) == -1)
+    if (parse_pow2_size (key, value, CACHE_MIN_PAGE_SIZE, CACHE_MAX_PAGE_SIZE,
+                         NULL, &params.page_size) == -1)
       return -1;
   }
   else if (strcmp (key, "sector-size") == 0) {
     /* The upper bound, page-size, is checked in config_complete. */
-    if (parse_pow2_size (key, value, CACHE_MIN_SECTOR_SIZE,
-                         CACHE_MAX_PAGE_SIZE, "page-size",
-                         &params.sector_size) == -1)
+    if (parse_pow2_size (key, value, CACHE_MIN_SECTOR_SIZE, CACHE_MAX_PAGE_SIZE,
+                         "page-size", &params.sector_size) == -1)
       return -1;
   }
   else if (strcmp (key, "mode") == 0) {
@@ -233,7 +232,8 @@ params_config (const char *key, const char *value)
       params.mode = CACHE_MODE_UNSAFE;
     else {
       nbdkit_error ("subpage: mode=%s: must be writeback, writethrough "
-                    "or unsafe", value);
+                    "or unsafe",
+                    value);
       return -1;
     }
   }
@@ -294,7 +294,8 @@ params_config_complete (void)
   }
   if (params.filename != NULL && params.uri != NULL) {
     nbdkit_error ("subpage: file=%s and uri=%s: give exactly one of "
-                  "file= and uri=", params.filename, params.uri);
+                  "file= and uri=",
+                  params.filename, params.uri);
     return -1;
   }
   if (params.sector_size > params.page_size) {
@@ -306,13 +307,13 @@ params_config_complete (void)
     return -1;
   }
   if (params.cache_size < (uint64_t) CACHE_MIN_PAGES * params.page_size) {
-    nbdkit_error ("subpage: cache-size=%s: must be at least %d x "
-                  "page-size (%s), that is %s",
-                  params_size_str (params.cache_size, b1, sizeof b1),
-                  CACHE_MIN_PAGES,
-                  params_size_str (params.page_size, b2, sizeof b2),
-                  params_size_str ((uint64_t) CACHE_MIN_PAGES *
-                                   params.page_size, b3, sizeof b3));
+    nbdkit_error (
+      "subpage: cache-size=%s: must be at least %d x "
+      "page-size (%s), that is %s",
+      params_size_str (params.cache_size, b1, sizeof b1), CACHE_MIN_PAGES,
+      params_size_str (params.page_size, b2, sizeof b2),
+      params_size_str ((uint64_t) CACHE_MIN_PAGES * params.page_size, b3,
+                       sizeof b3));
     return -1;
   }
   /* A cache larger than RAM is a typo (and would overflow the core's

@@ -13,9 +13,9 @@
 #include "cache.h"
 
 struct params {
-  char *filename;               /* file=, absolute */
-  char *uri;                    /* uri=: the NBD backend, instead of file= */
-  unsigned connections;         /* uri=: connections to the remote */
+  char *filename;       /* file=, absolute */
+  char *uri;            /* uri=: the NBD backend, instead of file= */
+  unsigned connections; /* uri=: connections to the remote */
   uint64_t cache_size;
   uint32_t page_size;
   uint32_t sector_size;
@@ -25,8 +25,8 @@ struct params {
   unsigned dirty_background_ratio;
   unsigned dirty_ratio;
   unsigned writeback_threads;
-  char *metrics_socket;         /* absolute; NULL: no metrics */
-  bool io_flusher;              /* see SAME-HOST CLIENTS in the man page */
+  char *metrics_socket; /* absolute; NULL: no metrics */
+  bool io_flusher;      /* see SAME-HOST CLIENTS in the man page */
   bool mlock_memory;
 };
 
@@ -46,36 +46,36 @@ const char *params_mode_name (enum cache_mode m);
 const char *params_size_str (uint64_t v, char *buf, size_t n);
 
 /* .config_help */
-#define PARAMS_HELP \
-  "file=<FILENAME>     (required, or uri=) Disk image: regular file or\n" \
-  "                    block device.\n" \
-  "uri=<URI>           Remote NBD export instead of file=, for example\n" \
-  "                    nbd+unix:///?socket=/run/remote.sock.\n" \
+#define PARAMS_HELP                                                          \
+  "file=<FILENAME>     (required, or uri=) Disk image: regular file or\n"    \
+  "                    block device.\n"                                      \
+  "uri=<URI>           Remote NBD export instead of file=, for example\n"    \
+  "                    nbd+unix:///?socket=/run/remote.sock.\n"              \
   "connections=<N>     uri=: connections to the remote, 1..64 (default 4;\n" \
-  "                    1 if it does not advertise multi-conn).\n" \
-  "cache-size=<SIZE>   Memory for cached pages (default 256M).\n" \
+  "                    1 if it does not advertise multi-conn).\n"            \
+  "cache-size=<SIZE>   Memory for cached pages (default 256M).\n"            \
   "page-size=<SIZE>    Cache page size, power of 2, 4K..2M (default 64K).\n" \
-  "sector-size=<SIZE>  Tracking granularity, power of 2, 512..page-size\n" \
-  "                    (default 512).\n" \
-  "mode=writeback|writethrough|unsafe  (default writeback).\n" \
-  "dirty-expire-ms=<MS>         Write back data dirty this long,\n" \
-  "                             0..3600000 (default 5000).\n" \
-  "dirty-writeback-ms=<MS>      Write-back timer period, 10..60000\n" \
-  "                             (default 500).\n" \
-  "dirty-background-ratio=<PCT> Start background write-back when dirty\n" \
-  "                             data passes this % of cache-size,\n" \
-  "                             1..100 (default 10).\n" \
-  "dirty-ratio=<PCT>            Throttle writers when dirty data passes\n" \
-  "                             this % of cache-size,\n" \
+  "sector-size=<SIZE>  Tracking granularity, power of 2, 512..page-size\n"   \
+  "                    (default 512).\n"                                     \
+  "mode=writeback|writethrough|unsafe  (default writeback).\n"               \
+  "dirty-expire-ms=<MS>         Write back data dirty this long,\n"          \
+  "                             0..3600000 (default 5000).\n"                \
+  "dirty-writeback-ms=<MS>      Write-back timer period, 10..60000\n"        \
+  "                             (default 500).\n"                            \
+  "dirty-background-ratio=<PCT> Start background write-back when dirty\n"    \
+  "                             data passes this % of cache-size,\n"         \
+  "                             1..100 (default 10).\n"                      \
+  "dirty-ratio=<PCT>            Throttle writers when dirty data passes\n"   \
+  "                             this % of cache-size,\n"                     \
   "                             dirty-background-ratio..100 (default 40).\n" \
-  "writeback-threads=<N>        Write-back worker threads, 1..64\n" \
-  "                             (default 4).\n" \
-  "io-flusher=true|false        Same-host clients: mark nbdkit as an I/O\n" \
-  "                             flusher (needs CAP_SYS_RESOURCE; default\n" \
-  "                             false).\n" \
-  "mlock=true|false             Same-host clients: lock nbdkit's memory\n" \
-  "                             (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK;\n" \
-  "                             default false).\n" \
+  "writeback-threads=<N>        Write-back worker threads, 1..64\n"          \
+  "                             (default 4).\n"                              \
+  "io-flusher=true|false        Same-host clients: mark nbdkit as an I/O\n"  \
+  "                             flusher (needs CAP_SYS_RESOURCE; default\n"  \
+  "                             false).\n"                                   \
+  "mlock=true|false             Same-host clients: lock nbdkit's memory\n"   \
+  "                             (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK;\n"    \
+  "                             default false).\n"                           \
   "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
   "                             on this unix socket (default: none)."
 

@@ -52,7 +52,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* strerrordesc_np, pthread_setname_np */
+#define _GNU_SOURCE 1 /* strerrordesc_np, pthread_setname_np */
 #endif
 #define NBDKIT_API_VERSION 2
 
@@ -97,7 +97,7 @@ NBDKIT_DLL_PUBLIC int subpage_debug_metrics = 0;
 #define SUBPAGE_MAX_REQUEST (32 * 1024 * 1024)
 
 /* Global state, set up once and shared by every connection. */
-static struct backend backend;            /* file= or uri= */
+static struct backend backend; /* file= or uri= */
 static struct cache *cache;
 static struct wbs *wbs;
 static struct metrics *metrics;
@@ -107,8 +107,8 @@ static atomic_bool watcher_stop;
 
 /* The cache core's log callback. */
 static void
-subpage_log (void *opaque, enum cache_log_level level,
-             const char *fmt, va_list ap)
+subpage_log (void *opaque, enum cache_log_level level, const char *fmt,
+             va_list ap)
 {
   (void) opaque;
   switch (level) {
@@ -127,16 +127,16 @@ subpage_get_ready (void)
 
   /* The one place that knows which backend there is. */
   if (params.uri != NULL)
-    err = nbd_backend_open (params.uri, params.connections,
-                            params.sector_size, &backend);
+    err = nbd_backend_open (params.uri, params.connections, params.sector_size,
+                            &backend);
   else
     err = file_backend_open (params.filename, &backend);
   if (err < 0)
     return -1;
 
   if (backend.size == 0) {
-    nbdkit_error ("subpage: %s=%s: the image is empty (size 0)",
-                  backend.param, backend.value);
+    nbdkit_error ("subpage: %s=%s: the image is empty (size 0)", backend.param,
+                  backend.value);
     return -1;
   }
 
@@ -148,10 +148,10 @@ subpage_get_ready (void)
   cfg.mode = params.mode;
   cfg.dirty_background_ratio = params.dirty_background_ratio;
   cfg.dirty_ratio = params.dirty_ratio;
-  cfg.batch_bytes = 0;          /* the core's default */
+  cfg.batch_bytes = 0; /* the core's default */
 
-  cache = cache_create (&cfg, backend.ops, backend.handle,
-                        subpage_log, NULL, &err);
+  cache = cache_create (&cfg, backend.ops, backend.handle, subpage_log, NULL,
+                        &err);
   if (cache == NULL) {
     nbdkit_error ("subpage: cannot create the cache (cache-size=%s "
                   "page-size=%s sector-size=%s): %s",
@@ -209,9 +209,11 @@ subpage_same_host (void)
       int e = errno;
 
       nbdkit_error ("subpage: io-flusher=true: prctl PR_SET_IO_FLUSHER: "
-                    "%s%s", errstr (e),
-                    e == EPERM ? " (needs CAP_SYS_RESOURCE)" :
-                    e == EINVAL ? " (needs Linux >= 5.6)" : "");
+                    "%s%s",
+                    errstr (e),
+                    e == EPERM    ? " (needs CAP_SYS_RESOURCE)"
+                    : e == EINVAL ? " (needs Linux >= 5.6)"
+                                  : "");
       return -1;
     }
     nbdkit_debug ("subpage: io-flusher: PR_SET_IO_FLUSHER set");
@@ -270,7 +272,7 @@ subpage_after_fork (void)
   if (err != 0) {
     nbdkit_error ("subpage: cannot start the shutdown watcher: %s",
                   errstr (err));
-    return -1;                  /* .cleanup stops wbs */
+    return -1; /* .cleanup stops wbs */
   }
   watcher_started = true;
 
@@ -285,9 +287,9 @@ subpage_after_fork (void)
 
     metrics = metrics_start (cache, &mcfg, &err, &what);
     if (metrics == NULL) {
-      nbdkit_error ("subpage: metrics-socket=%s: %s: %s",
-                    params.metrics_socket, what, errstr (-err));
-      return -1;                /* .cleanup stops the rest */
+      nbdkit_error ("subpage: metrics-socket=%s: %s: %s", params.metrics_socket,
+                    what, errstr (-err));
+      return -1; /* .cleanup stops the rest */
     }
   }
   return 0;
@@ -315,14 +317,14 @@ subpage_cleanup (void)
 
     if (r < 0)
       nbdkit_error ("subpage: final flush failed, unwritten data is "
-                    "lost: %s", errstr (-r));
+                    "lost: %s",
+                    errstr (-r));
     cache_get_stats (cache, &st);
     nbdkit_debug ("subpage: exit: backend reads %" PRIu64 " (%" PRIu64
                   " bytes), writes %" PRIu64 " (%" PRIu64 " bytes), "
                   "flushes %" PRIu64 ", write-back errors %" PRIu64,
-                  st.backend_reads, st.backend_read_bytes,
-                  st.backend_writes, st.backend_write_bytes,
-                  st.backend_flushes, st.wb_errors);
+                  st.backend_reads, st.backend_read_bytes, st.backend_writes,
+                  st.backend_write_bytes, st.backend_flushes, st.wb_errors);
     cache_destroy (cache);
     cache = NULL;
   }
@@ -368,7 +370,7 @@ static int
 subpage_can_flush (void *handle)
 {
   (void) handle;
-  return 1;                     /* .flush; 1.32 has no NBDKIT_FLUSH_NATIVE */
+  return 1; /* .flush; 1.32 has no NBDKIT_FLUSH_NATIVE */
 }
 
 static int
@@ -382,7 +384,7 @@ static int
 subpage_can_multi_conn (void *handle)
 {
   (void) handle;
-  return 1;                     /* one cache; a flush covers all of it */
+  return 1; /* one cache; a flush covers all of it */
 }
 
 static int
@@ -396,14 +398,14 @@ static int
 subpage_can_zero (void *handle)
 {
   (void) handle;
-  return 1;                     /* native: .zero is always called */
+  return 1; /* native: .zero is always called */
 }
 
 static int
 subpage_can_fast_zero (void *handle)
 {
   (void) handle;
-  return 1;                     /* zero fails with ENOTSUP when slow */
+  return 1; /* zero fails with ENOTSUP when slow */
 }
 
 static int
@@ -449,8 +451,8 @@ subpage_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
 }
 
 static int
-subpage_pwrite (void *handle, const void *buf, uint32_t count,
-                uint64_t offset, uint32_t flags)
+subpage_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+                uint32_t flags)
 {
   int r;
 
@@ -497,8 +499,7 @@ subpage_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 }
 
 static int
-subpage_cache (void *handle, uint32_t count, uint64_t offset,
-               uint32_t flags)
+subpage_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
   int r;
 
@@ -508,6 +509,7 @@ subpage_cache (void *handle, uint32_t count, uint64_t offset,
   return r < 0 ? subpage_fail ("cache", r) : 0;
 }
 
+/* clang-format off */
 static struct nbdkit_plugin plugin = {
   .name              = "subpage",
   .longname          = "nbdkit sub-page write-back cache plugin",
@@ -538,5 +540,6 @@ static struct nbdkit_plugin plugin = {
   .cache             = subpage_cache,
   .errno_is_preserved = 0,
 };
+/* clang-format on */
 
 NBDKIT_REGISTER_PLUGIN (plugin)

@@ -55,7 +55,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* accept4, pthread_setname_np */
+#define _GNU_SOURCE 1 /* accept4, pthread_setname_np */
 #endif
 
 #include <errno.h>
@@ -80,11 +80,11 @@
 #include "metrics.h"
 #include "thread.h"
 
-#define METRICS_MAX_CONNS   16    /* served at once; more are closed */
-#define METRICS_BACKLOG     64    /* waiting to be accepted */
-#define METRICS_GRACE_S     0.05  /* wait this long for an HTTP request */
-#define METRICS_DEADLINE_S  5.0   /* then drop the connection */
-#define METRICS_REQ_MAX     4096  /* HTTP request headers we read */
+#define METRICS_MAX_CONNS 16   /* served at once; more are closed */
+#define METRICS_BACKLOG 64     /* waiting to be accepted */
+#define METRICS_GRACE_S 0.05   /* wait this long for an HTTP request */
+#define METRICS_DEADLINE_S 5.0 /* then drop the connection */
+#define METRICS_REQ_MAX 4096   /* HTTP request headers we read */
 
 static const char http_head[] =
   "HTTP/1.0 200 OK\r\n"
@@ -93,39 +93,39 @@ static const char http_head[] =
   "\r\n";
 
 enum mconn_state {
-  MCONN_READING,                /* deciding plain or HTTP */
-  MCONN_WRITING,                /* answer rendered, being written */
+  MCONN_READING, /* deciding plain or HTTP */
+  MCONN_WRITING, /* answer rendered, being written */
 };
 
 struct mconn {
   struct metrics *m;
-  struct mconn *prev, *next;    /* m->conns */
+  struct mconn *prev, *next; /* m->conns */
   int fd;
   enum mconn_state state;
   ev_io io;
   ev_timer timer;
   bool grace_over;
-  char *out;                    /* answer: [outpos, outlen) still to go */
+  char *out; /* answer: [outpos, outlen) still to go */
   size_t outlen, outpos;
   size_t reqlen;
-  char req[METRICS_REQ_MAX];    /* last: not cleared by listen_cb */
+  char req[METRICS_REQ_MAX]; /* last: not cleared by listen_cb */
 };
 
 struct metrics {
   struct cache *c;
   struct metrics_config cfg;
-  char *path;                   /* our copy of cfg.path */
+  char *path; /* our copy of cfg.path */
   int lfd;
-  bool bound;                   /* the socket file is ours to remove */
+  bool bound; /* the socket file is ours to remove */
   struct ev_loop *loop;
   ev_io listen_w;
-  ev_timer retry_w;             /* restarts listen_w after EMFILE etc. */
+  ev_timer retry_w; /* restarts listen_w after EMFILE etc. */
   ev_async stop_w;
   pthread_t thread;
   bool started;
-  struct mconn *conns;          /* loop thread only */
+  struct mconn *conns; /* loop thread only */
   unsigned nconns;
-  uint64_t served;              /* loop thread only: answers written */
+  uint64_t served; /* loop thread only: answers written */
 };
 
 static void
@@ -169,8 +169,8 @@ out_printf (struct out *o, const char *fmt, ...)
 static void
 family (struct out *o, const char *name, const char *type, const char *help)
 {
-  out_printf (o, "# HELP subpage_%s %s\n# TYPE subpage_%s %s\n",
-              name, help, name, type);
+  out_printf (o, "# HELP subpage_%s %s\n# TYPE subpage_%s %s\n", name, help,
+              name, type);
 }
 
 static void
@@ -190,8 +190,8 @@ counter (struct out *o, const char *name, const char *help, uint64_t v)
 
 /* Nanoseconds as exact decimal seconds. */
 #define SECONDS_FMT "%" PRIu64 ".%09" PRIu64
-#define SECONDS_ARG(ns) (uint64_t) ((ns) / 1000000000), \
-    (uint64_t) ((ns) % 1000000000)
+#define SECONDS_ARG(ns) \
+  (uint64_t) ((ns) / 1000000000), (uint64_t) ((ns) % 1000000000)
 
 /* The families, in the order of the text, in four groups. */
 
@@ -201,39 +201,35 @@ render_memory (struct out *o, const struct cache_stats *st)
 {
   /* Configuration. */
   gauge (o, "export_size_bytes", "Size of the served image.", st->size);
-  gauge (o, "cache_size_bytes",
-         "Memory for cached pages (cache-size).", st->cache_size);
-  gauge (o, "page_size_bytes", "Cache page size (page-size).",
-         st->page_size);
+  gauge (o, "cache_size_bytes", "Memory for cached pages (cache-size).",
+         st->cache_size);
+  gauge (o, "page_size_bytes", "Cache page size (page-size).", st->page_size);
   gauge (o, "sector_size_bytes",
-         "Granularity of the per-sector state (sector-size).",
-         st->sector_size);
+         "Granularity of the per-sector state (sector-size).", st->sector_size);
 
   /* Memory. */
   gauge (o, "pages_capacity",
-         "Pages the cache can hold (cache-size / page-size).",
-         st->pages_total);
-  gauge (o, "pages_resident", "Pages in memory now.",
-         st->pages_resident);
+         "Pages the cache can hold (cache-size / page-size).", st->pages_total);
+  gauge (o, "pages_resident", "Pages in memory now.", st->pages_resident);
   gauge (o, "pages_dirty",
          "Pages holding dirty data or data being written back; "
          "dirty-background-ratio and dirty-ratio count these pages.",
          st->dirty_pages);
-  gauge (o, "cached_bytes",
-         "Bytes of valid data in the cache, clean or dirty.",
+  gauge (o, "cached_bytes", "Bytes of valid data in the cache, clean or dirty.",
          st->cached_bytes);
   gauge (o, "dirty_bytes",
          "Bytes newer in memory than on the image, not yet being "
-         "written back.", st->dirty_bytes);
-  gauge (o, "writeback_bytes",
-         "Bytes being written to the image now.", st->writeback_bytes);
+         "written back.",
+         st->dirty_bytes);
+  gauge (o, "writeback_bytes", "Bytes being written to the image now.",
+         st->writeback_bytes);
   gauge (o, "writeback_buffer_bytes",
          "Memory for snapshots of data being written back, on top of "
-         "cache_size_bytes.", st->writeback_buffer_bytes);
+         "cache_size_bytes.",
+         st->writeback_buffer_bytes);
   gauge (o, "metadata_bytes",
          "Memory for the cache's bookkeeping, on top of cache_size_bytes.",
          st->metadata_bytes);
-
 }
 
 /* The cache's counters (CACHE_COUNTERS in cache.h: one list for the
@@ -242,8 +238,8 @@ render_memory (struct out *o, const struct cache_stats *st)
 static void
 render_counters (struct out *o, const struct cache_stats *st)
 {
-#define RENDER_COUNTER(f, metric, help)                                 \
-  if (metric != NULL)                                                  \
+#define RENDER_COUNTER(f, metric, help) \
+  if (metric != NULL)                   \
     counter (o, metric, help, st->f);
   CACHE_COUNTERS (RENDER_COUNTER)
 #undef RENDER_COUNTER
@@ -252,8 +248,7 @@ render_counters (struct out *o, const struct cache_stats *st)
   counter (o, "miss_bytes_total", "misses_total in bytes.",
            st->misses * st->sector_size);
   gauge (o, "writeback_runs_in_flight",
-         "Write-back runs started and not yet completed.",
-         st->runs_in_flight);
+         "Write-back runs started and not yet completed.", st->runs_in_flight);
 }
 
 /* Flushes and threads waiting now. */
@@ -366,7 +361,7 @@ mconn_classify (struct mconn *mc, bool eof)
   size_t n = mc->reqlen < 4 ? mc->reqlen : 4;
 
   if (memcmp (mc->req, get, n) != 0)
-    return 0;                   /* not HTTP GET */
+    return 0; /* not HTTP GET */
   if (mc->reqlen < 4)
     return eof ? 0 : -1;
   if (memmem (mc->req, mc->reqlen, "\r\n\r\n", 4) != NULL ||
@@ -398,7 +393,7 @@ mconn_read (struct mconn *mc)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK)
       break;
-    mconn_close (mc);           /* ECONNRESET and the like */
+    mconn_close (mc); /* ECONNRESET and the like */
     return;
   }
   kind = mconn_classify (mc, eof);
@@ -410,8 +405,8 @@ static void
 mconn_write (struct mconn *mc)
 {
   while (mc->outpos < mc->outlen) {
-    ssize_t r = send (mc->fd, mc->out + mc->outpos,
-                      mc->outlen - mc->outpos, MSG_NOSIGNAL);
+    ssize_t r = send (mc->fd, mc->out + mc->outpos, mc->outlen - mc->outpos,
+                      MSG_NOSIGNAL);
 
     if (r >= 0) {
       mc->outpos += r;
@@ -420,8 +415,8 @@ mconn_write (struct mconn *mc)
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK)
-      return;                   /* wait for EV_WRITE */
-    mconn_close (mc);           /* EPIPE: the client went away */
+      return;         /* wait for EV_WRITE */
+    mconn_close (mc); /* EPIPE: the client went away */
     return;
   }
   mc->m->served++;
@@ -483,15 +478,13 @@ listen_cb (struct ev_loop *loop, ev_io *w, int revents)
         /* EMFILE, ENFILE, ENOMEM...: the connection stays queued and
          * the socket readable; pause for a second rather than spin.
          */
-        mlog (m, "metrics: accept4 failed (errno %d), retrying in 1 s",
-              errno);
+        mlog (m, "metrics: accept4 failed (errno %d), retrying in 1 s", errno);
         ev_io_stop (loop, &m->listen_w);
         ev_timer_start (loop, &m->retry_w);
       }
       return;
     }
-    if (m->nconns >= METRICS_MAX_CONNS ||
-        (mc = malloc (sizeof *mc)) == NULL) {
+    if (m->nconns >= METRICS_MAX_CONNS || (mc = malloc (sizeof *mc)) == NULL) {
       mlog (m, "metrics: too many clients, closing a new one");
       close (fd);
       continue;
@@ -565,7 +558,7 @@ bind_path (int s, const struct sockaddr_un *addr)
   r = connect (t, (const struct sockaddr *) addr, sizeof *addr);
   close (t);
   if (r == 0 || errno != ECONNREFUSED) {
-    errno = EADDRINUSE;         /* someone is listening there */
+    errno = EADDRINUSE; /* someone is listening there */
     return -1;
   }
   if (unlink (addr->sun_path) == -1 && errno != ENOENT)
@@ -589,8 +582,8 @@ metrics_free (struct metrics *m)
 }
 
 struct metrics *
-metrics_start (struct cache *c, const struct metrics_config *cfg,
-               int *err, const char **what)
+metrics_start (struct cache *c, const struct metrics_config *cfg, int *err,
+               const char **what)
 {
   struct metrics *m;
   struct sockaddr_un addr;
@@ -663,7 +656,7 @@ metrics_start (struct cache *c, const struct metrics_config *cfg,
   mlog (m, "metrics: serving on %s", m->path);
   return m;
 
- err_free:
+err_free:
   metrics_free (m);
   *err = -r;
   return NULL;
@@ -679,7 +672,7 @@ metrics_stop (struct metrics *m)
     pthread_join (m->thread, NULL);
     m->started = false;
   }
-  mlog (m, "metrics: %" PRIu64 " answers served, closing %s",
-        m->served, m->path);
+  mlog (m, "metrics: %" PRIu64 " answers served, closing %s", m->served,
+        m->path);
   metrics_free (m);
 }

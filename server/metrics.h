@@ -22,11 +22,11 @@
 struct metrics;
 
 struct metrics_config {
-  const char *path;             /* socket path; absolute, < 108 bytes */
-  unsigned mode;                /* file mode of the socket, e.g. 0660 */
-  cache_log_fn log;             /* debug log (may be NULL) */
+  const char *path; /* socket path; absolute, < 108 bytes */
+  unsigned mode;    /* file mode of the socket, e.g. 0660 */
+  cache_log_fn log; /* debug log (may be NULL) */
   void *log_opaque;
-  bool debug;                   /* log every connection */
+  bool debug; /* log every connection */
 };
 
 /* Creates the socket (replacing a stale socket file at PATH that no one
@@ -35,8 +35,8 @@ struct metrics_config {
  * static string: "socket", "bind", "chmod", ...).
  */
 struct metrics *metrics_start (struct cache *c,
-                               const struct metrics_config *cfg,
-                               int *err, const char **what);
+                               const struct metrics_config *cfg, int *err,
+                               const char **what);
 /* Stops the thread, closes every connection and the socket, removes the
  * socket file and frees M (NULL is fine).
  */

@@ -103,7 +103,7 @@
  */
 
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE 1               /* pthread_setname_np */
+#define _GNU_SOURCE 1 /* pthread_setname_np */
 #endif
 
 #include <errno.h>
@@ -125,12 +125,12 @@
 /* Preallocated IO job nodes; more are malloc'd when these are in use. */
 #define WBS_POOL_JOBS 1024
 
-#define WBS_NR_REASONS 2        /* enum cache_wb_reason */
+#define WBS_NR_REASONS 2 /* enum cache_wb_reason */
 
 struct wbs_job {
   struct wbs_job *next;
   struct cache_run *run;
-  struct wbs *s;                /* for asynchronous completions */
+  struct wbs *s; /* for asynchronous completions */
 };
 
 struct wbs {
@@ -146,8 +146,8 @@ struct wbs {
   ev_async kick_w, done_w, drain_w, stop_w;
   pthread_t loop_thread;
   bool loop_started;
-  uint64_t last_wb_errors;      /* loop thread only */
-  bool backoff;                 /* loop thread only: errors seen since
+  uint64_t last_wb_errors; /* loop thread only */
+  bool backoff;            /* loop thread only: errors seen since
                                  * the last tick, so only the timer
                                  * retries */
 
@@ -161,8 +161,8 @@ struct wbs {
 
   /* Everything below is guarded by lock. */
   pthread_mutex_t lock;
-  pthread_cond_t work_cond;     /* workers: a job is available, or quit */
-  pthread_cond_t idle_cond;     /* wbs_stop: nothing queued or running */
+  pthread_cond_t work_cond; /* workers: a job is available, or quit */
+  pthread_cond_t idle_cond; /* wbs_stop: nothing queued or running */
   struct wbs_job *io_head, *io_tail;
   bool collect_pending[WBS_NR_REASONS];
   bool collect_running[WBS_NR_REASONS];
@@ -171,15 +171,15 @@ struct wbs {
    * (a collect that finds data signals done_w itself).
    */
   atomic_bool armed[WBS_NR_REASONS];
-  unsigned busy;                /* workers executing a job */
-  unsigned aio_inflight;        /* runs handed to cfg.aio_pwrite */
-  bool stopping;                /* refuse collects; signal idle_cond */
-  bool quit;                    /* workers exit when the queue is empty */
+  unsigned busy;         /* workers executing a job */
+  unsigned aio_inflight; /* runs handed to cfg.aio_pwrite */
+  bool stopping;         /* refuse collects; signal idle_cond */
+  bool quit;             /* workers exit when the queue is empty */
 
   pthread_t *workers;
-  unsigned nworkers;            /* started so far */
+  unsigned nworkers; /* started so far */
 
-  struct pool jobs;             /* IO job nodes (its own lock) */
+  struct pool jobs; /* IO job nodes (its own lock) */
 };
 
 /* Bytes of the runs submitted by the collect running in this thread
@@ -232,8 +232,7 @@ wbs_debug (struct wbs *s, const char *fmt, ...)
 static void
 wbs_check_idle_locked (struct wbs *s)
 {
-  if (s->stopping && s->io_head == NULL && s->busy == 0 &&
-      s->aio_inflight == 0)
+  if (s->stopping && s->io_head == NULL && s->busy == 0 && s->aio_inflight == 0)
     pthread_cond_broadcast (&s->idle_cond);
 }
 
@@ -265,7 +264,8 @@ static int
 wbs_pick_collect_locked (struct wbs *s)
 {
   static const enum cache_wb_reason order[] = {
-    CACHE_WB_BACKGROUND, CACHE_WB_EXPIRED,
+    CACHE_WB_BACKGROUND,
+    CACHE_WB_EXPIRED,
   };
   size_t i;
 
@@ -316,7 +316,8 @@ wbs_run_io (struct wbs *s, struct cache_run *run)
   }
   r = cache_run_io (s->c, run);
   if (r < 0)
-    wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
+    wbs_debug (s,
+               "writeback: run of %" PRIu32 " bytes at %" PRIu64
                " failed (errno %d): its data is dirty again",
                len, off, -r);
   wbs_signal_done (s, r);
@@ -416,7 +417,8 @@ wbs_aio_done (void *arg, int err)
   struct cache_run *run = job->run;
 
   if (err < 0)
-    wbs_debug (s, "writeback: run of %" PRIu32 " bytes at %" PRIu64
+    wbs_debug (s,
+               "writeback: run of %" PRIu32 " bytes at %" PRIu64
                " failed (errno %d): its data is dirty again",
                cache_run_length (run), cache_run_offset (run), -err);
   cache_run_account (s->c, run);
@@ -498,7 +500,7 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
                            cache_run_length (run), cache_run_offset (run),
                            cache_run_flags (run), wbs_aio_done, job);
     if (r == 0)
-      return;                   /* wbs_aio_done follows */
+      return; /* wbs_aio_done follows */
     /* Not taken: a worker writes it. */
     pthread_mutex_lock (&s->lock);
     s->aio_inflight--;
@@ -540,22 +542,24 @@ wbs_tick_cb (struct ev_loop *loop, ev_timer *w, int revents)
   (void) revents;
   cache_get_stats (s->c, &st);
   s->last_wb_errors = st.wb_errors;
-  s->backoff = false;           /* the tick is the retry */
+  s->backoff = false; /* the tick is the retry */
   if (st.dirty_bytes == 0)
     return;
   wbs_request_collect (s, CACHE_WB_EXPIRED);
   if (wbs_background_applies (s)) {
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
-    wbs_debug (s, "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
+    wbs_debug (s,
+               "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
                " under write-back%s: collect expired and background",
                st.dirty_bytes, st.writeback_bytes,
-               atomic_load (&s->draining) ? ", draining" :
-               ", over the background threshold");
+               atomic_load (&s->draining) ? ", draining"
+                                          : ", over the background threshold");
   }
   else
-    wbs_debug (s, "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
-               " under write-back: collect expired", st.dirty_bytes,
-               st.writeback_bytes);
+    wbs_debug (s,
+               "writeback: tick: %" PRIu64 " bytes dirty, %" PRIu64
+               " under write-back: collect expired",
+               st.dirty_bytes, st.writeback_bytes);
 }
 
 static void
@@ -567,7 +571,7 @@ wbs_kick_cb (struct ev_loop *loop, ev_async *w, int revents)
   (void) revents;
   if (!s->backoff && wbs_background_applies (s)) {
     wbs_debug (s, "writeback: kick: over the background threshold: "
-               "collect background");
+                  "collect background");
     wbs_request_collect (s, CACHE_WB_BACKGROUND);
   }
 }
@@ -585,7 +589,8 @@ wbs_done_cb (struct ev_loop *loop, ev_async *w, int revents)
     /* Back off: until the next tick, neither completions nor kicks ask
      * for a collect; the tick retries, once.
      */
-    wbs_debug (s, "writeback: %" PRIu64 " new write-back errors: "
+    wbs_debug (s,
+               "writeback: %" PRIu64 " new write-back errors: "
                "backing off until the next tick",
                st.wb_errors - s->last_wb_errors);
     s->last_wb_errors = st.wb_errors;
@@ -702,8 +707,8 @@ wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
     goto err_free;
   }
   ev_set_userdata (s->loop, s);
-  ev_timer_init (&s->tick_w, wbs_tick_cb,
-                 cfg->interval_ms / 1000., cfg->interval_ms / 1000.);
+  ev_timer_init (&s->tick_w, wbs_tick_cb, cfg->interval_ms / 1000.,
+                 cfg->interval_ms / 1000.);
   ev_timer_start (s->loop, &s->tick_w);
   ev_async_init (&s->kick_w, wbs_kick_cb);
   ev_async_start (s->loop, &s->kick_w);
@@ -729,10 +734,10 @@ wbs_start (struct cache *c, const struct wbs_config *cfg, int *err)
   cache_set_kick (c, wbs_kick_hook, s);
   return s;
 
- err_threads:
+err_threads:
   r = -r;
   wbs_join_threads (s);
- err_free:
+err_free:
   wbs_free (s);
   *err = r;
   return NULL;

@@ -24,9 +24,9 @@ struct cache;
 struct wbs;
 
 struct wbs_config {
-  unsigned threads;          /* worker threads, >= 1 */
-  uint64_t interval_ms;      /* timer period (dirty-writeback-ms) */
-  uint64_t expire_ms;        /* age at which dirty data is written (dirty-expire-ms) */
+  unsigned threads;     /* worker threads, >= 1 */
+  uint64_t interval_ms; /* timer period (dirty-writeback-ms) */
+  uint64_t expire_ms; /* age at which dirty data is written (dirty-expire-ms) */
   /* Debug log of every scheduling decision (tick, kick, drain, collect
    * results with runs and bytes, failed runs), when debug is set and
    * log is not NULL.  Called from the loop thread and the workers.
