@@ -245,8 +245,9 @@ dirty_note_drop (struct cache *c, struct page *p)
 }
 
 /* wb_lock held. */
-static bool
-busy_overlaps_locked (struct cache *c, uint64_t first_page, uint64_t last_page)
+bool
+dirty_busy_overlaps_locked (struct cache *c, uint64_t first_page,
+                            uint64_t last_page)
 {
   LOCK_ASSERT_HELD (&c->wb_lock);
   for (struct busy_range *b = c->busy; b; b = b->next)
@@ -263,7 +264,7 @@ dirty_busy_overlaps (struct cache *c, uint64_t first_page, uint64_t last_page)
   if (atomic_load (&c->nbusy) == 0)
     return false;
   lock_take (&c->wb_lock);
-  r = busy_overlaps_locked (c, first_page, last_page);
+  r = dirty_busy_overlaps_locked (c, first_page, last_page);
   lock_drop (&c->wb_lock);
   return r;
 }
@@ -274,7 +275,7 @@ dirty_busy_wait (struct cache *c, uint64_t first_page, uint64_t last_page)
 {
   CACHE_ASSERT (!lock_held (&c->wb_lock));
   lock_take (&c->wb_lock);
-  while (busy_overlaps_locked (c, first_page, last_page)) {
+  while (dirty_busy_overlaps_locked (c, first_page, last_page)) {
     atomic_fetch_add (&c->w_idle, 1);
     lock_wait (&c->wb_lock, &c->wb_cv);
     atomic_fetch_sub (&c->w_idle, 1);

@@ -389,6 +389,11 @@ void dirty_note_drop (struct cache *c, struct page *p);
  */
 void dirty_busy_begin (struct cache *c, struct busy_range *r);
 void dirty_busy_end (struct cache *c, struct busy_range *r);
+/* wb_lock held.  Does a busy range cover any page of [first_page,
+ * last_page]?
+ */
+bool dirty_busy_overlaps_locked (struct cache *c, uint64_t first_page,
+                                 uint64_t last_page);
 /* Does a busy range cover any page of [first_page, last_page]? */
 bool dirty_busy_overlaps (struct cache *c, uint64_t first_page,
                           uint64_t last_page);

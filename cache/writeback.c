@@ -243,6 +243,12 @@ collect_pick (struct cache *c, struct collect *k, enum wb_pick how,
       p->skipped = true; /* its collector will tell us */
       continue;
     }
+    /* A page inside a TRIM or ZERO can give nothing now, and picking it
+     * would cost a batch whose free wakes other flushes for nothing;
+     * the range's end is progress (dirty_busy_end).
+     */
+    if (dirty_busy_overlaps_locked (c, p->index, p->index))
+      continue;
     /* Not a break: a collect that leaves a page dirty moves it to the
      * tail with its old date, so the list is not in date order.
      */
