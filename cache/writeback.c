@@ -561,8 +561,8 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
   if (atomic_fetch_sub (&c->runs_in_flight, 1) == 1)
     wake = true;
   /* Throttled writers wait for dirty memory to drop under dirty_limit:
-   * waking all of them on every run while it is still over made each
-   * run cost a context switch per throttled writer.
+   * waking all of them on every run while it is still over would cost
+   * each run a context switch per throttled writer.
    */
   if (wake ||
       (atomic_load (&c->w_throttle) > 0 && dirty_mem (c) < c->dirty_limit)) {
