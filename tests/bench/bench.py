@@ -738,7 +738,7 @@ def main ():
               "tests/bench/flushload) or pass --flushload" % a.flushload)
   for t in ("fio", "nbdkit", "qemu-nbd"):
     if shutil.which (t) is None:
-      sys.exit ("bench.py: %s not found (scripts/packages.txt)" % t)
+      sys.exit ("bench.py: %s not found (scripts/packages-test.txt)" % t)
   tmp = None
   if a.image_dir is None:
     tmp = a.image_dir = tempfile.mkdtemp (prefix="subpage-bench-",

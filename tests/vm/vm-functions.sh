@@ -23,7 +23,7 @@
 
 # vm_find_kernel: the newest /boot/vmlinuz-* whose modules are installed.
 # No kernel is a missing prerequisite (linux-image-amd64 is in
-# scripts/packages.txt).  Sets $vm_kernel, $vm_kver and $vm_moddir.
+# scripts/packages-test.txt).  Sets $vm_kernel, $vm_kver and $vm_moddir.
 vm_find_kernel ()
 {
   local k v
