@@ -23,11 +23,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -85,6 +87,87 @@ params_size_str (uint64_t v, char *buf, size_t n)
   return buf;
 }
 
+/* Parses a size as nbdkit_parse_size does (blanks, an optional "+",
+ * decimal digits, an optional suffix b, k, m, g, t, p or e in either
+ * case, for powers of 1024), but prints nothing: the caller's message,
+ * which names the parameter, is the only one (nbdkit_parse_size would
+ * print its own first).  Returns 0, or -1 when VALUE is not a size or
+ * does not fit in an int64_t.
+ */
+static int
+parse_size_quiet (const char *value, uint64_t *out)
+{
+  static const char suffix[] = "bkmgtpe";
+  const char *p = value, *s;
+  uint64_t v = 0;
+  int shift;
+
+  while (*p == ' ' || *p == '\t')
+    p++;
+  if (*p == '+')
+    p++;
+  if (*p < '0' || *p > '9')
+    return -1;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    if (v > (INT64_MAX - (uint64_t) (*p - '0')) / 10)
+      return -1;
+    v = v * 10 + (uint64_t) (*p - '0');
+  }
+  if (*p != '\0') {
+    char c = *p >= 'A' && *p <= 'Z' ? *p - 'A' + 'a' : *p;
+
+    s = strchr (suffix, c);
+    if (c == '\0' || s == NULL || p[1] != '\0')
+      return -1;
+    shift = 10 * (int) (s - suffix);
+    if (shift > 0 && v > ((uint64_t) INT64_MAX >> shift))
+      return -1;
+    v <<= shift;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Parses an unsigned decimal number (digits only) without printing. */
+static int
+parse_unsigned_quiet (const char *value, unsigned *out)
+{
+  unsigned long long v = 0;
+  const char *p = value;
+
+  if (*p == '\0')
+    return -1;
+  for (; *p != '\0'; p++) {
+    if (*p < '0' || *p > '9')
+      return -1;
+    v = v * 10 + (unsigned) (*p - '0');
+    if (v > UINT_MAX)
+      return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Parses a boolean as nbdkit_parse_bool does, without its message:
+ * 1, true, t, yes, y, on, or 0, false, f, no, n, off, in any case.
+ * Returns 1, 0, or -1.
+ */
+static int
+parse_bool_quiet (const char *value)
+{
+  static const char *const yes[] = { "1", "true", "t", "yes", "y", "on" };
+  static const char *const no[] = { "0", "false", "f", "no", "n", "off" };
+  size_t i;
+
+  for (i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+    if (strcasecmp (value, yes[i]) == 0)
+      return 1;
+    if (strcasecmp (value, no[i]) == 0)
+      return 0;
+  }
+  return -1;
+}
+
 /* Parses a size parameter that must be a power of 2 in [min, max].
  * The message names the range "MIN and MAX", or "MIN and UPPER (at
  * most MAX)" when UPPER (another parameter) is the real upper bound.
@@ -93,10 +176,11 @@ static int
 parse_pow2_size (const char *key, const char *value, uint64_t min, uint64_t max,
                  const char *upper, uint32_t *out)
 {
-  int64_t r = nbdkit_parse_size (value);
+  uint64_t r = 0;
   char b1[32], b2[32];
 
-  if (r == -1 || r < (int64_t) min || r > (int64_t) max || !is_power_of_2 (r)) {
+  if (parse_size_quiet (value, &r) == -1 || r < min || r > max ||
+      !is_power_of_2 (r)) {
     params_size_str (min, b1, sizeof b1);
     params_size_str (max, b2, sizeof b2);
     if (upper != NULL)
@@ -120,7 +204,7 @@ parse_uint (const char *key, const char *value, unsigned min, unsigned max,
 {
   unsigned u;
 
-  if (nbdkit_parse_unsigned (key, value, &u) == -1 || u < min || u > max) {
+  if (parse_unsigned_quiet (value, &u) == -1 || u < min || u > max) {
     nbdkit_error ("subpage: %s=%s: must be an integer between %u and %u", key,
                   value, min, max);
     return -1;
@@ -200,11 +284,12 @@ params_config (const char *key, const char *value)
   else if (strcmp (key, "connections") == 0) {
     if (parse_uint (key, value, 1, 64, &params.connections) == -1)
       return -1;
+    params.connections_given = true;
   }
   else if (strcmp (key, "cache-size") == 0) {
-    int64_t r = nbdkit_parse_size (value);
+    uint64_t r = 0;
 
-    if (r <= 0) {
+    if (parse_size_quiet (value, &r) == -1 || r == 0) {
       nbdkit_error ("subpage: cache-size=%s: must be a size such as 256M "
                     "(at least %d x page-size)",
                     value, CACHE_MIN_PAGES);
@@ -258,7 +343,7 @@ params_config (const char *key, const char *value)
       return -1;
   }
   else if (strcmp (key, "io-flusher") == 0 || strcmp (key, "mlock") == 0) {
-    int r = nbdkit_parse_bool (value);
+    int r = parse_bool_quiet (value);
 
     if (r == -1) {
       nbdkit_error ("subpage: %s=%s: must be true or false", key, value);
@@ -296,6 +381,13 @@ params_config_complete (void)
     nbdkit_error ("subpage: file=%s and uri=%s: give exactly one of "
                   "file= and uri=",
                   params.filename, params.uri);
+    return -1;
+  }
+  if (params.filename != NULL && params.connections_given) {
+    nbdkit_error ("subpage: connections=%u: only applies to uri= (a "
+                  "remote NBD export); file=%s has no connections to "
+                  "set: remove connections=",
+                  params.connections, params.filename);
     return -1;
   }
   if (params.sector_size > params.page_size) {

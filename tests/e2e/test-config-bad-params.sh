@@ -66,6 +66,29 @@ try writeback-threads file="$img" writeback-threads=0
 try file            cache-size=16M                 # no file=
 try /nonexistent    file=/nonexistent
 try foo             file="$img" foo=1              # unknown key
+try connections     file="$img" connections=8      # only for uri=
+try connections     file="$img" connections=abc
+
+# one_error ARGS...: nbdkit rejects ARGS with exactly one error line (a
+# parser's own message followed by the plugin's would be two).
+one_error ()
+{
+  local n
+  nbdkit_cmd -U - "$PLUGIN" "$@" --run 'exit 0' 2>"$err" || true
+  n=$(grep -c 'error:' "$err" || true)
+  if [ "$n" -ne 1 ]; then
+    echo "FAIL: $*: $n error lines, expected 1:" >&2
+    cat "$err" >&2
+    failures=$((failures + 1))
+  else
+    echo "ok: one error line: $*"
+  fi
+}
+one_error file="$img" cache-size=abc
+one_error file="$img" cache-size=-1
+one_error file="$img" page-size=abc
+one_error file="$img" connections=abc
+one_error file="$img" mlock=maybe
 
 if [ "$failures" -ne 0 ]; then
   echo "$0: $failures case(s) failed" >&2
