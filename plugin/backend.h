@@ -31,6 +31,13 @@ struct backend {
 
   uint64_t size; /* bytes, as found at open */
 
+  /* Why the image cannot be written, as far as the open function can
+   * tell (a static string, for a message), or NULL when it may be.
+   * Known at .get_ready, before nbdkit forks, so the plugin can say so
+   * where the user sees it (subpage.c, subpage_get_ready).
+   */
+  const char *read_only_why;
+
   /* Can the image be written now (.can_write)? */
   bool (*can_write) (void *handle);
 

@@ -433,6 +433,24 @@ fb_close (void *opaque)
   free (fb);
 }
 
+/* Why the image cannot be opened for writing, without opening it for
+ * writing (-r must never do that): the effective user's permission, a
+ * read-only filesystem or an immutable file (faccessat AT_EACCESS:
+ * EACCES, EROFS, EPERM), or a block device set read-only (BLKROGET).
+ * NULL when it looks writable; fb_open_write has the last word.
+ */
+static const char *
+fb_read_only_why (struct file_backend *fb)
+{
+  int ro = 0;
+
+  if (faccessat (AT_FDCWD, fb->path, W_OK, AT_EACCESS) == -1)
+    return errstr (errno);
+  if (fb->is_block && ioctl (fb->rfd, BLKROGET, &ro) == 0 && ro != 0)
+    return "the block device is read-only";
+  return NULL;
+}
+
 int
 file_backend_open (const char *path, struct backend *be)
 {
@@ -491,6 +509,7 @@ file_backend_open (const char *path, struct backend *be)
   nbdkit_debug ("subpage: file=%s: %s of %" PRIu64 " bytes", path,
                 fb->is_block ? "block device" : "regular file", fb->size);
   *be = (struct backend){
+    .read_only_why = fb_read_only_why (fb),
     .param = "file",
     .value = fb->path,
     .ops = &fb_ops,

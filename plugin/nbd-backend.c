@@ -363,6 +363,7 @@ nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
 
   nb_log_open (nb, connections);
   *be = (struct backend){
+    .read_only_why = nb->read_only ? "the remote export is read-only" : NULL,
     .param = "uri",
     .value = nb->uri,
     .ops = &nb_ops,

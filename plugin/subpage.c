@@ -16,10 +16,16 @@
  * Lifecycle:
  *   .config, .config_complete  parameters (params.c).
  *   .get_ready                 opens the image read-only (uri=: connects
- *                              to the remote) and creates the cache
- *                              (errors here are seen by the user).
- *   .after_fork                applies io-flusher= and mlock= (see
- *                              subpage_same_host), then starts the
+ *                              to the remote), creates the cache, sets
+ *                              io-flusher= and checks mlock= (see
+ *                              subpage_same_host_check), and says once
+ *                              on stderr if the image cannot be written
+ *                              (errors here are seen by the user: nbdkit
+ *                              has not forked).  nbdkit 1.32 has no
+ *                              info level (nbdkit_debug needs -v,
+ *                              nbdkit_error is for errors), hence stderr.
+ *   .after_fork                applies mlock= (see subpage_same_host),
+ *                              then starts the
  *                              write-back server, the shutdown watcher
  *                              thread and, with metrics-socket=, the
  *                              metrics endpoint (server/metrics.h).
@@ -62,11 +68,13 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 
 #include <nbdkit-plugin.h>
 
@@ -118,6 +126,58 @@ subpage_log (void *opaque, enum cache_log_level level, const char *fmt,
   }
 }
 
+/* Same-host safety, the part that can fail, done in .get_ready: nbdkit
+ * 1.32 calls it before it opens its sockets, writes the pidfile,
+ * changes user (-u) and forks (server/main.c: "This must be called
+ * before we change user, fork, or open any sockets"), so a failure
+ * here makes nbdkit exit non-zero with the message on the terminal,
+ * in daemon mode too; a failure in .after_fork would leave the parent
+ * exiting 0 with a pidfile and a socket and no server.
+ *
+ * io-flusher=true: PR_SET_IO_FLUSHER is set here, on nbdkit's main
+ * thread, the one that then forks and calls .after_fork: the flags it
+ * sets (PF_MEMALLOC_NOIO, PF_LOCAL_THROTTLE) are kept across fork and
+ * inherited by every thread created later, so .after_fork only checks
+ * them (PR_GET_IO_FLUSHER), even after -u dropped the capability.
+ *
+ * mlock=true: the locks of mlockall are not kept across fork, so the
+ * real call stays in .after_fork.  Here mlockall (MCL_CURRENT |
+ * MCL_ONFAULT) makes the kernel's own permission check (CAP_IPC_LOCK,
+ * or everything mapped now within RLIMIT_MEMLOCK) without faulting
+ * anything in, and munlockall undoes it.  It is made with syscall(2):
+ * AddressSanitizer's mlockall and munlockall do nothing, and the check
+ * must also run in the sanitizer builds the tests use.  Not covered:
+ * nbdkit -u to a user that lacks the privilege (the check runs before
+ * the change of user), which still fails only in .after_fork.
+ */
+static int
+subpage_same_host_check (void)
+{
+  if (params.io_flusher && prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1) {
+    int e = errno;
+
+    nbdkit_error ("subpage: io-flusher=true: prctl PR_SET_IO_FLUSHER: %s%s",
+                  errstr (e),
+                  e == EPERM    ? " (needs CAP_SYS_RESOURCE)"
+                  : e == EINVAL ? " (needs Linux >= 5.6)"
+                                : "");
+    return -1;
+  }
+  if (params.mlock_memory) {
+    if (syscall (SYS_mlockall, MCL_CURRENT | MCL_ONFAULT) == -1) {
+      int e = errno;
+
+      nbdkit_error ("subpage: mlock=true: mlockall: %s (needs "
+                    "CAP_IPC_LOCK, or RLIMIT_MEMLOCK (ulimit -l) larger "
+                    "than cache-size plus nbdkit's own memory)",
+                    errstr (e));
+      return -1;
+    }
+    syscall (SYS_munlockall);
+  }
+  return 0;
+}
+
 static int
 subpage_get_ready (void)
 {
@@ -163,6 +223,17 @@ subpage_get_ready (void)
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
 
+  /* After cache_create: mlock=true's check counts the cache's memory. */
+  if (subpage_same_host_check () == -1)
+    return -1;
+
+  /* Said once, at normal verbosity, on stderr (see the design note). */
+  if (backend.read_only_why != NULL)
+    fprintf (stderr,
+             "nbdkit: subpage: %s=%s: the image cannot be written (%s): "
+             "serving it read-only\n",
+             backend.param, backend.value, backend.read_only_why);
+
   nbdkit_debug ("subpage: %s=%s size=%" PRIu64 " cache-size=%s "
                 "page-size=%s sector-size=%s mode=%s "
                 "dirty-expire-ms=%u dirty-writeback-ms=%u "
@@ -205,7 +276,11 @@ static int
 subpage_same_host (void)
 {
   if (params.io_flusher) {
-    if (prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1) {
+    /* Set in .get_ready (subpage_same_host_check) and kept across the
+     * fork: set again only if it is not (it always is on Linux).
+     */
+    if (prctl (PR_GET_IO_FLUSHER, 0, 0, 0, 0) != 1 &&
+        prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1) {
       int e = errno;
 
       nbdkit_error ("subpage: io-flusher=true: prctl PR_SET_IO_FLUSHER: "

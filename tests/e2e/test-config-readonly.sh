@@ -54,4 +54,32 @@ EOF
 
 stop_nbdkit "$pid"
 cmp "$img" "$orig"
+
+# An image the server cannot write is served read-only, and nbdkit says
+# so once at normal verbosity (no -v), on stderr, not as an error.  Root
+# without CAP_DAC_OVERRIDE cannot write its own 0444 file.  A writable
+# image, with or without -r, gets no such line.
+log=$tmpdir/stderr
+notice="file=$img: the image cannot be written (Permission denied): serving it read-only"
+if command -v setpriv >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  chmod 0444 "$img"
+  timeout 120 setpriv --bounding-set=-dac_override \
+    env "${_nbdkit_env[@]}" nbdkit -U - "$PLUGIN" file="$img" \
+    --run 'nbdinfo --is read-only "$uri"' 2>"$log"
+  cat "$log"
+  n=$(grep -cF -- "$notice" "$log" || true)
+  [ "$n" -eq 1 ] ||
+    { echo "$0: the read-only notice appears $n times, expected once" >&2; exit 1; }
+  ! grep -q 'error' "$log" ||
+    { echo "$0: the read-only image logged an error" >&2; exit 1; }
+  chmod 0644 "$img"
+else
+  _skip "the read-only notice needs root and setpriv (util-linux)"
+fi
+for ro in "" -r; do
+  nbdkit_cmd -U - $ro "$PLUGIN" file="$img" --run 'exit 0' 2>"$log"
+  ! grep -qF "serving it read-only" "$log" ||
+    { echo "$0: writable image ($ro): read-only notice printed" >&2; cat "$log" >&2; exit 1; }
+done
+cmp "$img" "$orig"
 echo ok
