@@ -43,16 +43,26 @@
  * Shutdown watcher.  Dirty data must start draining as soon as nbdkit
  * begins to shut down, not at .cleanup: an idle connected client keeps
  * nbdkit 1.32 from reaching .cleanup until it disconnects.  nbdkit 1.32
- * gives plugins no shutdown callback, but nbdkit_nanosleep (server/
- * public.c) ppolls nbdkit's internal quit pipe as well as the sleep,
- * also from a thread nbdkit did not create (it then has no connection,
- * so only the quit pipe is watched).  Verified with nbdkit 1.32.5: a
- * thread looping on nbdkit_nanosleep (1, 0) gets -1 with errno
- * ESHUTDOWN within a millisecond of SIGTERM, while .cleanup ran only
- * when the idle client left.  The side effect is one
- * "nbdkit: error: aborting sleep because of server shut down" line,
- * printed by nbdkit itself.  The watcher then calls wbs_begin_drain and
- * exits.  .cleanup stops it with a flag (checked every second).
+ * gives plugins no shutdown callback and no way to ask whether it is
+ * shutting down: its flag (quit) and pipe-to-self (quit_fd, server/
+ * quit.c) are internal, and server/nbdkit.syms exports neither.  The
+ * one public function that sees them, nbdkit_nanosleep (server/
+ * public.c), logs "aborting sleep because of server shut down" with
+ * nbdkit_error when it does, so every stop would log an error.
+ * Instead the plugin chains nbdkit's own handlers: nbdkit installs them
+ * for SIGINT, SIGQUIT, SIGTERM and SIGHUP in start_serving (set_up_
+ * signals, server/signals.c) before it calls .after_fork, and these
+ * signals are how a stop reaches it (systemctl stop, kill, Ctrl-C, and
+ * --run, whose parent sends SIGTERM when the command exits: server/
+ * captive.c).  In .after_fork the plugin replaces each handler with
+ * one that calls nbdkit's handler first, unchanged, then writes a
+ * byte to a pipe; the watcher thread (all signals blocked) reads it
+ * and calls wbs_begin_drain.  A shutdown that nbdkit starts without a
+ * signal (nbdkit_shutdown from a filter such as exitlast or exitwhen)
+ * is not seen early; those filters shut down only once no client is
+ * connected, so .cleanup follows at once and drains.  .cleanup puts
+ * nbdkit's handlers back before anything else (the plugin is unloaded
+ * after it), then wakes the watcher with another byte and joins it.
  *
  * What it does not do: extents, multiple exports.
  */
@@ -63,8 +73,10 @@
 #define NBDKIT_API_VERSION 2
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -111,7 +123,6 @@ static struct wbs *wbs;
 static struct metrics *metrics;
 static pthread_t watcher;
 static bool watcher_started;
-static atomic_bool watcher_stop;
 
 /* The cache core's log callback. */
 static void
@@ -249,21 +260,139 @@ subpage_get_ready (void)
   return 0;
 }
 
-/* The shutdown watcher (see the design note above). */
-static void *
-subpage_watcher (void *arg)
+/* The shutdown watcher (see the design note above).  Its pipe gets
+ * 's' from the signal handler (nbdkit is shutting down) or 'q' from
+ * .cleanup (stop watching).
+ */
+static int watcher_pipe[2] = { -1, -1 };
+static const int watcher_signals[] = { SIGINT, SIGQUIT, SIGTERM, SIGHUP };
+#define WATCHER_NSIGNALS (sizeof watcher_signals / sizeof watcher_signals[0])
+static struct sigaction watcher_saved[WATCHER_NSIGNALS];
+static bool watcher_hooked[WATCHER_NSIGNALS];
+
+/* Runs in whichever nbdkit thread takes the signal: only
+ * async-signal-safe calls.
+ */
+static void
+subpage_watcher_signal (int sig, siginfo_t *info, void *ucontext)
 {
-  (void) arg;
-  pthread_setname_np (pthread_self (), "subpage-watch");
-  while (!atomic_load (&watcher_stop)) {
-    if (nbdkit_nanosleep (1, 0) == -1) {
-      nbdkit_debug ("subpage: server is shutting down: "
-                    "draining dirty data");
-      wbs_begin_drain (wbs);
+  int saved_errno = errno;
+  char c = 's';
+  size_t i;
+
+  for (i = 0; i < WATCHER_NSIGNALS; i++) {
+    if (watcher_signals[i] == sig) {
+      const struct sigaction *sa = &watcher_saved[i];
+
+      if (sa->sa_flags & SA_SIGINFO)
+        sa->sa_sigaction (sig, info, ucontext);
+      else
+        sa->sa_handler (sig);
       break;
     }
   }
+  if (write (watcher_pipe[1], &c, 1) == -1) {
+    /* Full (it cannot be: one byte per signal, read at once): nothing
+     * to do in a signal handler.
+     */
+  }
+  errno = saved_errno;
+}
+
+static void *
+subpage_watcher (void *arg)
+{
+  char c = 'q';
+  ssize_t r;
+
+  (void) arg;
+  pthread_setname_np (pthread_self (), "subpage-watch");
+  do
+    r = read (watcher_pipe[0], &c, 1);
+  while (r == -1 && errno == EINTR);
+  if (r == 1 && c == 's') {
+    nbdkit_debug ("subpage: server is shutting down: draining dirty data");
+    wbs_begin_drain (wbs);
+  }
   return NULL;
+}
+
+/* Puts nbdkit's signal handlers back (before the plugin is unloaded). */
+static void
+subpage_watcher_unhook (void)
+{
+  size_t i;
+
+  for (i = 0; i < WATCHER_NSIGNALS; i++) {
+    if (watcher_hooked[i]) {
+      sigaction (watcher_signals[i], &watcher_saved[i], NULL);
+      watcher_hooked[i] = false;
+    }
+  }
+}
+
+/* Called in .after_fork, after nbdkit installed its handlers. */
+static int
+subpage_watcher_start (void)
+{
+  size_t i, hooked = 0;
+  int err;
+
+  if (pipe2 (watcher_pipe, O_CLOEXEC) == -1 ||
+      fcntl (watcher_pipe[1], F_SETFL, O_NONBLOCK) == -1)
+    return errno;
+  err = thread_start_nosignals (&watcher, subpage_watcher, NULL);
+  if (err != 0)
+    return err;
+  watcher_started = true;
+
+  for (i = 0; i < WATCHER_NSIGNALS; i++) {
+    struct sigaction sa;
+
+    if (sigaction (watcher_signals[i], NULL, &watcher_saved[i]) == -1)
+      continue;
+    /* Chain only a real handler: under SIG_DFL the signal ends the
+     * process, under SIG_IGN it does not stop nbdkit.
+     */
+    if (!(watcher_saved[i].sa_flags & SA_SIGINFO) &&
+        (watcher_saved[i].sa_handler == SIG_DFL ||
+         watcher_saved[i].sa_handler == SIG_IGN))
+      continue;
+    memset (&sa, 0, sizeof sa);
+    sa.sa_sigaction = subpage_watcher_signal;
+    sa.sa_mask = watcher_saved[i].sa_mask;
+    sa.sa_flags = (watcher_saved[i].sa_flags & SA_RESTART) | SA_SIGINFO;
+    if (sigaction (watcher_signals[i], &sa, NULL) == 0) {
+      watcher_hooked[i] = true;
+      hooked++;
+    }
+  }
+  nbdkit_debug ("subpage: shutdown watcher: %zu of %zu stop signals "
+                "chained",
+                hooked, WATCHER_NSIGNALS);
+  return 0;
+}
+
+/* Called in .cleanup. */
+static void
+subpage_watcher_stop (void)
+{
+  char c = 'q';
+
+  subpage_watcher_unhook ();
+  if (watcher_started) {
+    /* Fails only if the pipe is full, and then the watcher wakes
+     * anyway (any byte ends it).
+     */
+    if (write (watcher_pipe[1], &c, 1) == -1)
+      nbdkit_debug ("subpage: shutdown watcher: pipe full");
+    pthread_join (watcher, NULL);
+    watcher_started = false;
+  }
+  /* The pipe stays open: a handler that began before the unhook, on
+   * another thread, may still write to it, and a closed descriptor
+   * could by then be reused.  nbdkit exits after .cleanup.
+   */
 }
 
 /* Same-host safety (man page, SAME-HOST CLIENTS).  Called in
@@ -343,13 +472,12 @@ subpage_after_fork (void)
     return -1;
   }
 
-  err = thread_start_nosignals (&watcher, subpage_watcher, NULL);
+  err = subpage_watcher_start ();
   if (err != 0) {
     nbdkit_error ("subpage: cannot start the shutdown watcher: %s",
                   errstr (err));
     return -1; /* .cleanup stops wbs */
   }
-  watcher_started = true;
 
   if (params.metrics_socket != NULL) {
     struct metrics_config mcfg = {
@@ -375,11 +503,7 @@ subpage_cleanup (void)
 {
   metrics_stop (metrics);
   metrics = NULL;
-  if (watcher_started) {
-    atomic_store (&watcher_stop, true);
-    pthread_join (watcher, NULL);
-    watcher_started = false;
-  }
+  subpage_watcher_stop ();
   wbs_stop (wbs);
   wbs = NULL;
 

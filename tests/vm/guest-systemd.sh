@@ -10,10 +10,12 @@
 #      make-data.py) and patch it in place, print the checksums, umount,
 #      e2fsck, detach;
 #   3. systemctl stop subpage@test.service: the drain must end with
-#      status 0, and the image file itself must then hold a clean
-#      filesystem with every file (debugfs, no mount);
+#      status 0 and log no error (issue 17), and the image file itself
+#      must then hold a clean filesystem with every file (debugfs, no
+#      mount);
 #   4. systemctl start subpage@test.socket, attach again (a new
-#      service), mount read-only, check every checksum, detach, stop.
+#      service), mount read-only, check every checksum, detach, stop;
+#      that stop logs no error either.
 # Markers go to /dev/ttyS1 (the host's results log), as in
 # guest-nbd-client.sh: "VMTEST <STEP> OK ...", "VMTEST SUM <sha>  <path>",
 # "VMTEST FAIL <step>: <why>", "VMTEST DONE".  Then the guest powers off.
@@ -40,6 +42,21 @@ fail ()
 {
   say "VMTEST FAIL $*"
   finish
+}
+
+# no_errors STEP: the service's journal has no line at error priority
+# or above, and none that says "error" (nbdkit's stderr reaches the
+# journal at the default priority, info, so its "nbdkit: error: ..."
+# lines are found by their text).
+no_errors ()
+{
+  local lines
+  lines=$( { journalctl --no-pager -o cat -p err -u "$unit.service"
+             journalctl --no-pager -o cat -u "$unit.service" |
+               grep -i 'error'; } 2>&1) || :
+  [ -z "$lines" ] ||
+    fail "$1: the journal of $unit.service has error lines: $lines"
+  say "VMTEST $1 LOG OK"
 }
 
 run ()
@@ -127,6 +144,7 @@ status=$(systemctl show -P ExecMainStatus "$unit.service")
 [ "$result" = success ] && [ "$status" = 0 ] ||
   fail "stop: $unit.service ended with Result=$result ExecMainStatus=$status"
 say "VMTEST STOP OK result=$result status=$status"
+no_errors STOP
 # DynamicUser=: the state directory is /var/lib/private/subpage, with
 # /var/lib/subpage a link to it; the file is the one the service wrote.
 run "image-fsck" e2fsck -fn "$img"
@@ -152,5 +170,6 @@ detach
 run "stop-all" systemctl stop "$unit.socket" "$unit.service"
 result=$(systemctl show -P Result "$unit.service")
 [ "$result" = success ] || fail "stop-all: $unit.service ended with Result=$result"
+no_errors STOP-ALL
 say "VMTEST DONE"
 finish

@@ -143,8 +143,9 @@ vm_finish
 vm_expect "$results" \
   "VMTEST SOCKET OK" "VMTEST ATTACH OK" "VMTEST WRITE OK files=$nfiles" \
   "VMTEST FSCK OK" "VMTEST STOP OK result=success status=0" \
+  "VMTEST STOP LOG OK" \
   "VMTEST IMAGE OK" "VMTEST REATTACH OK" "VMTEST VERIFY OK files=$nfiles" \
-  "VMTEST DONE"
+  "VMTEST STOP-ALL LOG OK" "VMTEST DONE"
 tr -d '\r' < "$results" | sed -n 's/^VMTEST SUM //p' | LC_ALL=C sort -k2 > "$tmpdir/guest.sums"
 if ! cmp -s "$tmpdir/guest.sums" "$tmpdir/expected.sums"; then
   echo "$0: the guest's checksums differ from the host's:" >&2
