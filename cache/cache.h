@@ -191,11 +191,12 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
  * is a field of struct cache_stats, an atomic counter of the core
  * (report.c), and a Prometheus counter of the metrics endpoint (its
  * name, "subpage_" first, and help; NULL: the endpoint shows it another
- * way).  X (field, metric, help).
+ * way: hits and misses count sectors, it exports them in bytes).
+ * X (field, metric, help).
  */
 #define CACHE_COUNTERS(X)                                                      \
-  X (hits, "hits_total", "Sectors read by clients that were in the cache.")    \
-  X (misses, "misses_total",                                                   \
+  X (hits, NULL, "Sectors read by clients that were in the cache.")            \
+  X (misses, NULL,                                                             \
      "Sectors read from the image because they were not in the cache.")        \
   X (client_reads, "client_reads_total", "Read requests served.")              \
   X (client_read_bytes, "client_read_bytes_total", "Bytes read by clients.")   \
@@ -228,8 +229,34 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "Writes that waited because dirty data passed dirty-ratio.")              \
   X (flushes, "flushes_total",                                                 \
      "Flushes (client flushes and the final flush at exit).")                  \
-  X (flush_errors, "flush_errors_total", "Flushes that failed.")               \
-  X (flush_ns_total, NULL, NULL)
+  X (flush_errors, "flush_errors_total", "Flushes that failed.")
+
+/* Latency histograms, one list like CACHE_COUNTERS: each is a struct
+ * cache_histogram in struct cache_stats, atomic bucket counters of the
+ * core (report.c), and a Prometheus histogram of the metrics endpoint
+ * (its name, "subpage_" first, in seconds, and help).
+ * X (field, metric, help).
+ */
+#define CACHE_HISTOGRAMS(X)                   \
+  X (flush_latency, "flush_duration_seconds", \
+     "Time cache_flush took (client flushes and the final flush at exit).")
+
+/* The buckets' upper bounds in nanoseconds: 100 us to 10 s, 1, 2.5 and
+ * 5 per decade (cache_histogram_bounds_ns, report.c); a last bucket
+ * holds what is above 10 s.
+ */
+#define CACHE_HIST_BUCKETS 16
+extern const uint64_t cache_histogram_bounds_ns[CACHE_HIST_BUCKETS];
+
+struct cache_histogram {
+  /* Observations per bucket (not cumulative): bucket[i] those above
+   * bound i - 1 and at most bound i; bucket[CACHE_HIST_BUCKETS] those
+   * above the last bound.
+   */
+  uint64_t bucket[CACHE_HIST_BUCKETS + 1];
+  uint64_t count;  /* the sum of bucket[], read with them */
+  uint64_t sum_ns; /* sum of the observations */
+};
 
 /* Statistics (approximate while requests run; exact when idle). */
 struct cache_stats {
@@ -247,6 +274,9 @@ struct cache_stats {
 #define CACHE_STATS_FIELD(f, metric, help) uint64_t f;
   CACHE_COUNTERS (CACHE_STATS_FIELD)
 #undef CACHE_STATS_FIELD
+#define CACHE_STATS_HIST(f, metric, help) struct cache_histogram f;
+  CACHE_HISTOGRAMS (CACHE_STATS_HIST)
+#undef CACHE_STATS_HIST
   /* Threads waiting right now (for tests and metrics): waiting_flush
    * counts cache_flush calls blocked on write-back or on a backend flush
    * another flush started; waiting_idle counts TRIM/ZERO/FUA waiting for

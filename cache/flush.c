@@ -176,6 +176,6 @@ flush_body (struct cache *c, bool force)
     atomic_fetch_add (&c->ctr.flush_errors, 1);
     report_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
   }
-  atomic_fetch_add (&c->ctr.flush_ns_total, report_now_ns () - t0);
+  report_latency (&c->hist.flush_latency, report_now_ns () - t0);
   return err;
 }

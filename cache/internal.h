@@ -151,6 +151,14 @@ struct busy_range {
   struct busy_range *next;
 };
 
+/* One of CACHE_HISTOGRAMS: the core's side of struct cache_histogram
+ * (report.c).
+ */
+struct report_hist {
+  atomic_uint_fast64_t bucket[CACHE_HIST_BUCKETS + 1];
+  atomic_uint_fast64_t sum_ns;
+};
+
 struct cache {
   struct cache_config cfg;
   const struct cache_backend_ops *ops;
@@ -232,6 +240,11 @@ struct cache {
     CACHE_COUNTERS (CACHE_CTR_FIELD)
 #undef CACHE_CTR_FIELD
   } ctr;
+  struct { /* CACHE_HISTOGRAMS, as atomics */
+#define CACHE_HIST_FIELD(f, metric, help) struct report_hist f;
+    CACHE_HISTOGRAMS (CACHE_HIST_FIELD)
+#undef CACHE_HIST_FIELD
+  } hist;
   atomic_uint_fast64_t w_flush, w_throttle, w_page, w_idle;
   atomic_uint_fast64_t runs_in_flight;
 
@@ -283,6 +296,8 @@ uint64_t report_now_ns (void);
 /* Page locked.  Adds sector changes D to P's counters and the cache's. */
 void report_account (struct cache *c, struct page *p,
                      const struct sect_delta *d);
+/* Adds one observation of NS nanoseconds to H (a field of c->hist). */
+void report_latency (struct report_hist *h, uint64_t ns);
 /* Counts one client request of COUNT bytes that succeeded. */
 void report_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
                      uint32_t count);

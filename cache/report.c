@@ -68,6 +68,36 @@ report_account (struct cache *c, struct page *p, const struct sect_delta *d)
     atomic_fetch_add (&c->st_dpages, is_dirty ? 1 : (uint64_t) -1);
 }
 
+const uint64_t cache_histogram_bounds_ns[CACHE_HIST_BUCKETS] = {
+  100000,     250000,     500000,                  /* 100 us .. */
+  1000000,    2500000,    5000000,                 /* 1 ms .. */
+  10000000,   25000000,   50000000,                /* 10 ms .. */
+  100000000,  250000000,  500000000,               /* 100 ms .. */
+  1000000000, 2500000000, 5000000000, 10000000000, /* 1 s .. 10 s */
+};
+
+void
+report_latency (struct report_hist *h, uint64_t ns)
+{
+  unsigned i = 0;
+
+  while (i < CACHE_HIST_BUCKETS && ns > cache_histogram_bounds_ns[i])
+    i++;
+  atomic_fetch_add_explicit (&h->bucket[i], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit (&h->sum_ns, ns, memory_order_relaxed);
+}
+
+static void
+hist_copy (struct cache_histogram *dst, struct report_hist *src)
+{
+  dst->count = 0;
+  for (unsigned i = 0; i <= CACHE_HIST_BUCKETS; i++) {
+    dst->bucket[i] = atomic_load (&src->bucket[i]);
+    dst->count += dst->bucket[i];
+  }
+  dst->sum_ns = atomic_load (&src->sum_ns);
+}
+
 /* Counts one client request of COUNT bytes that succeeded. */
 void
 report_request (atomic_uint_fast64_t *n, atomic_uint_fast64_t *bytes,
@@ -96,6 +126,9 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
 #define CACHE_STATS_COPY(f, metric, help) st->f = atomic_load (&c->ctr.f);
   CACHE_COUNTERS (CACHE_STATS_COPY)
 #undef CACHE_STATS_COPY
+#define CACHE_STATS_HIST(f, metric, help) hist_copy (&st->f, &c->hist.f);
+  CACHE_HISTOGRAMS (CACHE_STATS_HIST)
+#undef CACHE_STATS_HIST
   st->waiting_flush = atomic_load (&c->w_flush);
   st->waiting_throttle = atomic_load (&c->w_throttle);
   st->waiting_page = atomic_load (&c->w_page);

@@ -485,6 +485,9 @@ subpage_after_fork (void)
       .mode = 0660,
       .log = subpage_log,
       .debug = subpage_debug_metrics != 0,
+      .version = SUBPAGE_VERSION,
+      .cache_mode = params_mode_name (params.mode),
+      .backend = params.uri != NULL ? "nbd" : "file",
     };
     const char *what = "";
 

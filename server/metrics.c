@@ -5,18 +5,23 @@
  * What it does: listens on an AF_UNIX stream socket and answers every
  * connection with the cache's statistics in the Prometheus text
  * exposition format 0.0.4 (HELP and TYPE lines; counters end in
- * _total), then closes it.  Two kinds of client:
+ * _total, and every name carries its unit), then closes it.  Two kinds
+ * of client:
  *   plain  connects and reads (socat, nc -U, a script): it gets the
  *          text alone;
- *   HTTP   sends "GET ..." first (curl --unix-socket, a Prometheus
- *          scrape through a socket proxy): it gets an HTTP/1.0 200
- *          response with Content-Type text/plain; version=0.0.4.
+ *   HTTP   sends a request first (curl --unix-socket, a Prometheus
+ *          scrape through a socket proxy): GET /metrics gets an
+ *          HTTP/1.0 200 response with Content-Type text/plain;
+ *          version=0.0.4 and Content-Length, HEAD /metrics the same
+ *          without the body, another path 404, another method 405.
  * Which one it is is decided by the first bytes the client sends: "GET "
- * means HTTP (the answer goes out once the request's headers are in,
- * "\r\n\r\n"); anything else, end of file (the client shut down its
- * side), or nothing within METRICS_GRACE_S means plain.  So a plain
- * client that just reads waits METRICS_GRACE_S; one that shuts down its
- * writing side first gets the text at once.  Any path is accepted.
+ * or "HEAD " means HTTP; another upper-case word and a space means HTTP
+ * if the first line ends in " HTTP/1.x" (the answer goes out once the
+ * request's headers are in, "\r\n\r\n"); anything else, end of file
+ * (the client shut down its side), or nothing within METRICS_GRACE_S
+ * means plain.  So a plain client that just reads waits
+ * METRICS_GRACE_S; one that shuts down its writing side first gets the
+ * text at once.
  *
  * Threads: one thread of our own running its own libev loop (one loop
  * per thread), so neither a slow client nor a scrape can delay the
@@ -39,9 +44,8 @@
  * Data: the statistics come from cache_get_stats (thread-safe, takes no
  * lock a request needs), read once per answer, so one answer is one
  * snapshot (approximate while requests run, like the stats themselves).
- * flush_ns_total is cumulative only, so flush latency is exported as a
- * counter of seconds and as a summary without quantiles (_sum and
- * _count), not as a histogram.
+ * Latencies are histograms (CACHE_HISTOGRAMS in cache.h: the core
+ * counts observations per bucket, this file makes them cumulative).
  *
  * The socket file: created by metrics_start with the requested mode
  * (bind, chmod, then listen, so no client can connect before the mode
@@ -49,9 +53,9 @@
  * that no one listens on (a crashed earlier run) is replaced; any other
  * existing file makes bind fail with EADDRINUSE.
  *
- * What it does not do: keep-alive, HTTP methods other than GET (any
- * other first bytes get the plain text), TLS, authentication (that is
- * the socket file's mode and directory).
+ * What it does not do: keep-alive, HTTP methods other than GET and
+ * HEAD, TLS, authentication (that is the socket file's mode and
+ * directory).
  */
 
 #ifndef _GNU_SOURCE
@@ -86,11 +90,7 @@
 #define METRICS_DEADLINE_S 5.0 /* then drop the connection */
 #define METRICS_REQ_MAX 4096   /* HTTP request headers we read */
 
-static const char http_head[] =
-  "HTTP/1.0 200 OK\r\n"
-  "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
-  "Connection: close\r\n"
-  "\r\n";
+#define METRICS_HTTP_HEAD_MAX 256 /* our status line and headers */
 
 enum mconn_state {
   MCONN_READING, /* deciding plain or HTTP */
@@ -173,6 +173,22 @@ family (struct out *o, const char *name, const char *type, const char *help)
               name, type);
 }
 
+/* Label value V, escaped as the text format wants. */
+static void
+label_value (struct out *o, const char *v)
+{
+  if (v == NULL)
+    v = "unknown";
+  for (; *v; v++) {
+    if (*v == '\\' || *v == '"')
+      out_printf (o, "\\%c", *v);
+    else if (*v == '\n')
+      out_printf (o, "\\n");
+    else
+      out_printf (o, "%c", *v);
+  }
+}
+
 static void
 gauge (struct out *o, const char *name, const char *help, uint64_t v)
 {
@@ -193,13 +209,44 @@ counter (struct out *o, const char *name, const char *help, uint64_t v)
 #define SECONDS_ARG(ns) \
   (uint64_t) ((ns) / 1000000000), (uint64_t) ((ns) % 1000000000)
 
+/* NAME ends in _seconds; H counts nanoseconds per bucket. */
+static void
+histogram (struct out *o, const char *name, const char *help,
+           const struct cache_histogram *h)
+{
+  uint64_t cum = 0;
+
+  family (o, name, "histogram", help);
+  for (unsigned i = 0; i < CACHE_HIST_BUCKETS; i++) {
+    cum += h->bucket[i];
+    out_printf (o, "subpage_%s_bucket{le=\"%g\"} %" PRIu64 "\n", name,
+                (double) cache_histogram_bounds_ns[i] / 1e9, cum);
+  }
+  cum += h->bucket[CACHE_HIST_BUCKETS];
+  out_printf (o, "subpage_%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, cum);
+  out_printf (o, "subpage_%s_sum " SECONDS_FMT "\n", name,
+              SECONDS_ARG (h->sum_ns));
+  out_printf (o, "subpage_%s_count %" PRIu64 "\n", name, cum);
+}
+
 /* The families, in the order of the text, in four groups. */
 
 /* Configuration and memory. */
 static void
-render_memory (struct out *o, const struct cache_stats *st)
+render_memory (struct out *o, const struct metrics_config *cfg,
+               const struct cache_stats *st)
 {
   /* Configuration. */
+  family (o, "build_info", "gauge",
+          "Always 1; the labels say the version, mode= and the backend "
+          "(file: file=, nbd: uri=).");
+  out_printf (o, "subpage_build_info{version=\"");
+  label_value (o, cfg != NULL ? cfg->version : NULL);
+  out_printf (o, "\",mode=\"");
+  label_value (o, cfg != NULL ? cfg->cache_mode : NULL);
+  out_printf (o, "\",backend=\"");
+  label_value (o, cfg != NULL ? cfg->backend : NULL);
+  out_printf (o, "\"} 1\n");
   gauge (o, "export_size_bytes", "Size of the served image.", st->size);
   gauge (o, "cache_size_bytes", "Memory for cached pages (cache-size).",
          st->cache_size);
@@ -243,28 +290,23 @@ render_counters (struct out *o, const struct cache_stats *st)
     counter (o, metric, help, st->f);
   CACHE_COUNTERS (RENDER_COUNTER)
 #undef RENDER_COUNTER
-  counter (o, "hit_bytes_total", "hits_total in bytes.",
+  counter (o, "hit_bytes_total",
+           "Bytes read by clients that were in the cache.",
            st->hits * st->sector_size);
-  counter (o, "miss_bytes_total", "misses_total in bytes.",
+  counter (o, "miss_bytes_total",
+           "Bytes read from the image because they were not in the cache.",
            st->misses * st->sector_size);
   gauge (o, "writeback_runs_in_flight",
          "Write-back runs started and not yet completed.", st->runs_in_flight);
 }
 
-/* Flushes and threads waiting now. */
+/* Latencies and threads waiting now. */
 static void
 render_waits (struct out *o, const struct cache_stats *st)
 {
-  family (o, "flush_seconds_total", "counter",
-          "Time spent in flushes, in seconds.");
-  out_printf (o, "subpage_flush_seconds_total " SECONDS_FMT "\n",
-              SECONDS_ARG (st->flush_ns_total));
-  family (o, "flush_duration_seconds", "summary",
-          "Flush latency: _sum / _count is the mean.");
-  out_printf (o, "subpage_flush_duration_seconds_sum " SECONDS_FMT "\n",
-              SECONDS_ARG (st->flush_ns_total));
-  out_printf (o, "subpage_flush_duration_seconds_count %" PRIu64 "\n",
-              st->flushes);
+#define RENDER_HIST(f, metric, help) histogram (o, metric, help, &st->f);
+  CACHE_HISTOGRAMS (RENDER_HIST)
+#undef RENDER_HIST
 
   /* Waiting now. */
   family (o, "waiting_threads", "gauge",
@@ -283,13 +325,14 @@ render_waits (struct out *o, const struct cache_stats *st)
 }
 
 size_t
-metrics_render (const struct cache_stats *st, char *buf, size_t len)
+metrics_render (const struct metrics_config *cfg, const struct cache_stats *st,
+                char *buf, size_t len)
 {
   struct out o = { .buf = buf, .len = len, .pos = 0 };
 
   if (buf != NULL && len > 0)
     buf[0] = '\0';
-  render_memory (&o, st);
+  render_memory (&o, cfg, st);
   render_counters (&o, st);
   render_waits (&o, st);
   return o.pos;
@@ -316,28 +359,112 @@ mconn_close (struct mconn *mc)
   free (mc);
 }
 
+/* The word of the request starting at *P, which ends at a space, the
+ * end of the line or END; *P moves past it and one space.
+ */
+static size_t
+req_word (const char **p, const char *end, const char **word)
+{
+  const char *s = *p;
+
+  while (s < end && *s != ' ' && *s != '\r' && *s != '\n')
+    s++;
+  *word = *p;
+  *p = s < end && *s == ' ' ? s + 1 : s;
+  return s - *word;
+}
+
+static bool
+word_is (const char *w, size_t n, const char *lit)
+{
+  return n == strlen (lit) && memcmp (w, lit, n) == 0;
+}
+
+/* The HTTP status line and headers for the request in MC->req (a body
+ * of BODYLEN bytes follows unless *HEAD_ONLY), into HEAD; returns their
+ * length.  *STATUS: 200, 404 or 405.
+ */
+static size_t
+http_head (struct mconn *mc, char *head, size_t bodylen, bool *head_only,
+           int *status)
+{
+  const char *p = mc->req, *end = mc->req + mc->reqlen, *method, *path;
+  size_t mlen = req_word (&p, end, &method);
+  size_t plen = req_word (&p, end, &path);
+  const char *q = memchr (path, '?', plen);
+  int n;
+
+  if (q != NULL)
+    plen = q - path; /* ?name[]=... : the whole text regardless */
+  *head_only = word_is (method, mlen, "HEAD");
+  if (!*head_only && !word_is (method, mlen, "GET"))
+    *status = 405;
+  else if (!word_is (path, plen, "/metrics"))
+    *status = 404;
+  else
+    *status = 200;
+  n = snprintf (head, METRICS_HTTP_HEAD_MAX,
+                "HTTP/1.0 %s\r\n"
+                "Content-Type: %s\r\n"
+                "Content-Length: %zu\r\n"
+                "%s"
+                "Connection: close\r\n"
+                "\r\n",
+                *status == 200   ? "200 OK"
+                : *status == 404 ? "404 Not Found"
+                                 : "405 Method Not Allowed",
+                *status == 200 ? "text/plain; version=0.0.4; charset=utf-8"
+                               : "text/plain; charset=utf-8",
+                bodylen, *status == 405 ? "Allow: GET, HEAD\r\n" : "");
+  return n > 0 && n < METRICS_HTTP_HEAD_MAX ? (size_t) n : 0;
+}
+
+static const char body_404[] = "404 Not Found: the metrics are at /metrics\n";
+static const char body_405[] = "405 Method Not Allowed: use GET or HEAD\n";
+
 /* Renders the answer and switches to writing it. */
 static void
 mconn_answer (struct mconn *mc, bool http)
 {
   struct metrics *m = mc->m;
   struct cache_stats st;
-  size_t head = http ? sizeof http_head - 1 : 0, n;
+  char head[METRICS_HTTP_HEAD_MAX];
+  size_t headlen = 0, n = 0;
+  bool head_only = false;
+  int status = 200;
 
-  cache_get_stats (m->c, &st);
-  n = metrics_render (&st, NULL, 0);
-  mc->out = malloc (head + n + 1);
+  if (http) {
+    /* The status first (it depends on the request only), then the
+     * body's length for Content-Length.
+     */
+    http_head (mc, head, 0, &head_only, &status);
+  }
+  if (status == 200) {
+    cache_get_stats (m->c, &st);
+    n = metrics_render (&m->cfg, &st, NULL, 0);
+  }
+  else
+    n = status == 404 ? sizeof body_404 - 1 : sizeof body_405 - 1;
+  if (http)
+    headlen = http_head (mc, head, n, &head_only, &status);
+  mc->out = malloc (headlen + n + 1);
   if (mc->out == NULL) {
     mconn_close (mc);
     return;
   }
-  memcpy (mc->out, http_head, head);
-  metrics_render (&st, mc->out + head, n + 1);
-  mc->outlen = head + n;
+  memcpy (mc->out, head, headlen);
+  if (status == 200)
+    metrics_render (&m->cfg, &st, mc->out + headlen, n + 1);
+  else
+    memcpy (mc->out + headlen, status == 404 ? body_404 : body_405, n + 1);
+  mc->outlen = headlen + (head_only ? 0 : n);
   mc->outpos = 0;
   mc->state = MCONN_WRITING;
-  mlog (m, "metrics: answering %s client (%zu bytes)",
-        http ? "an HTTP" : "a plain", mc->outlen);
+  if (http)
+    mlog (m, "metrics: answering an HTTP client: %d (%zu bytes)", status,
+          mc->outlen);
+  else
+    mlog (m, "metrics: answering a plain client (%zu bytes)", mc->outlen);
 
   ev_io_stop (m->loop, &mc->io);
   ev_io_set (&mc->io, mc->fd, EV_WRITE);
@@ -353,21 +480,54 @@ mconn_answer (struct mconn *mc, bool http)
   }
 }
 
+/* Whether the request so far can still be PREFIX: 1 it starts with it,
+ * 0 it cannot, -1 too short to say.
+ */
+static int
+starts_with (const struct mconn *mc, const char *prefix)
+{
+  size_t len = strlen (prefix), n = mc->reqlen < len ? mc->reqlen : len;
+
+  if (memcmp (mc->req, prefix, n) != 0)
+    return 0;
+  return n == len ? 1 : -1;
+}
+
+/* Whether the first line (complete) ends in " HTTP/1.x". */
+static bool
+first_line_is_http (const struct mconn *mc)
+{
+  const char *nl = memchr (mc->req, '\n', mc->reqlen);
+  size_t n;
+
+  if (nl == NULL)
+    return false;
+  n = nl - mc->req;
+  if (n > 0 && mc->req[n - 1] == '\r')
+    n--;
+  return n >= 9 && memcmp (mc->req + n - 9, " HTTP/1.", 8) == 0;
+}
+
 /* What the request so far says: 1 HTTP (complete), 0 plain, -1 wait. */
 static int
 mconn_classify (struct mconn *mc, bool eof)
 {
-  static const char get[] = "GET ";
-  size_t n = mc->reqlen < 4 ? mc->reqlen : 4;
+  int get = starts_with (mc, "GET "), head = starts_with (mc, "HEAD ");
+  bool known = get == 1 || head == 1, word = true;
+  size_t i;
 
-  if (memcmp (mc->req, get, n) != 0)
-    return 0; /* not HTTP GET */
-  if (mc->reqlen < 4)
-    return eof ? 0 : -1;
+  /* Another method: an upper-case word, then a space. */
+  for (i = 0; i < mc->reqlen && mc->req[i] != ' '; i++)
+    if (mc->req[i] < 'A' || mc->req[i] > 'Z')
+      word = false;
+  if (i == mc->reqlen) /* no space yet */
+    return get == -1 || head == -1 || (word && i < 16) ? (eof ? 0 : -1) : 0;
+  if (!known && !(word && i > 0))
+    return 0;
   if (memmem (mc->req, mc->reqlen, "\r\n\r\n", 4) != NULL ||
       memmem (mc->req, mc->reqlen, "\n\n", 2) != NULL ||
       mc->reqlen == sizeof mc->req || eof)
-    return 1;
+    return known || first_line_is_http (mc) ? 1 : 0;
   return -1;
 }
 

@@ -4,7 +4,8 @@
  * text exposition format (version 0.0.4) on a listening AF_UNIX stream
  * socket.  A client connects and reads: the server writes the whole
  * text and closes.  A client that sends an HTTP request ("GET " first)
- * gets an HTTP/1.0 response instead, so
+ * gets an HTTP/1.0 response instead (200 for GET or HEAD of /metrics,
+ * 404 for another path, 405 for another method), so
  *   curl --unix-socket PATH http://localhost/metrics
  * works too.  Runs in a thread of its own (one libev loop); a slow
  * client never blocks it, and it never blocks a request.
@@ -27,6 +28,10 @@ struct metrics_config {
   cache_log_fn log; /* debug log (may be NULL) */
   void *log_opaque;
   bool debug; /* log every connection */
+  /* subpage_build_info's labels (NULL: "unknown"): the plugin's
+   * version, mode= and backend ("file" or "nbd").
+   */
+  const char *version, *cache_mode, *backend;
 };
 
 /* Creates the socket (replacing a stale socket file at PATH that no one
@@ -42,10 +47,12 @@ struct metrics *metrics_start (struct cache *c,
  */
 void metrics_stop (struct metrics *m);
 
-/* Formats ST as exposition text into BUF (at most LEN bytes including
+/* Formats ST (and CFG's build information; CFG may be NULL) as
+ * exposition text into BUF (at most LEN bytes including
  * the final NUL, like snprintf).  Returns the length of the whole text,
  * which may be >= LEN.
  */
-size_t metrics_render (const struct cache_stats *st, char *buf, size_t len);
+size_t metrics_render (const struct metrics_config *cfg,
+                       const struct cache_stats *st, char *buf, size_t len);
 
 #endif /* SUBPAGE_METRICS_H */

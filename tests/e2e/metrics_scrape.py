@@ -7,13 +7,24 @@
 #               request, then sends the text);
 #   "shutdown"  connect, shut down the writing side, read;
 #   "http"      send an HTTP/1.0 GET; the answer must be a 200 with the
-#               exposition format's Content-Type.
+#               exposition format's Content-Type and the body's
+#               Content-Length.
 # parse() checks every line against the text exposition format 0.0.4
 # and raises AssertionError on anything that a Prometheus server would
-# reject, or that breaks its conventions (counters end in _total).
+# reject; then it parses the text again with Prometheus' own parser
+# (prometheus_client.parser.text_string_to_metric_families, Debian's
+# python3-prometheus-client) and checks the conventions on its families
+# (conventions()): counters end in _total, names carry their unit,
+# histograms have cumulative buckets up to +Inf = _count, build_info.
+# families(text) returns that parser's families by name.
+# http_request(path, request) sends REQUEST and returns (status line,
+# headers, body).
 
+import math
 import re
 import socket
+
+from prometheus_client.parser import text_string_to_metric_families
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r"[a-zA-Z_][a-zA-Z0-9_]*"
@@ -28,6 +39,76 @@ TYPE_RE = re.compile(r"^# TYPE (%s) (counter|gauge|histogram|summary|untyped)$"
 
 HTTP_HEAD = b"HTTP/1.0 200 OK\r\n"
 CONTENT_TYPE = "text/plain; version=0.0.4"
+
+# Gauges and counters that count things other than bytes and seconds
+# (pages, threads, runs, requests, events): the thing is in the name.
+# Anything else ends in its unit: _bytes or _seconds (before _total).
+COUNTS = """
+pages_capacity pages_resident pages_dirty waiting_threads
+writeback_runs_in_flight client_reads client_writes client_zeroes
+client_trims backend_reads backend_writes backend_flushes writeback_runs
+writeback_errors evictions throttled_writers flushes flush_errors
+""".split()
+# Names of earlier versions, renamed (the man page says so).
+GONE = ["subpage_hits_total", "subpage_misses_total",
+        "subpage_flush_seconds_total"]
+
+
+def families(text):
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def conventions(fams):
+    """Checks the conventions on the parsed families; returns them."""
+    for name, f in fams.items():
+        assert name.startswith("subpage_"), "no subpage_ prefix: " + name
+        base = name[len("subpage_"):]
+        assert f.documentation, "no HELP: " + name
+        assert f.samples, "no samples: " + name
+        if f.type == "counter":
+            # The parser strips _total from the family's name.
+            for smp in f.samples:
+                assert smp.name == name + "_total", \
+                    "counter sample %s" % smp.name
+        if f.type == "histogram":
+            assert base.endswith("_seconds"), "histogram unit: " + name
+            buckets = [(smp.labels["le"], smp.value) for smp in f.samples
+                       if smp.name == name + "_bucket"]
+            other = {smp.name: smp.value for smp in f.samples
+                     if smp.name != name + "_bucket"}
+            assert set(other) == {name + "_sum", name + "_count"}, other
+            les = [float(le) for le, v in buckets]
+            assert les == sorted(les) and len(set(les)) == len(les), les
+            assert math.isinf(les[-1]), "no +Inf bucket: " + name
+            counts = [v for le, v in buckets]
+            assert counts == sorted(counts), \
+                "buckets not cumulative: %s %r" % (name, counts)
+            assert counts[-1] == other[name + "_count"], \
+                "+Inf bucket != _count: %s" % name
+            assert other[name + "_sum"] >= 0
+            assert len(les) >= 10 and les[0] <= 0.001 and les[-2] >= 10, \
+                "buckets too coarse for p99: %r" % les
+        elif base == "build_info":
+            assert f.type == "gauge", f.type
+            assert len(f.samples) == 1 and f.samples[0].value == 1, f.samples
+            labels = f.samples[0].labels
+            assert set(labels) == {"version", "mode", "backend"}, labels
+            assert labels["version"] and labels["version"] != "unknown", \
+                labels
+            assert labels["mode"] in ("writeback", "writethrough",
+                                      "unsafe"), labels
+            assert labels["backend"] in ("file", "nbd"), labels
+        elif base not in COUNTS:
+            assert base.endswith("_bytes") or base.endswith("_seconds"), \
+                "name without its unit: %s (%s)" % (name, f.type)
+        else:
+            assert "bytes" not in base and "seconds" not in base, name
+        assert f.type in ("counter", "gauge", "histogram"), \
+            "%s: %s" % (name, f.type)
+    for gone in GONE:
+        assert gone not in fams and gone[:-len("_total")] not in fams, \
+            "renamed metric still there: " + gone
+    return fams
 
 
 def parse(text):
@@ -82,6 +163,19 @@ def parse(text):
             assert v >= 0, "negative counter: " + where
         values[key] = v
     assert values, "no samples"
+    # Prometheus' parser reads the same samples.
+    fams = conventions(families(text))
+    theirs = {}
+    for f in fams.values():
+        for smp in f.samples:
+            theirs[smp.name + ("{%s}" % ",".join(
+                '%s="%s"' % kv for kv in smp.labels.items())
+                if smp.labels else "")] = smp.value
+    assert theirs.keys() == values.keys(), \
+        "the parsers disagree: %r" % (theirs.keys() ^ values.keys())
+    for k, v in values.items():
+        assert theirs[k] == v or (math.isnan(v) and math.isnan(theirs[k])), \
+            "%s: %r and %r" % (k, v, theirs[k])
     return values
 
 
@@ -92,6 +186,25 @@ def read_all(s):
         if not b:
             return data
         data += b
+
+
+def http_request(path, request, timeout=10):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(request)
+        data = read_all(s)
+    finally:
+        s.close()
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, "no end of HTTP headers: %r" % data[:200]
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for h in lines[1:]:
+        k, _, v = h.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers, body
 
 
 def scrape(path, how="shutdown", timeout=10):
@@ -119,6 +232,8 @@ def scrape(path, how="shutdown", timeout=10):
             headers[k.strip().lower()] = v.strip()
         assert headers.get("content-type", "").startswith(CONTENT_TYPE), \
             "bad Content-Type: %r" % headers
+        assert headers.get("content-length") == str(len(body)), \
+            "bad Content-Length: %r for %d bytes" % (headers, len(body))
         data = body
     else:
         assert not data.startswith(b"HTTP/"), "HTTP answer to a plain client"

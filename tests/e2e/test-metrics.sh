@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # metrics-socket=: the endpoint serves every documented metric in the
-# Prometheus text format, and the numbers match what the test did.
+# Prometheus text format (checked line by line and by Prometheus' own
+# parser, prometheus_client: names carry their unit, counters end in
+# _total, the flush histogram's buckets are cumulative and +Inf equals
+# _count, subpage_build_info has its labels), and the numbers match
+# what the test did.
 #
 #  1. Before any I/O: configuration gauges, everything else 0; plain,
 #     shut-down and HTTP clients (and curl, when installed) all get it;
+#     HEAD /metrics gets the headers (Content-Length of the GET's body)
+#     and no body, another path 404, another method 405;
 #     the socket file has mode 0660.  The plugin's threads carry their
 #     names (docs/operations.md): writeback-threads=3 gives three
 #     subpage-wb, one subpage-wbloop, subpage-watch and subpage-metric.
@@ -77,8 +83,8 @@ fi
 
 # ---- 1 and 2: known I/O ----------------------------------------------------
 nbdsh_py -u "$URI" -c - <<'EOF'
-import os, subprocess, time
-from metrics_scrape import scrape, parse
+import os, re, subprocess, time
+from metrics_scrape import scrape, parse, families, http_request
 
 msock = os.environ["MSOCK"]
 KiB = 1024
@@ -87,7 +93,8 @@ MiB = 1024 * KiB
 EXPECTED = """
 export_size_bytes cache_size_bytes page_size_bytes sector_size_bytes
 pages_capacity pages_resident pages_dirty cached_bytes dirty_bytes
-writeback_bytes writeback_buffer_bytes metadata_bytes hits_total misses_total hit_bytes_total miss_bytes_total
+writeback_bytes writeback_buffer_bytes metadata_bytes hit_bytes_total
+miss_bytes_total
 client_reads_total client_read_bytes_total client_writes_total
 client_written_bytes_total client_zeroes_total client_zero_bytes_total
 client_trims_total client_trim_bytes_total
@@ -95,17 +102,21 @@ backend_reads_total backend_read_bytes_total backend_writes_total
 backend_written_bytes_total backend_flushes_total writeback_runs_total
 writeback_errors_total writeback_runs_in_flight evictions_total
 throttled_writers_total flushes_total flush_errors_total
-flush_seconds_total flush_duration_seconds_sum
-flush_duration_seconds_count
+flush_duration_seconds_sum flush_duration_seconds_count
 waiting_threads{on="flush"} waiting_threads{on="throttle"}
 waiting_threads{on="page"} waiting_threads{on="idle"}
 """.split()
+
+# Samples with labels checked on their own: the histogram's buckets
+# (metrics_scrape.conventions) and build_info (below).
+OWN = ("subpage_flush_duration_seconds_bucket{", "subpage_build_info{")
 
 def get(how="shutdown"):
     m = scrape(msock, how)
     missing = [k for k in EXPECTED if "subpage_" + k not in m]
     assert not missing, "missing metrics: %r" % missing
-    extra = [k for k in m if k[len("subpage_"):] not in EXPECTED]
+    extra = [k for k in m if k[len("subpage_"):] not in EXPECTED and
+             not k.startswith(OWN)]
     assert not extra, "undocumented metrics (add them to the test and " \
         "the man page): %r" % extra
     return {k[len("subpage_"):]: v for k, v in m.items()}
@@ -139,7 +150,7 @@ check(m0, {
     "pages_capacity": 1024, "pages_resident": 0, "pages_dirty": 0,
     "cached_bytes": 0, "dirty_bytes": 0, "writeback_bytes": 0,
     "writeback_buffer_bytes": 0,
-    "hits_total": 0, "misses_total": 0, "hit_bytes_total": 0,
+    "hit_bytes_total": 0,
     "miss_bytes_total": 0, "backend_reads_total": 0,
     "client_reads_total": 0, "client_read_bytes_total": 0,
     "client_writes_total": 0, "client_written_bytes_total": 0,
@@ -150,8 +161,9 @@ check(m0, {
     "writeback_runs_total": 0, "writeback_errors_total": 0,
     "writeback_runs_in_flight": 0, "evictions_total": 0,
     "throttled_writers_total": 0, "flushes_total": 0,
-    "flush_errors_total": 0, "flush_seconds_total": 0,
+    "flush_errors_total": 0,
     "flush_duration_seconds_sum": 0, "flush_duration_seconds_count": 0,
+    'flush_duration_seconds_bucket{le="+Inf"}': 0,
     'waiting_threads{on="flush"}': 0, 'waiting_threads{on="throttle"}': 0,
     'waiting_threads{on="page"}': 0, 'waiting_threads{on="idle"}': 0,
 }, "before I/O")
@@ -159,6 +171,45 @@ assert m0["metadata_bytes"] > 0, "metadata_bytes is 0"
 # Every kind of client gets the same numbers while nothing happens.
 assert get("shutdown") == m0, "shut-down client got other numbers"
 assert get("http") == m0, "HTTP client got other numbers"
+
+# build_info: version, mode= and the backend (file=).
+status, hdr, body = http_request(msock, b"GET /metrics HTTP/1.1\r\n"
+                                 b"Host: x\r\n\r\n")
+assert status == "HTTP/1.0 200 OK", status
+fams = families(body.decode())
+info = fams["subpage_build_info"].samples[0].labels
+assert info["mode"] == "writeback" and info["backend"] == "file", info
+assert re.fullmatch(r"\d+\.\d+\.\d+.*", info["version"]), info
+print("ok: build_info %r" % info)
+# 16 buckets of flush latency and +Inf, 100 us to 10 s.
+les = [s.labels["le"] for s in
+       fams["subpage_flush_duration_seconds"].samples
+       if s.name.endswith("_bucket")]
+assert les[0] == "0.0001" and les[-2] == "10" and les[-1] == "+Inf" and \
+    len(les) == 17, les
+
+# HEAD: the same status and headers, Content-Length that of GET's body,
+# no body.
+status, head_hdr, head_body = http_request(
+    msock, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+assert status == "HTTP/1.0 200 OK", status
+assert head_body == b"", "HEAD got a body: %r" % head_body[:80]
+assert head_hdr["content-length"] == str(len(body)), (head_hdr, len(body))
+assert head_hdr["content-type"] == hdr["content-type"], head_hdr
+# Other paths: 404, other methods: 405; no metrics either way.
+for req, want in ((b"GET / HTTP/1.0\r\n\r\n", "404 Not Found"),
+                  (b"GET /metricsx HTTP/1.0\r\n\r\n", "404 Not Found"),
+                  (b"HEAD /foo HTTP/1.0\r\n\r\n", "404 Not Found"),
+                  (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                   "405 Method Not Allowed")):
+    status, rh, rb = http_request(msock, req)
+    assert status == "HTTP/1.0 " + want, (req, status)
+    assert b"subpage_" not in rb, (req, rb[:80])
+    if req.startswith(b"HEAD"):
+        assert rb == b"", (req, rb)  # Content-Length: that of GET's
+    else:
+        assert rh["content-length"] == str(len(rb)), (req, rh)
+print("ok: HEAD, 404 and 405")
 if os.environ["CURL"]:
     out = subprocess.run([os.environ["CURL"], "-sS", "--fail", "--max-time",
                           "10", "--unix-socket", msock,
@@ -166,6 +217,16 @@ if os.environ["CURL"]:
                          check=True, capture_output=True).stdout
     m = {k[len("subpage_"):]: v for k, v in parse(out.decode()).items()}
     assert m == m0, "curl got other numbers"
+    # curl --head: HTTP, not an HTTP/0.9 reply; curl -f: 404 fails.
+    r = subprocess.run([os.environ["CURL"], "-sS", "--head", "--max-time",
+                        "10", "--unix-socket", msock,
+                        "http://localhost/metrics"],
+                       check=True, capture_output=True)
+    assert r.stdout.startswith(b"HTTP/1.0 200 OK\r\n"), r.stdout[:80]
+    r = subprocess.run([os.environ["CURL"], "-sS", "--fail", "--max-time",
+                        "10", "--unix-socket", msock,
+                        "http://localhost/other"], capture_output=True)
+    assert r.returncode == 22, r
     print("ok: curl --unix-socket")
 
 # 2. Writes: 20 KiB of whole sectors at 1 MiB + 4 KiB (one page).
@@ -179,7 +240,7 @@ check(m1, {"client_writes_total": 2, "client_written_bytes_total": N,
            "dirty_bytes": N, "cached_bytes": N, "pages_resident": 1,
            "pages_dirty": 1, "writeback_bytes": 0,
            "writeback_buffer_bytes": 0, "backend_written_bytes_total": 0,
-           "backend_writes_total": 0, "misses_total": 0,
+           "backend_writes_total": 0, "miss_bytes_total": 0,
            "backend_read_bytes_total": 0, "flushes_total": 0},
       "after writing 20 KiB")
 with open(os.environ["IMG"], "rb") as f:
@@ -193,8 +254,8 @@ M = 64 * KiB
 assert h.pread(M, 8 * MiB) == bytes(M)
 m2 = get()
 delta(m1, m2, {"client_reads_total": 1, "client_read_bytes_total": M,
-               "misses_total": M // 512, "miss_bytes_total": M,
-               "backend_read_bytes_total": M, "hits_total": 0,
+               "miss_bytes_total": M,
+               "backend_read_bytes_total": M, "hit_bytes_total": 0,
                "cached_bytes": M, "pages_resident": 1,
                "backend_written_bytes_total": 0}, "after a 64 KiB miss")
 assert m2["backend_reads_total"] > m1["backend_reads_total"]
@@ -202,8 +263,8 @@ assert h.pread(M, 8 * MiB) == bytes(M)
 assert h.pread(N, 1 * MiB + 4 * KiB) == data
 m3 = get()
 delta(m2, m3, {"client_reads_total": 2, "client_read_bytes_total": M + N,
-               "hits_total": (M + N) // 512, "hit_bytes_total": M + N,
-               "misses_total": 0, "backend_reads_total": 0,
+               "hit_bytes_total": M + N,
+               "miss_bytes_total": 0, "backend_reads_total": 0,
                "backend_read_bytes_total": 0}, "after cached reads")
 check(m3, {"dirty_bytes": N, "pages_resident": 2, "pages_dirty": 1,
            "writeback_buffer_bytes": 0}, "after cached reads")
@@ -219,11 +280,12 @@ buffers_freed("after the flush")
 # Write amplification of this flush: exactly 1 (only dirty sectors).
 assert m4["backend_written_bytes_total"] == m4["client_written_bytes_total"]
 delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
+               'flush_duration_seconds_bucket{le="+Inf"}': 1,
                "backend_written_bytes_total": N,
                "backend_flushes_total": 1}, "after the flush")
 assert m4["writeback_runs_total"] >= 1, "no write-back run counted"
 assert m4["backend_writes_total"] >= m4["writeback_runs_total"]
-assert m4["flush_seconds_total"] > 0, "flush took no time"
+assert m4["flush_duration_seconds_sum"] > 0, "flush took no time"
 
 # Dirty pages count pages, not bytes: 1 KiB across a page boundary and
 # one sector elsewhere are 1.5 KiB in three dirty pages.
@@ -250,7 +312,7 @@ delta(m4, m4z, {"client_zeroes_total": 1, "client_zero_bytes_total": 4 * KiB,
                 "client_trims_total": 1, "client_trim_bytes_total": 64 * KiB,
                 "client_writes_total": 0}, "after a zero and a trim")
 m4 = m4z
-assert m4["flush_duration_seconds_sum"] == m4["flush_seconds_total"]
+assert m4["flush_duration_seconds_count"] == m4["flushes_total"]
 with open(os.environ["IMG"], "rb") as f:
     assert os.pread(f.fileno(), N, 1 * MiB + 4 * KiB) == data, \
         "flushed data not in the image"

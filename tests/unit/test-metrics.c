@@ -2,11 +2,15 @@
  * cache on the fake backend.
  *
  *   render    metrics_render gives every metric from struct cache_stats
- *             with the right value, follows snprintf's contract when the
- *             buffer is short, and every line is HELP, TYPE or a sample;
+ *             with the right value (the flush histogram cumulative, +Inf
+ *             equal to _count; build_info's labels escaped), follows
+ *             snprintf's contract when the buffer is short, and every
+ *             line is HELP, TYPE or a sample;
  *   clients   a plain client (waiting, or shutting down its side), an
- *             HTTP GET and a client that sends other bytes all get the
- *             current numbers, matching a fresh metrics_render;
+ *             HTTP GET of /metrics and a client that sends other bytes
+ *             all get the current numbers, matching a fresh
+ *             metrics_render; HEAD gets the headers alone, another path
+ *             404, another method 405;
  *   stuck     clients that never read or never finish their request do
  *             not delay another client; more clients than the server
  *             serves at once do not hang it;
@@ -82,10 +86,21 @@ tm_teardown (void **state)
   return 0;
 }
 
+/* The endpoint's configuration in these tests. */
+static struct metrics_config
+test_mcfg (const char *path)
+{
+  return (struct metrics_config){ .path = path,
+                                  .mode = 0640,
+                                  .version = "1.2.3",
+                                  .cache_mode = "writeback",
+                                  .backend = "file" };
+}
+
 static void
 start (struct tmetrics *tm)
 {
-  struct metrics_config cfg = { .path = tm->path, .mode = 0640 };
+  struct metrics_config cfg = test_mcfg (tm->path);
   const char *what = NULL;
   int err = 0;
 
@@ -133,7 +148,7 @@ check_lines (const char *text)
 
       assert_true (strcmp (type, "counter") == 0 ||
                    strcmp (type, "gauge") == 0 ||
-                   strcmp (type, "summary") == 0);
+                   strcmp (type, "histogram") == 0);
       if (strcmp (type, "counter") == 0)
         assert_true (namelen > 6 &&
                      strncmp (line + 7 + namelen - 6, "_total", 6) == 0);
@@ -149,11 +164,23 @@ check_lines (const char *text)
       strtod (sp + 1, &end);
       if (*end != '\0' || end == sp + 1)
         fail_msg ("bad value: %s", line);
-      for (const char *c = line; c < sp; c++)
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
-              *c == '_' || *c == '{' || *c == '}' || *c == '=' ||
-              *c == '"'))
+      bool quoted = false;
+
+      for (const char *c = line; c < sp; c++) {
+        if (quoted) { /* a label value: anything, \ escapes */
+          if (*c == '\\')
+            c++;
+          else if (*c == '"')
+            quoted = false;
+          continue;
+        }
+        if (*c == '"')
+          quoted = true;
+        else if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+                   *c == '_' || *c == '{' || *c == '}' || *c == '=' ||
+                   *c == ','))
           fail_msg ("bad name: %s", line);
+      }
     }
     samples++;
   }
@@ -166,13 +193,14 @@ render_now (struct tmetrics *tm)
 {
   struct cache_stats st;
   size_t n;
+  struct metrics_config mcfg = test_mcfg (tm->path);
   char *buf;
 
   cache_get_stats (tm->t.c, &st);
-  n = metrics_render (&st, NULL, 0);
+  n = metrics_render (&mcfg, &st, NULL, 0);
   buf = malloc (n + 1);
   assert_non_null (buf);
-  assert_int_equal (metrics_render (&st, buf, n + 1), n);
+  assert_int_equal (metrics_render (&mcfg, &st, buf, n + 1), n);
   assert_int_equal (strlen (buf), n);
   return buf;
 }
@@ -182,6 +210,7 @@ test_render (void **state)
 {
   struct tmetrics *tm = *state;
   struct cache_config cfg = test_config ();
+  struct metrics_config mcfg = test_mcfg (tm->path);
   struct cache_stats st;
   char small[100], *text;
   size_t n;
@@ -198,10 +227,14 @@ test_render (void **state)
   text = render_now (tm);
   check_lines (text);
   assert_true (value_of (text, "subpage_dirty_bytes") == 8 * KiB);
-  assert_true (value_of (text, "subpage_misses_total") == PG / SS);
   assert_true (value_of (text, "subpage_miss_bytes_total") == PG);
-  assert_true (value_of (text, "subpage_hits_total") == PG / SS);
   assert_true (value_of (text, "subpage_hit_bytes_total") == PG);
+  /* Renamed: only the byte counts are exported. */
+  assert_null (strstr (text, "subpage_hits_total"));
+  assert_null (strstr (text, "subpage_misses_total"));
+  assert_null (strstr (text, "subpage_flush_seconds_total"));
+  assert_non_null (strstr (text, "\nsubpage_build_info{version=\"1.2.3\","
+                                 "mode=\"writeback\",backend=\"file\"} 1\n"));
   assert_true (value_of (text, "subpage_backend_read_bytes_total") == PG);
   assert_true (value_of (text, "subpage_flushes_total") == 0);
   free (text);
@@ -212,21 +245,21 @@ test_render (void **state)
   assert_true (value_of (text, "subpage_dirty_bytes") == 0);
   assert_true (value_of (text, "subpage_flushes_total") == 1);
   assert_true (value_of (text, "subpage_flush_duration_seconds_count") == 1);
-  assert_true (value_of (text, "subpage_backend_written_bytes_total")
-               == 8 * KiB);
+  assert_true (
+    value_of (text, "subpage_flush_duration_seconds_bucket{le=\"+Inf\"}") == 1);
+  assert_true (
+    value_of (text, "subpage_flush_duration_seconds_bucket{le=\"10\"}") == 1);
+  assert_true (value_of (text, "subpage_flush_duration_seconds_sum") > 0);
+  assert_true (value_of (text, "subpage_backend_written_bytes_total") ==
+               8 * KiB);
   assert_true (value_of (text, "subpage_backend_flushes_total") == 1);
-  assert_true (value_of (text, "subpage_flush_seconds_total") > 0);
-  assert_true (value_of (text, "subpage_flush_seconds_total") ==
-               value_of (text, "subpage_flush_duration_seconds_sum"));
   assert_true (value_of (text, "subpage_cache_size_bytes") == cfg.cache_size);
   assert_true (value_of (text, "subpage_page_size_bytes") == PG);
   assert_true (value_of (text, "subpage_sector_size_bytes") == SS);
   assert_true (value_of (text, "subpage_export_size_bytes") == cfg.size);
   assert_true (value_of (text, "subpage_pages_capacity") == st.pages_total);
-  assert_true (value_of (text, "subpage_pages_resident")
-               == st.pages_resident);
-  assert_true (value_of (text, "subpage_metadata_bytes")
-               == st.metadata_bytes);
+  assert_true (value_of (text, "subpage_pages_resident") == st.pages_resident);
+  assert_true (value_of (text, "subpage_metadata_bytes") == st.metadata_bytes);
   assert_true (value_of (text, "subpage_waiting_threads{on=\"flush\"}") == 0);
   assert_true (value_of (text, "subpage_waiting_threads{on=\"idle\"}") == 0);
 
@@ -235,18 +268,50 @@ test_render (void **state)
    */
   n = strlen (text);
   memset (small, 'x', sizeof small);
-  assert_int_equal (metrics_render (&st, small, sizeof small), n);
+  assert_int_equal (metrics_render (&mcfg, &st, small, sizeof small), n);
   assert_int_equal (strlen (small), sizeof small - 1);
   assert_memory_equal (small, text, sizeof small - 1);
-  assert_int_equal (metrics_render (&st, small, 0), n);
+  assert_int_equal (metrics_render (&mcfg, &st, small, 0), n);
   free (text);
 
-  /* Exact seconds. */
-  st.flush_ns_total = UINT64_C (12) * 1000000000 + 345;
+  /* Exact seconds, cumulative buckets, +Inf = _count. */
+  memset (&st.flush_latency, 0, sizeof st.flush_latency);
+  st.flush_latency.sum_ns = UINT64_C (12) * 1000000000 + 345;
+  st.flush_latency.bucket[0] = 1;                  /* <= 100 us */
+  st.flush_latency.bucket[5] = 2;                  /* <= 5 ms */
+  st.flush_latency.bucket[CACHE_HIST_BUCKETS] = 3; /* > 10 s */
+  st.flush_latency.count = 6;
   text = malloc (n + 100);
-  metrics_render (&st, text, n + 100);
-  assert_non_null (strstr (text, "\nsubpage_flush_seconds_total "
-                           "12.000000345\n"));
+  metrics_render (&mcfg, &st, text, n + 100);
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_sum "
+                                 "12.000000345\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_bucket"
+                                 "{le=\"0.0001\"} 1\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_bucket"
+                                 "{le=\"0.0025\"} 1\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_bucket"
+                                 "{le=\"0.005\"} 3\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_bucket"
+                                 "{le=\"10\"} 3\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_bucket"
+                                 "{le=\"+Inf\"} 6\n"));
+  assert_non_null (strstr (text, "\nsubpage_flush_duration_seconds_count "
+                                 "6\n"));
+  free (text);
+
+  /* Label values are escaped; no configuration: "unknown". */
+  mcfg.version = "a\"b\\c\nd";
+  n = metrics_render (&mcfg, &st, NULL, 0);
+  text = malloc (n + 1);
+  metrics_render (&mcfg, &st, text, n + 1);
+  check_lines (text);
+  assert_non_null (strstr (text, "{version=\"a\\\"b\\\\c\\nd\","));
+  free (text);
+  n = metrics_render (NULL, &st, NULL, 0);
+  text = malloc (n + 1);
+  metrics_render (NULL, &st, text, n + 1);
+  assert_non_null (strstr (text, "\nsubpage_build_info{version=\"unknown\","
+                                 "mode=\"unknown\",backend=\"unknown\"} 1\n"));
   free (text);
 }
 
@@ -311,13 +376,13 @@ test_clients (void **state)
   tc_open (&tm->t, &cfg);
   assert_int_equal (write_pattern (&tm->t, 3 * PG, 4 * KiB, 2, 0), 0);
   start (tm);
-  want = render_now (tm);      /* nothing runs: stats are stable */
+  want = render_now (tm); /* nothing runs: stats are stable */
 
   got = scrape (tm->path, NULL, true);
   assert_string_equal (got, want);
   free (got);
 
-  got = scrape (tm->path, NULL, false);      /* after the grace period */
+  got = scrape (tm->path, NULL, false); /* after the grace period */
   assert_string_equal (got, want);
   free (got);
 
@@ -325,8 +390,7 @@ test_clients (void **state)
   assert_string_equal (got, want);
   free (got);
 
-  got = scrape (tm->path, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-                false);
+  got = scrape (tm->path, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
   assert_memory_equal (got, http_head, strlen (http_head));
   body = strstr (got, "\r\n\r\n");
   assert_non_null (body);
@@ -334,17 +398,48 @@ test_clients (void **state)
   free (got);
 
   /* A GET whose headers never end, cut short by EOF: still answered. */
-  got = scrape (tm->path, "GET / HTTP/1.0\r\n", true);
+  got = scrape (tm->path, "GET /metrics?x=1 HTTP/1.0\r\n", true);
   assert_memory_equal (got, http_head, strlen (http_head));
   free (got);
+
+  /* HEAD: the same headers, with the body's length, and no body. */
+  got = scrape (tm->path, "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", false);
+  assert_memory_equal (got, http_head, strlen (http_head));
+  {
+    char cl[64];
+
+    snprintf (cl, sizeof cl, "\r\nContent-Length: %zu\r\n", strlen (want));
+    assert_non_null (strstr (got, cl));
+  }
+  body = strstr (got, "\r\n\r\n");
+  assert_non_null (body);
+  assert_string_equal (body + 4, "");
+  free (got);
   free (want);
+
+  /* Another path: 404; another method: 405; neither gets the metrics. */
+  got = scrape (tm->path, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+  assert_memory_equal (got, "HTTP/1.0 404 Not Found\r\n", 24);
+  assert_null (strstr (got, "subpage_"));
+  free (got);
+  got = scrape (tm->path, "HEAD /metricsx HTTP/1.1\r\n\r\n", false);
+  assert_memory_equal (got, "HTTP/1.0 404 Not Found\r\n", 24);
+  body = strstr (got, "\r\n\r\n");
+  assert_non_null (body);
+  assert_string_equal (body + 4, "");
+  free (got);
+  got = scrape (tm->path, "POST /metrics HTTP/1.1\r\n\r\n", false);
+  assert_memory_equal (got, "HTTP/1.0 405 Method Not Allowed\r\n", 33);
+  assert_non_null (strstr (got, "\r\nAllow: GET, HEAD\r\n"));
+  assert_null (strstr (got, "subpage_"));
+  free (got);
 
   /* The numbers follow the cache. */
   assert_int_equal (cache_flush (tm->t.c), 0);
   got = scrape (tm->path, NULL, true);
   assert_true (value_of (got, "subpage_dirty_bytes") == 0);
-  assert_true (value_of (got, "subpage_backend_written_bytes_total")
-               == 4 * KiB);
+  assert_true (value_of (got, "subpage_backend_written_bytes_total") ==
+               4 * KiB);
   free (got);
 }
 
@@ -390,7 +485,7 @@ test_stuck (void **state)
     close (idle[i]);
   close (stuck);
   got = scrape (tm->path, NULL, true);
-  assert_non_null (strstr (got, "# TYPE subpage_hits_total counter\n"));
+  assert_non_null (strstr (got, "# TYPE subpage_hit_bytes_total counter\n"));
   free (got);
 }
 
@@ -406,7 +501,7 @@ test_socket (void **state)
   int err = 0, fd;
 
   tc_open (&tm->t, &cfg);
-  start (tm);                   /* mode 0640 */
+  start (tm); /* mode 0640 */
   assert_int_equal (lstat (tm->path, &sb), 0);
   assert_true (S_ISSOCK (sb.st_mode));
   assert_int_equal (sb.st_mode & 0777, 0640);
