@@ -13,9 +13,9 @@
 #include "cache.h"
 
 struct params {
-  char *filename;       /* file=, absolute */
-  char *uri;            /* uri=: the NBD backend, instead of file= */
-  unsigned connections; /* uri=: connections to the remote */
+  char *filename;         /* file=, absolute */
+  char *uri;              /* uri=: the NBD backend, instead of file= */
+  unsigned connections;   /* uri=: connections to the remote */
   bool connections_given; /* connections= was on the command line */
   uint64_t cache_size;
   uint32_t page_size;
