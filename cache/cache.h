@@ -136,6 +136,17 @@ int cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
 /* Brings [off, off+count) into the cache (NBD_CMD_CACHE). */
 int cache_prefetch (struct cache *c, uint32_t count, uint64_t off);
 
+/* Block status: the first run of bytes in [off, end) that the cache
+ * holds newer than the backend (sectors DIRTY, WRITEBACK or REDIRTIED),
+ * as [*start, *stop), clipped to [off, end) and to one page; false if
+ * there is none.  A snapshot taken under each page's lock, no I/O.  Ask
+ * it before the backend: a run written back in between is then on the
+ * backend when the backend is asked, so a hole the backend reports for
+ * the rest is a hole for every write that returned before the call.
+ */
+bool cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
+                           uint64_t *start, uint64_t *stop);
+
 /* Returns only when every write that returned before the call is on
  * the backend and the backend's flush has succeeded afterwards (or the
  * first error).  Concurrent flushes share backend flushes.

@@ -18,6 +18,8 @@
 
 #include "cache.h"
 
+struct nbdkit_extents; /* nbdkit-plugin.h */
+
 struct backend {
   /* The parameter that named the image and its value, as the user gave
    * them ("file" and the absolute path, "uri" and the URI), for
@@ -60,6 +62,16 @@ struct backend {
   int (*aio_pwrite) (void *opaque, const void *buf, uint32_t count,
                      uint64_t off, uint32_t flags,
                      void (*done) (void *arg, int err), void *arg);
+
+  /* Block status (.extents): adds, with nbdkit_add_extent, extents
+   * that cover all of [OFF, OFF+COUNT) in order, holes and zeroes as
+   * NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO, the rest as data.  Returns 0
+   * or -errno (logged).  The plugin asks the cache before and reports
+   * what the cache holds unwritten as data (subpage.c, subpage_extents).
+   * NULL: the backend cannot tell, and the plugin offers no extents.
+   */
+  int (*extents) (void *handle, uint32_t count, uint64_t off,
+                  struct nbdkit_extents *ex);
 
   /* Closes the image and frees HANDLE (and VALUE). */
   void (*close) (void *handle);

@@ -39,7 +39,12 @@
  * (block devices, range shrunk to the logical block size), and 0 when
  * the backend cannot.  CACHE_FUA on zero and trim is an fdatasync after.
  *
- * What it does not do: no O_DIRECT, no extents, no cache of its own.
+ * Extents (regular files only): lseek SEEK_DATA/SEEK_HOLE on rfd, holes
+ * reported as NBDKIT_EXTENT_HOLE|NBDKIT_EXTENT_ZERO.  A block device
+ * has no extents operation: the plugin then offers none, and clients
+ * see all data.
+ *
+ * What it does not do: no O_DIRECT, no cache of its own.
  */
 
 #ifndef _GNU_SOURCE
@@ -352,6 +357,45 @@ fb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   return r;
 }
 
+static int
+fb_extents (void *handle, uint32_t count, uint64_t off,
+            struct nbdkit_extents *ex)
+{
+  struct file_backend *fb = handle;
+  uint64_t end = off + count;
+
+  while (off < end) {
+    off_t d, h;
+    uint64_t next;
+
+    d = lseek (fb->rfd, (off_t) off, SEEK_DATA);
+    if (d == -1 && errno != ENXIO)
+      goto err;
+    if (d == -1 || (uint64_t) d > off) {
+      /* A hole up to D, or up to the end of the file (ENXIO). */
+      next = d == -1 || (uint64_t) d > end ? end : (uint64_t) d;
+      if (nbdkit_add_extent (ex, off, next - off,
+                             NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO) == -1)
+        return -(errno ? errno : EIO);
+      off = next;
+      continue;
+    }
+    h = lseek (fb->rfd, (off_t) off, SEEK_HOLE);
+    if (h == -1)
+      goto err;
+    next = (uint64_t) h > end || (uint64_t) h <= off ? end : (uint64_t) h;
+    if (nbdkit_add_extent (ex, off, next - off, 0) == -1)
+      return -(errno ? errno : EIO);
+    off = next;
+  }
+  return 0;
+
+err:;
+  int err = errno;
+  nbdkit_error ("subpage: file=%s: lseek: %s", fb->path, errstr (err));
+  return -err;
+}
+
 static const struct cache_backend_ops fb_ops = {
   .pread = fb_pread,
   .pwrite = fb_pwrite,
@@ -517,6 +561,7 @@ file_backend_open (const char *path, struct backend *be)
     .size = fb->size,
     .can_write = fb_can_write,
     .open_write = fb_open_write,
+    .extents = fb->is_block ? NULL : fb_extents,
     .close = fb_close,
   };
   return 0;

@@ -64,7 +64,15 @@
  * nbdkit's handlers back before anything else (the plugin is unloaded
  * after it), then wakes the watcher with another byte and joins it.
  *
- * What it does not do: extents, multiple exports.
+ * Extents (.extents, when the backend has an extents operation): the
+ * cache is asked first for the runs it holds newer than the backend
+ * (cache_next_unflushed), the backend for what lies between; those
+ * runs are data whatever the backend says.  In that order a run written
+ * back meanwhile is already on the backend when the backend is asked.
+ * At most SUBPAGE_EXTENT_RUNS runs per request (each cache query may
+ * look at every frame); the client asks again for the rest.
+ *
+ * What it does not do: multiple exports.
  */
 
 #ifndef _GNU_SOURCE
@@ -617,6 +625,13 @@ subpage_can_cache (void *handle)
   return NBDKIT_CACHE_NATIVE;
 }
 
+static int
+subpage_can_extents (void *handle)
+{
+  (void) handle;
+  return backend.extents != NULL;
+}
+
 /* Turns the cache's -errno into nbdkit's error convention. */
 static int
 subpage_fail (const char *what, int r)
@@ -711,6 +726,37 @@ subpage_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return r < 0 ? subpage_fail ("cache", r) : 0;
 }
 
+#define SUBPAGE_EXTENT_RUNS 32
+
+static int
+subpage_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+                 struct nbdkit_extents *ex)
+{
+  uint64_t pos = offset, end = offset + count;
+
+  (void) handle;
+  for (unsigned n = 0; pos < end && n < SUBPAGE_EXTENT_RUNS; n++) {
+    uint64_t s, e;
+    int r;
+
+    if (!cache_next_unflushed (cache, pos, end, &s, &e))
+      s = e = end;
+    if (s > pos) {
+      r = backend.extents (backend.handle, (uint32_t) (s - pos), pos, ex);
+      if (r < 0) {
+        nbdkit_set_error (-r);
+        return -1; /* logged */
+      }
+    }
+    if (e > s && nbdkit_add_extent (ex, s, e - s, 0) == -1)
+      return -1;
+    pos = e;
+    if (flags & NBDKIT_FLAG_REQ_ONE)
+      break;
+  }
+  return 0;
+}
+
 /* clang-format off */
 static struct nbdkit_plugin plugin = {
   .name              = "subpage",
@@ -734,12 +780,14 @@ static struct nbdkit_plugin plugin = {
   .can_zero          = subpage_can_zero,
   .can_fast_zero     = subpage_can_fast_zero,
   .can_cache         = subpage_can_cache,
+  .can_extents       = subpage_can_extents,
   .pread             = subpage_pread,
   .pwrite            = subpage_pwrite,
   .flush             = subpage_flush,
   .trim              = subpage_trim,
   .zero              = subpage_zero,
   .cache             = subpage_cache,
+  .extents           = subpage_extents,
   .errno_is_preserved = 0,
 };
 /* clang-format on */

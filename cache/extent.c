@@ -1,0 +1,98 @@
+/* subpage: what the cache holds newer than the backend, for block
+ * status (cache.h, cache_next_unflushed).
+ *
+ * Like the debug helpers (debug.c) it takes each page's pin and lock
+ * in turn, does no I/O and takes no new lock: its answer is a
+ * snapshot.
+ */
+#include "cache.h"
+#include "internal.h"
+
+/* P pinned.  The first run of sectors in [off, end) of P that are D or
+ * W, clipped to [off, end).
+ */
+static bool
+page_unflushed (struct cache *c, struct page *p, uint64_t off, uint64_t end,
+                uint64_t *start, uint64_t *stop)
+{
+  uint64_t base = page_offset (c, p);
+  uint64_t lo = off > base ? off : base;
+  uint64_t hi = end < base + c->cfg.page_size ? end : base + c->cfg.page_size;
+  uint64_t ssize = (uint64_t) 1 << c->sector_shift;
+  uint32_t s0 = (uint32_t) ((lo - base) >> c->sector_shift);
+  uint32_t s1 = (uint32_t) ((hi - base + ssize - 1) >> c->sector_shift);
+  uint32_t i, w, j;
+  bool found;
+
+  page_lock (p);
+  if (s1 > p->sb.nsect)
+    s1 = p->sb.nsect;
+  i = sect_find (&p->sb, SECT_BM_D, true, s0, s1);
+  w = sect_find (&p->sb, SECT_BM_W, true, s0, i);
+  if (w < i)
+    i = w;
+  found = i < s1;
+  if (found) {
+    for (j = i + 1; j < s1; j++)
+      if (!sect_test (&p->sb, SECT_BM_D, j) &&
+          !sect_test (&p->sb, SECT_BM_W, j))
+        break;
+    *start = base + ((uint64_t) i << c->sector_shift);
+    if (*start < lo)
+      *start = lo;
+    *stop = base + ((uint64_t) j << c->sector_shift);
+    if (*stop > hi)
+      *stop = hi;
+  }
+  page_unlock (p);
+  return found;
+}
+
+bool
+cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
+                      uint64_t *start, uint64_t *stop)
+{
+  uint64_t first, last;
+  bool found = false;
+
+  if (end > c->cfg.size)
+    end = c->cfg.size;
+  if (off >= end)
+    return false;
+  first = off >> c->page_shift;
+  last = (end - 1) >> c->page_shift;
+
+  if (last - first < c->nframes) {
+    /* Fewer pages than frames: look each one up. */
+    for (uint64_t pi = first; pi <= last && !found; pi++) {
+      struct page *p = page_find (c, pi);
+      if (!p)
+        continue;
+      found = page_unflushed (c, p, off, end, start, stop);
+      page_unpin (c, p);
+    }
+    return found;
+  }
+
+  /* More pages than frames: look at each frame, keep the lowest run. */
+  for (uint32_t f = 0; f < c->nframes; f++) {
+    uint64_t pi = atomic_load (&c->frames[f].index);
+    uint64_t s, e;
+    struct page *p;
+
+    if (pi == PAGE_NONE || pi < first || pi > last)
+      continue;
+    if (found && pi << c->page_shift >= *start)
+      continue;
+    p = page_find (c, pi);
+    if (!p)
+      continue;
+    if (page_unflushed (c, p, off, end, &s, &e) && (!found || s < *start)) {
+      *start = s;
+      *stop = e;
+      found = true;
+    }
+    page_unpin (c, p);
+  }
+  return found;
+}

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Block status (issue 17 item 3): a sparse 64 MiB image served with
+# file= shows its holes and its data in nbdinfo --map and in
+# h.block_status; data written through subpage into a hole, not yet
+# written back (dirty-expire-ms=3600000, no flush), is reported as data
+# while the image file still has the hole there; after a flush too;
+# nbdcopy of the export is identical to the image (and to what was
+# written).
+
+source "$(dirname "$0")/../functions.sh"
+set -euo pipefail
+
+requires_plugin
+requires_nbdsh
+requires nbdinfo nbdcopy
+make_tmpdir
+
+img=$tmpdir/disk.img
+sock=$tmpdir/nbd.sock
+pid=$tmpdir/nbdkit.pid
+copy=$tmpdir/copy.img
+
+# Data at 1 MiB (64 KiB), at 10 MiB (1 MiB) and in the last 64 KiB.
+truncate -s 64M "$img"
+dd if=/dev/urandom of="$img" bs=64K seek=16 count=1 conv=notrunc status=none
+dd if=/dev/urandom of="$img" bs=1M seek=10 count=1 conv=notrunc status=none
+dd if=/dev/urandom of="$img" bs=64K seek=1023 count=1 conv=notrunc \
+   status=none
+# Where the file system keeps no holes there is nothing to test.
+if ! python3 -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+sys.exit(0 if os.lseek(fd, 0, os.SEEK_DATA) > 0 else 1)' "$img"; then
+  echo "$0: SKIP: $tmpdir keeps no holes"
+  exit 77
+fi
+
+start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" file="$img" \
+             cache-size=4M page-size=64K sector-size=512 \
+             dirty-expire-ms=3600000
+
+uri=$(nbd_uri "$sock")
+nbdinfo --map "$uri" | tee "$tmpdir/map1"
+# The expected map, merged as nbdinfo prints it: offset, length, type.
+python3 - "$tmpdir/map1" <<'EOF'
+import sys
+MiB = 1 << 20
+want = [(0, MiB, 3), (MiB, 64 << 10, 0), (MiB + (64 << 10), 9 * MiB - (64 << 10), 3),
+        (10 * MiB, MiB, 0), (11 * MiB, 53 * MiB - (64 << 10), 3),
+        (64 * MiB - (64 << 10), 64 << 10, 0)]
+got = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    got.append((int(f[0]), int(f[1]), int(f[2])))
+assert got == want, (got, want)
+print("map ok")
+EOF
+
+export IMG=$img URI=$uri
+nbdsh_py -c - <<'EOF'
+import os
+img = os.environ["IMG"]
+MiB = 1 << 20
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri(os.environ["URI"])
+assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+
+def extents(off, count):
+    """The extents of [off, off+count) as [(off, len, flags)], merged."""
+    out = []
+    while count > 0:
+        got = []
+        def cb(meta, o, entries, err):
+            if meta == nbd.CONTEXT_BASE_ALLOCATION:
+                got.extend(entries)
+        h.block_status(count, off, cb)
+        o = off
+        for i in range(0, len(got), 2):
+            n = min(got[i], count - (o - off))
+            if out and out[-1][2] == got[i + 1] and out[-1][0] + out[-1][1] == o:
+                out[-1] = (out[-1][0], out[-1][1] + n, got[i + 1])
+            else:
+                out.append((o, n, got[i + 1]))
+            o += n
+            if o - off >= count:
+                break
+        count -= o - off
+        off = o
+    return out
+
+def file_hole_at(off):
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        return os.lseek(fd, off, os.SEEK_DATA) > off
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+HZ = nbd.STATE_HOLE | nbd.STATE_ZERO
+assert extents(0, MiB) == [(0, MiB, HZ)], extents(0, MiB)
+
+# A write into the hole at 32 MiB, 3 sectors from an unaligned offset:
+# dirty in the cache, still a hole in the file.
+w = 32 * MiB + 1000
+h.pwrite(b"x" * 1500, w)
+assert file_hole_at(32 * MiB), "written back already?"
+e = extents(31 * MiB, 2 * MiB)
+print(e)
+# Data from the sector holding w to the one holding its last byte.
+s0, s1 = w // 512 * 512, (w + 1500 + 511) // 512 * 512
+assert e == [(31 * MiB, s0 - 31 * MiB, HZ), (s0, s1 - s0, 0),
+             (s1, 33 * MiB - s1, HZ)], e
+# Asked from inside the dirty run, and with req_one.
+assert extents(w, 1)[0][2] == 0
+got = []
+h.block_status(MiB, s0, lambda m, o, ent, err: got.extend(ent),
+               nbd.CMD_FLAG_REQ_ONE)
+assert got[1] == 0 and got[0] >= 512, got
+
+# The rest of the map is unchanged.
+assert extents(0, 32 * MiB)[-1] == (11 * MiB, 21 * MiB, HZ)
+
+# After a flush the file holds it: still data.
+h.flush()
+assert not file_hole_at(32 * MiB)
+e2 = extents(31 * MiB, 2 * MiB)
+assert any(o <= w and w < o + n and t == 0 for o, n, t in e2), e2
+print("block status ok")
+EOF
+
+# One more write into a hole, left dirty, then copy everything.
+nbdsh_py -u "$uri" -c 'h.pwrite(b"y" * 4096, 48 * 1024 * 1024)'
+nbdinfo --map "$uri" | grep -E "^ *50331648 " | grep -q data
+nbdcopy "$uri" "$copy"
+python3 - "$img" "$copy" <<'EOF'
+import sys
+MiB = 1 << 20
+a = bytearray(open(sys.argv[1], "rb").read())
+a[48 * MiB:48 * MiB + 4096] = b"y" * 4096   # not yet in the image
+b = open(sys.argv[2], "rb").read()
+assert a == b, "copy differs"
+print("copy ok")
+EOF
+
+stop_nbdkit_ok "$pid" 60
+# The drain wrote it back: the image is the copy.
+cmp "$img" "$copy"
+echo ok
