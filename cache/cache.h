@@ -248,9 +248,15 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
  * (its name, "subpage_" first, in seconds, and help).
  * X (field, metric, help).
  */
-#define CACHE_HISTOGRAMS(X)                   \
-  X (flush_latency, "flush_duration_seconds", \
-     "Time cache_flush took (client flushes and the final flush at exit).")
+#define CACHE_HISTOGRAMS(X)                                                 \
+  X (flush_latency, "flush_duration_seconds",                               \
+     "Time cache_flush took (client flushes and the final flush at exit).") \
+  X (fua_latency, "fua_write_duration_seconds",                             \
+     "Time a FUA write took, written back included (not in mode=unsafe).")  \
+  X (backend_write_latency, "backend_write_duration_seconds",               \
+     "Time a write-back run took, from its submission to its completion.")  \
+  X (throttle_latency, "throttle_wait_seconds",                             \
+     "Time a writer waited because dirty data passed dirty-ratio.")
 
 /* The buckets' upper bounds in nanoseconds: 100 us to 10 s, 1, 2.5 and
  * 5 per decade (cache_histogram_bounds_ns, report.c); a last bucket

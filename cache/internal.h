@@ -89,6 +89,7 @@ struct cache_run {
   char *data;
   struct frag *frags; /* frags[0..nfrags) in disk order */
   uint32_t nfrags;
+  uint64_t t0_ns; /* submitted (report_now_ns), for backend_write_latency */
 };
 
 /* A write-back batch: one buffer, several runs, freed when the last

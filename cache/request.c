@@ -459,8 +459,13 @@ int
 cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
              uint32_t flags)
 {
+  /* FUA as honoured: mode=unsafe ignores it (do_write). */
+  bool fua = (flags & CACHE_FUA) && c->cfg.mode != CACHE_MODE_UNSAFE;
+  uint64_t t0 = fua ? report_now_ns () : 0;
   int r = do_write (c, buf, count, off, flags);
 
+  if (fua)
+    report_latency (&c->hist.fua_latency, report_now_ns () - t0);
   if (r == 0)
     report_request (&c->ctr.client_writes, &c->ctr.client_write_bytes, count);
   return r;

@@ -357,6 +357,7 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
     struct cache_run *run = &b->runs[r];
 
     run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
+    run->t0_ns = report_now_ns ();
     report_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)", run->off,
                   run->len, run->nfrags);
     submit_run (c, run);
@@ -492,6 +493,11 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
 {
   bool ok = err == 0, wake = false;
 
+  /* Every path (cache_run_io, sync_run_io, an asynchronous backend)
+   * ends here: the run's time from submission to completion.
+   */
+  report_latency (&c->hist.backend_write_latency,
+                  report_now_ns () - run->t0_ns);
   if (!ok) {
     atomic_fetch_add (&c->ctr.wb_errors, 1);
     report_logf (c, CACHE_LOG_ERROR,
@@ -588,6 +594,7 @@ int
 wb_throttle (struct cache *c)
 {
   bool counted = false;
+  uint64_t t0 = 0;
   int r = 0;
 
   if (dirty_mem (c) < c->dirty_limit)
@@ -597,6 +604,7 @@ wb_throttle (struct cache *c)
 
     if (!counted) {
       atomic_fetch_add (&c->ctr.throttled, 1);
+      t0 = report_now_ns ();
       counted = true;
     }
     wb_kick (c);
@@ -619,6 +627,8 @@ wb_throttle (struct cache *c)
     atomic_fetch_sub (&c->w_throttle, 1);
     lock_drop (&c->wb_lock);
   }
+  if (counted) /* only writers that waited */
+    report_latency (&c->hist.throttle_latency, report_now_ns () - t0);
   return r;
 }
 
@@ -632,6 +642,7 @@ sync_run_io (struct cache *c, struct cache_run *run)
   atomic_fetch_add (&c->runs_in_flight, 1);
   atomic_fetch_add (&c->ctr.wb_runs, 1);
   run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
+  run->t0_ns = report_now_ns ();
   r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
   cache_run_account (c, run);
   cache_run_done (c, run, r);

@@ -103,13 +103,19 @@ backend_written_bytes_total backend_flushes_total writeback_runs_total
 writeback_errors_total writeback_runs_in_flight evictions_total
 throttled_writers_total flushes_total flush_errors_total
 flush_duration_seconds_sum flush_duration_seconds_count
+fua_write_duration_seconds_sum fua_write_duration_seconds_count
+backend_write_duration_seconds_sum backend_write_duration_seconds_count
+throttle_wait_seconds_sum throttle_wait_seconds_count
 waiting_threads{on="flush"} waiting_threads{on="throttle"}
 waiting_threads{on="page"} waiting_threads{on="idle"}
 """.split()
 
 # Samples with labels checked on their own: the histogram's buckets
 # (metrics_scrape.conventions) and build_info (below).
-OWN = ("subpage_flush_duration_seconds_bucket{", "subpage_build_info{")
+OWN = ("subpage_flush_duration_seconds_bucket{",
+       "subpage_fua_write_duration_seconds_bucket{",
+       "subpage_backend_write_duration_seconds_bucket{",
+       "subpage_throttle_wait_seconds_bucket{", "subpage_build_info{")
 
 def get(how="shutdown"):
     m = scrape(msock, how)
@@ -164,6 +170,9 @@ check(m0, {
     "flush_errors_total": 0,
     "flush_duration_seconds_sum": 0, "flush_duration_seconds_count": 0,
     'flush_duration_seconds_bucket{le="+Inf"}': 0,
+    "fua_write_duration_seconds_count": 0,
+    "backend_write_duration_seconds_count": 0,
+    "throttle_wait_seconds_count": 0,
     'waiting_threads{on="flush"}': 0, 'waiting_threads{on="throttle"}': 0,
     'waiting_threads{on="page"}': 0, 'waiting_threads{on="idle"}': 0,
 }, "before I/O")
@@ -286,6 +295,11 @@ delta(m3, m4, {"flushes_total": 1, "flush_duration_seconds_count": 1,
 assert m4["writeback_runs_total"] >= 1, "no write-back run counted"
 assert m4["backend_writes_total"] >= m4["writeback_runs_total"]
 assert m4["flush_duration_seconds_sum"] > 0, "flush took no time"
+# Every write-back run is one backend write observation.
+assert m4["backend_write_duration_seconds_count"] == \
+    m4["writeback_runs_total"], m4
+assert m4["backend_write_duration_seconds_sum"] > 0, "runs took no time"
+assert m4["fua_write_duration_seconds_count"] == 0, m4
 
 # Dirty pages count pages, not bytes: 1 KiB across a page boundary and
 # one sector elsewhere are 1.5 KiB in three dirty pages.
@@ -313,6 +327,18 @@ delta(m4, m4z, {"client_zeroes_total": 1, "client_zero_bytes_total": 4 * KiB,
                 "client_writes_total": 0}, "after a zero and a trim")
 m4 = m4z
 assert m4["flush_duration_seconds_count"] == m4["flushes_total"]
+
+# One FUA write: one FUA observation; its data written back at once, in
+# runs that are backend write observations.
+h.pwrite(b"\x3c" * (4 * KiB), 24 * MiB, nbd.CMD_FLAG_FUA)
+m4f = get()
+delta(m4, m4f, {"fua_write_duration_seconds_count": 1,
+                'fua_write_duration_seconds_bucket{le="+Inf"}': 1,
+                "backend_written_bytes_total": 4 * KiB,
+                "throttle_wait_seconds_count": 0}, "after a FUA write")
+assert m4f["fua_write_duration_seconds_sum"] > 0, "FUA write took no time"
+assert m4f["backend_write_duration_seconds_count"] == \
+    m4f["writeback_runs_total"], m4f
 with open(os.environ["IMG"], "rb") as f:
     assert os.pread(f.fileno(), N, 1 * MiB + 4 * KiB) == data, \
         "flushed data not in the image"

@@ -195,6 +195,7 @@ test_dirty_throttle (void **state)
   assert_int_equal (write_pattern (t, 4 * PG, PG, 2, 0), 0);
   assert_int_equal (stats (t->c).waiting_throttle, 0);
   assert_int_equal (stats (t->c).throttled, 0);
+  assert_int_equal (stats (t->c).throttle_latency.count, 0);
   assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
   assert_true (fake_nr_pending (t->f) > 0);
   assert_int_equal (stats (t->c).writeback_bytes, 2 * PG);
@@ -217,6 +218,11 @@ test_dirty_throttle (void **state)
     assert_int_equal (async_join (w), 0);
     /* Woken, not timed out (the timeout is 1000 ms). */
     assert_true (now_ms () - t0 < 500);
+    /* The wait is one throttle observation, of some time. */
+    assert_int_equal (stats (t->c).throttle_latency.count, 1);
+    assert_true (stats (t->c).throttle_latency.sum_ns > 0);
+    /* The completed run is one backend write observation. */
+    assert_int_equal (stats (t->c).backend_write_latency.count, 1);
     assert_int_equal (fake_nr_pending (t->f), 1);
     fake_complete_all (t->f, t->c, 0);
   }

@@ -250,6 +250,17 @@ test_render (void **state)
   assert_true (
     value_of (text, "subpage_flush_duration_seconds_bucket{le=\"10\"}") == 1);
   assert_true (value_of (text, "subpage_flush_duration_seconds_sum") > 0);
+  /* The flush wrote its data back in one run at least; no FUA write, no
+   * writer throttled.
+   */
+  assert_true (
+    value_of (text, "subpage_backend_write_duration_seconds_count") >= 1);
+  assert_true (
+    value_of (text, "subpage_backend_write_duration_seconds_count") ==
+    value_of (text, "subpage_writeback_runs_total"));
+  assert_true (value_of (text, "subpage_fua_write_duration_seconds_count") ==
+               0);
+  assert_true (value_of (text, "subpage_throttle_wait_seconds_count") == 0);
   assert_true (value_of (text, "subpage_backend_written_bytes_total") ==
                8 * KiB);
   assert_true (value_of (text, "subpage_backend_flushes_total") == 1);
@@ -313,6 +324,32 @@ test_render (void **state)
   assert_non_null (strstr (text, "\nsubpage_build_info{version=\"unknown\","
                                  "mode=\"unknown\",backend=\"unknown\"} 1\n"));
   free (text);
+
+  /* One FUA write: one FUA observation, its data written back in one
+   * run more at least.
+   */
+  {
+    double runs;
+
+    text = render_now (tm);
+    runs = value_of (text, "subpage_writeback_runs_total");
+    free (text);
+    assert_int_equal (write_pattern (&tm->t, 3 * PG, 4 * KiB, 2, CACHE_FUA), 0);
+    text = render_now (tm);
+    check_lines (text);
+    assert_true (value_of (text, "subpage_fua_write_duration_seconds_count") ==
+                 1);
+    assert_true (
+      value_of (text,
+                "subpage_fua_write_duration_seconds_bucket{le=\"+Inf\"}") == 1);
+    assert_true (value_of (text, "subpage_fua_write_duration_seconds_sum") > 0);
+    assert_true (value_of (text, "subpage_writeback_runs_total") > runs);
+    assert_true (
+      value_of (text, "subpage_backend_write_duration_seconds_count") ==
+      value_of (text, "subpage_writeback_runs_total"));
+    assert_true (value_of (text, "subpage_throttle_wait_seconds_count") == 0);
+    free (text);
+  }
 }
 
 static int
