@@ -7,8 +7,8 @@
 # instrumented plugin, cache and write-back server are reported.
 #
 # tests/crash/crash-check --no-kill drives it: 4 connections x 4
-# requests in flight, random writes (1 byte to 1 MiB, overlapping) and
-# flushes for a few seconds, through a 2 MiB cache with fast expiry so
+# requests in flight, random writes (1 byte to 1 MiB, overlapping),
+# TRIM, ZERO, FUA writes, reads and flushes for a few seconds, through a 2 MiB cache with fast expiry so
 # that background write-back, throttling and eviction all run beside
 # the requests; then a final flush, SIGTERM (nbdkit must exit 0) and a
 # check of every byte of the image.  With
