@@ -18,6 +18,9 @@ echo "run list (${#run[@]}): ${run[*]}"
 # Packages scripts/run must never install, by name.
 forbidden='^(linux-image|linux-headers|qemu|debootstrap|busybox|libcmocka|clang|libclang|fio|xfsprogs|btrfs-progs|nbd-client|socat|cpio|zstd|systemd$)'
 fail=0
+# One string to search (grep -q at the end of a pipe under pipefail
+# can fail the pipe with SIGPIPE when it stops reading early).
+test_text=$(printf '%s\n' "${test[@]}")
 
 # 1. The lists themselves.
 bad=$(printf '%s\n' "${run[@]}" | grep -E "$forbidden" || :)
@@ -26,11 +29,11 @@ if [ -n "$bad" ]; then
   fail=1
 fi
 for p in "${run[@]}"; do
-  printf '%s\n' "${test[@]}" | grep -qxF "$p" ||
+  grep -qxF "$p" <<< "$test_text" ||
     { echo "$0: $p is in the run list but not in scripts/deps test" >&2; fail=1; }
 done
 for p in libcmocka-dev clang qemu-system-x86 linux-image-amd64 debootstrap; do
-  printf '%s\n' "${test[@]}" | grep -qxF "$p" ||
+  grep -qxF "$p" <<< "$test_text" ||
     { echo "$0: scripts/deps test does not list $p" >&2; fail=1; }
 done
 
