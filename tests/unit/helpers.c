@@ -429,3 +429,78 @@ const uint64_t three_ranges[3][2] = {
 const int perms3[6][3] = {
   { 0, 1, 2 }, { 0, 2, 1 }, { 1, 0, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 2, 1, 0 },
 };
+
+void
+stops_init (struct stops *st)
+{
+  memset (st, 0, sizeof *st);
+  pthread_mutex_init (&st->lock, NULL);
+  pthread_cond_init (&st->cv, NULL);
+}
+
+void
+stops_destroy (struct stops *st)
+{
+  pthread_cond_destroy (&st->cv);
+  pthread_mutex_destroy (&st->lock);
+}
+
+unsigned
+stops_add (struct stops *st, const char *point, unsigned nth)
+{
+  assert_true (st->n < MAX_STOPS);
+  st->s[st->n].point = point;
+  st->s[st->n].nth = nth;
+  return st->n++;
+}
+
+void
+stops_hook (void *opaque, const char *point)
+{
+  struct stops *st = opaque;
+  int park = -1;
+
+  pthread_mutex_lock (&st->lock);
+  for (unsigned k = 0; k < st->n; k++) /* count the arrival first */
+    if (strcmp (point, st->s[k].point) == 0 &&
+        ++st->s[k].seen == st->s[k].nth)
+      park = (int) k;
+  if (park >= 0) {
+    st->s[park].parked = true;
+    pthread_cond_broadcast (&st->cv);
+    while (!st->s[park].go)
+      pthread_cond_wait (&st->cv, &st->lock);
+  }
+  pthread_mutex_unlock (&st->lock);
+}
+
+bool
+stops_parked (struct stops *st, unsigned k)
+{
+  bool r;
+
+  pthread_mutex_lock (&st->lock);
+  r = st->s[k].parked;
+  pthread_mutex_unlock (&st->lock);
+  return r;
+}
+
+unsigned
+stops_seen (struct stops *st, unsigned k)
+{
+  unsigned r;
+
+  pthread_mutex_lock (&st->lock);
+  r = st->s[k].seen;
+  pthread_mutex_unlock (&st->lock);
+  return r;
+}
+
+void
+stops_release (struct stops *st, unsigned k)
+{
+  pthread_mutex_lock (&st->lock);
+  st->s[k].go = true;
+  pthread_cond_broadcast (&st->cv);
+  pthread_mutex_unlock (&st->lock);
+}

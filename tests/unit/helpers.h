@@ -160,4 +160,29 @@ bool async_done (struct async *a);
  */
 int async_join (struct async *a);
 
+/* Park points (cache_debug_set_park): install with
+ *   cache_debug_set_park (t->c, stops_hook, &st);
+ * Stop K holds the Nth thread (from 1) to reach its point until the test
+ * releases it; every arrival at a point is counted, held or not.
+ */
+#define MAX_STOPS 4
+struct stops {
+  pthread_mutex_t lock;
+  pthread_cond_t cv;
+  unsigned n;
+  struct {
+    const char *point;
+    unsigned nth, seen;
+    bool parked, go;
+  } s[MAX_STOPS];
+};
+void stops_init (struct stops *st);
+void stops_destroy (struct stops *st);
+/* Adds a stop; returns its index K. */
+unsigned stops_add (struct stops *st, const char *point, unsigned nth);
+void stops_hook (void *opaque, const char *point);
+bool stops_parked (struct stops *st, unsigned k);
+unsigned stops_seen (struct stops *st, unsigned k);
+void stops_release (struct stops *st, unsigned k);
+
 #endif /* SUBPAGE_TEST_HELPERS_H */

@@ -31,74 +31,6 @@
 #include "helpers.h"
 #include "internal.h"
 
-/* Counts arrivals at park points; parks the Nth arrival at a point. */
-#define MAX_STOPS 4
-struct stops {
-  pthread_mutex_t lock;
-  pthread_cond_t cv;
-  unsigned n;
-  struct { const char *point; unsigned nth, seen; bool parked, go; } s[MAX_STOPS];
-};
-
-static void
-stops_hook (void *opaque, const char *point)
-{
-  struct stops *st = opaque;
-  int park = -1;
-
-  pthread_mutex_lock (&st->lock);
-  for (unsigned k = 0; k < st->n; k++)
-    if (strcmp (point, st->s[k].point) == 0 &&
-        ++st->s[k].seen == st->s[k].nth)
-      park = (int) k;
-  if (park >= 0) {
-    st->s[park].parked = true;
-    pthread_cond_broadcast (&st->cv);
-    while (!st->s[park].go)
-      pthread_cond_wait (&st->cv, &st->lock);
-  }
-  pthread_mutex_unlock (&st->lock);
-}
-
-static void
-stops_add (struct stops *st, const char *point, unsigned nth)
-{
-  st->s[st->n].point = point;
-  st->s[st->n].nth = nth;
-  st->n++;
-}
-
-static bool
-stops_parked (struct stops *st, unsigned k)
-{
-  bool r;
-
-  pthread_mutex_lock (&st->lock);
-  r = st->s[k].parked;
-  pthread_mutex_unlock (&st->lock);
-  return r;
-}
-
-static unsigned
-stops_seen (struct stops *st, unsigned k)
-{
-  unsigned r;
-
-  pthread_mutex_lock (&st->lock);
-  r = st->s[k].seen;
-  pthread_mutex_unlock (&st->lock);
-  return r;
-}
-
-static void
-stops_release (struct stops *st, unsigned k)
-{
-  pthread_mutex_lock (&st->lock);
-  st->s[k].go = true;
-  pthread_cond_broadcast (&st->cv);
-  pthread_mutex_unlock (&st->lock);
-}
-
 /* Batches of one page (wb_buf_max = 4 pages).  Pages 0-2: one
  * background run each, captured (in flight): 3 pages of buffers.
  * Page 5: wholly dirty, so a collect that picks it sizes a batch of one
@@ -132,14 +64,13 @@ static void
 test_empty_collect_on_busy_page_is_not_progress (void **state)
 {
   struct tcache *t = *state;
-  struct stops st = { .n = 0 };
+  struct stops st;
   struct async *tr, *f1, *f2;
   uint64_t p0, p1;
   unsigned picks;
 
   two_flushes_setup (t);
-  pthread_mutex_init (&st.lock, NULL);
-  pthread_cond_init (&st.cv, NULL);
+  stops_init (&st);
   stops_add (&st, "flush.collected", 2);        /* 0: flush 2's collect */
   stops_add (&st, "collect.picked", 1000000);   /* 1: counts picks */
 
@@ -184,8 +115,7 @@ test_empty_collect_on_busy_page_is_not_progress (void **state)
 
   assert_int_equal (p1, p0);
   assert_true (picks <= 3);
-  pthread_cond_destroy (&st.cv);
-  pthread_mutex_destroy (&st.lock);
+  stops_destroy (&st);
 }
 
 int

@@ -48,124 +48,6 @@
 
 #include "helpers.h"
 
-/* A park point that holds the first thread to reach POINT until the
- * test lets it go.
- */
-struct park {
-  const char *point;
-  pthread_mutex_t lock;
-  pthread_cond_t cv;
-  bool armed, parked, go;
-};
-
-static void
-park_hook (void *opaque, const char *point)
-{
-  struct park *pk = opaque;
-
-  if (strcmp (point, pk->point) != 0)
-    return;
-  pthread_mutex_lock (&pk->lock);
-  if (pk->armed) {
-    pk->armed = false;
-    pk->parked = true;
-    pthread_cond_broadcast (&pk->cv);
-    while (!pk->go)
-      pthread_cond_wait (&pk->cv, &pk->lock);
-  }
-  pthread_mutex_unlock (&pk->lock);
-}
-
-static void
-park_init (struct park *pk, const char *point)
-{
-  memset (pk, 0, sizeof *pk);
-  pk->point = point;
-  pk->armed = true;
-  pthread_mutex_init (&pk->lock, NULL);
-  pthread_cond_init (&pk->cv, NULL);
-}
-
-static bool
-park_is_parked (struct park *pk)
-{
-  bool r;
-
-  pthread_mutex_lock (&pk->lock);
-  r = pk->parked;
-  pthread_mutex_unlock (&pk->lock);
-  return r;
-}
-
-static void
-park_release (struct park *pk)
-{
-  pthread_mutex_lock (&pk->lock);
-  pk->go = true;
-  pthread_cond_broadcast (&pk->cv);
-  pthread_mutex_unlock (&pk->lock);
-}
-
-/* Stops at park points by arrival: stop K holds the Nth thread (from 1)
- * to reach POINT until released.
- */
-#define MAX_STOPS 4
-struct stops {
-  pthread_mutex_t lock;
-  pthread_cond_t cv;
-  unsigned n;
-  struct { const char *point; unsigned nth, seen; bool parked, go; } s[MAX_STOPS];
-};
-
-static void
-stops_hook (void *opaque, const char *point)
-{
-  struct stops *st = opaque;
-
-  int park = -1;
-
-  pthread_mutex_lock (&st->lock);
-  for (unsigned k = 0; k < st->n; k++)    /* count the arrival first */
-    if (strcmp (point, st->s[k].point) == 0 &&
-        ++st->s[k].seen == st->s[k].nth)
-      park = (int) k;
-  if (park >= 0) {
-    st->s[park].parked = true;
-    pthread_cond_broadcast (&st->cv);
-    while (!st->s[park].go)
-      pthread_cond_wait (&st->cv, &st->lock);
-  }
-  pthread_mutex_unlock (&st->lock);
-}
-
-static void
-stops_add (struct stops *st, const char *point, unsigned nth)
-{
-  st->s[st->n].point = point;
-  st->s[st->n].nth = nth;
-  st->n++;
-}
-
-static bool
-stops_parked (struct stops *st, unsigned k)
-{
-  bool r;
-
-  pthread_mutex_lock (&st->lock);
-  r = st->s[k].parked;
-  pthread_mutex_unlock (&st->lock);
-  return r;
-}
-
-static void
-stops_release (struct stops *st, unsigned k)
-{
-  pthread_mutex_lock (&st->lock);
-  st->s[k].go = true;
-  pthread_cond_broadcast (&st->cv);
-  pthread_mutex_unlock (&st->lock);
-}
-
 /* Was [off, off+len) made durable with FUA, or by a backend flush
  * after the write that put it on the disk?
  */
@@ -325,7 +207,7 @@ test_flush_after_skipped_collect (void **state)
   struct tcache *t = *state;
   struct cache_config cfg = test_config ();
   const uint64_t x = 5 * PG;
-  struct park pk;
+  struct stops st;
   struct async *d, *fl;
 
   tc_open (t, &cfg);
@@ -336,17 +218,19 @@ test_flush_after_skipped_collect (void **state)
   d = async_start (t, ASYNC_TRIM, NULL, 8 * SS, x + 8 * SS, 0);
   WAIT_FOR (fake_held (t->f, FAKE_TRIM) == 1);
 
-  park_init (&pk, "flush.collected");
-  cache_debug_set_park (t->c, park_hook, &pk);
+  stops_init (&st);
+  stops_add (&st, "flush.collected", 1);
+  cache_debug_set_park (t->c, stops_hook, &st);
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  WAIT_FOR (park_is_parked (&pk));
+  WAIT_FOR (stops_parked (&st, 0));
   assert_int_equal (counts (t).writes, 0);       /* the page was skipped */
 
   fake_hold (t->f, FAKE_TRIM, false);
   assert_int_equal (async_join (d), 0);
-  park_release (&pk);
+  stops_release (&st, 0);
   assert_int_equal (async_join (fl), 0);
   cache_debug_set_park (t->c, NULL, NULL);
+  stops_destroy (&st);
 
   assert_true (disk_is_pattern (t, x, 8 * SS, 2));
   assert_true (durable_in_log (t, x, 8 * SS));
@@ -543,7 +427,7 @@ test_flush_skipping_a_page_being_collected (void **state)
   struct tcache *t = *state;
   struct cache_config cfg = test_config ();
   const uint64_t p2 = 2 * PG, p5 = 5 * PG;
-  struct stops st = { .n = 0 };
+  struct stops st;
   struct expired_job job = { .c = NULL };
   unsigned char buf[4 * SS];
   pthread_t bg;
@@ -551,8 +435,7 @@ test_flush_skipping_a_page_being_collected (void **state)
 
   tc_open (t, &cfg);
   fill_disk (t, 1);
-  pthread_mutex_init (&st.lock, NULL);
-  pthread_cond_init (&st.cv, NULL);
+  stops_init (&st);
   stops_add (&st, "collect.picked", 1);       /* 0: background */
   stops_add (&st, "collect.picked", 2);       /* 1: the flush */
   stops_add (&st, "flush.collected", 1);      /* 2: the flush */
@@ -589,8 +472,7 @@ test_flush_skipping_a_page_being_collected (void **state)
   assert_true (disk_is_pattern (t, p2, 4 * SS, 2));
   assert_true (disk_is_pattern (t, p2 + 8 * SS, 4 * SS, 4));
   assert_true (disk_is_pattern (t, p5, 4 * SS, 5));
-  pthread_cond_destroy (&st.cv);
-  pthread_mutex_destroy (&st.lock);
+  stops_destroy (&st);
 }
 
 /* A flush picks page 2 only (its dirty data fills a batch), and while
@@ -605,7 +487,7 @@ test_flush_whose_pick_was_written_back (void **state)
   struct tcache *t = *state;
   struct cache_config cfg = test_config ();
   const uint64_t p2 = 2 * PG, p5 = 5 * PG;
-  struct stops st = { .n = 0 };
+  struct stops st;
   unsigned char *buf = malloc (PG);
   struct async *fl;
 
@@ -613,8 +495,7 @@ test_flush_whose_pick_was_written_back (void **state)
   cfg.batch_bytes = PG;
   tc_open (t, &cfg);
   fill_disk (t, 1);
-  pthread_mutex_init (&st.lock, NULL);
-  pthread_cond_init (&st.cv, NULL);
+  stops_init (&st);
   stops_add (&st, "collect.picked", 1);
   assert_int_equal (write_pattern (t, p2, PG, 2, 0), 0);
   assert_int_equal (write_pattern (t, p5, SS, 3, 0), 0);
@@ -632,8 +513,7 @@ test_flush_whose_pick_was_written_back (void **state)
   assert_true (disk_is_pattern (t, p2, PG, 4));
   assert_true (disk_is_pattern (t, p5, SS, 3));
   assert_true (sectors_are (t, p5, SS, V));
-  pthread_cond_destroy (&st.cv);
-  pthread_mutex_destroy (&st.lock);
+  stops_destroy (&st);
   free (buf);
 }
 
