@@ -291,6 +291,31 @@ check_client ()
 }
 
 # nbdsh_py ARGS...: nbdsh with Debian's python3 (which has the nbd module).
+# start_file_remote PIDFILE SOCK IMAGE [FILTER-ARGS...] -- [EVAL-ARGS...]:
+# writes a 4 MiB IMAGE (bytes 0..255 repeated) and serves it as a remote
+# with nbdkit's eval plugin, which advertises only what EVAL-ARGS say
+# (can_write, can_flush, can_trim, can_multi_conn, ...) and a filter's
+# parameters (logfile=).  Arguments before "--" go to nbdkit before the
+# plugin name (--filter=log).  dd
+# runs without the sanitizer runtime that start_nbdkit preloads into
+# nbdkit (ASan rejects an aligned_alloc that dd makes).
+start_file_remote ()
+{
+  local pidfile=$1 sock=$2 img=$3 pre=()
+  shift 3
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do pre+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  /usr/bin/python3 -c '
+import sys
+sys.stdout.buffer.write(bytes(range(256)) * (4 * 1024 * 1024 // 256))
+' > "$img"
+  start_nbdkit -P "$pidfile" -U "$sock" "${pre[@]}" eval \
+    get_size="echo $((4 * 1024 * 1024))" \
+    pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
+    pwrite="env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none" \
+    "$@"
+}
+
 nbdsh_py ()
 {
   PATH=/usr/bin:$PATH nbdsh "$@"

@@ -37,19 +37,9 @@ run_case ()
     local mc_exit=3                     # eval: exit 3 is "false"
     [ "$mc" -eq 1 ] && mc_exit=0
 
-    /usr/bin/python3 -c '
-import sys
-sys.stdout.buffer.write(bytes(range(256)) * (4 * 1024 * 1024 // 256))
-' > "$bimg"
     rm -f "$blog"
-    # dd runs without the sanitizer runtime that start_nbdkit preloads
-    # into nbdkit (ASan rejects an aligned_alloc that dd makes).
-    start_nbdkit -P "$bpid" -U "$bsock" --filter=log eval \
-        logfile="$blog" \
-        get_size="echo $((4 * 1024 * 1024))" \
-        pread="env -u LD_PRELOAD dd if=$bimg skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-        pwrite="env -u LD_PRELOAD dd of=$bimg seek=\$4 oflag=seek_bytes conv=notrunc status=none" \
-        can_write="exit 0" can_flush="exit 3" \
+    start_file_remote "$bpid" "$bsock" "$bimg" --filter=log -- \
+        logfile="$blog" can_write="exit 0" can_flush="exit 3" \
         can_multi_conn="exit $mc_exit"
     start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$(nbd_uri "$bsock")" \
                  connections=4 cache-size=1M page-size=64K \

@@ -3,7 +3,7 @@
 # "TRIM and ZERO"): the cache keeps its data of the range, dirty sectors
 # included, so the range never reads as data older than the trim.  The
 # backend is a remote (uri=) that does not advertise trim: nbdkit's eval
-# plugin over a file.  Data written through subpage and not yet flushed
+# plugin over a file (start_file_remote).  Data written through subpage and not yet flushed
 # is trimmed; reads must still return it, and after a flush the remote
 # must hold it (the remote's own, older bytes must not come back).
 
@@ -22,16 +22,7 @@ sock=$tmpdir/nbd.sock
 pid=$tmpdir/nbdkit.pid
 export BIMG=$bimg URI=$(nbd_uri "$sock")
 
-/usr/bin/python3 -c '
-import sys
-sys.stdout.buffer.write(bytes(range(256)) * (4 * 1024 * 1024 // 256))
-' > "$bimg"
-# dd runs without the sanitizer runtime that start_nbdkit preloads into
-# nbdkit (see test-nbd-backend-no-multiconn.sh).
-start_nbdkit -P "$bpid" -U "$bsock" eval \
-    get_size="echo $((4 * 1024 * 1024))" \
-    pread="env -u LD_PRELOAD dd if=$bimg skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-    pwrite="env -u LD_PRELOAD dd of=$bimg seek=\$4 oflag=seek_bytes conv=notrunc status=none" \
+start_file_remote "$bpid" "$bsock" "$bimg" -- \
     can_write="exit 0" can_flush="exit 0" flush="sync" can_trim="exit 3"
 start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$(nbd_uri "$bsock")" \
              cache-size=16M page-size=64K dirty-expire-ms=3600000 \
