@@ -39,8 +39,18 @@
  * connection; a remote that stops answering without closing the
  * socket is waited for (libnbd has no request timeout).
  *
+ * Extents: when the remote negotiated base:allocation (asked for on
+ * every connection), block status is the remote's NBD_CMD_BLOCK_STATUS
+ * on a synchronous connection, its HOLE and ZERO flags passed on as
+ * NBDKIT_EXTENT_HOLE and NBDKIT_EXTENT_ZERO.  The remote may answer
+ * for less than was asked, so the range is asked again from where the
+ * answer ended until all of it is covered.  A remote without
+ * base:allocation gets no extents operation, so the plugin offers
+ * none and nbdkit reports everything as data, as nbdkit's nbd plugin
+ * does in front of such a remote.
+ *
  * What it does not do: reconnect, TLS settings beyond what the URI
- * says, extents, several exports.
+ * says, other meta contexts than base:allocation, several exports.
  */
 
 #ifndef _GNU_SOURCE
@@ -189,6 +199,36 @@ nb_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   return nb_emulate_fua (conn, flags, r);
 }
 
+/* struct backend's extents (backend.h): the remote's block status
+ * over [off, off+count), asked again from where each answer ended.
+ */
+static int
+nb_extents (void *opaque, uint32_t count, uint64_t off,
+            struct nbdkit_extents *ex)
+{
+  struct nbd_backend *nb = opaque;
+  uint64_t end = off + count;
+
+  while (off < end) {
+    struct nb_conn *conn = nb_pick (nb, false);
+    struct nb_extents xt = { .ex = ex, .start = off, .end = end, .next = off };
+    int r;
+
+    r = nb_sync_on (conn, NB_BLOCK_STATUS, "block status", &xt,
+                    (uint32_t) (end - off), off, 0);
+    if (r < 0)
+      return r;
+    if (xt.next == off) {
+      nbdkit_error ("block status: uri=%s: offset %" PRIu64 " count %" PRIu64
+                    ": the remote's answer covers none of it",
+                    nb->uri, off, end - off);
+      return -EIO;
+    }
+    off = xt.next;
+  }
+  return 0;
+}
+
 static const struct cache_backend_ops nb_ops = {
   .pread = nb_pread,
   .pwrite = nb_pwrite,
@@ -295,6 +335,8 @@ nb_probe (struct nbd_backend *nb, struct nbd_handle *h0, uint32_t sector_size)
   nb->can_zero = nb_can (nbd_can_zero (h0));
   nb->can_fast_zero = nb_can (nbd_can_fast_zero (h0));
   nb->can_multi_conn = nb_can (nbd_can_multi_conn (h0));
+  nb->can_extents =
+    nb_can (nbd_can_meta_context (h0, LIBNBD_CONTEXT_BASE_ALLOCATION));
   return 0;
 }
 
@@ -310,11 +352,11 @@ nb_log_open (struct nbd_backend *nb, unsigned connections)
                   nb->uri, connections);
   nbdkit_debug ("subpage: uri=%s: size %" PRIu64 ", %u connection%s, "
                 "%s, flush %d, fua %d, trim %d, zero %d, fast zero %d, "
-                "multi-conn %d, max request %" PRIu32,
+                "multi-conn %d, extents %d, max request %" PRIu32,
                 nb->uri, nb->size, nb->n, nb->n == 1 ? "" : "s",
                 nb->read_only ? "read-only" : "writable", nb->can_flush,
                 nb->can_fua, nb->can_trim, nb->can_zero, nb->can_fast_zero,
-                nb->can_multi_conn, nb->max_request);
+                nb->can_multi_conn, nb->can_extents, nb->max_request);
   if (!nb->can_flush)
     nbdkit_debug ("subpage: uri=%s: the remote cannot flush: a flush "
                   "only writes back (the remote decides durability)",
@@ -372,6 +414,7 @@ nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
     .can_write = nb_can_write,
     .start = nb_start,
     .aio_pwrite = nb_aio_pwrite,
+    .extents = nb->can_extents ? nb_extents : NULL,
     .close = nb_close,
   };
   return 0;

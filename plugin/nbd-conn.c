@@ -32,7 +32,11 @@
  * held (the done function may then issue more commands).  If libnbd
  * runs a callback in another thread (the connection dying while some
  * thread issues a command aborts every command in flight there), the
- * queue is still drained: that thread kicks the reader.
+ * queue is still drained: that thread kicks the reader.  A block
+ * status command's extent callback runs there as well, before its
+ * completion: it adds the remote's extents straight to the nbdkit
+ * request's list (struct nb_extents), which the waiting thread does
+ * not touch until the completion has marked the command done.
  *
  * Lost connections: a connection that died (server killed, socket
  * closed) is dead for good: libnbd fails its commands in flight
@@ -72,6 +76,7 @@
 #include "nbd-internal.h"
 #include "pool.h"
 #include "thread.h"
+#include "util.h"
 
 /* In a reader thread: its connection (NULL in every other thread). */
 static __thread struct nb_conn *nb_reader_conn;
@@ -201,6 +206,43 @@ nb_complete_async (void *user_data, int *error)
   return 1;
 }
 
+/* Extent callback of a block status command (libnbd's lock on conn->h
+ * held): adds the base:allocation extents to the nbdkit request's
+ * list, from where the command started, clipped to its end.  A second
+ * reply for the context (the NBD spec allows only one) is ignored, and so
+ * is a zero-length extent and all after it: the waiting thread sees
+ * how far the answer went (xt->next) and asks again from there.
+ */
+static int
+nb_extent_cb (void *user_data, const char *metacontext, uint64_t offset,
+              uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct nb_extents *xt = user_data;
+
+  if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0 || xt->seen)
+    return 0;
+  xt->seen = true;
+  if (offset != xt->start)
+    return 0; /* not what was asked: nothing added, which fails it */
+  for (size_t i = 0; i + 1 < nr_entries && xt->next < xt->end; i += 2) {
+    uint64_t len = MIN ((uint64_t) entries[i], xt->end - xt->next);
+    uint32_t type = 0;
+
+    if (len == 0)
+      break;
+    if (entries[i + 1] & LIBNBD_STATE_HOLE)
+      type |= NBDKIT_EXTENT_HOLE;
+    if (entries[i + 1] & LIBNBD_STATE_ZERO)
+      type |= NBDKIT_EXTENT_ZERO;
+    if (nbdkit_add_extent (xt->ex, xt->next, len, type) == -1) {
+      *error = errno ? errno : ENOMEM;
+      return -1;
+    }
+    xt->next += len;
+  }
+  return 0;
+}
+
 /* Issues one command on CONN for CMD.  Returns the cookie or -1. */
 static int64_t
 nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
@@ -225,6 +267,11 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   case NB_FLUSH: r = nbd_aio_flush (conn->h, cb, nbd_flags); break;
   case NB_TRIM: r = nbd_aio_trim (conn->h, count, off, cb, nbd_flags); break;
   case NB_ZERO: r = nbd_aio_zero (conn->h, count, off, cb, nbd_flags); break;
+  case NB_BLOCK_STATUS: {
+    nbd_extent_callback xcb = { .callback = nb_extent_cb, .user_data = buf };
+    r = nbd_aio_block_status (conn->h, count, off, xcb, cb, nbd_flags);
+    break;
+  }
   default: abort ();
   }
   /* Output still queued (the socket was full, or the state machine was
@@ -462,6 +509,15 @@ nb_connect (const char *uri, int *err)
     nbdkit_error ("subpage: nbd_create: %s", nbd_get_error ());
     return NULL;
   }
+  /* Block status (nbd-backend.c, nb_extents); a remote that does not
+   * know the context connects all the same.
+   */
+  if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
+    *err = -(nbd_get_errno () ? nbd_get_errno () : EIO);
+    nbdkit_error ("subpage: nbd_add_meta_context: %s", nbd_get_error ());
+    nbd_close (h);
+    return NULL;
+  }
   if (nbd_connect_uri (h, uri) == -1) {
     *err = -(nbd_get_errno () ? nbd_get_errno () : EIO);
     nbdkit_error ("subpage: uri=%s: cannot connect: %s", uri, nbd_get_error ());
@@ -506,6 +562,14 @@ nb_conn_connect (struct nb_conn *conn)
                   ", the first saw %" PRIi64,
                   nb->uri, conn->idx, s, (int64_t) nb->size);
     return -EIO;
+  }
+  /* Block status goes to whichever connection nb_pick gives. */
+  if (nb->can_extents &&
+      nbd_can_meta_context (conn->h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
+    nbdkit_debug ("subpage: uri=%s: connection %u did not negotiate "
+                  "base:allocation: no extents",
+                  nb->uri, conn->idx);
+    nb->can_extents = false;
   }
   return 0;
 }

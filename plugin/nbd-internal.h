@@ -28,7 +28,22 @@
 
 struct nb_conn;
 
-enum nb_op { NB_READ, NB_WRITE, NB_FLUSH, NB_TRIM, NB_ZERO };
+enum nb_op { NB_READ, NB_WRITE, NB_FLUSH, NB_TRIM, NB_ZERO, NB_BLOCK_STATUS };
+
+struct nbdkit_extents; /* nbdkit-plugin.h */
+
+/* A block status command's result: the extent callback (in whichever
+ * thread drives the handle) adds the remote's base:allocation extents
+ * to EX from START up to END at most, clipped to END, and records how
+ * far it got; the thread that waits for the command reads it after
+ * the command completed (conn->lock orders the two).
+ */
+struct nb_extents {
+  struct nbdkit_extents *ex;
+  uint64_t start, end;
+  uint64_t next; /* [start, next) added */
+  bool seen;     /* the base:allocation reply came */
+};
 
 struct nb_cmd {
   struct nb_cmd *next; /* conn->sq_head or conn->done */
@@ -78,12 +93,14 @@ struct nbd_backend {
   uint32_t max_request;
   bool read_only, can_flush, can_fua, can_trim, can_zero, can_fast_zero;
   bool can_multi_conn;
+  bool can_extents; /* base:allocation negotiated on every connection */
 };
 
 /* ---- nbd-conn.c ---------------------------------------------------------- */
 
-/* Creates a handle and connects it to URI.  Returns NULL (logged, *err
- * set to -errno) on failure.
+/* Creates a handle, asks for the base:allocation meta context (block
+ * status) and connects it to URI.  Returns NULL (logged, *err set to
+ * -errno) on failure.
  */
 struct nbd_handle *nb_connect (const char *uri, int *err);
 
@@ -110,7 +127,9 @@ struct nb_conn *nb_pick (struct nbd_backend *nb, bool async);
 
 /* One synchronous command on CONN: issues it and waits for it.
  * Returns 0 or -errno (logged, naming WHAT).  A fast zero that would
- * not be fast fails with -ENOTSUP, not logged.
+ * not be fast fails with -ENOTSUP, not logged.  For NB_BLOCK_STATUS
+ * BUF is a struct nb_extents (start = OFF, end = OFF + COUNT), which
+ * says how much of the range the remote answered.
  */
 int nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what,
                 void *buf, uint32_t count, uint64_t off, uint32_t nbd_flags);
