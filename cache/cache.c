@@ -89,7 +89,6 @@ cache_create (const struct cache_config *cfg,
   c->sector_shift = log2_u64 (cfg->sector_size);
   c->nsect = cfg->page_size / cfg->sector_size;
   c->words = DIV_ROUND_UP (c->nsect, 64);
-  c->npages_disk = DIV_ROUND_UP (cfg->size, (uint64_t) cfg->page_size);
   c->nframes = (uint32_t) (cfg->cache_size / cfg->page_size);
   c->dirty_limit = (uint64_t) c->nframes * cfg->page_size * cfg->dirty_ratio /
                    100;
@@ -97,6 +96,7 @@ cache_create (const struct cache_config *cfg,
                 cfg->dirty_background_ratio / 100;
   c->dirty_limit = MAX (c->dirty_limit, (uint64_t) cfg->page_size);
   c->wb_buf_max = 4 * (uint64_t) c->cfg.batch_bytes;
+  size_init (c);
   wb_init (c);
   r = page_table_init (c);
   if (r < 0) {
@@ -118,6 +118,7 @@ cache_destroy (struct cache *c)
   lock_destroy (&c->wb_lock);
   pthread_cond_destroy (&c->wb_cv);
   lock_destroy (&c->gc_lock);
+  size_destroy (c);
   pthread_cond_destroy (&c->gc_cv);
   free (c);
 }

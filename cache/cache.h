@@ -52,6 +52,12 @@ struct cache_backend_ops {
   int (*flush) (void *opaque);
   int (*trim) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
   int (*zero) (void *opaque, uint32_t count, uint64_t off, uint32_t flags);
+  /* The image's size now, in bytes, or -errno.  NULL: the size never
+   * changes.  Asked by cache_refresh_size (cache.c has when); pread
+   * returns -ERANGE when the image ends before the range does (it
+   * shrank), which also makes the cache ask.
+   */
+  int64_t (*get_size) (void *opaque);
 };
 
 enum cache_mode {
@@ -126,7 +132,10 @@ void cache_set_debug (struct cache *c, bool verbose);
 
 /* Requests.  count may be anything from 1 byte up to 32 MiB, at any
  * alignment.  flags: CACHE_FUA for write/zero/trim, CACHE_MAY_TRIM and
- * CACHE_FAST_ZERO for zero.
+ * CACHE_FAST_ZERO for zero.  A request that reaches past the image's
+ * size now (it shrank after the client learned the size) returns
+ * -ERANGE and logs nothing: the shrink was logged once, when the cache
+ * saw it (cache_refresh_size).
  */
 int cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off);
 int cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
@@ -146,6 +155,20 @@ int cache_prefetch (struct cache *c, uint32_t count, uint64_t off);
  */
 bool cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
                            uint64_t *start, uint64_t *stop);
+
+/* The image's size: asks the backend (ops->get_size) and follows a
+ * change, and returns the size now.  The cache also asks before each
+ * write-back batch and FUA write, and when a backend read ends early.
+ *
+ * Growth: requests may reach the new end; cached sectors that were
+ * past the old end are re-read.  Shrink: requests past the new end
+ * return -ERANGE; data clients wrote past the new end stays dirty and
+ * is never written (that would extend the image again), so every flush
+ * fails with -EIO until the image grows back.  Logged once per change:
+ * an error when a shrink leaves data unwritable, else at debug level.
+ * On a get_size error the size stays as it was.
+ */
+uint64_t cache_refresh_size (struct cache *c);
 
 /* Returns only when every write that returned before the call is on
  * the backend and the backend's flush has succeeded afterwards (or the
@@ -235,6 +258,11 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "each).")                                                                 \
   X (wb_errors, "writeback_errors_total",                                      \
      "Write-back runs that failed (their data stays dirty).")                  \
+  X (wb_past_end, "writeback_past_end_total",                                  \
+     "Write-back runs not written because the image now ends before them "     \
+     "(also counted as failed).")                                              \
+  X (resizes, "image_size_changes_total",                                      \
+     "Changes of the image's size the cache has followed.")                    \
   X (evictions, "evictions_total", "Clean pages evicted to make room.")        \
   X (throttled, "throttled_writers_total",                                     \
      "Writes that waited because dirty data passed dirty-ratio.")              \

@@ -71,7 +71,7 @@ cache_debug_refs (struct cache *c, uint64_t off)
 int
 cache_debug_pin (struct cache *c, uint64_t off)
 {
-  if (off >= c->cfg.size)
+  if (off >= size_now (c))
     return -EINVAL;
   int err;
 

@@ -7,6 +7,7 @@
  */
 #include "cache.h"
 #include "internal.h"
+#include "util.h"
 
 /* P pinned.  The first run of sectors in [off, end) of P that are D or
  * W, clipped to [off, end).
@@ -55,8 +56,7 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
   uint64_t first, last;
   bool found = false;
 
-  if (end > c->cfg.size)
-    end = c->cfg.size;
+  end = MIN (end, size_now (c));
   if (off >= end)
     return false;
   first = off >> c->page_shift;

@@ -119,7 +119,7 @@ static int
 flush_body (struct cache *c, bool force)
 {
   uint64_t t0 = report_now_ns (), t, gen0, pages, runs, ticket = 0;
-  bool collected_nothing = false;
+  bool collected_nothing = false, quiet = false;
   int err = 0;
 
   if (c->cfg.mode == CACHE_MODE_UNSAFE && !force)
@@ -161,20 +161,26 @@ flush_body (struct cache *c, bool force)
   }
   if (!err) {
     err = c->wb_err; /* reported once */
+    quiet = c->wb_err_quiet;
     c->wb_err = 0;
   }
   /* Stopped with data of epoch <= t still dirty: whoever consumed the
    * recorded error, this flush must not succeed.
    */
-  if (!err && (pages > 0 || runs > 0))
+  if (!err && (pages > 0 || runs > 0)) {
     err = c->wb_last_err ? c->wb_last_err : -EIO;
+    quiet = c->wb_last_quiet;
+  }
   lock_drop (&c->wb_lock);
 
   if (!err)
     err = group_commit (c);
   if (err) {
     atomic_fetch_add (&c->ctr.flush_errors, 1);
-    report_logf (c, CACHE_LOG_ERROR, "flush failed: %s", errstr (-err));
+    /* Data past the image's end: the resize logged it once (resize.c). */
+    report_logf (c, quiet ? CACHE_LOG_DEBUG : CACHE_LOG_ERROR,
+                 "flush failed: %s%s", errstr (-err),
+                 quiet ? " (data past the image's end)" : "");
   }
   report_latency (&c->hist.flush_latency, report_now_ns () - t0);
   return err;

@@ -90,6 +90,7 @@ struct cache_run {
   struct frag *frags; /* frags[0..nfrags) in disk order */
   uint32_t nfrags;
   uint64_t t0_ns; /* submitted (report_now_ns), for backend_write_latency */
+  bool past_end;  /* not written: the image ends before it (resize.c) */
 };
 
 /* A write-back batch: one buffer, several runs, freed when the last
@@ -186,7 +187,15 @@ struct cache {
 
   /* Geometry. */
   uint32_t page_shift, sector_shift, nsect, words;
-  uint64_t npages_disk;
+
+  /* The image's size (resize.c): stored under size_lock, read with
+   * atomic loads.  wb_end is where write-back stops: the size, or, while
+   * the image is smaller than the largest size seen (size_max), the
+   * size rounded down to a sector, since a sector cut by a shrink may
+   * hold data written past the new end.
+   */
+  struct lock size_lock;
+  atomic_uint_fast64_t size, size_max, wb_end;
   uint64_t dirty_limit, bg_limit; /* bytes */
 
   /* Frames. */
@@ -219,6 +228,8 @@ struct cache {
   atomic_uint nbusy;
   int wb_err;          /* first write-back error not yet reported */
   int wb_last_err;     /* most recent write-back error */
+  bool wb_err_quiet;   /* wb_err, wb_last_err: from a run past the end, */
+  bool wb_last_quiet;  /* which the resize already logged */
   uint64_t wb_err_gen; /* write-back errors ever */
   bool wb_failing;     /* the last run completed with an error */
 
@@ -271,6 +282,8 @@ struct gc_waiter {
  *                       `collecting', before it snapshots them
  *   "fua.written"       a FUA or write-through write, after its data is
  *                       in the cache, before writing it back
+ *   "read.fetched"      a read, after its backend reads, before it
+ *                       installs what they returned
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS
@@ -349,6 +362,23 @@ page_part (struct cache *c, uint64_t pi, uint64_t a, uint64_t e)
   pp.n = (uint32_t) ((pp.hi - pp.lo) >> c->sector_shift);
   return pp;
 }
+/* The image's size now, and where write-back stops (resize.c). */
+static inline uint64_t
+size_now (struct cache *c)
+{
+  return atomic_load (&c->size);
+}
+
+static inline uint64_t
+size_wb_end (struct cache *c)
+{
+  return atomic_load (&c->wb_end);
+}
+
+/* resize.c */
+void size_init (struct cache *c);
+void size_destroy (struct cache *c);
+
 static inline char *
 sect_data (struct cache *c, struct page *p, uint32_t i)
 {

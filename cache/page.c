@@ -347,7 +347,8 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
   struct page *p, *frame;
 
   *err = 0;
-  CACHE_ASSERT (index < c->npages_disk);
+  CACHE_ASSERT (index < DIV_ROUND_UP (atomic_load (&c->size_max),
+                                      (uint64_t) c->cfg.page_size));
   p = page_find (c, index);
   if (p) {
     if (!atomic_load_explicit (&p->referenced, memory_order_relaxed))

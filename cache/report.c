@@ -113,7 +113,7 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   uint64_t ss = c->cfg.sector_size;
 
   memset (st, 0, sizeof *st);
-  st->size = c->cfg.size;
+  st->size = size_now (c);
   st->cache_size = (uint64_t) c->nframes * c->cfg.page_size;
   st->page_size = c->cfg.page_size;
   st->sector_size = ss;

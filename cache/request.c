@@ -54,25 +54,39 @@ struct read_seg {
 
 /* Reads from the backend; the part past the end of the disk (the tail
  * of a last sector that the disk only partly covers) reads as zeroes.
+ * A read the image ends before (it shrank, -ERANGE) makes the cache
+ * follow the new size (resize.c) and fails with -ERANGE.
  */
 static int
 backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
 {
+  uint64_t size = size_now (c);
   uint32_t n = count;
   int r = 0;
 
-  if (off >= c->cfg.size)
+  if (off >= size)
     n = 0;
-  else if (count > c->cfg.size - off)
-    n = (uint32_t) (c->cfg.size - off);
+  else if (count > size - off)
+    n = (uint32_t) (size - off);
   if (n > 0) {
     r = c->ops->pread (c->bopaque, buf, n, off);
     atomic_fetch_add (&c->ctr.backend_reads, 1);
     atomic_fetch_add (&c->ctr.backend_read_bytes, n);
+    if (r == -ERANGE)
+      cache_refresh_size (c);
   }
   if (n < count)
     memset ((char *) buf + n, 0, count - n);
   return r;
+}
+
+/* Whether [off, off+count) lies inside the image as it is now. */
+static bool
+in_image (struct cache *c, uint64_t off, uint64_t count)
+{
+  uint64_t size = size_now (c);
+
+  return off <= size && count <= size - off;
 }
 
 /* ---- reads ---- */
@@ -253,6 +267,7 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
       for (unsigned k = 0; k < nsegs && !err; k++)
         err = backend_pread (c, buf + (segs[k].off - off), segs[k].len,
                              segs[k].off);
+      CACHE_PARK (c, "read.fetched");
       if (!err)
         read_install (&ch, stable, gen);
     }
@@ -272,8 +287,8 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
 
   if (count == 0)
     return 0;
-  if (off > c->cfg.size || count > c->cfg.size - off)
-    return -EINVAL;
+  if (!in_image (c, off, count))
+    return -ERANGE;
   a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
   e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
   if (a == off && e == off + count)
@@ -422,8 +437,8 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
 
   if (count == 0)
     return 0;
-  if (off > c->cfg.size || count > c->cfg.size - off)
-    return -EINVAL;
+  if (!in_image (c, off, count))
+    return -ERANGE;
   if (c->cfg.mode == CACHE_MODE_UNSAFE)
     flags &= ~CACHE_FUA;
   if (!IS_ALIGNED (off, (uint64_t) c->cfg.sector_size) ||
@@ -531,16 +546,16 @@ static int
 discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
          bool zero)
 {
-  uint64_t ss = c->cfg.sector_size, end = off + count;
+  uint64_t ss = c->cfg.sector_size, end = off + count, size = size_now (c);
   uint64_t a = ROUND_UP (off, ss), e = ROUND_DOWN (end, ss);
   struct busy_range br;
   int r;
 
   if (count == 0)
     return 0;
-  if (off > c->cfg.size || count > c->cfg.size - off)
-    return -EINVAL;
-  if (end == c->cfg.size) /* a partial last sector counts */
+  if (off > size || count > size - off)
+    return -ERANGE;
+  if (end == size) /* a partial last sector counts */
     e = ROUND_UP (end, ss);
   if (c->cfg.mode == CACHE_MODE_UNSAFE)
     flags &= ~CACHE_FUA;
@@ -559,10 +574,14 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
   dirty_busy_begin (c, &br);
   wait_idle (c, a, e);
   {
-    uint64_t be = MIN (e, c->cfg.size);
+    uint64_t be = MIN (e, size_now (c)); /* it may have shrunk since */
     uint32_t bflags = flags & (CACHE_FUA | CACHE_MAY_TRIM | CACHE_FAST_ZERO);
-    r = zero ? c->ops->zero (c->bopaque, (uint32_t) (be - a), a, bflags)
-             : c->ops->trim (c->bopaque, (uint32_t) (be - a), a, bflags);
+    if (be <= a)
+      r = -ERANGE;
+    else if (zero)
+      r = c->ops->zero (c->bopaque, (uint32_t) (be - a), a, bflags);
+    else
+      r = c->ops->trim (c->bopaque, (uint32_t) (be - a), a, bflags);
   }
   if (r == 0)
     drop_range (c, a, e);

@@ -190,6 +190,36 @@ cmp_page_index (const void *a, const void *b)
   return p->index < q->index ? -1 : p->index > q->index;
 }
 
+/* Sets RUN's backend length (cut at the end of the image), or marks it
+ * past the end when it reaches past wb_end or starts past the size: it
+ * is then not written (resize.c).  Reads size before wb_end, the
+ * reverse of the order resize_locked stores them in.
+ */
+static bool
+run_fits (struct cache *c, struct cache_run *run)
+{
+  uint64_t size = size_now (c), wb_end = size_wb_end (c);
+
+  run->past_end = run->off >= size || run->off + run->len > wb_end;
+  run->blen =
+    run->past_end ? 0 : (uint32_t) MIN ((uint64_t) run->len, size - run->off);
+  return !run->past_end;
+}
+
+/* Completes RUN, which is past the image's end, as failed, with no I/O
+ * (resize.c).
+ */
+static void
+run_past_end (struct cache *c, struct cache_run *run)
+{
+  report_debug (c,
+                "writeback: run %" PRIu64 "+%u is past the end (%" PRIu64
+                "): not written",
+                run->off, run->len, size_now (c));
+  atomic_fetch_add (&c->ctr.wb_past_end, 1);
+  cache_run_done (c, run, -EIO);
+}
+
 /* A new run of B at disk offset OFF, its data at DATA, its first
  * fragment F (runs are contiguous on disk and in B's buffer).
  */
@@ -206,6 +236,7 @@ run_new (struct batch *b, uint64_t off, char *data, struct frag *f,
   run->data = data;
   run->frags = f;
   run->nfrags = 0;
+  run->past_end = false;
   return run;
 }
 
@@ -274,7 +305,14 @@ static unsigned
 collect_page (struct cache *c, struct batch *b, struct page *p,
               struct cache_run **run, struct frag **pf, bool *took)
 {
-  uint64_t poff = page_offset (c, p);
+  uint64_t poff = page_offset (c, p), wb_end = size_wb_end (c);
+  /* The sector of P where write-back stops, if it is in P: runs end
+   * there, so that the data before it is written (run_fits).
+   */
+  uint32_t es = wb_end <= poff
+                  ? 0
+                  : (uint32_t) MIN ((wb_end - poff) >> c->sector_shift,
+                                    (uint64_t) c->nsect);
   unsigned nf = 0;
   uint32_t i = 0;
 
@@ -288,9 +326,11 @@ collect_page (struct cache *c, struct batch *b, struct page *p,
     struct frag *f = &b->frags[b->nfrags];
 
     j = MIN (MIN (j, wj), i + room);
+    if (i < es)
+      j = MIN (j, es);
     if (j == i)
       break;
-    if (!*run || (*run)->off + (*run)->len != off)
+    if (!*run || (*run)->off + (*run)->len != off || off == wb_end)
       *run = run_new (b, off, b->buf + b->used, f, 0);
     took[nf] = snap_range (c, p, i, j - i, f, b->buf + b->used);
     f->run = *run;
@@ -356,8 +396,11 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
   for (unsigned r = 0; r < nruns; r++) {
     struct cache_run *run = &b->runs[r];
 
-    run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
     run->t0_ns = report_now_ns ();
+    if (!run_fits (c, run)) {
+      run_past_end (c, run);
+      continue;
+    }
     report_debug (c, "writeback: run %" PRIu64 "+%u (%u frags)", run->off,
                   run->len, run->nfrags);
     submit_run (c, run);
@@ -402,6 +445,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg, uint64_t *ticket)
     if (k.npicked == 0)
       return 0; /* no batch, nobody to wake */
     CACHE_PARK (c, "collect.picked");
+    cache_refresh_size (c); /* before wb_end cuts the runs */
 
     /* Size the batch for what was picked (the pages are ours while
      * `collecting' is set), with no lock held.  Data dirtied since the
@@ -500,9 +544,10 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
                   report_now_ns () - run->t0_ns);
   if (!ok) {
     atomic_fetch_add (&c->ctr.wb_errors, 1);
-    report_logf (c, CACHE_LOG_ERROR,
-                 "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
-                 run->off, run->len, errstr (-err));
+    if (!run->past_end) /* the resize said so, once */
+      report_logf (c, CACHE_LOG_ERROR,
+                   "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
+                   run->off, run->len, errstr (-err));
   }
   for (uint32_t i = 0; i < run->nfrags; i++) {
     struct frag *f = &run->frags[i];
@@ -538,9 +583,12 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
     }
     if (!ok) {
       wake = true;
-      if (c->wb_err == 0)
+      if (c->wb_err == 0) {
         c->wb_err = err;
+        c->wb_err_quiet = run->past_end;
+      }
       c->wb_last_err = err;
+      c->wb_last_quiet = run->past_end;
       c->wb_err_gen++;
       c->wb_failing = true;
     }
@@ -641,8 +689,11 @@ sync_run_io (struct cache *c, struct cache_run *run)
   atomic_fetch_add (&run->batch->pending, 1);
   atomic_fetch_add (&c->runs_in_flight, 1);
   atomic_fetch_add (&c->ctr.wb_runs, 1);
-  run->blen = (uint32_t) MIN ((uint64_t) run->len, c->cfg.size - run->off);
   run->t0_ns = report_now_ns ();
+  if (!run_fits (c, run)) {
+    run_past_end (c, run);
+    return -EIO;
+  }
   r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
   cache_run_account (c, run);
   cache_run_done (c, run, r);
@@ -691,6 +742,7 @@ wb_sync_range (struct cache *c, uint64_t off, uint64_t count, uint32_t flags)
 
   if (!b)
     return -ENOMEM;
+  cache_refresh_size (c);
 
   for (uint64_t pi = p0; pi <= p1; pi++) {
     struct page_part pp = page_part (c, pi, a, e);

@@ -112,12 +112,8 @@ fb_pread (void *opaque, void *buf, uint32_t count, uint64_t off)
                     errstr (err));
       return -err;
     }
-    if (r == 0) {
-      nbdkit_error ("pread: %s: unexpected end of file at offset %" PRIu64
-                    " (was the image truncated?)",
-                    fb->path, off);
-      return -EIO;
-    }
+    if (r == 0) /* it shrank: the cache follows, and says so once */
+      return -ERANGE;
     p += r;
     count -= r;
     off += r;
@@ -396,7 +392,26 @@ err:;
   return -err;
 }
 
+/* The size now: fstat for a file, BLKGETSIZE64 for a block device. */
+static int64_t
+fb_get_size (void *opaque)
+{
+  struct file_backend *fb = opaque;
+  struct stat st;
+  uint64_t size;
+
+  if (fb->is_block) {
+    if (ioctl (fb->rfd, BLKGETSIZE64, &size) == -1)
+      return -errno;
+    return (int64_t) size;
+  }
+  if (fstat (fb->rfd, &st) == -1)
+    return -errno;
+  return st.st_size;
+}
+
 static const struct cache_backend_ops fb_ops = {
+  .get_size = fb_get_size,
   .pread = fb_pread,
   .pwrite = fb_pwrite,
   .flush = fb_flush,

@@ -555,7 +555,10 @@ static int64_t
 subpage_get_size (void *handle)
 {
   (void) handle;
-  return backend.size;
+  /* Each new connection sees the size now: the cache follows a change
+   * (cache.h, cache_refresh_size).
+   */
+  return (int64_t) cache_refresh_size (cache);
 }
 
 static int
@@ -632,13 +635,29 @@ subpage_can_extents (void *handle)
   return backend.extents != NULL;
 }
 
-/* Turns the cache's -errno into nbdkit's error convention. */
+/* Turns the cache's -errno into nbdkit's error convention.  -ERANGE:
+ * the request reaches past the end of an image that shrank after the
+ * client learned its size; the cache logged the shrink once, so this
+ * is not logged again, and the client sees PAST_END_ERR (ENOSPC for a
+ * write or a zero, as nbdkit answers a write past the end; EIO else).
+ */
 static int
-subpage_fail (const char *what, int r)
+subpage_fail_past_end (const char *what, int r, int past_end_err)
 {
+  if (r == -ERANGE) {
+    nbdkit_set_error (past_end_err);
+    nbdkit_debug ("%s: past the image's end (it shrank)", what);
+    return -1;
+  }
   nbdkit_set_error (-r);
   nbdkit_error ("%s: %s", what, errstr (-r));
   return -1;
+}
+
+static int
+subpage_fail (const char *what, int r)
+{
+  return subpage_fail_past_end (what, r, EIO);
 }
 
 static uint32_t
@@ -675,7 +694,7 @@ subpage_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 
   (void) handle;
   r = cache_write (cache, buf, count, offset, subpage_flags (flags));
-  return r < 0 ? subpage_fail ("pwrite", r) : 0;
+  return r < 0 ? subpage_fail_past_end ("pwrite", r, ENOSPC) : 0;
 }
 
 static int
@@ -686,7 +705,11 @@ subpage_flush (void *handle, uint32_t flags)
   (void) handle;
   (void) flags;
   r = cache_flush (cache);
-  return r < 0 ? subpage_fail ("flush", r) : 0;
+  if (r < 0) {
+    nbdkit_set_error (-r); /* cache_flush logged it (once for a shrink) */
+    return -1;
+  }
+  return 0;
 }
 
 static int
@@ -712,7 +735,7 @@ subpage_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
     nbdkit_set_error (ENOTSUP);
     return -1;
   }
-  return r < 0 ? subpage_fail ("zero", r) : 0;
+  return r < 0 ? subpage_fail_past_end ("zero", r, ENOSPC) : 0;
 }
 
 static int

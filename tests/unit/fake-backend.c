@@ -30,7 +30,8 @@ struct fake {
   pthread_mutex_t lock;
   pthread_cond_t cond;
   unsigned char *disk;
-  uint64_t size;
+  uint64_t size, cap; /* cap: bytes allocated */
+  bool resized;       /* fake_resize was called */
 
   struct fake_counts counts;
   struct fake_event *log;
@@ -89,7 +90,7 @@ fake_new (uint64_t size)
   f->disk = calloc (1, size ? size : 1);
   if (!f->disk)
     abort ();
-  f->size = size;
+  f->size = f->cap = size;
   pthread_mutex_init (&f->lock, NULL);
   pthread_cond_init (&f->cond, NULL);
   return f;
@@ -111,7 +112,30 @@ fake_free (struct fake *f)
 uint64_t
 fake_size (struct fake *f)
 {
-  return f->size;
+  uint64_t size;
+
+  lock (f);
+  size = f->size;
+  unlock (f);
+  return size;
+}
+
+void
+fake_resize (struct fake *f, uint64_t size)
+{
+  lock (f);
+  if (size > f->cap) {
+    f->disk = realloc (f->disk, size);
+    if (!f->disk)
+      abort ();
+    memset (f->disk + f->cap, 0, size - f->cap);
+    f->cap = size;
+  }
+  if (size < f->size) /* what a shrink cuts off is gone */
+    memset (f->disk + size, 0, f->size - size);
+  f->size = size;
+  f->resized = true;
+  unlock (f);
 }
 
 static bool
@@ -355,6 +379,9 @@ do_call (struct fake *f, enum fake_op op, void *rbuf, const void *wbuf,
     err = f->nth_err[op];
   if (err == 0 && f->all_err[op] != 0)
     err = f->all_err[op];
+  if (err == 0 && op == FAKE_READ && f->resized && count > 0 &&
+      !in_range (f, off, count))
+    err = -ERANGE; /* as the file backend: it ends early */
   if (err == 0 && op != FAKE_FLUSH &&
       (count == 0 || !in_range (f, off, count))) {
     f->counts.bad++;
@@ -436,7 +463,14 @@ fake_zero (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
   return do_call (opaque, FAKE_ZERO, NULL, NULL, count, off, flags);
 }
 
+static int64_t
+fake_get_size (void *opaque)
+{
+  return (int64_t) fake_size (opaque);
+}
+
 const struct cache_backend_ops fake_ops = {
+  .get_size = fake_get_size,
   .pread = fake_pread,
   .pwrite = fake_pwrite,
   .flush = fake_flush,

@@ -70,6 +70,12 @@ extern const struct cache_backend_ops fake_ops_no_trim_zero;
 struct fake *fake_new (uint64_t size);
 void fake_free (struct fake *f);
 uint64_t fake_size (struct fake *f);
+/* Changes the disk's size as a truncate does: bytes past a smaller size
+ * are gone (zeroes if it grows again), and from then on a read past the
+ * end fails with -ERANGE, as the file backend's does.  fake_ops
+ * (not fake_ops_no_trim_zero) reports the size through get_size.
+ */
+void fake_resize (struct fake *f, uint64_t size);
 
 /* Direct disk access for the test: not counted, not logged, no faults. */
 void fake_disk_read (struct fake *f, void *buf, size_t n, uint64_t off);

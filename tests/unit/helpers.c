@@ -60,12 +60,15 @@ wait_until (bool (*pred) (void *), void *arg, unsigned timeout_ms)
 }
 
 atomic_bool tc_quiet_errors;
+atomic_uint tc_error_lines;
 
 static void
 test_log (void *opaque, enum cache_log_level level, const char *fmt,
           va_list ap)
 {
   (void) opaque;
+  if (level == CACHE_LOG_ERROR)
+    atomic_fetch_add (&tc_error_lines, 1);
   if (level == CACHE_LOG_DEBUG && !getenv ("SUBPAGE_TEST_DEBUG"))
     return;
   if (level == CACHE_LOG_ERROR && atomic_load (&tc_quiet_errors))

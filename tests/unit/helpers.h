@@ -60,6 +60,8 @@ struct cache_config test_config (void);
  * that fail write-back on purpose thousands of times).
  */
 extern atomic_bool tc_quiet_errors;
+/* Error-level lines the caches have logged (quiet or not). */
+extern atomic_uint tc_error_lines;
 
 /* cmocka group/test setup and teardown: *state is a struct tcache. */
 int tc_setup (void **state);
