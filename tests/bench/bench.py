@@ -19,9 +19,16 @@ Two builds against each other, interleaved run by run, with a
       --plugin new=NEW/plugin/nbdkit-subpage-plugin.so \
       --servers old,new --only randwrite4k,flush32 --reps 5
 
+Block status (section "sparse", workloads sparse8g and sparse8g-cold):
+the wall time of `nbdcopy URI null:` over a sparse 8 GiB image (16 MiB
+of data) through subpage file= and uri= against nbdkit's file and nbd
+plugins:
+
+  ... --only sparse
+
 Not part of the test suite.  Needs fio, nbdkit (file, memory, null, nbd
-plugins; cache, stats, delay filters), qemu-nbd (qemu-utils) and
-python3-libnbd.
+plugins; cache, stats, delay filters), qemu-nbd (qemu-utils), nbdcopy
+(libnbd-bin) and python3-libnbd.
 """
 
 import argparse
@@ -136,6 +143,32 @@ def slow_servers (a):
     # (workload slow-remote-8x16 only).
     "remote": (None, "direct"),
   })
+
+# The remote of section "sparse": nbdkit's file plugin on the sparse
+# image, fresh for every run.
+SPARSE_BACKEND = ["nbdkit", "-f", "-U", "{bsock}", "file", "{simg}"]
+
+# sparse8g: workloads.  sparse8g first reads SPARSE_WARM (holes, as much
+# as subpage's default cache-size); sparse8g-cold does not.
+SPARSE_WORKLOADS = ("sparse8g", "sparse8g-cold")
+SPARSE_WARM = (7700 * MiB, 7956 * MiB)
+
+
+def sparse_servers (a):
+  """name -> (argv template, backend argv or None) of section "sparse":
+  each subpage build with file= (NAME) and with uri= in front of
+  SPARSE_BACKEND (NAME-uri), nbdkit's file plugin on the image and its
+  nbd plugin in front of the same remote."""
+  burl = "nbd+unix:///?socket={bsock}"
+  d = {}
+  for name, path in plugins_of (a):
+    d[name] = (["nbdkit", "-f", "-U", "{sock}", path, "file={simg}"], None)
+    d[name + "-uri"] = (["nbdkit", "-f", "-U", "{sock}", path,
+                         "uri=" + burl], SPARSE_BACKEND)
+  d["file"] = (["nbdkit", "-f", "-U", "{sock}", "file", "{simg}"], None)
+  d["nbd"] = (["nbdkit", "-f", "-U", "{sock}", "nbd", "socket={bsock}"],
+              SPARSE_BACKEND)
+  return d
 
 # -------------------------------------------------------------- workloads
 
@@ -348,6 +381,7 @@ class Bench:
     self.img = os.path.join (self.dir, "bench.img")
     self.sock = os.path.join (self.dir, "s.sock")
     self.bsock = os.path.join (self.dir, "b.sock")
+    self.simg = os.path.join (self.dir, "sparse8g.img")
     self.uri = "nbd+unix:///?socket=" + self.sock
 
   def note (self, section, line):
@@ -495,6 +529,92 @@ class Bench:
       if "bw_wr" in res else ""))
     self.results.append (res)
     return res
+
+  def sparse_image (self):
+    """The image of section "sparse": 8 GiB, holes but for 16 extents
+    of 1 MiB of random data, one every 512 MiB from 7 MiB on (so they
+    start inside nbdcopy's 128 MiB block status requests).  Made once
+    in --image-dir and reused."""
+    img = self.simg
+    size, step, n = 8 * GiB, 512 * MiB, 16
+    self.note ("sparse", "image      truncate -s 8G SIMG; 1 MiB of "
+               "/dev/urandom at %s" % ", ".join (
+                 "%d MiB" % ((i * step + 7 * MiB) // MiB) for i in range (n)))
+    if os.path.exists (img) and os.path.getsize (img) == size:
+      return
+    log ("sparse image", img)
+    with open (img, "wb") as f:
+      f.truncate (size)
+      for i in range (n):
+        f.seek (i * step + 7 * MiB)
+        f.write (os.urandom (MiB))
+      f.flush ()
+      os.fsync (f.fileno ())
+
+  def sparse (self, srvname, argv, backend, wname, rep):
+    """One run of WNAME: fresh servers; for sparse8g 256 MiB of holes
+    read first (a running server's cache is full of other data:
+    subpage's 256 MiB cache is then in use and its frames are reused,
+    not touched for the first time); the image out of the host page
+    cache; then the wall time of one nbdcopy to null:."""
+    kw = dict (sock=self.sock, bsock=self.bsock, simg=self.simg)
+    self.note ("sparse", "server %-12s %s" % (srvname, " ".join (
+      shlex.quote (x) for x in subst (argv, **kw))))
+    drop_image_cache (self.simg)
+    bsrv = None
+    if backend is not None:
+      self.note ("sparse", "backend    " + " ".join (
+        shlex.quote (x) for x in subst (backend, **kw)))
+      if os.path.exists (self.bsock):
+        os.unlink (self.bsock)
+      bsrv = Server (subst (backend, **kw), "nbdkit",
+                     os.path.join (self.dir, "backend.log"))
+      try:
+        wait_socket (self.bsock, bsrv.proc)
+      except Exception:
+        bsrv.stop ()
+        raise
+    try:
+      srv = self.start (argv, "nbdkit", srvname, **kw)
+    except Exception:
+      if bsrv is not None:
+        bsrv.stop ()
+      raise
+    cmd = ["nbdcopy", self.uri, "null:"]
+    self.note ("sparse", "client sparse8g*    " + " ".join (cmd))
+    try:
+      if wname == "sparse8g":
+        self.note ("sparse", "warm sparse8g       [%d MiB, %d MiB) of SIMG "
+                   "(holes) read through the server in 4 MiB reads" % (
+                     SPARSE_WARM[0] // MiB, SPARSE_WARM[1] // MiB))
+        h = nbd.NBD ()
+        h.connect_unix (self.sock)
+        for o in range (SPARSE_WARM[0], SPARSE_WARM[1], 4 * MiB):
+          h.pread (4 * MiB, o)
+        h.shutdown ()
+        drop_image_cache (self.simg)
+      cpu0 = proc_cpu_s (srv.pid)
+      if bsrv is not None:
+        cpu0 += proc_cpu_s (bsrv.pid)
+      t0 = time.monotonic ()
+      p = subprocess.run (cmd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+      secs = time.monotonic () - t0
+      cpu = proc_cpu_s (srv.pid) - cpu0
+      if bsrv is not None:
+        cpu += proc_cpu_s (bsrv.pid)
+    finally:
+      srv.stop ()
+      if bsrv is not None:
+        bsrv.stop ()
+    if p.returncode != 0:
+      raise RuntimeError ("nbdcopy failed (%d): %s" % (p.returncode,
+                                                       p.stderr[-2000:]))
+    log ("%s %s rep%d: %.1f ms, server CPU %.0f ms" % (
+      srvname, wname, rep, secs * 1e3, cpu * 1e3))
+    self.results.append ({"section": "sparse", "server": srvname,
+                          "workload": wname, "rep": rep,
+                          "secs": secs, "cpu_s": cpu})
 
   def probe (self, srvname, argv, kind, which, rep):
     kw = dict (sock=self.sock, img=self.img, size=str (self.a.size),
@@ -683,6 +803,52 @@ def probe_table (b, servers):
   out.append ("")
   return "\n".join (out)
 
+def sparse_table (b):
+  """Section "sparse": nbdcopy wall time per server and workload, and
+  the ratios the target names (time: lower is better for subpage;
+  subpage / file <= 1.25)."""
+  rs = [r for r in b.results if r["section"] == "sparse"]
+  if not rs:
+    return ""
+  sv = [s for s in sparse_servers (b.a) if any (r["server"] == s for r in rs)]
+  wl = [w for w in SPARSE_WORKLOADS if any (r["workload"] == w for r in rs)]
+  out = ["### sparse8g: nbdcopy of a sparse 8 GiB image", "",
+         "Commands (SOCK = %s, BSOCK = %s, SIMG = %s):" % (
+           b.sock, b.bsock, b.simg), "", "```"] + \
+    ordered (b.commands.get ("sparse", [])) + ["```", ""]
+  out.append ("| server | " + " | ".join (
+    "%s ms | server CPU ms" % w for w in wl) + " |")
+  out.append ("| --- |" + " --- | --- |" * len (wl))
+  meds = {}
+  for s in sv:
+    row = []
+    for w in wl:
+      x = [r for r in rs if r["server"] == s and r["workload"] == w]
+      t, meds[(w, s)] = cell ([dict (r, ms=r["secs"] * 1e3) for r in x],
+                              "ms")
+      c, _ = cell ([dict (r, cms=r["cpu_s"] * 1e3) for r in x], "cms")
+      row += [t, c]
+    out.append ("| %s | %s |" % (s, " | ".join (row)))
+  out.append ("")
+  names = [n for n, _ in plugins_of (b.a)]
+  pairs = [(n, "file") for n in names] + \
+    [(n + "-uri", "file") for n in names] + \
+    [(n + "-uri", "nbd") for n in names] + \
+    [(n, names[0]) for n in names[1:]]
+  pairs = [(x, y) for x, y in pairs
+           if any (meds.get ((w, x)) and meds.get ((w, y)) for w in wl)]
+  if pairs:
+    out.append ("| time ratio | " + " | ".join (
+      "%s / %s" % p for p in pairs) + " |")
+    out.append ("| --- |" + " --- |" * len (pairs))
+    for w in wl:
+      out.append ("| %s | %s |" % (w, " | ".join (
+        "%.2fx" % (meds[(w, x)] / meds[(w, y)])
+        if meds.get ((w, x)) and meds.get ((w, y)) else "-"
+        for x, y in pairs)))
+    out.append ("")
+  return "\n".join (out)
+
 # ------------------------------------------------------------------- main
 
 def main ():
@@ -694,11 +860,12 @@ def main ():
                   help="runtime 3 s, 1 repetition")
   p.add_argument ("--only", default="",
                   help="comma list of workloads or sections "
-                  "(local, probe, slow)")
+                  "(local, probe, slow, sparse)")
   p.add_argument ("--servers", default="",
                   help="comma list of server names to run (default all):\n"
                   "subpage, subpage-4k (or each build's NAME, NAME-4k),\n"
-                  "cache, file, qemu-nbd, memory, null, nbd, remote")
+                  "cache, file, qemu-nbd, memory, null, nbd, remote,\n"
+                  "NAME-uri (section sparse)")
   p.add_argument ("--image-dir", default=None,
                   help="directory for the image and sockets "
                   "(default: a new temporary directory under /var/tmp)")
@@ -795,6 +962,19 @@ def main ():
             continue
           ok &= cell_ok (b.measure, "slow", sname, argv, kind, wname, w,
                          rep, backend=SLOW_BACKEND)
+    spw = [w for w in SPARSE_WORKLOADS if wanted ("sparse", w)]
+    if spw:
+      if shutil.which ("nbdcopy") is None:
+        sys.exit ("bench.py: nbdcopy not found (libnbd-bin)")
+      b.sparse_image ()
+      sps = sparse_servers (a)
+      if want_srv:
+        sps = {k: v for k, v in sps.items () if k in want_srv}
+      # Each run is short (tens of ms): 5 runs per --reps.
+      for wname in spw:
+        for rep in range (5 * a.reps):
+          for sname, (argv, backend) in sps.items ():
+            ok &= cell_ok (b.sparse, sname, argv, backend, wname, rep)
   except Exception as e:
     ok = False
     log ("error:", e)
@@ -866,6 +1046,7 @@ def report (b, a):
   print (probe_table (b, list (probe_servers (a))))
   print (section_table (b, "slow", list (slow_servers (a)), allw,
                         ["cache", "nbd", "qemu-nbd"]))
+  print (sparse_table (b))
 
 
 def report_from_json (path):
@@ -874,7 +1055,9 @@ def report_from_json (path):
   a = argparse.Namespace (**d["args"])
   b = argparse.Namespace (a=a, results=d["results"], commands=d["commands"],
                           img=os.path.join (a.image_dir, "bench.img"),
-                          sock=os.path.join (a.image_dir, "s.sock"))
+                          sock=os.path.join (a.image_dir, "s.sock"),
+                          bsock=os.path.join (a.image_dir, "b.sock"),
+                          simg=os.path.join (a.image_dir, "sparse8g.img"))
   report (b, a)
 
 
