@@ -56,7 +56,9 @@ _odirect_ok ()
 
 # ceph_start_cluster: a fresh cluster in $ceph_dir, under $tmpdir if
 # its file system takes O_DIRECT, else under /var/tmp; stopped by PID on
-# exit, its logs shown first if the test failed.  Exports CEPH_CONF.
+# exit, its logs shown first if the test failed (and by cluster.sh's
+# watchdog if the test is killed before its cleanup runs).  Exports
+# CEPH_CONF.
 # Sets $ceph_start_seconds.
 ceph_start_cluster ()
 {
@@ -71,7 +73,7 @@ ceph_start_cluster ()
   ceph_dir=$base/ceph
   cleanup_fn _ceph_stop_cluster "$ceph_dir"
   t0=$(date +%s%N)
-  "$ceph_cluster" start "$ceph_dir" >/dev/null
+  CEPH_CLUSTER_OWNER=$$ "$ceph_cluster" start "$ceph_dir" >/dev/null
   ceph_start_seconds=$(( ($(date +%s%N) - t0) / 1000000 ))
   ceph_start_seconds=$(printf '%d.%03d' $((ceph_start_seconds / 1000)) $((ceph_start_seconds % 1000)))
   export CEPH_CONF=$ceph_dir/ceph.conf

@@ -31,7 +31,12 @@
 #                        its exclusive lock can be broken) after this
 #   CEPH_READY_TIMEOUT   seconds to wait for the daemons and the PGs
 #                        (default 120)
+#   CEPH_CLUSTER_OWNER   with start: a PID (the test's); a watchdog stops
+#                        the cluster once that process has exited, even
+#                        if it was killed before it could stop it
 set -euo pipefail
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 usage ()
 {
@@ -45,7 +50,9 @@ die ()
   exit 1
 }
 
-[ $# -eq 2 ] || usage
+if ! { [ $# -eq 2 ] || { [ $# -eq 3 ] && [ "$1" = watchdog ]; }; }; then
+  usage
+fi
 cmd=$1
 dir=$2
 
@@ -368,6 +375,9 @@ do_start ()
   step "monitor made"
   start_daemon mon.a ceph-mon -i a
   step "monitor started"
+  if [ -n "${CEPH_CLUSTER_OWNER:-}" ]; then
+    start_watchdog "$CEPH_CLUSTER_OWNER"
+  fi
 
   # The OSD: its id and key registered with the monitor, then BlueStore
   # made on the sparse file.
@@ -404,9 +414,53 @@ print([p["pool_id"] for p in json.load(sys.stdin) if p["pool_name"] == "rbd"][0]
 
 do_stop ()
 {
+  local pid
   [ -d "$dir" ] || return 0
   stop_daemon osd.0
   stop_daemon mon.a
+  pid=$(watchdog_pid)
+  if [ -n "$pid" ] && [ "$pid" != $$ ]; then
+    kill -TERM "$pid" 2>/dev/null || :
+  fi
+  rm -f "$run/watchdog.pid"
+}
+
+# watchdog_pid: the PID in run/watchdog.pid if that is our watchdog.
+watchdog_pid ()
+{
+  local f=$run/watchdog.pid pid
+  [ -s "$f" ] || return 0
+  pid=$(cat "$f")
+  pid_running "$pid" || return 0
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null |
+    grep -qF -- "cluster.sh watchdog $dir" || return 0
+  echo "$pid"
+}
+
+# start_watchdog OWNER: a background process (its own session, no
+# inherited stdout or stderr, so that it holds no test's pipe open)
+# that stops the cluster once OWNER has exited, e.g. a test killed by
+# SIGKILL before its cleanup could run.  It ends when the cluster is
+# stopped.
+start_watchdog ()
+{
+  setsid "$0" watchdog "$dir" "$1" </dev/null >>"$dir/log/watchdog.log" 2>&1 &
+  echo $! > "$run/watchdog.pid"
+}
+
+do_watchdog ()
+{
+  local owner=$1
+  trap - EXIT
+  while :; do
+    [ -n "$(daemon_pid mon.a)$(daemon_pid osd.0)" ] || exit 0
+    if ! kill -0 "$owner" 2>/dev/null; then
+      step "owner $owner gone: stopping the cluster"
+      do_stop
+      exit 0
+    fi
+    sleep 0.5
+  done
 }
 
 do_start_osd ()
@@ -450,5 +504,6 @@ case "$cmd" in
   start-osd) do_start_osd ;;
   status) do_status ;;
   env) cat "$dir/env" ;;
+  watchdog) do_watchdog "${3:?}" ;;
   *) usage ;;
 esac
