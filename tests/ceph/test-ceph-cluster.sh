@@ -23,8 +23,9 @@ source "$(dirname "$0")/../functions.sh"
 source "$(dirname "$0")/ceph-functions.sh"
 set -euo pipefail
 
-requires /usr/bin/python3 sha256sum timeout
+# (python3-rbd brings python3: ask for the packages first.)
 ceph_require
+requires /usr/bin/python3 sha256sum timeout
 make_tmpdir
 
 hold=$SRCDIR/tests/ceph/rbd-hold.py
