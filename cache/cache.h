@@ -210,6 +210,12 @@ uint32_t cache_run_flags (const struct cache_run *run);
  * backend's result (0 or -errno); RUN is gone by then.
  */
 int cache_run_io (struct cache *c, struct cache_run *run);
+/* For submit hooks that write RUN themselves: call it right before the
+ * write, which then uses cache_run_length as it is now.  False when the
+ * image now ends before RUN (it shrank since RUN was built): RUN is
+ * then completed, kept dirty, and gone (cache_run_io does this too).
+ */
+bool cache_run_start (struct cache *c, struct cache_run *run);
 /* For submit hooks that write RUN themselves instead of calling
  * cache_run_io (e.g. asynchronously): counts RUN's backend write in the
  * statistics.  Call it once per run, before cache_run_done.
@@ -258,7 +264,7 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "each).")                                                                 \
   X (wb_errors, "writeback_errors_total",                                      \
      "Write-back runs that failed (their data stays dirty).")                  \
-  X (wb_past_end, "writeback_past_end_total",                                  \
+  X (wb_past_end, "writeback_past_end_runs_total",                             \
      "Write-back runs not written because the image now ends before them "     \
      "(also counted as failed).")                                              \
   X (resizes, "image_size_changes_total",                                      \

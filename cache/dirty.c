@@ -321,7 +321,10 @@ dirty_busy_end (struct cache *c, struct busy_range *r)
 uint64_t
 dirty_mem (struct cache *c)
 {
-  return (uint64_t) atomic_load (&c->st_dpages) << c->page_shift;
+  uint64_t n = atomic_load (&c->st_dpages);
+  uint64_t past = atomic_load (&c->past_end_pages); /* resize.c */
+
+  return (n > past ? n - past : 0) << c->page_shift;
 }
 
 bool

@@ -196,6 +196,15 @@ struct cache {
    */
   struct lock size_lock;
   atomic_uint_fast64_t size, size_max, wb_end;
+  /* Pages holding DIRTY or WRITEBACK sectors at or past wb_end when the
+   * size last changed: they cannot be written, so dirty_mem leaves
+   * them out (writers would otherwise wait for them for ever).
+   */
+  atomic_uint_fast64_t past_end_pages;
+  /* Under size_lock: the sector cut by the size held data written
+   * before the shrink to it, which may reach past the end.
+   */
+  bool cut_held;
   uint64_t dirty_limit, bg_limit; /* bytes */
 
   /* Frames. */
@@ -378,6 +387,14 @@ size_wb_end (struct cache *c)
 /* resize.c */
 void size_init (struct cache *c);
 void size_destroy (struct cache *c);
+/* Whether [off, off+count) lies inside the image as it is now. */
+static inline bool
+size_covers (struct cache *c, uint64_t off, uint64_t count)
+{
+  uint64_t size = size_now (c);
+
+  return off <= size && count <= size - off;
+}
 
 static inline char *
 sect_data (struct cache *c, struct page *p, uint32_t i)

@@ -54,39 +54,36 @@ struct read_seg {
 
 /* Reads from the backend; the part past the end of the disk (the tail
  * of a last sector that the disk only partly covers) reads as zeroes.
- * A read the image ends before (it shrank, -ERANGE) makes the cache
- * follow the new size (resize.c) and fails with -ERANGE.
+ * A read the image ends before (it shrank: -ERANGE) makes the cache
+ * follow the new size (resize.c) and is tried once more with it, if it
+ * still starts inside; callers check their range against the size
+ * again afterwards (the zeroes past a new end are not data).
  */
 static int
 backend_pread (struct cache *c, void *buf, uint32_t count, uint64_t off)
 {
   uint64_t size = size_now (c);
-  uint32_t n = count;
+  uint32_t n;
   int r = 0;
 
-  if (off >= size)
-    n = 0;
-  else if (count > size - off)
-    n = (uint32_t) (size - off);
-  if (n > 0) {
+  for (int tries = 0;; tries++) {
+    n = off >= size ? 0 : (uint32_t) MIN ((uint64_t) count, size - off);
+    if (n == 0)
+      break;
     r = c->ops->pread (c->bopaque, buf, n, off);
     atomic_fetch_add (&c->ctr.backend_reads, 1);
     atomic_fetch_add (&c->ctr.backend_read_bytes, n);
-    if (r == -ERANGE)
-      cache_refresh_size (c);
+    if (r != -ERANGE || tries > 0)
+      break;
+    if (cache_refresh_size (c) == size)
+      break;
+    size = size_now (c);
+    if (off >= size)
+      break;
   }
-  if (n < count)
+  if (r == 0 && n < count)
     memset ((char *) buf + n, 0, count - n);
   return r;
-}
-
-/* Whether [off, off+count) lies inside the image as it is now. */
-static bool
-in_image (struct cache *c, uint64_t off, uint64_t count)
-{
-  uint64_t size = size_now (c);
-
-  return off <= size && count <= size - off;
 }
 
 /* ---- reads ---- */
@@ -287,7 +284,7 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
 
   if (count == 0)
     return 0;
-  if (!in_image (c, off, count))
+  if (!size_covers (c, off, count))
     return -ERANGE;
   a = ROUND_DOWN (off, (uint64_t) c->cfg.sector_size);
   e = ROUND_UP (off + count, (uint64_t) c->cfg.sector_size);
@@ -302,6 +299,9 @@ cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off)
       memcpy (buf, bounce + (off - a), count);
     free (bounce);
   }
+  /* It shrank meanwhile: what was read past the new end is not data. */
+  if (r == 0 && !size_covers (c, off, count))
+    r = -ERANGE;
   if (r == 0)
     report_request (&c->ctr.client_reads, &c->ctr.client_read_bytes, count);
   return r;
@@ -403,6 +403,13 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
     page_lock (p);
     r = 0;
   }
+  /* The image may have shrunk since the caller looked: checked under
+   * the page lock, after the size is stored and before resize_locked
+   * looks at this page, so data written past the new end is counted
+   * (and logged) there, or refused here.
+   */
+  if (r == 0 && !size_covers (c, off, len))
+    r = -ERANGE;
   if (r == 0) {
     memcpy (p->data + (off - poff), src, len);
     sect_write (&p->sb, sh, st - sh + 1, &d);
@@ -437,7 +444,7 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
 
   if (count == 0)
     return 0;
-  if (!in_image (c, off, count))
+  if (!size_covers (c, off, count))
     return -ERANGE;
   if (c->cfg.mode == CACHE_MODE_UNSAFE)
     flags &= ~CACHE_FUA;
@@ -574,7 +581,11 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
   dirty_busy_begin (c, &br);
   wait_idle (c, a, e);
   {
-    uint64_t be = MIN (e, size_now (c)); /* it may have shrunk since */
+    /* Never past the request (E may be its end rounded up to a sector,
+     * and the image may have grown meanwhile), nor past the image (it
+     * may have shrunk).
+     */
+    uint64_t be = MIN (MIN (e, end), size_now (c));
     uint32_t bflags = flags & (CACHE_FUA | CACHE_MAY_TRIM | CACHE_FAST_ZERO);
     if (be <= a)
       r = -ERANGE;

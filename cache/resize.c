@@ -28,6 +28,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cache.h"
 #include "errstr.h"
@@ -51,17 +53,21 @@ size_destroy (struct cache *c)
 }
 
 /* Page P pinned and locked.  Drops its CLEAN sectors at or past byte
- * FROM (sector-aligned); adds to *NDIRTY the bytes of its DIRTY or
- * WRITEBACK sectors at or past byte END, and raises *DEND to the end of
- * the last of them.
+ * FROM (sector-aligned).  Counts its DIRTY or WRITEBACK sectors at or
+ * past byte END (sector-aligned) into *NDIRTY (bytes) and *DEND (the
+ * end of the last), except the sector at END when it is cut by the new
+ * size (CUT_AT_END) and may be written (CUT_OK): it then only sets
+ * *CUT_DIRTY.  Returns whether P holds such counted sectors.
  */
-static void
+static bool
 page_past (struct cache *c, struct page *p, uint64_t from, uint64_t end,
-           uint64_t *ndirty, uint64_t *dend)
+           bool cut_at_end, bool cut_ok, uint64_t *ndirty, uint64_t *dend,
+           bool *cut_dirty)
 {
   uint64_t base = page_offset (c, p), ss = c->cfg.sector_size;
   uint32_t i = from <= base ? 0 : (uint32_t) ((from - base) >> c->sector_shift);
   struct sect_delta d = { 0 };
+  bool counted = false;
 
   LOCK_ASSERT_HELD (&p->lock);
   for (; i < c->nsect; i++) {
@@ -71,14 +77,59 @@ page_past (struct cache *c, struct page *p, uint64_t from, uint64_t end,
     case SECT_ABSENT: break;
     case SECT_CLEAN: sect_drop (&p->sb, i, 1, &d); break;
     default:
-      if (soff >= end) {
-        *ndirty += ss;
-        *dend = MAX (*dend, soff + ss);
+      if (soff < end)
+        break;
+      if (soff == end && cut_at_end) {
+        *cut_dirty = true;
+        if (cut_ok)
+          break;
       }
+      *ndirty += ss;
+      *dend = MAX (*dend, soff + ss);
+      counted = true;
     }
   }
   report_account (c, p, &d);
   CACHE_ASSERT (page_check (c, p));
+  return counted;
+}
+
+/* size_lock held, growth from OLD, which is not a multiple of the
+ * sector size, inside a busy range over its page (so no fill installs
+ * meanwhile and no collector takes it).  The sector holding OLD, if
+ * valid and not cut_held, holds zeroes past OLD (a fill read them
+ * there, and no client could write there): puts the grown image's
+ * bytes there instead, so neither a read nor the sector's next
+ * write-back invents zeroes.
+ */
+static void
+patch_cut_sector (struct cache *c, uint64_t old, uint64_t size)
+{
+  uint64_t ss = c->cfg.sector_size, s0 = ROUND_DOWN (old, ss);
+  uint32_t n = (uint32_t) (MIN (s0 + ss, size) - old);
+  uint32_t i = (uint32_t) ((s0 >> c->sector_shift) & (c->nsect - 1));
+  char *tmp = malloc (n);
+  struct page *p;
+  int r;
+
+  if (!tmp || (r = c->ops->pread (c->bopaque, tmp, n, old)) < 0) {
+    report_logf (c, CACHE_LOG_ERROR,
+                 "the image grew from %" PRIu64 " bytes, but its bytes "
+                 "past that end could not be read (%s): the cache keeps "
+                 "zeroes there",
+                 old, tmp ? errstr (-r) : "out of memory");
+    free (tmp);
+    return;
+  }
+  p = page_find (c, old >> c->page_shift);
+  if (p) {
+    page_lock (p);
+    if (sect_test (&p->sb, SECT_BM_V, i))
+      memcpy (p->data + (old & (c->cfg.page_size - 1)), tmp, n);
+    page_unlock (p);
+    page_unpin (c, p);
+  }
+  free (tmp);
 }
 
 /* size_lock held.  Follows the image from its size now to SIZE. */
@@ -87,15 +138,35 @@ resize_locked (struct cache *c, uint64_t size)
 {
   uint64_t ss = c->cfg.sector_size, old = size_now (c);
   uint64_t max = MAX (atomic_load (&c->size_max), size);
-  uint64_t end = size == max ? ROUND_UP (size, ss) : ROUND_DOWN (size, ss);
   uint64_t from = ROUND_DOWN (MIN (old, size), ss);
-  uint64_t ndirty = 0, dend = 0;
+  uint64_t end = ROUND_DOWN (size, ss), cut = ROUND_UP (size, ss);
+  uint64_t ndirty = 0, dend = 0, npast = 0;
+  bool cut_dirty = false;
+  struct busy_range br = { .first_page = old >> c->page_shift,
+                           .last_page = old >> c->page_shift };
+  /* Unless the sector cut by OLD kept data written before a shrink to
+   * OLD, its bytes past OLD are zeroes a fill put there.
+   */
+  bool patch = size > old && !IS_ALIGNED (old, ss) && !c->cut_held;
 
   LOCK_ASSERT_HELD (&c->size_lock);
-  atomic_fetch_add (&c->discard_started, 1);
+  if (patch) {
+    dirty_busy_begin (c, &br);
+    patch_cut_sector (c, old, size);
+  }
+  /* wb_end first, and at its lowest: a sector cut by the new end is let
+   * through below once it is known to hold nothing written before.
+   */
   atomic_store (&c->size_max, max);
   atomic_store (&c->wb_end, end);
   atomic_store (&c->size, size);
+  /* A read that loaded the generation before this and the size before
+   * the store above does not install; one that loaded it after read
+   * with the new size.
+   */
+  atomic_fetch_add (&c->discard_started, 1);
+  if (patch)
+    dirty_busy_end (c, &br);
   atomic_fetch_add (&c->ctr.resizes, 1);
 
   for (uint32_t f = 0; f < c->nframes; f++) {
@@ -108,10 +179,20 @@ resize_locked (struct cache *c, uint64_t size)
     if (!p)
       continue;
     page_lock (p);
-    page_past (c, p, from, end, &ndirty, &dend);
+    npast += page_past (c, p, from, end, end < cut, size == max, &ndirty, &dend,
+                        &cut_dirty);
     page_unlock (p);
     page_unpin (c, p);
   }
+  atomic_store (&c->past_end_pages, npast);
+  /* The sector holding a new end that is not a multiple of the sector
+   * size is written back (cut at the end) unless it held data written
+   * before this change, which may reach past the end.  At the largest
+   * size seen nobody can have written past the end.
+   */
+  c->cut_held = end < cut && size < max && cut_dirty;
+  if (end < cut && !c->cut_held)
+    atomic_store (&c->wb_end, cut);
 
   if (ndirty > 0)
     report_logf (c, CACHE_LOG_ERROR,

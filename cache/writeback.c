@@ -521,11 +521,23 @@ cache_run_account (struct cache *c, const struct cache_run *run)
   atomic_fetch_add (&c->ctr.backend_write_bytes, run->blen);
 }
 
+bool
+cache_run_start (struct cache *c, struct cache_run *run)
+{
+  if (run_fits (c, run))
+    return true;
+  run_past_end (c, run);
+  return false;
+}
+
 int
 cache_run_io (struct cache *c, struct cache_run *run)
 {
-  int r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off,
-                          run->flags);
+  int r;
+
+  if (!cache_run_start (c, run))
+    return -ERANGE;
+  r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
 
   cache_run_account (c, run);
   cache_run_done (c, run, r);
@@ -590,7 +602,11 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
       c->wb_last_err = err;
       c->wb_last_quiet = run->past_end;
       c->wb_err_gen++;
-      c->wb_failing = true;
+      /* Not for data past the end: writers and frame waiters would fail
+       * for data they cannot help (dirty_mem leaves it out instead).
+       */
+      if (!run->past_end)
+        c->wb_failing = true;
     }
     else
       c->wb_failing = false;
@@ -692,7 +708,7 @@ sync_run_io (struct cache *c, struct cache_run *run)
   run->t0_ns = report_now_ns ();
   if (!run_fits (c, run)) {
     run_past_end (c, run);
-    return -EIO;
+    return -ERANGE;
   }
   r = c->ops->pwrite (c->bopaque, run->data, run->blen, run->off, run->flags);
   cache_run_account (c, run);

@@ -493,6 +493,11 @@ wbs_submit (void *opaque, struct cache *c, struct cache_run *run)
   if (s->cfg.aio_pwrite != NULL) {
     int r;
 
+    if (!cache_run_start (c, run)) { /* the image shrank: not written */
+      pool_put (&s->jobs, job);
+      wbs_signal_done (s, -ERANGE);
+      return;
+    }
     pthread_mutex_lock (&s->lock);
     s->aio_inflight++;
     pthread_mutex_unlock (&s->lock);

@@ -48,6 +48,7 @@ pages_capacity pages_resident pages_dirty waiting_threads
 writeback_runs_in_flight client_reads client_writes client_zeroes
 client_trims backend_reads backend_writes backend_flushes writeback_runs
 writeback_errors evictions throttled_writers flushes flush_errors
+writeback_past_end_runs image_size_changes
 """.split()
 # Names of earlier versions, renamed (the man page says so).
 GONE = ["subpage_hits_total", "subpage_misses_total",

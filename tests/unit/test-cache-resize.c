@@ -212,6 +212,26 @@ test_read_across_shrink_and_growth (void **state)
   assert_true (read_is_byte (t, 3 * MiB + 64 * KiB, 4 * KiB, 0));
 }
 
+/* The image shrank and the cache has not been told: a read across the
+ * new end reads what is inside, finds the end, follows it, and fails
+ * rather than return the zeroes its retry put past the end.
+ */
+static void
+test_read_across_an_unseen_shrink (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  unsigned char buf[8 * KiB];
+
+  tc_open (t, &cfg);
+  fill_disk (t, 1);
+  fake_resize (t->f, 2 * MiB);
+  assert_int_equal (cache_read (t->c, buf, sizeof buf, 2 * MiB - 4 * KiB),
+                    -ERANGE);
+  assert_int_equal (stats (t->c).size, 2 * MiB);
+  assert_true (read_is_pattern (t, 2 * MiB - 4 * KiB, 4 * KiB, 1));
+}
+
 int
 main (void)
 {
@@ -224,6 +244,8 @@ main (void)
     cmocka_unit_test_setup_teardown (test_collect_asks_for_the_size, tc_setup,
                                      tc_teardown),
     cmocka_unit_test_setup_teardown (test_read_across_shrink_and_growth,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_read_across_an_unseen_shrink,
                                      tc_setup, tc_teardown),
   };
 
