@@ -147,14 +147,16 @@ int cache_prefetch (struct cache *c, uint32_t count, uint64_t off);
 
 /* Block status: the first run of bytes in [off, end) that the cache
  * holds newer than the backend (sectors DIRTY, WRITEBACK or REDIRTIED),
- * as [*start, *stop), clipped to [off, end) and to one page; false if
- * there is none.  A snapshot taken under each page's lock, no I/O.  Ask
+ * as [*start, *stop), clipped to [off, end) and to one page, and cut
+ * where its sectors change from all zero bytes to not (*zero says
+ * which: a ZERO the cache holds, or zeroes a client wrote, read as
+ * zero); false if there is none.  A snapshot taken under each page's lock, no I/O.  Ask
  * it before the backend: a run written back in between is then on the
  * backend when the backend is asked, so a hole the backend reports for
  * the rest is a hole for every write that returned before the call.
  */
 bool cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
-                           uint64_t *start, uint64_t *stop);
+                           uint64_t *start, uint64_t *stop, bool *zero);
 
 /* The image's size: asks the backend (ops->get_size) and follows a
  * change, and returns the size now.  The cache also asks before each

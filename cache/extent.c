@@ -19,12 +19,26 @@
  */
 #define EXTENT_LOOKUP_COST 16
 
+/* Page locked: whether sector I of P holds only zero bytes. */
+static bool
+sect_is_zero (struct cache *c, struct page *p, uint32_t i)
+{
+  const uint64_t *w = (const uint64_t *) sect_data (c, p, i);
+  size_t n = ((size_t) 1 << c->sector_shift) / sizeof *w;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  for (size_t k = 0; k < n; k++)
+    if (w[k] != 0)
+      return false;
+  return true;
+}
+
 /* P pinned.  The first run of sectors in [off, end) of P that are D or
- * W, clipped to [off, end).
+ * W and all zero or all not (*ZERO), clipped to [off, end).
  */
 static bool
 page_unflushed (struct cache *c, struct page *p, uint64_t off, uint64_t end,
-                uint64_t *start, uint64_t *stop)
+                uint64_t *start, uint64_t *stop, bool *zero)
 {
   uint64_t base = page_offset (c, p);
   uint64_t lo = off > base ? off : base;
@@ -44,9 +58,11 @@ page_unflushed (struct cache *c, struct page *p, uint64_t off, uint64_t end,
     i = w;
   found = i < s1;
   if (found) {
+    *zero = sect_is_zero (c, p, i);
     for (j = i + 1; j < s1; j++)
-      if (!sect_test (&p->sb, SECT_BM_D, j) &&
-          !sect_test (&p->sb, SECT_BM_W, j))
+      if ((!sect_test (&p->sb, SECT_BM_D, j) &&
+           !sect_test (&p->sb, SECT_BM_W, j)) ||
+          sect_is_zero (c, p, j) != *zero)
         break;
     *start = base + ((uint64_t) i << c->sector_shift);
     if (*start < lo)
@@ -61,7 +77,7 @@ page_unflushed (struct cache *c, struct page *p, uint64_t off, uint64_t end,
 
 bool
 cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
-                      uint64_t *start, uint64_t *stop)
+                      uint64_t *start, uint64_t *stop, bool *zero)
 {
   uint64_t first, last;
   bool found = false;
@@ -78,7 +94,7 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
       struct page *p = page_find (c, pi);
       if (!p)
         continue;
-      found = page_unflushed (c, p, off, end, start, stop);
+      found = page_unflushed (c, p, off, end, start, stop, zero);
       page_unpin (c, p);
     }
     return found;
@@ -88,6 +104,7 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
   for (uint32_t f = 0; f < c->nframes; f++) {
     uint64_t pi = atomic_load (&c->frames[f].index);
     uint64_t s, e;
+    bool z;
     struct page *p;
 
     if (pi == PAGE_NONE || pi < first || pi > last)
@@ -97,9 +114,10 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
     p = page_find (c, pi);
     if (!p)
       continue;
-    if (page_unflushed (c, p, off, end, &s, &e) && (!found || s < *start)) {
+    if (page_unflushed (c, p, off, end, &s, &e, &z) && (!found || s < *start)) {
       *start = s;
       *stop = e;
+      *zero = z;
       found = true;
     }
     page_unpin (c, p);

@@ -760,9 +760,10 @@ subpage_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
   (void) handle;
   for (unsigned n = 0; pos < end && n < SUBPAGE_EXTENT_RUNS; n++) {
     uint64_t s, e;
+    bool zero = false;
     int r;
 
-    if (!cache_next_unflushed (cache, pos, end, &s, &e))
+    if (!cache_next_unflushed (cache, pos, end, &s, &e, &zero))
       s = e = end;
     if (s > pos) {
       r = backend.extents (backend.handle, (uint32_t) (s - pos), pos, ex);
@@ -771,7 +772,8 @@ subpage_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
         return -1; /* logged */
       }
     }
-    if (e > s && nbdkit_add_extent (ex, s, e - s, 0) == -1)
+    if (e > s &&
+        nbdkit_add_extent (ex, s, e - s, zero ? NBDKIT_EXTENT_ZERO : 0) == -1)
       return -1;
     pos = e;
     if (flags & NBDKIT_FLAG_REQ_ONE)

@@ -4,6 +4,7 @@
 # h.block_status; data written through subpage into a hole, not yet
 # written back (dirty-expire-ms=3600000, no flush), is reported as data
 # while the image file still has the hole there; after a flush too;
+# zeroes written and not yet written back are reported as zero;
 # nbdcopy of the export is identical to the image (and to what was
 # written).
 
@@ -127,6 +128,14 @@ h.flush()
 assert not file_hole_at(32 * MiB)
 e2 = extents(31 * MiB, 2 * MiB)
 assert any(o <= w and w < o + n and t == 0 for o, n, t in e2), e2
+# Zeroes written into a hole, not yet written back: cached data that
+# reads as zero (zero, not hole), between the image's holes.
+z = 40 * MiB
+h.pwrite(bytes(8192), z)
+assert file_hole_at(z), "written back already?"
+e3 = extents(z - 4096, 16384)
+assert e3 == [(z - 4096, 4096, HZ), (z, 8192, nbd.STATE_ZERO),
+              (z + 8192, 4096, HZ)], e3
 print("block status ok")
 EOF
 
