@@ -82,7 +82,10 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
   uint64_t first, last;
   bool found = false;
 
-  end = MIN (end, size_now (c));
+  /* Not the size now: data written past a shrunk end is still data
+   * (resize.c keeps it), and no page lies past the largest size.
+   */
+  end = MIN (end, (uint64_t) atomic_load (&c->size_max));
   if (off >= end)
     return false;
   first = off >> c->page_shift;
