@@ -241,6 +241,12 @@ struct cache {
   bool wb_last_quiet;  /* which the resize already logged */
   uint64_t wb_err_gen; /* write-back errors ever */
   bool wb_failing;     /* the last run completed with an error */
+  /* A failed run was logged as an error since the last run that
+   * succeeded: further failures are logged at debug level only, so a
+   * backend that keeps failing (a full disk, a lost RBD lock) logs one
+   * line per outage, not one per retried run.
+   */
+  atomic_bool wb_fail_logged;
 
   /* Discard generation: fills installed only if unchanged. */
   atomic_uint_fast64_t discard_started;

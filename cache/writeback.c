@@ -556,11 +556,18 @@ cache_run_done (struct cache *c, struct cache_run *run, int err)
                   report_now_ns () - run->t0_ns);
   if (!ok) {
     atomic_fetch_add (&c->ctr.wb_errors, 1);
-    if (!run->past_end) /* the resize said so, once */
-      report_logf (c, CACHE_LOG_ERROR,
-                   "write-back of %" PRIu64 "+%u failed: %s (kept dirty)",
-                   run->off, run->len, errstr (-err));
+    if (!run->past_end) { /* the resize said so, once */
+      bool first = !atomic_exchange (&c->wb_fail_logged, true);
+      report_logf (c, first ? CACHE_LOG_ERROR : CACHE_LOG_DEBUG,
+                   "write-back of %" PRIu64 "+%u failed: %s (kept dirty%s)",
+                   run->off, run->len, errstr (-err),
+                   first ? "; more failures are logged at debug level until "
+                           "a write-back succeeds"
+                         : "");
+    }
   }
+  else if (atomic_load_explicit (&c->wb_fail_logged, memory_order_relaxed))
+    atomic_store (&c->wb_fail_logged, false);
   for (uint32_t i = 0; i < run->nfrags; i++) {
     struct frag *f = &run->frags[i];
     struct page *p = f->page;

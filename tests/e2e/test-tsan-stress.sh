@@ -12,7 +12,7 @@
 # that background write-back, throttling and eviction all run beside
 # the requests; then a final flush, SIGTERM (nbdkit must exit 0) and a
 # check of every byte of the image.  With
-# TSAN_OPTIONS="halt_on_error=1 exitcode=66" the first report stops
+# TSAN_OPTIONS="halt_on_error=1 exitcode=66" (and tests/tsan.supp) the first report stops
 # nbdkit; the test also fails on any report in nbdkit's log.  Over the
 # file backend, and over an NBD backend (uri=).
 
@@ -31,7 +31,7 @@ case ${NBDKIT_PRELOAD:-} in
           "(this test belongs to a -Db_sanitize=thread build)" >&2
      exit 1 ;;
 esac
-: "${NBDKIT_TSAN_OPTIONS:=halt_on_error=1 exitcode=66}"
+: "${NBDKIT_TSAN_OPTIONS:=halt_on_error=1 exitcode=66 suppressions=$SRCDIR/tests/tsan.supp}"
 export NBDKIT_TSAN_OPTIONS
 make_tmpdir
 

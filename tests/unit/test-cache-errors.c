@@ -37,7 +37,7 @@ persistent_write_error (struct tcache *t, int err)
   fake_fail_all (t->f, FAKE_WRITE, err);
 
   assert_int_equal (cache_flush (t->c), err);
-  assert_true (counts (t).write_errors > 0);       /* it did try */
+  assert_true (counts (t).write_errors > 0); /* it did try */
   assert_int_equal (counts (t).writes, 0);
   /* Kept dirty, not under write-back, and the data is intact. */
   assert_true (sectors_are (t, 3 * PG + 4 * KiB, 8 * KiB, V | D));
@@ -60,8 +60,8 @@ persistent_write_error (struct tcache *t, int err)
   assert_true (disk_is_pattern (t, 9 * PG, 100, 1));
   assert_true (sectors_are (t, 3 * PG + 4 * KiB, 8 * KiB, V));
   assert_int_equal (stats (t->c).dirty_bytes, 0);
-  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0)
-               < fake_log_last (t->f, FAKE_FLUSH, 0, 0));
+  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0) <
+               fake_log_last (t->f, FAKE_FLUSH, 0, 0));
   assert_int_equal (cache_flush (t->c), 0);
 }
 
@@ -128,8 +128,8 @@ test_nth_write_fails (void **state)
   /* At most one range is still dirty (the flush may have retried the
    * failed one itself); whatever is not dirty is on disk.
    */
-  dirty_after = (cache_debug_sector (t->c, 1 * PG) == (V | D))
-    + (cache_debug_sector (t->c, 3 * PG) == (V | D));
+  dirty_after = (cache_debug_sector (t->c, 1 * PG) == (V | D)) +
+                (cache_debug_sector (t->c, 3 * PG) == (V | D));
   assert_true (dirty_after <= 1);
   if (cache_debug_sector (t->c, 1 * PG) == V)
     assert_true (disk_is_pattern (t, 1 * PG, 4 * KiB, 2));
@@ -214,22 +214,59 @@ test_read_error (void **state)
   assert_true (disk_is_pattern (t, 11 * PG, SS, 1));
 }
 
+/* A backend that keeps failing logs one write-back error line per
+ * outage (then each failed flush), not one per retried run; after a
+ * write-back succeeds, the next outage is logged again.
+ */
+static void
+test_write_failures_logged_once_per_outage (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  unsigned lines;
+
+  tc_open (t, &cfg);
+  for (int k = 0; k < 4; k++) /* four runs per flush, under dirty-ratio */
+    assert_int_equal (write_pattern (t, (uint64_t) k * 2 * PG, 4 * KiB, 2, 0),
+                      0);
+  fake_fail_all (t->f, FAKE_WRITE, -EIO);
+  lines = atomic_load (&tc_error_lines);
+  for (int i = 0; i < 5; i++)
+    assert_int_equal (cache_flush (t->c), -EIO);
+  assert_true (counts (t).write_errors >= 5 * 4);
+  /* One write-back line, and one per failed flush. */
+  assert_int_equal (atomic_load (&tc_error_lines), lines + 1 + 5);
+
+  fake_fail_all (t->f, FAKE_WRITE, 0);
+  assert_int_equal (cache_flush (t->c), 0);
+  assert_int_equal (write_pattern (t, 0, 4 * KiB, 3, 0), 0);
+  fake_fail_all (t->f, FAKE_WRITE, -EIO);
+  lines = atomic_load (&tc_error_lines);
+  assert_int_equal (cache_flush (t->c), -EIO);
+  assert_int_equal (atomic_load (&tc_error_lines), lines + 2);
+  fake_fail_all (t->f, FAKE_WRITE, 0);
+  assert_int_equal (cache_flush (t->c), 0);
+}
+
 int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_persistent_eio, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_persistent_enospc,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_persistent_eio, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_persistent_enospc, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_background_failure_reported_once,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_nth_write_fails,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_nth_write_fails, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_failed_data_survives_eviction,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_backend_flush_error,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_backend_flush_error, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_read_error, tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_write_failures_logged_once_per_outage,
+                                     tc_setup, tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
