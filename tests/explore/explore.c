@@ -451,6 +451,10 @@ static bool fast_zero_ok;
 static bool lock_lost;
 static uint64_t lost_at;
 #define LOST_ERR (-ESHUTDOWN)
+/* Backend calls that failed in this execution (a refused fast zero
+ * aside): while there are none, no request may fail.
+ */
+static unsigned backend_errors;
 
 static void
 io_point (const char *where)
@@ -481,8 +485,10 @@ xb_pread (void *o, void *buf, uint32_t n, uint64_t off)
   (void) o;
   if (off + n > DISK) abort ();
   io_point ("io.read");
-  if (lock_lost)
+  if (lock_lost) {
+    backend_errors++;
     return LOST_ERR;
+  }
   memcpy (buf, mem + off, n);
   io_point ("io.read.done");
   return 0;
@@ -495,10 +501,12 @@ xb_pwrite (void *o, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
   if (off + n > DISK || n % GRAN || off % GRAN) abort ();
   io_point ("io.write");
   if (lock_lost) {
+    backend_errors++;
     io_point ("io.write.failed");
     return LOST_ERR;
   }
   if (++nwrites == fail_nth) {
+    backend_errors++;
     io_point ("io.write.failed");
     return -EIO;
   }
@@ -512,8 +520,10 @@ xb_flush (void *o)
 {
   (void) o;
   io_point ("io.flush");
-  if (lock_lost)
+  if (lock_lost) {
+    backend_errors++;
     return LOST_ERR;
+  }
   memcpy (durable, mem, DISK);
   io_point ("io.flush.done");
   return 0;
@@ -524,8 +534,10 @@ xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
 {
   if (off + n > DISK) abort ();
   io_point (what);
-  if (lock_lost)
+  if (lock_lost) {
+    backend_errors++;
     return LOST_ERR;
+  }
   disk_apply (NULL, 0, n, off, fl & CACHE_FUA);
   io_point ("io.discard.done");
   return 0;
@@ -575,10 +587,14 @@ aio_land (struct cache_run *run)
   uint32_t n = cache_run_length (run);
 
   if (off + n > DISK || n % GRAN || off % GRAN) abort ();
-  if (lock_lost)
+  if (lock_lost) {
+    backend_errors++;
     return LOST_ERR;
-  if (++nwrites == fail_nth)
+  }
+  if (++nwrites == fail_nth) {
+    backend_errors++;
     return -EIO;
+  }
   disk_apply (cache_run_data (run), 0, n, off,
               cache_run_flags (run) & CACHE_FUA);
   return 0;
@@ -944,8 +960,12 @@ needs_backend (const struct op *o)
 static void
 check_reply (struct op *o)
 {
-  if (o->ret != 0)
+  if (o->ret != 0) {
+    if (backend_errors == 0 && !o->noop)
+      fail ("%s failed (%s) although no backend call had failed",
+            kind_name[o->k], strerror (-o->ret));
     return;
+  }
   if (lock_lost && o->start > lost_at && needs_backend (o)) {
     fail ("%s started after the lock was lost and returned 0",
           kind_name[o->k]);
@@ -1295,6 +1315,7 @@ execute (void)
   nevents = 0;
   lock_lost = false;
   lost_at = 0;
+  backend_errors = 0;
   prelude (scn.prelude);
   fail_nth = scn.fail_nth;
   /* After the prelude, which runs on the main thread, unscheduled. */
