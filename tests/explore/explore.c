@@ -67,25 +67,47 @@
  *    model allows at the end; nothing is dirty; nobody waits; every
  *    page passes page_check (the drain and the read run in a worker
  *    under the scheduler too, so a drain that never returns is found);
+ *  - a request fails only if some backend call failed before its reply
+ *    (a refused fast zero aside);
  *  - any CACHE_ASSERT of the core (assert()) aborts the run.
+ *
+ * RBD modes (issue 16).  Asynchronous completions (--aio 1): the submit
+ * hook hands each write-back run to a completion slot, a thread the
+ * scheduler runs like a request's, which lands the write, stops at a
+ * scheduling point and calls cache_run_done: runs complete in any
+ * order, relative to each other and to the requests.  A lost lock
+ * (--lost-lock 1): one more thread, runnable from the start, whose one
+ * step loses the image's lock; from then on every backend call fails
+ * with -ESHUTDOWN (librbd's EBLOCKLISTED) and a write that takes effect
+ * fails the run.  Then also: a flush, drain, FUA write or write-through
+ * write that started after the loss must fail; at the end two drains
+ * must fail, no run is in flight, every granule the cache holds reads
+ * back a value the model allows and every other one is on the backend.
+ * In every mode a sector the cache holds CLEAN at the end equals the
+ * backend.  The four modes (synchronous or not, lock kept or lost)
+ * each explore a stream of scenarios of their own and share the time.
  * On a failure it prints the scenario, the schedule (the choices, which
  * --replay takes) and the steps of the failing execution, and exits 1.
  *
  * Usage: explore [--seconds N] [--seed N] [--scenarios N]
  *                [--only-bound2] [--ops KIND[:OFF+LEN],...]
+ *                [--aio 0|1] [--lost-lock 0|1]
  *                [--replay BOUND:SEED:CHOICES]
  * --ops replaces the drawn requests (kinds as printed: write,
- * write+fua, read, trim, zero, flush, drain, writeback, reclaim); a
- * failure prints the --replay line that runs its schedule again.
+ * write+fua, read, trim, zero, flush, drain, writeback, reclaim); --aio
+ * and --lost-lock explore only that mode (a replay takes the mode from
+ * them: without them, synchronous with the lock kept); a failure prints
+ * the line that runs its schedule again.
  * Environment: EXPLORE_SECONDS (default 60), SUBPAGE_DEEP=1 (then
  * EXPLORE_DEEP_SECONDS, default 600; preemptions at mutexes cost 1,
- * bound 3 in the second pass, up to 20000 schedules a scenario).
+ * bound 3 in the second pass, up to 20000 schedules a scenario),
+ * EXPLORE_VERBOSE (a line per scenario), EXPLORE_TRACE (every point).
  *
  * What it does not do: partial-order reduction (equivalent schedules are
- * run again), threads of server/ or the plugin (the core only), or
- * asynchronous completion of write-back runs (runs complete in the
- * thread that submitted them, with a scheduling point before and after
- * the backend write).
+ * run again), or threads of server/ or the plugin (the core only: the
+ * aio mode stands for wbs_submit and wbs_aio_done).  Without --aio 1,
+ * runs complete in the thread that submitted them, with a scheduling
+ * point before and after the backend write.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -1575,7 +1597,6 @@ main (int argc, char **argv)
   /* Scenarios and schedules by mode: [aio][lost lock]. */
   long mscen[2][2] = { { 0 } }, msched[2][2] = { { 0 } };
   double msecs[2][2] = { { 0 } };
-  bool timeout = false;
 
   trace_points = getenv ("EXPLORE_TRACE") != NULL;
   verbose = getenv ("EXPLORE_VERBOSE") != NULL;
@@ -1663,7 +1684,6 @@ main (int argc, char **argv)
     uint64_t next[4] = { 0, 0, 0, 0 };
     double used[4] = { 0, 0, 0, 0 };
 
-    timeout = false;
     for (long i = 0; max_scenarios < 0 || i < max_scenarios; i++) {
       long n;
       double ts;
@@ -1692,8 +1712,19 @@ main (int argc, char **argv)
         force_lost = fl;
       }
       aio_used = false;
-      n = explore_bound (b, m == 0 ? cap : (cap < cap1_new ? cap : cap1_new), deadline,
-                         &timeout);
+      {
+        /* A scenario of a new mode takes at most a quarter of the
+         * mode's share of the phase (and of the schedules, cap1_new),
+         * so that one large one (most of all under TSan) leaves the
+         * mode time for others.
+         */
+        double len = seconds * (phase == 0 ? share1 : 1.0 - share1);
+        double dl = m == 0 ? deadline : ts + len * mode_share[m] / 4;
+        bool cut = false;
+
+        n = explore_bound (b, m == 0 ? cap : (cap < cap1_new ? cap : cap1_new),
+                           dl < deadline ? dl : deadline, &cut);
+      }
       used[m] += now_s () - ts;
       if (verbose)
         fprintf (stderr, "explore: seed %" PRIu64 " aio=%d lost-lock=%d "
