@@ -67,25 +67,47 @@
  *    model allows at the end; nothing is dirty; nobody waits; every
  *    page passes page_check (the drain and the read run in a worker
  *    under the scheduler too, so a drain that never returns is found);
+ *  - a request fails only if some backend call failed before its reply
+ *    (a refused fast zero aside);
  *  - any CACHE_ASSERT of the core (assert()) aborts the run.
+ *
+ * RBD modes (issue 16).  Asynchronous completions (--aio 1): the submit
+ * hook hands each write-back run to a completion slot, a thread the
+ * scheduler runs like a request's, which lands the write, stops at a
+ * scheduling point and calls cache_run_done: runs complete in any
+ * order, relative to each other and to the requests.  A lost lock
+ * (--lost-lock 1): one more thread, runnable from the start, whose one
+ * step loses the image's lock; from then on every backend call fails
+ * with -ESHUTDOWN (librbd's EBLOCKLISTED) and a write that takes effect
+ * fails the run.  Then also: a flush, drain, FUA write or write-through
+ * write that started after the loss must fail; at the end two drains
+ * must fail, no run is in flight, every granule the cache holds reads
+ * back a value the model allows and every other one is on the backend.
+ * In every mode a sector the cache holds CLEAN at the end equals the
+ * backend.  The four modes (synchronous or not, lock kept or lost)
+ * each explore a stream of scenarios of their own and share the time.
  * On a failure it prints the scenario, the schedule (the choices, which
  * --replay takes) and the steps of the failing execution, and exits 1.
  *
  * Usage: explore [--seconds N] [--seed N] [--scenarios N]
  *                [--only-bound2] [--ops KIND[:OFF+LEN],...]
+ *                [--aio 0|1] [--lost-lock 0|1]
  *                [--replay BOUND:SEED:CHOICES]
  * --ops replaces the drawn requests (kinds as printed: write,
- * write+fua, read, trim, zero, flush, drain, writeback, reclaim); a
- * failure prints the --replay line that runs its schedule again.
+ * write+fua, read, trim, zero, flush, drain, writeback, reclaim); --aio
+ * and --lost-lock explore only that mode (a replay takes the mode from
+ * them: without them, synchronous with the lock kept); a failure prints
+ * the line that runs its schedule again.
  * Environment: EXPLORE_SECONDS (default 60), SUBPAGE_DEEP=1 (then
  * EXPLORE_DEEP_SECONDS, default 600; preemptions at mutexes cost 1,
- * bound 3 in the second pass, up to 20000 schedules a scenario).
+ * bound 3 in the second pass, up to 20000 schedules a scenario),
+ * EXPLORE_VERBOSE (a line per scenario), EXPLORE_TRACE (every point).
  *
  * What it does not do: partial-order reduction (equivalent schedules are
- * run again), threads of server/ or the plugin (the core only), or
- * asynchronous completion of write-back runs (runs complete in the
- * thread that submitted them, with a scheduling point before and after
- * the backend write).
+ * run again), or threads of server/ or the plugin (the core only: the
+ * aio mode stands for wbs_submit and wbs_aio_done).  Without --aio 1,
+ * runs complete in the thread that submitted them, with a scheduling
+ * point before and after the backend write.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -113,7 +135,10 @@
 #define NGRAN (DISK / GRAN)
 #define INITIAL 0xE5
 #define POISON 0xCC
-#define MAXT 3
+#define MAXT 3                      /* request threads */
+#define NCQ 16                      /* completion slots: aio runs in flight */
+#define LOSS (MAXT + NCQ)           /* the thread that loses the lock */
+#define NTH (LOSS + 1)              /* every scheduled thread */
 #define MAXOPS 8                    /* prelude + concurrent */
 #define MAXDEC 20000
 
@@ -123,9 +148,17 @@ enum xstate { XS_NEW, XS_RUN, XS_MUTEX, XS_COND, XS_DONE };
 
 struct op;
 
+/* What a scheduled thread does: a request, one aio completion (a slot
+ * is idle, XS_DONE with no run, until the submit hook gives it a run),
+ * or the loss of the image's lock.
+ */
+enum xkind { XK_REQ, XK_CQ, XK_LOSS };
+
 struct xthread {
   pthread_t th;
   unsigned id;
+  enum xkind kind;
+  struct cache_run *run;        /* XK_CQ: the run it completes */
   enum xstate st;
   const void *obj;              /* mutex or condvar waited on */
   bool timed, timedout;
@@ -135,7 +168,7 @@ struct xthread {
   struct op *op;
 };
 
-static struct xthread xt[MAXT];
+static struct xthread xt[NTH];
 static unsigned nxt;
 static __thread struct xthread *self;
 static sem_t back;
@@ -146,7 +179,7 @@ static unsigned nheld;
 
 struct decision {
   uint8_t nopt, chosen, spent;
-  uint8_t opt[MAXT], cost[MAXT];
+  uint8_t opt[NTH], cost[NTH];
   uint8_t who;                      /* thread that ran */
   const char *where;                /* where the previous thread stopped */
 };
@@ -179,6 +212,7 @@ static unsigned spent;               /* preemption cost spent so far */
  * schedules are numbered per bound: --replay takes the bound).
  */
 static bool trace_points;            /* EXPLORE_TRACE: print every point */
+static bool verbose;                 /* EXPLORE_VERBOSE: a line a scenario */
 
 static void
 yield (const char *where, bool major)
@@ -369,9 +403,10 @@ schedule (void)
       if (!any)
         continue;
       {
-        char buf[512];
+        char buf[1024];
         size_t n = 0;
-        for (unsigned i = 0; i < nxt; i++)
+        buf[0] = 0;
+        for (unsigned i = 0; i < nxt && n < sizeof buf; i++)
           if (xt[i].st != XS_DONE)
             n += (size_t) snprintf (buf + n, sizeof buf - n,
                                     " thread %u at %s;", i, xt[i].where);
@@ -429,11 +464,41 @@ static unsigned char mem[DISK], durable[DISK];
 static unsigned nwrites, fail_nth;
 static bool fast_zero_ok;
 
+/* The image's exclusive lock (RBD): lost at the step the loss thread
+ * runs (lost_at, on the clock).  From then on every backend call fails
+ * with -ESHUTDOWN (librbd's EBLOCKLISTED), reads too (a blocklisted
+ * client reaches no OSD), and no write may take effect: disk_apply
+ * records one that does as a failure.
+ */
+static bool lock_lost;
+static uint64_t lost_at;
+#define LOST_ERR (-ESHUTDOWN)
+/* Backend calls that failed in this execution (a refused fast zero
+ * aside): while there are none, no request may fail.
+ */
+static unsigned backend_errors;
+
 static void
 io_point (const char *where)
 {
   if (self)
     yield (where, true);
+}
+
+/* Every change of the backend's disk goes through here. */
+static void
+disk_apply (const void *buf, int byte, uint32_t n, uint64_t off, bool fua)
+{
+  if (lock_lost)
+    fail ("backend %s of %" PRIu64 "+%u took effect after the lock was "
+          "lost (writing behind the new owner)", buf ? "write" : "discard",
+          off, n);
+  if (buf)
+    memcpy (mem + off, buf, n);
+  else
+    memset (mem + off, byte, n);
+  if (fua)
+    memcpy (durable + off, mem + off, n);
 }
 
 static int
@@ -442,6 +507,10 @@ xb_pread (void *o, void *buf, uint32_t n, uint64_t off)
   (void) o;
   if (off + n > DISK) abort ();
   io_point ("io.read");
+  if (lock_lost) {
+    backend_errors++;
+    return LOST_ERR;
+  }
   memcpy (buf, mem + off, n);
   io_point ("io.read.done");
   return 0;
@@ -453,13 +522,17 @@ xb_pwrite (void *o, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
   (void) o;
   if (off + n > DISK || n % GRAN || off % GRAN) abort ();
   io_point ("io.write");
+  if (lock_lost) {
+    backend_errors++;
+    io_point ("io.write.failed");
+    return LOST_ERR;
+  }
   if (++nwrites == fail_nth) {
+    backend_errors++;
     io_point ("io.write.failed");
     return -EIO;
   }
-  memcpy (mem + off, buf, n);
-  if (fl & CACHE_FUA)
-    memcpy (durable + off, buf, n);
+  disk_apply (buf, 0, n, off, fl & CACHE_FUA);
   io_point ("io.write.done");
   return 0;
 }
@@ -469,6 +542,10 @@ xb_flush (void *o)
 {
   (void) o;
   io_point ("io.flush");
+  if (lock_lost) {
+    backend_errors++;
+    return LOST_ERR;
+  }
   memcpy (durable, mem, DISK);
   io_point ("io.flush.done");
   return 0;
@@ -479,9 +556,11 @@ xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
 {
   if (off + n > DISK) abort ();
   io_point (what);
-  memset (mem + off, 0, n);
-  if (fl & CACHE_FUA)
-    memset (durable + off, 0, n);
+  if (lock_lost) {
+    backend_errors++;
+    return LOST_ERR;
+  }
+  disk_apply (NULL, 0, n, off, fl & CACHE_FUA);
   io_point ("io.discard.done");
   return 0;
 }
@@ -509,6 +588,70 @@ static const struct cache_backend_ops xb_ops = {
 static const struct cache_backend_ops xb_ops_plain = {
   .pread = xb_pread, .pwrite = xb_pwrite, .flush = xb_flush,
 };
+
+/* The asynchronous backend (aio mode), as the RBD backend uses librbd's
+ * aio: the submit hook checks the run (cache_run_start, as wbs_submit
+ * does right before aio_pwrite) and hands it to an idle completion
+ * slot, a thread of its own that the scheduler runs like a request's:
+ * so completions are delivered in any order, relative to each other and
+ * to every step of the requests, and only after the submitter has gone
+ * on (or while it waits).  A slot, when it runs, lands the write on the
+ * disk (or fails it: the lock is lost, or it is the write fail_nth
+ * picks), stops at a scheduling point (aio.landed: the lock may be
+ * lost, other runs may complete, between the write taking effect and
+ * its callback), and then calls cache_run_account and cache_run_done
+ * with the result, as wbs_aio_done does.
+ */
+static int
+aio_land (struct cache_run *run)
+{
+  uint64_t off = cache_run_offset (run);
+  uint32_t n = cache_run_length (run);
+
+  if (off + n > DISK || n % GRAN || off % GRAN) abort ();
+  if (lock_lost) {
+    backend_errors++;
+    return LOST_ERR;
+  }
+  if (++nwrites == fail_nth) {
+    backend_errors++;
+    return -EIO;
+  }
+  disk_apply (cache_run_data (run), 0, n, off,
+              cache_run_flags (run) & CACHE_FUA);
+  return 0;
+}
+
+static void
+aio_complete (struct cache *c, struct cache_run *run)
+{
+  int err = aio_land (run);
+
+  io_point (err ? "aio.failed" : "aio.landed");
+  cache_run_account (c, run);
+  cache_run_done (c, run, err);
+}
+
+static bool aio_used;                /* a run went through xb_submit */
+
+static void
+xb_submit (void *opaque, struct cache *c, struct cache_run *run)
+{
+  (void) opaque;
+  aio_used = true;
+  if (!cache_run_start (c, run))
+    return;
+  for (unsigned i = MAXT; i < MAXT + NCQ; i++)
+    if (xt[i].st == XS_DONE && xt[i].run == NULL) {
+      xt[i].run = run;
+      xt[i].st = XS_NEW;
+      xt[i].where = "start";
+      xt[i].major = true;
+      return;
+    }
+  fail ("more than %u write-back runs in flight", NCQ);
+  aio_complete (c, run);
+}
 
 /* ---- scenarios ---- */
 
@@ -540,7 +683,15 @@ struct scenario {
   unsigned prelude;
   unsigned nops;
   struct op ops[MAXT];
+  bool aio;                         /* runs complete asynchronously */
+  bool lost_lock;                   /* the image's lock is lost */
 };
+
+/* --aio, --lost-lock: 0 or 1 for every scenario; -1: both (the
+ * exploration runs one stream of scenarios per mode; make_scenario
+ * takes -1 as 0).
+ */
+static int force_aio = -1, force_lost = -1;
 
 static struct op events[MAXOPS];    /* prelude ops, then the scenario's */
 static unsigned nevents;
@@ -633,6 +784,11 @@ make_scenario (uint64_t seed, struct scenario *s)
     make_op (&r, roles[i], &s->ops[i]);
     s->ops[i].val = (unsigned char) (0x30 + i);
   }
+  /* The RBD modes are not drawn: each mode has a stream of scenarios
+   * of its own (main), and a replay names its mode.
+   */
+  s->aio = force_aio > 0;
+  s->lost_lock = force_lost > 0;
 }
 
 /* --ops KIND[:OFF+LEN][,...] over scenario SEED's other settings. */
@@ -673,11 +829,12 @@ describe (const struct scenario *s, char *buf, size_t len)
 {
   size_t n = (size_t) snprintf (buf, len,
     "seed=%" PRIu64 " mode=%s sector=%u trim/zero=%s fast-zero=%s "
-    "fail-write=%u prelude=%u:",
+    "fail-write=%u prelude=%u aio=%s lost-lock=%s:",
     s->seed, s->mode == CACHE_MODE_WRITEBACK ? "writeback"
     : s->mode == CACHE_MODE_WRITETHROUGH ? "writethrough" : "unsafe",
     s->sector_size, s->trim_zero ? "yes" : "no",
-    s->fast_zero_ok ? "yes" : "no", s->fail_nth, s->prelude);
+    s->fast_zero_ok ? "yes" : "no", s->fail_nth, s->prelude,
+    s->aio ? "yes" : "no", s->lost_lock ? "yes" : "no");
 
   for (unsigned i = 0; i < s->nops && n < len; i++) {
     const struct op *o = &s->ops[i];
@@ -805,12 +962,37 @@ check_gran (const char *what, const struct op *o, unsigned g,
   return false;
 }
 
+/* Does O need the backend to succeed, so that with the lock lost
+ * before it started it must fail?  A flush (not in unsafe mode) and the
+ * drain always ask for a backend flush; a FUA write writes or flushes;
+ * in write-through mode every write reaches the backend.
+ */
+static bool
+needs_backend (const struct op *o)
+{
+  switch (o->k) {
+  case K_FLUSH: case K_WRITE_FUA: return scn.mode != CACHE_MODE_UNSAFE;
+  case K_DRAIN: return true;
+  case K_WRITE: return scn.mode == CACHE_MODE_WRITETHROUGH;
+  default: return false;
+  }
+}
+
 /* At the reply of O (in its thread, holding the baton). */
 static void
 check_reply (struct op *o)
 {
-  if (o->ret != 0)
+  if (o->ret != 0) {
+    if (backend_errors == 0 && !o->noop)
+      fail ("%s failed (%s) although no backend call had failed",
+            kind_name[o->k], strerror (-o->ret));
     return;
+  }
+  if (lock_lost && o->start > lost_at && needs_backend (o)) {
+    fail ("%s started after the lock was lost and returned 0",
+          kind_name[o->k]);
+    return;
+  }
   switch (o->k) {
   case K_READ:
     for (unsigned g = o->off / GRAN; g < (o->off + o->len) / GRAN; g++) {
@@ -900,7 +1082,8 @@ run_op (struct op *o)
 static bool quit;
 
 /* The workers live for the whole run; each execution hands each of
- * them one request (the first sem_wait is the request's start).
+ * them one request, one run to complete or the loss of the lock (the
+ * first sem_wait is its start).
  */
 static void *
 worker (void *arg)
@@ -910,10 +1093,22 @@ worker (void *arg)
     sem_wait (&self->go);
     if (quit)
       return NULL;
-    self->op->start = clk;
-    run_op (self->op);
-    self->op->end = clk;
-    check_reply (self->op);
+    switch (self->kind) {
+    case XK_REQ:
+      self->op->start = clk;
+      run_op (self->op);
+      self->op->end = clk;
+      check_reply (self->op);
+      break;
+    case XK_CQ:
+      aio_complete (cache, self->run);
+      self->run = NULL;
+      break;
+    case XK_LOSS:
+      lock_lost = true;
+      lost_at = clk;
+      break;
+    }
     self->st = XS_DONE;
     self->where = "done";
     sem_post (&back);
@@ -923,8 +1118,9 @@ worker (void *arg)
 static void
 start_workers (void)
 {
-  for (unsigned i = 0; i < MAXT; i++) {
+  for (unsigned i = 0; i < NTH; i++) {
     xt[i].id = i;
+    xt[i].kind = i < MAXT ? XK_REQ : i < LOSS ? XK_CQ : XK_LOSS;
     xt[i].st = XS_DONE;
     sem_init (&xt[i].go, 0, 0);
     if (pthread_create (&xt[i].th, NULL, worker, &xt[i]) != 0)
@@ -936,7 +1132,7 @@ static void
 stop_workers (void)
 {
   quit = true;
-  for (unsigned i = 0; i < MAXT; i++) {
+  for (unsigned i = 0; i < NTH; i++) {
     sem_post (&xt[i].go);
     pthread_join (xt[i].th, NULL);
     sem_destroy (&xt[i].go);
@@ -1008,14 +1204,14 @@ prelude (unsigned variant)
 static struct op final;
 
 static int
-final_op (enum kind k)
+final_op (enum kind k, uint32_t off, uint32_t len)
 {
   memset (&final, 0, sizeof final);
   final.k = k;
-  final.off = 0;
-  final.len = DISK;
+  final.off = off;
+  final.len = len;
   final.end = UINT64_MAX;
-  nxt = 1;
+  nxt = NTH;
   xt[0].st = XS_NEW;
   xt[0].op = &final;
   xt[0].where = "start";
@@ -1024,6 +1220,88 @@ final_op (enum kind k)
     return -EDEADLK;                    /* failure set */
   nxt = 0;
   return final.ret;
+}
+
+/* Granule G's data as the cache holds it, DATA (read through the cache
+ * just now): if its sector is CLEAN (valid, neither dirty nor in
+ * flight), the backend must hold the same bytes.  A CLEAN sector that
+ * differs is data the cache took for written although the write failed
+ * (or never happened): it is no longer dirty, a flush will not write
+ * it, and eviction drops it.
+ */
+static void
+check_clean (unsigned g, const unsigned char *data)
+{
+  unsigned b = cache_debug_sector (cache, (uint64_t) g * GRAN);
+
+  if ((b & CACHE_SECT_V) && !(b & (CACHE_SECT_D | CACHE_SECT_W)) &&
+      memcmp (data, mem + g * GRAN, GRAN) != 0)
+    fail ("granule at %u is clean in the cache (%#x) but the backend holds "
+          "%#x: data lost from the dirty set", g * GRAN, data[0],
+          mem[g * GRAN]);
+}
+
+/* The end of a scenario that lost the lock: every backend call fails
+ * from now on, so the drain must fail, and fail again (nothing may
+ * report it written), no run may be left in flight, and every granule
+ * must still be readable through the cache unless the backend already
+ * holds a value the model allows for it (then the cache may have let
+ * its copy go, and reading it needs the backend, which fails).
+ */
+static void
+end_lost (void)
+{
+  struct cache_stats st;
+  int err;
+
+  for (unsigned i = 0; i < 2 && !failure[0]; i++) {
+    err = final_op (K_DRAIN, 0, DISK);
+    if (!failure[0] && err == 0)
+      fail ("%s drain after the lock was lost succeeded",
+            i ? "a second" : "the final");
+  }
+  if (failure[0])
+    return;
+  cache_get_stats (cache, &st);
+  if (st.writeback_bytes || st.runs_in_flight)
+    fail ("runs left in flight after the drains");
+  if (st.waiting_flush + st.waiting_throttle + st.waiting_page
+      + st.waiting_idle > 0)
+    fail ("a thread is still counted as waiting after the drains");
+  clk++;
+  for (unsigned g = 0; g < NGRAN && !failure[0]; ) {
+    unsigned h = g;
+
+    /* A granule the cache does not hold must be on the backend. */
+    if (!(cache_debug_sector (cache, (uint64_t) g * GRAN) & CACHE_SECT_V)) {
+      vset ok = { { 0 } };
+      allowed (g, clk, clk + 1, NULL, &ok, 0);
+      check_gran ("backend at the end (the cache does not hold the "
+                  "granule)", NULL, g, mem + g * GRAN, &ok);
+      g++;
+      continue;
+    }
+    /* Granules it holds are read through it, which needs no backend. */
+    while (h < NGRAN &&
+           cache_debug_sector (cache, (uint64_t) h * GRAN) & CACHE_SECT_V)
+      h++;
+    err = final_op (K_READ, g * GRAN, (h - g) * GRAN);
+    if (failure[0])
+      return;
+    if (err) {
+      fail ("read of %u+%u, which the cache holds, failed after the lock "
+            "was lost: %s", g * GRAN, (h - g) * GRAN, strerror (-err));
+      return;
+    }
+    for (; g < h && !failure[0]; g++) {
+      vset ok = { { 0 } };
+      const unsigned char *data = final.buf + (g * GRAN - final.off);
+
+      allowed (g, clk, clk + 1, NULL, &ok, 0);
+      if (check_gran ("read at the end", NULL, g, data, &ok))
+        check_clean (g, data);
+    }
+  }
 }
 
 /* One execution of scn under the current prefix.  Returns true if it
@@ -1057,29 +1335,54 @@ execute (void)
   }
   cache_debug_set_park (cache, park_hook, NULL);
   nevents = 0;
+  lock_lost = false;
+  lost_at = 0;
+  backend_errors = 0;
   prelude (scn.prelude);
   fail_nth = scn.fail_nth;
+  /* After the prelude, which runs on the main thread, unscheduled. */
+  if (scn.aio)
+    cache_set_submit (cache, xb_submit, NULL);
 
-  nxt = scn.nops;
-  for (unsigned i = 0; i < nxt; i++) {
+  for (unsigned i = 0; i < NTH; i++) {
     struct xthread *t = &xt[i];
-    struct op *o = &events[nevents++];
 
-    *o = scn.ops[i];
-    o->start = o->end = UINT64_MAX;
-    o->ret = 0;
-    o->noop = false;
-    t->st = XS_NEW;
-    t->op = o;
+    t->st = XS_DONE;
+    t->run = NULL;
     t->where = "start";
     t->major = true;
+    if (t->kind == XK_REQ && i < scn.nops) {
+      struct op *o = &events[nevents++];
+
+      *o = scn.ops[i];
+      o->start = o->end = UINT64_MAX;
+      o->ret = 0;
+      o->noop = false;
+      t->st = XS_NEW;
+      t->op = o;
+    }
+    else if (t->kind == XK_LOSS && scn.lost_lock)
+      t->st = XS_NEW;
   }
+  nxt = NTH;
   spent = 0;
   if (!schedule ()) {
     /* Threads are stuck for good: report and leave. */
     return false;
   }
   nxt = 0;
+  /* Every run has completed (its slot ran): the requests after this
+   * one write synchronously, one order only.
+   */
+  cache_set_submit (cache, NULL, NULL);
+  if (scn.lost_lock) {
+    end_lost ();
+    if (!failure[0] && !cache_debug_check (cache))
+      fail ("page_check failed at the end");
+    cache_destroy (cache);
+    cache = NULL;
+    return !failure[0];
+  }
 
   /* The end: nobody waits; a drain with the fault off succeeds; the
    * durable disk and reads hold what the model allows.
@@ -1094,9 +1397,9 @@ execute (void)
    * once, by this drain; the next one must succeed.  The drain runs in
    * a worker, so that a drain that never returns is found too.
    */
-  if (!failure[0] && (err = final_op (K_DRAIN)) != 0 &&
+  if (!failure[0] && (err = final_op (K_DRAIN, 0, DISK)) != 0 &&
       !(scn.fail_nth && nwrites >= scn.fail_nth && err == -EIO &&
-        (err = final_op (K_DRAIN)) == 0))
+        (err = final_op (K_DRAIN, 0, DISK)) == 0))
     fail ("final drain failed: %s", strerror (-err));
   if (failure[0])
     return false;
@@ -1112,7 +1415,7 @@ execute (void)
     check_gran ("durable at the end", NULL, g, durable + g * GRAN, &ok);
   }
   if (!failure[0]) {
-    err = final_op (K_READ);
+    err = final_op (K_READ, 0, DISK);
     if (failure[0])
       return false;
     if (err)
@@ -1120,7 +1423,8 @@ execute (void)
     for (unsigned g = 0; g < NGRAN && !failure[0]; g++) {
       vset ok = { { 0 } };
       allowed (g, clk, clk + 1, NULL, &ok, 0);
-      check_gran ("read at the end", NULL, g, final.buf + g * GRAN, &ok);
+      if (check_gran ("read at the end", NULL, g, final.buf + g * GRAN, &ok))
+        check_clean (g, final.buf + g * GRAN);
     }
   }
   if (!failure[0] && !cache_debug_check (cache))
@@ -1193,8 +1497,9 @@ report (const char *why)
   for (unsigned i = from; i < ntrace; i++)
     fprintf (stderr, "  %5u: t%u%s (after %s)\n", i, trace[i].who,
              trace[i].chosen ? " <- switch" : "", trace[i].where);
-  fprintf (stderr, "replay: explore%s%s%s --replay '", ops_arg ? " --ops '" : "",
-           ops_arg ? ops_arg : "", ops_arg ? "'" : "");
+  fprintf (stderr, "replay: explore%s%s%s --aio %d --lost-lock %d --replay '",
+           ops_arg ? " --ops '" : "", ops_arg ? ops_arg : "",
+           ops_arg ? "'" : "", scn.aio, scn.lost_lock);
   print_schedule (stderr);
   fprintf (stderr, "'\n");
 }
@@ -1250,6 +1555,22 @@ explore_bound (unsigned b, long cap, double deadline, bool *timeout)
   return n;
 }
 
+/* Does S have a request that collects write-back runs (the ones the
+ * aio mode completes asynchronously; FUA and write-through writes are
+ * synchronous in every mode)?  Without one an aio scenario runs the
+ * same schedules as the synchronous one.
+ */
+static bool
+makes_runs (const struct scenario *s)
+{
+  for (unsigned i = 0; i < s->nops; i++)
+    switch (s->ops[i].k) {
+    case K_FLUSH: case K_DRAIN: case K_WB: case K_RECLAIM: return true;
+    default: break;
+    }
+  return false;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -1260,11 +1581,25 @@ main (int argc, char **argv)
   const char *replay = NULL, *ops = NULL;
   bool only2 = false;
   double share1 = 0.4;
+  /* Time shares of the modes, [aio * 2 + lost lock]: the synchronous
+   * mode with the lock kept, which the races of issue 13 were measured
+   * with, keeps the largest.
+   */
+  static const double mode_share[4] = { 0.4, 0.2, 0.2, 0.2 };
+  /* Bound 1 explores a scenario completely, but the new modes' choice
+   * points (each run's completion, the loss) make a few scenarios run
+   * to tens of thousands of schedules, which would take a mode's whole
+   * share: they stop at this many.
+   */
+  const long cap1_new = 5000;
   bool deep = getenv ("SUBPAGE_DEEP") && strcmp (getenv ("SUBPAGE_DEEP"), "0");
   long total = 0, nscen[2] = { 0, 0 };
-  bool timeout = false;
+  /* Scenarios and schedules by mode: [aio][lost lock]. */
+  long mscen[2][2] = { { 0 } }, msched[2][2] = { { 0 } };
+  double msecs[2][2] = { { 0 } };
 
   trace_points = getenv ("EXPLORE_TRACE") != NULL;
+  verbose = getenv ("EXPLORE_VERBOSE") != NULL;
   if (getenv ("EXPLORE_SECONDS"))
     seconds = atof (getenv ("EXPLORE_SECONDS"));
   if (deep) {
@@ -1287,9 +1622,14 @@ main (int argc, char **argv)
       only2 = true;
     else if (!strcmp (argv[i], "--ops") && i + 1 < argc)
       ops = argv[++i];
+    else if (!strcmp (argv[i], "--aio") && i + 1 < argc)
+      force_aio = atoi (argv[++i]) != 0;
+    else if (!strcmp (argv[i], "--lost-lock") && i + 1 < argc)
+      force_lost = atoi (argv[++i]) != 0;
     else {
       fprintf (stderr, "usage: explore [--seconds N] [--seed N] "
                "[--scenarios N] [--ops KIND[:OFF+LEN],...] "
+               "[--aio 0|1] [--lost-lock 0|1] "
                "[--replay BOUND:SEED:c,c,...]\n");
       return 2;
     }
@@ -1326,36 +1666,93 @@ main (int argc, char **argv)
     return 0;
   }
 
-  /* Iterative bounding: bound 1 over as many scenarios as half the time
-   * allows, then bound BOUND2 over the same scenarios from the first.
+  /* Iterative bounding: bound 1 over as many scenarios as share1 of the
+   * time allows, then bound BOUND2 over the same scenarios from the
+   * first.  In each phase the four modes (synchronous or asynchronous
+   * completions, lock kept or lost) each explore a stream of scenarios
+   * of their own, seed, seed + 1, ... (the same requests in every
+   * mode), and share the phase's time by mode_share: the next scenario
+   * is always that of the mode furthest behind its share.  Which
+   * scenarios a mode reaches depends on the time, as it did before;
+   * the sequence of each does not.
    */
   t0 = now_s ();
   for (unsigned phase = only2 ? 1 : 0; phase < 2; phase++) {
     double deadline = t0 + seconds * (phase == 0 ? share1 : 1.0);
     unsigned b = phase == 0 ? 1 : bound2;
     long cap = phase == 0 ? 1000000 : cap2;
+    uint64_t next[4] = { 0, 0, 0, 0 };
+    double used[4] = { 0, 0, 0, 0 };
 
-    timeout = false;
-    for (uint64_t i = 0; max_scenarios < 0 || (long) i < max_scenarios; i++) {
+    for (long i = 0; max_scenarios < 0 || i < max_scenarios; i++) {
       long n;
+      double ts;
+      int m = -1;
 
       if (now_s () > deadline)
         break;
-      make_scenario (seed + i, &scn);
-      if (ops)
-        parse_ops (ops, &scn);
-      n = explore_bound (b, cap, deadline, &timeout);
+      for (int k = 0; k < 4; k++) {
+        if ((force_aio >= 0 && (k >> 1) != force_aio) ||
+            (force_lost >= 0 && (k & 1) != force_lost))
+          continue;
+        if (m < 0 || used[k] / mode_share[k] < used[m] / mode_share[m])
+          m = k;
+      }
+      ts = now_s ();
+      {
+        int fa = force_aio, fl = force_lost;
+        force_aio = m >> 1;
+        force_lost = m & 1;
+        do {
+          make_scenario (seed + next[m]++, &scn);
+          if (ops)
+            parse_ops (ops, &scn);
+        } while (scn.aio && !ops && !makes_runs (&scn));
+        force_aio = fa;
+        force_lost = fl;
+      }
+      aio_used = false;
+      {
+        /* A scenario of a new mode takes at most a quarter of the
+         * mode's share of the phase (and of the schedules, cap1_new),
+         * so that one large one (most of all under TSan) leaves the
+         * mode time for others.
+         */
+        double len = seconds * (phase == 0 ? share1 : 1.0 - share1);
+        double dl = m == 0 ? deadline : ts + len * mode_share[m] / 4;
+        bool cut = false;
+
+        n = explore_bound (b, m == 0 ? cap : (cap < cap1_new ? cap : cap1_new),
+                           dl < deadline ? dl : deadline, &cut);
+      }
+      used[m] += now_s () - ts;
+      if (verbose)
+        fprintf (stderr, "explore: seed %" PRIu64 " aio=%d lost-lock=%d "
+                 "bound %u: %ld schedules, %.2f s%s\n", scn.seed, scn.aio,
+                 scn.lost_lock, b, n, now_s () - ts,
+                 scn.aio && !aio_used ? " (no run went asynchronously)" : "");
+      msecs[scn.aio][scn.lost_lock] += now_s () - ts;
       if (n < 0) {
-        fprintf (stderr, "explore: found in scenario %ld of bound %u, "
-                 "after %ld schedules in all, in %.1f s\n",
-                 nscen[phase] + 1, b, total + nsched + 1, now_s () - t0);
+        fprintf (stderr, "explore: found in scenario %" PRIu64 " of mode "
+                 "aio=%d lost-lock=%d, bound %u, after %ld schedules in "
+                 "all, in %.1f s\n",
+                 next[m], scn.aio, scn.lost_lock, b, total + nsched + 1,
+                 now_s () - t0);
         return 1;
       }
       total += n;
       nscen[phase]++;
+      mscen[scn.aio][scn.lost_lock]++;
+      msched[scn.aio][scn.lost_lock] += n;
       nsched = 0;
     }
   }
+  for (unsigned a = 0; a < 2; a++)
+    for (unsigned l = 0; l < 2; l++)
+      printf ("explore: %s completions, %s: %ld scenarios, %ld schedules, "
+              "%.1f s\n", a ? "asynchronous" : "synchronous",
+              l ? "lock lost" : "lock kept", mscen[a][l], msched[a][l],
+              msecs[a][l]);
   printf ("explore: %ld scenarios within bound 1 and %ld within bound %u "
           "(at most %ld schedules each), %ld schedules, %.1f s, "
           "%.0f schedules/s: no failure\n",
