@@ -37,7 +37,9 @@
  * ...); a request that finds its connection dead fails with -EIO
  * (nbd-conn.c, "Lost connections").  Nothing hangs on a closed
  * connection; a remote that stops answering without closing the
- * socket is waited for (libnbd has no request timeout).
+ * socket is waited for, unless backend-timeout= is set: then every
+ * request (and connecting) fails with -EIO past it, the connection is
+ * closed and connected again (nbd-conn.c, "Timeouts").
  *
  * Extents: when the remote negotiated base:allocation (asked for on
  * every connection), block status is the remote's NBD_CMD_BLOCK_STATUS
@@ -49,7 +51,7 @@
  * none and nbdkit reports everything as data, as nbdkit's nbd plugin
  * does in front of such a remote.
  *
- * What it does not do: reconnect, TLS settings beyond what the URI
+ * What it does not do: reconnect a connection the remote closed, TLS settings beyond what the URI
  * says, other meta contexts than base:allocation, several exports.
  */
 
@@ -292,6 +294,7 @@ nb_close (void *opaque)
 
   nb_conns_close (nb);
   pool_destroy (&nb->cmds);
+  free (nb->timeout_str);
   free (nb->uri);
   free (nb);
 }
@@ -365,30 +368,33 @@ nb_log_open (struct nbd_backend *nb, unsigned connections)
 
 int
 nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
+                  unsigned timeout_ms, const char *timeout_str,
                   struct backend *be)
 {
   struct nbd_backend *nb;
   struct nbd_handle *h0;
   int err = 0;
 
-  h0 = nb_connect (uri, &err);
-  if (h0 == NULL)
-    return err;
-
   nb = calloc (1, sizeof *nb);
-  if (nb == NULL || (nb->uri = strdup (uri)) == NULL) {
+  if (nb == NULL || (nb->uri = strdup (uri)) == NULL ||
+      (nb->timeout_str = strdup (timeout_str ? timeout_str : "0")) == NULL) {
     err = -errno;
     nbdkit_error ("calloc: %s", errstr (-err));
+    if (nb != NULL)
+      free (nb->uri);
     free (nb);
-    nbd_close (h0);
     return err;
   }
+  nb->timeout_ns = (uint64_t) timeout_ms * 1000000;
+  atomic_init (&nb->ndown, 0);
   /* The pool first: from here on nb_close undoes everything. */
   if ((err = pool_init (&nb->cmds, sizeof (struct nb_cmd), NB_POOL_CMDS)) < 0) {
     nbdkit_error ("calloc: %s", errstr (-err));
-    nbd_close (h0);
     goto err_close;
   }
+  h0 = nb_connect (nb, NULL, &err);
+  if (h0 == NULL)
+    goto err_close;
   if ((err = nb_probe (nb, h0, sector_size)) < 0) {
     nbd_close (h0);
     goto err_close;

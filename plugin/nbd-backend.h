@@ -9,8 +9,9 @@
  * correct only if the remote advertises multi-conn, so without it one
  * connection is used (also when the remote cannot flush: the NBD spec
  * says a client SHOULD NOT use several connections then).  A dead
- * connection makes every request that needs it fail with EIO; there is
- * no reconnection.  The backend has an asynchronous write for the
+ * connection makes every request that needs it fail with EIO; only one
+ * closed after a timeout (backend-timeout=) is connected again.  The
+ * backend has an asynchronous write for the
  * write-back server (aio_pwrite).
  */
 #ifndef SUBPAGE_NBD_BACKEND_H
@@ -21,11 +22,14 @@
 #include "backend.h"
 
 /* Connects up to CONNECTIONS handles to URI (one if the remote does not
- * advertise multi-conn) and fills in *BE (value: URI).  Fails (and logs
- * naming uri=) if the remote cannot be reached, or if its minimum block
- * size is larger than SECTOR_SIZE.  Returns 0 or -errno.
+ * advertise multi-conn) and fills in *BE (value: URI).  TIMEOUT_MS
+ * (0: none) bounds connecting and every request; TIMEOUT_STR is
+ * backend-timeout= as given, for messages.  Fails (and logs naming
+ * uri=) if the remote cannot be reached in time, or if its minimum
+ * block size is larger than SECTOR_SIZE.  Returns 0 or -errno.
  */
 int nbd_backend_open (const char *uri, unsigned connections,
-                      uint32_t sector_size, struct backend *be);
+                      uint32_t sector_size, unsigned timeout_ms,
+                      const char *timeout_str, struct backend *be);
 
 #endif /* SUBPAGE_NBD_BACKEND_H */

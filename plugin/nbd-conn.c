@@ -47,7 +47,42 @@
  * carry on; the last connection is never retired, and when it is dead
  * every request fails at once with -EIO.
  *
- * What it does not do: reconnect, time out (libnbd has none).
+ * Timeouts (backend-timeout=, nb->timeout_ns; none by default).
+ * libnbd has no timeout and cannot cancel one command, so a command
+ * that is late takes its whole connection with it: every command in
+ * flight is tracked, oldest first, on conn->fl_head (only when there is
+ * a timeout), and the reader, whose poll sleeps no longer than until
+ * the oldest is due, kills the connection when it is late
+ * (nb_conn_kill): shutdown(2) on a dup of the socket (conn->sock, so
+ * the descriptor cannot be one libnbd closed and the system reused).
+ * libnbd then reads end-of-file, the handle dies and libnbd itself
+ * completes every command in flight with ENOTCONN, each exactly once
+ * and through the usual callbacks; they fail with -EIO, asynchronous
+ * writes included (the cache keeps their data dirty).  No command is
+ * abandoned: a waiting thread is woken by its completion as always, so
+ * no late reply can reach freed memory.  A completion that comes just
+ * as the deadline passes is either seen first (the command leaves the
+ * list under conn->lock before the reader looks) or not (the
+ * connection is killed, and the command keeps the result libnbd gives
+ * it, once).  The event is logged once while any connection is down
+ * (nb->ndown), not per request.
+ *
+ * A killed connection is closed (killed: nb_pick skips it, nb_conn_get
+ * refuses it, so requests go to another connection or fail with -EIO
+ * at once) and its reader connects again: once every thread that holds
+ * the dead handle has let go of it (conn->users), the reader closes it,
+ * then tries to connect, each attempt bounded by the timeout, a second
+ * apart, until it succeeds or nbdkit stops (quit, through the kick
+ * pipe).  The new handle must see what the first saw (size, flags).  A
+ * connection the remote closed is still dead for good; only one killed
+ * by a timeout comes back.  Before the readers start (.get_ready) the
+ * thread that waits drives the handle (nbd_poll) and kills it when
+ * late; connecting is bounded the same way.  A remote that resumes may
+ * still carry out writes it had received on a killed connection, after
+ * newer writes on another: the same as a disk whose command timed out.
+ *
+ * What it does not do: cancel one command; reconnect a connection
+ * the remote closed.
  */
 
 #ifndef _GNU_SOURCE
@@ -57,17 +92,20 @@
 #endif
 #define NBDKIT_API_VERSION 2
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include <libnbd.h>
 #include <nbdkit-plugin.h>
@@ -110,17 +148,142 @@ nb_pick (struct nbd_backend *nb, bool async)
   for (unsigned k = 0; k < span; k++) {
     struct nb_conn *conn = &nb->conns[first + (start + k) % span];
 
-    if (!atomic_load (&conn->retired))
+    if (!atomic_load (&conn->retired) && !atomic_load (&conn->killed))
       return conn;
   }
   start = atomic_fetch_add (&nb->next, 1);
   for (unsigned k = 0; k < nb->n; k++) {
     struct nb_conn *conn = &nb->conns[(start + k) % nb->n];
 
-    if (!atomic_load (&conn->retired))
+    if (!atomic_load (&conn->retired) && !atomic_load (&conn->killed))
       return conn;
   }
-  return &nb->conns[0]; /* unreachable: the last is kept */
+  /* All are killed (or retired but the last): the caller fails. */
+  return &nb->conns[0];
+}
+
+static uint64_t
+nb_now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
+
+/* Milliseconds from NOW until DEADLINE, rounded up (for poll). */
+static int
+nb_ms_until (uint64_t deadline, uint64_t now)
+{
+  uint64_t ms = deadline > now ? (deadline - now + 999999) / 1000000 : 0;
+
+  return ms > INT32_MAX ? INT32_MAX : (int) ms;
+}
+
+static const char *
+nb_op_name (enum nb_op op)
+{
+  switch (op) {
+  case NB_READ: return "read";
+  case NB_WRITE: return "write";
+  case NB_FLUSH: return "flush";
+  case NB_TRIM: return "trim";
+  case NB_ZERO: return "zero";
+  case NB_BLOCK_STATUS: return "block status";
+  default: abort ();
+  }
+}
+
+/* CONN's handle for a thread other than its reader, or NULL when CONN
+ * is killed (or reconnecting): the handle stays open until nb_conn_put.
+ */
+static struct nbd_handle *
+nb_conn_get (struct nb_conn *conn)
+{
+  struct nbd_handle *h = NULL;
+
+  pthread_mutex_lock (&conn->lock);
+  if (conn->h != NULL && !atomic_load (&conn->killed)) {
+    h = conn->h;
+    conn->users++;
+  }
+  pthread_mutex_unlock (&conn->lock);
+  return h;
+}
+
+static void
+nb_conn_put (struct nb_conn *conn)
+{
+  pthread_mutex_lock (&conn->lock);
+  assert (conn->users > 0);
+  if (--conn->users == 0)
+    pthread_cond_broadcast (&conn->cv);
+  pthread_mutex_unlock (&conn->lock);
+}
+
+/* CONN's command OP is late: close the connection (see "Timeouts").
+ * Called by CONN's reader, or before the readers start by the thread
+ * that drives the handle.  Logged once per outage.
+ */
+static void
+nb_conn_kill (struct nb_conn *conn, enum nb_op op)
+{
+  struct nbd_backend *nb = conn->nb;
+
+  if (atomic_exchange (&conn->killed, true))
+    return;
+  if (atomic_fetch_add (&nb->ndown, 1) == 0)
+    nbdkit_error ("subpage: uri=%s: a %s request got no answer within "
+                  "backend-timeout=%s: connection %u is closed, its "
+                  "requests fail with EIO until it is connected again",
+                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
+  else
+    nbdkit_debug ("subpage: uri=%s: a %s request got no answer within "
+                  "backend-timeout=%s: connection %u is closed",
+                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
+  if (conn->sock >= 0 && shutdown (conn->sock, SHUT_RDWR) == -1)
+    nbdkit_debug ("subpage: uri=%s: connection %u: shutdown: %s", nb->uri,
+                  conn->idx, errstr (errno));
+}
+
+/* With a timeout, CMD (about to be issued) joins CONN's list of
+ * commands in flight; its completion or a failure to issue it takes it
+ * off (nb_untrack).  Deadlines are taken under the lock, so the list is
+ * in deadline order.
+ */
+static void
+nb_track (struct nb_conn *conn, struct nb_cmd *cmd)
+{
+  if (conn->nb->timeout_ns == 0)
+    return;
+  pthread_mutex_lock (&conn->lock);
+  cmd->deadline = nb_now () + conn->nb->timeout_ns;
+  cmd->fl_next = NULL;
+  cmd->fl_prev = conn->fl_tail;
+  if (conn->fl_tail != NULL)
+    conn->fl_tail->fl_next = cmd;
+  else
+    conn->fl_head = cmd;
+  conn->fl_tail = cmd;
+  cmd->tracked = true;
+  pthread_mutex_unlock (&conn->lock);
+}
+
+/* conn->lock held. */
+static void
+nb_untrack_locked (struct nb_conn *conn, struct nb_cmd *cmd)
+{
+  if (!cmd->tracked)
+    return;
+  if (cmd->fl_prev != NULL)
+    cmd->fl_prev->fl_next = cmd->fl_next;
+  else
+    conn->fl_head = cmd->fl_next;
+  if (cmd->fl_next != NULL)
+    cmd->fl_next->fl_prev = cmd->fl_prev;
+  else
+    conn->fl_tail = cmd->fl_prev;
+  cmd->tracked = false;
 }
 
 static bool
@@ -157,7 +320,12 @@ nb_fail (struct nb_conn *conn, const char *what, uint64_t off, uint64_t count,
          int err, const char *msg)
 {
   if (nb_is_dead (conn) || err == ENOTCONN) {
-    nb_conn_lost (conn, msg);
+    if (atomic_load (&conn->killed))
+      nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu64
+                    ": connection %u was closed after a timeout",
+                    what, conn->nb->uri, off, count, conn->idx);
+    else
+      nb_conn_lost (conn, msg);
     return -EIO;
   }
   if (err == 0)
@@ -183,6 +351,7 @@ nb_complete_sync (void *user_data, int *error)
   struct nb_conn *conn = cmd->conn;
 
   pthread_mutex_lock (&conn->lock);
+  nb_untrack_locked (conn, cmd);
   cmd->err = *error;
   cmd->done = true;
   pthread_cond_broadcast (&conn->cv);
@@ -198,6 +367,7 @@ nb_complete_async (void *user_data, int *error)
 
   cmd->err = *error;
   pthread_mutex_lock (&conn->lock);
+  nb_untrack_locked (conn, cmd);
   cmd->next = conn->done;
   conn->done = cmd;
   pthread_mutex_unlock (&conn->lock);
@@ -257,6 +427,9 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   cmd->conn = conn;
   cmd->done = false;
   cmd->err = 0;
+  cmd->op = op;
+  cmd->tracked = false;
+  nb_track (conn, cmd);
   switch (op) {
   case NB_READ:
     r = nbd_aio_pread (conn->h, buf, count, off, cb, nbd_flags);
@@ -274,6 +447,12 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   }
   default: abort ();
   }
+  if (r == -1 && cmd->tracked) {
+    /* Not issued: no callback will come. */
+    pthread_mutex_lock (&conn->lock);
+    nb_untrack_locked (conn, cmd);
+    pthread_mutex_unlock (&conn->lock);
+  }
   /* Output still queued (the socket was full, or the state machine was
    * busy with a reply): the reader must poll for POLLOUT.
    */
@@ -282,22 +461,37 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   return r;
 }
 
-/* One synchronous command (nbd-internal.h). */
-int
-nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
-            uint32_t count, uint64_t off, uint32_t nbd_flags)
+/* nb_sync_on, CONN's handle held. */
+static int
+nb_sync_held (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
+              uint32_t count, uint64_t off, uint32_t nbd_flags)
 {
+  struct nbd_backend *nb = conn->nb;
   struct nb_cmd cmd = { .fn = NULL };
 
   if (nb_issue (conn, op, buf, count, off, nbd_flags, &cmd) == -1)
     return nb_issue_error (conn, what, off, count);
-  if (!conn->nb->started) {
+  if (!nb->started) {
     /* Before nbd_backend_start (one thread, nothing else in flight):
-     * drive the handle here.
+     * drive the handle here, and kill it when the command is late (the
+     * kill makes libnbd complete it).
      */
-    while (!cmd.done && !nb_is_dead (conn))
-      if (nbd_poll (conn->h, -1) == -1)
+    uint64_t deadline = nb->timeout_ns ? nb_now () + nb->timeout_ns : 0;
+
+    while (!cmd.done && !nb_is_dead (conn)) {
+      int ms = -1;
+
+      if (deadline != 0 && !atomic_load (&conn->killed)) {
+        uint64_t now = nb_now ();
+
+        if (now >= deadline)
+          nb_conn_kill (conn, op);
+        else
+          ms = nb_ms_until (deadline, now);
+      }
+      if (nbd_poll (conn->h, ms) == -1)
         break;
+    }
     if (!cmd.done)
       return nb_issue_error (conn, what, off, count);
   }
@@ -311,6 +505,24 @@ nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
       cmd.err == ENOTSUP && !nb_is_dead (conn))
     return -ENOTSUP;
   return nb_fail (conn, what, off, count, cmd.err, errstr (cmd.err));
+}
+
+/* One synchronous command (nbd-internal.h). */
+int
+nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
+            uint32_t count, uint64_t off, uint32_t nbd_flags)
+{
+  int r;
+
+  if (nb_conn_get (conn) == NULL) {
+    nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
+                  ": connection %u is closed after a timeout",
+                  what, conn->nb->uri, off, count, conn->idx);
+    return -EIO;
+  }
+  r = nb_sync_held (conn, op, what, buf, count, off, nbd_flags);
+  nb_conn_put (conn);
+  return r;
 }
 
 /* Reader thread: the result of asynchronous command CMD. */
@@ -428,28 +640,58 @@ nb_issue_queued (struct nb_conn *conn, bool fail)
   }
 }
 
-static void *
-nb_reader (void *arg)
+/* Reader thread: how long poll may sleep, in ms (-1: no limit), and
+ * with a timeout, kills CONN when its oldest command is late.  Woken
+ * at least once per timeout, so a command issued meanwhile by another
+ * thread is looked at no later than it is due.
+ */
+static int
+nb_reader_timeout (struct nb_conn *conn)
 {
-  struct nb_conn *conn = arg;
+  struct nbd_backend *nb = conn->nb;
+  uint64_t now, deadline;
+  enum nb_op op = NB_READ;
+  bool late;
 
-  nb_reader_conn = conn;
-  pthread_setname_np (pthread_self (), "subpage-nbdrd");
+  if (nb->timeout_ns == 0 || atomic_load (&conn->killed))
+    return -1; /* a killed connection wakes the poll by itself */
+  now = nb_now ();
+  pthread_mutex_lock (&conn->lock);
+  if (conn->fl_head != NULL) {
+    deadline = conn->fl_head->deadline;
+    op = conn->fl_head->op;
+  }
+  else
+    deadline = now + nb->timeout_ns;
+  late = deadline <= now;
+  pthread_mutex_unlock (&conn->lock);
+  if (!late)
+    return nb_ms_until (deadline, now);
+  nb_conn_kill (conn, op);
+  return -1;
+}
+
+/* Reader thread: drives CONN's handle until it dies or nbdkit stops. */
+static void
+nb_serve (struct nb_conn *conn)
+{
   while (!atomic_load (&conn->quit) && !nb_is_dead (conn)) {
     struct pollfd fds[2] = {
       { .fd = nbd_aio_get_fd (conn->h) },
       { .fd = conn->kick[0], .events = POLLIN },
     };
     unsigned dir;
+    int ms;
 
     nb_issue_queued (conn, false);
+    ms = nb_reader_timeout (conn);
     dir = nbd_aio_get_direction (conn->h);
 
     if (dir & LIBNBD_AIO_DIRECTION_READ)
       fds[0].events |= POLLIN;
     if (dir & LIBNBD_AIO_DIRECTION_WRITE)
       fds[0].events |= POLLOUT;
-    if (poll (fds, 2, -1) == -1) {
+    if (poll (fds, 2, ms) == -1) {
       if (errno == EINTR)
         continue;
       nbdkit_error ("subpage: uri=%s: connection %u: poll: %s", conn->nb->uri,
@@ -471,9 +713,131 @@ nb_reader (void *arg)
     }
     nb_drain (conn);
   }
-  /* Commands aborted when the connection died, and those queued. */
-  nb_drain (conn);
-  nb_issue_queued (conn, true);
+}
+
+/* Reader thread: closes CONN's dead handle once no other thread holds
+ * it (nb_conn_get); conn->h is NULL afterwards.
+ */
+static void
+nb_conn_drop (struct nb_conn *conn)
+{
+  struct nbd_handle *h;
+  int sock;
+
+  pthread_mutex_lock (&conn->lock);
+  while (conn->users > 0)
+    pthread_cond_wait (&conn->cv, &conn->lock);
+  h = conn->h;
+  sock = conn->sock;
+  conn->h = NULL;
+  conn->sock = -1;
+  assert (conn->fl_head == NULL);
+  pthread_mutex_unlock (&conn->lock);
+  assert (conn->inflight == 0);
+  nbd_close (h);
+  if (sock >= 0)
+    close (sock);
+}
+
+/* Does H (a new connection for CONN) see what the first connection
+ * saw?  Logs why not (at debug level after the first time).
+ */
+static bool
+nb_same_remote (struct nb_conn *conn, struct nbd_handle *h, bool *told)
+{
+  struct nbd_backend *nb = conn->nb;
+  const char *why = NULL;
+
+  if (nbd_get_size (h) != (int64_t) nb->size)
+    why = "its size";
+  else if ((nbd_is_read_only (h) != 0) != nb->read_only)
+    why = "read-only";
+  else if ((nb->can_flush && nbd_can_flush (h) != 1) ||
+           (nb->can_fua && nbd_can_fua (h) != 1) ||
+           (nb->can_trim && nbd_can_trim (h) != 1) ||
+           (nb->can_zero && nbd_can_zero (h) != 1) ||
+           (nb->can_fast_zero && nbd_can_fast_zero (h) != 1) ||
+           (nb->n > 1 && nbd_can_multi_conn (h) != 1) ||
+           (nb->can_extents &&
+            nbd_can_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1))
+    why = "what it can do (flush, FUA, trim, zero, multi-conn, extents)";
+  if (why == NULL)
+    return true;
+  if (!*told)
+    nbdkit_error ("subpage: uri=%s: connection %u: the remote answers "
+                  "again but has changed %s: not using it",
+                  nb->uri, conn->idx, why);
+  *told = true;
+  return false;
+}
+
+/* Reader thread: connects CONN again after a timeout killed it, one
+ * attempt a second (each bounded by the timeout) until one succeeds
+ * (0) or nbdkit stops (-1).
+ */
+static int
+nb_reconnect (struct nb_conn *conn)
+{
+  struct nbd_backend *nb = conn->nb;
+  bool told = false;
+
+  while (!atomic_load (&conn->quit)) {
+    struct pollfd kick = { .fd = conn->kick[0], .events = POLLIN };
+    struct nbd_handle *h;
+    char buf[64];
+    int err = 0, sock = -1;
+
+    h = nb_connect (nb, conn, &err);
+    if (h != NULL && nb_same_remote (conn, h, &told)) {
+      sock = fcntl (nbd_aio_get_fd (h), F_DUPFD_CLOEXEC, 0);
+      if (sock == -1)
+        nbdkit_debug ("subpage: uri=%s: connection %u: dup: %s", nb->uri,
+                      conn->idx, errstr (errno));
+    }
+    if (sock >= 0) {
+      pthread_mutex_lock (&conn->lock);
+      conn->h = h;
+      conn->sock = sock;
+      conn->reader_exited = false;
+      atomic_store (&conn->dead_logged, false);
+      atomic_store (&conn->killed, false);
+      pthread_mutex_unlock (&conn->lock);
+      if (atomic_fetch_sub (&nb->ndown, 1) == 1)
+        nbdkit_error ("subpage: uri=%s: the remote answers again: "
+                      "connection %u is connected again",
+                      nb->uri, conn->idx);
+      else
+        nbdkit_debug ("subpage: uri=%s: connection %u is connected again",
+                      nb->uri, conn->idx);
+      return 0;
+    }
+    if (h != NULL)
+      nbd_close (h);
+    if (poll (&kick, 1, 1000) > 0)
+      while (read (conn->kick[0], buf, sizeof buf) > 0)
+        ;
+  }
+  return -1;
+}
+
+static void *
+nb_reader (void *arg)
+{
+  struct nb_conn *conn = arg;
+
+  nb_reader_conn = conn;
+  pthread_setname_np (pthread_self (), "subpage-nbdrd");
+  for (;;) {
+    nb_serve (conn);
+    /* Commands aborted when the connection died, and those queued. */
+    nb_drain (conn);
+    nb_issue_queued (conn, true);
+    if (atomic_load (&conn->quit) || !atomic_load (&conn->killed))
+      break;
+    nb_conn_drop (conn);
+    if (nb_reconnect (conn) == -1)
+      break;
+  }
   return NULL;
 }
 
@@ -499,10 +863,77 @@ nb_conns_start (struct nbd_backend *nb)
   return err;
 }
 
-struct nbd_handle *
-nb_connect (const char *uri, int *err)
+/* nb_connect: the handshake of H, started by nbd_aio_connect_uri,
+ * within DEADLINE (0: none), stopped by CONN's quit.  Returns 0 or
+ * -errno, with *WHY set.
+ */
+static int
+nb_handshake (struct nbd_handle *h, uint64_t deadline, struct nb_conn *conn,
+              const char **why)
 {
+  while (nbd_aio_is_connecting (h)) {
+    struct pollfd fds[2] = {
+      { .fd = nbd_aio_get_fd (h) },
+      { .fd = conn != NULL ? conn->kick[0] : -1, .events = POLLIN },
+    };
+    unsigned dir = nbd_aio_get_direction (h);
+    int ms = -1, r;
+
+    if (conn != NULL && atomic_load (&conn->quit)) {
+      *why = "stopping";
+      return -ECANCELED;
+    }
+    if (deadline != 0) {
+      uint64_t now = nb_now ();
+
+      if (now >= deadline) {
+        *why = "no answer within backend-timeout";
+        return -ETIMEDOUT;
+      }
+      ms = nb_ms_until (deadline, now);
+    }
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+      fds[0].events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+      fds[0].events |= POLLOUT;
+    r = poll (fds, 2, ms);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r == -1) {
+      *why = "poll failed";
+      return -errno;
+    }
+    r = 0;
+    if ((dir & LIBNBD_AIO_DIRECTION_READ) &&
+        (fds[0].revents & (POLLIN | POLLHUP | POLLERR)))
+      r = nbd_aio_notify_read (h);
+    else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) &&
+             (fds[0].revents & (POLLOUT | POLLHUP | POLLERR)))
+      r = nbd_aio_notify_write (h);
+    if (r == -1) {
+      *why = nbd_get_error ();
+      return -(nbd_get_errno () ? nbd_get_errno () : EIO);
+    }
+    if (fds[1].revents & POLLIN) {
+      char buf[64];
+
+      while (read (fds[1].fd, buf, sizeof buf) > 0)
+        ;
+    }
+  }
+  if (!nbd_aio_is_ready (h)) {
+    *why = "the handshake failed";
+    return -EIO;
+  }
+  return 0;
+}
+
+struct nbd_handle *
+nb_connect (struct nbd_backend *nb, struct nb_conn *conn, int *err)
+{
+  const char *uri = nb->uri, *why = NULL;
   struct nbd_handle *h = nbd_create ();
+  uint64_t deadline;
 
   if (h == NULL) {
     *err = -(nbd_get_errno () ? nbd_get_errno () : ENOMEM);
@@ -518,13 +949,26 @@ nb_connect (const char *uri, int *err)
     nbd_close (h);
     return NULL;
   }
-  if (nbd_connect_uri (h, uri) == -1) {
+  deadline = nb->timeout_ns ? nb_now () + nb->timeout_ns : 0;
+  if (nbd_aio_connect_uri (h, uri) == -1) {
     *err = -(nbd_get_errno () ? nbd_get_errno () : EIO);
-    nbdkit_error ("subpage: uri=%s: cannot connect: %s", uri, nbd_get_error ());
-    nbd_close (h);
-    return NULL;
+    why = nbd_get_error ();
   }
-  return h;
+  else
+    *err = nb_handshake (h, deadline, conn, &why);
+  if (*err == 0)
+    return h;
+  if (conn != NULL)
+    nbdkit_debug ("subpage: uri=%s: connection %u: cannot connect: %s", uri,
+                  conn->idx, why);
+  else if (*err == -ETIMEDOUT)
+    nbdkit_error ("subpage: uri=%s: cannot connect: the remote did not "
+                  "complete the NBD handshake within backend-timeout=%s",
+                  uri, nb->timeout_str);
+  else
+    nbdkit_error ("subpage: uri=%s: cannot connect: %s", uri, why);
+  nbd_close (h);
+  return NULL;
 }
 
 /* Connection I's fields, before anything can fail. */
@@ -536,6 +980,8 @@ nb_conn_init (struct nbd_backend *nb, unsigned i)
   conn->nb = nb;
   conn->idx = i;
   conn->kick[0] = conn->kick[1] = -1;
+  conn->sock = -1;
+  atomic_init (&conn->killed, false);
   atomic_init (&conn->quit, false);
   atomic_init (&conn->dead_logged, false);
   atomic_init (&conn->retired, false);
@@ -553,7 +999,7 @@ nb_conn_connect (struct nb_conn *conn)
   int64_t s;
   int err = 0;
 
-  conn->h = nb_connect (nb->uri, &err);
+  conn->h = nb_connect (nb, NULL, &err);
   if (conn->h == NULL)
     return err;
   s = nbd_get_size (conn->h);
@@ -607,10 +1053,47 @@ nb_conns_open (struct nbd_backend *nb, struct nbd_handle *h0)
     }
     else if ((err = nb_conn_connect (conn)) < 0)
       return err;
+    /* For nb_conn_kill: a descriptor libnbd never closes. */
+    conn->sock = fcntl (nbd_aio_get_fd (conn->h), F_DUPFD_CLOEXEC, 0);
+    if (conn->sock == -1) {
+      err = -errno;
+      nbdkit_error ("subpage: dup: %s", errstr (-err));
+      return err;
+    }
   }
   atomic_init (&nb->nlive, nb->n);
   atomic_init (&nb->next, 0);
   return 0;
+}
+
+/* Sends NBD_CMD_DISC on CONN and waits for the remote to close, within
+ * the timeout if there is one (nbd_shutdown would wait for ever).
+ */
+static void
+nb_disconnect (struct nb_conn *conn)
+{
+  struct nbd_backend *nb = conn->nb;
+  uint64_t deadline;
+
+  if (nb->timeout_ns == 0) {
+    nbd_shutdown (conn->h, 0);
+    return;
+  }
+  deadline = nb_now () + nb->timeout_ns;
+  if (nbd_aio_disconnect (conn->h, 0) == -1)
+    return;
+  while (!nb_is_dead (conn)) {
+    uint64_t now = nb_now ();
+
+    if (now >= deadline) {
+      nbdkit_debug ("subpage: uri=%s: connection %u: no answer to the "
+                    "disconnection within backend-timeout=%s",
+                    nb->uri, conn->idx, nb->timeout_str);
+      return;
+    }
+    if (nbd_poll (conn->h, nb_ms_until (deadline, now)) == -1)
+      return;
+  }
 }
 
 void
@@ -632,11 +1115,15 @@ nb_conns_close (struct nbd_backend *nb)
     struct nb_conn *conn = &nb->conns[i];
 
     if (conn->h != NULL) {
-      /* A polite NBD_CMD_DISC when the connection still works. */
-      if (!nb_is_dead (conn))
-        nbd_shutdown (conn->h, 0);
+      /* A polite NBD_CMD_DISC when the connection still works (not
+       * while the remote is not answering: no need to wait for it).
+       */
+      if (!nb_is_dead (conn) && atomic_load (&nb->ndown) == 0)
+        nb_disconnect (conn);
       nbd_close (conn->h);
     }
+    if (conn->sock >= 0)
+      close (conn->sock);
     if (conn->kick[0] >= 0)
       close (conn->kick[0]);
     if (conn->kick[1] >= 0)

@@ -6,6 +6,11 @@
  * then conn->lock (a completion callback takes conn->lock under the
  * handle's lock, so conn->lock is never held across a libnbd call);
  * the lock of nb->cmds is a leaf.
+ *
+ * conn->h is replaced only by the connection's reader (after a
+ * timeout, nbd-conn.c "Timeouts"), under conn->lock and only while no
+ * other thread uses it: a thread other than the reader uses conn->h
+ * only between nb_conn_get and nb_conn_put.
  */
 #ifndef SUBPAGE_NBD_INTERNAL_H
 #define SUBPAGE_NBD_INTERNAL_H
@@ -48,6 +53,13 @@ struct nb_extents {
 struct nb_cmd {
   struct nb_cmd *next; /* conn->sq_head or conn->done */
   struct nb_conn *conn;
+  /* With a timeout: conn->fl_head's list of commands in flight, oldest
+   * first, and when this one is late (CLOCK_MONOTONIC, ns).
+   */
+  struct nb_cmd *fl_prev, *fl_next;
+  uint64_t deadline;
+  bool tracked; /* on that list */
+  enum nb_op op;
   int err;   /* errno from the completion, 0 if ok */
   bool done; /* synchronous: completed */
   /* Asynchronous write: called by the reader (NULL: synchronous). */
@@ -62,16 +74,21 @@ struct nb_cmd {
 struct nb_conn {
   struct nbd_backend *nb;
   unsigned idx;
-  struct nbd_handle *h;
-  int kick[2]; /* pipe: wakes the reader */
+  struct nbd_handle *h; /* NULL while reconnecting */
+  int sock;             /* dup of h's socket (nb_conn_kill), or -1 */
+  int kick[2];          /* pipe: wakes the reader */
   pthread_t reader;
   bool reader_started;
   atomic_bool quit;        /* nb_conns_close: reader exits */
   atomic_bool dead_logged; /* loss of this connection logged */
   atomic_bool retired;     /* dead: new commands go elsewhere */
+  atomic_bool killed;      /* timed out: closed until reconnected */
 
-  pthread_mutex_t lock;             /* sq, done, reader_exited, cmd->done */
-  pthread_cond_t cv;                /* a synchronous command completed */
+  pthread_mutex_t lock; /* sq, done, reader_exited, cmd->done, h, users,
+                         * the fl list */
+  pthread_cond_t cv;    /* a synchronous command completed, users fell */
+  unsigned users;       /* threads between nb_conn_get and nb_conn_put */
+  struct nb_cmd *fl_head, *fl_tail; /* in flight, with a timeout */
   struct nb_cmd *sq_head, *sq_tail; /* async writes for the reader to issue */
   unsigned inflight;                /* reader only: async writes issued */
   struct nb_cmd *done;              /* async completions for the reader */
@@ -85,6 +102,9 @@ struct nbd_backend {
   atomic_uint next;      /* round robin */
   atomic_uint nlive;     /* connections not retired */
   bool started;          /* readers running */
+  uint64_t timeout_ns;   /* backend-timeout=, 0: none */
+  char *timeout_str;     /* as given, for messages */
+  atomic_uint ndown;     /* connections killed, not yet reconnected */
 
   struct pool cmds; /* asynchronous writes (its own lock) */
 
@@ -99,10 +119,13 @@ struct nbd_backend {
 /* ---- nbd-conn.c ---------------------------------------------------------- */
 
 /* Creates a handle, asks for the base:allocation meta context (block
- * status) and connects it to URI.  Returns NULL (logged, *err set to
- * -errno) on failure.
+ * status) and connects it to NB's URI, within NB's timeout if it has
+ * one.  CONN: the reader reconnecting CONN (its quit stops the attempt,
+ * failures are logged as debug messages); NULL at startup.  Returns
+ * NULL (logged, *err set to -errno) on failure.
  */
-struct nbd_handle *nb_connect (const char *uri, int *err);
+struct nbd_handle *nb_connect (struct nbd_backend *nb, struct nb_conn *conn,
+                               int *err);
 
 /* Sets up NB's nb->n connections: the first is H0 (already connected;
  * owned by NB from now on, even on failure), the others are connected

@@ -8,7 +8,8 @@
  * params.h).  Each parameter is checked as it comes (one strcmp
  * chain); what depends on several (file= or uri=, sector-size against
  * page-size, cache-size against page-size and RAM, dirty-ratio against
- * dirty-background-ratio) is checked in params_config_complete.  A bad
+ * dirty-background-ratio, backend-timeout= only with uri=) is checked
+ * in params_config_complete.  A bad
  * value fails with a message naming the parameter and the accepted
  * range; tests/e2e/test-config-bad-params.sh checks those messages.
  *
@@ -145,6 +146,43 @@ parse_unsigned_quiet (const char *value, unsigned *out)
       return -1;
   }
   *out = v;
+  return 0;
+}
+
+/* Parses a number of seconds with up to three decimals ("30",
+ * "2.5", "0.25") into milliseconds, at most MAX_S seconds, without
+ * printing.  Returns 0 or -1.
+ */
+static int
+parse_seconds_quiet (const char *value, unsigned max_s, unsigned *out_ms)
+{
+  const char *p = value;
+  unsigned long long ms = 0;
+  unsigned frac = 0;
+
+  if (*p < '0' || *p > '9')
+    return -1;
+  for (; *p >= '0' && *p <= '9'; p++) {
+    ms = ms * 10 + (unsigned) (*p - '0');
+    if (ms > max_s)
+      return -1;
+  }
+  ms *= 1000;
+  if (*p == '.') {
+    unsigned scale = 100;
+
+    p++;
+    if (*p < '0' || *p > '9')
+      return -1;
+    for (; *p >= '0' && *p <= '9'; p++, scale /= 10) {
+      if (scale == 0)
+        return -1; /* finer than a millisecond */
+      frac += scale * (unsigned) (*p - '0');
+    }
+  }
+  if (*p != '\0' || ms + frac > (unsigned long long) max_s * 1000)
+    return -1;
+  *out_ms = (unsigned) (ms + frac);
   return 0;
 }
 
@@ -354,6 +392,21 @@ params_config (const char *key, const char *value)
     else
       params.mlock_memory = r;
   }
+  else if (strcmp (key, "backend-timeout") == 0) {
+    if (parse_seconds_quiet (value, 3600, &params.backend_timeout_ms) == -1) {
+      nbdkit_error ("subpage: %s=%s: must be a number of seconds between 0 "
+                    "and 3600 with at most three decimals (2, 2.5; 0: no "
+                    "limit)",
+                    key, value);
+      return -1;
+    }
+    free (params.backend_timeout_str);
+    params.backend_timeout_str = strdup (value);
+    if (params.backend_timeout_str == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
+  }
   else if (strcmp (key, "metrics-socket") == 0) {
     if (set_metrics_socket (value) == -1)
       return -1;
@@ -388,6 +441,13 @@ params_config_complete (void)
                   "remote NBD export); file=%s has no connections to "
                   "set: remove connections=",
                   params.connections, params.filename);
+    return -1;
+  }
+  if (params.filename != NULL && params.backend_timeout_ms > 0) {
+    nbdkit_error ("subpage: backend-timeout=%s: does not apply to file=%s: "
+                  "a local read, write or fdatasync cannot be interrupted "
+                  "(see the man page, TIMEOUTS): remove backend-timeout=",
+                  params.backend_timeout_str, params.filename);
     return -1;
   }
   if (params.sector_size > params.page_size) {
@@ -437,4 +497,6 @@ params_free (void)
   params.uri = NULL;
   free (params.metrics_socket);
   params.metrics_socket = NULL;
+  free (params.backend_timeout_str);
+  params.backend_timeout_str = NULL;
 }

@@ -27,7 +27,13 @@ struct params {
   unsigned dirty_ratio;
   unsigned writeback_threads;
   char *metrics_socket; /* absolute; NULL: no metrics */
-  bool io_flusher;      /* see SAME-HOST CLIENTS in the man page */
+  /* backend-timeout=: how long a backend request may take, in
+   * milliseconds; 0: no limit (waited for as long as it takes).
+   * BACKEND_TIMEOUT_STR is the value as given, for messages.
+   */
+  unsigned backend_timeout_ms;
+  char *backend_timeout_str;
+  bool io_flusher; /* see SAME-HOST CLIENTS in the man page */
   bool mlock_memory;
 };
 
@@ -77,6 +83,9 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "mlock=true|false             Same-host clients: lock nbdkit's memory\n"   \
   "                             (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK;\n"    \
   "                             default false).\n"                           \
+  "backend-timeout=<SECONDS>    uri=: fail a backend request with EIO\n"     \
+  "                             after this long, 0..3600, decimals\n"        \
+  "                             allowed (default 0: no limit).\n"            \
   "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
   "                             on this unix socket (default: none)."
 

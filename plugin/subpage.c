@@ -207,7 +207,8 @@ subpage_get_ready (void)
   /* The one place that knows which backend there is. */
   if (params.uri != NULL)
     err = nbd_backend_open (params.uri, params.connections, params.sector_size,
-                            &backend);
+                            params.backend_timeout_ms,
+                            params.backend_timeout_str, &backend);
   else
     err = file_backend_open (params.filename, &backend);
   if (err < 0)

@@ -68,6 +68,14 @@ try /nonexistent    file=/nonexistent
 try foo             file="$img" foo=1              # unknown key
 try connections     file="$img" connections=8      # only for uri=
 try connections     file="$img" connections=abc
+try backend-timeout file="$img" backend-timeout=5  # not for file=
+try backend-timeout file="$img" backend-timeout=abc
+try backend-timeout file="$img" backend-timeout=3601
+try backend-timeout file="$img" backend-timeout=1.2345  # below 1 ms
+try backend-timeout file="$img" backend-timeout=-1
+try backend-timeout file="$img" backend-timeout=2.
+try ok              file="$img" backend-timeout=0
+try ok              file="$img" backend-timeout=0.000
 
 # one_error ARGS...: nbdkit rejects ARGS with exactly one error line (a
 # parser's own message followed by the plugin's would be two).
@@ -89,6 +97,7 @@ one_error file="$img" cache-size=-1
 one_error file="$img" page-size=abc
 one_error file="$img" connections=abc
 one_error file="$img" mlock=maybe
+one_error file="$img" backend-timeout=2x
 
 if [ "$failures" -ne 0 ]; then
   echo "$0: $failures case(s) failed" >&2
