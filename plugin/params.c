@@ -6,9 +6,10 @@
  * params_config_complete), which fill in the one struct params that
  * the rest of the plugin reads, and the help text (PARAMS_HELP in
  * params.h).  Each parameter is checked as it comes (one strcmp
- * chain); what depends on several (file= or uri=, sector-size against
+ * chain); what depends on several (one of file=, uri=, rbd=; the
+ * ceph-* parameters only with rbd=; sector-size against
  * page-size, cache-size against page-size and RAM, dirty-ratio against
- * dirty-background-ratio, backend-timeout= only with uri=) is checked
+ * dirty-background-ratio, backend-timeout= not with file=) is checked
  * in params_config_complete.  A bad
  * value fails with a message naming the parameter and the accepted
  * range; tests/e2e/test-config-bad-params.sh checks those messages.
@@ -48,6 +49,7 @@
 /* The defaults, mirrored in PARAMS_HELP and the man page. */
 struct params params = {
   .connections = 4,
+  .rbd_exclusive = true,
   .cache_size = 256 * MiB,
   .page_size = 64 * KiB,
   .sector_size = 512,
@@ -319,6 +321,66 @@ params_config (const char *key, const char *value)
       return -1;
     }
   }
+  else if (strcmp (key, "rbd") == 0) {
+    const char *slash = strchr (value, '/');
+
+    if (slash == NULL || slash == value || slash[1] == '\0' ||
+        strchr (slash + 1, '/') != NULL) {
+      nbdkit_error ("subpage: rbd=%s: must be POOL/IMAGE, for example "
+                    "rbd=rbd/disk",
+                    value);
+      return -1;
+    }
+    free (params.rbd);
+    params.rbd = strdup (value);
+    if (params.rbd == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
+  }
+  else if (strcmp (key, "ceph-conf") == 0 ||
+           strcmp (key, "ceph-keyring") == 0) {
+    char **p = strcmp (key, "ceph-conf") == 0 ? &params.ceph_conf
+                                              : &params.ceph_keyring;
+
+    if (value[0] == '\0') {
+      nbdkit_error ("subpage: %s=: the path is empty", key);
+      return -1;
+    }
+    free (*p);
+    /* Absolute: librados reads them in .after_fork, after nbdkit has
+     * changed directory.
+     */
+    *p = nbdkit_absolute_path (value);
+    if (*p == NULL)
+      return -1;
+    params.ceph_given = true;
+  }
+  else if (strcmp (key, "ceph-id") == 0) {
+    if (value[0] == '\0' || strncmp (value, "client.", 7) == 0) {
+      nbdkit_error ("subpage: ceph-id=%s: must be a client id without "
+                    "\"client.\", for example ceph-id=admin",
+                    value);
+      return -1;
+    }
+    free (params.ceph_id);
+    params.ceph_id = strdup (value);
+    if (params.ceph_id == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
+    params.ceph_given = true;
+  }
+  else if (strcmp (key, "rbd-exclusive") == 0) {
+    int r = parse_bool_quiet (value);
+
+    if (r == -1) {
+      nbdkit_error ("subpage: %s=%s: must be true or false", key, value);
+      return -1;
+    }
+    params.rbd_exclusive = r;
+    params.ceph_given = true;
+  }
   else if (strcmp (key, "connections") == 0) {
     if (parse_uint (key, value, 1, 64, &params.connections) == -1)
       return -1;
@@ -424,23 +486,35 @@ params_config_complete (void)
   char b1[32], b2[32], b3[32];
   uint64_t phys;
 
-  if (params.filename == NULL && params.uri == NULL) {
+  if (params.filename == NULL && params.uri == NULL && params.rbd == NULL) {
     nbdkit_error ("subpage: the file= parameter is required "
                   "(a regular file or block device), or uri= "
-                  "(a remote NBD export)");
+                  "(a remote NBD export), or rbd= (a Ceph RBD image)");
     return -1;
   }
-  if (params.filename != NULL && params.uri != NULL) {
-    nbdkit_error ("subpage: file=%s and uri=%s: give exactly one of "
-                  "file= and uri=",
-                  params.filename, params.uri);
+  if ((params.filename != NULL) + (params.uri != NULL) + (params.rbd != NULL) >
+      1) {
+    char given[3][64];
+    int n = 0;
+
+    if (params.filename != NULL)
+      snprintf (given[n++], sizeof given[0], "file=%s", params.filename);
+    if (params.uri != NULL)
+      snprintf (given[n++], sizeof given[0], "uri=%s", params.uri);
+    if (params.rbd != NULL)
+      snprintf (given[n++], sizeof given[0], "rbd=%s", params.rbd);
+    nbdkit_error ("subpage: %s and %s%s%s: give exactly one of file=, uri= "
+                  "and rbd=",
+                  given[0], given[1], n > 2 ? " and " : "",
+                  n > 2 ? given[2] : "");
     return -1;
   }
-  if (params.filename != NULL && params.connections_given) {
+  if (params.uri == NULL && params.connections_given) {
     nbdkit_error ("subpage: connections=%u: only applies to uri= (a "
-                  "remote NBD export); file=%s has no connections to "
+                  "remote NBD export); %s=%s has no connections to "
                   "set: remove connections=",
-                  params.connections, params.filename);
+                  params.connections, params.filename ? "file" : "rbd",
+                  params.filename ? params.filename : params.rbd);
     return -1;
   }
   if (params.filename != NULL && params.backend_timeout_ms > 0) {
@@ -449,6 +523,26 @@ params_config_complete (void)
                   "(see the man page, TIMEOUTS): remove backend-timeout=",
                   params.backend_timeout_str, params.filename);
     return -1;
+  }
+  if (params.rbd == NULL && params.ceph_given) {
+    nbdkit_error ("subpage: ceph-conf=, ceph-id=, ceph-keyring= and "
+                  "rbd-exclusive= only apply to rbd= (a Ceph RBD image): "
+                  "remove them or use rbd=POOL/IMAGE");
+    return -1;
+  }
+  if (params.rbd != NULL) {
+    const char *env = getenv ("CEPH_CONF");
+
+    if (params.ceph_conf == NULL) {
+      params.ceph_conf = nbdkit_absolute_path (
+        env != NULL && env[0] != '\0' ? env : "/etc/ceph/ceph.conf");
+      if (params.ceph_conf == NULL)
+        return -1;
+    }
+    if (params.ceph_id == NULL && (params.ceph_id = strdup ("admin")) == NULL) {
+      nbdkit_error ("strdup: %s", errstr (errno));
+      return -1;
+    }
   }
   if (params.sector_size > params.page_size) {
     nbdkit_error ("subpage: sector-size=%s: must be a power of 2 "
@@ -495,6 +589,14 @@ params_free (void)
   params.filename = NULL;
   free (params.uri);
   params.uri = NULL;
+  free (params.rbd);
+  params.rbd = NULL;
+  free (params.ceph_conf);
+  params.ceph_conf = NULL;
+  free (params.ceph_id);
+  params.ceph_id = NULL;
+  free (params.ceph_keyring);
+  params.ceph_keyring = NULL;
   free (params.metrics_socket);
   params.metrics_socket = NULL;
   free (params.backend_timeout_str);

@@ -15,6 +15,16 @@
 struct params {
   char *filename;         /* file=, absolute */
   char *uri;              /* uri=: the NBD backend, instead of file= */
+  char *rbd;              /* rbd=POOL/IMAGE: the RBD backend */
+  char *ceph_conf;        /* rbd=: ceph-conf=, else $CEPH_CONF, else
+                           * /etc/ceph/ceph.conf; absolute */
+  char *ceph_id;          /* rbd=: ceph-id= (client name without
+                           * "client."), default admin */
+  char *ceph_keyring;     /* rbd=: ceph-keyring=, absolute; NULL: the
+                           * keyring ceph.conf names */
+  bool ceph_given;        /* one of ceph-conf=, ceph-id=, ceph-keyring=
+                           * or rbd-exclusive= was given */
+  bool rbd_exclusive;     /* rbd=: take the exclusive lock (default) */
   unsigned connections;   /* uri=: connections to the remote */
   bool connections_given; /* connections= was on the command line */
   uint64_t cache_size;
@@ -54,10 +64,19 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
 
 /* .config_help */
 #define PARAMS_HELP                                                          \
-  "file=<FILENAME>     (required, or uri=) Disk image: regular file or\n"    \
-  "                    block device.\n"                                      \
+  "file=<FILENAME>     (required, or uri= or rbd=) Disk image: regular\n"    \
+  "                    file or block device.\n"                              \
   "uri=<URI>           Remote NBD export instead of file=, for example\n"    \
   "                    nbd+unix:///?socket=/run/remote.sock.\n"              \
+  "rbd=<POOL>/<IMAGE>  Ceph RBD image instead of file= (through librbd).\n"  \
+  "ceph-conf=<PATH>    rbd=: ceph.conf (default $CEPH_CONF, else\n"          \
+  "                    /etc/ceph/ceph.conf).\n"                              \
+  "ceph-id=<ID>        rbd=: Ceph client id, without client. (default\n"     \
+  "                    admin).\n"                                            \
+  "ceph-keyring=<PATH> rbd=: keyring (default: the one ceph.conf names).\n"  \
+  "rbd-exclusive=true|false  rbd=: take and keep the image's exclusive\n"    \
+  "                    lock (default true; false is unsafe with two\n"       \
+  "                    writers).\n"                                          \
   "connections=<N>     uri=: connections to the remote, 1..64 (default 4;\n" \
   "                    1 if it does not advertise multi-conn).\n"            \
   "cache-size=<SIZE>   Memory for cached pages (default 256M).\n"            \

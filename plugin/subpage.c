@@ -3,8 +3,9 @@
  * Notes on the design.
  *
  * What it does: takes the parameters (params.c), opens the image through one
- * struct backend (backend.h): the file backend (file-backend.c, file=)
- * or the remote NBD backend (nbd-backend.c, uri=), chosen once in
+ * struct backend (backend.h): the file backend (file-backend.c, file=),
+ * the remote NBD backend (nbd-backend.c, uri=) or the Ceph RBD backend
+ * (rbd-backend.c, rbd=, when built with librbd), chosen once in
  * .get_ready and not asked about again, creates one cache (cache/cache.h)
  * shared by every connection, starts the write-back server
  * (server/wbserver.h) after nbdkit forks, and maps each NBD request to
@@ -16,7 +17,8 @@
  * Lifecycle:
  *   .config, .config_complete  parameters (params.c).
  *   .get_ready                 opens the image read-only (uri=: connects
- *                              to the remote), creates the cache, sets
+ *                              to the remote; rbd=: probes the image and
+ *                              its lock), creates the cache, sets
  *                              io-flusher= and checks mlock= (see
  *                              subpage_same_host_check), and says once
  *                              on stderr if the image cannot be written
@@ -105,6 +107,9 @@
 #include "metrics.h"
 #include "nbd-backend.h"
 #include "params.h"
+#ifdef SUBPAGE_HAVE_RBD
+#include "rbd-backend.h"
+#endif
 #include "thread.h"
 #include "wbserver.h"
 
@@ -209,6 +214,26 @@ subpage_get_ready (void)
     err = nbd_backend_open (params.uri, params.connections, params.sector_size,
                             params.backend_timeout_ms,
                             params.backend_timeout_str, &backend);
+  else if (params.rbd != NULL) {
+#ifdef SUBPAGE_HAVE_RBD
+    struct rbd_backend_config rcfg = {
+      .spec = params.rbd,
+      .conf = params.ceph_conf,
+      .id = params.ceph_id,
+      .keyring = params.ceph_keyring,
+      .exclusive = params.rbd_exclusive,
+      .timeout_ms = params.backend_timeout_ms,
+    };
+
+    err = rbd_backend_open (&rcfg, &backend);
+#else
+    nbdkit_error ("subpage: rbd=%s: this build of subpage has no RBD "
+                  "backend (build it with librbd-dev and librados-dev "
+                  "installed, meson option -Drbd=enabled)",
+                  params.rbd);
+    err = -ENOTSUP;
+#endif
+  }
   else
     err = file_backend_open (params.filename, &backend);
   if (err < 0)
@@ -496,7 +521,9 @@ subpage_after_fork (void)
       .debug = subpage_debug_metrics != 0,
       .version = SUBPAGE_VERSION,
       .cache_mode = params_mode_name (params.mode),
-      .backend = params.uri != NULL ? "nbd" : "file",
+      .backend = params.uri != NULL   ? "nbd"
+                 : params.rbd != NULL ? "rbd"
+                                      : "file",
     };
     const char *what = "";
 
