@@ -12,6 +12,14 @@
 #       breaks the exclusive lock (blocklisting its owner, as `rbd lock
 #       rm` does), takes it, writes LEN bytes of HEXBYTE at OFF, flushes,
 #       closes (releasing it); prints the owner it broke
+#   rbd-check.py dump POOL/IMAGE FILE
+#       writes the whole image into FILE (opened read-only: no lock
+#       taken or asked for, so it also reads an image whose owner was
+#       killed and still holds the lock)
+#   rbd-check.py load POOL/IMAGE FILE
+#       writes FILE's bytes into the image at offset 0 (which must be
+#       at least that large), flushes, closes (librbd takes the
+#       exclusive lock for the writes and releases it)
 import os
 import sys
 
@@ -19,13 +27,13 @@ import rados
 import rbd
 
 
-def open_image(spec):
+def open_image(spec, read_only=False):
     pool, name = spec.split("/", 1)
     cluster = rados.Rados(conffile=os.environ["CEPH_CONF"],
                           conf={"rbd_cache": "false"})
     cluster.connect(timeout=30)
     ioctx = cluster.open_ioctx(pool)
-    return cluster, ioctx, rbd.Image(ioctx, name)
+    return cluster, ioctx, rbd.Image(ioctx, name, read_only=read_only)
 
 
 def close(cluster, ioctx, image):
@@ -80,10 +88,41 @@ def break_and_write(spec, off, length, byte):
     print("\n".join(found))
 
 
+CHUNK = 4 * 1024 * 1024
+
+
+def dump(spec, path):
+    handles = open_image(spec, read_only=True)
+    image = handles[2]
+    size = image.size()
+    with open(path, "wb") as f:
+        for pos in range(0, size, CHUNK):
+            f.write(image.read(pos, min(CHUNK, size - pos)))
+    close(*handles)
+
+
+def load(spec, path):
+    with open(path, "rb") as f:
+        data = f.read()
+    handles = open_image(spec)
+    image = handles[2]
+    if image.size() < len(data):
+        sys.exit("rbd-check.py: %s has size %d, less than %s (%d)"
+                 % (spec, image.size(), path, len(data)))
+    for pos in range(0, len(data), CHUNK):
+        image.write(data[pos:pos + CHUNK], pos)
+    image.flush()
+    close(*handles)
+
+
 def main():
     a = sys.argv[1:]
     if len(a) in (3, 5) and a[0] == "cmp":
         cmp(a[1], a[2], *(int(x) for x in a[3:]))
+    elif len(a) == 3 and a[0] == "dump":
+        dump(a[1], a[2])
+    elif len(a) == 3 and a[0] == "load":
+        load(a[1], a[2])
     elif len(a) == 2 and a[0] == "owners":
         owners(a[1])
     elif len(a) == 5 and a[0] == "break-and-write":

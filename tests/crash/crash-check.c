@@ -94,12 +94,31 @@
  *
  * Modes: --cycles N (kill cycles), --soak (until SIGINT, or --seconds),
  * --no-kill (one cycle, no SIGKILL: drain, final flush, SIGTERM; the
- * stress run for ThreadSanitizer), --backend file|nbd (nbd: the plugin's
- * uri= in front of an nbdkit file plugin serving the image; skips with
- * exit 77 if the plugin has no uri= parameter).  The request mix is set
+ * stress run for ThreadSanitizer), --backend file|nbd|rbd (nbd: the
+ * plugin's uri= in front of an nbdkit file plugin serving the image;
+ * skips with exit 77 if the plugin has no uri= parameter; rbd: below).  The request mix is set
  * by --read-pct, --zero-pct, --trim-pct, --fua-pct, --flush-pct and
  * --hot-pct; --align N aligns writes, zeroes and trims to N bytes;
  * --cache-pages N forces a cache of N pages (with random page sizes).
+ *
+ * The rbd backend.  --backend rbd --rbd POOL/IMAGE gives the plugin
+ * rbd=POOL/IMAGE (the cluster from $CEPH_CONF, which nbdkit inherits);
+ * the image must exist, with the exclusive-lock feature, and be at
+ * least --size bytes.  The image file (--image, or the default) is then
+ * only a local copy: the initial pattern is written there and loaded
+ * into the image, and every read of the image (the initial content of
+ * each cycle and the check after the kill) is a fresh librbd client,
+ * librbd's cache off, that dumps the image into the file:
+ * `RBD-CHECK load|dump POOL/IMAGE FILE` (tests/ceph/rbd-check.py,
+ * --rbd-check PATH).  Nothing of the killed nbdkit is read through
+ * subpage.  The next cycle's nbdkit waits for the dead one's watch to
+ * expire before it takes the lock and blocklists it (the connection is
+ * retried meanwhile); the cycle line says how long that took.  A write
+ * of the dead process that its OSD applies only after the dump could
+ * only be a request without a reply, so it is accepted in this cycle's
+ * check; it could make the next cycle's initial content stale, but
+ * its bytes were in the OSD's socket before the process exited, long
+ * before the dump (a new librbd client connects first) reads them.
  *
  * Errors.  A request that fails before the kill (other than a fast zero
  * with ENOTSUP) is reported and fails the run: nothing here should fail.
@@ -151,6 +170,9 @@ static const char *plugin_path;
 static const char *image_path;
 static const char *server_log;
 static const char *backend = "file";
+static const char *rbd_spec;                 /* --rbd POOL/IMAGE */
+static const char *rbd_check = "rbd-check.py"; /* --rbd-check PATH */
+static bool is_rbd;
 static uint64_t image_size = 64 * MiB;
 static unsigned cycles = 20;
 static unsigned nconns = 4;
@@ -384,12 +406,46 @@ die (const char *what)
   exit (1);
 }
 
+/* With --backend rbd: `RBD-CHECK CMD POOL/IMAGE FILE`, a fresh librbd
+ * client: "dump" copies the image into the image file, "load" the file
+ * into the image.  Any failure ends the run.
+ */
+static void
+rbd_check_run (const char *cmd)
+{
+  char *argv[] = { (char *) rbd_check, (char *) cmd, (char *) rbd_spec,
+                   (char *) image_path, NULL };
+  int status;
+  pid_t pid;
+
+  fflush (stdout);
+  pid = fork ();
+  if (pid == -1)
+    die ("fork");
+  if (pid == 0) {
+    execvp (rbd_check, argv);
+    fprintf (stderr, "crash-check: exec %s: %s\n", rbd_check,
+             strerror (errno));
+    _exit (127);
+  }
+  if (waitpid (pid, &status, 0) == -1)
+    die ("waitpid");
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+    fprintf (stderr, "crash-check: %s %s %s %s failed (status 0x%x)\n",
+             rbd_check, cmd, rbd_spec, image_path, status);
+    exit (1);
+  }
+}
+
 static void
 read_image (uint8_t *buf)
 {
-  int fd = open (image_path, O_RDONLY);
+  int fd;
   uint64_t done = 0;
 
+  if (is_rbd)
+    rbd_check_run ("dump");
+  fd = open (image_path, O_RDONLY);
   if (fd == -1)
     die (image_path);
   while (done < image_size) {
@@ -426,6 +482,8 @@ init_image (void)
   if (close (fd) == -1)
     die ("close");
   free (buf);
+  if (is_rbd)
+    rbd_check_run ("load");
 }
 
 /* ---- servers ------------------------------------------------------- */
@@ -565,12 +623,13 @@ log_has (off_t from, const char *needle)
   return found;
 }
 
-/* Does the plugin take uri=?  `nbdkit PLUGIN --help` prints its
- * config_help, one parameter per line.  (Run like the server, with the
- * nbdkit-only environment: a sanitized plugin needs its runtime.)
+/* Does the plugin take PARAM (e.g. "uri=")?  `nbdkit PLUGIN --help`
+ * prints its config_help, one parameter per line.  (Run like the
+ * server, with the nbdkit-only environment: a sanitized plugin needs
+ * its runtime.)
  */
 static bool
-plugin_has_uri (void)
+plugin_has_param (const char *param)
 {
   char *argv[] = { "nbdkit", (char *) plugin_path, "--help", NULL };
   char line[512];
@@ -587,7 +646,7 @@ plugin_has_uri (void)
   if (p == NULL)
     die ("fdopen");
   while (fgets (line, sizeof line, p))
-    if (strncmp (line, "uri=", 4) == 0)
+    if (strncmp (line, param, strlen (param)) == 0)
       found = true;
   fclose (p);
   if (waitpid (pid, &status, 0) == -1)
@@ -1403,7 +1462,7 @@ run_cycle (unsigned cycle, const char *dir)
   static const char *const expires[] = { "20", "200", "5000" };
   static const char *const intervals[] = { "10", "100", "500" };
   static const char *const threads[] = { "1", "2", "4" };
-  char sock[PATH_MAX], bsock[PATH_MAX], uri[PATH_MAX + 32];
+  char sock[PATH_MAX], bsock[PATH_MAX], uri[PATH_MAX + 32], up[32] = "";
   char a_file[PATH_MAX + 8], a[7][64];
   char *argv[32 + nfixed];
   uint64_t s = seed * 1000003 + cycle, F, bad, rbad, nacked = 0, nrbytes;
@@ -1449,7 +1508,9 @@ run_cycle (unsigned cycle, const char *dir)
     bpid = spawn_nbdkit (bargv);
     nbd_close (connect_retry (bsock, bpid));
     snprintf (uri, sizeof uri, "uri=nbd+unix:///?socket=%s", bsock);
-  } else
+  } else if (is_rbd)
+    snprintf (uri, sizeof uri, "rbd=%s", rbd_spec);
+  else
     snprintf (uri, sizeof uri, "file=%s", image_path);
 
   argv[n++] = "nbdkit";
@@ -1486,11 +1547,20 @@ run_cycle (unsigned cycle, const char *dir)
   }
   argv[n] = NULL;
 
-  pid = spawn_nbdkit (argv);
-  for (i = 0; i < nconns; i++) {
-    cn[i].h = connect_retry (sock, pid);
-    cn[i].idx = i;
-    cn[i].rng = mix64 (s + i + 1);
+  {
+    double t0 = now_s ();
+
+    pid = spawn_nbdkit (argv);
+    for (i = 0; i < nconns; i++) {
+      cn[i].h = connect_retry (sock, pid);
+      cn[i].idx = i;
+      cn[i].rng = mix64 (s + i + 1);
+    }
+    /* With rbd=, nbdkit serves once it holds the lock: after the
+     * previous (killed) one's watch expired.
+     */
+    if (is_rbd)
+      snprintf (up, sizeof up, " (serving after %.1f s)", now_s () - t0);
   }
   if (!nbd_can_multi_conn (cn[0].h)) {
     fprintf (stderr, "crash-check: the server does not advertise "
@@ -1597,14 +1667,14 @@ run_cycle (unsigned cycle, const char *dir)
     reads[k].buf = NULL;
   }
 
-  printf ("cycle %u: %s after %u ms: %zu requests (%" PRIu64 " writes, %"
+  printf ("cycle %u%s: %s after %u ms: %zu requests (%" PRIu64 " writes, %"
           PRIu64 " zeroes of which %" PRIu64 " fast zeroes failed with "
           "ENOTSUP, %" PRIu64 " trims; %" PRIu64 " with FUA; %" PRIu64
           " succeeded, %zu covered), %zu flushes (%zu ok), %zu reads "
           "(%" PRIu64 " bytes) checked, %" PRIu64 " image bytes verified; "
           "%" PRIu64 " inconsistent in the image, %" PRIu64 " in reads, %"
           PRIu64 " errors\n",
-          cycle, killed ? "SIGKILL" : "SIGTERM", ms, nw, nkind[OP_WRITE],
+          cycle, up, killed ? "SIGKILL" : "SIGTERM", ms, nw, nkind[OP_WRITE],
           nkind[OP_ZERO], nenotsup, nkind[OP_TRIM], nfua, nacked, ncov, nf,
           nf_ok, nrchecked, nrbytes, image_size, bad, rbad, nerr);
   if (verbose || bad || rbad || nerr) {
@@ -1686,7 +1756,13 @@ usage (FILE *f)
     "                     default: a file in a new directory under $TMPDIR)\n"
     "  --size SIZE        image size (default 64M; 4 bytes of "
     "bookkeeping/byte)\n"
-    "  --backend file|nbd file= or uri= in front of an nbdkit file plugin\n"
+    "  --backend file|nbd|rbd  file=, uri= in front of an nbdkit file\n"
+    "                     plugin, or rbd= (with --rbd)\n"
+    "  --rbd POOL/IMAGE   the RBD image (exists, exclusive-lock, >= --size;\n"
+    "                     the cluster from $CEPH_CONF); read and loaded by\n"
+    "                     fresh librbd clients through --rbd-check\n"
+    "  --rbd-check PATH   tests/ceph/rbd-check.py (default: rbd-check.py\n"
+    "                     in $PATH)\n"
     "  --cycles N         kill cycles (default 20)\n"
     "  --soak             run cycles until SIGINT (or --seconds)\n"
     "  --seconds N        stop starting cycles after N seconds\n"
@@ -1719,6 +1795,8 @@ main (int argc, char **argv)
     O_IMAGE,
     O_SIZE,
     O_BACKEND,
+    O_RBD,
+    O_RBDCHECK,
     O_CYCLES,
     O_SOAK,
     O_SECONDS,
@@ -1746,6 +1824,8 @@ main (int argc, char **argv)
     { "image", required_argument, NULL, O_IMAGE },
     { "size", required_argument, NULL, O_SIZE },
     { "backend", required_argument, NULL, O_BACKEND },
+    { "rbd", required_argument, NULL, O_RBD },
+    { "rbd-check", required_argument, NULL, O_RBDCHECK },
     { "cycles", required_argument, NULL, O_CYCLES },
     { "soak", no_argument, NULL, O_SOAK },
     { "seconds", required_argument, NULL, O_SECONDS },
@@ -1782,6 +1862,8 @@ main (int argc, char **argv)
     case O_IMAGE: image_path = optarg; break;
     case O_SIZE: image_size = parse_size (optarg); break;
     case O_BACKEND: backend = optarg; break;
+    case O_RBD: rbd_spec = optarg; break;
+    case O_RBDCHECK: rbd_check = optarg; break;
     case O_CYCLES: cycles = atoi (optarg); break;
     case O_SOAK: soak = true; break;
     case O_SECONDS: seconds = atoi (optarg); break;
@@ -1811,29 +1893,38 @@ main (int argc, char **argv)
   }
   fixed_args = argv + optind;
   nfixed = argc - optind;
+  is_rbd = strcmp (backend, "rbd") == 0;
   if (plugin_path == NULL || nconns < 1 || nconns > 200 || qdepth < 1 ||
       min_ms > max_ms || image_size < MAX_WRITE || image_size % REC ||
       image_size > UINT32_MAX ||
       flush_pct + read_pct + zero_pct + trim_pct > 100 || fua_pct > 100 ||
       hot_pct > 100 || hot_size % (64 * KiB) || align > 64 * KiB || (align & (align - 1)) ||
       image_size % (64 * KiB) ||
-      (strcmp (backend, "file") && strcmp (backend, "nbd"))) {
+      (strcmp (backend, "file") && strcmp (backend, "nbd") && !is_rbd) ||
+      (is_rbd != (rbd_spec != NULL)) ||
+      (rbd_spec && strchr (rbd_spec, '/') == NULL)) {
     usage (stderr);
     exit (1);
   }
-  if (strcmp (backend, "nbd") == 0 && !plugin_has_uri ()) {
+  if (strcmp (backend, "nbd") == 0 && !plugin_has_param ("uri=")) {
     printf ("crash-check: SKIP: the plugin has no uri= parameter, so the "
             "nbd backend cannot be tested\n");
     exit (77);
   }
+  if (is_rbd && !plugin_has_param ("rbd=")) {
+    printf ("crash-check: SKIP: the plugin has no rbd= parameter (built "
+            "without librbd), so the rbd backend cannot be tested\n");
+    exit (77);
+  }
   if (!have_seed)
     seed = (unsigned long long) time (NULL) ^ getpid ();
-  printf ("crash-check: seed %llu, backend %s, image %" PRIu64 " bytes, "
+  printf ("crash-check: seed %llu, backend %s%s%s, image %" PRIu64 " bytes, "
           "%u connections x %u in flight; %% of requests: %u flush, %u read, "
           "%u zero, %u trim, %u write; %u%% FUA, %u%% in %" PRIu64 " hot bytes, "
           "align %" PRIu32
           "%s\n",
-          seed, backend, image_size, nconns, qdepth, flush_pct, read_pct,
+          seed, backend, is_rbd ? " " : "", is_rbd ? rbd_spec : "",
+          image_size, nconns, qdepth, flush_pct, read_pct,
           zero_pct, trim_pct, 100 - flush_pct - read_pct - zero_pct - trim_pct,
           fua_pct, hot_pct, hot_size, align, cache_pages ? ", tiny cache" : "");
 
