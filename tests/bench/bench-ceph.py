@@ -225,8 +225,7 @@ def main ():
   if not a.flushload:
     a.flushload = os.path.join (os.path.dirname (os.path.dirname (a.plugin)),
                                 "tests/bench/flushload")
-  a.size = bench.parse_size (a.size) if hasattr (bench, "parse_size") \
-    else int (a.size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.size[-1]]
+  a.size = int (a.size[:-1]) << {"K": 10, "M": 20, "G": 30}[a.size[-1]]
   servers = a.servers.split (",") if a.servers else SERVERS
   workloads = a.only.split (",") if a.only else WORKLOADS
   d = a.dir or tempfile.mkdtemp (prefix="bench-ceph.", dir="/var/tmp")
