@@ -11,7 +11,9 @@
 #    image holds the model; a second nbdkit started on the same image
 #    takes the lock and reads the model;
 #  - block status: on a fresh sparse image, a flushed write is data and
-#    the untouched rest is a hole.
+#    the untouched rest is a hole;
+#  - growth: the image grown with rbd resize while served, a new
+#    connection sees the new size and writes at its end.
 # SEED=N reproduces a run (the seed is printed).
 
 source "$(dirname "$0")/../functions.sh"
@@ -186,6 +188,16 @@ assert state(5 * MiB + 65535) & nbd.STATE_HOLE == 0
 assert state(12 * MiB) & nbd.STATE_HOLE, "an untouched object is not a hole"
 assert state(0) & nbd.STATE_HOLE
 print("block status ok")
+EOF
+# ---- growth: rbd resize while served, seen by a new connection ----------
+timeout 60 rbd resize --no-progress --size 24M rbd/sparse
+nbdsh_py -u "$(nbd_uri "$sock")" -c - <<'EOF'
+MiB = 1024 * 1024
+assert h.get_size() == 24 * MiB, h.get_size()
+h.pwrite(b"\x6b" * 4096, 24 * MiB - 4096)
+h.flush()
+assert h.pread(4096, 24 * MiB - 4096) == b"\x6b" * 4096
+print("growth ok")
 EOF
 stop_nbdkit_ok "$pid" 120
 echo "ok"
