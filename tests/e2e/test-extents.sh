@@ -15,26 +15,14 @@ requires_plugin
 requires_nbdsh
 requires nbdinfo nbdcopy
 make_tmpdir
+source "$(dirname "$0")/extents-functions.sh"
 
 img=$tmpdir/disk.img
 sock=$tmpdir/nbd.sock
 pid=$tmpdir/nbdkit.pid
 copy=$tmpdir/copy.img
 
-# Data at 1 MiB (64 KiB), at 10 MiB (1 MiB) and in the last 64 KiB.
-truncate -s 64M "$img"
-dd if=/dev/urandom of="$img" bs=64K seek=16 count=1 conv=notrunc status=none
-dd if=/dev/urandom of="$img" bs=1M seek=10 count=1 conv=notrunc status=none
-dd if=/dev/urandom of="$img" bs=64K seek=1023 count=1 conv=notrunc \
-   status=none
-# Where the file system keeps no holes there is nothing to test.
-if ! python3 -c '
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-sys.exit(0 if os.lseek(fd, 0, os.SEEK_DATA) > 0 else 1)' "$img"; then
-  echo "$0: SKIP: $tmpdir keeps no holes"
-  exit 77
-fi
+make_sparse_image "$img"
 
 start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" file="$img" \
              cache-size=4M page-size=64K sector-size=512 \
@@ -42,24 +30,12 @@ start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" file="$img" \
 
 uri=$(nbd_uri "$sock")
 nbdinfo --map "$uri" | tee "$tmpdir/map1"
-# The expected map, merged as nbdinfo prints it: offset, length, type.
-python3 - "$tmpdir/map1" <<'EOF'
-import sys
-MiB = 1 << 20
-want = [(0, MiB, 3), (MiB, 64 << 10, 0), (MiB + (64 << 10), 9 * MiB - (64 << 10), 3),
-        (10 * MiB, MiB, 0), (11 * MiB, 53 * MiB - (64 << 10), 3),
-        (64 * MiB - (64 << 10), 64 << 10, 0)]
-got = []
-for line in open(sys.argv[1]):
-    f = line.split()
-    got.append((int(f[0]), int(f[1]), int(f[2])))
-assert got == want, (got, want)
-print("map ok")
-EOF
+check_map "$tmpdir/map1" "$IMG_MAP"
 
 export IMG=$img URI=$uri
 nbdsh_py -c - <<'EOF'
 import os
+import blockstatus
 img = os.environ["IMG"]
 MiB = 1 << 20
 h = nbd.NBD()
@@ -68,36 +44,10 @@ h.connect_uri(os.environ["URI"])
 assert h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
 
 def extents(off, count):
-    """The extents of [off, off+count) as [(off, len, flags)], merged."""
-    out = []
-    while count > 0:
-        got = []
-        def cb(meta, o, entries, err):
-            if meta == nbd.CONTEXT_BASE_ALLOCATION:
-                got.extend(entries)
-        h.block_status(count, off, cb)
-        o = off
-        for i in range(0, len(got), 2):
-            n = min(got[i], count - (o - off))
-            if out and out[-1][2] == got[i + 1] and out[-1][0] + out[-1][1] == o:
-                out[-1] = (out[-1][0], out[-1][1] + n, got[i + 1])
-            else:
-                out.append((o, n, got[i + 1]))
-            o += n
-            if o - off >= count:
-                break
-        count -= o - off
-        off = o
-    return out
+    return blockstatus.extents(h, off, count)
 
 def file_hole_at(off):
-    fd = os.open(img, os.O_RDONLY)
-    try:
-        return os.lseek(fd, off, os.SEEK_DATA) > off
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    return blockstatus.file_hole_at(img, off)
 
 HZ = nbd.STATE_HOLE | nbd.STATE_ZERO
 assert extents(0, MiB) == [(0, MiB, HZ)], extents(0, MiB)
