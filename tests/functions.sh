@@ -409,6 +409,26 @@ detach_loops ()
   done
 }
 
+# fsck_clean DEV: e2fsck -fn finds nothing to fix, and the journal needs
+# no recovery (e2fsck -fn skips the recovery of a filesystem that was
+# not unmounted cleanly, and its check of what is left can pass: seen
+# with nbdkit killed instead of stopped, the copied tree then missing).
+fsck_clean ()
+{
+  local out status=0
+  out=$(e2fsck -fn "$1" 2>&1) || status=$?
+  echo "$out"
+  if [ "$status" -ne 0 ]; then
+    echo "FAIL: e2fsck -fn $1: status $status" >&2
+    exit 1
+  fi
+  if grep -qi "journal recovery" <<< "$out" ||
+     dumpe2fs -h "$1" 2>/dev/null | grep -q "^Filesystem features:.*needs_recovery"; then
+    echo "FAIL: $1: the journal needs recovery (not unmounted cleanly, or data lost)" >&2
+    exit 1
+  fi
+}
+
 # mount_fs DEV DIR [mount options...]: mount DEV on DIR; the cleanup
 # unmounts DIR if it is still mounted.
 mount_fs ()
