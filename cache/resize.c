@@ -2,20 +2,27 @@
  * (cache.h, cache_refresh_size).
  *
  * The size starts as cfg.size.  cache_refresh_size asks the backend
- * (ops->get_size) under size_lock, so that two refreshes never apply
- * their answers out of order, and follows a change:
+ * (ops->get_size); an answer that differs is asked again under
+ * size_lock, so that two refreshes never apply their answers out of
+ * order, and the cache follows the change:
  *
- *   1. discard_started goes up first, so a read that was at the backend
- *      meanwhile does not install what it read (it may be from before
- *      the change; request.c, read_install);
- *   2. wb_end, then size, take their new values (write-back reads them
- *      in the other order: writeback.c, run_fits);
- *   3. every cached page that reaches past the smaller of the two sizes
+ *   1. a growth from a size that is not a multiple of the sector size
+ *      puts the grown bytes into the cached sector that size cut
+ *      (patch_cut_sector, inside a busy range);
+ *   2. wb_end (at its lowest), then size, take their new values
+ *      (write-back reads them in the other order: writeback.c,
+ *      run_fits);
+ *   3. discard_started goes up, so a read that was at the backend with
+ *      the old size does not install what it read (request.c,
+ *      read_install);
+ *   4. every cached page that reaches past the smaller of the two sizes
  *      loses its CLEAN sectors from the sector holding that end on: past
  *      an old end they hold the zeroes a read saw there, and past a new
  *      end what the image no longer has.  DIRTY and WRITEBACK sectors
- *      stay: they are what clients wrote.
- *
+ *      stay: they are what clients wrote;
+ *   5. wb_end rises to the end of a sector the new size cuts, unless that
+ *      sector held data written before a shrink (cut_held).
+
  * Dirty data at or past wb_end is never written: write-back fails its
  * runs (run_fits) without I/O and without a log line each, so flushes
  * fail with -EIO until the image grows back.  The change itself is
@@ -217,6 +224,13 @@ cache_refresh_size (struct cache *c)
 
   if (!c->ops->get_size)
     return size_now (c);
+  /* Unchanged, the usual answer: no lock (this runs before every
+   * write-back batch).  A change is asked again under size_lock, so
+   * that two refreshes never apply their answers out of order.
+   */
+  r = c->ops->get_size (c->bopaque);
+  if (r >= 0 && (uint64_t) r == size_now (c))
+    return (uint64_t) r;
   lock_take (&c->size_lock);
   r = c->ops->get_size (c->bopaque);
   if (r < 0)

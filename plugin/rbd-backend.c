@@ -328,9 +328,8 @@ rb_connect_locked (struct rbd_backend *rb, bool probe, struct rb_conn *c)
     mount_timeout = (long) atof (buf) > 0 ? (long) atof (buf) : 1;
   /* librados takes whole seconds: backend-timeout= rounded up. */
   if (rb->timeout_ms > 0)
-    snprintf (buf, sizeof buf, "%u", (rb->timeout_ms + 999) / 1000);
-  else
-    snprintf (buf, sizeof buf, "%ld", mount_timeout);
+    mount_timeout = (long) DIV_ROUND_UP (rb->timeout_ms, 1000);
+  snprintf (buf, sizeof buf, "%ld", mount_timeout);
   if ((r = rb_set (rb, c->cluster, "client_mount_timeout", buf)) < 0 ||
       (r = rb_set (rb, c->cluster, "rados_mon_op_timeout", buf)) < 0 ||
       (r = rb_set (rb, c->cluster, "rbd_cache", "false")) < 0 ||
@@ -340,10 +339,8 @@ rb_connect_locked (struct rbd_backend *rb, bool probe, struct rb_conn *c)
    * bound when none is given.
    */
   if (rb->timeout_ms > 0 || probe) {
-    if (rb->timeout_ms > 0)
-      snprintf (buf, sizeof buf, "%u", (rb->timeout_ms + 999) / 1000);
-    else
-      snprintf (buf, sizeof buf, "%d", RB_PROBE_OP_TIMEOUT);
+    snprintf (buf, sizeof buf, "%ld",
+              rb->timeout_ms > 0 ? mount_timeout : (long) RB_PROBE_OP_TIMEOUT);
     if ((r = rb_set (rb, c->cluster, "rados_osd_op_timeout", buf)) < 0)
       goto err;
   }
