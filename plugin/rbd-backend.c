@@ -137,6 +137,10 @@
  * busy (a dead owner whose watch has not expired).
  */
 #define RB_LOCK_WAIT 60
+/* Milliseconds a flush waits for librbd to hold the lock again before
+ * it takes "not owner" for a lock that another client broke.
+ */
+#define RB_LOCK_SETTLE_MS 10000
 /* Preallocated asynchronous writes; more are malloc'd. */
 #define RB_POOL_CMDS 1024
 /* Owners listed in a message. */
@@ -551,12 +555,22 @@ rb_flush (void *opaque)
    * trip; a flush is group-committed by the cache).
    */
   if (rb->exclusive) {
-    r = rbd_is_exclusive_lock_owner (rb->c.img, &owner);
-    if (r < 0)
-      return rb_fail (rb, "flush", 0, 0, r);
-    if (!owner) {
-      rb_fence (rb, "another client holds it");
-      return -EIO;
+    /* librbd gives the lock up for a moment when it takes it again after
+     * its watch failed (an OSD that was down came back): asked then, it
+     * says "not owner" while nobody else is.  Only an answer that stays
+     * so for RB_LOCK_SETTLE_MS fences.
+     */
+    for (unsigned ms = 0;; ms += 100) {
+      r = rbd_is_exclusive_lock_owner (rb->c.img, &owner);
+      if (r < 0)
+        return rb_fail (rb, "flush", 0, 0, r);
+      if (owner)
+        break;
+      if (ms >= RB_LOCK_SETTLE_MS) {
+        rb_fence (rb, "another client holds it");
+        return -EIO;
+      }
+      nanosleep (&(struct timespec){ .tv_nsec = 100 * 1000 * 1000 }, NULL);
     }
   }
   r = rbd_flush (rb->c.img);

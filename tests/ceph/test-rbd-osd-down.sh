@@ -38,6 +38,7 @@ start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" rbd=rbd/disk backend-timeout=3 \
              dirty-ratio=90 2>"$log" || { cat "$log" >&2; exit 1; }
 
 export TMPDIR_T=$tmpdir CLUSTER=$cluster CEPH_DIR=$ceph_dir
+cleanup_fn cat "$log"
 timeout 400 /usr/bin/python3 - "$(nbd_uri "$sock")" <<'EOF'
 import os, subprocess, sys, time
 import nbd
