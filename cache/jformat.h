@@ -1,0 +1,176 @@
+/* subpage: the journal's on-disk format (docs/journal.md specifies it;
+ * this header and jformat.c are its one implementation).
+ *
+ * A journal is a regular file or a block device:
+ *
+ *   [0, 4096)          superblock slot 0
+ *   [4096, 8192)       superblock slot 1
+ *   [8192, 8192 + data_size)   the record area, a ring
+ *
+ * Superblock.  Written to slot (generation % 2), so a torn write of one
+ * slot leaves the other; the valid slot (magic, CRC32C) with the higher
+ * generation is the superblock.  It names the journal (a random id), the
+ * image it belongs to (ident, sector size), the ring's geometry, the
+ * salt every record of this generation of the log carries, and the
+ * tail: the first record not yet on the backend and flushed there.
+ *
+ * Records.  Positions in the ring are log sequence numbers (LSN): a byte
+ * count that only grows; the byte of LSN l lives at data_offset +
+ * (l % data_size).  A record never straddles the end of the ring: a
+ * writer that would cross it first writes a WRAP record (if at least a
+ * header fits before the end), and the next record starts at the next
+ * multiple of data_size.  Each record is a 64-byte header and, for DATA
+ * records, `count' bytes of payload, padded to a multiple of 8 bytes.
+ *
+ * All integers are little-endian.  Every function returns 0 or -errno.
+ */
+#ifndef SUBPAGE_JFORMAT_H
+#define SUBPAGE_JFORMAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define JNL_VERSION 1
+#define JNL_SB_SIZE 4096u
+#define JNL_DATA_OFFSET 8192u
+#define JNL_HDR_SIZE 64u
+#define JNL_IDENT_MAX 256u /* bytes of ident, NUL included */
+/* A journal smaller than this is refused (journal-size=). */
+#define JNL_MIN_SIZE (JNL_DATA_OFFSET + 1024u * 1024u)
+
+/* How the journal reaches its device: a file or block device
+ * (jdev_file_open), or a fake in the unit tests.  Thread-safe; pread and
+ * pwrite transfer everything or fail.
+ */
+struct jdev_ops {
+  int (*pread) (void *opaque, void *buf, size_t count, uint64_t off);
+  int (*pwrite) (void *opaque, const void *buf, size_t count, uint64_t off);
+  int (*sync) (void *opaque); /* fdatasync */
+};
+
+struct jdev {
+  const struct jdev_ops *ops;
+  void *opaque;
+  uint64_t size; /* bytes */
+};
+
+enum jrec_type {
+  JREC_DATA = 1, /* payload: the sectors [offset, offset+count) */
+  JREC_ZERO = 2, /* [offset, offset+count) reads as zeroes */
+  JREC_TRIM = 3, /* [offset, offset+count) discarded (reads unspecified) */
+  JREC_WRAP = 4, /* the rest of this lap is padding */
+};
+
+struct jsb {
+  uint32_t version;
+  uint32_t sector_size;
+  uint8_t id[16];        /* random, set at creation, never changed */
+  uint64_t generation;   /* +1 at each write; slot = generation % 2 */
+  uint64_t journal_size; /* bytes of the device used */
+  uint64_t data_size;    /* bytes of the ring: a multiple of 4096 */
+  uint32_t salt;         /* records of this log carry it */
+  uint32_t flags;        /* 0 */
+  uint64_t tail_lsn;     /* first record not on the backend and flushed */
+  uint64_t tail_seq;     /* its sequence number */
+  uint64_t tail_epoch;   /* the epoch of the record before it */
+  uint64_t image_size;   /* the image's size when this was written */
+  char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "nbd:URI", "rbd:pool/img" */
+};
+
+struct jrec {
+  uint16_t type;  /* enum jrec_type */
+  uint32_t salt;
+  uint64_t seq;   /* +1 per record, WRAP included */
+  uint64_t epoch; /* client flushes before this record */
+  uint64_t offset, count; /* the image range, sector-aligned */
+  uint64_t lsn;   /* where this record starts */
+};
+
+/* CRC32C (Castagnoli), as used by ext4, btrfs and iSCSI: crc32c (0,
+ * "123456789", 9) == 0xE3069283.
+ */
+uint32_t crc32c (uint32_t crc, const void *buf, size_t len);
+
+/* The superblock <-> its 4096-byte slot image (CRC in the last 4 bytes).
+ * jsb_decode: -EINVAL if the magic or CRC is wrong, -EPROTONOSUPPORT if
+ * the version is newer than JNL_VERSION.
+ */
+void jsb_encode (const struct jsb *sb, uint8_t out[JNL_SB_SIZE]);
+int jsb_decode (const uint8_t in[JNL_SB_SIZE], struct jsb *sb);
+/* Reads both slots and returns the newest valid one.  -ENOENT if
+ * neither slot holds a superblock magic (a new or foreign file),
+ * -EINVAL if one does but none is valid, -EPROTONOSUPPORT if the newest
+ * slot with a valid CRC has a newer version, or an I/O error.
+ */
+int jsb_read (const struct jdev *dev, struct jsb *sb);
+/* Increments sb->generation and writes slot (generation % 2).  Does not
+ * sync.
+ */
+int jsb_write (const struct jdev *dev, struct jsb *sb);
+
+/* Bytes a record with PAYLOAD bytes of payload takes in the ring. */
+static inline uint64_t
+jrec_size (uint64_t payload)
+{
+  return JNL_HDR_SIZE + ((payload + 7) & ~(uint64_t) 7);
+}
+
+/* The device offset of LSN. */
+static inline uint64_t
+jnl_phys (const struct jsb *sb, uint64_t lsn)
+{
+  return JNL_DATA_OFFSET + lsn % sb->data_size;
+}
+
+/* Where a record of SIZE bytes that would start at LSN starts: LSN, or
+ * the next lap's start if it would cross the ring's end.  *WRAP is set
+ * when a WRAP record must be written at LSN first (at least a header
+ * fits before the end).
+ */
+uint64_t jnl_place (const struct jsb *sb, uint64_t lsn, uint64_t size,
+                    bool *wrap);
+
+/* Fills HDR (JNL_HDR_SIZE bytes) for R, with the CRC32C of the header
+ * and PAYLOAD (r->count bytes for JREC_DATA, else none).
+ */
+void jrec_encode (const struct jrec *r, const void *payload,
+                  uint8_t hdr[JNL_HDR_SIZE]);
+/* Decodes a header: -EINVAL if the magic is wrong or the fields are
+ * impossible (unknown type, a DATA count of 0 or over 32 MiB).  The
+ * CRC is checked by jrec_check once the payload is read.
+ */
+int jrec_decode (const uint8_t hdr[JNL_HDR_SIZE], struct jrec *r);
+bool jrec_check (const uint8_t hdr[JNL_HDR_SIZE], const void *payload,
+                 uint64_t count);
+
+/* Scanning the log from the superblock's tail: each call returns the
+ * next record that follows (magic, salt, lsn, seq == previous + 1,
+ * epoch >= previous, CRC), 1 with *r and its payload in s->buf (valid
+ * until the next call), 0 at the first record that does not follow (the
+ * end of the log), or -errno on an I/O error.  WRAP records are
+ * followed, not returned.  After 0, s->lsn, s->seq and s->epoch are
+ * where the next record would go.
+ */
+struct jscan {
+  const struct jdev *dev;
+  const struct jsb *sb;
+  uint64_t lsn, seq, epoch; /* the next record expected */
+  uint64_t nrecords, nbytes; /* records and ring bytes returned so far */
+  uint8_t *buf;             /* payload */
+  size_t buflen;
+};
+void jscan_init (struct jscan *s, const struct jdev *dev, const struct jsb *sb);
+int jscan_next (struct jscan *s, struct jrec *r);
+void jscan_free (struct jscan *s);
+
+/* A journal on a file or block device: opens PATH (creating a file of
+ * SIZE bytes if it does not exist and SIZE > 0; a block device's size
+ * is its own).  *CREATED says whether it was created.  Errors name
+ * nothing: the caller logs them with the path.
+ */
+int jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
+                    bool *created);
+void jdev_file_close (struct jdev *dev);
+
+#endif /* SUBPAGE_JFORMAT_H */
