@@ -65,26 +65,26 @@ enum jrec_type {
 struct jsb {
   uint32_t version;
   uint32_t sector_size;
-  uint8_t id[16];        /* random, set at creation, never changed */
-  uint64_t generation;   /* +1 at each write; slot = generation % 2 */
-  uint64_t journal_size; /* bytes of the device used */
-  uint64_t data_size;    /* bytes of the ring: a multiple of 4096 */
-  uint32_t salt;         /* records of this log carry it */
-  uint32_t flags;        /* 0 */
-  uint64_t tail_lsn;     /* first record not on the backend and flushed */
-  uint64_t tail_seq;     /* its sequence number */
-  uint64_t tail_epoch;   /* the epoch of the record before it */
-  uint64_t image_size;   /* the image's size when this was written */
+  uint8_t id[16];            /* random, set at creation, never changed */
+  uint64_t generation;       /* +1 at each write; slot = generation % 2 */
+  uint64_t journal_size;     /* bytes of the device used */
+  uint64_t data_size;        /* bytes of the ring: a multiple of 4096 */
+  uint32_t salt;             /* records of this log carry it */
+  uint32_t flags;            /* 0 */
+  uint64_t tail_lsn;         /* first record not on the backend and flushed */
+  uint64_t tail_seq;         /* its sequence number */
+  uint64_t tail_epoch;       /* the epoch of the record before it */
+  uint64_t image_size;       /* the image's size when this was written */
   char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "nbd:URI", "rbd:pool/img" */
 };
 
 struct jrec {
-  uint16_t type;  /* enum jrec_type */
+  uint16_t type; /* enum jrec_type */
   uint32_t salt;
-  uint64_t seq;   /* +1 per record, WRAP included */
-  uint64_t epoch; /* client flushes before this record */
+  uint64_t seq;           /* +1 per record, WRAP included */
+  uint64_t epoch;         /* client flushes before this record */
   uint64_t offset, count; /* the image range, sector-aligned */
-  uint64_t lsn;   /* where this record starts */
+  uint64_t lsn;           /* where this record starts */
 };
 
 /* CRC32C (Castagnoli), as used by ext4, btrfs and iSCSI: crc32c (0,
@@ -98,14 +98,18 @@ uint32_t crc32c (uint32_t crc, const void *buf, size_t len);
  */
 void jsb_encode (const struct jsb *sb, uint8_t out[JNL_SB_SIZE]);
 int jsb_decode (const uint8_t in[JNL_SB_SIZE], struct jsb *sb);
-/* Reads both slots and returns the newest valid one.  -ENOENT if
+/* Reads both slots and returns the newest valid one (a slot holds
+ * only generations of its own parity).  -ENOENT if
  * neither slot holds a superblock magic (a new or foreign file),
  * -EINVAL if one does but none is valid, -EPROTONOSUPPORT if the newest
  * slot with a valid CRC has a newer version, or an I/O error.
  */
 int jsb_read (const struct jdev *dev, struct jsb *sb);
 /* Increments sb->generation and writes slot (generation % 2).  Does not
- * sync.
+ * sync.  On failure sb->generation is as before, so the next write goes
+ * to the same (maybe torn) slot, not over the last good one.  The
+ * caller syncs each write before the next one: two unsynced writes
+ * cover both slots, and a crash could tear both.
  */
 int jsb_write (const struct jdev *dev, struct jsb *sb);
 
@@ -155,9 +159,9 @@ bool jrec_check (const uint8_t hdr[JNL_HDR_SIZE], const void *payload,
 struct jscan {
   const struct jdev *dev;
   const struct jsb *sb;
-  uint64_t lsn, seq, epoch; /* the next record expected */
+  uint64_t lsn, seq, epoch;  /* the next record expected */
   uint64_t nrecords, nbytes; /* records and ring bytes returned so far */
-  uint8_t *buf;             /* payload */
+  uint8_t *buf;              /* payload */
   size_t buflen;
 };
 void jscan_init (struct jscan *s, const struct jdev *dev, const struct jsb *sb);
