@@ -31,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "fake-jdev.h"
@@ -1296,6 +1298,63 @@ test_crash_prefix (void **state)
 }
 
 /* ---------------------------------------------------------------- */
+/* jdev_file */
+
+static void
+test_jdev_file (void **state)
+{
+  char dir[] = "/tmp/test-jformat-XXXXXX", path[64];
+  struct jdev dev;
+  struct jsb sb = make_sb (4), out;
+  struct stat st;
+  bool created;
+
+  (void) state;
+  assert_non_null (mkdtemp (dir));
+  snprintf (path, sizeof path, "%s/journal", dir);
+
+  /* Not there, and no size to create it with. */
+  assert_int_equal (jdev_file_open (path, 0, &dev, &created), -ENOENT);
+  assert_false (created);
+
+  assert_int_equal (jdev_file_open (path, DEVSIZE, &dev, &created), 0);
+  assert_true (created);
+  assert_int_equal (dev.size, DEVSIZE);
+  assert_int_equal (jsb_read (&dev, &out), -ENOENT);
+  assert_int_equal (jsb_write (&dev, &sb), 0);
+  assert_int_equal (dev.ops->sync (dev.opaque), 0);
+  assert_int_equal (dev.ops->pread (dev.opaque, &(uint8_t){ 0 }, 1, DEVSIZE),
+                    -EIO); /* past the end */
+  jdev_file_close (&dev);
+
+  /* Open again: not created, same size, the superblock is there; a
+   * larger SIZE grows it, a smaller one does not shrink it.
+   */
+  assert_int_equal (jdev_file_open (path, 0, &dev, &created), 0);
+  assert_false (created);
+  assert_int_equal (dev.size, DEVSIZE);
+  assert_int_equal (jsb_read (&dev, &out), 0);
+  assert_sb_equal (&sb, &out);
+  jdev_file_close (&dev);
+  assert_int_equal (jdev_file_open (path, DEVSIZE + 4096, &dev, &created), 0);
+  assert_false (created);
+  assert_int_equal (dev.size, DEVSIZE + 4096);
+  jdev_file_close (&dev);
+  assert_int_equal (jdev_file_open (path, 4096, &dev, &created), 0);
+  assert_int_equal (dev.size, DEVSIZE + 4096);
+  jdev_file_close (&dev);
+  assert_int_equal (stat (path, &st), 0);
+  assert_int_equal (st.st_size, DEVSIZE + 4096);
+
+  /* Neither a file nor a block device. */
+  assert_true (jdev_file_open (dir, DEVSIZE, &dev, &created) < 0);
+  assert_false (created);
+
+  assert_int_equal (unlink (path), 0);
+  assert_int_equal (rmdir (dir), 0);
+}
+
+/* ---------------------------------------------------------------- */
 /* fake_jdev */
 
 static void
@@ -1407,6 +1466,7 @@ main (void)
     cmocka_unit_test (test_scan_full_ring),
     cmocka_unit_test (test_scan_io_error),
     cmocka_unit_test (test_crash_prefix),
+    cmocka_unit_test (test_jdev_file),
     cmocka_unit_test (test_fake_jdev),
   };
 
