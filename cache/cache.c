@@ -114,6 +114,7 @@ cache_destroy (struct cache *c)
   if (!c)
     return;
   CACHE_ASSERT (atomic_load (&c->runs_in_flight) == 0);
+  jnl_free (c);
   page_table_free (c);
   lock_destroy (&c->wb_lock);
   pthread_cond_destroy (&c->wb_cv);
@@ -141,4 +142,31 @@ void
 cache_set_debug (struct cache *c, bool verbose)
 {
   atomic_store (&c->verbose, verbose);
+}
+
+int
+cache_journal_open (struct cache *c, const struct jdev *dev, const char *ident,
+                    bool created)
+{
+  CACHE_ASSERT (c->jnl == NULL);
+  return jnl_open (c, dev, ident, created);
+}
+
+int
+cache_journal_recover (struct cache *c)
+{
+  CACHE_ASSERT (c->jnl != NULL);
+  return jnl_recover (c);
+}
+
+int
+cache_journal_drain (struct cache *c)
+{
+  return c->jnl ? jnl_drain (c) : 0;
+}
+
+bool
+cache_has_journal (const struct cache *c)
+{
+  return c->jnl != NULL;
 }

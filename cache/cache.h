@@ -91,7 +91,8 @@ struct cache_config {
 #define CACHE_MIN_SECTOR_SIZE 512u
 #define CACHE_MIN_PAGES 8
 
-enum cache_log_level { CACHE_LOG_DEBUG, CACHE_LOG_ERROR };
+/* INFO: progress a user wants to see without -v (journal replay). */
+enum cache_log_level { CACHE_LOG_DEBUG, CACHE_LOG_INFO, CACHE_LOG_ERROR };
 typedef void (*cache_log_fn) (void *opaque, enum cache_log_level level,
                               const char *fmt, va_list ap);
 
@@ -129,6 +130,35 @@ void cache_destroy (struct cache *c);
 void cache_set_submit (struct cache *c, cache_submit_fn fn, void *opaque);
 void cache_set_kick (struct cache *c, cache_kick_fn fn, void *opaque);
 void cache_set_debug (struct cache *c, bool verbose);
+
+/* The journal (journal=, docs/journal.md).  DEV is an open journal
+ * device (jformat.h: jdev_file_open), which the cache uses until
+ * cache_destroy and does not close; IDENT names the image ("file:PATH",
+ * "nbd:URI", "rbd:POOL/IMAGE"), CREATED says DEV was created just now.
+ *
+ * cache_journal_open reads the superblock (or formats a new journal)
+ * and refuses, logging both sides, a journal of another image or
+ * sector size, a corrupt one or one of a newer format: no backend I/O,
+ * so it can run before nbdkit forks.  cache_journal_recover then
+ * replays what the journal holds onto the backend (which must be
+ * writable) and starts a new log; call it before any request.
+ *
+ * With a journal: writes, zeroes and trims are records in the journal;
+ * cache_flush syncs the journal and does not wait for the backend; a
+ * FUA write is durable once its record is; the cache is written back
+ * only from the journal, in epoch order (cache_writeback and the kick
+ * hook drive cache_journal_drain), and cache_drain writes back
+ * everything.  Only CACHE_MODE_WRITEBACK.
+ */
+struct jdev;
+int cache_journal_open (struct cache *c, const struct jdev *dev,
+                        const char *ident, bool created);
+int cache_journal_recover (struct cache *c);
+/* One step of write-back from the journal: the number of records
+ * written (0: nothing to do) or -errno.
+ */
+int cache_journal_drain (struct cache *c);
+bool cache_has_journal (const struct cache *c);
 
 /* Requests.  count may be anything from 1 byte up to 32 MiB, at any
  * alignment.  flags: CACHE_FUA for write/zero/trim, CACHE_MAY_TRIM and

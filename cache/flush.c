@@ -125,6 +125,15 @@ flush_body (struct cache *c, bool force)
   if (c->cfg.mode == CACHE_MODE_UNSAFE && !force)
     return 0;
   atomic_fetch_add (&c->ctr.flushes, 1);
+  if (c->jnl) {
+    /* The journal is what must be durable (rule 12); the drain at
+     * shutdown also writes it all back.
+     */
+    err = jnl_flush (c);
+    if (!err && force)
+      err = jnl_drain_all (c);
+    goto done;
+  }
 
   lock_take (&c->wb_lock);
   t = dirty_new_epoch (c);
@@ -175,6 +184,7 @@ flush_body (struct cache *c, bool force)
 
   if (!err)
     err = group_commit (c);
+done:
   if (err) {
     atomic_fetch_add (&c->ctr.flush_errors, 1);
     /* Data past the image's end: the resize logged it once (resize.c). */

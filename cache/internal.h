@@ -127,6 +127,7 @@ struct page {
                                * page lock, read without it by collectors
                                * sizing a batch */
   struct frag *frags; /* snapshots in flight */
+  uint64_t jseq;      /* journal=: the newest record of this page */
   unsigned nwaiters;  /* threads waiting on cv */
 
   /* wb_lock (read also under the page lock by writers, who take wb_lock
@@ -161,8 +162,11 @@ struct report_hist {
   atomic_uint_fast64_t sum_ns;
 };
 
+struct journal;
+
 struct cache {
   struct cache_config cfg;
+  struct journal *jnl; /* journal=, or NULL (journal.h) */
   const struct cache_backend_ops *ops;
   void *bopaque;
   cache_log_fn log;
@@ -299,6 +303,8 @@ struct gc_waiter {
  *                       in the cache, before writing it back
  *   "read.fetched"      a read, after its backend reads, before it
  *                       installs what they returned
+ *   "journal.placed"    a journaled write, after its record of one page
+ *                       is placed in the log, before it is written
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS
@@ -497,5 +503,7 @@ enum wb_pick { PICK_EXPIRED, PICK_BACKGROUND, PICK_FLUSH };
  */
 int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
                 uint64_t *ticket);
+
+#include "journal.h"
 
 #endif /* SUBPAGE_INTERNAL_H */

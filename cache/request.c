@@ -363,10 +363,17 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   return 0;
 }
 
-/* Writes [off, off+len) (inside page PI) from src. */
+/* Writes [off, off+len) (inside page PI) from src.  With a journal,
+ * JB (credited) becomes the record of the sectors written, of type JT,
+ * placed in the log under the page lock, after the data is in the page:
+ * so the records of a sector are in the order of its changes in memory.
+ * *SEQ is its sequence number, 0 if it was not placed (the caller then
+ * returns its credit).
+ */
 static int
 write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
-            uint64_t len, char *tmp)
+            uint64_t len, char *tmp, struct jbuf *jb, enum jrec_type jt,
+            uint64_t *seq)
 {
   uint64_t poff = pi << c->page_shift;
   uint32_t ss = c->cfg.sector_size;
@@ -415,6 +422,15 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
     sect_write (&p->sb, sh, st - sh + 1, &d);
     report_account (c, p, &d);
     dirty_note_write (c, p, sh, st - sh + 1);
+    if (jb) {
+      size_t n = (size_t) (st - sh + 1) << c->sector_shift;
+
+      if (jt == JREC_DATA)
+        memcpy (jb->payload, sect_data (c, p, sh), n);
+      *seq = jnl_reserve (c, jb, jt, poff + ((uint64_t) sh << c->sector_shift),
+                          n);
+      p->jseq = *seq;
+    }
     CACHE_ASSERT (page_check (c, p));
   }
   page_unlock (p);
@@ -434,11 +450,50 @@ maybe_kick (struct cache *c)
     fn (atomic_load (&c->kick_opaque));
 }
 
+/* One page's part of a journaled write: its record (of type ZERO for
+ * whole sectors of zeroes), credited, placed by write_page and written
+ * here.  A record that fails to write stays with the journal, which
+ * writes it again before its next sync: the write itself succeeds (its
+ * data is in memory) unless it is FUA, and the next flush fails if the
+ * journal still cannot be written.  *MAXSEQ: the newest record.
+ */
 static int
-do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
-          uint32_t flags)
+write_page_journaled (struct cache *c, uint64_t pi, const char *src,
+                      uint64_t off, uint64_t len, char *tmp, bool zero,
+                      uint64_t *maxseq)
 {
-  uint64_t end = off + count, pos = off;
+  uint64_t ss = c->cfg.sector_size;
+  uint64_t a = ROUND_DOWN (off, ss), e = ROUND_UP (off + len, ss);
+  bool aligned = a == off && e == off + len;
+  enum jrec_type jt = zero && aligned ? JREC_ZERO : JREC_DATA;
+  struct jbuf *jb = jnl_buf_new (jt == JREC_DATA ? e - a : 0);
+  uint64_t seq = 0;
+  int r;
+
+  if (!jb)
+    return -ENOMEM;
+  r = jnl_credit (c, jb->size);
+  if (r < 0) {
+    free (jb);
+    return r;
+  }
+  r = write_page (c, pi, src, off, len, tmp, jb, jt, &seq);
+  if (seq == 0) {
+    jnl_uncredit (c, jb->size);
+    free (jb);
+    return r;
+  }
+  *maxseq = MAX (*maxseq, seq);
+  CACHE_PARK (c, "journal.placed");
+  jnl_write (c, jb); /* on failure kept: the next sync retries */
+  return r;
+}
+
+static int
+do_write_ex (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+             uint32_t flags, bool zero)
+{
+  uint64_t end = off + count, pos = off, maxseq = 0;
   char *tmp = NULL;
   int r = 0;
 
@@ -460,21 +515,40 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
     uint64_t hi = MIN (end, (pi + 1) << c->page_shift);
 
     r = wb_throttle (c);
-    if (r == 0)
+    if (r == 0 && c->jnl)
+      r = write_page_journaled (c, pi, (const char *) buf + (pos - off), pos,
+                                hi - pos, tmp, zero, &maxseq);
+    else if (r == 0)
       r = write_page (c, pi, (const char *) buf + (pos - off), pos, hi - pos,
-                      tmp);
+                      tmp, NULL, 0, NULL);
     pos = hi;
   }
   free (tmp);
   if (r < 0)
     return r;
 
+  if (c->jnl) {
+    /* FUA: durable once its records are (rule 12). */
+    if (flags & CACHE_FUA) {
+      CACHE_PARK (c, "fua.written");
+      r = jnl_sync (c, maxseq);
+    }
+    maybe_kick (c);
+    return r;
+  }
   if ((flags & CACHE_FUA) || c->cfg.mode == CACHE_MODE_WRITETHROUGH) {
     CACHE_PARK (c, "fua.written");
     r = wb_sync_range (c, off, count, flags & CACHE_FUA);
   }
   maybe_kick (c);
   return r;
+}
+
+static int
+do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+          uint32_t flags)
+{
+  return do_write_ex (c, buf, count, off, flags, false);
 }
 
 int
@@ -542,10 +616,47 @@ write_zeroes (struct cache *c, uint64_t count, uint64_t off, uint32_t flags)
 
   while (count > 0 && r == 0) {
     uint32_t n = (uint32_t) MIN (count, (uint64_t) ZBUF_SIZE);
-    r = do_write (c, zeroes, n, off, flags);
+    r = do_write_ex (c, zeroes, n, off, flags, true);
     off += n;
     count -= n;
   }
+  return r;
+}
+
+/* With a journal: a ZERO is written through the cache as zeroes, its
+ * whole sectors as ZERO records (no payload), so reads see it at once
+ * and the drainer zeroes the backend in its turn; it is never fast.  A
+ * TRIM of whole sectors [a, e) is one TRIM record, applied to the
+ * backend when drained; the cache keeps what it holds (a TRIM is
+ * advisory: reads of the range may return the old data or zeroes).
+ */
+static int
+discard_journaled (struct cache *c, uint64_t a, uint64_t e, uint32_t count,
+                   uint64_t off, uint32_t flags, bool zero)
+{
+  struct jbuf *jb;
+  uint64_t seq;
+  int r;
+
+  if (zero) {
+    if (flags & CACHE_FAST_ZERO)
+      return -ENOTSUP;
+    return write_zeroes (c, count, off, flags & CACHE_FUA);
+  }
+  if (a >= e)
+    return 0;
+  jb = jnl_buf_new (0);
+  if (!jb)
+    return -ENOMEM;
+  r = jnl_credit (c, jb->size);
+  if (r < 0) {
+    free (jb);
+    return r;
+  }
+  seq = jnl_reserve (c, jb, JREC_TRIM, a, e - a);
+  jnl_write (c, jb);
+  if (flags & CACHE_FUA)
+    r = jnl_sync (c, seq);
   return r;
 }
 
@@ -567,6 +678,8 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
   if (c->cfg.mode == CACHE_MODE_UNSAFE)
     flags &= ~CACHE_FUA;
 
+  if (c->jnl)
+    return discard_journaled (c, a, e, count, off, flags, zero);
   if (zero && a >= e) /* inside one sector */
     return write_zeroes (c, count, off, flags & CACHE_FUA);
   if (!zero && (a >= e || !c->ops->trim))

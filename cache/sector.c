@@ -36,6 +36,8 @@ const struct sect_edge sect_edges[] = {
   { SECT_CLEAN,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
   { SECT_DIRTY,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
   { SECT_ABSENT,    SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
+  { SECT_DIRTY,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
+  { SECT_CLEAN,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
 };
 /* clang-format on */
 const unsigned sect_nr_edges = sizeof sect_edges / sizeof sect_edges[0];
@@ -64,6 +66,7 @@ sect_op_name (enum sect_op op)
   case SECT_OP_WB_END_OK: return "wb_end(ok)";
   case SECT_OP_WB_END_ERR: return "wb_end(err)";
   case SECT_OP_DROP: return "drop";
+  case SECT_OP_CLEAN: return "clean";
   default: abort ();
   }
 }
@@ -334,6 +337,21 @@ sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
 }
 
 void
+sect_clean (struct sect_bits *sb, uint32_t first, uint32_t n,
+            struct sect_delta *delta)
+{
+  uint64_t *d = bm_words (sb, SECT_BM_D);
+  int nd = 0;
+
+  assert_from (sb, first, n, ST (SECT_CLEAN) | ST (SECT_DIRTY));
+  FOR_EACH_WORD (sb, first, n, w, mask) {
+    nd += popcount64 (mask & d[w]);
+    d[w] &= ~mask;
+  }
+  add_delta (delta, 0, -nd, 0);
+}
+
+void
 sect_apply (struct sect_bits *sb, enum sect_op op, uint32_t i,
             struct sect_delta *delta)
 {
@@ -344,6 +362,7 @@ sect_apply (struct sect_bits *sb, enum sect_op op, uint32_t i,
   case SECT_OP_WB_END_OK: sect_wb_end (sb, i, 1, true, delta); break;
   case SECT_OP_WB_END_ERR: sect_wb_end (sb, i, 1, false, delta); break;
   case SECT_OP_DROP: sect_drop (sb, i, 1, delta); break;
+  case SECT_OP_CLEAN: sect_clean (sb, i, 1, delta); break;
   default: abort ();
   }
 }

@@ -48,6 +48,10 @@
  *      CLEAN     -> ABSENT     [sect_drop]    eviction, trim, zero
  *      DIRTY     -> ABSENT     [sect_drop]    trim, zero (data superseded)
  *      ABSENT    -> ABSENT     [sect_drop]
+ *      DIRTY     -> CLEAN      [sect_clean]   journal=: every record
+ *                                             of the page is on the
+ *                                             backend and flushed
+ *      CLEAN     -> CLEAN      [sect_clean]
  *    Every other edge is illegal and fails CACHE_ASSERT: in particular
  *    wb_start of a WRITEBACK or REDIRTIED sector (two writes of one
  *    sector in flight could land in either order: invariant 3), drop of
@@ -129,6 +133,8 @@ void sect_wb_end (struct sect_bits *sb, uint32_t first, uint32_t n, bool ok,
                   struct sect_delta *delta); /* W set */
 void sect_drop (struct sect_bits *sb, uint32_t first, uint32_t n,
                 struct sect_delta *delta); /* W clear */
+void sect_clean (struct sect_bits *sb, uint32_t first, uint32_t n,
+                 struct sect_delta *delta); /* DIRTY or CLEAN */
 
 /* The transition table, as data: sect_apply performs one edge of it
  * and tests/unit/test-sector.c walks it, applying every op to every
@@ -143,6 +149,7 @@ enum sect_op {
   SECT_OP_WB_END_OK,
   SECT_OP_WB_END_ERR,
   SECT_OP_DROP,
+  SECT_OP_CLEAN,
   SECT_NR_OPS
 };
 struct sect_edge {

@@ -420,6 +420,8 @@ collect_submit (struct cache *c, struct collect *k, struct batch *b)
 int
 wb_collect (struct cache *c, enum wb_pick how, uint64_t arg, uint64_t *ticket)
 {
+  if (c->jnl) /* the journal's drainer writes back, not collectors */
+    return 0;
   for (;;) {
     struct collect k = { .npicked = 0 };
     struct batch *b;
@@ -479,6 +481,8 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg, uint64_t *ticket)
 int
 cache_writeback (struct cache *c, enum cache_wb_reason why, uint64_t expire_ms)
 {
+  if (c->jnl)
+    return jnl_drain (c); /* write-back comes from the journal */
   switch (why) {
   case CACHE_WB_EXPIRED: return wb_collect (c, PICK_EXPIRED, expire_ms, NULL);
   case CACHE_WB_BACKGROUND: return wb_collect (c, PICK_BACKGROUND, 0, NULL);
@@ -657,7 +661,9 @@ wb_kick (struct cache *c)
 
   if (fn)
     fn (atomic_load (&c->kick_opaque));
-  else /* no server: write back ourselves */
+  else if (c->jnl) /* no server: write back ourselves */
+    jnl_drain (c);
+  else
     wb_collect (c, PICK_BACKGROUND, 0, NULL);
 }
 

@@ -40,6 +40,7 @@
 
 #include "cache.h"
 #include "errstr.h"
+#include "jformat.h"
 #include "params.h"
 #include "util.h"
 
@@ -381,6 +382,25 @@ params_config (const char *key, const char *value)
     params.rbd_exclusive = r;
     params.ceph_given = true;
   }
+  else if (strcmp (key, "journal") == 0) {
+    free (params.journal);
+    params.journal = nbdkit_absolute_path (value);
+    if (params.journal == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "journal-size") == 0) {
+    uint64_t r = 0;
+
+    if (parse_size_quiet (value, &r) == -1 || r < JNL_MIN_SIZE ||
+        r > (UINT64_C (1) << 50)) {
+      char b1[32];
+      nbdkit_error ("subpage: journal-size=%s: must be a size such as 1G, "
+                    "at least %s",
+                    value, params_size_str (JNL_MIN_SIZE, b1, sizeof b1));
+      return -1;
+    }
+    params.journal_size = r;
+  }
   else if (strcmp (key, "connections") == 0) {
     if (parse_uint (key, value, 1, 64, &params.connections) == -1)
       return -1;
@@ -524,6 +544,16 @@ params_config_complete (void)
                   params.backend_timeout_str, params.filename);
     return -1;
   }
+  if (params.journal == NULL && params.journal_size > 0) {
+    nbdkit_error ("subpage: journal-size= needs journal=PATH");
+    return -1;
+  }
+  if (params.journal != NULL && params.mode != CACHE_MODE_WRITEBACK) {
+    nbdkit_error ("subpage: journal=%s: needs mode=writeback (mode=%s: "
+                  "remove journal= or mode=)",
+                  params.journal, params_mode_name (params.mode));
+    return -1;
+  }
   if (params.rbd == NULL && params.ceph_given) {
     nbdkit_error ("subpage: ceph-conf=, ceph-id=, ceph-keyring= and "
                   "rbd-exclusive= only apply to rbd= (a Ceph RBD image): "
@@ -601,4 +631,6 @@ params_free (void)
   params.metrics_socket = NULL;
   free (params.backend_timeout_str);
   params.backend_timeout_str = NULL;
+  free (params.journal);
+  params.journal = NULL;
 }

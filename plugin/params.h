@@ -43,7 +43,9 @@ struct params {
    */
   unsigned backend_timeout_ms;
   char *backend_timeout_str;
-  bool io_flusher; /* see SAME-HOST CLIENTS in the man page */
+  char *journal;         /* journal=, absolute; NULL: no journal */
+  uint64_t journal_size; /* journal-size=; 0: not given */
+  bool io_flusher;       /* see SAME-HOST CLIENTS in the man page */
   bool mlock_memory;
 };
 
@@ -105,6 +107,11 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "backend-timeout=<SECONDS>    uri=: fail a backend request with EIO\n"     \
   "                             after this long, 0..3600, decimals\n"        \
   "                             allowed (default 0: no limit).\n"            \
+  "journal=<PATH>               Persistent write-back journal: a file\n"     \
+  "                             or block device on fast local storage\n"     \
+  "                             (default: none).\n"                          \
+  "journal-size=<SIZE>          Size of a new journal file (default 1G;\n"   \
+  "                             a block device's is its own).\n"             \
   "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
   "                             on this unix socket (default: none)."
 

@@ -96,6 +96,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include <nbdkit-plugin.h>
@@ -104,6 +105,8 @@
 #include "cache.h"
 #include "errstr.h"
 #include "file-backend.h"
+#include "jdrain.h"
+#include "jformat.h"
 #include "metrics.h"
 #include "nbd-backend.h"
 #include "params.h"
@@ -134,6 +137,13 @@ static struct backend backend; /* file= or uri= */
 static struct cache *cache;
 static struct wbs *wbs;
 static struct metrics *metrics;
+/* journal=: its device and drainer (instead of wbs). */
+static struct jdev journal_dev;
+static bool journal_open;
+static struct jdrain *jdrain;
+
+/* A new journal file's size when journal-size= is not given. */
+#define SUBPAGE_JOURNAL_DEFAULT_SIZE (UINT64_C (1) << 30)
 static pthread_t watcher;
 static bool watcher_started;
 
@@ -145,6 +155,11 @@ subpage_log (void *opaque, enum cache_log_level level, const char *fmt,
   (void) opaque;
   switch (level) {
   case CACHE_LOG_DEBUG: nbdkit_vdebug (fmt, ap); break;
+  case CACHE_LOG_INFO: /* no info level in nbdkit 1.32: see get_ready */
+    fputs ("nbdkit: subpage: ", stderr);
+    vfprintf (stderr, fmt, ap);
+    fputc ('\n', stderr);
+    break;
   case CACHE_LOG_ERROR: nbdkit_verror (fmt, ap); break;
   default: abort ();
   }
@@ -198,6 +213,52 @@ subpage_same_host_check (void)
       return -1;
     }
     syscall (SYS_munlockall);
+  }
+  return 0;
+}
+
+/* journal=: opens the device (creating a file of journal-size=, or 1G,
+ * if there is none) and checks its superblock against the image, before
+ * nbdkit forks, so a wrong journal is refused where the user sees it.
+ * Replay needs the backend writable and waits for .after_fork.
+ */
+static int
+subpage_journal_open (void)
+{
+  uint64_t size = params.journal_size;
+  char ident[JNL_IDENT_MAX];
+  struct stat st;
+  bool created = false;
+  int err;
+
+  if (backend.read_only_why != NULL) {
+    nbdkit_error ("subpage: journal=%s: the image cannot be written (%s), "
+                  "and a journal needs to write it",
+                  params.journal, backend.read_only_why);
+    return -1;
+  }
+  if (size == 0 && stat (params.journal, &st) == -1 && errno == ENOENT)
+    size = SUBPAGE_JOURNAL_DEFAULT_SIZE;
+  err = jdev_file_open (params.journal, size, &journal_dev, &created);
+  if (err < 0) {
+    nbdkit_error ("subpage: journal=%s: %s", params.journal, errstr (-err));
+    return -1;
+  }
+  journal_open = true;
+  if ((size_t) snprintf (ident, sizeof ident, "%s:%s", backend.param,
+                         backend.value) >= sizeof ident) {
+    nbdkit_error ("subpage: journal=%s: the image's name is too long for a "
+                  "journal (%zu bytes at most): %s=%s",
+                  params.journal, sizeof ident - 1, backend.param,
+                  backend.value);
+    return -1;
+  }
+  err = cache_journal_open (cache, &journal_dev, ident, created);
+  if (err < 0) {
+    nbdkit_error ("subpage: journal=%s: not used (the line above says why); "
+                  "nothing was written to it",
+                  params.journal);
+    return -1;
   }
   return 0;
 }
@@ -267,6 +328,9 @@ subpage_get_ready (void)
     return -1;
   }
   cache_set_debug (cache, subpage_debug_verbose != 0);
+
+  if (params.journal != NULL && subpage_journal_open () == -1)
+    return -1;
 
   /* After cache_create: mlock=true's check counts the cache's memory. */
   if (subpage_same_host_check () == -1)
@@ -346,7 +410,10 @@ subpage_watcher (void *arg)
   while (r == -1 && errno == EINTR);
   if (r == 1 && c == 's') {
     nbdkit_debug ("subpage: server is shutting down: draining dirty data");
-    wbs_begin_drain (wbs);
+    if (wbs != NULL)
+      wbs_begin_drain (wbs);
+    if (jdrain != NULL)
+      jdrain_kick (jdrain);
   }
   return NULL;
 }
@@ -499,8 +566,32 @@ subpage_after_fork (void)
   wcfg.aio_pwrite = backend.aio_pwrite;
   wcfg.aio_opaque = backend.handle;
 
-  wbs = wbs_start (cache, &wcfg, &err);
-  if (wbs == NULL) {
+  if (params.journal != NULL) {
+    /* Replay before serving, onto an image opened for writing now. */
+    if (backend.open_write != NULL && backend.open_write (backend.handle) < 0)
+      return -1;
+    if (!backend.can_write (backend.handle)) {
+      nbdkit_error ("subpage: journal=%s: the image cannot be written, "
+                    "and a journal needs to write it",
+                    params.journal);
+      return -1;
+    }
+    if (cache_journal_recover (cache) < 0) {
+      nbdkit_error ("subpage: journal=%s: recovery failed (the line above "
+                    "says why); the journal is kept as it was",
+                    params.journal);
+      return -1;
+    }
+    jdrain = jdrain_start (cache, params.dirty_writeback_ms, &err);
+    if (jdrain == NULL) {
+      nbdkit_error ("subpage: cannot start the journal's drainer: %s",
+                    errstr (-err));
+      return -1;
+    }
+  }
+  else
+    wbs = wbs_start (cache, &wcfg, &err);
+  if (params.journal == NULL && wbs == NULL) {
     nbdkit_error ("subpage: cannot start write-back threads: %s",
                   errstr (-err));
     return -1;
@@ -545,6 +636,8 @@ subpage_cleanup (void)
   subpage_watcher_stop ();
   wbs_stop (wbs);
   wbs = NULL;
+  jdrain_stop (jdrain);
+  jdrain = NULL;
 
   if (cache != NULL) {
     struct cache_stats st;
@@ -566,6 +659,9 @@ subpage_cleanup (void)
     cache_destroy (cache);
     cache = NULL;
   }
+  if (journal_open)
+    jdev_file_close (&journal_dev);
+  journal_open = false;
   backend_close (&backend);
   params_free ();
 }

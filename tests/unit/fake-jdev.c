@@ -357,3 +357,9 @@ fj_sync (void *opaque)
   unlock (f);
   return err;
 }
+
+void
+fake_jdev_free_image (uint8_t *img)
+{
+  free (img);
+}

@@ -74,6 +74,10 @@ const struct jdev *fake_jdev_dev (struct fake_jdev *f);
 uint8_t *fake_jdev_crash (struct fake_jdev *f, uint64_t seed);
 /* A malloc'd copy of the latest contents (what pread returns). */
 uint8_t *fake_jdev_contents (struct fake_jdev *f);
+/* Frees an image of fake_jdev_crash or fake_jdev_contents (with the C
+ * library's free: a test file's free is cmocka's).
+ */
+void fake_jdev_free_image (uint8_t *img);
 
 void fake_jdev_get_counts (struct fake_jdev *f, struct fake_jdev_counts *out);
 

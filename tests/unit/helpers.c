@@ -1,5 +1,5 @@
 /* subpage unit tests: shared helpers (see helpers.h). */
-#undef UNIT_TESTING     /* keep libc malloc: see the test files */
+#undef UNIT_TESTING /* keep libc malloc: see the test files */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +15,7 @@
 struct cache_config
 test_config (void)
 {
-  return (struct cache_config) {
+  return (struct cache_config){
     .size = 4 * MiB,
     .cache_size = 1 * MiB,
     .page_size = 64 * KiB,
@@ -63,8 +63,7 @@ atomic_bool tc_quiet_errors;
 atomic_uint tc_error_lines;
 
 static void
-test_log (void *opaque, enum cache_log_level level, const char *fmt,
-          va_list ap)
+test_log (void *opaque, enum cache_log_level level, const char *fmt, va_list ap)
 {
   (void) opaque;
   if (level == CACHE_LOG_ERROR)
@@ -73,7 +72,10 @@ test_log (void *opaque, enum cache_log_level level, const char *fmt,
     return;
   if (level == CACHE_LOG_ERROR && atomic_load (&tc_quiet_errors))
     return;
-  fprintf (stderr, "cache %s: ", level == CACHE_LOG_ERROR ? "error" : "debug");
+  fprintf (stderr, "cache %s: ",
+           level == CACHE_LOG_ERROR  ? "error"
+           : level == CACHE_LOG_INFO ? "info"
+                                     : "debug");
   vfprintf (stderr, fmt, ap);
   fputc ('\n', stderr);
 }
@@ -196,8 +198,8 @@ stats (struct cache *c)
 unsigned char
 pattern_byte (uint64_t off, unsigned seed)
 {
-  uint64_t x = off * UINT64_C (0x9e3779b97f4a7c15)
-    + (uint64_t) (seed + 1) * UINT64_C (0xbf58476d1ce4e5b9);
+  uint64_t x = off * UINT64_C (0x9e3779b97f4a7c15) +
+               (uint64_t) (seed + 1) * UINT64_C (0xbf58476d1ce4e5b9);
 
   x ^= x >> 31;
   x *= UINT64_C (0x94d049bb133111eb);
@@ -263,7 +265,8 @@ read_is_pattern (struct tcache *t, uint64_t off, size_t n, unsigned seed)
   if (r == 0)
     bad = pattern_mismatch (buf, n, off, seed);
   if (r != 0 || bad >= 0)
-    fprintf (stderr, "read_is_pattern: off=%llu n=%zu seed=%u: r=%d, "
+    fprintf (stderr,
+             "read_is_pattern: off=%llu n=%zu seed=%u: r=%d, "
              "first mismatch at +%ld\n",
              (unsigned long long) off, n, seed, r, bad);
   free (buf);
@@ -295,7 +298,8 @@ disk_is_pattern (struct tcache *t, uint64_t off, size_t n, unsigned seed)
   fake_disk_read (t->f, buf, n, off);
   bad = pattern_mismatch (buf, n, off, seed);
   if (bad >= 0)
-    fprintf (stderr, "disk_is_pattern: off=%llu n=%zu seed=%u: "
+    fprintf (stderr,
+             "disk_is_pattern: off=%llu n=%zu seed=%u: "
              "first mismatch at +%ld\n",
              (unsigned long long) off, n, seed, bad);
   free (buf);
@@ -310,11 +314,12 @@ sectors_are (struct tcache *t, uint64_t off, uint64_t n, unsigned want)
   for (uint64_t o = off - off % ss; o < off + n; o += ss) {
     unsigned got = cache_debug_sector (t->c, o);
     if (got != want) {
-      fprintf (stderr, "sectors_are: sector at %llu has %s%s%s (%#x), "
-               "want %#x\n", (unsigned long long) o,
-               got & CACHE_SECT_V ? "V" : "-",
-               got & CACHE_SECT_D ? "D" : "-",
-               got & CACHE_SECT_W ? "W" : "-", got, want);
+      fprintf (stderr,
+               "sectors_are: sector at %llu has %s%s%s (%#x), "
+               "want %#x\n",
+               (unsigned long long) o, got & CACHE_SECT_V ? "V" : "-",
+               got & CACHE_SECT_D ? "D" : "-", got & CACHE_SECT_W ? "W" : "-",
+               got, want);
       return false;
     }
   }
@@ -338,8 +343,10 @@ no_stray_pins (struct tcache *t)
     for (uint64_t o = off; o < off + ps && o < t->cfg.size; o += ss)
       bits |= cache_debug_sector (t->c, o);
     if (!(bits & (CACHE_SECT_D | CACHE_SECT_W))) {
-      fprintf (stderr, "no_stray_pins: page at %llu has %u reference(s) "
-               "but no D or W sector\n", (unsigned long long) off, refs);
+      fprintf (stderr,
+               "no_stray_pins: page at %llu has %u reference(s) "
+               "but no D or W sector\n",
+               (unsigned long long) off, refs);
       ok = false;
     }
   }
@@ -383,7 +390,7 @@ async_start (struct tcache *t, enum async_op op, void *buf, uint32_t count,
      */
     a->buf = calloc (1, count);
     assert_non_null (a->buf);
-    if (buf)                  /* a read's buffer starts as BUF */
+    if (buf) /* a read's buffer starts as BUF */
       memcpy (a->buf, buf, count);
   }
   a->count = count;
@@ -465,8 +472,7 @@ stops_hook (void *opaque, const char *point)
 
   pthread_mutex_lock (&st->lock);
   for (unsigned k = 0; k < st->n; k++) /* count the arrival first */
-    if (strcmp (point, st->s[k].point) == 0 &&
-        ++st->s[k].seen == st->s[k].nth)
+    if (strcmp (point, st->s[k].point) == 0 && ++st->s[k].seen == st->s[k].nth)
       park = (int) k;
   if (park >= 0) {
     st->s[park].parked = true;

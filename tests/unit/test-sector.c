@@ -136,6 +136,8 @@ static const struct {
   { SECT_CLEAN,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
   { SECT_DIRTY,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
   { SECT_ABSENT,    SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
+  { SECT_DIRTY,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
+  { SECT_CLEAN,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
 };
 #define NR_DOCUMENTED (sizeof documented / sizeof documented[0])
 

@@ -1,0 +1,861 @@
+/* subpage: the journal's runtime (journal.h has the model, jformat.h
+ * the format, docs/journal.md the rules and what each crash recovers
+ * to).
+ *
+ * Space.  The ring holds the records between the durable tail (the
+ * superblock's tail_lsn, dtail) and the head.  A writer first takes a
+ * credit for its record (jnl_credit, waiting with no lock held while
+ * the ring is full), then places the record under its page lock
+ * (jnl_reserve).  A credit is granted only while
+ *     (head - dtail) + credited + size + slack <= data_size,
+ * slack being the largest record: the padding a wrap wastes is at most
+ * that, and only one wrap can happen before the tail moves, so placed
+ * records never overrun the durable tail (rule 14).
+ *
+ * Durability.  Records are written in any order by their writers; the
+ * pending list holds the ones placed and not yet written, in sequence
+ * order, so its head bounds the prefix of the log that is written.  A
+ * sync waits until that prefix reaches its target, syncs the device
+ * once for every waiter whose target it covers (group commit), and
+ * moves synced_seq.  A write that failed stays on the list (the
+ * journal owns its buffer) and the next sync writes it again first:
+ * the log never has a hole below synced_seq.  A failed device sync is
+ * sticky (after a failed fdatasync the kernel may have dropped the
+ * pages it could not write; nothing written before it can be trusted
+ * as durable): every later sync, and so every flush, fails with it.
+ *
+ * Epochs.  A client flush closes the current epoch (records placed
+ * after it carry the next); records carry their epoch, and the drainer
+ * never puts records of two epochs in one batch, flushing the backend
+ * after each batch (rule 13).
+ */
+#define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "errstr.h"
+#include "internal.h"
+#include "journal.h"
+#include "util.h"
+
+/* Ring bytes written back per drain step, at most (one record may pass
+ * it).
+ */
+#define DRAIN_BATCH (8u * 1024 * 1024)
+
+struct journal {
+  struct jdev dev;
+  char *path;
+
+  struct lock lock;
+  pthread_cond_t cv; /* records written, syncs done, space freed */
+  uint64_t head_lsn, next_seq, epoch;
+  uint64_t credited;
+  uint64_t slack;
+  uint64_t dtail_lsn; /* the superblock's tail: space */
+  struct jbuf *pend_head, *pend_tail;
+  uint64_t synced_seq; /* records <= this are durable */
+  bool syncing;
+  int sync_err;                  /* sticky */
+  uint64_t mtail_lsn, mtail_seq; /* drained and flushed, not yet in sb */
+  uint64_t mtail_epoch;
+  bool drain_failing;
+  int drain_err;
+
+  /* Drainer (drain_lock). */
+  struct lock drain_lock;
+  struct jsb sb; /* as last written */
+  struct {
+    uint64_t off, count;
+  } * ranges;
+  size_t nranges, ranges_cap;
+};
+
+static uint32_t
+random_u32 (void)
+{
+  uint32_t v = 0;
+
+  if (getrandom (&v, sizeof v, 0) != sizeof v)
+    v = (uint32_t) report_now_ns ();
+  return v;
+}
+
+/* ---- opening ---- */
+
+static bool
+all_zero (const uint8_t *b, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (b[i])
+      return false;
+  return true;
+}
+
+static int
+format (struct cache *c, struct journal *j, const char *ident)
+{
+  struct jsb *sb = &j->sb;
+  int r = 0;
+
+  memset (sb, 0, sizeof *sb);
+  sb->version = JNL_VERSION;
+  sb->sector_size = c->cfg.sector_size;
+  if (getrandom (sb->id, sizeof sb->id, 0) != sizeof sb->id)
+    return -EIO;
+  sb->journal_size = j->dev.size;
+  sb->data_size = ROUND_DOWN (j->dev.size - JNL_DATA_OFFSET, (uint64_t) 4096);
+  sb->salt = random_u32 ();
+  sb->tail_lsn = 0;
+  sb->tail_seq = 1;
+  sb->tail_epoch = 0;
+  sb->image_size = size_now (c);
+  snprintf (sb->ident, sizeof sb->ident, "%s", ident);
+  /* Both slots, each synced before the next is written (jformat.h): a
+   * torn write then leaves the other one.
+   */
+  for (int k = 0; k < 2 && r == 0; k++) {
+    r = jsb_write (&j->dev, sb);
+    if (r == 0)
+      r = j->dev.ops->sync (j->dev.opaque);
+  }
+  return r;
+}
+
+int
+jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
+          bool created)
+{
+  struct journal *j;
+  int r;
+
+  if (c->cfg.mode != CACHE_MODE_WRITEBACK) {
+    report_logf (c, CACHE_LOG_ERROR, "journal: needs mode=writeback");
+    return -EINVAL;
+  }
+  if (dev->size < JNL_MIN_SIZE) {
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: %" PRIu64 " bytes is too small (at least %u)",
+                 dev->size, JNL_MIN_SIZE);
+    return -EINVAL;
+  }
+  j = calloc (1, sizeof *j);
+  if (!j)
+    return -ENOMEM;
+  j->dev = *dev;
+  lock_init (&j->lock);
+  lock_init (&j->drain_lock);
+  pthread_cond_init (&j->cv, NULL);
+
+  r = jsb_read (dev, &j->sb);
+  if (r == -ENOENT) {
+    uint8_t *head = malloc (JNL_DATA_OFFSET);
+
+    if (!head)
+      r = -ENOMEM;
+    else if ((r = dev->ops->pread (dev->opaque, head, JNL_DATA_OFFSET, 0)) ==
+             0) {
+      if (created || all_zero (head, JNL_DATA_OFFSET))
+        r = format (c, j, ident);
+      else {
+        report_logf (c, CACHE_LOG_ERROR,
+                     "journal: the device holds no subpage journal and is "
+                     "not empty: refusing to overwrite it (give a new file, "
+                     "or zero its first 8 KiB)");
+        r = -EINVAL;
+      }
+    }
+    free (head);
+    if (r == 0)
+      report_logf (c, CACHE_LOG_INFO,
+                   "journal: new journal of %" PRIu64 " bytes for %s",
+                   dev->size, ident);
+  }
+  else if (r == -EINVAL)
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: the superblock is corrupt (both copies fail "
+                 "their checksum): refusing to use it");
+  else if (r == -EPROTONOSUPPORT)
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: written by a newer subpage (format version "
+                 "newer than %d): refusing to use it",
+                 JNL_VERSION);
+  else if (r == 0) {
+    if (j->sb.sector_size != c->cfg.sector_size ||
+        strcmp (j->sb.ident, ident) != 0) {
+      report_logf (c, CACHE_LOG_ERROR,
+                   "journal: it belongs to %s with sector-size=%" PRIu32
+                   ", not to %s with sector-size=%" PRIu32 ": refusing to "
+                   "use it",
+                   j->sb.ident, j->sb.sector_size, ident, c->cfg.sector_size);
+      r = -EINVAL;
+    }
+    else if (j->sb.journal_size > dev->size) {
+      report_logf (c, CACHE_LOG_ERROR,
+                   "journal: the device has %" PRIu64 " bytes, but the "
+                   "journal on it was made with %" PRIu64
+                   " (truncated?): refusing to use it",
+                   dev->size, j->sb.journal_size);
+      r = -EINVAL;
+    }
+  }
+  else
+    report_logf (c, CACHE_LOG_ERROR, "journal: reading the superblock: %s",
+                 errstr (-r));
+  if (r < 0) {
+    pthread_cond_destroy (&j->cv);
+    lock_destroy (&j->lock);
+    lock_destroy (&j->drain_lock);
+    free (j);
+    return r;
+  }
+
+  j->slack = jrec_size (c->cfg.page_size);
+  j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
+  j->next_seq = j->mtail_seq = j->sb.tail_seq;
+  j->synced_seq = j->next_seq - 1;
+  j->epoch = j->mtail_epoch = j->sb.tail_epoch;
+  c->jnl = j;
+  return 0;
+}
+
+void
+jnl_free (struct cache *c)
+{
+  struct journal *j = c->jnl;
+
+  if (!j)
+    return;
+  while (j->pend_head) {
+    struct jbuf *b = j->pend_head;
+    j->pend_head = b->next;
+    free (b);
+  }
+  pthread_cond_destroy (&j->cv);
+  lock_destroy (&j->lock);
+  lock_destroy (&j->drain_lock);
+  free (j->ranges);
+  free (j);
+  c->jnl = NULL;
+}
+
+/* ---- applying records to the backend (recovery and drain) ---- */
+
+static int
+apply (struct cache *c, const struct jrec *r, const void *payload)
+{
+  uint64_t size = size_now (c), count = r->count;
+
+  if (r->offset >= size)
+    return 0; /* checked against the size by the caller */
+  count = MIN (count, size - r->offset);
+  switch (r->type) {
+  case JREC_DATA: {
+    int e = c->ops->pwrite (c->bopaque, payload, (uint32_t) count, r->offset,
+                            0);
+    atomic_fetch_add (&c->ctr.backend_writes, 1);
+    atomic_fetch_add (&c->ctr.backend_write_bytes, count);
+    return e;
+  }
+  case JREC_ZERO: {
+    static const char zeroes[256 * 1024];
+    uint64_t off = r->offset;
+    int e = 0;
+
+    while (count > 0 && e == 0) {
+      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
+      if (c->ops->zero)
+        e = c->ops->zero (c->bopaque, n, off, CACHE_MAY_TRIM);
+      if (!c->ops->zero || e == -ENOTSUP || e == -EOPNOTSUPP) {
+        n = (uint32_t) MIN (count, (uint64_t) sizeof zeroes);
+        e = c->ops->pwrite (c->bopaque, zeroes, n, off, 0);
+      }
+      off += n;
+      count -= n;
+    }
+    return e;
+  }
+  case JREC_TRIM: {
+    uint64_t off = r->offset;
+    int e = 0;
+
+    /* Advisory: only an I/O error counts. */
+    while (count > 0 && c->ops->trim) {
+      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
+      e = c->ops->trim (c->bopaque, n, off, 0);
+      if (e == -EIO)
+        return e;
+      off += n;
+      count -= n;
+    }
+    return 0;
+  }
+  default: return -EIO;
+  }
+}
+
+static int
+backend_flush (struct cache *c)
+{
+  int r = c->ops->flush (c->bopaque);
+
+  atomic_fetch_add (&c->ctr.backend_flushes, 1);
+  return r;
+}
+
+/* ---- recovery ---- */
+
+int
+jnl_recover (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  struct jscan s;
+  struct jrec rec;
+  uint64_t epoch = j->sb.tail_epoch, t0 = report_now_ms (), last_log = t0;
+  bool any = false;
+  int r;
+
+  jscan_init (&s, &j->dev, &j->sb);
+  while ((r = jscan_next (&s, &rec)) == 1) {
+    uint64_t end = ROUND_UP (size_now (c), (uint64_t) c->cfg.sector_size);
+
+    if (rec.offset > end || rec.count > end - rec.offset) {
+      report_logf (c, CACHE_LOG_ERROR,
+                   "journal: holds data at %" PRIu64 "+%" PRIu64
+                   ", past the end of the image (%" PRIu64
+                   " bytes): was it shrunk? refusing to replay",
+                   rec.offset, rec.count, size_now (c));
+      r = -EINVAL;
+      break;
+    }
+    if (any && rec.epoch != epoch && (r = backend_flush (c)) < 0)
+      break;
+    epoch = rec.epoch;
+    any = true;
+    r = apply (c, &rec, s.buf);
+    if (r < 0)
+      break;
+    if (report_now_ms () - last_log >= 2000) {
+      last_log = report_now_ms ();
+      report_logf (c, CACHE_LOG_INFO,
+                   "journal: replay: %" PRIu64 " records, %" PRIu64
+                   " bytes so far",
+                   s.nrecords, s.nbytes);
+    }
+  }
+  if (r == 0 && any)
+    r = backend_flush (c);
+  if (r < 0) {
+    if (r != -EINVAL)
+      report_logf (c, CACHE_LOG_ERROR, "journal: replay failed: %s",
+                   errstr (-r));
+    jscan_free (&s);
+    return r;
+  }
+  if (any)
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: replayed %" PRIu64 " records (%" PRIu64
+                 " bytes of journal) in %" PRIu64 " ms",
+                 s.nrecords, s.nbytes, report_now_ms () - t0);
+
+  /* A new log: records of the old one no longer follow (new salt). */
+  j->sb.salt = random_u32 () | 1;
+  j->sb.tail_lsn = 0;
+  j->sb.tail_seq = s.seq;
+  j->sb.tail_epoch = s.epoch + 1;
+  j->sb.image_size = size_now (c);
+  jscan_free (&s);
+  r = jsb_write (&j->dev, &j->sb);
+  if (r == 0)
+    r = j->dev.ops->sync (j->dev.opaque);
+  if (r < 0) {
+    report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
+                 errstr (-r));
+    return r;
+  }
+  j->head_lsn = j->dtail_lsn = j->mtail_lsn = 0;
+  j->next_seq = j->mtail_seq = j->sb.tail_seq;
+  j->synced_seq = j->next_seq - 1;
+  j->epoch = j->mtail_epoch = j->sb.tail_epoch;
+  return 0;
+}
+
+/* ---- the write path ---- */
+
+struct jbuf *
+jnl_buf_new (uint64_t payload)
+{
+  uint64_t size = jrec_size (payload);
+  struct jbuf *b = malloc (sizeof *b + size);
+
+  if (!b)
+    return NULL;
+  memset (b, 0, sizeof *b);
+  b->size = size;
+  b->payload = b->data + JNL_HDR_SIZE;
+  return b;
+}
+
+/* j->lock held.  Ring bytes in use, placed records and padding. */
+static uint64_t
+used (struct journal *j)
+{
+  return j->head_lsn - j->dtail_lsn;
+}
+
+int
+jnl_credit (struct cache *c, uint64_t size)
+{
+  struct journal *j = c->jnl;
+  int r = 0;
+
+  lock_take (&j->lock);
+  while (used (j) + j->credited + size + j->slack > j->sb.data_size) {
+    struct timespec ts;
+
+    if (j->drain_failing && j->drain_err) {
+      /* Write-back cannot free space: like a throttled writer whose
+       * write-back keeps failing (wb_throttle), fail rather than wait
+       * for a backend that may not come back.
+       */
+      r = j->drain_err;
+      break;
+    }
+    if (j->sync_err) {
+      r = j->sync_err;
+      break;
+    }
+    lock_drop (&j->lock);
+    atomic_fetch_add (&c->ctr.throttled, 1);
+    wb_kick (c);
+    lock_take (&j->lock);
+    if (used (j) + j->credited + size + j->slack <= j->sb.data_size)
+      break;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    lock_timedwait (&j->lock, &j->cv, &ts);
+  }
+  if (r == 0)
+    j->credited += size;
+  lock_drop (&j->lock);
+  return r;
+}
+
+void
+jnl_uncredit (struct cache *c, uint64_t size)
+{
+  struct journal *j = c->jnl;
+
+  lock_take (&j->lock);
+  CACHE_ASSERT (j->credited >= size);
+  j->credited -= size;
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+}
+
+uint64_t
+jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t, uint64_t off,
+             uint64_t count)
+{
+  struct journal *j = c->jnl;
+  bool wrap;
+  uint64_t lsn;
+
+  lock_take (&j->lock);
+  CACHE_ASSERT (j->credited >= b->size);
+  j->credited -= b->size;
+  lsn = jnl_place (&j->sb, j->head_lsn, b->size, &wrap);
+  b->wrap = wrap;
+  if (wrap) {
+    b->wrap_lsn = j->head_lsn;
+    b->wrap_seq = j->next_seq++;
+  }
+  b->rec.type = (uint16_t) t;
+  b->rec.salt = j->sb.salt;
+  b->rec.seq = j->next_seq++;
+  b->rec.epoch = j->epoch;
+  b->rec.offset = off;
+  b->rec.count = count;
+  b->rec.lsn = lsn;
+  j->head_lsn = lsn + b->size;
+  CACHE_ASSERT (used (j) <= j->sb.data_size);
+  b->next = NULL;
+  b->prev = j->pend_tail;
+  if (j->pend_tail)
+    j->pend_tail->next = b;
+  else
+    j->pend_head = b;
+  j->pend_tail = b;
+  lock_drop (&j->lock);
+  return b->rec.seq;
+}
+
+static uint64_t
+first_seq (const struct jbuf *b)
+{
+  return b->wrap ? b->wrap_seq : b->rec.seq;
+}
+
+/* Writes B's records to the device; no lock held. */
+static int
+write_records (struct journal *j, struct jbuf *b)
+{
+  const uint8_t *payload = b->rec.type == JREC_DATA ? b->payload : NULL;
+  int r = 0;
+
+  if (b->wrap) {
+    struct jrec w = {
+      .type = JREC_WRAP,
+      .salt = b->rec.salt,
+      .seq = b->wrap_seq,
+      .epoch = b->rec.epoch,
+      .lsn = b->wrap_lsn,
+    };
+    uint8_t hdr[JNL_HDR_SIZE];
+
+    jrec_encode (&w, NULL, hdr);
+    r = j->dev.ops->pwrite (j->dev.opaque, hdr, JNL_HDR_SIZE,
+                            jnl_phys (&j->sb, b->wrap_lsn));
+  }
+  if (r == 0) {
+    jrec_encode (&b->rec, payload, b->data);
+    r = j->dev.ops->pwrite (j->dev.opaque, b->data, b->size,
+                            jnl_phys (&j->sb, b->rec.lsn));
+  }
+  return r;
+}
+
+/* j->lock held. */
+static void
+unlink_buf (struct journal *j, struct jbuf *b)
+{
+  if (b->prev)
+    b->prev->next = b->next;
+  else
+    j->pend_head = b->next;
+  if (b->next)
+    b->next->prev = b->prev;
+  else
+    j->pend_tail = b->prev;
+}
+
+int
+jnl_write (struct cache *c, struct jbuf *b)
+{
+  struct journal *j = c->jnl;
+  int r = write_records (j, b);
+
+  lock_take (&j->lock);
+  if (r == 0)
+    unlink_buf (j, b);
+  else
+    b->failed = true; /* the next sync writes it again */
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+  if (r == 0)
+    free (b);
+  else
+    report_logf (c, CACHE_LOG_ERROR, "journal: write failed: %s", errstr (-r));
+  return r;
+}
+
+/* j->lock held.  The highest sequence number below which every record
+ * is written.
+ */
+static uint64_t
+written_seq (struct journal *j)
+{
+  return j->pend_head ? first_seq (j->pend_head) - 1 : j->next_seq - 1;
+}
+
+int
+jnl_sync (struct cache *c, uint64_t upto)
+{
+  struct journal *j = c->jnl;
+  int r = 0;
+
+  lock_take (&j->lock);
+  for (;;) {
+    struct jbuf *b;
+    uint64_t target;
+
+    if (j->sync_err) {
+      r = j->sync_err;
+      break;
+    }
+    if (j->synced_seq >= upto)
+      break;
+    if (j->syncing) {
+      lock_wait (&j->lock, &j->cv);
+      continue;
+    }
+    /* Records that failed to write: write them again first, in order. */
+    for (b = j->pend_head; b && !b->failed; b = b->next)
+      ;
+    if (b && first_seq (b) <= upto) {
+      j->syncing = true;
+      lock_drop (&j->lock);
+      r = write_records (j, b);
+      lock_take (&j->lock);
+      j->syncing = false;
+      pthread_cond_broadcast (&j->cv);
+      if (r < 0)
+        break;
+      unlink_buf (j, b);
+      free (b);
+      continue;
+    }
+    if (written_seq (j) < upto) {
+      lock_wait (&j->lock, &j->cv); /* a writer is writing it */
+      continue;
+    }
+    target = written_seq (j);
+    j->syncing = true;
+    lock_drop (&j->lock);
+    r = j->dev.ops->sync (j->dev.opaque);
+    lock_take (&j->lock);
+    j->syncing = false;
+    if (r == 0 && target > j->synced_seq)
+      j->synced_seq = target;
+    if (r < 0 && !j->sync_err)
+      j->sync_err = r;
+    pthread_cond_broadcast (&j->cv);
+    if (r < 0)
+      break;
+  }
+  lock_drop (&j->lock);
+  return r;
+}
+
+int
+jnl_flush (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  uint64_t upto;
+
+  lock_take (&j->lock);
+  upto = j->next_seq - 1;
+  j->epoch++;
+  lock_drop (&j->lock);
+  return jnl_sync (c, upto);
+}
+
+/* ---- write-back from the journal ---- */
+
+static int
+note_range (struct journal *j, uint64_t off, uint64_t count)
+{
+  if (j->nranges == j->ranges_cap) {
+    size_t n = j->ranges_cap ? 2 * j->ranges_cap : 64;
+    void *p = realloc (j->ranges, n * sizeof *j->ranges);
+    if (!p)
+      return -ENOMEM;
+    j->ranges = p;
+    j->ranges_cap = n;
+  }
+  j->ranges[j->nranges].off = off;
+  j->ranges[j->nranges].count = count;
+  j->nranges++;
+  return 0;
+}
+
+/* Every record up to LAST is on the backend and flushed: pages none of
+ * whose records is newer lose their D bits.
+ */
+static void
+clean_pages (struct cache *c, struct journal *j, uint64_t last)
+{
+  for (size_t k = 0; k < j->nranges; k++) {
+    uint64_t a = j->ranges[k].off, e = a + j->ranges[k].count;
+
+    for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift;
+         pi++) {
+      struct page *p = page_find (c, pi);
+
+      if (!p)
+        continue;
+      page_lock (p);
+      if (p->jseq <= last && p->nd > 0) {
+        struct sect_delta d = { 0 };
+
+        for (uint32_t i = sect_find (&p->sb, SECT_BM_D, true, 0, c->nsect), e;
+             i < c->nsect;
+             i = sect_find (&p->sb, SECT_BM_D, true, e, c->nsect)) {
+          e = sect_find (&p->sb, SECT_BM_D, false, i, c->nsect);
+          sect_clean (&p->sb, i, e - i, &d);
+        }
+        report_account (c, p, &d);
+        dirty_note_drop (c, p);
+        CACHE_ASSERT (page_check (c, p));
+      }
+      page_unlock (p);
+      page_unpin (c, p);
+    }
+  }
+  j->nranges = 0;
+}
+
+static void
+drain_failed (struct cache *c, struct journal *j, int r)
+{
+  lock_take (&j->lock);
+  j->drain_failing = true;
+  j->drain_err = r;
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+  lock_take (&c->wb_lock);
+  if (!c->wb_failing || !atomic_load (&c->wb_fail_logged))
+    report_logf (c, CACHE_LOG_ERROR, "journal: write-back failed: %s",
+                 errstr (-r));
+  atomic_store (&c->wb_fail_logged, true);
+  c->wb_failing = true;
+  c->wb_last_err = r;
+  c->wb_err_gen++;
+  atomic_fetch_add (&c->ctr.wb_errors, 1);
+  pthread_cond_broadcast (&c->wb_cv);
+  lock_drop (&c->wb_lock);
+}
+
+static int
+drain_locked (struct cache *c, struct journal *j)
+{
+  struct jsb from;
+  struct jscan s;
+  struct jrec rec;
+  uint64_t limit, last = 0, epoch = 0, nrec = 0;
+  int r = 0;
+
+  lock_take (&j->lock);
+  limit = j->next_seq - 1;
+  if (j->mtail_seq > limit) {
+    lock_drop (&j->lock);
+    return 0; /* nothing journaled past the tail */
+  }
+  from = j->sb;
+  from.tail_lsn = j->mtail_lsn;
+  from.tail_seq = j->mtail_seq;
+  from.tail_epoch = j->mtail_epoch;
+  if (j->synced_seq < limit) {
+    lock_drop (&j->lock);
+    r = jnl_sync (c, limit); /* drain only what a crash would keep */
+    if (r < 0)
+      return r;
+  }
+  else
+    lock_drop (&j->lock);
+
+  jscan_init (&s, &j->dev, &from);
+  for (;;) {
+    struct jscan before = s;
+
+    if (s.seq > limit || s.nbytes >= DRAIN_BATCH)
+      break;
+    r = jscan_next (&s, &rec);
+    if (r == 0 && s.seq <= limit) {
+      report_logf (c, CACHE_LOG_ERROR,
+                   "journal: record %" PRIu64 " does not read back", s.seq);
+      r = -EIO;
+    }
+    if (r <= 0)
+      break;
+    if (nrec > 0 && rec.epoch != epoch) {
+      s = before; /* the next batch: after a backend flush */
+      break;
+    }
+    epoch = rec.epoch;
+    r = apply (c, &rec, s.buf);
+    if (r == 0 && rec.type != JREC_TRIM)
+      r = note_range (j, rec.offset, rec.count);
+    if (r < 0)
+      break;
+    last = rec.seq;
+    nrec++;
+  }
+  if (r >= 0 && nrec > 0)
+    r = backend_flush (c);
+  if (r < 0) {
+    j->nranges = 0;
+    jscan_free (&s);
+    drain_failed (c, j, r);
+    return r;
+  }
+  if (nrec == 0) {
+    jscan_free (&s);
+    return 0;
+  }
+
+  lock_take (&j->lock);
+  j->mtail_lsn = s.lsn;
+  j->mtail_seq = s.seq;
+  j->mtail_epoch = epoch;
+  j->drain_failing = false;
+  j->drain_err = 0;
+  lock_drop (&j->lock);
+  jscan_free (&s);
+
+  clean_pages (c, j, last);
+  lock_take (&c->wb_lock);
+  c->wb_failing = false;
+  atomic_store (&c->wb_fail_logged, false);
+  dirty_progress (c);
+  lock_drop (&c->wb_lock);
+
+  /* The tail, written and synced before its space is used again. */
+  j->sb.tail_lsn = s.lsn;
+  j->sb.tail_seq = s.seq;
+  j->sb.tail_epoch = epoch;
+  j->sb.image_size = size_now (c);
+  r = jsb_write (&j->dev, &j->sb);
+  if (r == 0)
+    r = j->dev.ops->sync (j->dev.opaque);
+  if (r < 0) {
+    report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
+                 errstr (-r));
+    return r;
+  }
+  lock_take (&j->lock);
+  j->dtail_lsn = s.lsn;
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+  return (int) MIN (nrec, (uint64_t) INT32_MAX);
+}
+
+int
+jnl_drain (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  int r;
+
+  lock_take (&j->drain_lock);
+  r = drain_locked (c, j);
+  lock_drop (&j->drain_lock);
+  return r;
+}
+
+int
+jnl_drain_all (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  uint64_t upto;
+  int r;
+
+  lock_take (&j->lock);
+  upto = j->next_seq - 1;
+  lock_drop (&j->lock);
+  for (;;) {
+    bool done;
+
+    lock_take (&j->lock);
+    done = j->mtail_seq > upto;
+    lock_drop (&j->lock);
+    if (done)
+      return 0;
+    r = jnl_drain (c);
+    if (r < 0)
+      return r;
+  }
+}

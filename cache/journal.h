@@ -1,0 +1,97 @@
+/* subpage: the journal's runtime inside the cache (journal.c).  The
+ * format is jformat.h's; docs/journal.md says what each rule buys.
+ *
+ * With a journal, the RAM cache is never written back by itself: every
+ * client write, zero and trim is also a record in the journal, taken
+ * under the page lock of the page it changes (so records of a sector
+ * are in the same order as its changes in memory), and the drainer
+ * (jnl_drain) writes records to the backend in log order, one epoch at
+ * a time, flushing the backend at the end of each batch.  A page's D
+ * bits are cleared (sect_clean) once every record of the page is on the
+ * backend and flushed: until then the page is listed, hence pinned,
+ * and reads find the newest data in memory.
+ *
+ * Locks: j->lock is a leaf, taken under a page lock (jnl_reserve) and
+ * never held across I/O or a wait on anything but j->cv.  drain_lock
+ * makes the drainer one thread at a time; it is taken with no other
+ * lock held.
+ */
+#ifndef SUBPAGE_JOURNAL_H
+#define SUBPAGE_JOURNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "jformat.h"
+
+struct cache;
+
+/* One record on its way to the journal: allocated before any lock,
+ * filled (payload) under the page lock, placed by jnl_reserve, written
+ * by jnl_write.  A record whose write failed stays with the journal,
+ * which writes it again before its next sync.
+ */
+struct jbuf {
+  struct jbuf *next, *prev; /* j->pend, in seq order */
+  struct jrec rec;
+  bool wrap; /* a WRAP record goes first, at wrap_lsn */
+  uint64_t wrap_lsn, wrap_seq;
+  bool failed;      /* written and failed: the journal owns it */
+  uint64_t size;    /* ring bytes: jrec_size (payload) */
+  uint8_t *payload; /* points into data, after the header */
+  uint8_t data[];   /* JNL_HDR_SIZE header, then the payload */
+};
+
+/* Opens the journal on DEV for the image IDENT: reads and checks its
+ * superblock, or formats DEV if it holds none and is new (CREATED) or
+ * zeroed where a superblock would be.  A journal of another image,
+ * sector size or format version is refused with a message naming both.
+ * No backend I/O: recovery is jnl_recover's.
+ */
+int jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
+              bool created);
+void jnl_free (struct cache *c);
+
+/* Replays every record the journal holds onto the backend, in log
+ * order, flushing the backend before each new epoch and at the end,
+ * then starts a new log (new salt).  Before any request.
+ */
+int jnl_recover (struct cache *c);
+
+/* The write path.  jnl_credit waits (no lock held) until SIZE ring
+ * bytes can be promised; jnl_uncredit returns a promise not used.
+ */
+struct jbuf *jnl_buf_new (uint64_t payload);
+int jnl_credit (struct cache *c, uint64_t size);
+void jnl_uncredit (struct cache *c, uint64_t size);
+/* Page lock held (or none for a TRIM).  Places B (type T, range [off,
+ * off+count)) in the log: LSN, sequence number, epoch.  Uses B's
+ * credit.  Returns its sequence number.
+ */
+uint64_t jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t,
+                      uint64_t off, uint64_t count);
+/* No lock held.  Writes B and frees it (or keeps it for a retry, and
+ * returns the error).
+ */
+int jnl_write (struct cache *c, struct jbuf *b);
+
+/* Makes every record up to sequence number UPTO durable: waits for
+ * their writes, then one device sync shared by every caller ready at
+ * the time.  0 or -errno.
+ */
+int jnl_sync (struct cache *c, uint64_t upto);
+/* A client flush: closes the epoch and syncs every record reserved
+ * before it.
+ */
+int jnl_flush (struct cache *c);
+
+/* One step of write-back from the journal: records the log holds
+ * durably, from the tail, of one epoch, up to a batch; the backend
+ * flushed after them; pages cleaned; the tail moved and written.
+ * Returns the number of records (0: nothing to do) or -errno.
+ */
+int jnl_drain (struct cache *c);
+/* Everything journaled before the call is on the backend. */
+int jnl_drain_all (struct cache *c);
+
+#endif /* SUBPAGE_JOURNAL_H */

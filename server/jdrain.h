@@ -1,0 +1,28 @@
+/* subpage: the journal's drainer thread (server/jdrain.c).
+ *
+ * With journal=, write-back comes from the journal, in epoch order
+ * (cache.h, cache_journal_drain), not from the write-back server: one
+ * thread calls cache_journal_drain while it finds records, and waits
+ * for a kick (the cache's kick hook) or the interval otherwise.  After
+ * a failed step it waits the interval before retrying, so a failing
+ * backend is not hammered.
+ */
+#ifndef SUBPAGE_JDRAIN_H
+#define SUBPAGE_JDRAIN_H
+
+#include "cache.h"
+
+struct jdrain;
+
+/* Starts the thread and installs its kick hook on C.  NULL and *ERR
+ * (-errno) on failure.
+ */
+struct jdrain *jdrain_start (struct cache *c, unsigned interval_ms, int *err);
+/* Removes the kick hook and stops the thread after its current step
+ * (the caller then drains the rest: cache_drain).  NULL is a no-op.
+ */
+void jdrain_stop (struct jdrain *d);
+/* The kick hook: wakes the thread.  Never blocks for long. */
+void jdrain_kick (void *opaque);
+
+#endif /* SUBPAGE_JDRAIN_H */

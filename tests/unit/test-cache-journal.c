@@ -1,0 +1,729 @@
+/* subpage unit tests: the journal (cache/journal.c) over the fake
+ * backend and the fake journal device (fake-jdev.h), whose crash images
+ * are the power cuts: rules 12 to 15 of DESIGN.md.
+ *
+ * Crash checking: every client write puts pattern (off, seed) with a
+ * seed of its own; a model keeps, per sector, the seeds written in
+ * order and how many of them a successful flush covered.  After a crash
+ * and a recovery, each sector must hold the last covered value or a
+ * later one (a write not covered may or may not survive), and a zeroed
+ * or trimmed sector may also read as zeroes.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fake-jdev.h"
+#include "helpers.h"
+#include "jformat.h"
+
+#define JSIZE (JNL_DATA_OFFSET + 4 * MiB)
+#define IDENT "file:/test/image"
+#define NSECT_MODEL (4 * MiB / SS)
+#define MAXV 64
+
+/* Seed 0 means zeroes (a ZERO, or a TRIM's possible outcome). */
+struct sect_model {
+  unsigned seeds[MAXV];
+  unsigned n;       /* values written */
+  unsigned covered; /* values a successful flush covered */
+  bool trimmed;     /* a TRIM since the last covered value: anything old */
+};
+
+struct jt {
+  struct tcache t;
+  struct fake_jdev *j;
+  struct sect_model *m;
+  unsigned next_seed;
+};
+
+static struct cache_config
+jconfig (void)
+{
+  struct cache_config cfg = test_config ();
+
+  cfg.cache_size = 2 * MiB;
+  return cfg;
+}
+
+/* Opens a cache with journal device J (taken over: freed by jt_close)
+ * over a backend holding DISK (NULL: zeroes), and recovers.
+ */
+static void
+jt_open_disk (struct jt *x, struct fake_jdev *j, bool created, int want,
+              const unsigned char *disk)
+{
+  struct cache_config cfg = jconfig ();
+  int r;
+
+  tc_open (&x->t, &cfg);
+  cache_set_kick (x->t.c, NULL, NULL); /* write-back in the caller */
+  if (disk)
+    fake_disk_write (x->t.f, disk, cfg.size, 0);
+  x->j = j;
+  r = cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, created);
+  assert_int_equal (r, want);
+  if (r == 0)
+    assert_int_equal (cache_journal_recover (x->t.c), 0);
+}
+
+static void
+jt_open_dev (struct jt *x, struct fake_jdev *j, bool created, int want)
+{
+  jt_open_disk (x, j, created, want, NULL);
+}
+
+static void
+jt_open (struct jt *x)
+{
+  jt_open_dev (x, fake_jdev_new (JSIZE), true, 0);
+  x->m = calloc (NSECT_MODEL, sizeof *x->m);
+  assert_non_null (x->m);
+  x->next_seed = 1;
+}
+
+static void
+jt_close (struct jt *x)
+{
+  tc_close (&x->t);
+  fake_jdev_free (x->j);
+  x->j = NULL;
+}
+
+static void
+model_set (struct jt *x, uint64_t off, uint64_t n, unsigned seed, bool trim)
+{
+  for (uint64_t s = off / SS; s < (off + n) / SS; s++) {
+    struct sect_model *m = &x->m[s];
+
+    if (trim) {
+      m->trimmed = true;
+      continue;
+    }
+    if (m->n == MAXV) { /* keep the covered one and the newest */
+      memmove (m->seeds, m->seeds + MAXV / 2, sizeof m->seeds / 2);
+      m->n -= MAXV / 2;
+      m->covered = m->covered > MAXV / 2 ? m->covered - MAXV / 2 : 0;
+    }
+    m->seeds[m->n++] = seed;
+  }
+}
+
+/* A FUA write: durable on reply. */
+static void
+model_covered (struct jt *x, uint64_t off, uint64_t n)
+{
+  for (uint64_t s = off / SS; s < (off + n) / SS; s++) {
+    x->m[s].covered = x->m[s].n;
+    x->m[s].trimmed = false;
+  }
+}
+
+static void
+model_flushed (struct jt *x)
+{
+  for (uint64_t s = 0; s < NSECT_MODEL; s++) {
+    x->m[s].covered = x->m[s].n;
+    x->m[s].trimmed = false;
+  }
+}
+
+static bool
+sector_is (const unsigned char *buf, uint64_t soff, unsigned seed)
+{
+  if (seed == 0) {
+    for (unsigned i = 0; i < SS; i++)
+      if (buf[i])
+        return false;
+    return true;
+  }
+  return pattern_mismatch (buf, SS, soff, seed) == -1;
+}
+
+/* Does sector S (read as BUF) hold a value the model allows after a
+ * crash?
+ */
+static bool
+model_allows (struct jt *x, uint64_t s, const unsigned char *buf)
+{
+  struct sect_model *m = &x->m[s];
+  unsigned from = m->covered ? m->covered - 1 : 0;
+
+  if (m->covered == 0 || m->trimmed) {
+    if (sector_is (buf, s * SS, 0))
+      return true; /* the disk started as zeroes; a trim may zero */
+    if (m->trimmed)
+      from = 0;
+  }
+  for (unsigned k = from; k < m->n; k++)
+    if (sector_is (buf, s * SS, m->seeds[k]))
+      return true;
+  return false;
+}
+
+static int
+jwrite (struct jt *x, uint64_t off, uint32_t n, uint32_t flags)
+{
+  unsigned seed = x->next_seed++;
+  int r = write_pattern (&x->t, off, n, seed, flags);
+
+  if (r == 0)
+    model_set (x, off, n, seed, false);
+  return r;
+}
+
+static int
+jzero (struct jt *x, uint64_t off, uint32_t n)
+{
+  int r = cache_zero (x->t.c, n, off, 0);
+
+  if (r == 0)
+    model_set (x, off, n, 0, false);
+  return r;
+}
+
+static int
+jtrim (struct jt *x, uint64_t off, uint32_t n)
+{
+  int r = cache_trim (x->t.c, n, off, 0);
+
+  if (r == 0)
+    model_set (x, off, n, 0, true);
+  return r;
+}
+
+static int
+jflush (struct jt *x)
+{
+  int r = cache_flush (x->t.c);
+
+  if (r == 0)
+    model_flushed (x);
+  return r;
+}
+
+/* Recovers a copy of the backend as it is now with journal image IMG,
+ * and checks every sector of the image against the model, then that
+ * the backend, drained, reads the same.
+ */
+static void
+check_crash_state (struct jt *x, const uint8_t *img, const char *what)
+{
+  struct jt y = { .m = NULL };
+  uint64_t size = jconfig ().size;
+  unsigned char *buf = malloc (size), *disk = malloc (size);
+
+  assert_non_null (buf);
+  assert_non_null (disk);
+  fake_disk_read (x->t.f, disk, size, 0);
+  jt_open_disk (&y, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  assert_int_equal (cache_read (y.t.c, buf, (uint32_t) size, 0), 0);
+  for (uint64_t s = 0; s < size / SS; s++)
+    if (!model_allows (x, s, buf + s * SS))
+      fail_msg ("%s: sector %llu holds a value no allowed write put there",
+                what, (unsigned long long) s);
+  /* Recovery wrote it all to the backend. */
+  fake_disk_read (y.t.f, disk, size, 0);
+  assert_memory_equal (disk, buf, size);
+  jt_close (&y);
+  free (buf);
+  free (disk);
+}
+
+/* ---- tests ---- */
+
+/* Rule 12: a flush needs the journal, not the backend. */
+static void
+test_flush_needs_only_the_journal (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct fake_jdev_counts jc;
+  (void) state;
+
+  jt_open (&x);
+  fake_reset_counts (x.t.f);
+  assert_int_equal (jwrite (&x, 4096, 8192, 0), 0);
+  assert_int_equal (jwrite (&x, 65536 + 512, 512, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  assert_int_equal (counts (&x.t).writes, 0);
+  assert_int_equal (counts (&x.t).flushes, 0);
+  fake_jdev_get_counts (x.j, &jc);
+  assert_int_equal (jc.pending, 0);
+  assert_true (sectors_are (&x.t, 4096, 8192, V | D));
+  /* Drained: on the backend, flushed, and the pages clean. */
+  assert_true (cache_journal_drain (x.t.c) > 0);
+  assert_true (disk_is_pattern (&x.t, 4096, 8192, 1));
+  assert_true (disk_is_pattern (&x.t, 65536 + 512, 512, 2));
+  assert_true (counts (&x.t).flushes >= 1);
+  assert_true (sectors_are (&x.t, 4096, 8192, V));
+  assert_int_equal (cache_journal_drain (x.t.c), 0);
+  jt_close (&x);
+  free (x.m);
+}
+
+/* An idle flush costs nothing; a second flush with nothing new syncs
+ * nothing.
+ */
+static void
+test_idle_flush_syncs_nothing (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct fake_jdev_counts a, b;
+  (void) state;
+
+  jt_open (&x);
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  fake_jdev_get_counts (x.j, &a);
+  assert_int_equal (jflush (&x), 0);
+  fake_jdev_get_counts (x.j, &b);
+  assert_int_equal (a.syncs, b.syncs);
+  jt_close (&x);
+  free (x.m);
+}
+
+/* Crash states at each flush and between: hundreds of journal images,
+ * each recovered onto a copy of the backend as it was.
+ */
+static void
+test_crash_states (void **state)
+{
+  struct jt x = { .m = NULL };
+  unsigned states = 0;
+  unsigned seeds = getenv ("SUBPAGE_DEEP") ? 40 : 6;
+  (void) state;
+
+  jt_open (&x);
+  srand (7);
+  for (int step = 0; step < 120; step++) {
+    uint64_t off = (uint64_t) (rand () % (4 * 1024 * 1024 / 512 - 64)) * 512;
+    uint32_t n = (uint32_t) (1 + rand () % 24) * 512;
+    int op = rand () % 10;
+
+    if (op < 6)
+      assert_int_equal (jwrite (&x, off, n, op == 0 ? CACHE_FUA : 0), 0);
+    else if (op == 6)
+      assert_int_equal (jzero (&x, off, n), 0);
+    else if (op == 7)
+      assert_int_equal (jtrim (&x, off, n), 0);
+    else if (op == 8)
+      assert_int_equal (jflush (&x), 0);
+    else
+      assert_true (cache_journal_drain (x.t.c) >= 0);
+    if (op == 0) /* FUA: durable on reply */
+      model_covered (&x, off, n);
+    if (step % 4 == 3) {
+      for (unsigned s = 0; s < seeds; s++) {
+        uint8_t *img = fake_jdev_crash (x.j, s);
+        char what[64];
+
+        snprintf (what, sizeof what, "step %d seed %u", step, s);
+        check_crash_state (&x, img, what);
+        fake_jdev_free_image (img);
+        states++;
+      }
+    }
+  }
+  assert_true (states >= 150);
+  jt_close (&x);
+  free (x.m);
+}
+
+/* FUA: once it returns, its record survives a crash even without a
+ * flush.
+ */
+static void
+test_fua_durable (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct jt y = { .m = NULL };
+  uint8_t *img;
+  (void) state;
+
+  jt_open (&x);
+  assert_int_equal (jwrite (&x, 8192, 4096, 0), 0);
+  assert_int_equal (jwrite (&x, 65536, 4096, CACHE_FUA), 0);
+  img = fake_jdev_crash (x.j, 0); /* only what was synced */
+  jt_open_dev (&y, fake_jdev_from_image (img, JSIZE), false, 0);
+  /* The FUA write and everything before it in the log. */
+  assert_true (read_is_pattern (&y.t, 65536, 4096, 2));
+  assert_true (read_is_pattern (&y.t, 8192, 4096, 1));
+  jt_close (&y);
+  fake_jdev_free_image (img);
+  jt_close (&x);
+  free (x.m);
+}
+
+/* Rule 13, the backend alone: the drainer never writes a record of an
+ * epoch before every record of the epochs before it is written and the
+ * backend flushed.  Epoch E writes only in its own 64 KiB region, so
+ * the backend's log says which epoch each write belongs to.
+ */
+static void
+test_epoch_order_on_backend (void **state)
+{
+  struct jt x = { .m = NULL };
+  unsigned floor = 0, cur = 0;
+  bool any = false;
+  (void) state;
+
+  jt_open (&x);
+  for (unsigned e = 1; e <= 12; e++) {
+    for (int k = 0; k < 6; k++) {
+      uint64_t off = e * 65536 + (uint64_t) ((k * 7 + e) % 120) * 512;
+      assert_int_equal (jwrite (&x, off, 512 * (1 + k % 3), 0), 0);
+    }
+    assert_int_equal (jflush (&x), 0);
+    if (e % 5 == 0) /* some epochs drain together */
+      while (cache_journal_drain (x.t.c) > 0)
+        ;
+  }
+  while (cache_journal_drain (x.t.c) > 0)
+    ;
+  for (size_t i = 0; i < fake_nr_events (x.t.f); i++) {
+    struct fake_event ev;
+    unsigned e;
+
+    assert_true (fake_event (x.t.f, i, &ev));
+    if (ev.op == FAKE_FLUSH) {
+      if (any)
+        floor = cur;
+      continue;
+    }
+    if (ev.op != FAKE_WRITE)
+      continue;
+    e = (unsigned) (ev.off / 65536);
+    /* Not older than what a flush already closed, and one epoch per
+     * flush interval.
+     */
+    assert_true (e >= floor);
+    if (any && e != cur)
+      assert_true (cur <= floor && e > cur);
+    cur = e;
+    any = true;
+  }
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A flush must wait for every record placed before it, even one whose
+ * writer is still writing it, and the log's order of a sector's records
+ * is the order of its changes in memory.
+ */
+static void
+test_flush_waits_for_placed_record (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct jt y = { .m = NULL };
+  struct stops st;
+  struct async *a, *f;
+  unsigned k;
+  char *buf = malloc (4096);
+  uint8_t *img;
+  (void) state;
+
+  jt_open (&x);
+  stops_init (&st);
+  k = stops_add (&st, "journal.placed", 1);
+  cache_debug_set_park (x.t.c, stops_hook, &st);
+  pattern (buf, 4096, 0, 11);
+  a = async_start (&x.t, ASYNC_WRITE, buf, 4096, 0, 0);
+  WAIT_FOR (stops_parked (&st, k));
+  /* A newer write of the same sector, placed after it. */
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 12, 0), 0);
+  f = async_start (&x.t, ASYNC_FLUSH, NULL, 0, 0, 0);
+  assert_false (async_done (f));
+  stops_release (&st, k);
+  assert_int_equal (async_join (a), 0);
+  assert_int_equal (async_join (f), 0);
+  assert_true (read_is_pattern (&x.t, 0, 4096, 12));
+  img = fake_jdev_crash (x.j, 0);
+  jt_open_dev (&y, fake_jdev_from_image (img, JSIZE), false, 0);
+  assert_true (read_is_pattern (&y.t, 0, 4096, 12));
+  jt_close (&y);
+  fake_jdev_free_image (img);
+  cache_debug_set_park (x.t.c, NULL, NULL);
+  stops_destroy (&st);
+  jt_close (&x);
+  free (x.m);
+  free (buf);
+}
+
+static void *
+drain_thread (void *c)
+{
+  cache_journal_drain (c);
+  return NULL;
+}
+
+/* A page written again while the drainer writes its older record stays
+ * dirty: the backend does not hold the newer data yet.
+ */
+static void
+test_drain_keeps_newer_data_dirty (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  jt_open (&x);
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  fake_hold (x.t.f, FAKE_WRITE, true);
+  {
+    /* The drain, in a thread of its own. */
+    pthread_t th;
+
+    assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
+    WAIT_FOR (fake_held (x.t.f, FAKE_WRITE) == 1);
+    assert_int_equal (write_pattern (&x.t, 512, 512, 2, 0), 0);
+    fake_hold (x.t.f, FAKE_WRITE, false);
+    pthread_join (th, NULL);
+  }
+  assert_true (disk_is_pattern (&x.t, 0, 4096, 1));
+  assert_true (sectors_are (&x.t, 512, 512, V | D));
+  assert_true (sectors_are (&x.t, 0, 512, V | D));
+  assert_true (read_is_pattern (&x.t, 512, 512, 2));
+  while (cache_journal_drain (x.t.c) > 0)
+    ;
+  assert_true (disk_is_pattern (&x.t, 512, 512, 2));
+  assert_true (sectors_are (&x.t, 0, 4096, V));
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A journal smaller than what is written: writers wait for write-back
+ * to free space, and nothing is lost.
+ */
+static void
+test_full_journal_throttles (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  (void) state;
+
+  /* Memory for all of it: the journal is what fills. */
+  cfg.cache_size = 8 * MiB;
+  cfg.dirty_background_ratio = 90;
+  cfg.dirty_ratio = 95;
+  tc_open (&x.t, &cfg);
+  cache_set_kick (x.t.c, NULL, NULL);
+  x.j = fake_jdev_new (JNL_MIN_SIZE);
+  assert_int_equal (
+    cache_journal_open (x.t.c, fake_jdev_dev (x.j), IDENT, true), 0);
+  assert_int_equal (cache_journal_recover (x.t.c), 0);
+  for (unsigned i = 0; i < 64; i++) /* 4 MiB through a 1 MiB ring */
+    assert_int_equal (write_pattern (&x.t, i * 65536, 65536, 100 + i, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  for (unsigned i = 0; i < 64; i++)
+    assert_true (read_is_pattern (&x.t, i * 65536, 65536, 100 + i));
+  assert_true (stats (x.t.c).throttled > 0);
+  assert_int_equal (cache_drain (x.t.c), 0);
+  for (unsigned i = 0; i < 64; i++)
+    assert_true (disk_is_pattern (&x.t, i * 65536, 65536, 100 + i));
+  jt_close (&x);
+}
+
+/* A journal write that fails: the write succeeds from memory, the
+ * record is written again by the next flush, and survives.
+ */
+static void
+test_journal_write_error_retried (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct jt y = { .m = NULL };
+  uint8_t *img;
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  fake_jdev_fail_next (x.j, FAKE_JDEV_PWRITE, EIO, 0);
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jwrite (&x, 8192, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  img = fake_jdev_crash (x.j, 0);
+  jt_open_dev (&y, fake_jdev_from_image (img, JSIZE), false, 0);
+  assert_true (read_is_pattern (&y.t, 0, 4096, 1));
+  assert_true (read_is_pattern (&y.t, 8192, 4096, 2));
+  jt_close (&y);
+  fake_jdev_free_image (img);
+  /* Failing again at the flush's retry: the flush fails. */
+  fake_jdev_fail_next (x.j, FAKE_JDEV_PWRITE, EIO, 0);
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  fake_jdev_fail_next (x.j, FAKE_JDEV_PWRITE, ENOSPC, 0);
+  assert_int_equal (cache_flush (x.t.c), -ENOSPC);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A failed journal sync fails the flush, and every later one: nothing
+ * is acknowledged as durable that may not be.  Reads and writes go on.
+ */
+static void
+test_journal_sync_error_sticky (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
+  assert_int_equal (cache_flush (x.t.c), -EIO);
+  assert_int_equal (jwrite (&x, 4096, 4096, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), -EIO);
+  assert_true (read_is_pattern (&x.t, 4096, 4096, 2));
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* Rule 15: another image's journal, another sector size, a corrupt or
+ * newer superblock, a device holding something else: refused, and the
+ * device is left as it was.
+ */
+static void
+test_wrong_journal_refused (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct tcache t2 = { .c = NULL };
+  struct cache_config cfg = jconfig ();
+  uint8_t *before, *after, slot[JNL_SB_SIZE];
+  struct jsb sb;
+  struct fake_jdev *j;
+  (void) state;
+
+  jt_open (&x);
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  before = fake_jdev_contents (x.j);
+
+  tc_open (&t2, &cfg);
+  tc_quiet_errors = true;
+  /* Another image. */
+  assert_int_equal (cache_journal_open (t2.c, fake_jdev_dev (x.j),
+                                        "file:/other", false),
+                    -EINVAL);
+  tc_close (&t2);
+  /* Another sector size. */
+  cfg.sector_size = 4096;
+  tc_open (&t2, &cfg);
+  assert_int_equal (
+    cache_journal_open (t2.c, fake_jdev_dev (x.j), IDENT, false), -EINVAL);
+  tc_close (&t2);
+  cfg = jconfig ();
+  after = fake_jdev_contents (x.j);
+  assert_memory_equal (before, after, JSIZE);
+  fake_jdev_free_image (after);
+
+  /* A newer format version (a valid superblock otherwise). */
+  assert_int_equal (jsb_read (fake_jdev_dev (x.j), &sb), 0);
+  sb.version = JNL_VERSION + 1;
+  jsb_encode (&sb, slot);
+  j = fake_jdev_from_image (before, JSIZE);
+  fake_jdev_dev (j)->ops->pwrite (fake_jdev_dev (j)->opaque, slot, JNL_SB_SIZE,
+                                  (sb.generation % 2) * JNL_SB_SIZE);
+  tc_open (&t2, &cfg);
+  assert_int_equal (cache_journal_open (t2.c, fake_jdev_dev (j), IDENT, false),
+                    -EPROTONOSUPPORT);
+  tc_close (&t2);
+  fake_jdev_free (j);
+
+  /* Both superblocks corrupt. */
+  j = fake_jdev_from_image (before, JSIZE);
+  memset (slot, 0, sizeof slot);
+  memcpy (slot, "SUBPGJNL", 8);
+  fake_jdev_dev (j)->ops->pwrite (fake_jdev_dev (j)->opaque, slot, JNL_SB_SIZE,
+                                  0);
+  fake_jdev_dev (j)->ops->pwrite (fake_jdev_dev (j)->opaque, slot, JNL_SB_SIZE,
+                                  JNL_SB_SIZE);
+  tc_open (&t2, &cfg);
+  assert_int_equal (cache_journal_open (t2.c, fake_jdev_dev (j), IDENT, false),
+                    -EINVAL);
+  tc_close (&t2);
+  fake_jdev_free (j);
+
+  /* Not a journal at all, and not new: not formatted over. */
+  j = fake_jdev_new (JSIZE);
+  memset (slot, 'x', sizeof slot);
+  fake_jdev_dev (j)->ops->pwrite (fake_jdev_dev (j)->opaque, slot, JNL_SB_SIZE,
+                                  0);
+  tc_open (&t2, &cfg);
+  assert_int_equal (cache_journal_open (t2.c, fake_jdev_dev (j), IDENT, false),
+                    -EINVAL);
+  tc_close (&t2);
+  after = fake_jdev_contents (j);
+  assert_memory_equal (after, slot, JNL_SB_SIZE);
+  fake_jdev_free_image (after);
+  fake_jdev_free (j);
+  tc_quiet_errors = false;
+
+  fake_jdev_free_image (before);
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A journal holding data past the end of a (shrunk) image is refused
+ * at recovery, and kept.
+ */
+static void
+test_shrunk_image_refused (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct tcache t2 = { .c = NULL };
+  struct cache_config cfg = jconfig ();
+  struct fake_jdev *j;
+  uint8_t *img;
+  (void) state;
+
+  jt_open (&x);
+  assert_int_equal (jwrite (&x, 3 * MiB, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  img = fake_jdev_crash (x.j, 0);
+  cfg.size = 2 * MiB;
+  tc_open (&t2, &cfg);
+  j = fake_jdev_from_image (img, JSIZE);
+  assert_int_equal (cache_journal_open (t2.c, fake_jdev_dev (j), IDENT, false),
+                    0);
+  tc_quiet_errors = true;
+  assert_int_equal (cache_journal_recover (t2.c), -EINVAL);
+  tc_quiet_errors = false;
+  tc_close (&t2);
+  {
+    uint8_t *now = fake_jdev_contents (j);
+    assert_memory_equal (now, img, JSIZE);
+    fake_jdev_free_image (now);
+  }
+  fake_jdev_free (j);
+  fake_jdev_free_image (img);
+  jt_close (&x);
+  free (x.m);
+}
+
+int
+main (void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test (test_flush_needs_only_the_journal),
+    cmocka_unit_test (test_idle_flush_syncs_nothing),
+    cmocka_unit_test (test_crash_states),
+    cmocka_unit_test (test_fua_durable),
+    cmocka_unit_test (test_epoch_order_on_backend),
+    cmocka_unit_test (test_flush_waits_for_placed_record),
+    cmocka_unit_test (test_drain_keeps_newer_data_dirty),
+    cmocka_unit_test (test_full_journal_throttles),
+    cmocka_unit_test (test_journal_write_error_retried),
+    cmocka_unit_test (test_journal_sync_error_sticky),
+    cmocka_unit_test (test_wrong_journal_refused),
+    cmocka_unit_test (test_shrunk_image_refused),
+  };
+
+  return cmocka_run_group_tests (tests, NULL, NULL);
+}
