@@ -306,7 +306,22 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "Writes that waited because dirty data passed dirty-ratio.")              \
   X (flushes, "flushes_total",                                                 \
      "Flushes (client flushes and the final flush at exit).")                  \
-  X (flush_errors, "flush_errors_total", "Flushes that failed.")
+  X (flush_errors, "flush_errors_total", "Flushes that failed.")               \
+  X (journal_records, "journal_records_total",                                 \
+     "Records written to the journal (journal=).")                             \
+  X (journal_bytes, "journal_written_bytes_total",                             \
+     "Bytes of records written to the journal (compare "                       \
+     "client_written_bytes_total: the journal's overhead).")                   \
+  X (journal_syncs, "journal_syncs_total",                                     \
+     "Syncs of the journal (fdatasync), shared by concurrent flushes.")        \
+  X (journal_drained_records, "journal_drained_records_total",                 \
+     "Journal records written back to the image.")                             \
+  X (journal_drained_bytes, "journal_drained_bytes_total",                     \
+     "Journal bytes whose records are on the image and flushed.")              \
+  X (journal_replayed_records, "journal_replayed_records_total",               \
+     "Records replayed from the journal at start.")                            \
+  X (journal_replayed_bytes, "journal_replayed_bytes_total",                   \
+     "Journal bytes replayed at start.")
 
 /* Latency histograms, one list like CACHE_COUNTERS: each is a struct
  * cache_histogram in struct cache_stats, atomic bucket counters of the
@@ -369,6 +384,13 @@ struct cache_stats {
   uint64_t runs_in_flight;
   uint64_t writeback_buffer_bytes; /* snapshot buffers alive */
   uint64_t metadata_bytes;
+  /* journal= (all 0 without one): the ring's size, the bytes it holds
+   * (records not yet written back and flushed, with padding), those of
+   * them not yet written back, the epochs they span, and how long ago
+   * the oldest of them was written (about: kept per epoch).
+   */
+  uint64_t journal_size, journal_used_bytes, journal_pending_bytes;
+  uint64_t journal_epochs_waiting, journal_oldest_age_ms;
 };
 void cache_get_stats (struct cache *c, struct cache_stats *st);
 

@@ -66,6 +66,18 @@ struct journal {
   bool drain_failing;
   int drain_err;
 
+  /* When records were placed, sampled at most every AGE_STEP_MS, for
+   * the age of the oldest record not written back: (seq, ms) pairs in
+   * order, those below the drained tail dropped; when full, every other
+   * one is dropped (coarser, still covering the whole log).
+   */
+#define AGE_SAMPLES 512
+#define AGE_STEP_MS 10
+  struct {
+    uint64_t seq, ms;
+  } age[AGE_SAMPLES];
+  unsigned nage;
+
   /* Drainer (drain_lock). */
   struct lock drain_lock;
   struct jsb sb; /* as last written */
@@ -356,6 +368,8 @@ jnl_recover (struct cache *c)
     jscan_free (&s);
     return r;
   }
+  atomic_fetch_add (&c->ctr.journal_replayed_records, s.nrecords);
+  atomic_fetch_add (&c->ctr.journal_replayed_bytes, s.nbytes);
   if (any)
     report_logf (c, CACHE_LOG_INFO,
                  "journal: replayed %" PRIu64 " records (%" PRIu64
@@ -457,6 +471,29 @@ jnl_uncredit (struct cache *c, uint64_t size)
   lock_drop (&j->lock);
 }
 
+/* j->lock held.  Notes that record SEQ is placed now (see age[]). */
+static void
+age_sample (struct journal *j, uint64_t seq)
+{
+  uint64_t now;
+
+  if (j->nage > 0 && j->age[j->nage - 1].seq >= j->mtail_seq) {
+    now = report_now_ms ();
+    if (now - j->age[j->nage - 1].ms < AGE_STEP_MS)
+      return;
+  }
+  else
+    now = report_now_ms ();
+  if (j->nage == AGE_SAMPLES) {
+    for (unsigned k = 0; k < AGE_SAMPLES / 2; k++)
+      j->age[k] = j->age[2 * k + 1];
+    j->nage = AGE_SAMPLES / 2;
+  }
+  j->age[j->nage].seq = seq;
+  j->age[j->nage].ms = now;
+  j->nage++;
+}
+
 uint64_t
 jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t, uint64_t off,
              uint64_t count)
@@ -478,6 +515,7 @@ jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t, uint64_t off,
   b->rec.salt = j->sb.salt;
   b->rec.seq = j->next_seq++;
   b->rec.epoch = j->epoch;
+  age_sample (j, b->rec.seq);
   b->rec.offset = off;
   b->rec.count = count;
   b->rec.lsn = lsn;
@@ -550,8 +588,11 @@ jnl_write (struct cache *c, struct jbuf *b)
   int r = write_records (j, b);
 
   lock_take (&j->lock);
-  if (r == 0)
+  if (r == 0) {
     unlink_buf (j, b);
+    atomic_fetch_add (&c->ctr.journal_records, 1);
+    atomic_fetch_add (&c->ctr.journal_bytes, b->size);
+  }
   else
     b->failed = true; /* the next sync writes it again */
   pthread_cond_broadcast (&j->cv);
@@ -606,6 +647,8 @@ jnl_sync (struct cache *c, uint64_t upto)
       if (r < 0)
         break;
       unlink_buf (j, b);
+      atomic_fetch_add (&c->ctr.journal_records, 1);
+      atomic_fetch_add (&c->ctr.journal_bytes, b->size);
       free (b);
       continue;
     }
@@ -617,6 +660,7 @@ jnl_sync (struct cache *c, uint64_t upto)
     j->syncing = true;
     lock_drop (&j->lock);
     r = j->dev.ops->sync (j->dev.opaque);
+    atomic_fetch_add (&c->ctr.journal_syncs, 1);
     lock_take (&j->lock);
     j->syncing = false;
     if (r == 0 && target > j->synced_seq)
@@ -763,7 +807,14 @@ drain_locked (struct cache *c, struct journal *j)
     if (r <= 0)
       break;
     if (nrec > 0 && rec.epoch != epoch) {
-      s = before; /* the next batch: after a backend flush */
+      /* The next batch, after a backend flush: back to before this
+       * record (the buffer stays the scan's own).
+       */
+      s.lsn = before.lsn;
+      s.seq = before.seq;
+      s.epoch = before.epoch;
+      s.nrecords = before.nrecords;
+      s.nbytes = before.nbytes;
       break;
     }
     epoch = rec.epoch;
@@ -788,10 +839,20 @@ drain_locked (struct cache *c, struct journal *j)
     return 0;
   }
 
+  atomic_fetch_add (&c->ctr.journal_drained_records, nrec);
+  atomic_fetch_add (&c->ctr.journal_drained_bytes, s.lsn - from.tail_lsn);
   lock_take (&j->lock);
   j->mtail_lsn = s.lsn;
   j->mtail_seq = s.seq;
   j->mtail_epoch = epoch;
+  {
+    unsigned k = 0;
+
+    while (k + 1 < j->nage && j->age[k + 1].seq <= s.seq)
+      k++;
+    memmove (j->age, j->age + k, (j->nage - k) * sizeof j->age[0]);
+    j->nage -= k;
+  }
   j->drain_failing = false;
   j->drain_err = 0;
   lock_drop (&j->lock);
@@ -858,4 +919,28 @@ jnl_drain_all (struct cache *c)
     if (r < 0)
       return r;
   }
+}
+
+void
+jnl_get_stats (struct cache *c, struct cache_stats *st)
+{
+  struct journal *j = c->jnl;
+
+  lock_take (&j->lock);
+  st->journal_size = j->sb.data_size;
+  st->journal_used_bytes = used (j);
+  st->journal_pending_bytes = j->head_lsn - j->mtail_lsn;
+  if (j->mtail_seq < j->next_seq) {
+    /* The oldest record pending was placed at or before the first
+     * sample at or past it, and after the one before.
+     */
+    unsigned k = 0;
+
+    st->journal_epochs_waiting = j->epoch - j->mtail_epoch + 1;
+    while (k < j->nage && j->age[k].seq < j->mtail_seq)
+      k++;
+    if (k < j->nage)
+      st->journal_oldest_age_ms = report_now_ms () - j->age[k].ms;
+  }
+  lock_drop (&j->lock);
 }

@@ -85,6 +85,10 @@ int jnl_sync (struct cache *c, uint64_t upto);
  */
 int jnl_flush (struct cache *c);
 
+/* Fills the journal_* gauges of ST. */
+struct cache_stats;
+void jnl_get_stats (struct cache *c, struct cache_stats *st);
+
 /* One step of write-back from the journal: records the log holds
  * durably, from the tail, of one epoch, up to a batch; the backend
  * flushed after them; pages cleaned; the tail moved and written.

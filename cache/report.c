@@ -135,6 +135,8 @@ cache_get_stats (struct cache *c, struct cache_stats *st)
   st->waiting_idle = atomic_load (&c->w_idle);
   st->runs_in_flight = atomic_load (&c->runs_in_flight);
   st->writeback_buffer_bytes = atomic_load (&c->wb_buf_bytes);
+  if (c->jnl)
+    jnl_get_stats (c, st);
   st->metadata_bytes =
     sizeof *c +
     (uint64_t) c->nframes * (sizeof (struct page) + sizeof (uint32_t) +

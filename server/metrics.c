@@ -296,6 +296,23 @@ render_counters (struct out *o, const struct cache_stats *st)
   counter (o, "miss_bytes_total",
            "Bytes read from the image because they were not in the cache.",
            st->misses * st->sector_size);
+  gauge (o, "journal_size_bytes",
+         "Bytes of the journal's record area (0: no journal=).",
+         st->journal_size);
+  gauge (o, "journal_used_bytes",
+         "Journal bytes holding records not yet on the image and flushed.",
+         st->journal_used_bytes);
+  gauge (o, "journal_free_bytes", "Journal bytes free for new records.",
+         st->journal_size - st->journal_used_bytes);
+  gauge (o, "journal_pending_bytes",
+         "Journal bytes whose records are not yet written back.",
+         st->journal_pending_bytes);
+  gauge (o, "journal_epochs_waiting",
+         "Flush epochs with records not yet written back.",
+         st->journal_epochs_waiting);
+  gauge (o, "journal_oldest_age_seconds",
+         "Age of the oldest record not yet written back (per epoch).",
+         st->journal_oldest_age_ms / 1000);
   gauge (o, "writeback_runs_in_flight",
          "Write-back runs started and not yet completed.", st->runs_in_flight);
 }

@@ -256,8 +256,26 @@ test_flush_needs_only_the_journal (void **state)
   fake_jdev_get_counts (x.j, &jc);
   assert_int_equal (jc.pending, 0);
   assert_true (sectors_are (&x.t, 4096, 8192, V | D));
+  {
+    struct cache_stats st = stats (x.t.c);
+
+    assert_int_equal (st.journal_records, 2);
+    assert_int_equal (st.journal_pending_bytes,
+                      jrec_size (8192) + jrec_size (512));
+    assert_int_equal (st.journal_used_bytes, st.journal_pending_bytes);
+    assert_int_equal (st.journal_epochs_waiting, 2);
+    assert_int_equal (st.journal_size, 4 * MiB);
+  }
   /* Drained: on the backend, flushed, and the pages clean. */
   assert_true (cache_journal_drain (x.t.c) > 0);
+  {
+    struct cache_stats st = stats (x.t.c);
+
+    assert_int_equal (st.journal_pending_bytes, 0);
+    assert_int_equal (st.journal_used_bytes, 0);
+    assert_int_equal (st.journal_drained_records, 2);
+    assert_int_equal (st.journal_epochs_waiting, 0);
+  }
   assert_true (disk_is_pattern (&x.t, 4096, 8192, 1));
   assert_true (disk_is_pattern (&x.t, 65536 + 512, 512, 2));
   assert_true (counts (&x.t).flushes >= 1);
