@@ -80,7 +80,9 @@
  * step loses the image's lock; from then on every backend call fails
  * with -ESHUTDOWN (librbd's EBLOCKLISTED) and a write that takes effect
  * fails the run.  Then also: a flush, drain, FUA write or write-through
- * write that started after the loss must fail; at the end two drains
+ * write that started after the loss must fail (a write-through write
+ * that a concurrent TRIM or ZERO, done on the backend before the loss,
+ * wholly discarded aside: discarded_under); at the end two drains
  * must fail, no run is in flight, every granule the cache holds reads
  * back a value the model allows and every other one is on the backend.
  * In every mode a sector the cache holds CLEAN at the end equals the
@@ -551,6 +553,8 @@ xb_flush (void *o)
   return 0;
 }
 
+static void note_discard (uint32_t off, uint32_t n);
+
 static int
 xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
 {
@@ -561,6 +565,7 @@ xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
     return LOST_ERR;
   }
   disk_apply (NULL, 0, n, off, fl & CACHE_FUA);
+  note_discard (off, n);
   io_point ("io.discard.done");
   return 0;
 }
@@ -671,6 +676,8 @@ struct op {
   int ret;
   uint64_t start, end;              /* end UINT64_MAX while running */
   bool noop;                        /* refused without effect */
+  uint32_t dis_off, dis_len;        /* a TRIM's or ZERO's backend call
+                                     * took effect on this range */
   unsigned char buf[DISK];          /* a read's data */
 };
 
@@ -978,6 +985,49 @@ needs_backend (const struct op *o)
   }
 }
 
+/* The request running in this thread (a TRIM's or ZERO's) has just
+ * discarded [off, off+n) on the backend.
+ */
+static void
+note_discard (uint32_t off, uint32_t n)
+{
+  if (self && self->kind == XK_REQ) {
+    self->op->dis_off = off;
+    self->op->dis_len = n;
+  }
+}
+
+/* Did a TRIM or ZERO concurrent with write O (still running when O
+ * started) discard every granule of O on the backend?  Then the core
+ * may order O before it: the discard drops the sectors O put in the
+ * cache (its range is busy, so O's write-through waits for it rather
+ * than write them), and the write-through then finds nothing to write
+ * and, without FUA, nothing to flush.
+ * O returns 0 without a backend call, which is right (the discard's
+ * value, already on the backend, supersedes O's), even with the lock
+ * lost before O started: the discard took effect before the loss
+ * (after it, the backend call fails), and nothing of O lands.
+ */
+static bool
+discarded_under (const struct op *o)
+{
+  for (unsigned g = o->off / GRAN; g < (o->off + o->len) / GRAN; g++) {
+    bool covered = false;
+
+    for (unsigned i = 0; i < nevents && !covered; i++) {
+      const struct op *x = &events[i];
+
+      covered = (x->k == K_TRIM || x->k == K_ZERO) && x->dis_len > 0 &&
+                x->start < o->end &&
+                (x->end == UINT64_MAX || x->end > o->start) &&
+                g * GRAN >= x->dis_off && g * GRAN < x->dis_off + x->dis_len;
+    }
+    if (!covered)
+      return false;
+  }
+  return true;
+}
+
 /* At the reply of O (in its thread, holding the baton). */
 static void
 check_reply (struct op *o)
@@ -988,7 +1038,8 @@ check_reply (struct op *o)
             kind_name[o->k], strerror (-o->ret));
     return;
   }
-  if (lock_lost && o->start > lost_at && needs_backend (o)) {
+  if (lock_lost && o->start > lost_at && needs_backend (o) &&
+      !(o->k == K_WRITE && discarded_under (o))) {
     fail ("%s started after the lock was lost and returned 0",
           kind_name[o->k]);
     return;
@@ -1358,6 +1409,7 @@ execute (void)
       o->start = o->end = UINT64_MAX;
       o->ret = 0;
       o->noop = false;
+      o->dis_off = o->dis_len = 0;
       t->st = XS_NEW;
       t->op = o;
     }
