@@ -170,3 +170,10 @@ cache_has_journal (const struct cache *c)
 {
   return c->jnl != NULL;
 }
+
+void
+cache_set_jio (struct cache *c, cache_jio_fn fn, void *opaque)
+{
+  atomic_store (&c->jio_opaque, opaque);
+  atomic_store (&c->jio, fn);
+}

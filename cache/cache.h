@@ -159,6 +159,15 @@ int cache_journal_recover (struct cache *c);
  */
 int cache_journal_drain (struct cache *c);
 bool cache_has_journal (const struct cache *c);
+/* The drainer's backend writes: each batch's are handed to FN, which
+ * must run cache_jio_run (IO) once, in another thread (a pool), so that
+ * the writes of a batch run in parallel; without FN the drainer runs
+ * them itself, one after another.  Set like the submit hook.
+ */
+struct cache_jio;
+typedef void (*cache_jio_fn) (void *opaque, struct cache_jio *io);
+void cache_set_jio (struct cache *c, cache_jio_fn fn, void *opaque);
+void cache_jio_run (struct cache_jio *io);
 
 /* Requests.  count may be anything from 1 byte up to 32 MiB, at any
  * alignment.  flags: CACHE_FUA for write/zero/trim, CACHE_MAY_TRIM and

@@ -46,6 +46,25 @@
  * it).
  */
 #define DRAIN_BATCH (8u * 1024 * 1024)
+/* Backend writes of one batch in flight at once, and the largest write
+ * that contiguous DATA records of a batch are merged into.
+ */
+#define DRAIN_INFLIGHT 64
+#define DRAIN_MERGE (4u * 1024 * 1024)
+
+/* One backend operation of a drain batch: one record, or contiguous
+ * DATA records merged.  Writes of a batch run in parallel (the jio
+ * hook's threads) except where they overlap: one that overlaps a write
+ * in flight waits for it, so a sector's records still land in log
+ * order.
+ */
+struct cache_jio {
+  struct cache *c;
+  uint16_t type; /* enum jrec_type */
+  uint64_t off, count;
+  uint8_t *buf; /* DATA: count bytes */
+  size_t cap;
+};
 
 struct journal {
   struct jdev dev;
@@ -77,6 +96,13 @@ struct journal {
     uint64_t seq, ms;
   } age[AGE_SAMPLES];
   unsigned nage;
+
+  /* The writes of the batch being drained (io_lock, a leaf). */
+  struct lock io_lock;
+  pthread_cond_t io_cv;
+  struct cache_jio *inflight[DRAIN_INFLIGHT];
+  unsigned ninflight;
+  int io_err;
 
   /* Drainer (drain_lock). */
   struct lock drain_lock;
@@ -161,6 +187,8 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   j->dev = *dev;
   lock_init (&j->lock);
   lock_init (&j->drain_lock);
+  lock_init (&j->io_lock);
+  pthread_cond_init (&j->io_cv, NULL);
   pthread_cond_init (&j->cv, NULL);
 
   r = jsb_read (dev, &j->sb);
@@ -220,8 +248,10 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
                  errstr (-r));
   if (r < 0) {
     pthread_cond_destroy (&j->cv);
+    pthread_cond_destroy (&j->io_cv);
     lock_destroy (&j->lock);
     lock_destroy (&j->drain_lock);
+    lock_destroy (&j->io_lock);
     free (j);
     return r;
   }
@@ -248,8 +278,10 @@ jnl_free (struct cache *c)
     free (b);
   }
   pthread_cond_destroy (&j->cv);
+  pthread_cond_destroy (&j->io_cv);
   lock_destroy (&j->lock);
   lock_destroy (&j->drain_lock);
+  lock_destroy (&j->io_lock);
   free (j->ranges);
   free (j);
   c->jnl = NULL;
@@ -764,9 +796,136 @@ drain_failed (struct cache *c, struct journal *j, int r)
   lock_drop (&c->wb_lock);
 }
 
+static bool
+io_overlaps (struct journal *j, const struct cache_jio *io)
+{
+  for (unsigned k = 0; k < j->ninflight; k++) {
+    const struct cache_jio *o = j->inflight[k];
+    if (o->off < io->off + io->count && io->off < o->off + o->count)
+      return true;
+  }
+  return false;
+}
+
+void
+cache_jio_run (struct cache_jio *io)
+{
+  struct cache *c = io->c;
+  struct journal *j = c->jnl;
+  struct jrec r = {
+    .type = io->type,
+    .offset = io->off,
+    .count = io->count,
+  };
+  int e = apply (c, &r, io->buf);
+
+  lock_take (&j->io_lock);
+  for (unsigned k = 0; k < j->ninflight; k++)
+    if (j->inflight[k] == io) {
+      j->inflight[k] = j->inflight[--j->ninflight];
+      break;
+    }
+  if (e < 0 && j->io_err == 0)
+    j->io_err = e;
+  pthread_cond_broadcast (&j->io_cv);
+  lock_drop (&j->io_lock);
+  free (io->buf);
+  free (io);
+}
+
+/* Starts IO once no write in flight overlaps it (and there is room). */
+static void
+io_issue (struct cache *c, struct journal *j, struct cache_jio *io)
+{
+  cache_jio_fn fn = atomic_load (&c->jio);
+
+  lock_take (&j->io_lock);
+  while (j->ninflight == DRAIN_INFLIGHT || io_overlaps (j, io))
+    lock_wait (&j->io_lock, &j->io_cv);
+  j->inflight[j->ninflight++] = io;
+  lock_drop (&j->io_lock);
+  if (fn)
+    fn (atomic_load (&c->jio_opaque), io);
+  else
+    cache_jio_run (io);
+}
+
+/* Waits for every write of the batch; returns the first error. */
+static int
+io_wait_all (struct journal *j)
+{
+  int r;
+
+  lock_take (&j->io_lock);
+  while (j->ninflight > 0)
+    lock_wait (&j->io_lock, &j->io_cv);
+  r = j->io_err;
+  j->io_err = 0;
+  lock_drop (&j->io_lock);
+  return r;
+}
+
+/* Adds record R (payload P) to the batch: merged into *CUR if it is a
+ * DATA record that continues it, else *CUR is issued and R becomes the
+ * new *CUR (a DATA record, held back for merging) or is issued at once.
+ */
+static int
+io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
+        const struct jrec *r, const void *p)
+{
+  struct cache_jio *io = *cur;
+
+  if (io && r->type == JREC_ZERO && io->type == JREC_ZERO &&
+      io->off + io->count == r->offset && io->count + r->count <= (1u << 30)) {
+    io->count += r->count;
+    return 0;
+  }
+  if (io && r->type == JREC_DATA && io->type == JREC_DATA &&
+      io->off + io->count == r->offset && io->count + r->count <= DRAIN_MERGE) {
+    if (io->count + r->count > io->cap) {
+      size_t cap = MAX (io->cap * 2, io->count + r->count);
+      uint8_t *b = realloc (io->buf, cap);
+      if (!b)
+        return -ENOMEM;
+      io->buf = b;
+      io->cap = cap;
+    }
+    memcpy (io->buf + io->count, p, r->count);
+    io->count += r->count;
+    return 0;
+  }
+  if (io) {
+    io_issue (c, j, io);
+    *cur = NULL;
+  }
+  io = calloc (1, sizeof *io);
+  if (!io)
+    return -ENOMEM;
+  io->c = c;
+  io->type = r->type;
+  io->off = r->offset;
+  io->count = r->count;
+  if (r->type == JREC_DATA) {
+    io->cap = r->count;
+    io->buf = malloc (io->cap);
+    if (!io->buf) {
+      free (io);
+      return -ENOMEM;
+    }
+    memcpy (io->buf, p, r->count);
+    *cur = io;
+  }
+  else if (r->type == JREC_ZERO)
+    *cur = io; /* held back for merging too */
+  else
+    io_issue (c, j, io);
+  return 0;
+}
+
 static int
 drain_locked (struct cache *c, struct journal *j)
 {
+  struct cache_jio *cur = NULL;
   struct jsb from;
   struct jscan s;
   struct jrec rec;
@@ -818,13 +977,20 @@ drain_locked (struct cache *c, struct journal *j)
       break;
     }
     epoch = rec.epoch;
-    r = apply (c, &rec, s.buf);
+    r = io_add (c, j, &cur, &rec, s.buf);
     if (r == 0 && rec.type != JREC_TRIM)
       r = note_range (j, rec.offset, rec.count);
     if (r < 0)
       break;
     last = rec.seq;
     nrec++;
+  }
+  if (cur)
+    io_issue (c, j, cur);
+  {
+    int e = io_wait_all (j);
+    if (r >= 0 && e < 0)
+      r = e;
   }
   if (r >= 0 && nrec > 0)
     r = backend_flush (c);

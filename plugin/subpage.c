@@ -582,7 +582,11 @@ subpage_after_fork (void)
                     params.journal);
       return -1;
     }
-    jdrain = jdrain_start (cache, params.dirty_writeback_ms, &err);
+    /* Four writes in flight per write-back thread: the journal's
+     * writes are small records, each its own backend request.
+     */
+    jdrain = jdrain_start (cache, params.dirty_writeback_ms,
+                           4 * params.writeback_threads, &err);
     if (jdrain == NULL) {
       nbdkit_error ("subpage: cannot start the journal's drainer: %s",
                     errstr (-err));

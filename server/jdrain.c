@@ -19,7 +19,66 @@ struct jdrain {
   pthread_mutex_t lock;
   pthread_cond_t cv;
   bool kicked, stop;
+
+  /* The pool that runs a batch's backend writes (cache_set_jio). */
+  unsigned nworkers;
+  pthread_t *workers;
+  pthread_mutex_t qlock;
+  pthread_cond_t qcv;
+  struct qnode {
+    struct qnode *next;
+    struct cache_jio *io;
+  } * qhead, **qtail;
+  bool qstop;
 };
+
+static void *
+jdrain_worker (void *arg)
+{
+  struct jdrain *d = arg;
+
+  pthread_mutex_lock (&d->qlock);
+  for (;;) {
+    struct qnode *n;
+
+    while (!d->qhead && !d->qstop)
+      pthread_cond_wait (&d->qcv, &d->qlock);
+    if (!d->qhead)
+      break;
+    n = d->qhead;
+    d->qhead = n->next;
+    if (!d->qhead)
+      d->qtail = &d->qhead;
+    pthread_mutex_unlock (&d->qlock);
+    cache_jio_run (n->io);
+    free (n);
+    pthread_mutex_lock (&d->qlock);
+  }
+  pthread_mutex_unlock (&d->qlock);
+  return NULL;
+}
+
+/* The jio hook: queues IO for a worker (or runs it here if no node can
+ * be had).
+ */
+static void
+jdrain_jio (void *opaque, struct cache_jio *io)
+{
+  struct jdrain *d = opaque;
+  struct qnode *n = malloc (sizeof *n);
+
+  if (!n) {
+    cache_jio_run (io);
+    return;
+  }
+  n->io = io;
+  n->next = NULL;
+  pthread_mutex_lock (&d->qlock);
+  *d->qtail = n;
+  d->qtail = &n->next;
+  pthread_cond_signal (&d->qcv);
+  pthread_mutex_unlock (&d->qlock);
+}
 
 static void
 deadline (struct timespec *ts, unsigned ms)
@@ -75,14 +134,39 @@ jdrain_kick (void *opaque)
   pthread_mutex_unlock (&d->lock);
 }
 
+static void
+stop_workers (struct jdrain *d)
+{
+  pthread_mutex_lock (&d->qlock);
+  d->qstop = true;
+  pthread_cond_broadcast (&d->qcv);
+  pthread_mutex_unlock (&d->qlock);
+  for (unsigned k = 0; k < d->nworkers; k++)
+    pthread_join (d->workers[k], NULL);
+  d->nworkers = 0;
+}
+
+static void
+jdrain_free (struct jdrain *d)
+{
+  pthread_mutex_destroy (&d->lock);
+  pthread_cond_destroy (&d->cv);
+  pthread_mutex_destroy (&d->qlock);
+  pthread_cond_destroy (&d->qcv);
+  free (d->workers);
+  free (d);
+}
+
 struct jdrain *
-jdrain_start (struct cache *c, unsigned interval_ms, int *err)
+jdrain_start (struct cache *c, unsigned interval_ms, unsigned workers, int *err)
 {
   struct jdrain *d = calloc (1, sizeof *d);
   sigset_t all, old;
-  int r;
+  int r = 0;
 
-  if (!d) {
+  if (!d ||
+      !(d->workers = calloc (workers ? workers : 1, sizeof *d->workers))) {
+    free (d);
     *err = -ENOMEM;
     return NULL;
   }
@@ -90,19 +174,31 @@ jdrain_start (struct cache *c, unsigned interval_ms, int *err)
   d->interval_ms = interval_ms ? interval_ms : 500;
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->cv, NULL);
+  pthread_mutex_init (&d->qlock, NULL);
+  pthread_cond_init (&d->qcv, NULL);
+  d->qtail = &d->qhead;
   /* Signals stay with nbdkit's threads. */
   sigfillset (&all);
   pthread_sigmask (SIG_SETMASK, &all, &old);
-  r = pthread_create (&d->thread, NULL, jdrain_thread, d);
+  for (unsigned k = 0; k < workers && r == 0; k++) {
+    r = pthread_create (&d->workers[k], NULL, jdrain_worker, d);
+    if (r == 0) {
+      pthread_setname_np (d->workers[k], "subpage-jio");
+      d->nworkers++;
+    }
+  }
+  if (r == 0)
+    r = pthread_create (&d->thread, NULL, jdrain_thread, d);
   pthread_sigmask (SIG_SETMASK, &old, NULL);
   if (r != 0) {
-    pthread_mutex_destroy (&d->lock);
-    pthread_cond_destroy (&d->cv);
-    free (d);
+    stop_workers (d);
+    jdrain_free (d);
     *err = -r;
     return NULL;
   }
   pthread_setname_np (d->thread, "subpage-jdrain");
+  if (d->nworkers > 0)
+    cache_set_jio (c, jdrain_jio, d);
   cache_set_kick (c, jdrain_kick, d);
   return d;
 }
@@ -117,8 +213,11 @@ jdrain_stop (struct jdrain *d)
   pthread_cond_signal (&d->cv);
   pthread_mutex_unlock (&d->lock);
   pthread_join (d->thread, NULL);
+  /* No batch runs now (the drainer thread was the only caller while
+   * we ran; cache_drain, after us, runs its batches itself).
+   */
   cache_set_kick (d->c, NULL, NULL);
-  pthread_mutex_destroy (&d->lock);
-  pthread_cond_destroy (&d->cv);
-  free (d);
+  cache_set_jio (d->c, NULL, NULL);
+  stop_workers (d);
+  jdrain_free (d);
 }

@@ -3,7 +3,8 @@
  * With journal=, write-back comes from the journal, in epoch order
  * (cache.h, cache_journal_drain), not from the write-back server: one
  * thread calls cache_journal_drain while it finds records, and waits
- * for a kick (the cache's kick hook) or the interval otherwise.  After
+ * for a kick (the cache's kick hook) or the interval otherwise; a pool
+ * of workers runs the backend writes of each batch (the jio hook).  After
  * a failed step it waits the interval before retrying, so a failing
  * backend is not hammered.
  */
@@ -14,10 +15,12 @@
 
 struct jdrain;
 
-/* Starts the thread and installs its kick hook on C.  NULL and *ERR
- * (-errno) on failure.
+/* Starts the thread, and WORKERS threads that run the backend writes of
+ * each batch in parallel (cache_set_jio), and installs the kick and jio
+ * hooks on C.  NULL and *ERR (-errno) on failure.
  */
-struct jdrain *jdrain_start (struct cache *c, unsigned interval_ms, int *err);
+struct jdrain *jdrain_start (struct cache *c, unsigned interval_ms,
+                             unsigned workers, int *err);
 /* Removes the kick hook and stops the thread after its current step
  * (the caller then drains the rest: cache_drain).  NULL is a no-op.
  */

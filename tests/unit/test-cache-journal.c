@@ -515,6 +515,70 @@ test_drain_keeps_newer_data_dirty (void **state)
   free (x.m);
 }
 
+/* The drainer's writes run in parallel (the jio hook), but a write
+ * that overlaps one in flight waits for it: captured writes completed
+ * in reverse order still leave the newest record's data.
+ */
+struct jio_capture {
+  pthread_mutex_t lock;
+  struct cache_jio *io[16];
+  unsigned n;
+};
+
+static void
+capture_jio (void *opaque, struct cache_jio *io)
+{
+  struct jio_capture *k = opaque;
+
+  pthread_mutex_lock (&k->lock);
+  assert_true (k->n < 16);
+  k->io[k->n++] = io;
+  pthread_mutex_unlock (&k->lock);
+}
+
+static unsigned
+captured (struct jio_capture *k)
+{
+  unsigned n;
+
+  pthread_mutex_lock (&k->lock);
+  n = k->n;
+  pthread_mutex_unlock (&k->lock);
+  return n;
+}
+
+static void
+test_parallel_drain_keeps_log_order (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct jio_capture k = { .n = 0 };
+  pthread_t th;
+  (void) state;
+
+  pthread_mutex_init (&k.lock, NULL);
+  jt_open (&x);
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
+  assert_int_equal (write_pattern (&x.t, 65536, 4096, 2, 0), 0);
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 3, 0), 0); /* overlaps 1 */
+  assert_int_equal (cache_flush (x.t.c), 0);
+  cache_set_jio (x.t.c, capture_jio, &k);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
+  /* The first two are in flight; the third waits for the first. */
+  WAIT_FOR (captured (&k) == 2);
+  cache_jio_run (k.io[1]);
+  cache_jio_run (k.io[0]);
+  WAIT_FOR (captured (&k) == 3);
+  cache_jio_run (k.io[2]);
+  pthread_join (th, NULL);
+  assert_true (disk_is_pattern (&x.t, 0, 4096, 3));
+  assert_true (disk_is_pattern (&x.t, 65536, 4096, 2));
+  assert_true (sectors_are (&x.t, 0, 4096, V));
+  cache_set_jio (x.t.c, NULL, NULL);
+  jt_close (&x);
+  pthread_mutex_destroy (&k.lock);
+  free (x.m);
+}
+
 /* A journal smaller than what is written: writers wait for write-back
  * to free space, and nothing is lost.
  */
@@ -736,6 +800,7 @@ main (void)
     cmocka_unit_test (test_epoch_order_on_backend),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
+    cmocka_unit_test (test_parallel_drain_keeps_log_order),
     cmocka_unit_test (test_full_journal_throttles),
     cmocka_unit_test (test_journal_write_error_retried),
     cmocka_unit_test (test_journal_sync_error_sticky),
