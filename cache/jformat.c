@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <linux/fs.h> /* BLKGETSIZE64 */
@@ -617,6 +618,13 @@ jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
   }
   if (fd < 0)
     return -errno;
+  /* One user at a time: two servers appending to one journal would
+   * each replay the other's records over newer data.
+   */
+  if (flock (fd, LOCK_EX | LOCK_NB) < 0) {
+    err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+    goto err_close;
+  }
 
   if (fstat (fd, &st) < 0)
     goto err_errno;
@@ -638,6 +646,30 @@ jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
   else {
     err = -EINVAL;
     goto err_close;
+  }
+
+  if (*created) {
+    /* The new name, durable before anything is journaled in it. */
+    char *dir = strdup (path), *slash = dir ? strrchr (dir, '/') : NULL;
+    int dfd;
+
+    if (!dir) {
+      err = -ENOMEM;
+      goto err_close;
+    }
+    if (slash == dir)
+      slash[1] = '\0';
+    else if (slash)
+      *slash = '\0';
+    dfd = open (slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free (dir);
+    if (dfd < 0 || fsync (dfd) < 0) {
+      err = -errno;
+      if (dfd >= 0)
+        close (dfd);
+      goto err_close;
+    }
+    close (dfd);
   }
 
   jf = malloc (sizeof *jf);

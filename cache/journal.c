@@ -123,6 +123,26 @@ random_u32 (void)
   return v;
 }
 
+/* Syncs the journal device.  Every failure is sticky (see above): the
+ * kernel reports a write-back error of the file once, so a later sync
+ * of the same file may succeed although pages were lost.
+ */
+static int
+dev_sync (struct cache *c, struct journal *j)
+{
+  int r = j->dev.ops->sync (j->dev.opaque);
+
+  atomic_fetch_add (&c->ctr.journal_syncs, 1);
+  if (r < 0) {
+    lock_take (&j->lock);
+    if (!j->sync_err)
+      j->sync_err = r;
+    pthread_cond_broadcast (&j->cv);
+    lock_drop (&j->lock);
+  }
+  return r;
+}
+
 /* ---- opening ---- */
 
 static bool
@@ -147,7 +167,7 @@ format (struct cache *c, struct journal *j, const char *ident)
     return -EIO;
   sb->journal_size = j->dev.size;
   sb->data_size = ROUND_DOWN (j->dev.size - JNL_DATA_OFFSET, (uint64_t) 4096);
-  sb->salt = random_u32 ();
+  sb->salt = random_u32 () | 1;
   sb->tail_lsn = 0;
   sb->tail_seq = 1;
   sb->tail_epoch = 0;
@@ -159,7 +179,7 @@ format (struct cache *c, struct journal *j, const char *ident)
   for (int k = 0; k < 2 && r == 0; k++) {
     r = jsb_write (&j->dev, sb);
     if (r == 0)
-      r = j->dev.ops->sync (j->dev.opaque);
+      r = dev_sync (c, j);
   }
   return r;
 }
@@ -257,6 +277,20 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   }
 
   j->slack = jrec_size (c->cfg.page_size);
+  if (j->sb.data_size < 4 * j->slack) {
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: its %" PRIu64 " bytes of records are too few for "
+                 "page-size=%" PRIu32 " (at least %" PRIu64 "): give a larger "
+                 "journal-size= or a smaller page-size=",
+                 j->sb.data_size, c->cfg.page_size, 4 * j->slack);
+    pthread_cond_destroy (&j->cv);
+    pthread_cond_destroy (&j->io_cv);
+    lock_destroy (&j->lock);
+    lock_destroy (&j->drain_lock);
+    lock_destroy (&j->io_lock);
+    free (j);
+    return -EINVAL;
+  }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
@@ -313,7 +347,8 @@ apply (struct cache *c, const struct jrec *r, const void *payload)
     while (count > 0 && e == 0) {
       uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
       if (c->ops->zero)
-        e = c->ops->zero (c->bopaque, n, off, CACHE_MAY_TRIM);
+        e = c->ops->zero (c->bopaque, n, off, 0); /* allocated: a record
+                                                   * does not keep MAY_TRIM */
       if (!c->ops->zero || e == -ENOTSUP || e == -EOPNOTSUPP) {
         n = (uint32_t) MIN (count, (uint64_t) sizeof zeroes);
         e = c->ops->pwrite (c->bopaque, zeroes, n, off, 0);
@@ -417,7 +452,7 @@ jnl_recover (struct cache *c)
   jscan_free (&s);
   r = jsb_write (&j->dev, &j->sb);
   if (r == 0)
-    r = j->dev.ops->sync (j->dev.opaque);
+    r = dev_sync (c, j);
   if (r < 0) {
     report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
                  errstr (-r));
@@ -691,14 +726,11 @@ jnl_sync (struct cache *c, uint64_t upto)
     target = written_seq (j);
     j->syncing = true;
     lock_drop (&j->lock);
-    r = j->dev.ops->sync (j->dev.opaque);
-    atomic_fetch_add (&c->ctr.journal_syncs, 1);
+    r = dev_sync (c, j);
     lock_take (&j->lock);
     j->syncing = false;
     if (r == 0 && target > j->synced_seq)
       j->synced_seq = target;
-    if (r < 0 && !j->sync_err)
-      j->sync_err = r;
     pthread_cond_broadcast (&j->cv);
     if (r < 0)
       break;
@@ -922,6 +954,42 @@ io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
   return 0;
 }
 
+/* Drainer.  Writes the drained tail (mtail) to the superblock and syncs
+ * it; only then may its space be used again (rule 14).  No further batch
+ * is drained until this has succeeded, so the superblock's tail is at
+ * most one batch behind what the backend holds.
+ */
+static int
+write_tail (struct cache *c, struct journal *j)
+{
+  uint64_t lsn;
+  int r;
+
+  lock_take (&j->lock);
+  lsn = j->mtail_lsn;
+  j->sb.tail_lsn = lsn;
+  j->sb.tail_seq = j->mtail_seq;
+  j->sb.tail_epoch = j->mtail_epoch;
+  r = j->sync_err;
+  lock_drop (&j->lock);
+  if (r < 0)
+    return r; /* after a failed sync nothing is written any more */
+  j->sb.image_size = size_now (c);
+  r = jsb_write (&j->dev, &j->sb);
+  if (r == 0)
+    r = dev_sync (c, j);
+  if (r < 0) {
+    report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
+                 errstr (-r));
+    return r;
+  }
+  lock_take (&j->lock);
+  j->dtail_lsn = lsn;
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+  return 0;
+}
+
 static int
 drain_locked (struct cache *c, struct journal *j)
 {
@@ -929,8 +997,22 @@ drain_locked (struct cache *c, struct journal *j)
   struct jsb from;
   struct jscan s;
   struct jrec rec;
-  uint64_t limit, last = 0, epoch = 0, nrec = 0;
+  uint64_t limit, last = 0, epoch = 0, nrec = 0, end;
+  bool tail_behind;
   int r = 0;
+
+  lock_take (&j->lock);
+  tail_behind = j->dtail_lsn != j->mtail_lsn;
+  lock_drop (&j->lock);
+  if (tail_behind && (r = write_tail (c, j)) < 0) {
+    drain_failed (c, j, r);
+    return r;
+  }
+  /* Follow the image's size (it may have grown or shrunk): records
+   * past its end are not written, and stop write-back (below).
+   */
+  cache_refresh_size (c);
+  end = ROUND_UP (size_now (c), (uint64_t) c->cfg.sector_size);
 
   lock_take (&j->lock);
   limit = j->next_seq - 1;
@@ -945,8 +1027,10 @@ drain_locked (struct cache *c, struct journal *j)
   if (j->synced_seq < limit) {
     lock_drop (&j->lock);
     r = jnl_sync (c, limit); /* drain only what a crash would keep */
-    if (r < 0)
+    if (r < 0) {
+      drain_failed (c, j, r);
       return r;
+    }
   }
   else
     lock_drop (&j->lock);
@@ -974,6 +1058,19 @@ drain_locked (struct cache *c, struct journal *j)
       s.epoch = before.epoch;
       s.nrecords = before.nrecords;
       s.nbytes = before.nbytes;
+      break;
+    }
+    if (rec.offset > end || rec.count > end - rec.offset) {
+      /* The image shrank below journaled data: writing it would extend
+       * the image again, dropping it would lose it.  Kept, and write-back
+       * stops here until the image grows back.
+       */
+      report_logf (c, j->drain_failing ? CACHE_LOG_DEBUG : CACHE_LOG_ERROR,
+                   "journal: holds data at %" PRIu64 "+%" PRIu64
+                   ", past the image's end (%" PRIu64 " bytes): kept, not "
+                   "written",
+                   rec.offset, rec.count, size_now (c));
+      r = -EIO;
       break;
     }
     epoch = rec.epoch;
@@ -1031,23 +1128,11 @@ drain_locked (struct cache *c, struct journal *j)
   dirty_progress (c);
   lock_drop (&c->wb_lock);
 
-  /* The tail, written and synced before its space is used again. */
-  j->sb.tail_lsn = s.lsn;
-  j->sb.tail_seq = s.seq;
-  j->sb.tail_epoch = epoch;
-  j->sb.image_size = size_now (c);
-  r = jsb_write (&j->dev, &j->sb);
-  if (r == 0)
-    r = j->dev.ops->sync (j->dev.opaque);
+  r = write_tail (c, j);
   if (r < 0) {
-    report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
-                 errstr (-r));
+    drain_failed (c, j, r);
     return r;
   }
-  lock_take (&j->lock);
-  j->dtail_lsn = s.lsn;
-  pthread_cond_broadcast (&j->cv);
-  lock_drop (&j->lock);
   return (int) MIN (nrec, (uint64_t) INT32_MAX);
 }
 

@@ -237,11 +237,20 @@ subpage_journal_open (void)
                   params.journal, backend.read_only_why);
     return -1;
   }
-  if (size == 0 && stat (params.journal, &st) == -1 && errno == ENOENT)
+  /* journal-size= sizes a new file only: an existing one (a journal,
+   * or something refused below) is never changed here.
+   */
+  if (stat (params.journal, &st) == 0)
+    size = 0;
+  else if (errno == ENOENT && size == 0)
     size = SUBPAGE_JOURNAL_DEFAULT_SIZE;
   err = jdev_file_open (params.journal, size, &journal_dev, &created);
   if (err < 0) {
-    nbdkit_error ("subpage: journal=%s: %s", params.journal, errstr (-err));
+    nbdkit_error ("subpage: journal=%s: %s%s", params.journal, errstr (-err),
+                  err == -EBUSY ? " (another process uses this journal)"
+                  : err == -ENOENT
+                    ? " (give journal-size= to create it, or create it)"
+                    : "");
     return -1;
   }
   journal_open = true;
@@ -650,7 +659,12 @@ subpage_cleanup (void)
      */
     int r = cache_drain (cache);
 
-    if (r < 0)
+    if (r < 0 && journal_open)
+      nbdkit_error ("subpage: journal=%s: the final write-back failed: "
+                    "%s; the journal keeps the data and the next start "
+                    "replays it",
+                    params.journal, errstr (-r));
+    else if (r < 0)
       nbdkit_error ("subpage: final flush failed, unwritten data is "
                     "lost: %s",
                     errstr (-r));

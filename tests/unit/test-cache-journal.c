@@ -789,6 +789,99 @@ test_shrunk_image_refused (void **state)
   free (x.m);
 }
 
+/* A failed sync of the superblock by the drainer is sticky too: the
+ * next flush fails, though its own sync might succeed.
+ */
+static void
+test_drainer_sync_error_sticky (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
+  assert_true (cache_journal_drain (x.t.c) < 0);
+  assert_int_equal (jwrite (&x, 4096, 4096, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), -EIO);
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A superblock write that fails is written again by the next step, even
+ * with nothing new to drain, and only then is the space free.
+ */
+static void
+test_tail_write_retried (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  fake_jdev_fail_next (x.j, FAKE_JDEV_PWRITE, EIO, 0); /* the superblock */
+  assert_int_equal (cache_journal_drain (x.t.c), -EIO);
+  assert_true (disk_is_pattern (&x.t, 0, 4096, 1)); /* written back */
+  assert_int_equal (stats (x.t.c).journal_used_bytes, jrec_size (4096));
+  assert_int_equal (cache_journal_drain (x.t.c), 0);
+  assert_int_equal (stats (x.t.c).journal_used_bytes, 0);
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* The image shrank below journaled data: the drainer neither writes it
+ * (which would extend the image) nor drops it.
+ */
+static void
+test_drain_past_end_kept (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  assert_int_equal (jwrite (&x, 3 * MiB, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  fake_resize (x.t.f, 2 * MiB);
+  assert_true (cache_journal_drain (x.t.c) < 0);
+  assert_int_equal (fake_size (x.t.f), 2 * MiB);
+  assert_true (stats (x.t.c).journal_pending_bytes > 0);
+  fake_resize (x.t.f, 4 * MiB);
+  assert_true (cache_journal_drain (x.t.c) > 0);
+  assert_true (disk_is_pattern (&x.t, 3 * MiB, 4096, 1));
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A journal too small for the page size is refused, not left to hang
+ * every whole-page write.
+ */
+static void
+test_journal_too_small_for_page (void **state)
+{
+  struct tcache t = { .c = NULL };
+  struct cache_config cfg = jconfig ();
+  struct fake_jdev *j = fake_jdev_new (JNL_MIN_SIZE);
+  (void) state;
+
+  cfg.page_size = 2 * MiB;
+  cfg.cache_size = 16 * MiB;
+  tc_open (&t, &cfg);
+  tc_quiet_errors = true;
+  assert_int_equal (cache_journal_open (t.c, fake_jdev_dev (j), IDENT, true),
+                    -EINVAL);
+  tc_quiet_errors = false;
+  tc_close (&t);
+  fake_jdev_free (j);
+}
+
 int
 main (void)
 {
@@ -804,6 +897,10 @@ main (void)
     cmocka_unit_test (test_full_journal_throttles),
     cmocka_unit_test (test_journal_write_error_retried),
     cmocka_unit_test (test_journal_sync_error_sticky),
+    cmocka_unit_test (test_drainer_sync_error_sticky),
+    cmocka_unit_test (test_tail_write_retried),
+    cmocka_unit_test (test_drain_past_end_kept),
+    cmocka_unit_test (test_journal_too_small_for_page),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };

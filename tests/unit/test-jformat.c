@@ -1335,6 +1335,11 @@ test_jdev_file (void **state)
   assert_int_equal (dev.size, DEVSIZE);
   assert_int_equal (jsb_read (&dev, &out), 0);
   assert_sb_equal (&sb, &out);
+  {
+    /* One user at a time. */
+    struct jdev dev2;
+    assert_int_equal (jdev_file_open (path, 0, &dev2, &created), -EBUSY);
+  }
   jdev_file_close (&dev);
   assert_int_equal (jdev_file_open (path, DEVSIZE + 4096, &dev, &created), 0);
   assert_false (created);
