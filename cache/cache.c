@@ -177,3 +177,10 @@ cache_set_jio (struct cache *c, cache_jio_fn fn, void *opaque)
   atomic_store (&c->jio_opaque, opaque);
   atomic_store (&c->jio, fn);
 }
+
+void
+cache_journal_order_any (struct cache *c, bool any)
+{
+  CACHE_ASSERT (c->jnl != NULL);
+  jnl_order_any (c, any);
+}

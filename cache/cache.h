@@ -159,6 +159,12 @@ int cache_journal_recover (struct cache *c);
  */
 int cache_journal_drain (struct cache *c);
 bool cache_has_journal (const struct cache *c);
+/* journal-order=any: the drainer may merge records across flush epochs
+ * (no backend flush between them): faster, but the image alone is
+ * consistent only once everything is written back.  Set before any
+ * request.
+ */
+void cache_journal_order_any (struct cache *c, bool any);
 /* The drainer's backend writes: each batch's are handed to FN, which
  * must run cache_jio_run (IO) once, in another thread (a pool), so that
  * the writes of a batch run in parallel; without FN the drainer runs

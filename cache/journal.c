@@ -84,6 +84,7 @@ struct journal {
   uint64_t mtail_epoch;
   bool drain_failing;
   int drain_err;
+  bool order_any; /* journal-order=any: batches may span epochs */
 
   /* When records were placed, sampled at most every AGE_STEP_MS, for
    * the age of the oldest record not written back: (seq, ms) pairs in
@@ -1049,7 +1050,7 @@ drain_locked (struct cache *c, struct journal *j)
     }
     if (r <= 0)
       break;
-    if (nrec > 0 && rec.epoch != epoch) {
+    if (nrec > 0 && rec.epoch != epoch && !j->order_any) {
       /* The next batch, after a backend flush: back to before this
        * record (the buffer stays the scan's own).
        */
@@ -1194,4 +1195,10 @@ jnl_get_stats (struct cache *c, struct cache_stats *st)
       st->journal_oldest_age_ms = report_now_ms () - j->age[k].ms;
   }
   lock_drop (&j->lock);
+}
+
+void
+jnl_order_any (struct cache *c, bool any)
+{
+  c->jnl->order_any = any;
 }

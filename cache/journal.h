@@ -85,6 +85,9 @@ int jnl_sync (struct cache *c, uint64_t upto);
  */
 int jnl_flush (struct cache *c);
 
+/* journal-order=any (cache.h). */
+void jnl_order_any (struct cache *c, bool any);
+
 /* Fills the journal_* gauges of ST. */
 struct cache_stats;
 void jnl_get_stats (struct cache *c, struct cache_stats *st);

@@ -388,6 +388,17 @@ params_config (const char *key, const char *value)
     if (params.journal == NULL)
       return -1;
   }
+  else if (strcmp (key, "journal-order") == 0) {
+    if (strcmp (value, "epoch") == 0)
+      params.journal_order_any = false;
+    else if (strcmp (value, "any") == 0)
+      params.journal_order_any = true;
+    else {
+      nbdkit_error ("subpage: journal-order=%s: must be epoch or any", value);
+      return -1;
+    }
+    params.journal_order_given = true;
+  }
   else if (strcmp (key, "journal-size") == 0) {
     uint64_t r = 0;
 
@@ -546,6 +557,10 @@ params_config_complete (void)
   }
   if (params.journal == NULL && params.journal_size > 0) {
     nbdkit_error ("subpage: journal-size= needs journal=PATH");
+    return -1;
+  }
+  if (params.journal == NULL && params.journal_order_given) {
+    nbdkit_error ("subpage: journal-order= needs journal=PATH");
     return -1;
   }
   if (params.journal != NULL && params.mode != CACHE_MODE_WRITEBACK) {

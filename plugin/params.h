@@ -43,9 +43,11 @@ struct params {
    */
   unsigned backend_timeout_ms;
   char *backend_timeout_str;
-  char *journal;         /* journal=, absolute; NULL: no journal */
-  uint64_t journal_size; /* journal-size=; 0: not given */
-  bool io_flusher;       /* see SAME-HOST CLIENTS in the man page */
+  char *journal;          /* journal=, absolute; NULL: no journal */
+  uint64_t journal_size;  /* journal-size=; 0: not given */
+  bool journal_order_any; /* journal-order=any */
+  bool journal_order_given;
+  bool io_flusher; /* see SAME-HOST CLIENTS in the man page */
   bool mlock_memory;
 };
 
@@ -112,6 +114,9 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "                             (default: none).\n"                          \
   "journal-size=<SIZE>          Size of a new journal file (default 1G;\n"   \
   "                             a block device's is its own).\n"             \
+  "journal-order=epoch|any      Write-back from the journal in flush\n"      \
+  "                             order (default epoch: the image alone is\n"  \
+  "                             always consistent) or merged (any).\n"       \
   "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
   "                             on this unix socket (default: none)."
 

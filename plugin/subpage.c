@@ -263,6 +263,8 @@ subpage_journal_open (void)
     return -1;
   }
   err = cache_journal_open (cache, &journal_dev, ident, created);
+  if (err == 0)
+    cache_journal_order_any (cache, params.journal_order_any);
   if (err < 0) {
     nbdkit_error ("subpage: journal=%s: not used (the line above says why); "
                   "nothing was written to it",

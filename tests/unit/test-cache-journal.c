@@ -882,6 +882,35 @@ test_journal_too_small_for_page (void **state)
   fake_jdev_free (j);
 }
 
+/* journal-order=any: one batch may span epochs, with one backend flush
+ * at its end; the default drains an epoch per batch.
+ */
+static void
+test_order_any_merges_epochs (void **state)
+{
+  struct jt x = { .m = NULL };
+  (void) state;
+
+  for (int any = 0; any <= 1; any++) {
+    jt_open (&x);
+    cache_journal_order_any (x.t.c, any);
+    for (unsigned e = 0; e < 3; e++) {
+      assert_int_equal (jwrite (&x, e * 65536, 4096, 0), 0);
+      assert_int_equal (jflush (&x), 0);
+    }
+    fake_reset_counts (x.t.f);
+    assert_int_equal (cache_journal_drain (x.t.c), any ? 3 : 1);
+    assert_int_equal (counts (&x.t).flushes, 1);
+    while (cache_journal_drain (x.t.c) > 0)
+      ;
+    for (unsigned e = 0; e < 3; e++)
+      assert_true (disk_is_pattern (&x.t, e * 65536, 4096, 1 + e));
+    jt_close (&x);
+    free (x.m);
+    x.m = NULL;
+  }
+}
+
 int
 main (void)
 {
@@ -891,6 +920,7 @@ main (void)
     cmocka_unit_test (test_crash_states),
     cmocka_unit_test (test_fua_durable),
     cmocka_unit_test (test_epoch_order_on_backend),
+    cmocka_unit_test (test_order_any_merges_epochs),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
