@@ -75,7 +75,7 @@ struct jsb {
   uint64_t tail_seq;         /* its sequence number */
   uint64_t tail_epoch;       /* the epoch of the record before it */
   uint64_t image_size;       /* the image's size when this was written */
-  char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "nbd:URI", "rbd:pool/img" */
+  char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "uri:URI", "rbd:pool/img" */
 };
 
 struct jrec {
