@@ -32,7 +32,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/fs.h> /* BLKGETSIZE64 */
 
@@ -701,4 +703,205 @@ jdev_file_close (struct jdev *dev)
     free (jf);
   }
   *dev = (struct jdev){ 0 };
+}
+
+/* ---------------------------------------------------------------- */
+/* For recovery and the offline tool */
+
+int
+jsb_slots (const struct jdev *dev, struct jsb_slot out[2])
+{
+  uint8_t slot[JNL_SB_SIZE];
+
+  for (int i = 0; i < 2; i++) {
+    struct jsb dec;
+    int r = dev->ops->pread (dev->opaque, slot, JNL_SB_SIZE,
+                             (uint64_t) i * JNL_SB_SIZE);
+
+    if (r < 0)
+      return r;
+    out[i] = (struct jsb_slot){ 0 };
+    out[i].magic = sb_has_magic (slot);
+    out[i].crc_ok = out[i].magic && sb_crc_ok (slot);
+    if (out[i].crc_ok) {
+      out[i].version = get_le32 (slot + SB_VERSION);
+      out[i].flags = get_le32 (slot + SB_FLAGS);
+      out[i].generation = get_le64 (slot + SB_GENERATION);
+    }
+    out[i].valid = jsb_decode (slot, &dec);
+    if (out[i].valid == 0 && dec.generation % 2 != (uint64_t) i)
+      out[i].valid = -EINVAL;
+  }
+  return 0;
+}
+
+static uint32_t
+new_salt (uint32_t old)
+{
+  uint32_t v;
+
+  do {
+    if (getrandom (&v, sizeof v, 0) != sizeof v) {
+      struct timespec ts;
+
+      clock_gettime (CLOCK_MONOTONIC, &ts);
+      v = (uint32_t) ts.tv_nsec ^ (uint32_t) ts.tv_sec ^ (old << 7);
+    }
+    v |= 1;
+  } while (v == old);
+  return v;
+}
+
+int
+jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
+                 uint64_t next_epoch)
+{
+  struct jsb old = *sb;
+  int r;
+
+  sb->salt = new_salt (old.salt);
+  sb->tail_lsn = 0;
+  sb->tail_seq = next_seq;
+  sb->tail_epoch = next_epoch;
+  r = jsb_write (dev, sb);
+  if (r < 0) {
+    *sb = old;
+    return r;
+  }
+  return dev->ops->sync (dev->opaque);
+}
+
+/* One record onto the image of SIZE bytes (the range is inside it,
+ * rounded up to a sector: jnl_replay checked).
+ */
+static int
+replay_apply (const struct jreplay_ops *ops, void *opaque, const struct jrec *r,
+              const void *payload, uint64_t size)
+{
+  uint64_t off = r->offset, count = r->count;
+
+  if (off >= size)
+    return 0;
+  count = MIN (count, size - off);
+  switch (r->type) {
+  case JREC_DATA: return ops->pwrite (opaque, payload, (uint32_t) count, off);
+  case JREC_ZERO: {
+    static const char zeroes[256 * 1024];
+    int e = 0;
+
+    while (count > 0 && e == 0) {
+      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
+
+      if (ops->zero)
+        e = ops->zero (opaque, n, off);
+      if (!ops->zero || e == -ENOTSUP || e == -EOPNOTSUPP) {
+        n = (uint32_t) MIN (count, (uint64_t) sizeof zeroes);
+        e = ops->pwrite (opaque, zeroes, n, off);
+      }
+      off += n;
+      count -= n;
+    }
+    return e;
+  }
+  case JREC_TRIM:
+    /* Advisory: only an I/O error counts. */
+    while (count > 0 && ops->trim) {
+      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
+
+      if (ops->trim (opaque, n, off) == -EIO)
+        return -EIO;
+      off += n;
+      count -= n;
+    }
+    return 0;
+  default: return -EIO;
+  }
+}
+
+int
+jnl_replay (const struct jdev *dev, const struct jsb *sb,
+            const struct jreplay_ops *ops, void *opaque, struct jreplay *out)
+{
+  struct jscan s;
+  struct jrec rec;
+  uint64_t epoch = sb->tail_epoch;
+  bool any = false;
+  int r;
+
+  *out = (struct jreplay){ 0 };
+  jscan_init (&s, dev, sb);
+  while ((r = jscan_next (&s, &rec)) == 1) {
+    uint64_t size, end;
+
+    out->rec = rec;
+    r = ops->size (opaque, &size);
+    if (r < 0)
+      break;
+    out->image_size = size;
+    end = ROUND_UP (size, (uint64_t) sb->sector_size);
+    if (rec.offset > end || rec.count > end - rec.offset) {
+      out->past_end = true;
+      r = -EINVAL;
+      break;
+    }
+    if (any && rec.epoch != epoch) {
+      out->flushes++;
+      r = ops->flush (opaque);
+      if (r < 0)
+        break;
+    }
+    epoch = rec.epoch;
+    any = true;
+    r = replay_apply (ops, opaque, &rec, s.buf, size);
+    if (r < 0)
+      break;
+    if (ops->progress)
+      ops->progress (opaque, &s);
+  }
+  if (r == 0 && any) {
+    out->flushes++;
+    r = ops->flush (opaque);
+  }
+  jscan_free (&s);
+  out->scan = s;
+  return r;
+}
+
+int
+jdev_file_open_ro (const char *path, struct jdev *dev)
+{
+  struct jfile *jf;
+  struct stat st;
+  uint64_t devsize;
+  int fd, err;
+
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fstat (fd, &st) < 0)
+    goto err_errno;
+  if (S_ISBLK (st.st_mode)) {
+    if (ioctl (fd, BLKGETSIZE64, &devsize) < 0)
+      goto err_errno;
+  }
+  else if (S_ISREG (st.st_mode))
+    devsize = (uint64_t) st.st_size;
+  else {
+    err = -EINVAL;
+    goto err_close;
+  }
+  jf = malloc (sizeof *jf);
+  if (!jf) {
+    err = -ENOMEM;
+    goto err_close;
+  }
+  jf->fd = fd;
+  *dev = (struct jdev){ .ops = &jfile_ops, .opaque = jf, .size = devsize };
+  return 0;
+
+err_errno:
+  err = -errno;
+err_close:
+  close (fd);
+  return err;
 }

@@ -75,7 +75,7 @@ struct jsb {
   uint64_t tail_seq;         /* its sequence number */
   uint64_t tail_epoch;       /* the epoch of the record before it */
   uint64_t image_size;       /* the image's size when this was written */
-  char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "nbd:URI", "rbd:pool/img" */
+  char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "uri:URI", "rbd:pool/img" */
 };
 
 struct jrec {
@@ -176,5 +176,88 @@ void jscan_free (struct jscan *s);
 int jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
                     bool *created);
 void jdev_file_close (struct jdev *dev);
+
+/* ---------------------------------------------------------------- */
+/* For recovery and the offline tool (tools/subpage-journal.c) */
+
+/* What each superblock slot holds, for a diagnosis (jsb_read gives the
+ * verdict).  MAGIC: the slot starts with the superblock magic; CRC_OK:
+ * and its CRC is right (then VERSION, FLAGS and GENERATION are what it
+ * says, else 0); VALID: jsb_decode's result with jsb_read's parity
+ * check (0, -EINVAL or -EPROTONOSUPPORT).  -errno on an I/O error.
+ */
+struct jsb_slot {
+  bool magic, crc_ok;
+  int valid;
+  uint32_t version, flags;
+  uint64_t generation;
+};
+int jsb_slots (const struct jdev *dev, struct jsb_slot out[2]);
+
+/* Starts a new log after everything up to the end of the old one is on
+ * the backend and flushed (recovery, the offline drain): a new random
+ * salt (odd, and not the old one), so that no record of the old log
+ * follows the new tail; the tail at LSN 0 with NEXT_SEQ and NEXT_EPOCH;
+ * the superblock written (jsb_write) and synced.  The other fields,
+ * image_size included, are written as SB has them.  If the write fails,
+ * *SB is as before; if only the sync fails, *SB is the new superblock
+ * (it may be on the device).
+ */
+int jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
+                     uint64_t next_epoch);
+
+/* Replaying the log onto the image: what recovery does at start-up, and
+ * what `subpage-journal drain' does offline.  The image, through OPS:
+ *   size    its size in bytes now (asked before each record);
+ *   pwrite  writes COUNT bytes (never more than a DATA record's 32 MiB);
+ *   zero    makes [off, off+count) read as zeroes (holes allowed); NULL,
+ *           or -ENOTSUP / -EOPNOTSUPP, and the range is written with
+ *           pwrite of zeroes instead;
+ *   trim    advisory: NULL when the image has none; only -EIO counts,
+ *           any other result (an error, or 1: not done) is ignored;
+ *   flush   makes what was written durable;
+ *   progress  NULL, or called after each record applied.
+ * Zero and trim get at most 1 GiB per call; pwrite and zero ranges are
+ * clipped to the image's size (the last sector may be partial).
+ *
+ * The records are applied in log order from SB's tail; the image is
+ * flushed before each record whose epoch differs from the previous
+ * record's, and after the last one (not at all if there is none).  A
+ * record that reaches past the image's size (rounded up to the sector
+ * size) stops the replay before it is applied: -EINVAL, with
+ * OUT->past_end set and OUT->rec the record.  Else 0, or the first
+ * -errno of a device read or of OPS (-ENOMEM).
+ *
+ * OUT, in every case: OUT->scan is where the scan stopped (nrecords and
+ * nbytes the records read; after 0, lsn, seq and epoch are where the
+ * next record would go: jsb_restart_log (dev, sb, out->scan.seq,
+ * out->scan.epoch + 1) starts the next log), with no buffer.
+ */
+struct jreplay_ops {
+  int (*size) (void *opaque, uint64_t *size);
+  int (*pwrite) (void *opaque, const void *buf, uint32_t count, uint64_t off);
+  int (*zero) (void *opaque, uint32_t count, uint64_t off);
+  int (*trim) (void *opaque, uint32_t count, uint64_t off);
+  int (*flush) (void *opaque);
+  void (*progress) (void *opaque, const struct jscan *s);
+};
+
+struct jreplay {
+  struct jscan scan;   /* where the scan stopped; buf is NULL */
+  struct jrec rec;     /* the last record read */
+  uint64_t image_size; /* ops->size's last answer */
+  uint64_t flushes;    /* ops->flush calls */
+  bool past_end;       /* rec reaches past the image's end */
+};
+
+int jnl_replay (const struct jdev *dev, const struct jsb *sb,
+                const struct jreplay_ops *ops, void *opaque,
+                struct jreplay *out);
+
+/* Opens PATH read-only (a regular file or a block device), for reading
+ * a journal without changing it: the jdev's pwrite fails (-EBADF).
+ * Closed with jdev_file_close.
+ */
+int jdev_file_open_ro (const char *path, struct jdev *dev);
 
 #endif /* SUBPAGE_JFORMAT_H */
