@@ -84,7 +84,8 @@ struct journal {
   uint64_t mtail_epoch;
   bool drain_failing;
   int drain_err;
-  bool order_any; /* journal-order=any: batches may span epochs */
+  bool order_any;         /* journal-order=any: batches may span epochs */
+  uint64_t replay_log_ms; /* recovery: when progress was last logged */
 
   /* When records were placed, sampled at most every AGE_STEP_MS, for
    * the age of the oldest record not written back: (seq, ms) pairs in
@@ -389,77 +390,114 @@ backend_flush (struct cache *c)
 
 /* ---- recovery ---- */
 
+/* The image, for jnl_replay: the backend, counted. */
+static int
+rp_size (void *opaque, uint64_t *size)
+{
+  *size = size_now (opaque);
+  return 0;
+}
+
+static int
+rp_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off)
+{
+  struct cache *c = opaque;
+
+  atomic_fetch_add (&c->ctr.backend_writes, 1);
+  atomic_fetch_add (&c->ctr.backend_write_bytes, count);
+  return c->ops->pwrite (c->bopaque, buf, count, off, 0);
+}
+
+static int
+rp_zero (void *opaque, uint32_t count, uint64_t off)
+{
+  struct cache *c = opaque;
+
+  if (!c->ops->zero)
+    return -ENOTSUP;
+  return c->ops->zero (c->bopaque, count, off, 0); /* allocated */
+}
+
+static int
+rp_trim (void *opaque, uint32_t count, uint64_t off)
+{
+  struct cache *c = opaque;
+
+  return c->ops->trim ? c->ops->trim (c->bopaque, count, off, 0) : 1;
+}
+
+static int
+rp_flush (void *opaque)
+{
+  return backend_flush (opaque);
+}
+
+static void
+rp_progress (void *opaque, const struct jscan *s)
+{
+  struct cache *c = opaque;
+  struct journal *j = c->jnl;
+
+  if (report_now_ms () - j->replay_log_ms >= 2000) {
+    j->replay_log_ms = report_now_ms ();
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: replay: %" PRIu64 " records, %" PRIu64
+                 " bytes of journal so far",
+                 s->nrecords, s->nbytes);
+  }
+}
+
 int
 jnl_recover (struct cache *c)
 {
+  static const struct jreplay_ops ops = {
+    .size = rp_size,
+    .pwrite = rp_pwrite,
+    .zero = rp_zero,
+    .trim = rp_trim,
+    .flush = rp_flush,
+    .progress = rp_progress,
+  };
   struct journal *j = c->jnl;
-  struct jscan s;
-  struct jrec rec;
-  uint64_t epoch = j->sb.tail_epoch, t0 = report_now_ms (), last_log = t0;
-  bool any = false;
+  struct jreplay out;
+  uint64_t t0 = report_now_ms ();
   int r;
 
-  jscan_init (&s, &j->dev, &j->sb);
-  while ((r = jscan_next (&s, &rec)) == 1) {
-    uint64_t end = ROUND_UP (size_now (c), (uint64_t) c->cfg.sector_size);
-
-    if (rec.offset > end || rec.count > end - rec.offset) {
+  j->replay_log_ms = t0;
+  r = jnl_replay (&j->dev, &j->sb, &ops, c, &out);
+  if (r < 0) {
+    if (out.past_end)
       report_logf (c, CACHE_LOG_ERROR,
                    "journal: holds data at %" PRIu64 "+%" PRIu64
                    ", past the end of the image (%" PRIu64
-                   " bytes): was it shrunk? refusing to replay",
-                   rec.offset, rec.count, size_now (c));
-      r = -EINVAL;
-      break;
-    }
-    if (any && rec.epoch != epoch && (r = backend_flush (c)) < 0)
-      break;
-    epoch = rec.epoch;
-    any = true;
-    r = apply (c, &rec, s.buf);
-    if (r < 0)
-      break;
-    if (report_now_ms () - last_log >= 2000) {
-      last_log = report_now_ms ();
-      report_logf (c, CACHE_LOG_INFO,
-                   "journal: replay: %" PRIu64 " records, %" PRIu64
-                   " bytes so far",
-                   s.nrecords, s.nbytes);
-    }
-  }
-  if (r == 0 && any)
-    r = backend_flush (c);
-  if (r < 0) {
-    if (r != -EINVAL)
+                   " bytes): was it shrunk? refusing to replay the rest",
+                   out.rec.offset, out.rec.count, out.image_size);
+    else
       report_logf (c, CACHE_LOG_ERROR, "journal: replay failed: %s",
                    errstr (-r));
-    jscan_free (&s);
     return r;
   }
-  atomic_fetch_add (&c->ctr.journal_replayed_records, s.nrecords);
-  atomic_fetch_add (&c->ctr.journal_replayed_bytes, s.nbytes);
-  if (any)
+  atomic_fetch_add (&c->ctr.journal_replayed_records, out.scan.nrecords);
+  atomic_fetch_add (&c->ctr.journal_replayed_bytes, out.scan.nbytes);
+  if (out.scan.nrecords > 0)
     report_logf (c, CACHE_LOG_INFO,
                  "journal: replayed %" PRIu64 " records (%" PRIu64
                  " bytes of journal) in %" PRIu64 " ms",
-                 s.nrecords, s.nbytes, report_now_ms () - t0);
+                 out.scan.nrecords, out.scan.nbytes, report_now_ms () - t0);
 
   /* A new log: records of the old one no longer follow (new salt). */
-  j->sb.salt = random_u32 () | 1;
-  j->sb.tail_lsn = 0;
-  j->sb.tail_seq = s.seq;
-  j->sb.tail_epoch = s.epoch + 1;
   j->sb.image_size = size_now (c);
-  jscan_free (&s);
-  r = jsb_write (&j->dev, &j->sb);
-  if (r == 0)
-    r = dev_sync (c, j);
+  r = jsb_restart_log (&j->dev, &j->sb, out.scan.seq, out.scan.epoch + 1);
   if (r < 0) {
+    lock_take (&j->lock);
+    if (!j->sync_err)
+      j->sync_err = r;
+    lock_drop (&j->lock);
     report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
                  errstr (-r));
     return r;
   }
-  j->head_lsn = j->dtail_lsn = j->mtail_lsn = 0;
+  j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
