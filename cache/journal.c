@@ -213,8 +213,18 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   pthread_cond_init (&j->io_cv, NULL);
   pthread_cond_init (&j->cv, NULL);
 
+  j->slack = jrec_size (c->cfg.page_size);
   r = jsb_read (dev, &j->sb);
-  if (r == -ENOENT) {
+  if (r == -ENOENT && ROUND_DOWN (dev->size - JNL_DATA_OFFSET,
+                                  (uint64_t) 4096) < 4 * j->slack) {
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: %" PRIu64 " bytes are too few for page-size=%" PRIu32
+                 " (at least %" PRIu64 "): give a larger journal-size= or a "
+                 "smaller page-size=",
+                 dev->size, c->cfg.page_size, JNL_DATA_OFFSET + 4 * j->slack);
+    r = -EINVAL;
+  }
+  else if (r == -ENOENT) {
     uint8_t *head = malloc (JNL_DATA_OFFSET);
 
     if (!head)
@@ -278,7 +288,6 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
     return r;
   }
 
-  j->slack = jrec_size (c->cfg.page_size);
   if (j->sb.data_size < 4 * j->slack) {
     report_logf (c, CACHE_LOG_ERROR,
                  "journal: its %" PRIu64 " bytes of records are too few for "
@@ -531,6 +540,7 @@ int
 jnl_credit (struct cache *c, uint64_t size)
 {
   struct journal *j = c->jnl;
+  bool counted = false;
   int r = 0;
 
   lock_take (&j->lock);
@@ -550,7 +560,9 @@ jnl_credit (struct cache *c, uint64_t size)
       break;
     }
     lock_drop (&j->lock);
-    atomic_fetch_add (&c->ctr.throttled, 1);
+    if (!counted)
+      atomic_fetch_add (&c->ctr.throttled, 1);
+    counted = true;
     wb_kick (c);
     lock_take (&j->lock);
     if (used (j) + j->credited + size + j->slack <= j->sb.data_size)
@@ -861,6 +873,8 @@ drain_failed (struct cache *c, struct journal *j, int r)
   atomic_store (&c->wb_fail_logged, true);
   c->wb_failing = true;
   c->wb_last_err = r;
+  if (!c->wb_err)
+    c->wb_err = r; /* what throttled writers return (wb_throttle) */
   c->wb_err_gen++;
   atomic_fetch_add (&c->ctr.wb_errors, 1);
   pthread_cond_broadcast (&c->wb_cv);
@@ -1029,6 +1043,18 @@ write_tail (struct cache *c, struct journal *j)
   return 0;
 }
 
+/* Write-back succeeded again: writers stop failing. */
+static void
+drain_recovered (struct cache *c)
+{
+  lock_take (&c->wb_lock);
+  c->wb_failing = false;
+  c->wb_err = 0;
+  atomic_store (&c->wb_fail_logged, false);
+  dirty_progress (c);
+  lock_drop (&c->wb_lock);
+}
+
 static int
 drain_locked (struct cache *c, struct journal *j)
 {
@@ -1043,9 +1069,16 @@ drain_locked (struct cache *c, struct journal *j)
   lock_take (&j->lock);
   tail_behind = j->dtail_lsn != j->mtail_lsn;
   lock_drop (&j->lock);
-  if (tail_behind && (r = write_tail (c, j)) < 0) {
-    drain_failed (c, j, r);
-    return r;
+  if (tail_behind) {
+    if ((r = write_tail (c, j)) < 0) {
+      drain_failed (c, j, r);
+      return r;
+    }
+    lock_take (&j->lock);
+    j->drain_failing = false;
+    j->drain_err = 0;
+    lock_drop (&j->lock);
+    drain_recovered (c);
   }
   /* Follow the image's size (it may have grown or shrunk): records
    * past its end are not written, and stop write-back (below).
@@ -1161,11 +1194,7 @@ drain_locked (struct cache *c, struct journal *j)
   jscan_free (&s);
 
   clean_pages (c, j, last);
-  lock_take (&c->wb_lock);
-  c->wb_failing = false;
-  atomic_store (&c->wb_fail_logged, false);
-  dirty_progress (c);
-  lock_drop (&c->wb_lock);
+  drain_recovered (c);
 
   r = write_tail (c, j);
   if (r < 0) {
@@ -1231,6 +1260,8 @@ jnl_get_stats (struct cache *c, struct cache_stats *st)
       k++;
     if (k < j->nage)
       st->journal_oldest_age_ms = report_now_ms () - j->age[k].ms;
+    else if (j->nage > 0) /* placed after the last sample: at most */
+      st->journal_oldest_age_ms = report_now_ms () - j->age[j->nage - 1].ms;
   }
   lock_drop (&j->lock);
 }

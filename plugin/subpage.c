@@ -247,10 +247,9 @@ subpage_journal_open (void)
   err = jdev_file_open (params.journal, size, &journal_dev, &created);
   if (err < 0) {
     nbdkit_error ("subpage: journal=%s: %s%s", params.journal, errstr (-err),
-                  err == -EBUSY ? " (another process uses this journal)"
-                  : err == -ENOENT
-                    ? " (give journal-size= to create it, or create it)"
-                    : "");
+                  err == -EBUSY    ? " (another process uses this journal)"
+                  : err == -ENOENT ? " (its directory does not exist)"
+                                   : "");
     return -1;
   }
   journal_open = true;
@@ -265,6 +264,16 @@ subpage_journal_open (void)
   err = cache_journal_open (cache, &journal_dev, ident, created);
   if (err == 0)
     cache_journal_order_any (cache, params.journal_order_any);
+  if (err < 0 && created) {
+    /* Ours, just made: do not leave it behind for the next start. */
+    jdev_file_close (&journal_dev);
+    journal_open = false;
+    unlink (params.journal);
+    nbdkit_error ("subpage: journal=%s: not used (the line above says "
+                  "why); the file created for it was removed",
+                  params.journal);
+    return -1;
+  }
   if (err < 0) {
     nbdkit_error ("subpage: journal=%s: not used (the line above says why); "
                   "nothing was written to it",
