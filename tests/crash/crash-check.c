@@ -120,6 +120,29 @@
  * its bytes were in the OSD's socket before the process exited, long
  * before the dump (a new librbd client connects first) reads them.
  *
+ * The journal.  --journal PATH gives the plugin journal=PATH (a new
+ * journal, journal-size= from --journal-size) with the run's sector
+ * size (a journal refuses another).  After each kill a server is
+ * restarted on the same journal (new random cache parameters): it
+ * replays the journal, and the whole image is read through it and
+ * checked by the rule above (so the flush and FUA promises are kept by
+ * the journal, whatever the drainer had written).  That server serves
+ * the next cycle (the content it read is the next initial content);
+ * every 5th cycle, and at the end, it is stopped with SIGTERM and the
+ * image file must then equal what it returned.
+ *
+ * The image alone.  --image-only-pct N: at N% of kills, before the
+ * restart, the image file alone (the journal ignored, as if lost) is
+ * checked against the flush-epoch order: for some k, every request of
+ * an epoch before k plus any subset of epoch k, nothing later.  So
+ * that epochs are exact, flushes become barriers (every connection
+ * waits for its requests, one flush is sent and waits, all go on), and
+ * writes, zeroes and trims cover whole sectors.  Per sector, the set
+ * of k consistent with its content (sector_ks) is intersected over the
+ * image; empty is an inconsistency.  --wrong-model moves the requests
+ * with odd ids to epoch 0 (later writes taken as earlier): the check
+ * must then fail (it does, at every kill, with the drainer running).
+ *
  * Errors.  A request that fails before the kill (other than a fast zero
  * with ENOTSUP) is reported and fails the run: nothing here should fail.
  * With --backend nbd, the backend nbdkit (1.32) sometimes aborts on its
@@ -189,6 +212,12 @@ static uint32_t align = 1;      /* of writes, zeroes and trims */
 static unsigned cache_pages;    /* 0: random cache-size */
 static unsigned long long seed;
 static bool soak, no_kill, verbose;
+/* --journal PATH: journal mode (see "The journal" above). */
+static const char *journal_path;
+static const char *journal_size = "16M";
+static unsigned image_only_pct; /* % of kills with the image-only check */
+static bool wrong_model;        /* --wrong-model: break the epoch model */
+static const char *jsector;     /* the run's sector-size= */
 static unsigned seconds;
 static char **fixed_args; /* after "--": plugin parameters */
 static int nfixed;
@@ -220,6 +249,7 @@ struct wrec {
   uint8_t conn;
   uint8_t kind;
   uint8_t flags;
+  uint32_t epoch; /* barrier flushes done when issued (--image-only-pct) */
   uint64_t issue;
   _Atomic uint64_t reply; /* NOREPLY unless a reply came */
   _Atomic int err;        /* the reply's errno (0: success), NOT_SENT */
@@ -259,6 +289,23 @@ static uint32_t first_id = 1;       /* id of this cycle's writes[0] */
 static uint64_t hot_off, hot_len;   /* this cycle's hot range */
 static uint64_t kill_stamp;         /* just before the kill */
 static atomic_bool stop;
+
+/* Barrier flushes (--image-only-pct): a connection that draws a flush
+ * asks for a barrier; every connection stops issuing and waits for its
+ * requests in flight; the last one to arrive sends the flush and waits
+ * for it; then all go on.  So every write, zero and trim falls in one
+ * known epoch: the number of flushes that succeeded before it was
+ * issued (cur_epoch), and the server's epochs (one per client flush)
+ * are the same.
+ */
+static bool barrier_mode;
+static pthread_mutex_t bar_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bar_cv = PTHREAD_COND_INITIALIZER;
+static unsigned bar_waiting;
+static uint64_t bar_gen;
+static atomic_bool bar_want;
+static _Atomic uint32_t cur_epoch;      /* flushes that succeeded */
+static _Atomic uint32_t flush_attempts; /* flushes sent */
 
 /* Run totals. */
 static uint64_t t_cycles, t_writes, t_acked, t_covered, t_flushes, t_flushes_ok,
@@ -817,6 +864,7 @@ issue_op (struct conn *cn, enum op_kind kind)
   pick_range (&cn->rng, true, &w->off, &w->len);
   w->id = first_id + i;
   w->conn = cn->idx;
+  w->epoch = atomic_load (&cur_epoch);
   if (rnd (&cn->rng) % 100 < fua_pct)
     w->flags |= OPF_FUA;
   if (kind == OP_ZERO) {
@@ -877,8 +925,13 @@ issue (struct conn *cn)
   unsigned roll = rnd (&cn->rng) % 100;
   bool ok;
 
-  if (roll < flush_pct)
+  if (roll < flush_pct) {
+    if (barrier_mode) {
+      atomic_store (&bar_want, true);
+      return true;
+    }
     return issue_flush (cn);
+  }
   roll -= flush_pct;
   if (roll < read_pct) {
     if (issue_read (cn, &ok))
@@ -894,16 +947,75 @@ issue (struct conn *cn)
   return issue_op (cn, OP_WRITE);
 }
 
+/* A barrier (see barrier_mode): false when the handle is dead or the
+ * run stops.
+ */
+static bool
+barrier (struct conn *cn)
+{
+  uint64_t gen;
+  bool ok = true;
+
+  while (nbd_aio_in_flight (cn->h) > 0)
+    if (nbd_poll (cn->h, -1) == -1)
+      return false;
+  pthread_mutex_lock (&bar_lock);
+  if (atomic_load (&stop)) {
+    pthread_mutex_unlock (&bar_lock);
+    return false;
+  }
+  gen = bar_gen;
+  if (++bar_waiting == nconns) {
+    size_t i = atomic_fetch_add (&nflushes, 1);
+    int err = 0;
+
+    if (i >= max_flushes)
+      ok = false;
+    else {
+      struct frec *f = &flushes[i];
+
+      f->sent = tick ();
+      atomic_fetch_add (&flush_attempts, 1);
+      if (nbd_flush (cn->h, 0) == -1) {
+        ok = false;
+        if (!nbd_aio_is_dead (cn->h) && !nbd_aio_is_closed (cn->h)) {
+          err = nbd_get_errno () ? nbd_get_errno () : EIO;
+          flush_done (f, &err);
+        }
+      } else {
+        flush_done (f, &err);
+        atomic_fetch_add (&cur_epoch, 1);
+      }
+    }
+    bar_waiting = 0;
+    atomic_store (&bar_want, false);
+    bar_gen++;
+    pthread_cond_broadcast (&bar_cv);
+  } else {
+    while (bar_gen == gen && !atomic_load (&stop))
+      pthread_cond_wait (&bar_cv, &bar_lock);
+    ok = !atomic_load (&stop);
+  }
+  pthread_mutex_unlock (&bar_lock);
+  return ok;
+}
+
 static void *
 conn_thread (void *arg)
 {
   struct conn *cn = arg;
 
   while (!atomic_load (&stop)) {
-    while (nbd_aio_in_flight (cn->h) < (int) qdepth && !atomic_load (&stop))
+    if (barrier_mode && atomic_load (&bar_want)) {
+      if (!barrier (cn))
+        return NULL;
+      continue;
+    }
+    while (nbd_aio_in_flight (cn->h) < (int) qdepth && !atomic_load (&stop) &&
+           !(barrier_mode && atomic_load (&bar_want)))
       if (!issue (cn))
         return NULL;
-    if (nbd_poll (cn->h, -1) == -1)
+    if (nbd_aio_in_flight (cn->h) > 0 && nbd_poll (cn->h, -1) == -1)
       return NULL;
   }
   /* Stopped without a kill: let the requests in flight finish. */
@@ -919,6 +1031,7 @@ static uint8_t *base, *found, *zok, *rzok;
 static uint32_t *covm, *rmap, *rzmap, *rnext;
 static struct wrec **cov_sorted, **off_sorted, **r_sorted, **rz_sorted;
 static size_t ncov, nw;
+static bool found_ready; /* found holds the image (journal mode) */
 
 static uint64_t
 reply_of (const struct wrec *x)
@@ -1292,7 +1405,9 @@ verify (uint64_t F)
   md.sorted = cov_sorted;
   paint (&md, covm, zok, ncov, off_sorted, nw);
 
-  read_image (found);
+  if (!found_ready)
+    read_image (found);
+  found_ready = false;
   for (b = 0; b < image_size; b++) {
     bool ok = check_byte (&md, b, found[b], base[b]);
 
@@ -1441,6 +1556,277 @@ check_errors (void)
   return n;
 }
 
+
+/* ---- journal mode -------------------------------------------------- */
+
+/* The epoch the model gives X.  --wrong-model: a deliberately wrong
+ * one, to show that the image-only check can fail: every request with
+ * an odd id is taken to have been issued before the first flush.
+ */
+static uint32_t
+ep (const struct wrec *x)
+{
+  return wrong_model && (x->id & 1) ? 0 : x->epoch;
+}
+
+static int
+cmp_epoch_issue (const void *a, const void *b)
+{
+  const struct wrec *x = *(struct wrec *const *) a;
+  const struct wrec *y = *(struct wrec *const *) b;
+  if (ep (x) != ep (y))
+    return ep (x) < ep (y) ? -1 : 1;
+  return cmp_issue (a, b);
+}
+
+static bool
+all_zero (const uint8_t *p, size_t n)
+{
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
+/* Is the sector at O (S bytes) of IMG consistent with k, for each k in
+ * [0, A]?  ok[k] is set; returns the sources found ("base", "zero", a
+ * write), *SW the write.  The rule (barrier flushes, so epochs are
+ * exact): the image holds, for some k, every request of an epoch < k
+ * plus any subset of those of epoch k.  So a sector may hold: the value
+ * of any request of epoch k touching it; or a FINAL value of the epochs
+ * before k: with L the last epoch < k that has a write or zero touching
+ * it that succeeded, the value of each request of epoch L that no such
+ * write or zero of epoch L issued after its reply superseded, and 0 for
+ * a trim of an epoch in (L, k); the initial content if there is no L
+ * (initial content counts as written before flush 0).
+ */
+static void
+sector_ks (const uint8_t *img, uint64_t o, uint32_t S, uint32_t A,
+           uint8_t *ok, bool *sbase, bool *szero, const struct wrec **sw,
+           size_t *nops)
+{
+  static uint8_t *tmp;
+  struct wrec **ops = r_sorted;
+  size_t n = 0, i, j, t, u;
+  bool fin_base = true, fin_zero = false, fin_w = false;
+  uint32_t id, k;
+  uint8_t conn;
+  const struct wrec *x;
+
+  if (tmp == NULL && (tmp = malloc (MAX_WRITE)) == NULL)
+    die ("malloc");
+  *sbase = memcmp (img + o, base + o, S) == 0;
+  *szero = all_zero (img + o, S);
+  *sw = NULL;
+  if (decode_record (img, 0, image_size, o, &id, &conn) &&
+      (x = write_by_id (id)) != NULL && x->kind == OP_WRITE &&
+      x->off <= o && o + S <= x->off + x->len && x->conn == conn) {
+    fill_payload (tmp, id, conn, o, S);
+    if (memcmp (tmp, img + o, S) == 0)
+      *sw = x;
+  }
+  for (i = first_near (o); i < nw && off_sorted[i]->off < o + S; i++) {
+    x = off_sorted[i];
+    if (x->off + x->len > o && !never_applied (x))
+      ops[n++] = (struct wrec *) x;
+  }
+  *nops = n;
+  qsort (ops, n, sizeof *ops, cmp_epoch_issue);
+  i = 0;
+  for (k = 0; k <= A; k++) {
+    bool in_all = false, has_sup = false;
+
+    for (j = i; j < n && ep (ops[j]) == k; j++) {
+      if (ops[j]->kind != OP_WRITE ? *szero : ops[j] == *sw)
+        in_all = true;
+      if (supersedes (ops[j]))
+        has_sup = true;
+    }
+    ok[k] = (*sbase && fin_base) || (*szero && fin_zero) ||
+            (*sw && fin_w) || in_all;
+    /* The finals after epoch k. */
+    if (has_sup)
+      fin_base = fin_zero = fin_w = false;
+    for (t = i; t < j; t++) {
+      bool superseded = false;
+
+      for (u = i; u < j && !superseded; u++)
+        superseded = supersedes (ops[u]) && ops[u]->issue > reply_of (ops[t]);
+      if (superseded)
+        continue;
+      if (ops[t]->kind != OP_WRITE)
+        fin_zero = true;
+      else if (ops[t] == *sw)
+        fin_w = true;
+    }
+    i = j;
+  }
+}
+
+static void
+print_ks (const uint8_t *ok, uint32_t A)
+{
+  uint32_t k, n = 0;
+
+  for (k = 0; k <= A; k++)
+    if (ok[k] && (k == 0 || !ok[k - 1])) {
+      uint32_t e = k;
+      while (e + 1 <= A && ok[e + 1])
+        e++;
+      printf ("%s%" PRIu32, n++ ? ", " : "", k);
+      if (e > k)
+        printf ("..%" PRIu32, e);
+    }
+  if (n == 0)
+    printf ("none");
+}
+
+/* The image file alone after the kill (the journal ignored): is it a
+ * state the ordering rule allows (sector_ks)?  Per sector the set of
+ * consistent k, intersected over the image.  Returns the number of
+ * sectors that made it empty or hold a value nothing wrote (0: fine);
+ * *KLO, *KHI: the smallest and largest k left.
+ */
+static uint64_t
+verify_epochs (const uint8_t *img, uint32_t *klo, uint32_t *khi)
+{
+  uint32_t A = atomic_load (&flush_attempts), S = align, k;
+  uint8_t *alive = malloc (A + 1), *ok = malloc (A + 1);
+  uint64_t o, bad = 0;
+  size_t i, nops;
+  bool sbase, szero;
+  const struct wrec *sw;
+
+  if (alive == NULL || ok == NULL)
+    die ("malloc");
+  memset (alive, 1, A + 1);
+  for (i = 0; i < nw; i++)
+    off_sorted[i] = &writes[i];
+  qsort (off_sorted, nw, sizeof *off_sorted, cmp_off);
+  for (o = 0; o < image_size; o += S) {
+    bool any = false, was_alive = false;
+
+    sector_ks (img, o, S, A, ok, &sbase, &szero, &sw, &nops);
+    for (k = 0; k <= A; k++) {
+      was_alive |= alive[k];
+      alive[k] &= ok[k];
+      any |= alive[k];
+    }
+    if (!any && was_alive) {
+      bad++;
+      printf ("crash-check: INCONSISTENT image-only state: no k (flushes "
+              "0..%" PRIu32 ") fits every sector; sector at %" PRIu64
+              " (%" PRIu32 " bytes) holds %s%s%s",
+              A, o, S, sbase ? "its initial content " : "",
+              szero ? "zeroes " : "", sw ? "the data of " : "");
+      if (sw) {
+        print_op (sw, 0);
+        printf (" (epoch %" PRIu32 ")", ep (sw));
+      }
+      if (!sbase && !szero && !sw)
+        printf ("a value no request wrote");
+      printf ("\n  k consistent with it: ");
+      print_ks (ok, A);
+      printf ("\n  the requests touching it (%zu):\n", nops);
+      for (i = 0; i < nops && i < 20; i++) {
+        printf ("    epoch %" PRIu32 ": ", ep (r_sorted[i]));
+        print_op (r_sorted[i], 0);
+        printf ("\n");
+      }
+      printf ("  k consistent with the sectors before it: ");
+      {
+        uint8_t *prev = malloc (A + 1);
+        uint64_t p;
+        bool b2, z2;
+        const struct wrec *w2;
+        size_t n2;
+
+        if (prev == NULL)
+          die ("malloc");
+        memset (prev, 1, A + 1);
+        /* Recompute: alive is empty now. */
+        for (p = 0; p < o; p += S) {
+          sector_ks (img, p, S, A, ok, &b2, &z2, &w2, &n2);
+          for (k = 0; k <= A; k++)
+            prev[k] &= ok[k];
+        }
+        print_ks (prev, A);
+        printf ("\n");
+        free (prev);
+      }
+    }
+  }
+  *klo = *khi = UINT32_MAX;
+  for (k = 0; k <= A; k++)
+    if (alive[k]) {
+      if (*klo == UINT32_MAX)
+        *klo = k;
+      *khi = k;
+    }
+  free (alive);
+  free (ok);
+  return bad;
+}
+
+/* Reads the whole image through a server on SOCK (PID) into BUF. */
+static void
+read_through (const char *sock, pid_t pid, uint8_t *buf)
+{
+  struct nbd_handle *h = connect_retry (sock, pid);
+  uint64_t off;
+
+  for (off = 0; off < image_size; off += MiB) {
+    uint64_t n = image_size - off < MiB ? image_size - off : MiB;
+    if (nbd_pread (h, buf + off, n, off, 0) == -1) {
+      fprintf (stderr, "crash-check: read through the restarted server: "
+                       "%s\n", nbd_get_error ());
+      exit (1);
+    }
+  }
+  nbd_shutdown (h, 0);
+  nbd_close (h);
+}
+
+/* The server that replayed the last kill's journal, which serves the
+ * next cycle (0: none), and its command line.
+ */
+static pid_t jpid;
+static char *jargv[40];
+static char jargs[12][PATH_MAX + 32], jfixed[7][PATH_MAX + 32];
+
+/* Stops the journal server cleanly (SIGTERM) and checks that the image
+ * file then holds what it served (in found).  Returns the number of
+ * bytes that differ (or 1 for a bad exit).
+ */
+static uint64_t
+journal_clean_stop (void)
+{
+  uint64_t b, diff = 0, first = 0;
+  int status;
+
+  if (jpid == 0)
+    return 0;
+  status = stop_pid (jpid);
+  jpid = 0;
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+    printf ("crash-check: the journal server exited with status 0x%x "
+            "after SIGTERM\n", status);
+    return 1;
+  }
+  read_image (base);
+  for (b = 0; b < image_size; b++)
+    if (base[b] != found[b] && diff++ == 0)
+      first = b;
+  if (diff)
+    printf ("crash-check: INCONSISTENT image file after a clean stop: %"
+            PRIu64 " bytes differ from what the server returned, the first "
+            "at %" PRIu64 " (file 0x%02x, server 0x%02x)\n",
+            diff, first, base[first], found[first]);
+  return diff;
+}
+
 /* ---- cycles -------------------------------------------------------- */
 
 static const char *
@@ -1452,19 +1838,69 @@ pick (uint64_t *s, const char *const *v, size_t n)
 
 static uint64_t parse_size (const char *s);
 
-/* One cycle.  Returns the number of inconsistent bytes and errors. */
-static uint64_t
-run_cycle (unsigned cycle, const char *dir)
+/* Appends the cache parameters to ARGV[N..] (random from S, in A):
+ * returns the new N.  In journal mode: journal= and journal-size=, the
+ * run's sector size (a journal refuses another), and for the drainer
+ * dirty-writeback-ms= (10 with --image-only-pct, so that the image is
+ * being written at the kill; else 10 ms to 60 s: with 60 s nothing but
+ * a full journal or the stop drains).
+ */
+static int
+cache_params (uint64_t *s, char **argv, int n, char a[][PATH_MAX + 32])
 {
   static const char *const caches[] = { "1M", "4M", "16M", "64M" };
   static const char *const pages[] = { "4K", "64K", "64K", "256K" };
   static const char *const sectors[] = { "512", "512", "4K" };
   static const char *const expires[] = { "20", "200", "5000" };
   static const char *const intervals[] = { "10", "100", "500" };
+  static const char *const jintervals[] = { "10", "100", "1000", "60000" };
   static const char *const threads[] = { "1", "2", "4" };
+  const char *page = PICK (s, pages);
+  const char *sect = PICK (s, sectors);
+  const char *csize = PICK (s, caches);
+  const char *interval = PICK (s, intervals);
+  int i, na = 7;
+
+  if (journal_path) {
+    sect = jsector;
+    interval = image_only_pct ? "10" : PICK (s, jintervals);
+  }
+  /* The cache must hold 8 pages (CACHE_MIN_PAGES). */
+  if (strcmp (page, "256K") == 0 && strcmp (csize, "1M") == 0)
+    csize = "4M";
+  if (cache_pages)
+    snprintf (a[0], sizeof a[0], "cache-size=%" PRIu64,
+              (uint64_t) cache_pages * parse_size (page));
+  else
+    snprintf (a[0], sizeof a[0], "cache-size=%s", csize);
+  snprintf (a[1], sizeof a[1], "page-size=%s", page);
+  snprintf (a[2], sizeof a[2], "sector-size=%s", sect);
+  snprintf (a[3], sizeof a[3], "dirty-expire-ms=%s", PICK (s, expires));
+  snprintf (a[4], sizeof a[4], "dirty-writeback-ms=%s", interval);
+  snprintf (a[5], sizeof a[5], "writeback-threads=%s", PICK (s, threads));
+  snprintf (a[6], sizeof a[6], "dirty-ratio=%u",
+            (unsigned) rnd_range (s, 20, 60));
+  if (journal_path) {
+    snprintf (a[7], sizeof a[7], "journal=%s", journal_path);
+    snprintf (a[8], sizeof a[8], "journal-size=%s", journal_size);
+    na = 9;
+  }
+  for (i = 0; i < na; i++)
+    argv[n++] = a[i];
+  return n;
+}
+
+/* One cycle.  Returns the number of inconsistent bytes and errors. */
+static uint64_t
+run_cycle (unsigned cycle, const char *dir)
+{
   char sock[PATH_MAX], bsock[PATH_MAX], uri[PATH_MAX + 32], up[32] = "";
-  char a_file[PATH_MAX + 8], a[7][64];
-  char *argv[32 + nfixed];
+  char a_file[PATH_MAX + 8], a[12][PATH_MAX + 32];
+  char *argv[40 + nfixed];
+  uint64_t jbad = 0, ebad = 0;
+  uint32_t klo = 0, khi = 0;
+  bool image_only = false, clean_stop = false;
+  char jnote[160] = "";
   uint64_t s = seed * 1000003 + cycle, F, bad, rbad, nacked = 0, nrbytes;
   uint64_t nkind[3] = { 0 }, nfua = 0, nenotsup = 0, nerr;
   struct conn *cn = calloc (nconns, sizeof *cn);
@@ -1479,10 +1915,18 @@ run_cycle (unsigned cycle, const char *dir)
     die ("calloc");
   snprintf (sock, sizeof sock, "%s/nbd.sock", dir);
   snprintf (bsock, sizeof bsock, "%s/backend.sock", dir);
-  unlink (sock);
+  if (!jpid) /* else the replaying server's socket */
+    unlink (sock);
 
-  read_image (base);
+  if (jpid)
+    memcpy (base, found, image_size); /* what the replaying server read */
+  else
+    read_image (base);
   atomic_store (&nwrites, 0);
+  atomic_store (&cur_epoch, 0);
+  atomic_store (&flush_attempts, 0);
+  atomic_store (&bar_want, false);
+  bar_waiting = 0;
   atomic_store (&nreads, 0);
   atomic_store (&read_bytes, 0);
   atomic_store (&nflushes, 0);
@@ -1523,34 +1967,21 @@ run_cycle (unsigned cycle, const char *dir)
   if (nfixed) {
     for (i = 0; i < (unsigned) nfixed; i++)
       argv[n++] = fixed_args[i];
-  } else {
-    const char *page = PICK (&s, pages);
-    const char *sect = PICK (&s, sectors);
-    const char *csize = PICK (&s, caches);
-    /* The cache must hold 8 pages (CACHE_MIN_PAGES). */
-    if (strcmp (page, "256K") == 0 && strcmp (csize, "1M") == 0)
-      csize = "4M";
-    if (cache_pages)
-      snprintf (a[0], sizeof a[0], "cache-size=%" PRIu64,
-                (uint64_t) cache_pages * parse_size (page));
-    else
-      snprintf (a[0], sizeof a[0], "cache-size=%s", csize);
-    snprintf (a[1], sizeof a[1], "page-size=%s", page);
-    snprintf (a[2], sizeof a[2], "sector-size=%s", sect);
-    snprintf (a[3], sizeof a[3], "dirty-expire-ms=%s", PICK (&s, expires));
-    snprintf (a[4], sizeof a[4], "dirty-writeback-ms=%s", PICK (&s, intervals));
-    snprintf (a[5], sizeof a[5], "writeback-threads=%s", PICK (&s, threads));
-    snprintf (a[6], sizeof a[6], "dirty-ratio=%u",
-              (unsigned) rnd_range (&s, 20, 60));
-    for (i = 0; i < 7; i++)
-      argv[n++] = a[i];
-  }
+  } else
+    n = cache_params (&s, argv, n, a);
   argv[n] = NULL;
+  if (jpid) {
+    /* Journal mode: the server that replayed the last kill serves. */
+    for (n = 0; jargv[n]; n++)
+      argv[n] = jargv[n];
+    argv[n] = NULL;
+  }
 
   {
     double t0 = now_s ();
 
-    pid = spawn_nbdkit (argv);
+    pid = jpid ? jpid : spawn_nbdkit (argv);
+    jpid = 0;
     for (i = 0; i < nconns; i++) {
       cn[i].h = connect_retry (sock, pid);
       cn[i].idx = i;
@@ -1589,6 +2020,9 @@ run_cycle (unsigned cycle, const char *dir)
     }
   }
   atomic_store (&stop, true);
+  pthread_mutex_lock (&bar_lock);
+  pthread_cond_broadcast (&bar_cv);
+  pthread_mutex_unlock (&bar_lock);
   for (i = 0; i < nconns; i++)
     pthread_join (cn[i].thread, NULL);
 
@@ -1640,6 +2074,43 @@ run_cycle (unsigned cycle, const char *dir)
     }
   }
 
+  nw = atomic_load (&nwrites);
+  if (nw > max_writes)
+    nw = max_writes;
+  if (journal_path && killed) {
+    uint64_t js = mix64 (s ^ 0x6a6f75726e616cULL); /* the restart's */
+    int jn = 0;
+
+    /* 1. The image file alone, before anything replays the journal. */
+    image_only = rnd (&js) % 100 < image_only_pct;
+    if (image_only) {
+      read_image (found);
+      ebad = verify_epochs (found, &klo, &khi);
+      if (ebad == 0)
+        snprintf (jnote, sizeof jnote,
+                  "; image alone: consistent with k in [%" PRIu32 ", %" PRIu32
+                  "] of %" PRIu32 " flushes",
+                  klo, khi, atomic_load (&flush_attempts));
+      else
+        snprintf (jnote, sizeof jnote, "; image alone: INCONSISTENT");
+    }
+    /* 2. Restart on the same journal (new cache parameters, the same
+     * sector size): it replays; read everything through it.
+     */
+    for (jn = 0; jn < 7; jn++) {
+      if (argv[jn] != jfixed[jn]) /* not this server's own */
+        snprintf (jfixed[jn], sizeof jfixed[jn], "%s", argv[jn]);
+      jargv[jn] = jfixed[jn];
+    }
+    unlink (sock);
+    jn = cache_params (&js, jargv, jn, jargs);
+    jargv[jn] = NULL;
+    jpid = spawn_nbdkit (jargv);
+    read_through (sock, jpid, found);
+    found_ready = true;
+    clean_stop = cycle % 5 == 0;
+  }
+
   F = atomic_load (&last_flush);
   nf = atomic_load (&nflushes);
   if (nf > max_flushes)
@@ -1652,6 +2123,9 @@ run_cycle (unsigned cycle, const char *dir)
   bad = verify (F);
   rbad = verify_reads (&nrchecked, &nrbytes);
   nerr = check_errors ();
+  /* 3. Now and then a clean stop: the image file must hold it all. */
+  if (clean_stop)
+    jbad = journal_clean_stop ();
   for (k = 0; k < nw; k++) {
     const struct wrec *x = &writes[k];
     nacked += succeeded (x);
@@ -1677,7 +2151,11 @@ run_cycle (unsigned cycle, const char *dir)
           cycle, up, killed ? "SIGKILL" : "SIGTERM", ms, nw, nkind[OP_WRITE],
           nkind[OP_ZERO], nenotsup, nkind[OP_TRIM], nfua, nacked, ncov, nf,
           nf_ok, nrchecked, nrbytes, image_size, bad, rbad, nerr);
-  if (verbose || bad || rbad || nerr) {
+  if (journal_path)
+    printf ("  journal: %s%s%s\n",
+            killed ? "restarted on the journal, image read through it" : "",
+            clean_stop ? ", then SIGTERM: image file checked" : "", jnote);
+  if (verbose || bad || rbad || nerr || jbad || ebad) {
     printf ("  nbdkit");
     for (i = 1; argv[i]; i++)
       printf (" %s", argv[i]);
@@ -1703,7 +2181,7 @@ run_cycle (unsigned cycle, const char *dir)
   t_read_bytes += nrbytes;
   first_id += nw;
   free (cn);
-  return bad + rbad + nerr;
+  return bad + rbad + nerr + jbad + ebad;
 }
 
 /* ---- main ---------------------------------------------------------- */
@@ -1784,6 +2262,15 @@ usage (FILE *f)
     "  --cache-pages N    cache-size = N x the (random) page size\n"
     "  --server-log PATH  append nbdkit's stderr to PATH\n"
     "  --verbose          print every cycle's nbdkit command line\n"
+    "  --journal PATH     journal mode: the plugin gets journal=PATH (a new\n"
+    "                     journal); after each kill a server restarted on\n"
+    "                     it replays it, and the image is read through it\n"
+    "  --journal-size SIZE  journal-size= (default 16M)\n"
+    "  --image-only-pct N at N%% of kills, check the image file alone (the\n"
+    "                     journal lost) against the flush-epoch order;\n"
+    "                     flushes become barriers, requests whole sectors\n"
+    "  --wrong-model      a deliberately wrong epoch model (the image-only\n"
+    "                     check must then fail)\n"
     "Without PLUGIN-PARAMS each cycle picks random cache parameters.\n");
 }
 
@@ -1817,6 +2304,10 @@ main (int argc, char **argv)
     O_CACHEPAGES,
     O_LOG,
     O_VERBOSE,
+    O_JOURNAL,
+    O_JSIZE,
+    O_IMAGEONLY,
+    O_WRONG,
     O_HELP
   };
   static const struct option opts[] = {
@@ -1846,6 +2337,10 @@ main (int argc, char **argv)
     { "cache-pages", required_argument, NULL, O_CACHEPAGES },
     { "server-log", required_argument, NULL, O_LOG },
     { "verbose", no_argument, NULL, O_VERBOSE },
+    { "journal", required_argument, NULL, O_JOURNAL },
+    { "journal-size", required_argument, NULL, O_JSIZE },
+    { "image-only-pct", required_argument, NULL, O_IMAGEONLY },
+    { "wrong-model", no_argument, NULL, O_WRONG },
     { "help", no_argument, NULL, O_HELP },
     { NULL, 0, NULL, 0 },
   };
@@ -1887,6 +2382,10 @@ main (int argc, char **argv)
     case O_CACHEPAGES: cache_pages = atoi (optarg); break;
     case O_LOG: server_log = optarg; break;
     case O_VERBOSE: verbose = true; break;
+    case O_JOURNAL: journal_path = optarg; break;
+    case O_JSIZE: journal_size = optarg; break;
+    case O_IMAGEONLY: image_only_pct = atoi (optarg); break;
+    case O_WRONG: wrong_model = true; break;
     case O_HELP: usage (stdout); exit (0);
     default: usage (stderr); exit (1);
     }
@@ -1918,6 +2417,24 @@ main (int argc, char **argv)
   }
   if (!have_seed)
     seed = (unsigned long long) time (NULL) ^ getpid ();
+  if (journal_path || image_only_pct || wrong_model) {
+    static const char *const jsectors[] = { "512", "4096" };
+
+    if (!journal_path || strcmp (backend, "file") || no_kill || nfixed ||
+        image_only_pct > 100) {
+      fprintf (stderr, "crash-check: --journal needs --backend file, kills "
+                       "and no PLUGIN-PARAMS; --image-only-pct and "
+                       "--wrong-model need --journal\n");
+      exit (1);
+    }
+    jsector = jsectors[seed % 2];
+    if (image_only_pct) {
+      /* Whole sectors: the image-only check is per sector. */
+      barrier_mode = true;
+      align = atoi (jsector);
+    }
+    unlink (journal_path); /* a new journal for the new image */
+  }
   printf ("crash-check: seed %llu, backend %s%s%s, image %" PRIu64 " bytes, "
           "%u connections x %u in flight; %% of requests: %u flush, %u read, "
           "%u zero, %u trim, %u write; %u%% FUA, %u%% in %" PRIu64 " hot bytes, "
@@ -1970,6 +2487,17 @@ main (int argc, char **argv)
     if (seconds && now_s () - start >= seconds)
       break;
     bad += run_cycle (c, dir);
+  }
+  /* Journal mode: the last replaying server stops cleanly, and the
+   * image file must then hold what it served.
+   */
+  if (jpid) {
+    uint64_t d = journal_clean_stop ();
+
+    printf ("crash-check: journal: clean stop at the end: the image file %s\n",
+            d ? "DIFFERS from what the server returned"
+              : "holds what the server returned");
+    bad += d;
   }
 
   printf ("crash-check: %" PRIu64 " %s cycles, %" PRIu64 " requests issued "
