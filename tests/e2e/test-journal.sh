@@ -245,8 +245,9 @@ jt=$tmpdir/tiny.txt
 echo hello > "$jt"
 refused "small non-journal file" "$jt" "no subpage journal|not a journal|too small" \
         file="$img" journal="$jt"
+# journal-size= never changes an existing file: still too small.
 refused "small non-journal file, journal-size=" "$jt" \
-        "no subpage journal|not a journal" \
+        "no subpage journal|not a journal|too small" \
         file="$img" journal="$jt" journal-size=8M
 
 refused "journal-size too small" "$tmpdir/new.jnl" "at least|too small" \
