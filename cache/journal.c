@@ -577,6 +577,23 @@ jnl_credit (struct cache *c, uint64_t size)
   return r;
 }
 
+struct jbuf *
+jnl_buf_credited (struct cache *c, uint64_t payload, int *err)
+{
+  struct jbuf *b = jnl_buf_new (payload);
+
+  if (!b) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  *err = jnl_credit (c, b->size);
+  if (*err < 0) {
+    free (b);
+    return NULL;
+  }
+  return b;
+}
+
 void
 jnl_uncredit (struct cache *c, uint64_t size)
 {

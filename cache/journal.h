@@ -64,6 +64,8 @@ int jnl_recover (struct cache *c);
 struct jbuf *jnl_buf_new (uint64_t payload);
 int jnl_credit (struct cache *c, uint64_t size);
 void jnl_uncredit (struct cache *c, uint64_t size);
+/* jnl_buf_new and jnl_credit for it: NULL with *ERR set on failure. */
+struct jbuf *jnl_buf_credited (struct cache *c, uint64_t payload, int *err);
 /* Page lock held (or none for a TRIM).  Places B (type T, range [off,
  * off+count)) in the log: LSN, sequence number, epoch.  Uses B's
  * credit.  Returns its sequence number.

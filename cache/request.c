@@ -466,17 +466,12 @@ write_page_journaled (struct cache *c, uint64_t pi, const char *src,
   uint64_t a = ROUND_DOWN (off, ss), e = ROUND_UP (off + len, ss);
   bool aligned = a == off && e == off + len;
   enum jrec_type jt = zero && aligned ? JREC_ZERO : JREC_DATA;
-  struct jbuf *jb = jnl_buf_new (jt == JREC_DATA ? e - a : 0);
   uint64_t seq = 0;
   int r;
+  struct jbuf *jb = jnl_buf_credited (c, jt == JREC_DATA ? e - a : 0, &r);
 
   if (!jb)
-    return -ENOMEM;
-  r = jnl_credit (c, jb->size);
-  if (r < 0) {
-    free (jb);
     return r;
-  }
   r = write_page (c, pi, src, off, len, tmp, jb, jt, &seq);
   if (seq == 0) {
     jnl_uncredit (c, jb->size);
@@ -645,14 +640,9 @@ discard_journaled (struct cache *c, uint64_t a, uint64_t e, uint32_t count,
   }
   if (a >= e)
     return 0;
-  jb = jnl_buf_new (0);
+  jb = jnl_buf_credited (c, 0, &r);
   if (!jb)
-    return -ENOMEM;
-  r = jnl_credit (c, jb->size);
-  if (r < 0) {
-    free (jb);
     return r;
-  }
   seq = jnl_reserve (c, jb, JREC_TRIM, a, e - a);
   jnl_write (c, jb);
   if (flags & CACHE_FUA)
