@@ -109,6 +109,11 @@ backend_write_duration_seconds_sum backend_write_duration_seconds_count
 throttle_wait_seconds_sum throttle_wait_seconds_count
 waiting_threads{on="flush"} waiting_threads{on="throttle"}
 waiting_threads{on="page"} waiting_threads{on="idle"}
+journal_records_total journal_written_bytes_total journal_syncs_total
+journal_drained_records_total journal_drained_bytes_total
+journal_replayed_records_total journal_replayed_bytes_total
+journal_size_bytes journal_used_bytes journal_free_bytes
+journal_pending_bytes journal_epochs_waiting journal_oldest_age_seconds
 """.split()
 
 # Samples with labels checked on their own: the histogram's buckets
