@@ -55,6 +55,23 @@ struct backend {
    */
   int (*start) (void *handle);
 
+  /* Which journal may hold unwritten data of the image (rbd=: the
+   * image's metadata, rbd-backend.c "Journal claim").  JOURNAL_ID is
+   * this instance's journal's id (jformat.h, struct jsb), NULL without
+   * journal=.  Refuses, logging why (-errno), when another journal
+   * claims the image.  CHECK: .get_ready, an early check against what
+   * the backend's open found, nothing written; else .after_fork, after
+   * start and before the journal's replay: checks again and, with a
+   * journal, records the claim.  NULL: the backend keeps no claim.
+   */
+  int (*claim) (void *handle, const uint8_t *journal_id, bool check);
+
+  /* .cleanup, after a final drain that succeeded (the image holds
+   * everything, flushed): drops this instance's claim, so that another
+   * may take the image.  Logs a failure.  NULL: nothing to do.
+   */
+  void (*unclaim) (void *handle);
+
   /* The write-back server's asynchronous write (wbserver.h, struct
    * wbs_config, aio_pwrite; its opaque argument is HANDLE).  NULL: the
    * backend is synchronous, and write-back workers call OPS->pwrite.

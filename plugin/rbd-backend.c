@@ -91,6 +91,31 @@
  * ask block status in pieces and the plugin stops after 32 runs per
  * request, and a copy that skips holes saves far more than it costs.
  *
+ * Journal claim.  A journal (journal=) holds writes acknowledged and
+ * not yet on the image, and its replay at start writes them; replayed
+ * onto an image that another instance has written since, it would put
+ * older data over newer.  So the image says which journal may hold its
+ * unwritten data: the image metadata key subpage.journal (RB_CLAIM_KEY),
+ * whose value is that journal's id in hex (32 digits, as subpage-
+ * journal check prints it).  rb_claim, at start after the lock is taken
+ * and before the replay: with a journal, an absent key or our own id is
+ * set to our id and the start goes on; another id refuses the start,
+ * naming both.  Without a journal, any key refuses (our writes would be
+ * overwritten when that journal is replayed).  rb_unclaim, at a clean
+ * stop once the final drain succeeded (everything written back and
+ * flushed, the journal's tail written), removes the key if it still
+ * names us, before the lock is released: the image can go to another
+ * host.  A crash, a failed drain or a fenced instance leaves it.  The
+ * probe reads the key too, so that the plugin can refuse in .get_ready,
+ * where the user sees it (rb_claim with CHECK); the check that counts is
+ * the one made under the serving connection's lock.  With
+ * rbd-exclusive=false the key is still read, set and removed, but
+ * without the lock nothing orders this against another client: a best
+ * effort, and a failure to read or write it is logged, not fatal.  What
+ * the key does not catch: an operator who removed it (declaring the
+ * journal lost) and later starts on that journal again; that journal
+ * then claims the image afresh and is replayed.
+ *
  * What it does not do: snapshots, namespaces, reconnection after
  * being blocklisted (the instance is fenced for good: restart it),
  * a timeout on I/O.
@@ -145,6 +170,11 @@
 #define RB_POOL_CMDS 1024
 /* Owners listed in a message. */
 #define RB_MAX_OWNERS 8
+/* The image metadata key of the journal claim, and the room for its
+ * value (32 hex digits; anything longer is shown cut).
+ */
+#define RB_CLAIM_KEY "subpage.journal"
+#define RB_CLAIM_MAX 128
 
 /* One connection: cluster, pool, image. */
 struct rb_conn {
@@ -181,6 +211,14 @@ struct rbd_backend {
 
   /* Fenced: the lock is lost; every operation fails with -EIO. */
   atomic_bool lost;
+
+  /* Journal claim: the key's value the probe read ("" absent, NULL
+   * unknown); ours in hex once rb_claim set it (claimed).
+   */
+  char probe_claim_buf[RB_CLAIM_MAX];
+  const char *probe_claim;
+  char claim_id[33];
+  bool claimed;
 
   /* The completion thread and its list (lock, cv). */
   struct pool cmds;
@@ -834,6 +872,171 @@ rb_extents (void *opaque, uint32_t count, uint64_t off,
   return r;
 }
 
+/* ---- journal claim (see "Journal claim" above) -------------------------- */
+
+/* Reads the claim of IMG into BUF: 1 and the value, 0 and "" when there
+ * is none, or -errno (logged as debug; BUF "").
+ */
+static int
+rb_claim_read (struct rbd_backend *rb, rbd_image_t img, char *buf, size_t n)
+{
+  size_t len = n;
+  int r = rbd_metadata_get (img, RB_CLAIM_KEY, buf, &len);
+
+  if (r == -ERANGE) {
+    /* Longer than any id of ours: keep its beginning. */
+    char *big = malloc (len);
+
+    r = big ? rbd_metadata_get (img, RB_CLAIM_KEY, big, &len) : -ENOMEM;
+    if (r >= 0)
+      snprintf (buf, n, "%s", big);
+    free (big);
+  }
+  if (r == -ENOENT) {
+    buf[0] = '\0';
+    return 0;
+  }
+  if (r < 0) {
+    buf[0] = '\0';
+    nbdkit_debug ("subpage: rbd=%s: cannot read the image metadata %s: %s",
+                  rb->spec, RB_CLAIM_KEY, errstr (-r));
+    return r;
+  }
+  buf[n - 1] = '\0';
+  return buf[0] != '\0';
+}
+
+/* Refuses the start: the image is claimed by the journal CLAIM. */
+static int
+rb_claim_refuse (struct rbd_backend *rb, const char *claim, const char *ours)
+{
+  if (ours != NULL)
+    nbdkit_error ("subpage: rbd=%s: the image is claimed by journal %s "
+                  "(image metadata %s), not by this instance's journal "
+                  "(id %s): that journal may hold writes not yet on the "
+                  "image, and the image must not be written before they "
+                  "are.  Start subpage with that journal on the host that "
+                  "has it (it is replayed, and a clean stop releases the "
+                  "image), or, if that journal is lost, remove the claim "
+                  "with 'rbd image-meta remove %s %s' (its unwritten "
+                  "writes are then lost)",
+                  rb->spec, claim, RB_CLAIM_KEY, ours, rb->spec, RB_CLAIM_KEY);
+  else
+    nbdkit_error ("subpage: rbd=%s: the image is claimed by journal %s "
+                  "(image metadata %s) and this instance has no journal=: "
+                  "that journal may hold writes not yet on the image, "
+                  "which its replay would put over anything written now.  "
+                  "Start subpage with that journal on the host that has it "
+                  "(it is replayed, and a clean stop releases the image), "
+                  "or, if that journal is lost, remove the claim with "
+                  "'rbd image-meta remove %s %s' (its unwritten writes are "
+                  "then lost)",
+                  rb->spec, claim, RB_CLAIM_KEY, rb->spec, RB_CLAIM_KEY);
+  return -EBUSY;
+}
+
+/* struct backend's claim. */
+static int
+rb_claim (void *opaque, const uint8_t *journal_id, bool check)
+{
+  struct rbd_backend *rb = opaque;
+  char ours[33], buf[RB_CLAIM_MAX];
+  const char *claim;
+  int r;
+
+  if (journal_id != NULL)
+    for (int i = 0; i < 16; i++)
+      snprintf (ours + 2 * i, 3, "%02x", journal_id[i]);
+
+  if (check) {
+    /* The probe's reading (NULL: it could not read it: see at start). */
+    claim = rb->probe_claim;
+    if (claim != NULL && claim[0] != '\0' &&
+        (journal_id == NULL || strcmp (claim, ours) != 0))
+      return rb_claim_refuse (rb, claim, journal_id ? ours : NULL);
+    return 0;
+  }
+
+  if ((r = rb_ready (rb)) < 0)
+    return r;
+  r = rb_claim_read (rb, rb->c.img, buf, sizeof buf);
+  if (r < 0) {
+    if (rb->exclusive) {
+      nbdkit_error ("subpage: rbd=%s: cannot read the image metadata %s "
+                    "(which journal may hold unwritten data of the image): "
+                    "%s",
+                    rb->spec, RB_CLAIM_KEY, errstr (-r));
+      return r;
+    }
+    nbdkit_error ("subpage: rbd=%s: cannot read the image metadata %s: "
+                  "%s; going on (rbd-exclusive=false: the claim is a best "
+                  "effort)",
+                  rb->spec, RB_CLAIM_KEY, errstr (-r));
+  }
+  if (r > 0 && (journal_id == NULL || strcmp (buf, ours) != 0))
+    return rb_claim_refuse (rb, buf, journal_id ? ours : NULL);
+  if (journal_id == NULL)
+    return 0;
+
+  if (r <= 0) {
+    r = rbd_metadata_set (rb->c.img, RB_CLAIM_KEY, ours);
+    if (r < 0 && rb->exclusive) {
+      nbdkit_error ("subpage: rbd=%s: cannot set the image metadata %s=%s "
+                    "(which journal may hold unwritten data of the image): "
+                    "%s",
+                    rb->spec, RB_CLAIM_KEY, ours, errstr (-r));
+      return r;
+    }
+    if (r < 0) {
+      nbdkit_error ("subpage: rbd=%s: cannot set the image metadata %s=%s: "
+                    "%s; going on (rbd-exclusive=false: the claim is a best "
+                    "effort)",
+                    rb->spec, RB_CLAIM_KEY, ours, errstr (-r));
+      return 0;
+    }
+  }
+  memcpy (rb->claim_id, ours, sizeof ours);
+  rb->claimed = true;
+  nbdkit_debug ("subpage: rbd=%s: %s=%s: the image is claimed by this "
+                "instance's journal%s",
+                rb->spec, RB_CLAIM_KEY, ours,
+                rb->exclusive ? "" : " (best effort: rbd-exclusive=false)");
+  return 0;
+}
+
+/* struct backend's unclaim: removes the key if it still names us. */
+static void
+rb_unclaim (void *opaque)
+{
+  struct rbd_backend *rb = opaque;
+  char buf[RB_CLAIM_MAX];
+  int r;
+
+  if (!rb->claimed || rb_ready (rb) < 0)
+    return;
+  rb->claimed = false;
+  r = rb_claim_read (rb, rb->c.img, buf, sizeof buf);
+  if (r == 0 || (r > 0 && strcmp (buf, rb->claim_id) != 0)) {
+    nbdkit_error ("subpage: rbd=%s: the image metadata %s names %s now, not "
+                  "this instance's journal (%s): left as it is",
+                  rb->spec, RB_CLAIM_KEY, r > 0 ? buf : "nothing",
+                  rb->claim_id);
+    return;
+  }
+  r = r < 0 ? r : rbd_metadata_remove (rb->c.img, RB_CLAIM_KEY);
+  if (r < 0)
+    nbdkit_error ("subpage: rbd=%s: everything is written back, but the "
+                  "image metadata %s (this instance's journal, %s) could "
+                  "not be removed: %s; another instance will refuse the "
+                  "image until it is ('rbd image-meta remove %s %s', or a "
+                  "start and clean stop with this journal)",
+                  rb->spec, RB_CLAIM_KEY, rb->claim_id, errstr (-r), rb->spec,
+                  RB_CLAIM_KEY);
+  else
+    nbdkit_debug ("subpage: rbd=%s: %s removed: the image holds everything",
+                  rb->spec, RB_CLAIM_KEY);
+}
+
 /* ---- lifecycle --------------------------------------------------------- */
 
 /* struct backend's start (.after_fork): the serving connection, with
@@ -913,6 +1116,9 @@ rb_probe (struct rbd_backend *rb)
   if (r < 0)
     nbdkit_error ("subpage: rbd=%s: cannot read the image's size: %s", rb->spec,
                   errstr (-r));
+  if (r == 0 && rb_claim_read (rb, c.img, rb->probe_claim_buf,
+                               sizeof rb->probe_claim_buf) >= 0)
+    rb->probe_claim = rb->probe_claim_buf;
   if (rb->exclusive)
     rbd_lock_release (c.img);
   rb_disconnect (&c);
@@ -983,6 +1189,8 @@ rbd_backend_open (const struct rbd_backend_config *cfg, struct backend *be)
     .start = rb_start,
     .aio_pwrite = rb_aio_pwrite,
     .extents = rb_extents,
+    .claim = rb_claim,
+    .unclaim = rb_unclaim,
     .close = rb_close,
   };
   return 0;

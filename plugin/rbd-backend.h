@@ -7,8 +7,10 @@
  * nothing more).  librados threads do not survive nbdkit's fork, so
  * rbd_backend_open only probes the image (connects, opens, checks,
  * takes and releases the lock, disconnects) and the backend's start
- * (.after_fork) connects for good.  Built only when librbd and
- * librados are found (meson option rbd).
+ * (.after_fork) connects for good.  With journal=, the image's metadata
+ * (subpage.journal) names the journal that may hold its unwritten data
+ * (the backend's claim and unclaim; rbd-backend.c, "Journal claim").
+ * Built only when librbd and librados are found (meson option rbd).
  */
 #ifndef SUBPAGE_RBD_BACKEND_H
 #define SUBPAGE_RBD_BACKEND_H

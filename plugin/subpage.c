@@ -140,6 +140,15 @@ static struct metrics *metrics;
 /* journal=: its device and drainer (instead of wbs). */
 static struct jdev journal_dev;
 static bool journal_open;
+/* journal=: its id (superblock), and whether the file was created by
+ * this start.
+ */
+static uint8_t journal_id[16];
+static bool journal_created;
+/* The backend's claim (backend.h) is taken and, with a journal, the
+ * journal replayed: a clean stop may drop it.
+ */
+static bool backend_claimed;
 static struct jdrain *jdrain;
 
 /* A new journal file's size when journal-size= is not given. */
@@ -280,6 +289,20 @@ subpage_journal_open (void)
                   params.journal);
     return -1;
   }
+  /* The id, for the backend's claim (it never changes). */
+  {
+    struct jsb sb;
+
+    err = jsb_read (&journal_dev, &sb);
+    if (err < 0) {
+      nbdkit_error ("subpage: journal=%s: cannot read its superblock back: "
+                    "%s",
+                    params.journal, errstr (-err));
+      return -1;
+    }
+    memcpy (journal_id, sb.id, sizeof journal_id);
+  }
+  journal_created = created;
   return 0;
 }
 
@@ -351,6 +374,23 @@ subpage_get_ready (void)
 
   if (params.journal != NULL && subpage_journal_open () == -1)
     return -1;
+  /* Another journal's claim on the image: refused here, where the user
+   * sees it (the check that counts is in .after_fork).
+   */
+  if (backend.claim != NULL &&
+      backend.claim (backend.handle, params.journal ? journal_id : NULL, true) <
+        0) {
+    if (journal_created) {
+      /* Ours, just made: do not leave it behind. */
+      jdev_file_close (&journal_dev);
+      journal_open = false;
+      unlink (params.journal);
+      nbdkit_error ("subpage: journal=%s: not used (the line above says "
+                    "why); the file created for it was removed",
+                    params.journal);
+    }
+    return -1;
+  }
 
   /* After cache_create: mlock=true's check counts the cache's memory. */
   if (subpage_same_host_check () == -1)
@@ -580,6 +620,13 @@ subpage_after_fork (void)
 
   if (backend.start != NULL && backend.start (backend.handle) < 0)
     return -1;
+  /* Before the replay: a journal must not be replayed onto an image
+   * that another instance may have written since (backend.h).
+   */
+  if (backend.claim != NULL &&
+      backend.claim (backend.handle, params.journal ? journal_id : NULL,
+                     false) < 0)
+    return -1;
   /* An asynchronous backend (uri=) takes write-back runs itself: many
    * in flight per connection, not one per worker.
    */
@@ -615,6 +662,7 @@ subpage_after_fork (void)
   }
   else
     wbs = wbs_start (cache, &wcfg, &err);
+  backend_claimed = true; /* and the journal, if any, replayed */
   if (params.journal == NULL && wbs == NULL) {
     nbdkit_error ("subpage: cannot start write-back threads: %s",
                   errstr (-err));
@@ -679,6 +727,10 @@ subpage_cleanup (void)
       nbdkit_error ("subpage: final flush failed, unwritten data is "
                     "lost: %s",
                     errstr (-r));
+    /* Everything is on the image and flushed: another may take it. */
+    if (r == 0 && backend_claimed && backend.unclaim != NULL)
+      backend.unclaim (backend.handle);
+    backend_claimed = false;
     cache_get_stats (cache, &st);
     nbdkit_debug ("subpage: exit: backend reads %" PRIu64 " (%" PRIu64
                   " bytes), writes %" PRIu64 " (%" PRIu64 " bytes), "
