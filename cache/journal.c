@@ -786,8 +786,14 @@ drain_locked (struct cache *c, struct journal *j)
   if (j->synced_seq < limit) {
     lock_drop (&j->lock);
     r = jnl_sync (c, limit); /* drain only what a crash would keep */
-    if (r < 0)
+    if (r < 0) {
+      /* No drain can make progress (a failed sync is sticky): writers
+       * throttled on dirty memory or waiting for space must fail, not
+       * wait for it (wb_throttle, jnl_credit).
+       */
+      drain_failed (c, j, r);
       return r;
+    }
   }
   else
     lock_drop (&j->lock);
@@ -871,8 +877,20 @@ drain_locked (struct cache *c, struct journal *j)
   j->sb.tail_epoch = epoch;
   j->sb.image_size = size_now (c);
   r = jsb_write (&j->dev, &j->sb);
-  if (r == 0)
+  if (r == 0) {
     r = j->dev.ops->sync (j->dev.opaque);
+    if (r < 0) {
+      /* A failed sync, like jnl_sync's: sticky.  It may have dropped
+       * records written since the last sync, which the next sync would
+       * then not write.
+       */
+      lock_take (&j->lock);
+      if (!j->sync_err)
+        j->sync_err = r;
+      pthread_cond_broadcast (&j->cv);
+      lock_drop (&j->lock);
+    }
+  }
   if (r < 0) {
     report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
                  errstr (-r));
