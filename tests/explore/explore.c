@@ -114,6 +114,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -128,6 +130,8 @@
 
 #include "cache.h"
 #include "cache-debug.h"
+#include "fake-jdev.h"
+#include "jformat.h"
 
 #define PAGE 4096u
 #define NPAGES 10u
@@ -143,6 +147,8 @@
 #define NTH (LOSS + 1)              /* every scheduled thread */
 #define MAXOPS 8                    /* prelude + concurrent */
 #define MAXDEC 20000
+#define JSIZE JNL_MIN_SIZE          /* the journal device (--journal 1) */
+#define JIDENT "file:/explore/image"
 
 /* ---- threads and the scheduler ---- */
 
@@ -479,6 +485,10 @@ static uint64_t lost_at;
  * aside): while there are none, no request may fail.
  */
 static unsigned backend_errors;
+static uint64_t jdev_errors (void);
+static void epoch_check (const unsigned char *buf, uint32_t n, uint64_t off);
+static void quiet_log (void *opaque, enum cache_log_level lvl,
+                       const char *fmt, va_list ap);
 
 static void
 io_point (const char *where)
@@ -534,6 +544,7 @@ xb_pwrite (void *o, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
     io_point ("io.write.failed");
     return -EIO;
   }
+  epoch_check (buf, n, off);
   disk_apply (buf, 0, n, off, fl & CACHE_FUA);
   io_point ("io.write.done");
   return 0;
@@ -564,6 +575,7 @@ xb_discard (uint32_t n, uint64_t off, uint32_t fl, const char *what)
     backend_errors++;
     return LOST_ERR;
   }
+  epoch_check (NULL, n, off);
   disk_apply (NULL, 0, n, off, fl & CACHE_FUA);
   note_discard (off, n);
   io_point ("io.discard.done");
@@ -662,11 +674,11 @@ xb_submit (void *opaque, struct cache *c, struct cache_run *run)
 
 enum kind {
   K_WRITE, K_WRITE_FUA, K_READ, K_TRIM, K_ZERO, K_FLUSH, K_DRAIN, K_WB,
-  K_RECLAIM, K_NR
+  K_RECLAIM, K_JDRAIN, K_NR
 };
 static const char *const kind_name[K_NR] = {
   "write", "write+fua", "read", "trim", "zero", "flush", "drain",
-  "writeback", "reclaim",
+  "writeback", "reclaim", "jdrain",
 };
 
 struct op {
@@ -692,6 +704,12 @@ struct scenario {
   struct op ops[MAXT];
   bool aio;                         /* runs complete asynchronously */
   bool lost_lock;                   /* the image's lock is lost */
+  bool journal;                     /* --journal 1: a fake-jdev journal */
+  bool low_dirty;                   /* journal: dirty_ratio 10, so that
+                                     * writers drain (wb_kick, no hook) */
+  unsigned jfail;                   /* journal: 1 a journal pwrite fails,
+                                     * 2 a journal sync (sticky) */
+  unsigned jfail_skip;              /* ... after this many calls */
 };
 
 /* --aio, --lost-lock: 0 or 1 for every scenario; -1: both (the
@@ -699,6 +717,10 @@ struct scenario {
  * takes -1 as 0).
  */
 static int force_aio = -1, force_lost = -1;
+/* --journal 1: every scenario has a journal (its own stream). */
+static int force_journal = 0;
+static struct fake_jdev *jd;        /* the journal device, journal mode */
+static struct fake_jdev *rjd;       /* a crash image of it, recovered */
 
 static struct op events[MAXOPS];    /* prelude ops, then the scenario's */
 static unsigned nevents;
@@ -760,6 +782,54 @@ make_op (uint64_t *r, char role, struct op *o)
   }
 }
 
+/* Journal mode (--journal 1): writeback mode only (the journal needs
+ * it); requests by role as below, plus 'j' a drainer (the journal's
+ * drain step, cache_journal_drain, or cache_writeback, which is the
+ * same in journal mode, or the shutdown drain) and 'f' a flush or a FUA
+ * write; in a third of the scenarios dirty_ratio is 10%, so that
+ * writers throttle and drain the journal themselves (wb_kick without a
+ * kick hook).
+ */
+static void
+make_jscenario (uint64_t *r, struct scenario *s)
+{
+  static const char *const roles2[] = { "wj", "wf", "dj", "wd", "wx", "fj" };
+  static const char *const roles3[] = { "wjf", "wdj", "wwj", "wfj", "djf",
+                                        "wjx", "wdf", "xjx" };
+  const char *roles;
+
+  s->mode = CACHE_MODE_WRITEBACK;
+  s->journal = true;
+  s->low_dirty = rnd (r) % 3 == 0;
+  if (rnd (r) % 4 == 0) {
+    s->jfail = 1 + (unsigned) (rnd (r) % 2);
+    s->jfail_skip = (unsigned) (rnd (r) % 3);
+  }
+  s->nops = rnd (r) % 5 < 2 ? 2 : 3;
+  roles = s->nops == 2 ? roles2[rnd (r) % 6] : roles3[rnd (r) % 8];
+  for (unsigned i = 0; i < s->nops; i++) {
+    struct op *o = &s->ops[i];
+
+    switch (roles[i]) {
+    case 'j': {
+      static const enum kind jk[] = { K_JDRAIN, K_JDRAIN, K_WB, K_DRAIN };
+      o->k = jk[rnd (r) % 4];
+      break;
+    }
+    case 'f':
+      if (rnd (r) % 2) {
+        o->k = K_FLUSH;
+        break;
+      }
+      make_op (r, 'w', o);
+      o->k = K_WRITE_FUA;
+      break;
+    default: make_op (r, roles[i], o);
+    }
+    s->ops[i].val = (unsigned char) (0x30 + i);
+  }
+}
+
 /* Scenario SEED.  Requests are drawn by role, so that most scenarios
  * pair a write with a TRIM or ZERO near it (where the races of the
  * past were), plus a third request of any kind.
@@ -785,11 +855,15 @@ make_scenario (uint64_t seed, struct scenario *s)
   s->fast_zero_ok = rnd (&r) % 2;
   s->fail_nth = rnd (&r) % 8 == 0 ? 1 + (unsigned) (rnd (&r) % 3) : 0;
   s->prelude = (unsigned) (rnd (&r) % 5) % 4;   /* 0 twice as often */
-  s->nops = rnd (&r) % 5 < 2 ? 2 : 3;
-  roles = s->nops == 2 ? roles2[rnd (&r) % 6] : roles3[rnd (&r) % 6];
-  for (unsigned i = 0; i < s->nops; i++) {
-    make_op (&r, roles[i], &s->ops[i]);
-    s->ops[i].val = (unsigned char) (0x30 + i);
+  if (force_journal > 0)
+    make_jscenario (&r, s);
+  else {
+    s->nops = rnd (&r) % 5 < 2 ? 2 : 3;
+    roles = s->nops == 2 ? roles2[rnd (&r) % 6] : roles3[rnd (&r) % 6];
+    for (unsigned i = 0; i < s->nops; i++) {
+      make_op (&r, roles[i], &s->ops[i]);
+      s->ops[i].val = (unsigned char) (0x30 + i);
+    }
   }
   /* The RBD modes are not drawn: each mode has a stream of scenarios
    * of its own (main), and a replay names its mode.
@@ -836,12 +910,17 @@ describe (const struct scenario *s, char *buf, size_t len)
 {
   size_t n = (size_t) snprintf (buf, len,
     "seed=%" PRIu64 " mode=%s sector=%u trim/zero=%s fast-zero=%s "
-    "fail-write=%u prelude=%u aio=%s lost-lock=%s:",
+    "fail-write=%u prelude=%u aio=%s lost-lock=%s journal=%s%s:",
     s->seed, s->mode == CACHE_MODE_WRITEBACK ? "writeback"
     : s->mode == CACHE_MODE_WRITETHROUGH ? "writethrough" : "unsafe",
     s->sector_size, s->trim_zero ? "yes" : "no",
     s->fast_zero_ok ? "yes" : "no", s->fail_nth, s->prelude,
-    s->aio ? "yes" : "no", s->lost_lock ? "yes" : "no");
+    s->aio ? "yes" : "no", s->lost_lock ? "yes" : "no",
+    s->journal ? "yes" : "no", s->low_dirty ? " dirty-ratio=10" : "");
+  if (s->jfail && n < len)
+    n += (size_t) snprintf (buf + n, len - n, " journal-%s-fails=%u",
+                            s->jfail == 1 ? "pwrite" : "sync",
+                            s->jfail_skip + 1);
 
   for (unsigned i = 0; i < s->nops && n < len; i++) {
     const struct op *o = &s->ops[i];
@@ -892,16 +971,39 @@ completed_ok_before (const struct op *e, uint64_t t)
   return e->end != UINT64_MAX && e->end < t && e->ret == 0;
 }
 
-/* Values granule G may hold for a read over [s, e]; EXCL is skipped. */
+/* Which requests have taken effect for good: those that completed OK
+ * before S; or, for a crash (journal mode), those that a successful
+ * flush or drain started after covers, and FUA writes that returned 0
+ * (rules 12 and 13: durable in the journal).
+ */
+struct eff {
+  bool crash;
+  uint64_t s;                       /* crash: the last successful flush's
+                                     * start (0: none) */
+};
+
+static bool
+effective (const struct op *y, const struct eff *f)
+{
+  if (!f->crash)
+    return completed_ok_before (y, f->s);
+  if (y->end == UINT64_MAX || y->ret != 0)
+    return false;
+  return y->end < f->s || y->k == K_WRITE_FUA;
+}
+
+/* Values granule G may hold for a read over [s, e] (F: s, or a crash);
+ * EXCL is skipped.
+ */
 static void
-allowed (unsigned g, uint64_t s, uint64_t e, const struct op *excl,
-         vset *out, int depth)
+allowed_eff (unsigned g, const struct eff *f, uint64_t e,
+             const struct op *excl, vset *out, int depth)
 {
   bool initial = true;
 
   for (unsigned i = 0; i < nevents; i++)
     if (&events[i] != excl && modifies (&events[i], g) &&
-        completed_ok_before (&events[i], s))
+        effective (&events[i], f))
       initial = false;
   if (initial)
     vadd (out, INITIAL);
@@ -914,7 +1016,7 @@ allowed (unsigned g, uint64_t s, uint64_t e, const struct op *excl,
     for (unsigned j = 0; j < nevents && !superseded; j++) {
       const struct op *y = &events[j];
       if (y != excl && y != x && modifies (y, g) && x->end != UINT64_MAX &&
-          y->start > x->end && completed_ok_before (y, s))
+          y->start > x->end && effective (y, f))
         superseded = true;
     }
     if (superseded)
@@ -924,12 +1026,23 @@ allowed (unsigned g, uint64_t s, uint64_t e, const struct op *excl,
     case K_ZERO: vadd (out, 0); break;
     case K_TRIM:
       vadd (out, 0);
-      if (depth < 4)
-        allowed (g, x->start, x->end, x, out, depth + 1);
+      if (depth < 4) {
+        struct eff fx = { .crash = f->crash, .s = f->crash ? f->s : x->start };
+        allowed_eff (g, &fx, x->end, x, out, depth + 1);
+      }
       break;
     default: abort ();
     }
   }
+}
+
+static void
+allowed (unsigned g, uint64_t s, uint64_t e, const struct op *excl,
+         vset *out, int depth)
+{
+  struct eff f = { .crash = false, .s = s };
+
+  allowed_eff (g, &f, e, excl, out, depth);
 }
 
 /* The uniform value of granule G of BUF (at disk offset g*GRAN), or
@@ -1028,12 +1141,269 @@ discarded_under (const struct op *o)
   return true;
 }
 
+/* ---- journal mode: crashes and the epoch order ---- */
+
+static struct cache_config
+xconfig (void)
+{
+  struct cache_config cfg = {
+    .size = DISK, .cache_size = 8 * PAGE, .page_size = PAGE,
+    .sector_size = scn.sector_size, .mode = scn.mode,
+    .dirty_background_ratio = 10, .dirty_ratio = scn.low_dirty ? 10 : 40,
+    .batch_bytes = PAGE,
+  };
+
+  return cfg;
+}
+
+/* The disk a crash image is recovered onto: a copy of the backend's
+ * volatile or durable contents, no scheduling points.
+ */
+static unsigned char rdisk[DISK];
+
+static int
+rb_pread (void *o, void *buf, uint32_t n, uint64_t off)
+{
+  (void) o;
+  memcpy (buf, rdisk + off, n);
+  return 0;
+}
+
+static int
+rb_pwrite (void *o, const void *buf, uint32_t n, uint64_t off, uint32_t fl)
+{
+  (void) o; (void) fl;
+  memcpy (rdisk + off, buf, n);
+  return 0;
+}
+
+static int
+rb_flush (void *o)
+{
+  (void) o;
+  return 0;
+}
+
+static int
+rb_discard (void *o, uint32_t n, uint64_t off, uint32_t fl)
+{
+  (void) o; (void) fl;
+  memset (rdisk + off, 0, n);
+  return 0;
+}
+
+static const struct cache_backend_ops rb_ops = {
+  .pread = rb_pread, .pwrite = rb_pwrite, .flush = rb_flush,
+  .trim = rb_discard, .zero = rb_discard,
+};
+
+/* Calls of the journal device that failed (injected). */
+static uint64_t
+jdev_errors (void)
+{
+  struct fake_jdev_counts jc;
+
+  if (!jd)
+    return 0;
+  fake_jdev_get_counts (jd, &jc);
+  return jc.errors;
+}
+
+/* The start of the last flush or drain that returned 0 (0: none). */
+static uint64_t
+last_flush_start (void)
+{
+  uint64_t s = 0;
+
+  for (unsigned i = 0; i < nevents; i++) {
+    const struct op *f = &events[i];
+
+    if ((f->k == K_FLUSH || f->k == K_DRAIN) && f->end != UINT64_MAX &&
+        f->ret == 0 && f->start > s)
+      s = f->start;
+  }
+  return s;
+}
+
+static unsigned long ncrash;         /* crash states recovered and checked */
+/* Under TSan every byte the crash checks read (CRCs, granules) costs
+ * 50 times more: its run, there for data races, checks crashes only
+ * after the requests, two images.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define CRASH_LIGHT 1
+#else
+#define CRASH_LIGHT 0
+#endif
+
+/* A power cut now: the journal device's crash image SEED (0: exactly
+ * its durable part; else each pending write kept, dropped or torn) and
+ * the backend's volatile (DURABLE false) or durable contents, both
+ * possible states of a disk with a volatile cache.  Recovered into a
+ * new cache (outside the scheduler: self is NULL meanwhile, so its
+ * locks are plain ones), every granule must hold a value the crash
+ * model allows: every write acknowledged before the last successful
+ * flush started, and every FUA write that returned, is there (or what
+ * superseded it); nothing holds a value no request wrote.
+ */
+static void
+crash_check (const char *when, uint64_t seed, bool use_durable)
+{
+  struct cache_config cfg = xconfig ();
+  struct xthread *me = self;
+  struct fake_jdev *f;
+  struct cache *rc;
+  static unsigned char buf[HOT];
+  struct eff ef = { .crash = true, .s = last_flush_start () };
+  int err = 0, r;
+  char what[160];
+
+  if (failure[0])
+    return;
+  self = NULL;
+  /* Both devices live for the whole run (reset, not allocated: a
+   * 1 MiB allocation costs TSan's shadow memory dearly).
+   */
+  if (!rjd)
+    rjd = fake_jdev_new (JSIZE);
+  fake_jdev_crash_to (jd, seed, rjd);
+  f = rjd;
+  memcpy (rdisk, use_durable ? durable : mem, DISK);
+  rc = cache_create (&cfg, &rb_ops, NULL, quiet_log, NULL, &err);
+  if (!rc) {
+    fprintf (stderr, "explore: cache_create: %s\n", strerror (-err));
+    exit (2);
+  }
+  r = cache_journal_open (rc, fake_jdev_dev (f), JIDENT, false);
+  if (r == 0)
+    r = cache_journal_recover (rc);
+  if (r == 0) {
+    /* The pages past HOT no request writes: the final checks of the
+     * explorer's own cache cover them.
+     */
+    memset (buf, POISON, HOT);
+    r = cache_read (rc, buf, HOT, 0);
+  }
+  cache_destroy (rc);
+  self = me;
+  ncrash++;
+  snprintf (what, sizeof what, "after a crash %s (journal crash image %"
+            PRIu64 ", the backend's %s contents), recovered", when, seed,
+            use_durable ? "durable" : "volatile");
+  if (r < 0) {
+    fail ("%s: recovery or read failed: %s", what, strerror (-r));
+    return;
+  }
+  for (unsigned g = 0; g < HOT / GRAN; g++) {
+    vset ok = { { 0 } };
+
+    allowed_eff (g, &ef, UINT64_MAX, NULL, &ok, 0);
+    if (!check_gran (what, NULL, g, buf + g * GRAN, &ok))
+      return;
+  }
+}
+
+/* The backend is about to receive BUF (NULL: a zero or trim of the
+ * range) at OFF.  Rule 13: never a write of epoch e+1 before every
+ * write of epochs <= e is on the backend and flushed.  The explorer
+ * cannot see records, but it knows the requests: data of a request O2
+ * that started after a successful flush F returned is of a later epoch
+ * than every request acknowledged before F started (jnl_flush closes
+ * the epoch at its start, placement orders records by epoch).  So when
+ * such data reaches the backend, the durable backend must already hold
+ * what F promised: for every granule, a value allowed over [F.start,
+ * now] (everything acknowledged before F started, or what replaced
+ * it).  The data is recognised by value: a granule of BUF holding a
+ * write's value (nonzero, one request's own) comes from that write's
+ * record or from a later record of the same page, of the same epoch or
+ * later; a zero or trim call comes from a record of a ZERO or TRIM
+ * request covering the range, and counts only if every such request
+ * started after F returned.  Zeroes in BUF are not attributed (a
+ * partial sector's record carries its other bytes from memory).  The
+ * latest such F is checked (an earlier flush promises less).
+ */
+static void
+epoch_check (const unsigned char *buf, uint32_t n, uint64_t off)
+{
+  uint64_t o2start = 0;
+  const struct op *fl = NULL;
+
+  if (!scn.journal || failure[0])
+    return;
+  if (buf) {
+    for (uint32_t a = 0; a < n; a += GRAN) {
+      unsigned v = buf[a];
+
+      if (v == 0)
+        continue;
+      for (unsigned i = 0; i < nevents; i++) {
+        const struct op *x = &events[i];
+
+        if ((x->k == K_WRITE || x->k == K_WRITE_FUA) && x->val == v &&
+            x->start != UINT64_MAX && x->start > o2start)
+          o2start = x->start;
+      }
+    }
+  }
+  else {
+    uint64_t first = UINT64_MAX;
+
+    for (unsigned i = 0; i < nevents; i++) {
+      const struct op *x = &events[i];
+
+      if ((x->k == K_ZERO || x->k == K_TRIM) && x->start != UINT64_MAX &&
+          x->off <= off && off + n <= x->off + x->len && x->start < first)
+        first = x->start;
+    }
+    if (first != UINT64_MAX)
+      o2start = first;
+  }
+  if (o2start == 0)
+    return;
+  for (unsigned i = 0; i < nevents; i++) {
+    const struct op *f = &events[i];
+
+    if ((f->k == K_FLUSH || f->k == K_DRAIN) && f->ret == 0 &&
+        f->end != UINT64_MAX && f->end < o2start &&
+        (!fl || f->start > fl->start))
+      fl = f;
+  }
+  if (!fl)
+    return;
+  for (unsigned g = 0; g < HOT / GRAN; g++) {
+    vset ok = { { 0 } };
+    char what[200];
+
+    allowed (g, fl->start, clk + 1, NULL, &ok, 0);
+    snprintf (what, sizeof what, "epoch order: the backend receives %s at %"
+              PRIu64 "+%u (of a request that started at %" PRIu64
+              ", after the flush of [%" PRIu64 ", %" PRIu64 "] returned) "
+              "while the durable backend", buf ? "data" : "a zero/trim",
+              off, n, o2start, fl->start, fl->end);
+    if (!check_gran (what, NULL, g, durable + g * GRAN, &ok))
+      return;
+  }
+}
+
+/* Was granule G trimmed by a request of the scenario?  With a journal
+ * the cache keeps what it holds under a TRIM (advisory) while the
+ * backend is trimmed when the record is drained: the two may differ.
+ */
+static bool
+trimmed (unsigned g)
+{
+  for (unsigned i = 0; i < nevents; i++)
+    if (events[i].k == K_TRIM && modifies (&events[i], g))
+      return true;
+  return false;
+}
+
 /* At the reply of O (in its thread, holding the baton). */
 static void
 check_reply (struct op *o)
 {
   if (o->ret != 0) {
-    if (backend_errors == 0 && !o->noop)
+    if (backend_errors == 0 && jdev_errors () == 0 && !o->noop)
       fail ("%s failed (%s) although no backend call had failed",
             kind_name[o->k], strerror (-o->ret));
     return;
@@ -1058,6 +1428,8 @@ check_reply (struct op *o)
     bool fua = o->k == K_WRITE_FUA && scn.mode != CACHE_MODE_UNSAFE;
     const unsigned char *disk;
 
+    if (scn.journal)
+      break; /* durable in the journal: the crash checks */
     if (!fua && scn.mode != CACHE_MODE_WRITETHROUGH)
       break;
     disk = fua ? durable : mem;
@@ -1079,8 +1451,8 @@ check_reply (struct op *o)
     break;
   }
   case K_FLUSH: case K_DRAIN:
-    if (o->k == K_FLUSH && scn.mode == CACHE_MODE_UNSAFE)
-      break;
+    if (o->k == K_FLUSH && (scn.mode == CACHE_MODE_UNSAFE || scn.journal))
+      break; /* journal: a flush syncs the journal only (the crash checks) */
     for (unsigned g = 0; g < NGRAN; g++) {
       vset ok = { { 0 } };
       allowed (g, o->start, o->end, NULL, &ok, 0);
@@ -1126,8 +1498,30 @@ run_op (struct op *o)
     o->ret = cache_read (cache, buf, DISK - HOT, HOT);
     break;
   }
+  case K_JDRAIN: {
+    int r = cache_journal_drain (cache);
+    o->ret = r < 0 ? r : 0;
+    break;
+  }
   default: abort ();
   }
+}
+
+/* Journal mode, at the reply of O: a power cut now, two ways (one
+ * crash image of the journal's with the volatile backend, the durable
+ * journal alone with the durable backend).
+ */
+static void
+reply_crash (const struct op *o)
+{
+  char when[64];
+
+  if (CRASH_LIGHT)
+    return;
+  snprintf (when, sizeof when, "at the reply of %s (step %" PRIu64 ")",
+            kind_name[o->k], clk);
+  crash_check (when, 1 + clk * 7919 + scn.seed, false);
+  crash_check (when, 0, true);
 }
 
 static bool quit;
@@ -1150,6 +1544,8 @@ worker (void *arg)
       run_op (self->op);
       self->op->end = clk;
       check_reply (self->op);
+      if (scn.journal)
+        reply_crash (self->op);
       break;
     case XK_CQ:
       aio_complete (cache, self->run);
@@ -1198,6 +1594,15 @@ park_hook (void *opaque, const char *point)
     yield (point, true);
 }
 
+/* The journal device's pwrite and sync, at their start and end. */
+static void
+jdev_hook (void *opaque, const char *where)
+{
+  (void) opaque;
+  if (self)
+    yield (where, true);
+}
+
 static void
 quiet_log (void *opaque, enum cache_log_level lvl, const char *fmt,
            va_list ap)
@@ -1217,6 +1622,7 @@ prelude_op (enum kind k, uint32_t off, uint32_t len, unsigned char val)
   o->len = len;
   o->val = val;
   o->start = ++clk;
+  o->end = UINT64_MAX; /* running (the journal's checks look) */
   run_op (o);
   o->end = ++clk;
   if (o->ret != 0) {
@@ -1234,8 +1640,8 @@ prelude (unsigned variant)
     prelude_op (K_WRITE, 2048, 1024, 0x21);
     prelude_op (K_WRITE, 4096, 2048, 0x22);
     prelude_op (K_READ, 6144, 1024, 0);
-    if (variant == 2)
-      prelude_op (K_FLUSH, 0, 0, 0);
+    if (variant == 2) /* journal: and all of it on the backend, clean */
+      prelude_op (scn.journal ? K_DRAIN : K_FLUSH, 0, 0, 0);
     break;
   case 1:               /* empty cache */
     break;
@@ -1286,6 +1692,7 @@ check_clean (unsigned g, const unsigned char *data)
   unsigned b = cache_debug_sector (cache, (uint64_t) g * GRAN);
 
   if ((b & CACHE_SECT_V) && !(b & (CACHE_SECT_D | CACHE_SECT_W)) &&
+      !(scn.journal && trimmed (g)) &&
       memcmp (data, mem + g * GRAN, GRAN) != 0)
     fail ("granule at %u is clean in the cache (%#x) but the backend holds "
           "%#x: data lost from the dirty set", g * GRAN, data[0],
@@ -1361,11 +1768,7 @@ end_lost (void)
 static bool
 execute (void)
 {
-  struct cache_config cfg = {
-    .size = DISK, .cache_size = 8 * PAGE, .page_size = PAGE,
-    .sector_size = scn.sector_size, .mode = scn.mode,
-    .dirty_background_ratio = 10, .dirty_ratio = 40, .batch_bytes = PAGE,
-  };
+  struct cache_config cfg = xconfig ();
   struct cache_stats st;
   int err = 0;
 
@@ -1385,12 +1788,30 @@ execute (void)
     exit (2);
   }
   cache_debug_set_park (cache, park_hook, NULL);
+  if (scn.journal) {
+    if (!jd) {
+      jd = fake_jdev_new (JSIZE);
+      fake_jdev_set_hook (jd, jdev_hook, NULL);
+    }
+    else
+      fake_jdev_reset (jd);
+    if ((err = cache_journal_open (cache, fake_jdev_dev (jd), JIDENT,
+                                   true)) != 0 ||
+        (err = cache_journal_recover (cache)) != 0) {
+      fprintf (stderr, "explore: opening the journal: %s\n",
+               strerror (-err));
+      exit (2);
+    }
+  }
   nevents = 0;
   lock_lost = false;
   lost_at = 0;
   backend_errors = 0;
   prelude (scn.prelude);
   fail_nth = scn.fail_nth;
+  if (scn.jfail)
+    fake_jdev_fail_next (jd, scn.jfail == 1 ? FAKE_JDEV_PWRITE
+                         : FAKE_JDEV_SYNC, EIO, scn.jfail_skip);
   /* After the prelude, which runs on the main thread, unscheduled. */
   if (scn.aio)
     cache_set_submit (cache, xb_submit, NULL);
@@ -1435,6 +1856,16 @@ execute (void)
     cache = NULL;
     return !failure[0];
   }
+  /* Journal mode: power cuts after the requests, four crash images of
+   * the journal, each with both states of the backend.
+   */
+  for (uint64_t k = 0; scn.journal && k < (CRASH_LIGHT ? 2 : 4) &&
+                      !failure[0]; k++) {
+    uint64_t seed = k ? k * 1000003 + clk + scn.seed : 0;
+
+    crash_check ("after the requests", seed, false);
+    crash_check ("after the requests", seed, true);
+  }
 
   /* The end: nobody waits; a drain with the fault off succeeds; the
    * durable disk and reads hold what the model allows.
@@ -1445,6 +1876,22 @@ execute (void)
     fail ("a thread is still counted as waiting after every request "
           "returned");
   fail_nth = 0;
+  if (scn.jfail) /* off (as fail_nth below): never reached */
+    fake_jdev_fail_next (jd, scn.jfail == 1 ? FAKE_JDEV_PWRITE
+                         : FAKE_JDEV_SYNC, EIO, UINT_MAX);
+  /* Journal mode: after a failed journal sync every flush fails (the
+   * error is sticky), the drain too; the crash checks above were the
+   * end.
+   */
+  if (scn.journal && scn.jfail == 2 && jdev_errors () > 0) {
+    if (!failure[0] && (err = final_op (K_DRAIN, 0, DISK)) == 0)
+      fail ("the final drain succeeded after a failed journal sync");
+    if (failure[0])
+      return false;
+    cache_destroy (cache);
+    cache = NULL;
+    return true;
+  }
   /* An injected write error that no flush reported yet is reported
    * once, by this drain; the next one must succeed.  The drain runs in
    * a worker, so that a drain that never returns is found too.
@@ -1478,6 +1925,20 @@ execute (void)
       if (check_gran ("read at the end", NULL, g, final.buf + g * GRAN, &ok))
         check_clean (g, final.buf + g * GRAN);
     }
+  }
+  /* Journal mode: after the drain the backend is the cache, durably
+   * (but for TRIMs, which the cache does not apply to what it holds).
+   */
+  if (scn.journal && !failure[0]) {
+    if (memcmp (mem, durable, DISK) != 0)
+      fail ("after the final drain the backend is not flushed");
+    for (unsigned g = 0; g < NGRAN && !failure[0]; g++)
+      if (!trimmed (g) && memcmp (final.buf + g * GRAN, mem + g * GRAN,
+                                  GRAN) != 0)
+        fail ("after the final drain granule %u reads %#x through the "
+              "cache but the backend holds %#x", g * GRAN,
+              final.buf[g * GRAN], mem[g * GRAN]);
+    crash_check ("after the final drain", 0, true);
   }
   if (!failure[0] && !cache_debug_check (cache))
     fail ("page_check failed at the end");
@@ -1549,9 +2010,10 @@ report (const char *why)
   for (unsigned i = from; i < ntrace; i++)
     fprintf (stderr, "  %5u: t%u%s (after %s)\n", i, trace[i].who,
              trace[i].chosen ? " <- switch" : "", trace[i].where);
-  fprintf (stderr, "replay: explore%s%s%s --aio %d --lost-lock %d --replay '",
-           ops_arg ? " --ops '" : "", ops_arg ? ops_arg : "",
-           ops_arg ? "'" : "", scn.aio, scn.lost_lock);
+  fprintf (stderr, "replay: explore%s%s%s%s --aio %d --lost-lock %d "
+           "--replay '", ops_arg ? " --ops '" : "", ops_arg ? ops_arg : "",
+           ops_arg ? "'" : "", scn.journal ? " --journal 1" : "", scn.aio,
+           scn.lost_lock);
   print_schedule (stderr);
   fprintf (stderr, "'\n");
 }
@@ -1678,16 +2140,31 @@ main (int argc, char **argv)
       force_aio = atoi (argv[++i]) != 0;
     else if (!strcmp (argv[i], "--lost-lock") && i + 1 < argc)
       force_lost = atoi (argv[++i]) != 0;
+    else if (!strcmp (argv[i], "--journal") && i + 1 < argc)
+      force_journal = atoi (argv[++i]) != 0;
     else {
       fprintf (stderr, "usage: explore [--seconds N] [--seed N] "
                "[--scenarios N] [--ops KIND[:OFF+LEN],...] "
-               "[--aio 0|1] [--lost-lock 0|1] "
+               "[--aio 0|1] [--lost-lock 0|1] [--journal 0|1] "
                "[--replay BOUND:SEED:c,c,...]\n");
       return 2;
     }
   }
+  /* The journal mode is a mode of its own: synchronous completions
+   * (its drainer calls the backend directly), the lock kept.
+   */
+  if (force_journal > 0) {
+    force_aio = 0;
+    force_lost = 0;
+  }
   sem_init (&back, 0, 0);
   signal (SIGABRT, on_abort);
+  /* The journal mode allocates a 1 MiB device, and recovers a copy of
+   * it, several times an execution: always from fresh zero pages
+   * (calloc), never from a heap that would be cleared for it (glibc
+   * raises the threshold once such a block is freed).
+   */
+  mallopt (M_MMAP_THRESHOLD, 256 * 1024);
 
   ops_arg = ops;
   start_workers ();
@@ -1810,6 +2287,9 @@ main (int argc, char **argv)
           "%.0f schedules/s: no failure\n",
           nscen[0], nscen[1], bound2, cap2, total, now_s () - t0,
           (double) total / (now_s () - t0));
+  if (force_journal > 0)
+    printf ("explore: journal mode: %lu crash states recovered and "
+            "checked\n", ncrash);
   stop_workers ();
   return 0;
 }

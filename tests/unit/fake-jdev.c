@@ -39,6 +39,7 @@ struct fake_jdev {
   pthread_cond_t cond;
   uint64_t size;
   uint8_t *cur, *durable;
+  uint64_t hw; /* bytes past this were never written: zero in both */
 
   struct pending *pend;
   size_t npend, pend_cap;
@@ -55,6 +56,10 @@ struct fake_jdev {
   bool hold[FAKE_JDEV_NR_OPS];
   unsigned tokens[FAKE_JDEV_NR_OPS];
   unsigned held[FAKE_JDEV_NR_OPS];
+
+  bool sync_drops;        /* a failed sync drops what it covers */
+  fake_jdev_hook_fn hook; /* called with no lock held */
+  void *hook_opaque;
 };
 
 static void
@@ -100,15 +105,15 @@ fake_jdev_from_image (const uint8_t *img, uint64_t size)
   if (!f)
     abort ();
   f->size = size;
-  f->cur = xmalloc (size);
-  f->durable = xmalloc (size);
+  /* calloc: a large one is fresh zero pages, not written here. */
+  f->cur = calloc (1, size ? size : 1);
+  f->durable = calloc (1, size ? size : 1);
+  if (!f->cur || !f->durable)
+    abort ();
   if (img) {
     memcpy (f->cur, img, size);
     memcpy (f->durable, img, size);
-  }
-  else {
-    memset (f->cur, 0, size);
-    memset (f->durable, 0, size);
+    f->hw = size;
   }
   f->dev = (struct jdev){ .ops = &fake_jdev_ops, .opaque = f, .size = size };
   pthread_mutex_init (&f->lock, NULL);
@@ -154,14 +159,15 @@ prng_next (uint64_t *state)
   return z ^ (z >> 31);
 }
 
-uint8_t *
-fake_jdev_crash (struct fake_jdev *f, uint64_t seed)
+/* With f->lock held: the crash image SEED over IMG, which holds zeroes
+ * from f->hw on.
+ */
+static void
+crash_into (struct fake_jdev *f, uint8_t *img, uint64_t seed)
 {
-  uint8_t *img = xmalloc (f->size);
   uint64_t state = seed;
 
-  lock (f);
-  memcpy (img, f->durable, f->size);
+  memcpy (img, f->durable, f->hw);
   for (size_t i = 0; seed != 0 && i < f->npend; i++) {
     const struct pending *p = &f->pend[i];
     uint64_t end = p->off + p->len;
@@ -179,8 +185,59 @@ fake_jdev_crash (struct fake_jdev *f, uint64_t seed)
       break;
     }
   }
+}
+
+uint8_t *
+fake_jdev_crash (struct fake_jdev *f, uint64_t seed)
+{
+  uint8_t *img = xmalloc (f->size);
+
+  lock (f);
+  memset (img + f->hw, 0, f->size - f->hw);
+  crash_into (f, img, seed);
   unlock (f);
   return img;
+}
+
+void
+fake_jdev_reset (struct fake_jdev *f)
+{
+  lock (f);
+  memset (f->cur, 0, f->hw);
+  memset (f->durable, 0, f->hw);
+  f->hw = 0;
+  for (size_t i = 0; i < f->npend; i++)
+    free (f->pend[i].data);
+  f->npend = 0;
+  memset (&f->counts, 0, sizeof f->counts);
+  memset (f->fail_armed, 0, sizeof f->fail_armed);
+  memset (f->hold, 0, sizeof f->hold);
+  memset (f->tokens, 0, sizeof f->tokens);
+  f->sync_drops = false;
+  pthread_cond_broadcast (&f->cond);
+  unlock (f);
+}
+
+void
+fake_jdev_crash_to (struct fake_jdev *f, uint64_t seed, struct fake_jdev *dst)
+{
+  if (dst->size != f->size)
+    abort ();
+  fake_jdev_reset (dst);
+  lock (f);
+  crash_into (f, dst->durable, seed);
+  dst->hw = f->hw;
+  unlock (f);
+  memcpy (dst->cur, dst->durable, dst->hw);
+}
+
+struct fake_jdev *
+fake_jdev_crash_dev (struct fake_jdev *f, uint64_t seed)
+{
+  struct fake_jdev *n = fake_jdev_from_image (NULL, f->size);
+
+  fake_jdev_crash_to (f, seed, n);
+  return n;
 }
 
 uint8_t *
@@ -201,6 +258,28 @@ fake_jdev_get_counts (struct fake_jdev *f, struct fake_jdev_counts *out)
   *out = f->counts;
   out->pending = f->npend;
   unlock (f);
+}
+
+void
+fake_jdev_set_sync_drops (struct fake_jdev *f, bool drops)
+{
+  lock (f);
+  f->sync_drops = drops;
+  unlock (f);
+}
+
+void
+fake_jdev_set_hook (struct fake_jdev *f, fake_jdev_hook_fn fn, void *opaque)
+{
+  f->hook = fn;
+  f->hook_opaque = opaque;
+}
+
+static void
+hook (struct fake_jdev *f, const char *where)
+{
+  if (f->hook)
+    f->hook (f->hook_opaque, where);
 }
 
 void
@@ -304,6 +383,7 @@ fj_pwrite (void *opaque, const void *buf, size_t count, uint64_t off)
   struct fake_jdev *f = opaque;
   int err;
 
+  hook (f, "jdev.pwrite");
   lock (f);
   err = enter (f, FAKE_JDEV_PWRITE);
   if (err == 0 && !in_range (f, off, count)) {
@@ -326,10 +406,13 @@ fj_pwrite (void *opaque, const void *buf, size_t count, uint64_t off)
     memcpy (f->pend[f->npend].data, buf, count);
     f->npend++;
     memcpy (f->cur + off, buf, count);
+    if (off + count > f->hw)
+      f->hw = off + count;
   }
   if (err == 0)
     f->counts.pwrites++;
   unlock (f);
+  hook (f, "jdev.pwrite.done");
   return err;
 }
 
@@ -341,20 +424,24 @@ fj_sync (void *opaque)
   size_t n = 0;
   int err;
 
+  hook (f, "jdev.sync");
   lock (f);
   mark = f->next_id; /* what this sync covers: writes made before it */
   err = enter (f, FAKE_JDEV_SYNC);
-  if (err == 0) {
+  if (err == 0 || f->sync_drops) {
     while (n < f->npend && f->pend[n].id < mark) {
       struct pending *p = &f->pend[n++];
-      memcpy (f->durable + p->off, p->data, p->len);
+      if (err == 0)
+        memcpy (f->durable + p->off, p->data, p->len);
       free (p->data);
     }
     memmove (f->pend, f->pend + n, (f->npend - n) * sizeof *f->pend);
     f->npend -= n;
-    f->counts.syncs++;
+    if (err == 0)
+      f->counts.syncs++;
   }
   unlock (f);
+  hook (f, "jdev.sync.done");
   return err;
 }
 

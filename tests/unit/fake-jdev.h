@@ -72,6 +72,18 @@ const struct jdev *fake_jdev_dev (struct fake_jdev *f);
  * cut now; SEED 0: exactly the durable image.
  */
 uint8_t *fake_jdev_crash (struct fake_jdev *f, uint64_t seed);
+/* A new device whose durable image is fake_jdev_crash (F, SEED), built
+ * at the cost of the bytes F was ever written up to, not of its size
+ * (the schedule explorer recovers thousands of them a second).
+ */
+struct fake_jdev *fake_jdev_crash_dev (struct fake_jdev *f, uint64_t seed);
+/* The same into DST, an existing device of F's size (reset first). */
+void fake_jdev_crash_to (struct fake_jdev *f, uint64_t seed,
+                         struct fake_jdev *dst);
+/* Back to zeroes, nothing pending, no fault, gate or count (the hook
+ * stays), at the cost of the bytes written since it was last zero.
+ */
+void fake_jdev_reset (struct fake_jdev *f);
 /* A malloc'd copy of the latest contents (what pread returns). */
 uint8_t *fake_jdev_contents (struct fake_jdev *f);
 /* Frees an image of fake_jdev_crash or fake_jdev_contents (with the C
@@ -84,6 +96,23 @@ void fake_jdev_get_counts (struct fake_jdev *f, struct fake_jdev_counts *out);
 /* Faults: see above.  A later call replaces an armed fault of OP. */
 void fake_jdev_fail_next (struct fake_jdev *f, enum fake_jdev_op op, int err,
                           unsigned skip);
+
+/* Linux's fdatasync after a writeback error: with DROPS set, a failed
+ * sync drops the pending writes it covers instead of keeping them (the
+ * kernel marks the pages it could not write clean and reports the error
+ * once; the next sync succeeds without them).  Reads still see them.
+ */
+void fake_jdev_set_sync_drops (struct fake_jdev *f, bool drops);
+
+/* A hook called with no lock held at each pwrite's and sync's start
+ * ("jdev.pwrite", "jdev.sync") and end ("jdev.pwrite.done",
+ * "jdev.sync.done"), for the schedule explorer (tests/explore), which
+ * switches threads there; NULL removes it.  Set it only while no call
+ * runs.
+ */
+typedef void (*fake_jdev_hook_fn) (void *opaque, const char *where);
+void fake_jdev_set_hook (struct fake_jdev *f, fake_jdev_hook_fn fn,
+                         void *opaque);
 
 /* Hold gates: see above. */
 void fake_jdev_hold (struct fake_jdev *f, enum fake_jdev_op op, bool on);

@@ -667,6 +667,104 @@ test_journal_sync_error_sticky (void **state)
   free (x.m);
 }
 
+/* The superblock's sync is a journal sync like any other: when it
+ * fails, every later flush fails too.  Found by the schedule explorer
+ * (explore --journal 1, seed 2005: a drain whose superblock sync failed,
+ * then a drain that succeeded).  Here with Linux's fdatasync semantics
+ * (fake_jdev_set_sync_drops): the drainer, stopped at its backend
+ * flush, lets a write put its record in the journal's page cache; the
+ * drainer's superblock sync fails and takes that record with it (the
+ * kernel marks the pages clean and reports the error once); the next
+ * flush's sync then succeeds with nothing to write.  A flush that
+ * returned 0 there acknowledged a write that a crash loses.
+ */
+static void
+test_superblock_sync_error_sticky (void **state)
+{
+  struct jt x = { .m = NULL };
+  pthread_t th;
+  int r;
+  (void) state;
+
+  jt_open (&x);
+  tc_quiet_errors = true;
+  fake_jdev_set_sync_drops (x.j, true);
+  assert_int_equal (jwrite (&x, 0, 4096, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  /* The drainer: the first record on the backend, held at the flush. */
+  fake_hold (x.t.f, FAKE_FLUSH, true);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
+  WAIT_FOR (fake_held (x.t.f, FAKE_FLUSH) == 1);
+  /* A write: its record written, not synced. */
+  assert_int_equal (jwrite (&x, 8192, 4096, 0), 0);
+  /* The drainer's next journal sync (its superblock's) fails. */
+  fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
+  fake_hold (x.t.f, FAKE_FLUSH, false);
+  pthread_join (th, NULL);
+  {
+    struct fake_jdev_counts jc;
+
+    fake_jdev_get_counts (x.j, &jc);
+    assert_int_equal (jc.errors, 1); /* it was the superblock's sync */
+  }
+  r = cache_flush (x.t.c);
+  if (r == 0) {
+    /* Acknowledged as durable: a crash now must keep it. */
+    uint8_t *img = fake_jdev_crash (x.j, 0);
+
+    model_flushed (&x);
+    check_crash_state (&x, img, "after the flush");
+    fake_jdev_free_image (img);
+  }
+  assert_int_equal (r, -EIO);
+  assert_int_equal (cache_flush (x.t.c), -EIO);
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (x.m);
+}
+
+/* A writer throttled by dirty_ratio, with no kick hook, drains the
+ * journal itself (wb_kick); once a journal sync has failed (sticky) no
+ * drain can make progress, so the writer must fail, as a throttled
+ * writer does when write-back keeps failing, not wait forever.  Found
+ * by the schedule explorer (explore --journal 1, seed 2063: a FUA write
+ * throttled at dirty_ratio 10%, the first journal sync failing, looped
+ * in wb_throttle past 20000 steps).
+ */
+static void
+test_throttled_writer_after_sync_error (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *buf = malloc (65536);
+  struct async *a;
+  (void) state;
+
+  assert_non_null (buf);
+  memset (buf, 0x5a, 65536);
+  cfg.dirty_background_ratio = 1;
+  cfg.dirty_ratio = 1; /* 20 KiB of the 2 MiB cache: one page */
+  tc_open (&x.t, &cfg);
+  cache_set_kick (x.t.c, NULL, NULL); /* write-back in the caller */
+  x.j = fake_jdev_new (JSIZE);
+  assert_int_equal (
+    cache_journal_open (x.t.c, fake_jdev_dev (x.j), IDENT, true), 0);
+  assert_int_equal (cache_journal_recover (x.t.c), 0);
+  tc_quiet_errors = true;
+  /* One dirty page: the limit (dirty_limit is at least a page). */
+  assert_int_equal (cache_write (x.t.c, buf, 65536, 0, 0), 0);
+  /* The first journal sync fails: the drain of the next writer, over
+   * dirty_ratio.
+   */
+  fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
+  a = async_start (&x.t, ASYNC_WRITE, buf, 65536, 65536, 0);
+  assert_int_equal (async_join (a), -EIO);
+  assert_int_equal (cache_flush (x.t.c), -EIO);
+  tc_quiet_errors = false;
+  jt_close (&x);
+  free (buf);
+}
+
 /* Rule 15: another image's journal, another sector size, a corrupt or
  * newer superblock, a device holding something else: refused, and the
  * device is left as it was.
@@ -931,6 +1029,8 @@ main (void)
     cmocka_unit_test (test_tail_write_retried),
     cmocka_unit_test (test_drain_past_end_kept),
     cmocka_unit_test (test_journal_too_small_for_page),
+    cmocka_unit_test (test_superblock_sync_error_sticky),
+    cmocka_unit_test (test_throttled_writer_after_sync_error),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
