@@ -193,12 +193,75 @@ test_cut_sector_bytes_past_end_dropped (void **state)
   jt_close (&x);
 }
 
+/* ---- 3: a growth between a cut-sector write and its drain ----
+ *
+ * The image is 4 MiB - 24 bytes: its last sector is cut by the end.  A
+ * client writes that sector's 488 bytes; the record's payload is the
+ * whole sector as memory had it at the write, so its last 24 bytes are
+ * the zeroes a fill put past the end.  Then the image grows (another
+ * program appended to the file: bytes X past the old end), and
+ * cache_refresh_size -> resize_locked -> patch_cut_sector copies X from
+ * the image into the cached sector, so reads return X there ("What the
+ * cache held past an old end is read again after a growth").  The
+ * drainer then writes the record captured BEFORE the growth: the whole
+ * sector, its last 24 bytes zeroes, over X on the image, and cleans the
+ * page.  Memory says X, the image says zeroes; once the page is evicted
+ * reads return zeroes that no request wrote.  Without a journal the
+ * write-back copies the sector from memory at write-back time (X), so
+ * the image and memory agree.
+ *
+ * Interleaving: T1 client write (record placed, payload = sector with
+ * zeroes past the old end); T2 growth + cache_refresh_size (patch into
+ * memory only); T3 drainer: apply (record) writes the stale tail bytes
+ * over the image's; clean_pages.
+ *
+ * Broken promise (guarantees.md, "Requests that run at the same time"):
+ * a read returns "the value of a write, zero or trim ... or the image's
+ * earlier content; never bytes that no request wrote"; and "A change of
+ * the image's size": what the image holds past an old end is read after
+ * a growth.
+ */
+static void
+test_growth_then_drain_of_cut_sector (void **state)
+{
+  struct jt x = { .j = NULL };
+  struct cache_config cfg = jconfig ();
+  const uint64_t old = 4 * MiB - 24;
+  unsigned char *buf = malloc (3 * MiB);
+  (void) state;
+
+  assert_non_null (buf);
+  cfg.size = old;
+  jt_open_cfg (&x, &cfg, fake_jdev_new (JSIZE));
+  /* The cut sector's 488 bytes, written and flushed (in the journal). */
+  assert_int_equal (write_pattern (&x.t, 4 * MiB - 512, 488, 4, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  /* Another program appends 24 bytes of X: the image grows. */
+  fake_resize (x.t.f, 4 * MiB);
+  pattern (buf, 24, old, 5);
+  fake_disk_write (x.t.f, buf, 24, old);
+  assert_int_equal (cache_refresh_size (x.t.c), 4 * MiB);
+  assert_true (read_is_pattern (&x.t, old, 24, 5)); /* patched: X */
+  /* Write-back of the journal. */
+  while (cache_journal_drain (x.t.c) > 0)
+    ;
+  assert_true (read_is_pattern (&x.t, 4 * MiB - 512, 488, 4));
+  /* Evict it: read 3 MiB of other pages through the 2 MiB cache. */
+  assert_int_equal (cache_read (x.t.c, buf, (uint32_t) (3 * MiB), 0), 0);
+  /* FAILS: the image holds zeroes where X was; reads now return them. */
+  assert_true (read_is_pattern (&x.t, old, 24, 5));
+  assert_true (disk_is_pattern (&x.t, old, 24, 5));
+  jt_close (&x);
+  free (buf);
+}
+
 int
 main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_shrink_between_end_check_and_apply),
     cmocka_unit_test (test_cut_sector_bytes_past_end_dropped),
+    cmocka_unit_test (test_growth_then_drain_of_cut_sector),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
