@@ -84,7 +84,17 @@ struct journal {
   uint64_t mtail_epoch;
   bool drain_failing;
   int drain_err;
-  bool order_any;         /* journal-order=any: batches may span epochs */
+  bool order_any; /* journal-order=any: batches may span epochs */
+  /* Growths of an image whose end cut a sector (jnl_note_growth):
+   * records placed before SEQ hold that sector with the zeroes a fill
+   * put past OLD, not what the growth brought there, so the drainer
+   * writes them only up to OLD.  Dropped once drained past.
+   */
+#define JNL_CUTS 8
+  struct {
+    uint64_t seq, old;
+  } cuts[JNL_CUTS];
+  unsigned ncuts;
   uint64_t replay_log_ms; /* recovery: when progress was last logged */
 
   /* When records were placed, sampled at most every AGE_STEP_MS, for
@@ -334,13 +344,36 @@ jnl_free (struct cache *c)
 
 /* ---- applying records to the backend (recovery and drain) ---- */
 
+/* Can a record of [off, off+count) be written now?  Only up to where
+ * write-back stops (wb_end: the size rounded up to a sector, or, after
+ * a shrink that cut a sector holding data written before it, the size
+ * rounded down): the rest is kept (rule 14), neither written, which
+ * would extend the image again, nor dropped.  Read in run_fits' order
+ * (writeback.c): the size first, then wb_end.
+ */
+static bool
+fits_now (struct cache *c, uint64_t off, uint64_t count, uint64_t *size)
+{
+  uint64_t wbe;
+
+  *size = size_now (c);
+  wbe = size_wb_end (c);
+  return off <= wbe && count <= wbe - off;
+}
+
+/* The drainer's write of record R (PAYLOAD for DATA): -EIO, writing
+ * nothing, if the image now ends before it (it shrank since the step
+ * looked); the part of a last sector past the size is not written.
+ */
 static int
 apply (struct cache *c, const struct jrec *r, const void *payload)
 {
-  uint64_t size = size_now (c), count = r->count;
+  uint64_t size, count = r->count;
 
+  if (!fits_now (c, r->offset, r->count, &size))
+    return -EIO;
   if (r->offset >= size)
-    return 0; /* checked against the size by the caller */
+    return 0; /* an empty image's cut sector: nothing of it exists */
   count = MIN (count, size - r->offset);
   switch (r->type) {
   case JREC_DATA: {
@@ -1072,6 +1105,8 @@ drain_recovered (struct cache *c)
   lock_drop (&c->wb_lock);
 }
 
+static void clip_at_growth (struct journal *j, struct jrec *r);
+
 static int
 drain_locked (struct cache *c, struct journal *j)
 {
@@ -1098,10 +1133,10 @@ drain_locked (struct cache *c, struct journal *j)
     drain_recovered (c);
   }
   /* Follow the image's size (it may have grown or shrunk): records
-   * past its end are not written, and stop write-back (below).
+   * past where write-back stops are not written, and stop write-back
+   * (below; apply checks again when it writes).
    */
   cache_refresh_size (c);
-  end = ROUND_UP (size_now (c), (uint64_t) c->cfg.sector_size);
 
   lock_take (&j->lock);
   limit = j->next_seq - 1;
@@ -1149,7 +1184,7 @@ drain_locked (struct cache *c, struct journal *j)
       s.nbytes = before.nbytes;
       break;
     }
-    if (rec.offset > end || rec.count > end - rec.offset) {
+    if (!fits_now (c, rec.offset, rec.count, &end)) {
       /* The image shrank below journaled data: writing it would extend
        * the image again, dropping it would lose it.  Kept, and write-back
        * stops here until the image grows back.
@@ -1163,7 +1198,12 @@ drain_locked (struct cache *c, struct journal *j)
       break;
     }
     epoch = rec.epoch;
-    r = io_add (c, j, &cur, &rec, s.buf);
+    {
+      struct jrec w = rec;
+
+      clip_at_growth (j, &w);
+      r = io_add (c, j, &cur, &w, s.buf);
+    }
     if (r == 0 && rec.type != JREC_TRIM)
       r = note_range (j, rec.offset, rec.count);
     if (r < 0)
@@ -1287,4 +1327,44 @@ void
 jnl_order_any (struct cache *c, bool any)
 {
   c->jnl->order_any = any;
+}
+
+void
+jnl_note_growth (struct cache *c, uint64_t old)
+{
+  struct journal *j = c->jnl;
+  unsigned k = 0;
+
+  lock_take (&j->lock);
+  for (unsigned i = 0; i < j->ncuts; i++) /* keep those not drained */
+    if (j->cuts[i].seq > j->mtail_seq)
+      j->cuts[k++] = j->cuts[i];
+  j->ncuts = k;
+  if (j->ncuts == JNL_CUTS) { /* the oldest goes: at worst as before */
+    memmove (j->cuts, j->cuts + 1, (JNL_CUTS - 1) * sizeof j->cuts[0]);
+    j->ncuts--;
+  }
+  j->cuts[j->ncuts].seq = j->next_seq;
+  j->cuts[j->ncuts].old = old;
+  j->ncuts++;
+  lock_drop (&j->lock);
+}
+
+/* Drainer.  Cuts DATA record R at a growth's old end if R was placed
+ * before that growth (see cuts[]).
+ */
+static void
+clip_at_growth (struct journal *j, struct jrec *r)
+{
+  if (r->type != JREC_DATA)
+    return;
+  lock_take (&j->lock);
+  for (unsigned i = 0; i < j->ncuts; i++) {
+    uint64_t old = j->cuts[i].old;
+
+    if (r->seq < j->cuts[i].seq && r->offset < old &&
+        old < r->offset + r->count)
+      r->count = old - r->offset;
+  }
+  lock_drop (&j->lock);
 }

@@ -87,6 +87,12 @@ int jnl_sync (struct cache *c, uint64_t upto);
  */
 int jnl_flush (struct cache *c);
 
+/* size_lock held.  The image grows from OLD, which cuts a sector:
+ * records placed until now hold zeroes past OLD in that sector, which
+ * the drainer must not write over what the growth brought there.
+ */
+void jnl_note_growth (struct cache *c, uint64_t old);
+
 /* journal-order=any (cache.h). */
 void jnl_order_any (struct cache *c, bool any);
 

@@ -160,6 +160,8 @@ resize_locked (struct cache *c, uint64_t size)
   if (patch) {
     dirty_busy_begin (c, &br);
     patch_cut_sector (c, old, size);
+    if (c->jnl)
+      jnl_note_growth (c, old);
   }
   /* wb_end first, and at its lowest: a sector cut by the new end is let
    * through below once it is known to hold nothing written before.

@@ -2,8 +2,9 @@
  * journal (cache/journal.c, cache/request.c's journaled paths).  Each
  * test forces its interleaving with the fake backend's hold gates, the
  * fake journal device's gates and the cache's park points; none sleeps.
- * A test here FAILS while its bug is in the code: the comment above it
- * gives the interleaving and the promise (docs/guarantees.md) it breaks.
+ * The comment above each test gives the interleaving and the promise
+ * (docs/guarantees.md) it broke before the fix (fits_now checked again
+ * at each write; wb_end as the limit; jnl_note_growth).
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -45,8 +46,8 @@ jt_open_cfg (struct jt *x, const struct cache_config *cfg, struct fake_jdev *j)
   tc_open (&x->t, cfg);
   cache_set_kick (x->t.c, NULL, NULL);
   x->j = j;
-  assert_int_equal (
-    cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true), 0);
+  assert_int_equal (cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true),
+                    0);
   assert_int_equal (cache_journal_recover (x->t.c), 0);
 }
 
