@@ -26,6 +26,15 @@ plugins:
 
   ... --only sparse
 
+With a persistent journal (section "journal", workloads journal-*):
+subpage uri= with and without journal= in front of SLOW_BACKEND
+against nbdkit's nbd plugin and its file plugin on a local image, the
+journal on the same disk as the image; a 1 MiB sequential write with
+file=; and the replay of a full 1 GiB journal after kill -9 against a
+cold sequential read of the journal file:
+
+  ... --only journal --runtime 12 --reps 3
+
 Not part of the test suite.  Needs fio, nbdkit (file, memory, null, nbd
 plugins; cache, stats, delay filters), qemu-nbd (qemu-utils), nbdcopy
 (libnbd-bin) and python3-libnbd.
@@ -169,6 +178,98 @@ def sparse_servers (a):
   d["nbd"] = (["nbdkit", "-f", "-U", "{sock}", "nbd", "socket={bsock}"],
               SPARSE_BACKEND)
   return d
+
+# Section "journal": name -> (argv template, backend argv or None).
+# {jnl} is a journal file in --image-dir (on the image's disk), removed
+# before and after every run so that each run starts with an empty
+# journal; {msock} a metrics socket, scraped after the client's final
+# flush.
+JOURNAL_WORKLOADS = ("journal-burst", "journal-sustained",
+                     "journal-randwrite4k", "journal-seqwrite1m",
+                     "journal-replay")
+
+
+def journal_servers (a):
+  burl = "nbd+unix:///?socket={bsock}"
+  path = plugins_of (a)[0][1]
+  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+        "-U", "{sock}", path, "metrics-socket={msock}"]
+  jn = ["journal={jnl}", "journal-size=2G"]
+  return {
+    "subpage-uri": (sp + ["uri=" + burl], SLOW_BACKEND),
+    "subpage-uri-j": (sp + ["uri=" + burl] + jn, SLOW_BACKEND),
+    # The same with room in memory for the whole burst (dirty data
+    # leaves memory only once the drainer has written it back, so with
+    # the default cache-size the memory's dirty-ratio, not the journal,
+    # is what a burst fills).
+    "subpage-uri-j-4g": (sp + ["uri=" + burl] + jn + [
+      "cache-size=4G", "dirty-background-ratio=60", "dirty-ratio=80"],
+                         SLOW_BACKEND),
+    "subpage-uri-j256": (sp + ["uri=" + burl, "journal={jnl}",
+                               "journal-size=256M"], SLOW_BACKEND),
+    "subpage-uri-j256-4g": (sp + ["uri=" + burl, "journal={jnl}",
+                                  "journal-size=256M", "cache-size=4G",
+                                  "dirty-background-ratio=60",
+                                  "dirty-ratio=80"], SLOW_BACKEND),
+    "nbd": (["nbdkit", "-f", "-U", "{sock}", "nbd", "socket={bsock}"],
+            SLOW_BACKEND),
+    "file": (["nbdkit", "-f", "-U", "{sock}", "file", "{img}"], None),
+    "subpage-file": (sp + ["file={img}"], None),
+    "subpage-file-j": (sp + ["file={img}"] + jn, None),
+  }
+
+
+def journal_workloads (size, runtime):
+  """name -> workload (as in local_workloads, plus servers: the servers
+  of section "journal" that run it)."""
+  return {
+    # 512 MiB of 4 KiB random writes, a flush every 32: fits in a 2 GiB
+    # journal (4160 bytes of journal per write: 520 MiB).  At most
+    # --runtime seconds: a slower server writes less of it.
+    "journal-burst": dict (kind="flushload", write=True, bs=4096, size=size,
+                           bytes=512 * MiB, servers=[
+                             "subpage-uri-j", "subpage-uri-j-4g",
+                             "subpage-uri", "nbd", "file"]),
+    # The same past a 256 MiB journal's size: 1 GiB or 2 x --runtime,
+    # whichever ends first, writes/s per 5 s.
+    "journal-sustained": dict (kind="flushload", write=True, bs=4096,
+                               size=size, bytes=GiB, runtime=2 * runtime,
+                               interval=5, servers=[
+                                 "subpage-uri-j256", "subpage-uri-j256-4g",
+                                 "subpage-uri"]),
+    "journal-randwrite4k": dict (kind="flushload", write=True, bs=4096,
+                                 size=size, every=0, servers=[
+                                   "subpage-uri-j", "subpage-uri"]),
+    "journal-seqwrite1m": dict (kind="fio", write=True, metric="mibs", opts=[
+      "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size],
+                                servers=["subpage-file-j", "subpage-file",
+                                         "file"]),
+  }
+
+
+def scrape_metrics (path):
+  """name{labels} -> float from a metrics-socket= snapshot."""
+  import socket
+  s = socket.socket (socket.AF_UNIX, socket.SOCK_STREAM)
+  s.settimeout (10)
+  s.connect (path)
+  buf = b""
+  while True:
+    x = s.recv (65536)
+    if not x:
+      break
+    buf += x
+  s.close ()
+  out = {}
+  for line in buf.decode ().splitlines ():
+    if line.startswith ("#") or " " not in line:
+      continue
+    k, v = line.rsplit (" ", 1)
+    try:
+      out[k] = float (v)
+    except ValueError:
+      pass
+  return out
 
 # -------------------------------------------------------------- workloads
 
@@ -382,6 +483,8 @@ class Bench:
     self.sock = os.path.join (self.dir, "s.sock")
     self.bsock = os.path.join (self.dir, "b.sock")
     self.simg = os.path.join (self.dir, "sparse8g.img")
+    self.jnl = os.path.join (self.dir, "journal.jnl")
+    self.msock = os.path.join (self.dir, "m.sock")
     self.uri = "nbd+unix:///?socket=" + self.sock
 
   def note (self, section, line):
@@ -416,12 +519,16 @@ class Bench:
     return srv
 
   def client_cmd (self, w, name, uri):
+    runtime = w.get ("runtime", self.a.runtime)
     if w["kind"] == "fio":
-      return fio_cmd (uri, name, w["opts"], self.a.runtime)
+      return fio_cmd (uri, name, w["opts"], runtime)
     return [self.a.flushload, "--uri", uri, "--bs", str (w["bs"]),
             "--qd", str (w.get ("qd", 32)), "--every",
             str (w.get ("every", 32)), "--conns", str (w.get ("conns", 1)),
-            "--size", str (w["size"]), "--runtime", str (self.a.runtime)]
+            "--size", str (w["size"]), "--runtime", str (runtime)] + (
+              ["--bytes", str (w["bytes"])] if w.get ("bytes") else []) + (
+                ["--interval", str (w["interval"])] if w.get ("interval")
+                else [])
 
   def measure (self, section, srvname, argv, kind, wname, w, rep,
                backend=None):
@@ -433,7 +540,11 @@ class Bench:
       if os.path.exists (p):
         os.unlink (p)
     kw = dict (sock=self.sock, img=self.img, size=str (a.size), stats=stats,
-               bsock=self.bsock)
+               bsock=self.bsock, jnl=self.jnl, msock=self.msock)
+    for p in (self.jnl, self.msock):
+      if os.path.exists (p):
+        os.unlink (p)
+    metrics = argv is not None and any ("{msock}" in x for x in argv)
     uri = self.uri
     if argv is None:            # the client straight on the remote
       uri = "nbd+unix:///?socket=" + self.bsock
@@ -479,10 +590,16 @@ class Bench:
       if w.get ("write"):
         run_json ([PY, NBDLOAD, "flush", "--uri", uri])
       io1, cpu1 = proc_io (srv.pid), proc_cpu_s (srv.pid)
+      if metrics:
+        res["metrics"] = scrape_metrics (self.msock)
     finally:
+      t0 = time.monotonic ()
       out = srv.stop ()
+      res["stop_s"] = time.monotonic () - t0
       if bsrv is not None and bsrv is not srv:
         bsrv.stop ()
+      if os.path.exists (self.jnl):
+        os.unlink (self.jnl)
     if w["kind"] == "fio":
       s = fio_summary (j)
       res.update (iops=s["iops"], mibs=s["bw"] / MiB, p99_ns=s["p99_ns"],
@@ -490,6 +607,8 @@ class Bench:
       nreq = s["wios"] + s["rios"] + s["sync"]
       sock_in = (nreq + 1) * NBD_REQ + s["wbytes"]
     else:
+      if "intervals" in j:
+        res["intervals"] = j["intervals"]
       res.update (iops=j["iops"], mibs=j["write_bytes"] / MiB / j["elapsed_s"],
                   p99_ns=j["wlat_p99_ns"], flush_p99_ns=j["flat_p99_ns"],
                   cw=j["all_writes"] * w["bs"], cr=0,
@@ -615,6 +734,112 @@ class Bench:
     self.results.append ({"section": "sparse", "server": srvname,
                           "workload": wname, "rep": rep,
                           "secs": secs, "cpu_s": cpu})
+
+  def journal_replay (self, rep):
+    """Workload journal-replay: fills a 1 GiB journal (subpage file=IMG,
+    dirty-writeback-ms=60000 and room in memory for all of it, so the
+    drainer stays idle: checked in the metrics), flushes, kill -9 by
+    PID; the journal and the image out of the host page cache; then
+    the time from the start of a new server on the same journal to the
+    first NBD handshake that succeeds (the replay runs in .after_fork,
+    before nbdkit serves).  Against it: dd of the whole journal file
+    to /dev/null, cold (posix_fadvise DONTNEED first)."""
+    a = self.a
+    path = plugins_of (a)[0][1]
+    argv = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0",
+            "-U", "{sock}", path, "metrics-socket={msock}", "file={img}",
+            "journal={jnl}", "journal-size=1G", "dirty-writeback-ms=60000",
+            "cache-size=2G", "dirty-background-ratio=80", "dirty-ratio=90"]
+    kw = dict (sock=self.sock, img=self.img, jnl=self.jnl, msock=self.msock)
+    ring = GiB - 8192
+    nwrites = int (0.95 * ring / 4160)
+    fill = [a.flushload, "--uri", self.uri, "--bs", "4096", "--qd", "32",
+            "--every", "32", "--size", str (GiB), "--bytes",
+            str (nwrites * 4096), "--runtime", "50"]
+    self.note ("journal", "server replay      " + " ".join (
+      shlex.quote (x) for x in subst (argv, **kw)))
+    self.note ("journal", "client replay-fill " + " ".join (
+      shlex.quote (x) for x in fill) + "; flush; kill -9 PID; "
+               "fsync + POSIX_FADV_DONTNEED of IMG and JNL; time the same "
+               "server until an NBD handshake succeeds (polled every 5 ms)")
+    self.note ("journal", "client replay-seq  POSIX_FADV_DONTNEED of JNL; "
+               "dd if=JNL of=/dev/null bs=1M")
+    for p in (self.jnl, self.msock):
+      if os.path.exists (p):
+        os.unlink (p)
+    drop_image_cache (self.img)
+    res = {"section": "journal", "server": "subpage-file-j",
+           "workload": "journal-replay", "rep": rep}
+    srv = self.start (argv, "nbdkit", "replay-fill", **kw)
+    try:
+      j = run_json (fill)
+      run_json ([PY, NBDLOAD, "flush", "--uri", self.uri])
+      m = scrape_metrics (self.msock)
+    except Exception:
+      srv.stop ()
+      raise
+    os.kill (srv.pid, signal.SIGKILL)
+    srv.proc.wait ()
+    srv.logf.close ()
+    res.update (fill_iops=j["iops"],
+                fill_used=m.get ("subpage_journal_used_bytes", 0),
+                fill_drained=m.get ("subpage_journal_drained_records_total",
+                                    0),
+                fill_records=m.get ("subpage_journal_records_total", 0))
+    for p in (self.img, self.jnl):
+      drop_image_cache (p)
+    for p in (self.sock, self.msock):
+      if os.path.exists (p):
+        os.unlink (p)
+    t0 = time.monotonic ()
+    srv = Server (subst (argv, **kw), "nbdkit",
+                  os.path.join (self.dir, "replay.log"))
+    try:
+      deadline = t0 + 600
+      while True:
+        if srv.proc.poll () is not None:
+          raise RuntimeError ("replay server exited with %d" %
+                              srv.proc.returncode)
+        if time.monotonic () > deadline:
+          raise RuntimeError ("replay server did not serve in 600 s")
+        if os.path.exists (self.sock):
+          try:
+            h = nbd.NBD ()
+            h.connect_unix (self.sock)
+            h.shutdown ()
+            break
+          except nbd.Error:
+            pass
+        time.sleep (0.005)
+      res["replay_s"] = time.monotonic () - t0
+      m = scrape_metrics (self.msock)
+      res["replayed_bytes"] = m.get ("subpage_journal_replayed_bytes_total",
+                                     0)
+      res["replayed_records"] = m.get (
+        "subpage_journal_replayed_records_total", 0)
+    finally:
+      out = srv.stop ()
+    mm = re.search (r"journal: replayed (\d+) records \((\d+) bytes of "
+                    r"journal\) in (\d+) ms", out)
+    if mm:
+      res["replay_log_ms"] = int (mm.group (3))
+    drop_image_cache (self.jnl)
+    t0 = time.monotonic ()
+    subprocess.run (["dd", "if=" + self.jnl, "of=/dev/null", "bs=1M"],
+                    check=True, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    res["seq_s"] = time.monotonic () - t0
+    res["seq_bytes"] = os.path.getsize (self.jnl)
+    os.unlink (self.jnl)
+    res["replay_mibs"] = res["replayed_bytes"] / MiB / res["replay_s"]
+    res["seq_mibs"] = res["seq_bytes"] / MiB / res["seq_s"]
+    log ("replay rep%d: %.0f MiB of journal (%d records) in %.2f s "
+         "(%.0f MiB/s; the log says %s ms); dd %.0f MiB/s; fill drained "
+         "%d records" % (rep, res["replayed_bytes"] / MiB,
+                         res["replayed_records"], res["replay_s"],
+                         res["replay_mibs"], res.get ("replay_log_ms"),
+                         res["seq_mibs"], res["fill_drained"]))
+    self.results.append (res)
 
   def probe (self, srvname, argv, kind, which, rep):
     kw = dict (sock=self.sock, img=self.img, size=str (self.a.size),
@@ -849,6 +1074,157 @@ def sparse_table (b):
     out.append ("")
   return "\n".join (out)
 
+def journal_table (b):
+  """Section "journal": the main figures per workload and server, the
+  subpage servers' counters, writes/s per 5 s for journal-sustained, the
+  replay, and the targets."""
+  rs = [r for r in b.results if r["section"] == "journal"]
+  if not rs:
+    return ""
+  jw = journal_workloads (b.a.size, b.a.runtime)
+  sv = [s for s in journal_servers (b.a) if any (r["server"] == s
+                                                  for r in rs)]
+  out = ["### journal", "", "Commands (SOCK = %s, BSOCK = %s, IMG = %s, "
+         "JNL = %s, MSOCK = %s):" % (b.sock, b.bsock, b.img, b.jnl, b.msock),
+         "", "```"] + ordered (b.commands.get ("journal", [])) + ["```", ""]
+  meds = {}
+
+  def mcell (x, f, fmt="%.0f"):
+    xs = [f (r) for r in x]
+    xs = [v for v in xs if v is not None]
+    if not xs:
+      return "-", None
+    m = med (xs)
+    if len (xs) == 1:
+      return fmt % m, m
+    return "%s (%s–%s)" % (fmt % m, fmt % min (xs), fmt % max (xs)), m
+
+  def ratio (r, a, b):
+    m = r.get ("metrics") or {}
+    x, y = m.get (a), m.get (b)
+    return x / y if x is not None and y else None
+
+  for w in [w for w in JOURNAL_WORKLOADS if w in jw]:
+    ws = [s for s in jw[w]["servers"] if s in sv and any (
+      r["workload"] == w and r["server"] == s for r in rs)]
+    if not ws:
+      continue
+    key = "mibs" if jw[w].get ("metric") == "mibs" else "iops"
+    out.append ("**%s**" % w)
+    out.append ("")
+    out.append ("| metric | " + " | ".join (ws) + " |")
+    out.append ("| --- |" + " --- |" * len (ws))
+    rows = [
+      ("MiB/s" if key == "mibs" else "IOPS", lambda r: r.get (key), "%.0f"),
+      ("p99 µs", lambda r: r.get ("p99_ns", 0) / 1000, "%.0f"),
+      ("flush p99 µs", lambda r: r.get ("flush_p99_ns") / 1000
+       if r.get ("flush_p99_ns") else None, "%.0f"),
+      ("MiB written by the client", lambda r: r.get ("cw", 0) / MiB, "%.0f"),
+      ("server CPU µs/request", lambda r: r.get ("cpu_us"), "%.1f"),
+      ("journal B / client B", lambda r: ratio (
+        r, "subpage_journal_written_bytes_total",
+        "subpage_client_written_bytes_total"), "%.4f"),
+      ("journal syncs / client flush", lambda r: ratio (
+        r, "subpage_journal_syncs_total", "subpage_flushes_total"), "%.2f"),
+      ("throttled writes / client write", lambda r: ratio (
+        r, "subpage_throttled_writers_total", "subpage_client_writes_total"),
+       "%.3f"),
+      ("backend writes / client write", lambda r: ratio (
+        r, "subpage_backend_writes_total", "subpage_client_writes_total"),
+       "%.3f"),
+      ("backend flushes", lambda r: (r.get ("metrics") or {}).get (
+        "subpage_backend_flushes_total"), "%.0f"),
+      ("stop (drain at exit) s", lambda r: r.get ("stop_s"), "%.1f"),
+    ]
+    for label, f, fmt in rows:
+      cells = []
+      for s in ws:
+        x = [r for r in rs if r["workload"] == w and r["server"] == s]
+        t, m = mcell (x, f, fmt)
+        cells.append (t)
+        if label in ("IOPS", "MiB/s"):
+          meds[(w, s)] = m
+      if any (c != "-" for c in cells):
+        out.append ("| %s | %s |" % (label, " | ".join (cells)))
+    out.append ("")
+    if any (r.get ("intervals") for r in rs if r["workload"] == w):
+      out.append ("Writes/s per %d s, each run:" % jw[w].get ("interval", 5))
+      out.append ("")
+      out.append ("| server | run | writes/s per interval |")
+      out.append ("| --- | --- | --- |")
+      for s in ws:
+        for r in [r for r in rs if r["workload"] == w and r["server"] == s]:
+          out.append ("| %s | %d | %s |" % (s, r["rep"], " ".join (
+            "%.0f" % v for v in r.get ("intervals", []))))
+      out.append ("")
+  rr = [r for r in rs if r["workload"] == "journal-replay"]
+  if rr:
+    out.append ("**journal-replay** (1 GiB journal, cold)")
+    out.append ("")
+    out.append ("| metric | value |")
+    out.append ("| --- | --- |")
+    for label, f, fmt in (
+        ("fill: writes/s", lambda r: r["fill_iops"], "%.0f"),
+        ("fill: journal used at kill, MiB", lambda r: r["fill_used"] / MiB,
+         "%.0f"),
+        ("fill: records drained before the kill", lambda r:
+         r["fill_drained"], "%.0f"),
+        ("replayed, MiB of journal", lambda r: r["replayed_bytes"] / MiB,
+         "%.0f"),
+        ("replayed records", lambda r: r["replayed_records"], "%.0f"),
+        ("start to first handshake, s", lambda r: r["replay_s"], "%.2f"),
+        ("replay as logged, s", lambda r: r.get ("replay_log_ms", 0) / 1e3,
+         "%.2f"),
+        ("replay MiB/s (journal bytes / start-to-serve)",
+         lambda r: r["replay_mibs"], "%.0f"),
+        ("dd of the journal file, MiB/s", lambda r: r["seq_mibs"], "%.0f"),
+        ("replay / dd", lambda r: r["replay_mibs"] / r["seq_mibs"], "%.2f")):
+      t, m = mcell (rr, f, fmt)
+      out.append ("| %s | %s |" % (label, t))
+      if label == "replay / dd":
+        meds[("journal-replay", "ratio")] = m
+    out.append ("")
+  # targets
+  tg = []
+
+  def rat (w, x, y, target, what):
+    a_, b_ = meds.get ((w, x)), meds.get ((w, y))
+    if a_ and b_:
+      v = a_ / b_
+      tg.append ((w, "%s / %s" % (x, y), "%.2fx" % v, what,
+                  "met" if v >= target else "**missed**"))
+
+  rat ("journal-burst", "subpage-uri-j", "file", 0.8, ">= 0.8x")
+  rat ("journal-burst", "subpage-uri-j", "nbd", 5, ">= 5x")
+  rat ("journal-burst", "subpage-uri-j-4g", "file", 0.8, ">= 0.8x")
+  rat ("journal-burst", "subpage-uri-j-4g", "nbd", 5, ">= 5x")
+  rat ("journal-sustained", "subpage-uri-j256", "subpage-uri", 0.9,
+       ">= 0.9x")
+  rat ("journal-sustained", "subpage-uri-j256-4g", "subpage-uri", 0.9,
+       ">= 0.9x")
+  rat ("journal-randwrite4k", "subpage-uri-j", "subpage-uri", 0.9, ">= 0.9x")
+  rat ("journal-seqwrite1m", "subpage-file-j", "file", 0.9, ">= 0.9x")
+  if meds.get (("journal-replay", "ratio")) is not None:
+    v = meds[("journal-replay", "ratio")]
+    tg.append (("journal-replay", "replay / dd", "%.2fx" % v, ">= 0.5x",
+                "met" if v >= 0.5 else "**missed**"))
+  for w in ("journal-burst", "journal-randwrite4k"):
+    x = [ratio (r, "subpage_journal_written_bytes_total",
+                "subpage_client_written_bytes_total") for r in rs
+         if r["workload"] == w and r["server"] == "subpage-uri-j"]
+    x = [v for v in x if v is not None]
+    if x:
+      v = med (x)
+      tg.append ((w, "journal B / client B", "%.4f" % v, "<= 1.15",
+                  "met" if v <= 1.15 else "**missed**"))
+  if tg:
+    out.append ("| workload | ratio | median | target | |")
+    out.append ("| --- | --- | --- | --- | --- |")
+    for t in tg:
+      out.append ("| %s |" % " | ".join (t))
+    out.append ("")
+  return "\n".join (out)
+
 # ------------------------------------------------------------------- main
 
 def main ():
@@ -860,7 +1236,7 @@ def main ():
                   help="runtime 3 s, 1 repetition")
   p.add_argument ("--only", default="",
                   help="comma list of workloads or sections "
-                  "(local, probe, slow, sparse)")
+                  "(local, probe, slow, sparse, journal)")
   p.add_argument ("--servers", default="",
                   help="comma list of server names to run (default all):\n"
                   "subpage, subpage-4k (or each build's NAME, NAME-4k),\n"
@@ -975,6 +1351,25 @@ def main ():
         for rep in range (5 * a.reps):
           for sname, (argv, backend) in sps.items ():
             ok &= cell_ok (b.sparse, sname, argv, backend, wname, rep)
+    jw = journal_workloads (a.size, a.runtime)
+    js = journal_servers (a)
+    if want_srv:
+      js = {k: v for k, v in js.items () if k in want_srv}
+    jwanted = [w for w in JOURNAL_WORKLOADS if wanted ("journal", w)]
+    if jwanted:
+      b.prefill ()
+    for wname in jwanted:
+      for rep in range (a.reps):
+        if wname == "journal-replay":
+          ok &= cell_ok (b.journal_replay, rep)
+          continue
+        w = jw[wname]
+        for sname in w["servers"]:
+          if sname not in js:
+            continue
+          argv, backend = js[sname]
+          ok &= cell_ok (b.measure, "journal", sname, argv, "nbdkit", wname,
+                         w, rep, backend=backend)
   except Exception as e:
     ok = False
     log ("error:", e)
@@ -1047,6 +1442,7 @@ def report (b, a):
   print (section_table (b, "slow", list (slow_servers (a)), allw,
                         ["cache", "nbd", "qemu-nbd"]))
   print (sparse_table (b))
+  print (journal_table (b))
 
 
 def report_from_json (path):
@@ -1057,7 +1453,9 @@ def report_from_json (path):
                           img=os.path.join (a.image_dir, "bench.img"),
                           sock=os.path.join (a.image_dir, "s.sock"),
                           bsock=os.path.join (a.image_dir, "b.sock"),
-                          simg=os.path.join (a.image_dir, "sparse8g.img"))
+                          simg=os.path.join (a.image_dir, "sparse8g.img"),
+                          jnl=os.path.join (a.image_dir, "journal.jnl"),
+                          msock=os.path.join (a.image_dir, "m.sock"))
   report (b, a)
 
 

@@ -11,12 +11,18 @@
  * costs a few microseconds per request.
  *
  *   flushload --uri URI [--bs N] [--qd N] [--every N] [--size N]
- *             [--runtime S] [--seed N] [--conns N]
+ *             [--runtime S] [--seed N] [--conns N] [--bytes N]
+ *             [--interval S]
  *
  * --every 0: no flushes (a pure write load).  --conns N: N connections
  * driven from the one thread, each with its own QD requests in flight
  * and its own flush every EVERY writes (for the slow backend's ceiling:
  * what the remote accepts from the cheapest client there is).
+ * --bytes N: stop once N bytes of writes have been sent (or at
+ * --runtime, whichever comes first): a burst of a fixed size.
+ * --interval S: also report the writes acknowledged in each S seconds
+ * of the timed window ("intervals": writes/s of each, the last one
+ * partial), to see throughput over time.
  *
  * Not part of the test suite; built with the project (not installed).
  */
@@ -46,6 +52,9 @@ struct load {
   uint64_t all_writes, all_flushes;    /* including the drain */
   uint64_t *wlat, nwlat, cwlat;        /* latencies (ns) of the writes */
   uint64_t *flat, nflat, cflat;        /* and flushes counted */
+  uint64_t start;                      /* of the timed window */
+  uint64_t interval_ns;                /* --interval, 0: none */
+  uint64_t *ivl, nivl;                 /* writes acked per interval */
 };
 
 /* One in-flight request: its start time, for the completion callback. */
@@ -96,8 +105,17 @@ done (void *user_data, int *error)
       push (&l->flat, &l->nflat, &l->cflat, now_ns () - r->t0);
   }
   else {
-    if (l->counting)
-      push (&l->wlat, &l->nwlat, &l->cwlat, now_ns () - r->t0);
+    if (l->counting) {
+      uint64_t t = now_ns ();
+
+      push (&l->wlat, &l->nwlat, &l->cwlat, t - r->t0);
+      if (l->interval_ns) {
+        uint64_t k = (t - l->start) / l->interval_ns;
+
+        if (k < l->nivl)
+          l->ivl[k]++;
+      }
+    }
     l->all_writes++;
     if (l->every != 0 && ++cn->acked == l->every) {
       cn->acked = 0;
@@ -154,7 +172,8 @@ static void
 usage (void)
 {
   fprintf (stderr, "usage: flushload --uri URI [--bs N] [--qd N] "
-           "[--every N] [--size N] [--runtime S] [--seed N] [--conns N]\n");
+           "[--every N] [--size N] [--runtime S] [--seed N] [--conns N] "
+           "[--bytes N] [--interval S]\n");
   exit (EXIT_FAILURE);
 }
 
@@ -163,7 +182,8 @@ main (int argc, char *argv[])
 {
   const char *uri = NULL;
   uint64_t bs = 4096, size = UINT64_C (2) << 30, seed = 1;
-  double runtime = 20;
+  double runtime = 20, interval = 0;
+  uint64_t budget = 0, sent = 0;
   struct load l = { .qd = 32, .every = 32, .counting = true };
   unsigned nconns = 1;
   struct conn *cns;
@@ -188,11 +208,22 @@ main (int argc, char *argv[])
     else if (strcmp (k, "--seed") == 0) seed = strtoull (v, NULL, 0);
     else if (strcmp (k, "--conns") == 0)
       nconns = (unsigned) strtoul (v, NULL, 0);
+    else if (strcmp (k, "--bytes") == 0) budget = strtoull (v, NULL, 0);
+    else if (strcmp (k, "--interval") == 0) interval = strtod (v, NULL);
     else usage ();
   }
   if (uri == NULL || bs == 0 || size < bs || l.qd == 0 || nconns == 0 ||
-      nconns > 1024 || runtime <= 0)
+      nconns > 1024 || runtime <= 0 || interval < 0)
     usage ();
+  if (interval > 0) {
+    l.interval_ns = (uint64_t) (interval * 1e9);
+    l.nivl = (uint64_t) (runtime / interval) + 2;
+    l.ivl = calloc (l.nivl, sizeof *l.ivl);
+    if (l.ivl == NULL) {
+      perror ("calloc");
+      exit (EXIT_FAILURE);
+    }
+  }
   nblocks = size / bs;
   seed = seed * UINT64_C (0x9E3779B97F4A7C15) + 1;
 
@@ -219,10 +250,10 @@ main (int argc, char *argv[])
       die_nbd ("connect");
   }
 
-  start = now_ns ();
+  start = l.start = now_ns ();
   end = start + (uint64_t) (runtime * 1e9);
   for (;;) {
-    bool stop = now_ns () >= end;
+    bool stop = now_ns () >= end || (budget != 0 && sent >= budget);
     unsigned busy = 0;
 
     for (unsigned k = 0; k < nconns; k++) {
@@ -246,9 +277,13 @@ main (int argc, char *argv[])
           l.all_flushes++;
           c = nbd_aio_flush (cn->h, cb, 0);
         }
-        else
+        else {
           c = nbd_aio_pwrite (cn->h, buf, bs, rnd (&seed) % nblocks * bs,
                               cb, 0);
+          sent += bs;
+          if (budget != 0 && sent >= budget)
+            stop = true;
+        }
         if (c == -1)
           die_nbd (r->flush ? "nbd_aio_flush" : "nbd_aio_pwrite");
         cn->inflight++;
@@ -308,13 +343,28 @@ main (int argc, char *argv[])
             "\"write_bytes\": %" PRIu64 ", \"all_writes\": %" PRIu64 ", "
             "\"all_flushes\": %" PRIu64 ", \"flushes_per_write\": %.9f, "
             "\"wlat_p50_ns\": %" PRIu64 ", \"wlat_p99_ns\": %" PRIu64 ", "
-            "\"flat_p50_ns\": %" PRIu64 ", \"flat_p99_ns\": %" PRIu64 "}\n",
+            "\"flat_p50_ns\": %" PRIu64 ", \"flat_p99_ns\": %" PRIu64,
             el, l.nwlat, l.nflat, (double) l.nwlat / el,
             l.nwlat * bs, l.all_writes, l.all_flushes,
             (double) l.all_flushes / (double) (l.all_writes ? l.all_writes : 1),
             pct (l.wlat, l.nwlat, 50), pct (l.wlat, l.nwlat, 99),
             pct (l.flat, l.nflat, 50), pct (l.flat, l.nflat, 99));
+    if (l.interval_ns) {
+      uint64_t n = (elapsed_ns + l.interval_ns - 1) / l.interval_ns;
+
+      printf (", \"interval_s\": %.3f, \"intervals\": [", interval);
+      for (uint64_t k = 0; k < n && k < l.nivl; k++) {
+        double span = interval;
+
+        if ((k + 1) * l.interval_ns > elapsed_ns)
+          span = (double) (elapsed_ns - k * l.interval_ns) / 1e9;
+        printf ("%s%.1f", k ? ", " : "", (double) l.ivl[k] / span);
+      }
+      printf ("]");
+    }
+    printf ("}\n");
   }
+  free (l.ivl);
   free (l.wlat);
   free (l.flat);
   free (buf);
