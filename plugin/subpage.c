@@ -708,8 +708,7 @@ subpage_cleanup (void)
   subpage_watcher_stop ();
   wbs_stop (wbs);
   wbs = NULL;
-  jdrain_stop (jdrain);
-  jdrain = NULL;
+  jdrain_stop (jdrain); /* its pool writes the drain below */
 
   if (cache != NULL) {
     struct cache_stats st;
@@ -727,6 +726,8 @@ subpage_cleanup (void)
       nbdkit_error ("subpage: final flush failed, unwritten data is "
                     "lost: %s",
                     errstr (-r));
+    jdrain_close (jdrain);
+    jdrain = NULL;
     /* Everything is on the image and flushed: another may take it. */
     if (r == 0 && backend_claimed && backend.unclaim != NULL)
       backend.unclaim (backend.handle);

@@ -19,6 +19,7 @@ struct jdrain {
   pthread_mutex_t lock;
   pthread_cond_t cv;
   bool kicked, stop;
+  bool stopped; /* jdrain_stop has joined the thread */
 
   /* The pool that runs a batch's backend writes (cache_set_jio). */
   unsigned nworkers;
@@ -206,17 +207,26 @@ jdrain_start (struct cache *c, unsigned interval_ms, unsigned workers, int *err)
 void
 jdrain_stop (struct jdrain *d)
 {
-  if (!d)
+  if (!d || d->stopped)
     return;
   pthread_mutex_lock (&d->lock);
   d->stop = true;
   pthread_cond_signal (&d->cv);
   pthread_mutex_unlock (&d->lock);
   pthread_join (d->thread, NULL);
-  /* No batch runs now (the drainer thread was the only caller while
-   * we ran; cache_drain, after us, runs its batches itself).
-   */
   cache_set_kick (d->c, NULL, NULL);
+  d->stopped = true;
+}
+
+void
+jdrain_close (struct jdrain *d)
+{
+  if (!d)
+    return;
+  jdrain_stop (d);
+  /* No batch runs now: the drainer thread has stopped, and the caller's
+   * cache_drain has returned.
+   */
   cache_set_jio (d->c, NULL, NULL);
   stop_workers (d);
   jdrain_free (d);

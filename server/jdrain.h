@@ -21,10 +21,15 @@ struct jdrain;
  */
 struct jdrain *jdrain_start (struct cache *c, unsigned interval_ms,
                              unsigned workers, int *err);
-/* Removes the kick hook and stops the thread after its current step
- * (the caller then drains the rest: cache_drain).  NULL is a no-op.
+/* Stops the thread after its current step and removes the kick hook;
+ * the pool stays, so the caller's cache_drain still writes each batch
+ * in parallel.  NULL is a no-op.
  */
 void jdrain_stop (struct jdrain *d);
+/* jdrain_stop if not done, then removes the jio hook, stops the pool
+ * and frees D (after cache_drain).  NULL is a no-op.
+ */
+void jdrain_close (struct jdrain *d);
 /* The kick hook: wakes the thread.  Never blocks for long. */
 void jdrain_kick (void *opaque);
 
