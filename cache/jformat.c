@@ -774,9 +774,9 @@ jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
 /* One record onto the image of SIZE bytes (the range is inside it,
  * rounded up to a sector: jnl_replay checked).
  */
-static int
-replay_apply (const struct jreplay_ops *ops, void *opaque, const struct jrec *r,
-              const void *payload, uint64_t size)
+int
+jrec_apply (const struct jreplay_ops *ops, void *opaque, const struct jrec *r,
+            const void *payload, uint64_t size)
 {
   uint64_t off = r->offset, count = r->count;
 
@@ -852,7 +852,7 @@ jnl_replay (const struct jdev *dev, const struct jsb *sb,
     }
     epoch = rec.epoch;
     any = true;
-    r = replay_apply (ops, opaque, &rec, s.buf, size);
+    r = jrec_apply (ops, opaque, &rec, s.buf, size);
     if (r < 0)
       break;
     if (ops->progress)

@@ -254,6 +254,15 @@ int jnl_replay (const struct jdev *dev, const struct jsb *sb,
                 const struct jreplay_ops *ops, void *opaque,
                 struct jreplay *out);
 
+/* Applies one record R (PAYLOAD: its data for JREC_DATA) to an image of
+ * SIZE bytes through OPS, as jnl_replay does (and the drainer, record
+ * by record): the part past SIZE is not written; a ZERO falls back to
+ * writing zeroes; a TRIM is advisory (only -EIO counts).  OPS->size
+ * and OPS->flush are not used.
+ */
+int jrec_apply (const struct jreplay_ops *ops, void *opaque,
+                const struct jrec *r, const void *payload, uint64_t size);
+
 /* Opens PATH read-only (a regular file or a block device), for reading
  * a journal without changing it: the jdev's pwrite fails (-EBADF).
  * Closed with jdev_file_close.

@@ -361,66 +361,6 @@ fits_now (struct cache *c, uint64_t off, uint64_t count, uint64_t *size)
   return off <= wbe && count <= wbe - off;
 }
 
-/* The drainer's write of record R (PAYLOAD for DATA): -EIO, writing
- * nothing, if the image now ends before it (it shrank since the step
- * looked); the part of a last sector past the size is not written.
- */
-static int
-apply (struct cache *c, const struct jrec *r, const void *payload)
-{
-  uint64_t size, count = r->count;
-
-  if (!fits_now (c, r->offset, r->count, &size))
-    return -EIO;
-  if (r->offset >= size)
-    return 0; /* an empty image's cut sector: nothing of it exists */
-  count = MIN (count, size - r->offset);
-  switch (r->type) {
-  case JREC_DATA: {
-    int e = c->ops->pwrite (c->bopaque, payload, (uint32_t) count, r->offset,
-                            0);
-    atomic_fetch_add (&c->ctr.backend_writes, 1);
-    atomic_fetch_add (&c->ctr.backend_write_bytes, count);
-    return e;
-  }
-  case JREC_ZERO: {
-    static const char zeroes[256 * 1024];
-    uint64_t off = r->offset;
-    int e = 0;
-
-    while (count > 0 && e == 0) {
-      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
-      if (c->ops->zero)
-        e = c->ops->zero (c->bopaque, n, off, 0); /* allocated: a record
-                                                   * does not keep MAY_TRIM */
-      if (!c->ops->zero || e == -ENOTSUP || e == -EOPNOTSUPP) {
-        n = (uint32_t) MIN (count, (uint64_t) sizeof zeroes);
-        e = c->ops->pwrite (c->bopaque, zeroes, n, off, 0);
-      }
-      off += n;
-      count -= n;
-    }
-    return e;
-  }
-  case JREC_TRIM: {
-    uint64_t off = r->offset;
-    int e = 0;
-
-    /* Advisory: only an I/O error counts. */
-    while (count > 0 && c->ops->trim) {
-      uint32_t n = (uint32_t) MIN (count, (uint64_t) 1 << 30);
-      e = c->ops->trim (c->bopaque, n, off, 0);
-      if (e == -EIO)
-        return e;
-      off += n;
-      count -= n;
-    }
-    return 0;
-  }
-  default: return -EIO;
-  }
-}
-
 static int
 backend_flush (struct cache *c)
 {
@@ -489,24 +429,42 @@ rp_progress (void *opaque, const struct jscan *s)
   }
 }
 
+/* The backend as recovery (jnl_replay) and the drainer (apply) write
+ * records to it.
+ */
+static const struct jreplay_ops image_ops = {
+  .size = rp_size,
+  .pwrite = rp_pwrite,
+  .zero = rp_zero,
+  .trim = rp_trim,
+  .flush = rp_flush,
+  .progress = rp_progress,
+};
+
+/* The drainer's write of record R (PAYLOAD for DATA): -EIO, writing
+ * nothing, if the image now ends before it (it shrank since the step
+ * looked); the part of a last sector past the size is not written.
+ */
+static int
+apply (struct cache *c, const struct jrec *r, const void *payload)
+{
+  uint64_t size;
+
+  if (!fits_now (c, r->offset, r->count, &size))
+    return -EIO;
+  return jrec_apply (&image_ops, c, r, payload, size);
+}
+
 int
 jnl_recover (struct cache *c)
 {
-  static const struct jreplay_ops ops = {
-    .size = rp_size,
-    .pwrite = rp_pwrite,
-    .zero = rp_zero,
-    .trim = rp_trim,
-    .flush = rp_flush,
-    .progress = rp_progress,
-  };
   struct journal *j = c->jnl;
   struct jreplay out;
   uint64_t t0 = report_now_ms ();
   int r;
 
   j->replay_log_ms = t0;
-  r = jnl_replay (&j->dev, &j->sb, &ops, c, &out);
+  r = jnl_replay (&j->dev, &j->sb, &image_ops, c, &out);
   if (r < 0) {
     if (out.past_end)
       report_logf (c, CACHE_LOG_ERROR,
