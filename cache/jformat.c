@@ -596,13 +596,44 @@ jfile_allocate (int fd, uint64_t size)
   return 0;
 }
 
+/* FD's size: a block device's, or a regular file's (*REG set); -EINVAL
+ * for anything else.
+ */
+static int
+jfile_size (int fd, uint64_t *size, bool *reg)
+{
+  struct stat st;
+
+  if (fstat (fd, &st) < 0)
+    return -errno;
+  *reg = S_ISREG (st.st_mode);
+  if (S_ISBLK (st.st_mode))
+    return ioctl (fd, BLKGETSIZE64, size) < 0 ? -errno : 0;
+  if (!*reg)
+    return -EINVAL;
+  *size = (uint64_t) st.st_size;
+  return 0;
+}
+
+/* Makes DEV the journal on open FD of SIZE bytes. */
+static int
+jfile_dev (int fd, uint64_t size, struct jdev *dev)
+{
+  struct jfile *jf = malloc (sizeof *jf);
+
+  if (!jf)
+    return -ENOMEM;
+  jf->fd = fd;
+  *dev = (struct jdev){ .ops = &jfile_ops, .opaque = jf, .size = size };
+  return 0;
+}
+
 int
 jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
                 bool *created)
 {
-  struct jfile *jf;
-  struct stat st;
   uint64_t devsize;
+  bool reg;
   int fd, err;
 
   *created = false;
@@ -628,26 +659,16 @@ jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
     goto err_close;
   }
 
-  if (fstat (fd, &st) < 0)
-    goto err_errno;
-  if (S_ISBLK (st.st_mode)) {
-    if (ioctl (fd, BLKGETSIZE64, &devsize) < 0)
-      goto err_errno;
-  }
-  else if (S_ISREG (st.st_mode)) {
-    devsize = (uint64_t) st.st_size;
-    if (size > devsize) { /* new, or smaller than asked: grow it */
-      if (ftruncate (fd, (off_t) size) < 0)
-        goto err_errno;
-      err = jfile_allocate (fd, size);
-      if (err < 0)
-        goto err_close;
-      devsize = size;
-    }
-  }
-  else {
-    err = -EINVAL;
+  err = jfile_size (fd, &devsize, &reg);
+  if (err < 0)
     goto err_close;
+  if (reg && size > devsize) { /* new, or smaller than asked: grow it */
+    if (ftruncate (fd, (off_t) size) < 0)
+      goto err_errno;
+    err = jfile_allocate (fd, size);
+    if (err < 0)
+      goto err_close;
+    devsize = size;
   }
 
   if (*created) {
@@ -674,14 +695,10 @@ jdev_file_open (const char *path, uint64_t size, struct jdev *dev,
     close (dfd);
   }
 
-  jf = malloc (sizeof *jf);
-  if (!jf) {
-    err = -ENOMEM;
-    goto err_close;
-  }
-  jf->fd = fd;
-  *dev = (struct jdev){ .ops = &jfile_ops, .opaque = jf, .size = devsize };
-  return 0;
+  err = jfile_dev (fd, devsize, dev);
+  if (err == 0)
+    return 0;
+  goto err_close;
 
 err_errno:
   err = -errno;
@@ -870,38 +887,17 @@ jnl_replay (const struct jdev *dev, const struct jsb *sb,
 int
 jdev_file_open_ro (const char *path, struct jdev *dev)
 {
-  struct jfile *jf;
-  struct stat st;
   uint64_t devsize;
+  bool reg;
   int fd, err;
 
   fd = open (path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return -errno;
-  if (fstat (fd, &st) < 0)
-    goto err_errno;
-  if (S_ISBLK (st.st_mode)) {
-    if (ioctl (fd, BLKGETSIZE64, &devsize) < 0)
-      goto err_errno;
-  }
-  else if (S_ISREG (st.st_mode))
-    devsize = (uint64_t) st.st_size;
-  else {
-    err = -EINVAL;
-    goto err_close;
-  }
-  jf = malloc (sizeof *jf);
-  if (!jf) {
-    err = -ENOMEM;
-    goto err_close;
-  }
-  jf->fd = fd;
-  *dev = (struct jdev){ .ops = &jfile_ops, .opaque = jf, .size = devsize };
-  return 0;
-
-err_errno:
-  err = -errno;
-err_close:
-  close (fd);
+  err = jfile_size (fd, &devsize, &reg);
+  if (err == 0)
+    err = jfile_dev (fd, devsize, dev);
+  if (err < 0)
+    close (fd);
   return err;
 }
