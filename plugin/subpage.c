@@ -226,6 +226,20 @@ subpage_same_host_check (void)
   return 0;
 }
 
+/* A journal file created for a start that is refused: ours, just made,
+ * so it is not left behind for the next start.
+ */
+static void
+subpage_journal_remove (void)
+{
+  jdev_file_close (&journal_dev);
+  journal_open = false;
+  unlink (params.journal);
+  nbdkit_error ("subpage: journal=%s: not used (the line above says why); "
+                "the file created for it was removed",
+                params.journal);
+}
+
 /* journal=: opens the device (creating a file of journal-size=, or 1G,
  * if there is none) and checks its superblock against the image, before
  * nbdkit forks, so a wrong journal is refused where the user sees it.
@@ -274,13 +288,7 @@ subpage_journal_open (void)
   if (err == 0)
     cache_journal_order_any (cache, params.journal_order_any);
   if (err < 0 && created) {
-    /* Ours, just made: do not leave it behind for the next start. */
-    jdev_file_close (&journal_dev);
-    journal_open = false;
-    unlink (params.journal);
-    nbdkit_error ("subpage: journal=%s: not used (the line above says "
-                  "why); the file created for it was removed",
-                  params.journal);
+    subpage_journal_remove ();
     return -1;
   }
   if (err < 0) {
@@ -380,15 +388,8 @@ subpage_get_ready (void)
   if (backend.claim != NULL &&
       backend.claim (backend.handle, params.journal ? journal_id : NULL, true) <
         0) {
-    if (journal_created) {
-      /* Ours, just made: do not leave it behind. */
-      jdev_file_close (&journal_dev);
-      journal_open = false;
-      unlink (params.journal);
-      nbdkit_error ("subpage: journal=%s: not used (the line above says "
-                    "why); the file created for it was removed",
-                    params.journal);
-    }
+    if (journal_created)
+      subpage_journal_remove ();
     return -1;
   }
 
