@@ -166,7 +166,7 @@ test_shrink_between_end_check_and_apply (void **state)
  * journal, resize_locked keeps exactly this sector dirty (cut_held,
  * "unless it held data written before this change, which may reach past
  * the end"); the journal's drainer ignores that.  jnl_replay has the
- * same rounding (and replay_apply the same clip), so recovery drops
+ * same rounding (and jrec_apply the same clip), so recovery drops
  * them too and then starts a new log.
  *
  * Broken promise: as in test 1 ("neither written nor dropped").
