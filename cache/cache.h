@@ -333,6 +333,10 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "Journal records written back to the image.")                             \
   X (journal_drained_bytes, "journal_drained_bytes_total",                     \
      "Journal bytes whose records are on the image and flushed.")              \
+  X (journal_spilled_pages, "journal_spilled_pages_total",                     \
+     "Dirty pages that left RAM, their data safe in the journal.")             \
+  X (journal_read_bytes, "journal_read_bytes_total",                           \
+     "Bytes of client reads served from the journal.")                         \
   X (journal_replayed_records, "journal_replayed_records_total",               \
      "Records replayed from the journal at start.")                            \
   X (journal_replayed_bytes, "journal_replayed_bytes_total",                   \
@@ -406,6 +410,7 @@ struct cache_stats {
    */
   uint64_t journal_size, journal_used_bytes, journal_pending_bytes;
   uint64_t journal_epochs_waiting, journal_oldest_age_ms;
+  uint64_t journal_index_bytes; /* the index of journaled data */
 };
 void cache_get_stats (struct cache *c, struct cache_stats *st);
 

@@ -206,6 +206,26 @@ dirty_unlist (struct cache *c, struct page *p)
 }
 
 void
+dirty_evict (struct cache *c, struct page *p)
+{
+  unsigned old;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  lock_take (&c->wb_lock);
+  if (p->dseq != SEQ_NONE)
+    dirty_untag (c, p);
+  if (p->listed) {
+    dirty_list_remove (c, p);
+    p->listed = false;
+    c->ndirty_pages--;
+    old = atomic_fetch_sub (&p->refs, 1);
+    CACHE_ASSERT (old == 1);
+  }
+  pthread_cond_broadcast (&c->wb_cv);
+  lock_drop (&c->wb_lock);
+}
+
+void
 dirty_note_write (struct cache *c, struct page *p, uint32_t first, uint32_t n)
 {
   bool idle = sect_count (&p->sb, SECT_BM_W, first, n) < n;

@@ -75,6 +75,51 @@ page_unflushed (struct cache *c, struct page *p, uint64_t off, uint64_t end,
   return found;
 }
 
+/* Pages scanned one by one for block status once pages have left RAM
+ * dirty; past them a page is reported as data (it may be).
+ */
+#define EXTENT_JOURNAL_PAGES 65536
+
+/* cache_next_unflushed once pages have left RAM dirty: their data is in
+ * the journal's index, so every page of the range is looked at, in RAM
+ * or in the index.  A page with journaled data it does not hold is
+ * reported whole, as data (not zero): block status may call data what
+ * is a hole, never the reverse.
+ */
+static bool
+journaled_unflushed (struct cache *c, uint64_t off, uint64_t end,
+                     uint64_t *start, uint64_t *stop, bool *zero)
+{
+  uint64_t first = off >> c->page_shift, last = (end - 1) >> c->page_shift;
+
+  for (uint64_t pi = first; pi <= last; pi++) {
+    struct page *p;
+    bool live;
+
+    if (pi - first >= EXTENT_JOURNAL_PAGES)
+      live = true;
+    else if ((p = page_find (c, pi)) != NULL) {
+      page_lock (p);
+      live = jnl_node_live (c, p);
+      page_unlock (p);
+      if (!live && page_unflushed (c, p, off, end, start, stop, zero)) {
+        page_unpin (c, p);
+        return true;
+      }
+      page_unpin (c, p);
+    }
+    else
+      live = jnl_index_has (c, pi);
+    if (live) {
+      *start = MAX (off, pi << c->page_shift);
+      *stop = MIN (end, (pi + 1) << c->page_shift);
+      *zero = false;
+      return true;
+    }
+  }
+  return false;
+}
+
 bool
 cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
                       uint64_t *start, uint64_t *stop, bool *zero)
@@ -90,6 +135,9 @@ cache_next_unflushed (struct cache *c, uint64_t off, uint64_t end,
     return false;
   first = off >> c->page_shift;
   last = (end - 1) >> c->page_shift;
+
+  if (jnl_spilled (c))
+    return journaled_unflushed (c, off, end, start, stop, zero);
 
   if ((last - first + 1) * EXTENT_LOOKUP_COST <= c->nframes) {
     /* Few pages: look each one up. */

@@ -122,13 +122,14 @@ struct page {
   atomic_bool referenced; /* CLOCK bit */
 
   /* Page lock. */
-  uint32_t nv, nw;    /* counts of V and W sectors */
-  atomic_uint nd;     /* count of D sectors; written under the
+  uint32_t nv, nw;     /* counts of V and W sectors */
+  atomic_uint nd;      /* count of D sectors; written under the
                                * page lock, read without it by collectors
                                * sizing a batch */
-  struct frag *frags; /* snapshots in flight */
-  uint64_t jseq;      /* journal=: the newest record of this page */
-  unsigned nwaiters;  /* threads waiting on cv */
+  struct frag *frags;  /* snapshots in flight */
+  uint64_t jseq;       /* journal=: the newest record of this page */
+  struct jnode *jnode; /* journal=: where its records are (journal.h) */
+  unsigned nwaiters;   /* threads waiting on cv */
 
   /* wb_lock (read also under the page lock by writers, who take wb_lock
    * to change them).
@@ -303,6 +304,9 @@ struct gc_waiter {
  *                       `collecting', before it snapshots them
  *   "fua.written"       a FUA or write-through write, after its data is
  *                       in the cache, before writing it back
+ *   "read.listed"       a read, after it listed the missing sectors
+ *                       (and where the journal holds them), before it
+ *                       reads them
  *   "read.fetched"      a read, after its backend reads, before it
  *                       installs what they returned
  *   "journal.placed"    a journaled write, after its record of one page
@@ -460,6 +464,12 @@ void dirty_note_write (struct cache *c, struct page *p, uint32_t first,
  * DIRTY sector remains, and the list's pin if no D bit does.
  */
 void dirty_note_drop (struct cache *c, struct page *p);
+/* journal= only.  P (locked, dropped by its pin-holders but the list:
+ * shard and clock locks held) leaves RAM with its data safe in the
+ * journal: its tag is released and it leaves the list, whose pin was
+ * the last.
+ */
+void dirty_evict (struct cache *c, struct page *p);
 /* TRIM and ZERO: registers R as busy / unregisters it.  Collectors and
  * FUA leave busy pages alone; fills that overlapped a busy range do not
  * install what they read.

@@ -123,6 +123,18 @@ struct journal {
     uint64_t off, count;
   } * ranges;
   size_t nranges, ranges_cap;
+
+  /* Copies of mtail_lsn and synced_seq for readers without j->lock. */
+  atomic_uint_fast64_t drained_lsn, synced_atomic;
+
+  /* The index of nodes that left RAM (journal.h; idx_lock, a leaf). */
+  struct lock idx_lock;
+  struct jnode **idx_buckets;
+  uint64_t idx_mask;
+  struct jnode *idx_head, *idx_tail;
+  atomic_uint_fast64_t idx_nodes;
+  atomic_uint_fast64_t node_bytes; /* every node, in RAM or indexed */
+  uint64_t node_max;               /* dirty pages leave RAM only below */
 };
 
 static uint32_t
@@ -316,6 +328,30 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
+  atomic_store (&j->drained_lsn, j->mtail_lsn);
+  atomic_store (&j->synced_atomic, j->synced_seq);
+  /* The index: dirty pages leave RAM while every node together takes
+   * at most a quarter of cache-size (docs/journal.md).
+   */
+  j->node_max = c->cfg.cache_size / 4;
+  {
+    uint64_t nb = 1024;
+
+    while (nb < j->node_max / 256)
+      nb <<= 1;
+    j->idx_buckets = calloc (nb, sizeof *j->idx_buckets);
+    if (!j->idx_buckets) {
+      pthread_cond_destroy (&j->cv);
+      pthread_cond_destroy (&j->io_cv);
+      lock_destroy (&j->lock);
+      lock_destroy (&j->drain_lock);
+      lock_destroy (&j->io_lock);
+      free (j);
+      return -ENOMEM;
+    }
+    j->idx_mask = nb - 1;
+  }
+  lock_init (&j->idx_lock);
   c->jnl = j;
   return 0;
 }
@@ -332,6 +368,13 @@ jnl_free (struct cache *c)
     j->pend_head = b->next;
     free (b);
   }
+  while (j->idx_head) {
+    struct jnode *n = j->idx_head;
+    j->idx_head = n->lnext;
+    free (n);
+  }
+  free (j->idx_buckets);
+  lock_destroy (&j->idx_lock);
   pthread_cond_destroy (&j->cv);
   pthread_cond_destroy (&j->io_cv);
   lock_destroy (&j->lock);
@@ -501,6 +544,8 @@ jnl_recover (struct cache *c)
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
+  atomic_store (&j->drained_lsn, j->mtail_lsn);
+  atomic_store (&j->synced_atomic, j->synced_seq);
   return 0;
 }
 
@@ -788,8 +833,10 @@ jnl_sync (struct cache *c, uint64_t upto)
     r = dev_sync (c, j);
     lock_take (&j->lock);
     j->syncing = false;
-    if (r == 0 && target > j->synced_seq)
+    if (r == 0 && target > j->synced_seq) {
       j->synced_seq = target;
+      atomic_store (&j->synced_atomic, target);
+    }
     pthread_cond_broadcast (&j->cv);
     if (r < 0)
       break;
@@ -1064,6 +1111,7 @@ drain_recovered (struct cache *c)
 }
 
 static void clip_at_growth (struct journal *j, struct jrec *r);
+static void idx_reap (struct cache *c, struct journal *j);
 
 static int
 drain_locked (struct cache *c, struct journal *j)
@@ -1193,6 +1241,7 @@ drain_locked (struct cache *c, struct journal *j)
   atomic_fetch_add (&c->ctr.journal_drained_bytes, s.lsn - from.tail_lsn);
   lock_take (&j->lock);
   j->mtail_lsn = s.lsn;
+  atomic_store (&j->drained_lsn, s.lsn);
   j->mtail_seq = s.seq;
   j->mtail_epoch = epoch;
   {
@@ -1209,6 +1258,7 @@ drain_locked (struct cache *c, struct journal *j)
   jscan_free (&s);
 
   clean_pages (c, j, last);
+  idx_reap (c, j);
   drain_recovered (c);
 
   r = write_tail (c, j);
@@ -1264,6 +1314,7 @@ jnl_get_stats (struct cache *c, struct cache_stats *st)
   st->journal_size = j->sb.data_size;
   st->journal_used_bytes = used (j);
   st->journal_pending_bytes = j->head_lsn - j->mtail_lsn;
+  st->journal_index_bytes = atomic_load (&j->node_bytes);
   if (j->mtail_seq < j->next_seq) {
     /* The oldest record pending was placed at or before the first
      * sample at or past it, and after the one before.
@@ -1325,4 +1376,372 @@ clip_at_growth (struct journal *j, struct jrec *r)
       r->count = old - r->offset;
   }
   lock_drop (&j->lock);
+}
+
+/* ---- the index of journaled data (journal.h) ---- */
+
+static size_t
+node_size (uint32_t cap)
+{
+  return sizeof (struct jnode) + (size_t) cap * sizeof (struct jext);
+}
+
+static uint64_t
+ext_lsn (const struct jext *e)
+{
+  return e->pos & ~JEXT_ZERO;
+}
+
+/* Drops the extents of N whose records are drained. */
+static void
+node_gc (struct journal *j, struct jnode *n)
+{
+  uint64_t dl = atomic_load (&j->drained_lsn);
+  uint32_t k = 0;
+
+  for (uint32_t i = 0; i < n->n; i++)
+    if (ext_lsn (&n->ext[i]) >= dl)
+      n->ext[k++] = n->ext[i];
+  n->n = k;
+}
+
+int
+jnl_node_room (struct cache *c, struct page *p)
+{
+  struct jnode *n = p->jnode;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  if (!n)
+    return 1;
+  if (n->n + 2 > n->cap)
+    node_gc (c->jnl, n);
+  return n->n + 2 <= n->cap ? 0 : 1;
+}
+
+int
+jnl_node_grow (struct cache *c, struct page *p)
+{
+  struct journal *j = c->jnl;
+
+  for (;;) {
+    struct jnode *old, *nn;
+    uint32_t want;
+
+    page_lock (p);
+    if (jnl_node_room (c, p) == 0) {
+      page_unlock (p);
+      return 0;
+    }
+    want = p->jnode ? 2 * (p->jnode->n + 2) : 4;
+    page_unlock (p);
+    nn = malloc (node_size (want));
+    if (!nn)
+      return -ENOMEM;
+    page_lock (p);
+    old = p->jnode;
+    if (old && old->n + 2 > want) { /* grew meanwhile: again */
+      page_unlock (p);
+      free (nn);
+      continue;
+    }
+    memset (nn, 0, sizeof *nn);
+    nn->index = p->index;
+    nn->cap = want;
+    if (old) {
+      nn->n = old->n;
+      memcpy (nn->ext, old->ext, old->n * sizeof old->ext[0]);
+    }
+    p->jnode = nn;
+    atomic_fetch_add (&j->node_bytes, node_size (want));
+    if (old)
+      atomic_fetch_sub (&j->node_bytes, node_size (old->cap));
+    page_unlock (p);
+    free (old);
+    return 0;
+  }
+}
+
+void
+jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
+               uint32_t s0, uint32_t cnt)
+{
+  struct jnode *n = p->jnode;
+  uint64_t ss = c->cfg.sector_size;
+  uint32_t end = s0 + cnt, orig, k = 0;
+  uint64_t pos = r->type == JREC_ZERO ? JEXT_ZERO | r->lsn
+                                      : r->lsn + JNL_HDR_SIZE;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  CACHE_ASSERT (n && n->n + 2 <= n->cap);
+  orig = n->n;
+  for (uint32_t i = 0; i < orig; i++) {
+    struct jext *e = &n->ext[i];
+    uint32_t a = e->s0, b = e->s0 + e->n;
+
+    if (b <= s0 || a >= end)
+      continue;
+    if (a < s0 && b > end) { /* split: the right part goes last */
+      struct jext *rt = &n->ext[n->n++];
+
+      rt->s0 = end;
+      rt->n = b - end;
+      rt->pos = e->pos & JEXT_ZERO ? e->pos : e->pos + (end - a) * ss;
+      e->n = s0 - a;
+    }
+    else if (a < s0)
+      e->n = s0 - a;
+    else if (b > end) {
+      if (!(e->pos & JEXT_ZERO))
+        e->pos += (end - a) * ss;
+      e->s0 = end;
+      e->n = b - end;
+    }
+    else
+      e->n = 0;
+  }
+  for (uint32_t i = 0; i < n->n; i++)
+    if (n->ext[i].n > 0)
+      n->ext[k++] = n->ext[i];
+  n->n = k;
+  n->ext[n->n].s0 = s0;
+  n->ext[n->n].n = cnt;
+  n->ext[n->n].pos = pos;
+  n->n++;
+}
+
+bool
+jnl_node_find (struct cache *c, struct page *p, uint32_t i, uint64_t *pos,
+               uint32_t *sectors)
+{
+  struct journal *j = c->jnl;
+  struct jnode *n = p->jnode;
+  uint64_t dl;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  if (!j || !n)
+    return false;
+  dl = atomic_load (&j->drained_lsn);
+  for (uint32_t k = 0; k < n->n; k++) {
+    const struct jext *e = &n->ext[k];
+
+    if (e->s0 <= i && i < e->s0 + e->n && ext_lsn (e) >= dl) {
+      *sectors = e->s0 + e->n - i;
+      *pos = e->pos & JEXT_ZERO
+               ? e->pos
+               : e->pos + ((uint64_t) (i - e->s0) << c->sector_shift);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool
+jnl_page_evictable (struct cache *c, struct page *p)
+{
+  struct journal *j = c->jnl;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  if (p->nd == 0)
+    return true;
+  /* Every D sector has its record in the node (write_page). */
+  return p->jnode && p->jseq <= atomic_load (&j->synced_atomic) &&
+         atomic_load (&j->node_bytes) <= j->node_max &&
+         page_offset (c, p) + c->cfg.page_size <= size_wb_end (c);
+}
+
+static uint64_t
+idx_bucket (struct journal *j, uint64_t index)
+{
+  return (index * UINT64_C (0x9E3779B97F4A7C15) >> 20) & j->idx_mask;
+}
+
+struct jnode *
+jnl_page_evict (struct cache *c, struct page *p)
+{
+  struct journal *j = c->jnl;
+  struct jnode *n = p->jnode;
+  uint64_t b;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  p->jnode = NULL;
+  p->jseq = 0;
+  if (!n)
+    return NULL;
+  node_gc (j, n);
+  if (n->n == 0) {
+    atomic_fetch_sub (&j->node_bytes, node_size (n->cap));
+    return n;
+  }
+  n->maxlsn = 0;
+  for (uint32_t k = 0; k < n->n; k++)
+    n->maxlsn = MAX (n->maxlsn, ext_lsn (&n->ext[k]));
+  n->index = p->index;
+  b = idx_bucket (j, n->index);
+  lock_take (&j->idx_lock);
+  n->hnext = j->idx_buckets[b];
+  j->idx_buckets[b] = n;
+  n->lnext = NULL;
+  n->lprev = j->idx_tail;
+  if (j->idx_tail)
+    j->idx_tail->lnext = n;
+  else
+    j->idx_head = n;
+  j->idx_tail = n;
+  atomic_fetch_add (&j->idx_nodes, 1);
+  lock_drop (&j->idx_lock);
+  atomic_fetch_add (&c->ctr.journal_spilled_pages, 1);
+  return NULL;
+}
+
+/* idx_lock held. */
+static void
+idx_remove (struct journal *j, struct jnode *n)
+{
+  struct jnode **pp = &j->idx_buckets[idx_bucket (j, n->index)];
+
+  while (*pp != n)
+    pp = &(*pp)->hnext;
+  *pp = n->hnext;
+  if (n->lprev)
+    n->lprev->lnext = n->lnext;
+  else
+    j->idx_head = n->lnext;
+  if (n->lnext)
+    n->lnext->lprev = n->lprev;
+  else
+    j->idx_tail = n->lprev;
+  n->hnext = n->lnext = n->lprev = NULL;
+  atomic_fetch_sub (&j->idx_nodes, 1);
+}
+
+void
+jnl_page_attach (struct cache *c, struct page *p)
+{
+  struct journal *j = c->jnl;
+  struct jnode *n;
+
+  if (!j || atomic_load (&j->idx_nodes) == 0)
+    return;
+  lock_take (&j->idx_lock);
+  for (n = j->idx_buckets[idx_bucket (j, p->index)]; n; n = n->hnext)
+    if (n->index == p->index)
+      break;
+  if (n)
+    idx_remove (j, n);
+  lock_drop (&j->idx_lock);
+  p->jnode = n;
+}
+
+/* Frees the indexed nodes, oldest first, every extent of which is
+ * drained.  A node behind a live one waits: it came later, so it is
+ * freed at the latest once the drain reaches the log's head as it was
+ * when that live one came.
+ */
+static void
+idx_reap (struct cache *c, struct journal *j)
+{
+  uint64_t dl = atomic_load (&j->drained_lsn);
+  struct jnode *dead = NULL;
+
+  (void) c;
+  lock_take (&j->idx_lock);
+  while (j->idx_head && j->idx_head->maxlsn < dl) {
+    struct jnode *n = j->idx_head;
+
+    idx_remove (j, n);
+    n->lnext = dead;
+    dead = n;
+  }
+  lock_drop (&j->idx_lock);
+  while (dead) {
+    struct jnode *n = dead;
+
+    dead = n->lnext;
+    atomic_fetch_sub (&j->node_bytes, node_size (n->cap));
+    free (n);
+  }
+}
+
+bool
+jnl_index_has (struct cache *c, uint64_t index)
+{
+  struct journal *j = c->jnl;
+  uint64_t dl;
+  bool live = false;
+
+  if (!j || atomic_load (&j->idx_nodes) == 0)
+    return false;
+  dl = atomic_load (&j->drained_lsn);
+  lock_take (&j->idx_lock);
+  for (struct jnode *n = j->idx_buckets[idx_bucket (j, index)]; n; n = n->hnext)
+    if (n->index == index) {
+      live = n->maxlsn >= dl;
+      break;
+    }
+  lock_drop (&j->idx_lock);
+  return live;
+}
+
+bool
+jnl_node_live (struct cache *c, struct page *p)
+{
+  uint64_t pos;
+  uint32_t n;
+
+  LOCK_ASSERT_HELD (&p->lock);
+  for (uint32_t i = 0; i < c->nsect; i++)
+    if (!sect_test (&p->sb, SECT_BM_V, i) && jnl_node_find (c, p, i, &pos, &n))
+      return true;
+  return false;
+}
+
+bool
+jnl_spilled (struct cache *c)
+{
+  return c->jnl && atomic_load (&c->ctr.journal_spilled_pages) > 0;
+}
+
+int
+jnl_read (struct cache *c, void *buf, uint32_t count, uint64_t pos)
+{
+  struct journal *j = c->jnl;
+  bool kept;
+  int r;
+
+  if (pos & JEXT_ZERO) {
+    memset (buf, 0, count);
+    return 0;
+  }
+  r = j->dev.ops->pread (j->dev.opaque, buf, count, jnl_phys (&j->sb, pos));
+  if (r < 0) {
+    report_logf (c, CACHE_LOG_ERROR, "journal: reading data back: %s",
+                 errstr (-r));
+    return r;
+  }
+  /* Space is reused only past the durable tail (rule 14): if the tail
+   * has not passed POS now, nothing overwrote it during the read.
+   */
+  lock_take (&j->lock);
+  kept = j->dtail_lsn <= pos;
+  lock_drop (&j->lock);
+  atomic_fetch_add (&c->ctr.journal_read_bytes, count);
+  return kept ? 0 : 1;
+}
+
+int
+jnl_sync_all (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  uint64_t upto;
+
+  lock_take (&j->lock);
+  upto = j->next_seq - 1;
+  lock_drop (&j->lock);
+  return jnl_sync (c, upto);
+}
+
+uint64_t
+jnl_index_bytes (struct cache *c)
+{
+  return atomic_load (&c->jnl->node_bytes);
 }

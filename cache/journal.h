@@ -25,6 +25,7 @@
 #include "jformat.h"
 
 struct cache;
+struct page;
 
 /* One record on its way to the journal: allocated before any lock,
  * filled (payload) under the page lock, placed by jnl_reserve, written
@@ -92,6 +93,88 @@ int jnl_flush (struct cache *c);
  * the drainer must not write over what the growth brought there.
  */
 void jnl_note_growth (struct cache *c, uint64_t old);
+
+/* The index of journaled data (docs/journal.md, "Dirty data beyond
+ * RAM").  A page that has had a journaled write carries a jnode: for
+ * the sectors whose newest change is a record not yet written back,
+ * where that record's data is in the ring (pos: the LSN of the first
+ * sector's bytes, or JEXT_ZERO | LSN for a ZERO record).  An extent is
+ * live while its record is not drained (pos >= the drained tail);
+ * dead ones are dropped as the node changes.  A dirty page whose
+ * records are durable may leave RAM: its node then goes to the index
+ * (a hash by page number, and a list in the order nodes came, which the
+ * drainer frees from the front once every extent of a node is drained),
+ * and a page that comes back takes its node back.  Reads of sectors a
+ * page does not hold come from the ring where a live extent says so.
+ * Resident nodes are the page lock's; indexed ones the index lock's.
+ */
+#define JEXT_ZERO (UINT64_C (1) << 63)
+struct jext {
+  uint32_t s0, n; /* sectors of the page */
+  uint64_t pos;   /* ring LSN of sector s0's data, or JEXT_ZERO | LSN */
+};
+struct jnode {
+  uint64_t index;              /* page number */
+  struct jnode *hnext;         /* index hash chain */
+  struct jnode *lnext, *lprev; /* index list, oldest first */
+  uint64_t maxlsn;             /* end of the newest record's data */
+  uint32_t n, cap;             /* ext[0..n) */
+  struct jext ext[];           /* not overlapping, any order */
+};
+
+/* Page locked, journal= only.  Makes room in P's node for the extents
+ * of one more record: 0, or 1 if the caller must drop the page lock and
+ * call jnl_node_grow (then start over), or -ENOMEM.
+ */
+int jnl_node_room (struct cache *c, struct page *p);
+/* No lock held; P pinned.  Gives P a node with room (see above). */
+int jnl_node_grow (struct cache *c, struct page *p);
+/* Page locked, after jnl_reserve of record R (payload at R's lsn +
+ * JNL_HDR_SIZE) covering sectors [s0, s0+n) of P: R is now their
+ * newest change.
+ */
+void jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
+                    uint32_t s0, uint32_t n);
+/* clock, shard and page locks held: may P leave RAM?  A page with D
+ * sectors only once every record of it is durable, and while the
+ * index is under its bound.
+ */
+bool jnl_page_evictable (struct cache *c, struct page *p);
+/* Same locks: P leaves RAM.  Its node goes to the index if it has a
+ * live extent; otherwise it is returned, to be freed once the locks
+ * are dropped.
+ */
+struct jnode *jnl_page_evict (struct cache *c, struct page *p);
+/* Shard lock held: a new page P takes back the node of its page number
+ * from the index, if any.
+ */
+void jnl_page_attach (struct cache *c, struct page *p);
+/* Page locked: whether sector I of P has a live extent; if so *POS is
+ * where sector I's data is and *SECTORS how many sectors from I on it
+ * covers.
+ */
+bool jnl_node_find (struct cache *c, struct page *p, uint32_t i, uint64_t *pos,
+                    uint32_t *sectors);
+/* No lock held.  Reads COUNT bytes of ring data at POS into BUF (zeroes
+ * for a ZERO extent).  Returns 0, 1 if the record was drained meanwhile
+ * and its space reused or released (the backend holds it, read that
+ * instead), or -errno.
+ */
+int jnl_read (struct cache *c, void *buf, uint32_t count, uint64_t pos);
+/* Whether the index holds a node with a live extent for page INDEX
+ * (no lock held), or resident P (locked) has a live extent for a sector
+ * it does not hold.
+ */
+bool jnl_index_has (struct cache *c, uint64_t index);
+bool jnl_node_live (struct cache *c, struct page *p);
+/* Bytes of every node, in RAM or indexed. */
+uint64_t jnl_index_bytes (struct cache *c);
+/* Whether a page ever left RAM dirty (block status then looks at the
+ * index too).
+ */
+bool jnl_spilled (struct cache *c);
+/* Makes every record placed so far durable (for frames: page.c). */
+int jnl_sync_all (struct cache *c);
 
 /* journal-order=any (cache.h). */
 void jnl_order_any (struct cache *c, bool any);

@@ -18,6 +18,11 @@
  * `referenced' (an atomic store, no lock); the hand clears it and evicts
  * a page only if it has no pins, no D and no W.  Dirty pages are always
  * listed, hence pinned, so memory pressure never discards dirty data.
+ * With a journal, a dirty page whose records are all durable in it may
+ * go too (held only by the list's pin): where its data is in the
+ * journal stays in the index (journal.h), which reads of it consult.
+ * Its frame must be free of every other pin, checked under the shard
+ * lock, under which no pin can be taken from the list's one.
  * When nothing can be evicted a thread waits on frame_cv, but only if it
  * holds no pin itself (page_get(wait=false) otherwise), after asking for
  * write-back.
@@ -103,6 +108,7 @@ page_table_free (struct cache *c)
 {
   if (c->frames) {
     for (uint32_t i = 0; i < c->nframes; i++) {
+      free (c->frames[i].jnode);
       lock_destroy (&c->frames[i].lock);
       pthread_cond_destroy (&c->frames[i].cv);
     }
@@ -217,17 +223,42 @@ static bool
 try_evict (struct cache *c, struct page *p)
 {
   uint64_t index = p->index;
+  /* With a journal a dirty page holds only the dirty list's pin. */
+  unsigned pins = c->jnl ? 1 : 0;
+  struct jnode *dead = NULL;
   struct shard *s;
   bool ok = false;
 
   LOCK_ASSERT_HELD (&c->clock_lock);
-  if (index == PAGE_NONE || atomic_load (&p->refs) > 0)
+  if (index == PAGE_NONE || atomic_load (&p->refs) > pins)
     return false;
   s = shard_of (c, index);
   lock_take (&s->lock);
-  if (p->index == index && atomic_load (&p->refs) == 0) {
+  /* Under the shard lock no pin can be taken from the list's one. */
+  if (p->index == index && atomic_load (&p->refs) <= pins) {
     page_lock (p);
-    if (p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
+    if (atomic_load (&p->refs) != (p->listed ? 1u : 0u))
+      ; /* a request's pin: not now */
+    else if (c->jnl && p->nw == 0 && p->frags == NULL &&
+             jnl_page_evictable (c, p)) {
+      /* Its dirty sectors are durable in the journal, which the reads
+       * of them come from until they are written back (journal.h).
+       */
+      struct sect_delta d = { .v = -(int32_t) p->nv, .d = -(int32_t) p->nd };
+      CACHE_ASSERT (page_check (c, p));
+      shard_remove (s, p);
+      memset (p->sb.bits, 0, SECT_NR_BITMAPS * c->words * sizeof (uint64_t));
+      report_account (c, p, &d);
+      dirty_evict (c, p);
+      dead = jnl_page_evict (c, p);
+      p->index = PAGE_NONE;
+      p->dseq = SEQ_NONE;
+      atomic_store (&p->referenced, false);
+      ok = true;
+    }
+    else if (c->jnl && (p->nd > 0 || p->listed))
+      ; /* not yet durable, or the index is full */
+    else if (p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
       struct sect_delta d = { .v = -(int32_t) p->nv };
       CACHE_ASSERT (page_check (c, p));
       shard_remove (s, p);
@@ -243,6 +274,7 @@ try_evict (struct cache *c, struct page *p)
     page_unlock (p);
   }
   lock_drop (&s->lock);
+  free (dead); /* a node none of whose records is pending */
   if (ok) {
     atomic_fetch_sub (&c->st_resident, 1);
     atomic_fetch_add (&c->ctr.evictions, 1);
@@ -273,7 +305,7 @@ frame_get (struct cache *c, bool wait, int *err)
     for (uint32_t scanned = 0; !p && scanned < 2 * c->nframes; scanned++) {
       struct page *q = &c->frames[c->hand];
       c->hand = (c->hand + 1) % c->nframes;
-      if (atomic_load (&q->refs) > 0)
+      if (atomic_load (&q->refs) > (c->jnl ? 1u : 0u))
         continue;
       if (atomic_exchange (&q->referenced, false))
         continue;
@@ -371,6 +403,7 @@ page_get (struct cache *c, uint64_t index, bool wait, int *err)
   CACHE_ASSERT (frame->nv == 0 && frame->nd == 0 && frame->nw == 0);
   CACHE_ASSERT (!frame->listed && frame->frags == NULL);
   frame->index = index;
+  jnl_page_attach (c, frame);
   atomic_store (&frame->refs, 1);
   atomic_store (&frame->referenced, true);
   frame->hnext = s->buckets[bucket_of (s, index)];

@@ -50,7 +50,9 @@
 struct read_seg {
   uint64_t off;
   uint32_t len;
+  uint64_t jpos; /* journal=: read from the ring here; or JPOS_NONE */
 };
+#define JPOS_NONE UINT64_MAX
 
 /* Reads from the backend; the part past the end of the disk (the tail
  * of a last sector that the disk only partly covers) reads as zeroes.
@@ -151,6 +153,57 @@ read_pin (struct read_chunk *ch, uint64_t *pos, uint64_t end,
   return miss;
 }
 
+/* Appends [off, off+len) to SEGS, merged with the last one if they
+ * are contiguous on the backend, or in the ring.
+ */
+static unsigned
+add_seg (struct read_seg *segs, unsigned nsegs, size_t maxsegs, uint64_t off,
+         uint32_t len, uint64_t jpos)
+{
+  struct read_seg *l = nsegs > 0 ? &segs[nsegs - 1] : NULL;
+
+  if (l && l->off + l->len == off &&
+      ((jpos == JPOS_NONE && l->jpos == JPOS_NONE) ||
+       (jpos != JPOS_NONE && l->jpos != JPOS_NONE && !(jpos & JEXT_ZERO) &&
+        !(l->jpos & JEXT_ZERO) && l->jpos + l->len == jpos))) {
+    l->len += len;
+    return nsegs;
+  }
+  CACHE_ASSERT (nsegs < maxsegs);
+  segs[nsegs].off = off;
+  segs[nsegs].len = len;
+  segs[nsegs].jpos = jpos;
+  return nsegs + 1;
+}
+
+/* Page locked.  Lists missing sectors [i, e) of P: from the journal
+ * where a live extent of P's node says their newest data is, from the
+ * backend elsewhere.
+ */
+static unsigned
+list_journaled (struct cache *c, struct page *p, uint32_t i, uint32_t e,
+                struct read_seg *segs, unsigned nsegs, size_t maxsegs)
+{
+  uint64_t poff = page_offset (c, p);
+
+  while (i < e) {
+    uint64_t soff = poff + ((uint64_t) i << c->sector_shift), pos;
+    uint32_t n;
+
+    if (jnl_node_find (c, p, i, &pos, &n)) {
+      n = MIN (n, e - i);
+      nsegs = add_seg (segs, nsegs, maxsegs, soff, n << c->sector_shift, pos);
+    }
+    else {
+      n = 1;
+      nsegs = add_seg (segs, nsegs, maxsegs, soff, 1u << c->sector_shift,
+                       JPOS_NONE);
+    }
+    i += n;
+  }
+  return nsegs;
+}
+
 /* Pass 2: lists the missing sectors of the chunk in SEGS, coalesced
  * across pages, and copies the valid ones.  Every sector of the buffer
  * is then filled (here or by the backend reads), so a sector that a
@@ -183,14 +236,11 @@ read_list_missing (struct read_chunk *ch, struct read_seg *segs, size_t maxsegs)
                 sect_data (c, p, i), len);
         continue;
       }
-      if (nsegs > 0 && segs[nsegs - 1].off + segs[nsegs - 1].len == soff)
-        segs[nsegs - 1].len += len;
-      else {
-        CACHE_ASSERT (nsegs < maxsegs);
-        segs[nsegs].off = soff;
-        segs[nsegs].len = len;
-        nsegs++;
+      if (p->jnode) { /* newest data may be in the journal */
+        nsegs = list_journaled (c, p, i, j, segs, nsegs, maxsegs);
+        continue;
       }
+      nsegs = add_seg (segs, nsegs, maxsegs, soff, len, JPOS_NONE);
     }
     page_unlock (p);
   }
@@ -245,7 +295,9 @@ static int
 read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
 {
   const uint32_t chunk_pages = MAX (1u, MIN (32u, (2u << 20) >> c->page_shift));
-  const size_t maxsegs = (size_t) chunk_pages * (c->nsect / 2 + 1);
+  /* With a journal every sector may come from its own place. */
+  const size_t maxsegs = (size_t) chunk_pages *
+                         (c->jnl ? c->nsect : c->nsect / 2 + 1);
   struct read_seg *segs = NULL;
   uint64_t end = off + count, pos = off;
   int err = 0;
@@ -261,9 +313,21 @@ read_aligned (struct cache *c, char *buf, uint64_t off, uint64_t count)
       if (!segs && !(segs = malloc (maxsegs * sizeof *segs)))
         err = -ENOMEM;
       nsegs = err ? 0 : read_list_missing (&ch, segs, maxsegs);
-      for (unsigned k = 0; k < nsegs && !err; k++)
-        err = backend_pread (c, buf + (segs[k].off - off), segs[k].len,
-                             segs[k].off);
+      CACHE_PARK (c, "read.listed");
+      for (unsigned k = 0; k < nsegs && !err; k++) {
+        char *b = buf + (segs[k].off - off);
+
+        if (segs[k].jpos != JPOS_NONE) {
+          /* 1: written back meanwhile and its space released: the
+           * backend holds it now (or newer data, which the page then
+           * holds too: installing skips it).
+           */
+          err = jnl_read (c, b, segs[k].len, segs[k].jpos);
+          if (err != 1)
+            continue;
+        }
+        err = backend_pread (c, b, segs[k].len, segs[k].off);
+      }
       CACHE_PARK (c, "read.fetched");
       if (!err)
         read_install (&ch, stable, gen);
@@ -341,11 +405,18 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   uint64_t gen = atomic_load (&c->discard_started);
   bool stable = atomic_load (&c->nbusy) == 0;
   uint64_t soff = page_offset (c, p) + ((uint64_t) i << c->sector_shift);
+  uint64_t jpos;
+  uint32_t n;
+  bool journaled;
   int r;
 
   LOCK_ASSERT_HELD (&p->lock);
+  /* Its newest data may be in the journal (the page left RAM). */
+  journaled = jnl_node_find (c, p, i, &jpos, &n);
   page_unlock (p);
-  r = backend_pread (c, tmp, c->cfg.sector_size, soff);
+  r = journaled ? jnl_read (c, tmp, c->cfg.sector_size, jpos) : 1;
+  if (r == 1) /* not journaled, or written back meanwhile */
+    r = backend_pread (c, tmp, c->cfg.sector_size, soff);
   atomic_fetch_add (&c->ctr.misses, 1);
   page_lock (p);
   if (r < 0)
@@ -388,6 +459,7 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
   p = page_get (c, pi, true, &r);
   if (!p)
     return r;
+again:
   page_lock (p);
   for (;;) {
     /* Each fill drops the page lock: a TRIM or ZERO may meanwhile have
@@ -417,6 +489,17 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
    */
   if (r == 0 && !size_covers (c, off, len))
     r = -ERANGE;
+  /* The page's node must have room for this record's extents: growing
+   * it drops the lock, after which everything above is checked again.
+   */
+  if (r == 0 && jb && jnl_node_room (c, p) != 0) {
+    page_unlock (p);
+    r = jnl_node_grow (c, p);
+    if (r == 0)
+      goto again;
+    page_unpin (c, p);
+    return r;
+  }
   if (r == 0) {
     memcpy (p->data + (off - poff), src, len);
     sect_write (&p->sb, sh, st - sh + 1, &d);
@@ -430,6 +513,7 @@ write_page (struct cache *c, uint64_t pi, const char *src, uint64_t off,
       *seq = jnl_reserve (c, jb, jt, poff + ((uint64_t) sh << c->sector_shift),
                           n);
       p->jseq = *seq;
+      jnl_node_note (c, p, &jb->rec, sh, st - sh + 1);
     }
     CACHE_ASSERT (page_check (c, p));
   }

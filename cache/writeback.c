@@ -52,6 +52,8 @@
 
 #define MAX_PICK 256
 
+static void wb_want_frames (struct cache *c);
+
 void
 wb_init (struct cache *c)
 {
@@ -60,7 +62,7 @@ wb_init (struct cache *c)
   lock_init (&c->gc_lock);
   pthread_cond_init (&c->gc_cv, NULL);
   dirty_init (c);
-  c->want_writeback = wb_kick;
+  c->want_writeback = wb_want_frames;
 }
 
 /* ---- batches and runs ---- */
@@ -667,6 +669,18 @@ wb_kick (struct cache *c)
     wb_collect (c, PICK_BACKGROUND, 0, NULL);
 }
 
+/* The upcall of page.c when no frame can be evicted.  With a journal,
+ * dirty pages may leave RAM once their records are durable: sync them
+ * (one group commit) before asking the drainer for more.
+ */
+static void
+wb_want_frames (struct cache *c)
+{
+  if (c->jnl)
+    jnl_sync_all (c); /* a failure is sticky: flushes report it */
+  wb_kick (c);
+}
+
 int
 wb_throttle (struct cache *c)
 {
@@ -675,6 +689,12 @@ wb_throttle (struct cache *c)
   int r = 0;
 
   if (dirty_mem (c) < c->dirty_limit)
+    return 0;
+  /* With a journal, dirty pages leave RAM once durable (page.c): the
+   * journal's space throttles writers (jnl_credit), not RAM, while the
+   * index has room.
+   */
+  if (c->jnl && jnl_index_bytes (c) <= c->cfg.cache_size / 4)
     return 0;
   while (dirty_mem (c) >= c->dirty_limit) {
     struct timespec ts;

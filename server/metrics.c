@@ -313,6 +313,10 @@ render_counters (struct out *o, const struct cache_stats *st)
   gauge (o, "journal_oldest_age_seconds",
          "Age of the oldest record not yet written back (per epoch).",
          st->journal_oldest_age_ms / 1000);
+  gauge (o, "journal_index_bytes",
+         "Bytes of RAM the index of journaled data takes (at most a "
+         "quarter of cache-size while dirty pages leave RAM).",
+         st->journal_index_bytes);
   gauge (o, "writeback_runs_in_flight",
          "Write-back runs started and not yet completed.", st->runs_in_flight);
 }

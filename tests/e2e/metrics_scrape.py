@@ -50,7 +50,7 @@ client_trims backend_reads backend_writes backend_flushes writeback_runs
 writeback_errors evictions throttled_writers flushes flush_errors
 writeback_past_end_runs image_size_changes
 journal_records journal_syncs journal_drained_records
-journal_replayed_records journal_epochs_waiting
+journal_replayed_records journal_epochs_waiting journal_spilled_pages
 """.split()
 # Names of earlier versions, renamed (the man page says so).
 GONE = ["subpage_hits_total", "subpage_misses_total",

@@ -145,7 +145,7 @@
 #define NCQ 16                      /* completion slots: aio runs in flight */
 #define LOSS (MAXT + NCQ)           /* the thread that loses the lock */
 #define NTH (LOSS + 1)              /* every scheduled thread */
-#define MAXOPS 8                    /* prelude + concurrent */
+#define MAXOPS 10                   /* prelude + concurrent */
 #define MAXDEC 20000
 #define JSIZE JNL_MIN_SIZE          /* the journal device (--journal 1) */
 #define JIDENT "file:/explore/image"
@@ -707,6 +707,9 @@ struct scenario {
   bool journal;                     /* --journal 1: a fake-jdev journal */
   bool low_dirty;                   /* journal: dirty_ratio 10, so that
                                      * writers drain (wb_kick, no hook) */
+  bool spill;                       /* journal: no background drain, and
+                                     * the prelude fills the cache so that
+                                     * pages 0 and 1 leave RAM dirty */
   unsigned jfail;                   /* journal: 1 a journal pwrite fails,
                                      * 2 a journal sync (sticky) */
   unsigned jfail_skip;              /* ... after this many calls */
@@ -801,6 +804,7 @@ make_jscenario (uint64_t *r, struct scenario *s)
   s->mode = CACHE_MODE_WRITEBACK;
   s->journal = true;
   s->low_dirty = rnd (r) % 3 == 0;
+  s->spill = !s->low_dirty && rnd (r) % 2 == 0;
   if (rnd (r) % 4 == 0) {
     s->jfail = 1 + (unsigned) (rnd (r) % 2);
     s->jfail_skip = (unsigned) (rnd (r) % 3);
@@ -910,13 +914,14 @@ describe (const struct scenario *s, char *buf, size_t len)
 {
   size_t n = (size_t) snprintf (buf, len,
     "seed=%" PRIu64 " mode=%s sector=%u trim/zero=%s fast-zero=%s "
-    "fail-write=%u prelude=%u aio=%s lost-lock=%s journal=%s%s:",
+    "fail-write=%u prelude=%u aio=%s lost-lock=%s journal=%s%s%s:",
     s->seed, s->mode == CACHE_MODE_WRITEBACK ? "writeback"
     : s->mode == CACHE_MODE_WRITETHROUGH ? "writethrough" : "unsafe",
     s->sector_size, s->trim_zero ? "yes" : "no",
     s->fast_zero_ok ? "yes" : "no", s->fail_nth, s->prelude,
     s->aio ? "yes" : "no", s->lost_lock ? "yes" : "no",
-    s->journal ? "yes" : "no", s->low_dirty ? " dirty-ratio=10" : "");
+    s->journal ? "yes" : "no", s->low_dirty ? " dirty-ratio=10" : "",
+    s->spill ? " spill" : "");
   if (s->jfail && n < len)
     n += (size_t) snprintf (buf + n, len - n, " journal-%s-fails=%u",
                             s->jfail == 1 ? "pwrite" : "sync",
@@ -1471,7 +1476,7 @@ run_op (struct op *o)
 {
   switch (o->k) {
   case K_WRITE: case K_WRITE_FUA: {
-    unsigned char buf[HOT];
+    unsigned char buf[DISK]; /* the spill prelude writes past HOT */
     memset (buf, o->val, o->len);
     o->ret = cache_write (cache, buf, o->len, o->off,
                           o->k == K_WRITE_FUA ? CACHE_FUA : 0);
@@ -1610,6 +1615,13 @@ quiet_log (void *opaque, enum cache_log_level lvl, const char *fmt,
   (void) opaque; (void) lvl; (void) fmt; (void) ap;
 }
 
+/* The kick hook of the spill scenarios: no background write-back. */
+static void
+kick_none (void *opaque)
+{
+  (void) opaque;
+}
+
 /* Runs one prelude request on the main thread (no scheduling). */
 static void
 prelude_op (enum kind k, uint32_t off, uint32_t len, unsigned char val)
@@ -1651,6 +1663,13 @@ prelude (unsigned variant)
     prelude_op (K_WRITE, 1024, 1024, 0x22);
     break;
   default: abort ();
+  }
+  if (scn.journal && scn.spill) {
+    /* Durable, then pushed out of RAM by the other pages: the scenario
+     * reads and writes pages 0 and 1 back from the journal.
+     */
+    prelude_op (K_FLUSH, 0, 0, 0);
+    prelude_op (K_WRITE, HOT, DISK - HOT, 0x23);
   }
 }
 
@@ -1802,6 +1821,8 @@ execute (void)
                strerror (-err));
       exit (2);
     }
+    if (scn.spill)
+      cache_set_kick (cache, kick_none, NULL);
   }
   nevents = 0;
   lock_lost = false;

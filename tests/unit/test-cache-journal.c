@@ -723,27 +723,164 @@ test_superblock_sync_error_sticky (void **state)
   free (x.m);
 }
 
-/* A writer throttled by dirty_ratio, with no kick hook, drains the
- * journal itself (wb_kick); once a journal sync has failed (sticky) no
- * drain can make progress, so the writer must fail, as a throttled
- * writer does when write-back keeps failing, not wait forever.  Found
- * by the schedule explorer (explore --journal 1, seed 2063: a FUA write
- * throttled at dirty_ratio 10%, the first journal sync failing, looped
- * in wb_throttle past 20000 steps).
+static void
+kick_none (void *opaque)
+{
+  (void) opaque;
+}
+
+#define BIGJ (JNL_DATA_OFFSET + 16 * MiB)
+
+/* Writes N bytes at OFF, random, to the cache and to WANT. */
+static void
+shadow_write (struct tcache *t, unsigned char *want, uint64_t off, uint32_t n)
+{
+  for (uint32_t i = 0; i < n; i++)
+    want[off + i] = (unsigned char) (rand () | 1);
+  assert_int_equal (cache_write (t->c, want + off, n, off, 0), 0);
+}
+
+static void
+shadow_check (struct tcache *t, const unsigned char *want, uint64_t size)
+{
+  unsigned char *got = malloc (65536);
+
+  assert_non_null (got);
+  for (uint64_t off = 0; off < size; off += 65536) {
+    assert_int_equal (cache_read (t->c, got, 65536, off), 0);
+    assert_memory_equal (got, want + off, 65536);
+  }
+  free (got);
+}
+
+/* Dirty data beyond RAM: with no write-back at all (a kick hook that
+ * does nothing), twice the cache's size of dirty data is written; pages
+ * whose records are durable leave RAM, and every read, and every
+ * partial write's fill, finds the newest data in the journal.  After a
+ * drain the image holds it all, and the index is empty again.
  */
 static void
-test_throttled_writer_after_sync_error (void **state)
+test_dirty_beyond_ram (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  struct cache_stats st;
+  (void) state;
+
+  assert_non_null (want);
+  srand (7);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  /* Every page: a 4 KiB write, a sector, and a ZERO of two sectors. */
+  for (uint64_t pg = 0; pg < cfg.size / PG; pg++) {
+    uint64_t base = pg * PG;
+
+    shadow_write (&x.t, want, base + (pg % 7) * 4096, 4096);
+    shadow_write (&x.t, want, base + 60 * SS, SS);
+    assert_int_equal (cache_zero (x.t.c, 2 * SS, base + 100 * SS, 0), 0);
+    memset (want + base + 100 * SS, 0, 2 * SS);
+  }
+  st = stats (x.t.c);
+  assert_true (st.journal_spilled_pages > 0);
+  assert_true (st.journal_index_bytes > 0);
+  assert_int_equal (st.journal_drained_records, 0);
+  assert_true (fake_disk_is_byte (x.t.f, 0, cfg.size, 0));
+  /* Block status: every page holds data the backend does not, in RAM
+   * or only in the journal.
+   */
+  for (uint64_t pg = 0; pg < cfg.size / PG; pg++) {
+    uint64_t a, b;
+    bool z;
+
+    assert_true (
+      cache_next_unflushed (x.t.c, pg * PG, (pg + 1) * PG, &a, &b, &z));
+    assert_true (a >= pg * PG && b <= (pg + 1) * PG && a < b);
+  }
+  /* Partial sectors over data that left RAM: their fill reads it back
+   * from the journal.
+   */
+  for (uint64_t pg = 0; pg < cfg.size / PG; pg += 3)
+    shadow_write (&x.t, want, pg * PG + (pg % 7) * 4096 + 100, 37);
+  shadow_check (&x.t, want, cfg.size);
+  st = stats (x.t.c);
+  assert_true (st.journal_read_bytes > 0);
+
+  assert_int_equal (cache_flush (x.t.c), 0);
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  shadow_check (&x.t, want, cfg.size);
+  jt_close (&x);
+  free (want);
+}
+
+/* A read that found its data in the journal and lost the race with
+ * write-back: between listing where the data is and reading it, the
+ * records are drained, the tail moves and newer records reuse the
+ * space.  It must not return what now lies there (rule 14's space, read
+ * by jnl_read): the backend holds the data.
+ */
+static void
+test_read_races_reuse (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  struct stops st;
+  struct async *a;
+  unsigned k;
+  (void) state;
+
+  assert_non_null (want);
+  srand (8);
+  /* The smallest journal the page size allows: reused quickly. */
+  jt_open_dev (&x, fake_jdev_new (JNL_DATA_OFFSET + 1 * MiB), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  for (uint64_t pg = 0; pg < 40; pg++)
+    shadow_write (&x.t, want, pg * PG, 8192);
+  assert_true (stats (x.t.c).journal_spilled_pages > 0);
+  /* Page 0 left RAM first. */
+  stops_init (&st);
+  k = stops_add (&st, "read.listed", 1);
+  cache_debug_set_park (x.t.c, stops_hook, &st);
+  a = async_start (&x.t, ASYNC_READ, NULL, 8192, 0, 0);
+  WAIT_FOR (stops_parked (&st, k));
+  cache_debug_set_park (x.t.c, NULL, NULL);
+  /* Everything written back, and the whole ring written over. */
+  assert_int_equal (cache_flush (x.t.c), 0);
+  assert_int_equal (cache_drain (x.t.c), 0);
+  for (unsigned round = 0; round < 4; round++) {
+    for (uint64_t pg = 40; pg < 56; pg++)
+      shadow_write (&x.t, want, pg * PG, 16384);
+    assert_int_equal (cache_flush (x.t.c), 0);
+    assert_int_equal (cache_drain (x.t.c), 0);
+  }
+  stops_release (&st, k);
+  assert_int_equal (async_join (a), 0);
+  assert_memory_equal (a->buf, want, 8192);
+  shadow_check (&x.t, want, cfg.size);
+  stops_destroy (&st);
+  jt_close (&x);
+  free (want);
+}
+
+/* With room in the index, dirty pages leave RAM instead of throttling
+ * writers: after a failed journal sync none of them is durable, so none
+ * can leave, and a writer that needs a frame fails with the error once
+ * the cache is full of them, rather than waiting for ever.
+ */
+static void
+test_full_cache_after_sync_error (void **state)
 {
   struct jt x = { .m = NULL };
   struct cache_config cfg = jconfig ();
   unsigned char *buf = malloc (65536);
-  struct async *a;
+  int r = 0;
+  unsigned k;
   (void) state;
 
   assert_non_null (buf);
   memset (buf, 0x5a, 65536);
-  cfg.dirty_background_ratio = 1;
-  cfg.dirty_ratio = 1; /* 20 KiB of the 2 MiB cache: one page */
   tc_open (&x.t, &cfg);
   cache_set_kick (x.t.c, NULL, NULL); /* write-back in the caller */
   x.j = fake_jdev_new (JSIZE);
@@ -751,14 +888,11 @@ test_throttled_writer_after_sync_error (void **state)
     cache_journal_open (x.t.c, fake_jdev_dev (x.j), IDENT, true), 0);
   assert_int_equal (cache_journal_recover (x.t.c), 0);
   tc_quiet_errors = true;
-  /* One dirty page: the limit (dirty_limit is at least a page). */
-  assert_int_equal (cache_write (x.t.c, buf, 65536, 0, 0), 0);
-  /* The first journal sync fails: the drain of the next writer, over
-   * dirty_ratio.
-   */
   fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
-  a = async_start (&x.t, ASYNC_WRITE, buf, 65536, 65536, 0);
-  assert_int_equal (async_join (a), -EIO);
+  for (k = 0; k < 2 * (cfg.cache_size / 65536) && r == 0; k++)
+    r = cache_write (x.t.c, buf, 65536, (uint64_t) k * 65536, 0);
+  assert_int_equal (r, -EIO);
+  assert_true (k <= cfg.cache_size / 65536 + 1);
   assert_int_equal (cache_flush (x.t.c), -EIO);
   tc_quiet_errors = false;
   jt_close (&x);
@@ -1030,7 +1164,9 @@ main (void)
     cmocka_unit_test (test_drain_past_end_kept),
     cmocka_unit_test (test_journal_too_small_for_page),
     cmocka_unit_test (test_superblock_sync_error_sticky),
-    cmocka_unit_test (test_throttled_writer_after_sync_error),
+    cmocka_unit_test (test_full_cache_after_sync_error),
+    cmocka_unit_test (test_dirty_beyond_ram),
+    cmocka_unit_test (test_read_races_reuse),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
