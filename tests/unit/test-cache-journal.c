@@ -864,6 +864,54 @@ test_read_races_reuse (void **state)
   free (want);
 }
 
+/* Block status of data that lives only in the journal, once read back:
+ * page 0 leaves RAM dirty (its records durable, none written back), a
+ * read brings it back, installing what it read from the journal as
+ * CLEAN sectors; the backend still holds zeroes.  Block status must
+ * still call page 0 data (rule: it may call data a hole, never the
+ * reverse), but the resident page has no D sector and its node's live
+ * extents are all under V sectors, which journaled_unflushed skips.
+ */
+static void
+test_block_status_after_read_back (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  unsigned char *got = malloc (PG);
+  uint64_t a, b;
+  bool z;
+  (void) state;
+
+  assert_non_null (want);
+  assert_non_null (got);
+  srand (9);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  /* Twice the cache: page 0 leaves RAM. */
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_false (cache_debug_resident (x.t.c, 0));
+  assert_true (stats (x.t.c).journal_spilled_pages > 0);
+  assert_true (cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z));
+  /* Read back from the journal. */
+  assert_int_equal (cache_read (x.t.c, got, PG, 0), 0);
+  assert_memory_equal (got, want, PG);
+  assert_true (cache_debug_resident (x.t.c, 0));
+  assert_true (fake_disk_is_byte (x.t.f, 0, PG, 0));
+  /* Nothing written back: page 0 is data the backend does not hold. */
+  assert_true (cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z));
+  assert_true (a < PG && !z);
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (got);
+  free (want);
+}
+
 /* With room in the index, dirty pages leave RAM instead of throttling
  * writers: after a failed journal sync none of them is durable, so none
  * can leave, and a writer that needs a frame fails with the error once
@@ -1167,6 +1215,7 @@ main (void)
     cmocka_unit_test (test_full_cache_after_sync_error),
     cmocka_unit_test (test_dirty_beyond_ram),
     cmocka_unit_test (test_read_races_reuse),
+    cmocka_unit_test (test_block_status_after_read_back),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
