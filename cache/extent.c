@@ -108,8 +108,10 @@ journaled_unflushed (struct cache *c, uint64_t off, uint64_t end,
       }
       page_unpin (c, p);
     }
-    else
+    else {
+      CACHE_PARK (c, "extent.absent");
       live = jnl_index_has (c, pi);
+    }
     if (live) {
       *start = MAX (off, pi << c->page_shift);
       *stop = MIN (end, (pi + 1) << c->page_shift);

@@ -311,6 +311,9 @@ struct gc_waiter {
  *                       installs what they returned
  *   "journal.placed"    a journaled write, after its record of one page
  *                       is placed in the log, before it is written
+ *   "extent.absent"     block status once pages left RAM dirty, after
+ *                       finding a page not resident, before looking for
+ *                       its node in the journal's index
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS

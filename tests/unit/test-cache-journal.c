@@ -912,6 +912,72 @@ test_block_status_after_read_back (void **state)
   free (want);
 }
 
+/* The park hook of test_block_status_races_attach: at "extent.absent"
+ * (block status found page 0 not resident), a write of one sector of
+ * page 0 brings the page back, which takes its node from the index.
+ */
+struct attach_hook {
+  struct tcache *t;
+  unsigned char *want;
+  bool done;
+};
+
+static void
+attach_hook (void *opaque, const char *point)
+{
+  struct attach_hook *h = opaque;
+
+  if (h->done || strcmp (point, "extent.absent") != 0)
+    return;
+  h->done = true;
+  shadow_write (h->t, h->want, 0, SS);
+}
+
+/* Block status against a page coming back: journaled_unflushed finds
+ * page 0 not resident (page_find), then looks for its node in the
+ * index (jnl_index_has) with no lock held between the two.  If the page
+ * is re-created meanwhile (page_get -> jnl_page_attach), its node has
+ * left the index for the page: block status sees neither and calls a
+ * page holding journaled data the backend does not have a hole.
+ */
+static void
+test_block_status_races_attach (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  struct attach_hook h = { .want = want };
+  uint64_t a, b;
+  bool z, found;
+  (void) state;
+
+  assert_non_null (want);
+  srand (10);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_false (cache_debug_resident (x.t.c, 0));
+  assert_true (stats (x.t.c).journal_spilled_pages > 0);
+
+  h.t = &x.t;
+  cache_debug_set_park (x.t.c, attach_hook, &h);
+  found = cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z);
+  cache_debug_set_park (x.t.c, NULL, NULL);
+  assert_true (h.done);
+  assert_true (cache_debug_resident (x.t.c, 0));
+  assert_true (fake_disk_is_byte (x.t.f, 0, PG, 0));
+  /* Nothing written back: page 0 is data the backend does not hold. */
+  assert_true (found);
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (want);
+}
+
 /* With room in the index, dirty pages leave RAM instead of throttling
  * writers: after a failed journal sync none of them is durable, so none
  * can leave, and a writer that needs a frame fails with the error once
@@ -1216,6 +1282,7 @@ main (void)
     cmocka_unit_test (test_dirty_beyond_ram),
     cmocka_unit_test (test_read_races_reuse),
     cmocka_unit_test (test_block_status_after_read_back),
+    cmocka_unit_test (test_block_status_races_attach),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
