@@ -978,6 +978,49 @@ test_block_status_races_attach (void **state)
   free (want);
 }
 
+/* A shrink that cuts a sector whose data left RAM, then a growth back.
+ * Resident, that sector would be DIRTY at the new end: resize_locked
+ * sets cut_held, the growth patches nothing and the drainer writes the
+ * whole sector (what the client wrote past the cut survives, as
+ * resize.c promises for data written before a shrink).  Spilled, the
+ * data is in the index only; resize_locked looks at resident frames
+ * (page_past), so cut_held stays false, the growth records a cut
+ * (jnl_note_growth) and the drainer clips the record at the old end
+ * (clip_at_growth): flushed bytes past it are lost.
+ */
+static void
+test_shrink_cut_spilled (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  uint64_t cut = 10 * SS + 100;
+  (void) state;
+
+  assert_non_null (want);
+  srand (11);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  assert_false (cache_debug_resident (x.t.c, 0));
+
+  tc_quiet_errors = true;
+  fake_resize (x.t.f, cut);
+  assert_int_equal (cache_refresh_size (x.t.c), cut);
+  fake_resize (x.t.f, cfg.size);
+  assert_int_equal (cache_refresh_size (x.t.c), cfg.size);
+  tc_quiet_errors = false;
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (want);
+}
+
 /* With room in the index, dirty pages leave RAM instead of throttling
  * writers: after a failed journal sync none of them is durable, so none
  * can leave, and a writer that needs a frame fails with the error once
@@ -1283,6 +1326,7 @@ main (void)
     cmocka_unit_test (test_read_races_reuse),
     cmocka_unit_test (test_block_status_after_read_back),
     cmocka_unit_test (test_block_status_races_attach),
+    cmocka_unit_test (test_shrink_cut_spilled),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
