@@ -1688,9 +1688,13 @@ jnl_node_live (struct cache *c, struct page *p)
   uint64_t pos;
   uint32_t n;
 
+  /* Held or not: a sector read back from the journal is CLEAN in the
+   * page (read_install, fill_sector) while the backend does not hold
+   * it yet.
+   */
   LOCK_ASSERT_HELD (&p->lock);
   for (uint32_t i = 0; i < c->nsect; i++)
-    if (!sect_test (&p->sb, SECT_BM_V, i) && jnl_node_find (c, p, i, &pos, &n))
+    if (jnl_node_find (c, p, i, &pos, &n))
       return true;
   return false;
 }

@@ -195,6 +195,23 @@ page_find (struct cache *c, uint64_t index)
   return p;
 }
 
+struct page *
+page_find_indexed (struct cache *c, uint64_t index, bool *indexed)
+{
+  struct shard *s = shard_of (c, index);
+  struct page *p;
+
+  *indexed = false;
+  lock_take (&s->lock);
+  p = shard_lookup (s, index);
+  if (p)
+    atomic_fetch_add (&p->refs, 1);
+  else /* under the shard lock no page comes back nor leaves (attach) */
+    *indexed = jnl_index_has (c, index);
+  lock_drop (&s->lock);
+  return p;
+}
+
 void
 page_pin_more (struct page *p)
 {
