@@ -368,6 +368,11 @@ struct page *page_find (struct cache *c, uint64_t index);
  */
 struct page *page_find_indexed (struct cache *c, uint64_t index,
                                 bool *indexed);
+/* journal=: whether the sector at OFF has a record not yet written
+ * back, by its page's node (resident, the sector held or not) or by
+ * the index (the page left RAM dirty).  Shard lock, then the page's.
+ */
+bool page_sector_journaled (struct cache *c, uint64_t off);
 void page_pin_more (struct page *p); /* caller already holds a pin */
 void page_unpin (struct cache *c, struct page *p);
 void page_lock (struct page *p);

@@ -168,6 +168,10 @@ int jnl_read (struct cache *c, void *buf, uint32_t count, uint64_t pos);
  */
 bool jnl_index_has (struct cache *c, uint64_t index);
 bool jnl_node_live (struct cache *c, struct page *p);
+/* Whether the index holds a live extent for sector I of page INDEX (no
+ * lock held, or its shard lock).
+ */
+bool jnl_index_sector (struct cache *c, uint64_t index, uint32_t i);
 /* Bytes of every node, in RAM or indexed. */
 uint64_t jnl_index_bytes (struct cache *c);
 /* Whether a page ever left RAM dirty (block status then looks at the
