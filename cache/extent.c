@@ -98,7 +98,7 @@ journaled_unflushed (struct cache *c, uint64_t off, uint64_t end,
 
     if (pi - first >= EXTENT_JOURNAL_PAGES)
       live = true;
-    else if ((p = page_find (c, pi)) != NULL) {
+    else if ((p = page_find_indexed (c, pi, &live)) != NULL) {
       page_lock (p);
       live = jnl_node_live (c, p);
       page_unlock (p);
@@ -109,7 +109,7 @@ journaled_unflushed (struct cache *c, uint64_t off, uint64_t end,
       page_unpin (c, p);
     }
     else
-      live = jnl_index_has (c, pi);
+      CACHE_PARK (c, "extent.absent");
     if (live) {
       *start = MAX (off, pi << c->page_shift);
       *stop = MIN (end, (pi + 1) << c->page_shift);

@@ -311,6 +311,10 @@ struct gc_waiter {
  *                       installs what they returned
  *   "journal.placed"    a journaled write, after its record of one page
  *                       is placed in the log, before it is written
+ *   "extent.absent"     block status once pages left RAM dirty, after
+ *                       finding a page not resident (and whether the
+ *                       journal's index holds its node), before using
+ *                       that answer
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS
@@ -356,6 +360,19 @@ void page_table_free (struct cache *c);
 struct page *page_get (struct cache *c, uint64_t index, bool wait, int *err);
 /* The pinned page if resident, else NULL. */
 struct page *page_find (struct cache *c, uint64_t index);
+/* journal=: page_find, and if the page is not resident, whether the
+ * journal's index holds a live node for it (*INDEXED), both under the
+ * shard lock, so that a page coming back or leaving in between (its
+ * node moves between page and index under that lock) is seen in one
+ * place or the other.
+ */
+struct page *page_find_indexed (struct cache *c, uint64_t index,
+                                bool *indexed);
+/* journal=: whether the sector at OFF has a record not yet written
+ * back, by its page's node (resident, the sector held or not) or by
+ * the index (the page left RAM dirty).  Shard lock, then the page's.
+ */
+bool page_sector_journaled (struct cache *c, uint64_t off);
 void page_pin_more (struct page *p); /* caller already holds a pin */
 void page_unpin (struct cache *c, struct page *p);
 void page_lock (struct page *p);

@@ -1683,14 +1683,40 @@ jnl_index_has (struct cache *c, uint64_t index)
 }
 
 bool
+jnl_index_sector (struct cache *c, uint64_t index, uint32_t i)
+{
+  struct journal *j = c->jnl;
+  uint64_t dl;
+  bool live = false;
+
+  if (!j || atomic_load (&j->idx_nodes) == 0)
+    return false;
+  dl = atomic_load (&j->drained_lsn);
+  lock_take (&j->idx_lock);
+  for (struct jnode *n = j->idx_buckets[idx_bucket (j, index)]; n; n = n->hnext)
+    if (n->index == index) {
+      for (uint32_t k = 0; k < n->n && !live; k++)
+        live = n->ext[k].s0 <= i && i < n->ext[k].s0 + n->ext[k].n &&
+               ext_lsn (&n->ext[k]) >= dl;
+      break;
+    }
+  lock_drop (&j->idx_lock);
+  return live;
+}
+
+bool
 jnl_node_live (struct cache *c, struct page *p)
 {
   uint64_t pos;
   uint32_t n;
 
+  /* Held or not: a sector read back from the journal is CLEAN in the
+   * page (read_install, fill_sector) while the backend does not hold
+   * it yet.
+   */
   LOCK_ASSERT_HELD (&p->lock);
   for (uint32_t i = 0; i < c->nsect; i++)
-    if (!sect_test (&p->sb, SECT_BM_V, i) && jnl_node_find (c, p, i, &pos, &n))
+    if (jnl_node_find (c, p, i, &pos, &n))
       return true;
   return false;
 }

@@ -162,11 +162,16 @@ bool jnl_node_find (struct cache *c, struct page *p, uint32_t i, uint64_t *pos,
  */
 int jnl_read (struct cache *c, void *buf, uint32_t count, uint64_t pos);
 /* Whether the index holds a node with a live extent for page INDEX
- * (no lock held), or resident P (locked) has a live extent for a sector
- * it does not hold.
+ * (no lock held, or its shard lock), or resident P (locked) has a live
+ * extent, for a sector it holds or not (one it holds may be CLEAN in
+ * the page, read back from the journal, and not on the backend yet).
  */
 bool jnl_index_has (struct cache *c, uint64_t index);
 bool jnl_node_live (struct cache *c, struct page *p);
+/* Whether the index holds a live extent for sector I of page INDEX (no
+ * lock held, or its shard lock).
+ */
+bool jnl_index_sector (struct cache *c, uint64_t index, uint32_t i);
 /* Bytes of every node, in RAM or indexed. */
 uint64_t jnl_index_bytes (struct cache *c);
 /* Whether a page ever left RAM dirty (block status then looks at the

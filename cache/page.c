@@ -195,6 +195,49 @@ page_find (struct cache *c, uint64_t index)
   return p;
 }
 
+struct page *
+page_find_indexed (struct cache *c, uint64_t index, bool *indexed)
+{
+  struct shard *s = shard_of (c, index);
+  struct page *p;
+
+  *indexed = false;
+  lock_take (&s->lock);
+  p = shard_lookup (s, index);
+  if (p)
+    atomic_fetch_add (&p->refs, 1);
+  else /* under the shard lock no page comes back nor leaves (attach) */
+    *indexed = jnl_index_has (c, index);
+  lock_drop (&s->lock);
+  return p;
+}
+
+bool
+page_sector_journaled (struct cache *c, uint64_t off)
+{
+  uint64_t index = off >> c->page_shift;
+  uint32_t i = (uint32_t) ((off & (c->cfg.page_size - 1)) >> c->sector_shift);
+  struct shard *s = shard_of (c, index);
+  struct page *p;
+  uint64_t pos;
+  uint32_t n;
+  bool live;
+
+  if (!c->jnl)
+    return false;
+  lock_take (&s->lock);
+  p = shard_lookup (s, index);
+  if (p) {
+    page_lock (p);
+    live = jnl_node_find (c, p, i, &pos, &n);
+    page_unlock (p);
+  }
+  else
+    live = jnl_index_sector (c, index, i);
+  lock_drop (&s->lock);
+  return live;
+}
+
 void
 page_pin_more (struct page *p)
 {

@@ -194,6 +194,13 @@ resize_locked (struct cache *c, uint64_t size)
     page_unpin (c, p);
   }
   atomic_store (&c->past_end_pages, npast);
+  /* journal=: the cut sector may hold data written before whose newest
+   * record is not written back while the page does not hold it as D:
+   * the page left RAM dirty (its node is in the index) or came back and
+   * read it from the journal (CLEAN).  Kept as DIRTY data would be.
+   */
+  if (c->jnl && end < cut && size < max && !cut_dirty)
+    cut_dirty = page_sector_journaled (c, end);
   /* The sector holding a new end that is not a multiple of the sector
    * size is written back (cut at the end) unless it held data written
    * before this change, which may reach past the end.  At the largest

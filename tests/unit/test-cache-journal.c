@@ -864,6 +864,163 @@ test_read_races_reuse (void **state)
   free (want);
 }
 
+/* Block status of data that lives only in the journal, once read back:
+ * page 0 leaves RAM dirty (its records durable, none written back), a
+ * read brings it back, installing what it read from the journal as
+ * CLEAN sectors; the backend still holds zeroes.  Block status must
+ * still call page 0 data (rule: it may call data a hole, never the
+ * reverse), but the resident page has no D sector and its node's live
+ * extents are all under V sectors, which journaled_unflushed skips.
+ */
+static void
+test_block_status_after_read_back (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  unsigned char *got = malloc (PG);
+  uint64_t a, b;
+  bool z;
+  (void) state;
+
+  assert_non_null (want);
+  assert_non_null (got);
+  srand (9);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  /* Twice the cache: page 0 leaves RAM. */
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_false (cache_debug_resident (x.t.c, 0));
+  assert_true (stats (x.t.c).journal_spilled_pages > 0);
+  assert_true (cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z));
+  /* Read back from the journal. */
+  assert_int_equal (cache_read (x.t.c, got, PG, 0), 0);
+  assert_memory_equal (got, want, PG);
+  assert_true (cache_debug_resident (x.t.c, 0));
+  assert_true (fake_disk_is_byte (x.t.f, 0, PG, 0));
+  /* Nothing written back: page 0 is data the backend does not hold. */
+  assert_true (cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z));
+  assert_true (a < PG && !z);
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (got);
+  free (want);
+}
+
+/* The park hook of test_block_status_races_attach: at "extent.absent"
+ * (block status found page 0 not resident), a write of one sector of
+ * page 0 brings the page back, which takes its node from the index.
+ */
+struct attach_hook {
+  struct tcache *t;
+  unsigned char *want;
+  bool done;
+};
+
+static void
+attach_hook (void *opaque, const char *point)
+{
+  struct attach_hook *h = opaque;
+
+  if (h->done || strcmp (point, "extent.absent") != 0)
+    return;
+  h->done = true;
+  shadow_write (h->t, h->want, 0, SS);
+}
+
+/* Block status against a page coming back: journaled_unflushed finds
+ * page 0 not resident (page_find), then looks for its node in the
+ * index (jnl_index_has) with no lock held between the two.  If the page
+ * is re-created meanwhile (page_get -> jnl_page_attach), its node has
+ * left the index for the page: block status sees neither and calls a
+ * page holding journaled data the backend does not have a hole.
+ */
+static void
+test_block_status_races_attach (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  struct attach_hook h = { .want = want };
+  uint64_t a, b;
+  bool z, found;
+  (void) state;
+
+  assert_non_null (want);
+  srand (10);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_false (cache_debug_resident (x.t.c, 0));
+  assert_true (stats (x.t.c).journal_spilled_pages > 0);
+
+  h.t = &x.t;
+  cache_debug_set_park (x.t.c, attach_hook, &h);
+  found = cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z);
+  cache_debug_set_park (x.t.c, NULL, NULL);
+  assert_true (h.done);
+  assert_true (cache_debug_resident (x.t.c, 0));
+  assert_true (fake_disk_is_byte (x.t.f, 0, PG, 0));
+  /* Nothing written back: page 0 is data the backend does not hold. */
+  assert_true (found);
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (want);
+}
+
+/* A shrink that cuts a sector whose data left RAM, then a growth back.
+ * Resident, that sector would be DIRTY at the new end: resize_locked
+ * sets cut_held, the growth patches nothing and the drainer writes the
+ * whole sector (what the client wrote past the cut survives, as
+ * resize.c promises for data written before a shrink).  Spilled, the
+ * data is in the index only; resize_locked looks at resident frames
+ * (page_past), so cut_held stays false, the growth records a cut
+ * (jnl_note_growth) and the drainer clips the record at the old end
+ * (clip_at_growth): flushed bytes past it are lost.
+ */
+static void
+test_shrink_cut_spilled (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  unsigned char *want = calloc (1, cfg.size);
+  uint64_t cut = 10 * SS + 100;
+  (void) state;
+
+  assert_non_null (want);
+  srand (11);
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL);
+  shadow_write (&x.t, want, 0, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x.t, want, pg * PG, PG);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  assert_false (cache_debug_resident (x.t.c, 0));
+
+  tc_quiet_errors = true;
+  fake_resize (x.t.f, cut);
+  assert_int_equal (cache_refresh_size (x.t.c), cut);
+  fake_resize (x.t.f, cfg.size);
+  assert_int_equal (cache_refresh_size (x.t.c), cfg.size);
+  tc_quiet_errors = false;
+
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (fake_disk_equals (x.t.f, want, cfg.size, 0));
+  jt_close (&x);
+  free (want);
+}
+
 /* With room in the index, dirty pages leave RAM instead of throttling
  * writers: after a failed journal sync none of them is durable, so none
  * can leave, and a writer that needs a frame fails with the error once
@@ -1167,6 +1324,9 @@ main (void)
     cmocka_unit_test (test_full_cache_after_sync_error),
     cmocka_unit_test (test_dirty_beyond_ram),
     cmocka_unit_test (test_read_races_reuse),
+    cmocka_unit_test (test_block_status_after_read_back),
+    cmocka_unit_test (test_block_status_races_attach),
+    cmocka_unit_test (test_shrink_cut_spilled),
     cmocka_unit_test (test_wrong_journal_refused),
     cmocka_unit_test (test_shrunk_image_refused),
   };
