@@ -366,8 +366,7 @@ struct page *page_find (struct cache *c, uint64_t index);
  * node moves between page and index under that lock) is seen in one
  * place or the other.
  */
-struct page *page_find_indexed (struct cache *c, uint64_t index,
-                                bool *indexed);
+struct page *page_find_indexed (struct cache *c, uint64_t index, bool *indexed);
 /* journal=: whether the sector at OFF has a record not yet written
  * back, by its page's node (resident, the sector held or not) or by
  * the index (the page left RAM dirty).  Shard lock, then the page's.

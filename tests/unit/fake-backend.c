@@ -38,7 +38,7 @@ struct fake {
   size_t nlog, log_cap;
 
   /* Faults. */
-  unsigned nth[FAKE_NR_OPS];        /* countdown; 0 = none */
+  unsigned nth[FAKE_NR_OPS]; /* countdown; 0 = none */
   int nth_err[FAKE_NR_OPS];
   int all_err[FAKE_NR_OPS];
 
@@ -206,7 +206,7 @@ void
 fake_reset_counts (struct fake *f)
 {
   lock (f);
-  f->counts = (struct fake_counts) { 0 };
+  f->counts = (struct fake_counts){ 0 };
   f->nlog = 0;
   unlock (f);
 }
@@ -237,8 +237,8 @@ fake_event (struct fake *f, size_t i, struct fake_event *out)
 }
 
 static bool
-event_matches (const struct fake_event *e, enum fake_op op,
-               uint64_t off, uint32_t len)
+event_matches (const struct fake_event *e, enum fake_op op, uint64_t off,
+               uint32_t len)
 {
   if (e->op != op || e->err != 0)
     return false;
@@ -268,7 +268,7 @@ fake_log_last (struct fake *f, enum fake_op op, uint64_t off, uint32_t len)
   long r = -1;
 
   lock (f);
-  for (size_t i = f->nlog; i-- > 0; )
+  for (size_t i = f->nlog; i-- > 0;)
     if (event_matches (&f->log[i], op, off, len)) {
       r = (long) i;
       break;
@@ -283,8 +283,8 @@ fake_log_dump (struct fake *f)
   lock (f);
   for (size_t i = 0; i < f->nlog; i++) {
     const struct fake_event *e = &f->log[i];
-    fprintf (stderr, "fake log %zu: %s off=%llu len=%u flags=%#x err=%d\n",
-             i, fake_op_name (e->op), (unsigned long long) e->off, e->len,
+    fprintf (stderr, "fake log %zu: %s off=%llu len=%u flags=%#x err=%d\n", i,
+             fake_op_name (e->op), (unsigned long long) e->off, e->len,
              e->flags, e->err);
   }
   unlock (f);
@@ -348,8 +348,12 @@ log_event (struct fake *f, enum fake_op op, uint64_t off, uint32_t len,
     if (!f->log)
       abort ();
   }
-  f->log[f->nlog] = (struct fake_event) {
-    .op = op, .off = off, .len = len, .flags = flags, .err = err,
+  f->log[f->nlog] = (struct fake_event){
+    .op = op,
+    .off = off,
+    .len = len,
+    .flags = flags,
+    .err = err,
     .seq = f->nlog,
   };
   f->nlog++;
@@ -403,9 +407,7 @@ do_call (struct fake *f, enum fake_op op, void *rbuf, const void *wbuf,
       if (flags & CACHE_FUA)
         f->counts.fua_writes++;
       break;
-    case FAKE_FLUSH:
-      f->counts.flushes++;
-      break;
+    case FAKE_FLUSH: f->counts.flushes++; break;
     case FAKE_TRIM:
       /* A trimmed range reads as zeroes, so tests can check it. */
       memset (f->disk + off, 0, count);
@@ -415,8 +417,7 @@ do_call (struct fake *f, enum fake_op op, void *rbuf, const void *wbuf,
       memset (f->disk + off, 0, count);
       f->counts.zeroes++;
       break;
-    default:
-      abort ();
+    default: abort ();
     }
   }
   else if (op == FAKE_WRITE)
@@ -561,8 +562,8 @@ fake_capture_run (struct fake *f, size_t idx)
 }
 
 bool
-fake_capture_overlaps (struct fake *f, size_t from_idx,
-                       uint64_t off, uint32_t len)
+fake_capture_overlaps (struct fake *f, size_t from_idx, uint64_t off,
+                       uint32_t len)
 {
   bool r = false;
 
@@ -598,8 +599,7 @@ fake_complete (struct fake *f, struct cache *c, size_t idx, int err)
   unlock (f);
 
   if (err == 0)
-    err = fake_pwrite (f, cache_run_data (run), info.len, info.off,
-                       info.flags);
+    err = fake_pwrite (f, cache_run_data (run), info.len, info.off, info.flags);
   cache_run_done (c, run, err);
   return err;
 }

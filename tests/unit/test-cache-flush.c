@@ -97,8 +97,8 @@ test_flush_submits_and_waits (void **state)
   assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
   assert_int_equal (async_join (fl), 0);
   assert_int_equal (counts (t).flushes, 1);
-  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0)
-               < fake_log_last (t->f, FAKE_FLUSH, 0, 0));
+  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0) <
+               fake_log_last (t->f, FAKE_FLUSH, 0, 0));
   assert_true (disk_is_pattern (t, 9 * PG + 100, 5000, 2));
 }
 
@@ -128,7 +128,7 @@ test_group_commit (void **state)
     fl[i] = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
   /* The four are waiting in the cache (not in the backend). */
   WAIT_FOR (stats (t->c).waiting_flush >= 4);
-  sleep_ms (20);                 /* an extra only: the counts decide */
+  sleep_ms (20); /* an extra only: the counts decide */
   assert_int_equal (fake_held (t->f, FAKE_FLUSH), 4);
   for (int i = 0; i < 8; i++)
     assert_false (async_done (fl[i]));
@@ -137,8 +137,7 @@ test_group_commit (void **state)
    * ones start exactly one new backend flush (held) and wait for it.
    */
   fake_release (t->f, FAKE_FLUSH, 1);
-  WAIT_FOR (fake_held (t->f, FAKE_FLUSH) == 4 &&
-            counts (t).flushes == 1);
+  WAIT_FOR (fake_held (t->f, FAKE_FLUSH) == 4 && counts (t).flushes == 1);
   sleep_ms (20);
   assert_int_equal (fake_held (t->f, FAKE_FLUSH), 4);
   for (int i = 4; i < 8; i++)
@@ -182,8 +181,8 @@ test_flush_covers_prior_writes (void **state)
   assert_int_equal (cache_flush (t->c), 0);
   assert_true (disk_is_pattern (t, 3 * PG, 4 * KiB, 3));
   assert_true (disk_is_pattern (t, 3 * PG + 4 * KiB, 4 * KiB, 2));
-  assert_true (fake_log_last (t->f, FAKE_WRITE, 3 * PG, 4 * KiB)
-               < fake_log_last (t->f, FAKE_FLUSH, 0, 0));
+  assert_true (fake_log_last (t->f, FAKE_WRITE, 3 * PG, 4 * KiB) <
+               fake_log_last (t->f, FAKE_FLUSH, 0, 0));
 }
 
 /* Writes that arrive after a flush began, and are held in write-back,
@@ -302,17 +301,17 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_flush_waits_for_background_runs,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_submits_and_waits,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_submits_and_waits, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_group_commit, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_covers_prior_writes,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_covers_prior_writes, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_flush_not_held_by_later_writes,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_redirtied_in_flight,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_sees_run_failure,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_redirtied_in_flight, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_sees_run_failure, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

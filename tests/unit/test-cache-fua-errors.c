@@ -69,8 +69,8 @@ check_after_failed_fua (struct tcache *t, uint64_t off, uint32_t len,
 
   if (st.runs_in_flight == 0 && st.writeback_bytes != 0)
     abandon_and_fail (t, "a FUA write returned leaving sectors under W "
-                      "with no run in flight: a run it built was never "
-                      "submitted");
+                         "with no run in flight: a run it built was never "
+                         "submitted");
   r = cache_flush (t->c);
   assert_true (r == 0 || r == -EIO);
   assert_int_equal (cache_flush (t->c), 0);
@@ -108,17 +108,17 @@ test_fua_failed_run_then_wait_inflight (void **state)
   assert_true (sectors_are (t, x, 2 * SS, V | D));
   assert_true (sectors_are (t, 3 * PG, 2 * SS, V | W));
 
-  fake_fail_nth (t->f, FAKE_WRITE, 1, -EIO);     /* page 2's FUA run */
+  fake_fail_nth (t->f, FAKE_WRITE, 1, -EIO); /* page 2's FUA run */
   atomic_store (&tc_quiet_errors, true);
   pattern (buf, sizeof buf, x, 3);
   w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x, CACHE_FUA);
   WAIT_FOR (stats (t->c).waiting_idle == 1);     /* on page 3's run */
-  assert_int_equal (counts (t).write_errors, 1);  /* page 2's run failed */
+  assert_int_equal (counts (t).write_errors, 1); /* page 2's run failed */
   assert_false (async_done (w));
   assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
   assert_int_equal (async_join (w), -EIO);
   atomic_store (&tc_quiet_errors, false);
-  cache_set_submit (t->c, NULL, NULL);          /* nothing is captured now */
+  cache_set_submit (t->c, NULL, NULL); /* nothing is captured now */
 
   check_after_failed_fua (t, x, 4 * SS, 3);
 }
@@ -144,11 +144,11 @@ test_fua_failed_run_then_wait_busy (void **state)
   d = async_start (t, ASYNC_TRIM, NULL, 8 * SS, 3 * PG + 8 * SS, 0);
   WAIT_FOR (fake_held (t->f, FAKE_TRIM) == 1);
 
-  fake_fail_nth (t->f, FAKE_WRITE, 1, -EIO);     /* page 2's FUA run */
+  fake_fail_nth (t->f, FAKE_WRITE, 1, -EIO); /* page 2's FUA run */
   atomic_store (&tc_quiet_errors, true);
   pattern (buf, sizeof buf, x, 3);
   w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x, CACHE_FUA);
-  WAIT_FOR (stats (t->c).waiting_idle == 1);     /* for the TRIM */
+  WAIT_FOR (stats (t->c).waiting_idle == 1); /* for the TRIM */
   assert_int_equal (counts (t).write_errors, 1);
   assert_false (async_done (w));
   fake_hold (t->f, FAKE_TRIM, false);

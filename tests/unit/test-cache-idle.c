@@ -148,7 +148,10 @@ test_trim_discards_dirty (void **state)
 static int
 trim_not_done (void *opaque, uint32_t count, uint64_t off, uint32_t flags)
 {
-  (void) opaque; (void) count; (void) off; (void) flags;
+  (void) opaque;
+  (void) count;
+  (void) off;
+  (void) flags;
   return 1;
 }
 
@@ -192,8 +195,10 @@ test_waiter_wakes_after_last_completion (void **state)
     fill_disk (t, 1);
     cache_set_submit (t->c, fake_capture_submit, t->f);
     for (int r = 0; r < 3; r++)
-      assert_int_equal (write_pattern (t, three_ranges[r][0], three_ranges[r][1],
-                                       (unsigned) (10 + r), 0), 0);
+      assert_int_equal (write_pattern (t, three_ranges[r][0],
+                                       three_ranges[r][1], (unsigned) (10 + r),
+                                       0),
+                        0);
     assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 3);
     for (int r = 0; r < 3; r++)
       idx[r] = find_cap (t, three_ranges[r][0], (uint32_t) three_ranges[r][1]);
@@ -282,20 +287,20 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_trim_not_done_keeps_data,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_zero_waits_for_writeback,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_trim_waits_for_writeback,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_zero_discards_dirty,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_trim_discards_dirty,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_trim_not_done_keeps_data, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_zero_waits_for_writeback, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_trim_waits_for_writeback, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_zero_discards_dirty, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_trim_discards_dirty, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_waiter_wakes_after_last_completion,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_fua_waits_for_writeback,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_waits_for_writeback, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

@@ -85,8 +85,8 @@ test_eviction_spares_dirty_pinned_inflight (void **state)
   assert_true (read_is_pattern (t, 0, 4 * KiB, 2));
   assert_true (read_is_pattern (t, PG + 1000, 100, 2));
   assert_true (read_is_pattern (t, 2 * PG, PG, 1));
-  assert_int_equal (counts (t).reads, reads_before);  /* all from memory */
-  assert_true (disk_is_pattern (t, 3 * PG, PG, 1));   /* still held */
+  assert_int_equal (counts (t).reads, reads_before); /* all from memory */
+  assert_true (disk_is_pattern (t, 3 * PG, PG, 1));  /* still held */
 
   /* Unpinned and written back, they become evictable like any other. */
   cache_debug_unpin (t->c, 2 * PG);
@@ -135,7 +135,7 @@ test_reader_waits_for_run_completion (void **state)
   r = async_start (t, ASYNC_READ, NULL, PG, 20 * PG, 0);
   WAIT_FOR (stats (t->c).waiting_page == 1);
   assert_false (async_done (r));
-  assert_true (atomic_load (&t->kicks) > kicks);  /* it asked for write-back */
+  assert_true (atomic_load (&t->kicks) > kicks); /* it asked for write-back */
   assert_int_equal (stats (t->c).pages_resident, CACHE_MIN_PAGES);
 
   assert_int_equal (fake_complete (t->f, t->c, 0, 0), 0);
@@ -185,13 +185,13 @@ test_dirty_throttle (void **state)
   struct async *w;
 
   assert_non_null (buf);
-  cfg.dirty_ratio = 25;                /* 25% of 8 pages = 2 pages */
+  cfg.dirty_ratio = 25; /* 25% of 8 pages = 2 pages */
   cfg.dirty_background_ratio = 10;
   tc_open (t, &cfg);
   cache_set_submit (t->c, fake_capture_submit, t->f);
   assert_int_equal (write_pattern (t, 0, PG, 2, 0), 0);
   assert_true (cache_over_background (t->c));
-  assert_true (atomic_load (&t->kicks) > 0);   /* past the background ratio */
+  assert_true (atomic_load (&t->kicks) > 0); /* past the background ratio */
   assert_int_equal (write_pattern (t, 4 * PG, PG, 2, 0), 0);
   assert_int_equal (stats (t->c).waiting_throttle, 0);
   assert_int_equal (stats (t->c).throttled, 0);
@@ -250,11 +250,11 @@ test_writeback_buffers_capped (void **state)
   struct async *fl;
   int n;
 
-  cfg.batch_bytes = 2 * PG;              /* cap: 4 x 128 KiB */
+  cfg.batch_bytes = 2 * PG; /* cap: 4 x 128 KiB */
   cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   cache_set_submit (t->c, fake_capture_submit, t->f);
-  for (uint64_t p = 0; p < 12; p++)      /* 12 separate dirty pages */
+  for (uint64_t p = 0; p < 12; p++) /* 12 separate dirty pages */
     assert_int_equal (write_pattern (t, 2 * p * PG, PG, 2, 0), 0);
 
   for (int i = 0; i < 4; i++)
@@ -263,7 +263,7 @@ test_writeback_buffers_capped (void **state)
   n = (int) fake_nr_captured (t->f);
   assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
   assert_int_equal ((int) fake_nr_captured (t->f), n);
-  assert_int_equal (stats (t->c).dirty_bytes, 4 * PG);  /* kept dirty */
+  assert_int_equal (stats (t->c).dirty_bytes, 4 * PG); /* kept dirty */
 
   /* A flush cannot collect either: it waits for room. */
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
@@ -295,13 +295,13 @@ static void
 test_thresholds_count_pages (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = test_config ();   /* 16 pages */
+  struct cache_config cfg = test_config (); /* 16 pages */
   unsigned char buf[4096];
   struct async *w;
   unsigned kicks;
 
-  cfg.dirty_background_ratio = 25;            /* 4 pages */
-  cfg.dirty_ratio = 50;                       /* 8 pages */
+  cfg.dirty_background_ratio = 25; /* 4 pages */
+  cfg.dirty_ratio = 50;            /* 8 pages */
   tc_open (t, &cfg);
   cache_set_submit (t->c, fake_capture_submit, t->f);
   for (uint64_t p = 0; p < 4; p++)
@@ -309,7 +309,7 @@ test_thresholds_count_pages (void **state)
   assert_false (cache_over_background (t->c));
   kicks = atomic_load (&t->kicks);
   assert_int_equal (write_pattern (t, 4 * PG, SS, 2, 0), 0);
-  assert_true (cache_over_background (t->c));   /* 5 x 512 bytes dirty */
+  assert_true (cache_over_background (t->c)); /* 5 x 512 bytes dirty */
   assert_true (atomic_load (&t->kicks) > kicks);
   assert_int_equal (stats (t->c).dirty_bytes, 5 * SS);
   assert_int_equal (stats (t->c).dirty_pages, 5);
@@ -340,13 +340,13 @@ static void
 test_no_page_while_writeback_fails (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = tiny_config ();   /* 8 pages */
+  struct cache_config cfg = tiny_config (); /* 8 pages */
   unsigned char buf[SS];
 
-  cfg.dirty_background_ratio = 100;           /* no throttle first */
+  cfg.dirty_background_ratio = 100; /* no throttle first */
   cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
-  cache_set_kick (t->c, NULL, NULL);  /* waiting threads write back */
+  cache_set_kick (t->c, NULL, NULL); /* waiting threads write back */
   fake_fail_all (t->f, FAKE_WRITE, -EIO);
   for (uint64_t p = 0; p < CACHE_MIN_PAGES; p++)
     assert_int_equal (write_pattern (t, p * PG, SS, 2, 0), 0);
@@ -363,7 +363,7 @@ test_no_page_while_writeback_fails (void **state)
     assert_true (read_is_pattern (t, p * PG, SS, 2));
 
   fake_fail_all (t->f, FAKE_WRITE, 0);
-  assert_int_equal (cache_flush (t->c), -EIO);   /* reported once */
+  assert_int_equal (cache_flush (t->c), -EIO); /* reported once */
   assert_int_equal (cache_flush (t->c), 0);
   assert_int_equal (write_pattern (t, 9 * PG, SS, 2, 0), 0);
   assert_int_equal (cache_flush (t->c), 0);
@@ -380,14 +380,14 @@ main (void)
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_reader_waits_for_run_completion,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_reader_waits_for_unpin,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_dirty_throttle,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_writeback_buffers_capped,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_thresholds_count_pages,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_reader_waits_for_unpin, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_dirty_throttle, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_writeback_buffers_capped, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_thresholds_count_pages, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_no_page_while_writeback_fails,
                                      tc_setup, tc_teardown),
   };

@@ -55,8 +55,8 @@ test_fua_write (void **state)
   assert_int_equal (write_pattern (t, 3 * PG, 8 * KiB, 2, 0), 0);
   assert_int_equal (write_pattern (t, 20 * PG + 100, 50, 2, 0), 0);
 
-  assert_int_equal (write_pattern (t, 10 * PG + 8 * KiB, 4 * KiB, 3,
-                                   CACHE_FUA), 0);
+  assert_int_equal (write_pattern (t, 10 * PG + 8 * KiB, 4 * KiB, 3, CACHE_FUA),
+                    0);
   assert_true (fua_write_covers (t, 10 * PG + 8 * KiB, 4 * KiB));
   assert_true (disk_is_pattern (t, 10 * PG + 8 * KiB, 4 * KiB, 3));
   assert_int_equal (counts (t).fua_writes, 1);
@@ -87,7 +87,7 @@ test_fua_unaligned_over_dirty (void **state)
 
   tc_open (t, &cfg);
   fill_disk (t, 1);
-  assert_int_equal (write_pattern (t, s + 10, 100, 2, 0), 0);     /* dirty */
+  assert_int_equal (write_pattern (t, s + 10, 100, 2, 0), 0); /* dirty */
   assert_int_equal (write_pattern (t, s + 300, 400, 3, CACHE_FUA), 0);
   assert_true (fua_write_covers (t, s, 2 * SS));
   pattern (want, 2 * SS, s, 1);
@@ -252,15 +252,14 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_fua_write, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_fua_unaligned_over_dirty,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_unaligned_over_dirty, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_fua_zero, tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_writethrough, tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_writethrough_pages_evictable,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_unsafe, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_unsafe_drain, tc_setup,
-                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_unsafe_drain, tc_setup, tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

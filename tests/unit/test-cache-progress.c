@@ -71,8 +71,8 @@ test_empty_collect_on_busy_page_is_not_progress (void **state)
 
   two_flushes_setup (t);
   stops_init (&st);
-  stops_add (&st, "flush.collected", 2);        /* 0: flush 2's collect */
-  stops_add (&st, "collect.picked", 1000000);   /* 1: counts picks */
+  stops_add (&st, "flush.collected", 2);      /* 0: flush 2's collect */
+  stops_add (&st, "collect.picked", 1000000); /* 1: counts picks */
 
   fake_hold (t->f, FAKE_TRIM, true);
   tr = async_start (t, ASYNC_TRIM, NULL, 8 * SS, 5 * PG + 8 * SS, 0);
@@ -80,12 +80,12 @@ test_empty_collect_on_busy_page_is_not_progress (void **state)
   cache_debug_set_park (t->c, stops_hook, &st);
 
   f1 = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  WAIT_FOR (stats (t->c).waiting_flush == 1);   /* asleep on its ticket */
+  WAIT_FOR (stats (t->c).waiting_flush == 1); /* asleep on its ticket */
   assert_true (stops_seen (&st, 1) <= 1);
   p0 = atomic_load (&t->c->progress);
 
   f2 = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  WAIT_FOR (stops_parked (&st, 0));             /* flush 2 collected */
+  WAIT_FOR (stops_parked (&st, 0)); /* flush 2 collected */
   p1 = atomic_load (&t->c->progress);
 
   /* Let the two run while the TRIM is still held, and count collects:
@@ -95,7 +95,8 @@ test_empty_collect_on_busy_page_is_not_progress (void **state)
   if (p1 != p0) {
     uint64_t t0 = now_ms ();
     WAIT_FOR (stops_seen (&st, 1) >= 10000);
-    fprintf (stderr, "review2: while the TRIM was held, the two flushes "
+    fprintf (stderr,
+             "review2: while the TRIM was held, the two flushes "
              "collected %u times in %" PRIu64 " ms (progress %" PRIu64
              " -> %" PRIu64 " at flush 2's first collect)\n",
              stops_seen (&st, 1), now_ms () - t0, p0, p1);
@@ -122,8 +123,8 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_empty_collect_on_busy_page_is_not_progress,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (
+      test_empty_collect_on_busy_page_is_not_progress, tc_setup, tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

@@ -75,7 +75,7 @@ test_unaligned_write_racing_zero (void **state)
 {
   struct tcache *t = *state;
   struct cache_config cfg = test_config ();
-  const uint64_t x = 2 * PG + SS;       /* sector 1 of page 2 */
+  const uint64_t x = 2 * PG + SS; /* sector 1 of page 2 */
   unsigned char buf[2 * SS], tmp[SS];
   struct async *w;
 
@@ -88,7 +88,7 @@ test_unaligned_write_racing_zero (void **state)
   fake_hold (t->f, FAKE_READ, true);
   pattern (buf, sizeof buf, x + 100, 2);
   w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x + 100, 0);
-  WAIT_FOR (fake_held (t->f, FAKE_READ) == 1);  /* filling sector 3 */
+  WAIT_FOR (fake_held (t->f, FAKE_READ) == 1); /* filling sector 3 */
 
   assert_int_equal (cache_zero (t->c, SS, x, 0), 0);
   assert_true (sectors_are (t, x, SS, 0));
@@ -126,7 +126,7 @@ fua_write_racing_discard (struct tcache *t, enum async_op op)
 
   pattern (buf, sizeof buf, x, 2);
   w = async_start (t, ASYNC_WRITE, buf, sizeof buf, x, CACHE_FUA);
-  WAIT_FOR (stats (t->c).waiting_idle == 1);    /* for the busy range */
+  WAIT_FOR (stats (t->c).waiting_idle == 1); /* for the busy range */
   assert_false (async_done (w));
   fake_hold (t->f, fop, false);
   assert_int_equal (async_join (d), 0);
@@ -188,10 +188,10 @@ test_read_racing_trim (void **state)
       zero = zero && g[i] == 0;
     if (!zero && memcmp (g, want, SS) != 0)
       fail_msg ("sector %u: neither the data before the trim nor zeroes "
-                "(first byte %#x)", s, g[0]);
+                "(first byte %#x)",
+                s, g[0]);
   }
-  assert_int_equal (pattern_mismatch (got + 2 * SS, 2 * SS, x + 2 * SS, 1),
-                    -1);
+  assert_int_equal (pattern_mismatch (got + 2 * SS, 2 * SS, x + 2 * SS, 1), -1);
 }
 
 /* Sectors 0-7 of page 5 are dirty.  A TRIM of sectors 8-15 is in the
@@ -223,7 +223,7 @@ test_flush_after_skipped_collect (void **state)
   cache_debug_set_park (t->c, stops_hook, &st);
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
   WAIT_FOR (stops_parked (&st, 0));
-  assert_int_equal (counts (t).writes, 0);       /* the page was skipped */
+  assert_int_equal (counts (t).writes, 0); /* the page was skipped */
 
   fake_hold (t->f, FAKE_TRIM, false);
   assert_int_equal (async_join (d), 0);
@@ -336,7 +336,8 @@ test_fast_zero_refused_changes_nothing (void **state)
   assert_int_equal (write_pattern (t, x, 4 * SS, 2, 0), 0);
   fake_fail_nth (t->f, FAKE_ZERO, 1, -ENOTSUP);
   assert_int_equal (cache_zero (t->c, 3 * SS, x + SS / 2,
-                                CACHE_FAST_ZERO | CACHE_MAY_TRIM), -ENOTSUP);
+                                CACHE_FAST_ZERO | CACHE_MAY_TRIM),
+                    -ENOTSUP);
   assert_true (read_is_pattern (t, x, 4 * SS, 2));
   assert_true (sectors_are (t, x, 4 * SS, V | D));
   assert_int_equal (cache_flush (t->c), 0);
@@ -382,7 +383,7 @@ test_fua_write_failing_before_a_wait (void **state)
   assert_true (sectors_are (t, 4 * PG, SS, V));
   assert_true (disk_is_pattern (t, 4 * PG, SS, 3));
   cache_set_submit (t->c, NULL, NULL);
-  assert_int_equal (cache_flush (t->c), -EIO);    /* reported once */
+  assert_int_equal (cache_flush (t->c), -EIO); /* reported once */
   atomic_store (&tc_quiet_errors, false);
   assert_int_equal (cache_flush (t->c), 0);
   assert_true (disk_is_pattern (t, x, 2 * SS, 3));
@@ -436,9 +437,9 @@ test_flush_skipping_a_page_being_collected (void **state)
   tc_open (t, &cfg);
   fill_disk (t, 1);
   stops_init (&st);
-  stops_add (&st, "collect.picked", 1);       /* 0: background */
-  stops_add (&st, "collect.picked", 2);       /* 1: the flush */
-  stops_add (&st, "flush.collected", 1);      /* 2: the flush */
+  stops_add (&st, "collect.picked", 1);  /* 0: background */
+  stops_add (&st, "collect.picked", 2);  /* 1: the flush */
+  stops_add (&st, "flush.collected", 1); /* 2: the flush */
   cache_debug_set_clock (t->c, race_clock, NULL);
   race_now = 0;
   assert_int_equal (write_pattern (t, p2, 4 * SS, 2, 0), 0);
@@ -454,11 +455,11 @@ test_flush_skipping_a_page_being_collected (void **state)
   assert_int_equal (write_pattern (t, p2 + 8 * SS, 4 * SS, 4, 0), 0);
 
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
-  WAIT_FOR (stops_parked (&st, 1));             /* picked page 5 */
+  WAIT_FOR (stops_parked (&st, 1)); /* picked page 5 */
   pattern (buf, sizeof buf, p5, 5);
   assert_int_equal (cache_write (t->c, buf, sizeof buf, p5, CACHE_FUA), 0);
   stops_release (&st, 1);
-  WAIT_FOR (stops_parked (&st, 2));             /* collected nothing */
+  WAIT_FOR (stops_parked (&st, 2)); /* collected nothing */
   stops_release (&st, 0);
   WAIT_FOR (atomic_load (&job.done));
   assert_int_equal (pthread_join (bg, NULL), 0);
@@ -521,20 +522,20 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_unaligned_write_racing_zero,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_fua_write_racing_trim,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_fua_write_racing_zero,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_read_racing_trim,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_after_skipped_collect,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_unaligned_write_racing_zero, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_write_racing_trim, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_fua_write_racing_zero, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_read_racing_trim, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_after_skipped_collect, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_flush_after_100000_failed_flushes,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_fua_waiter_wakes_when_its_range_is_idle,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (
+      test_fua_waiter_wakes_when_its_range_is_idle, tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_fast_zero_refused_changes_nothing,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_fua_write_failing_before_a_wait,

@@ -324,9 +324,8 @@ test_kept_run_written_after_known_shrink (void **state)
   {
     uint64_t bad = counts (t).bad;
 
-    fprintf (stderr,
-             "runs written after the shrink was known: %u, bad: %llu\n", n,
-             (unsigned long long) bad);
+    fprintf (stderr, "runs written after the shrink was known: %u, bad: %llu\n",
+             n, (unsigned long long) bad);
     fake_reset_counts (t->f); /* the teardown's own check: this one */
     assert_int_equal (bad, 0);
   }

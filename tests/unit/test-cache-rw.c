@@ -34,13 +34,13 @@ test_config_checks (void **state)
     uint64_t cache_size;
     uint32_t page_size, sector_size;
   } bad[] = {
-    { 1 * MiB, 3000, 512 },              /* not a power of 2 */
-    { 1 * MiB, 2048, 512 },              /* page below 4K */
-    { 64 * MiB, 4 * MiB, 512 },          /* page above 2M */
-    { 1 * MiB, 64 * KiB, 256 },          /* sector below 512 */
-    { 1 * MiB, 64 * KiB, 1000 },         /* sector not a power of 2 */
-    { 1 * MiB, 64 * KiB, 128 * KiB },    /* sector above page */
-    { 7 * 64 * KiB, 64 * KiB, 512 },     /* fewer than CACHE_MIN_PAGES */
+    { 1 * MiB, 3000, 512 },           /* not a power of 2 */
+    { 1 * MiB, 2048, 512 },           /* page below 4K */
+    { 64 * MiB, 4 * MiB, 512 },       /* page above 2M */
+    { 1 * MiB, 64 * KiB, 256 },       /* sector below 512 */
+    { 1 * MiB, 64 * KiB, 1000 },      /* sector not a power of 2 */
+    { 1 * MiB, 64 * KiB, 128 * KiB }, /* sector above page */
+    { 7 * 64 * KiB, 64 * KiB, 512 },  /* fewer than CACHE_MIN_PAGES */
   };
   struct tcache *t = *state;
   struct fake *f = fake_new (4 * MiB);
@@ -134,8 +134,8 @@ test_partial_sector_write_reads_that_sector (void **state)
   assert_int_equal (cache_read (t->c, buf, SS, PG + 3 * SS), 0);
   assert_int_equal (pattern_mismatch (buf, 10, PG + 3 * SS, 1), -1);
   assert_int_equal (pattern_mismatch (buf + 10, 100, PG + 3 * SS + 10, 2), -1);
-  assert_int_equal (pattern_mismatch (buf + 110, SS - 110, PG + 3 * SS + 110,
-                                      1), -1);
+  assert_int_equal (
+    pattern_mismatch (buf + 110, SS - 110, PG + 3 * SS + 110, 1), -1);
 
   /* Now V: another partial write to it reads nothing. */
   fake_reset_counts (t->f);
@@ -153,8 +153,7 @@ test_partial_sector_write_reads_that_sector (void **state)
    * are read, 10 is not.
    */
   fake_reset_counts (t->f);
-  assert_int_equal (write_pattern (t, PG + 9 * SS + 100, 2 * SS + 10, 2, 0),
-                    0);
+  assert_int_equal (write_pattern (t, PG + 9 * SS + 100, 2 * SS + 10, 2, 0), 0);
   assert_int_equal (counts (t).reads, 2);
   assert_int_equal (counts (t).read_bytes, 2 * SS);
   assert_int_equal (fake_log_first (t->f, FAKE_READ, PG + 10 * SS, SS), -1);
@@ -163,10 +162,10 @@ test_partial_sector_write_reads_that_sector (void **state)
   assert_true (sectors_are (t, PG + 9 * SS, 3 * SS, V | D));
   assert_int_equal (cache_read (t->c, buf, 3 * SS, PG + 9 * SS), 0);
   assert_int_equal (pattern_mismatch (buf, 100, PG + 9 * SS, 1), -1);
-  assert_int_equal (pattern_mismatch (buf + 100, 2 * SS + 10,
-                                      PG + 9 * SS + 100, 2), -1);
-  assert_int_equal (pattern_mismatch (buf + 2 * SS + 110, SS - 110,
-                                      PG + 11 * SS + 110, 1), -1);
+  assert_int_equal (
+    pattern_mismatch (buf + 100, 2 * SS + 10, PG + 9 * SS + 100, 2), -1);
+  assert_int_equal (
+    pattern_mismatch (buf + 2 * SS + 110, SS - 110, PG + 11 * SS + 110, 1), -1);
 
   /* After flush the backend holds the merged sectors. */
   assert_int_equal (cache_flush (t->c), 0);
@@ -275,8 +274,8 @@ test_4k_write_then_flush (void **state)
   assert_int_equal (counts (t).write_bytes, 4 * KiB);
   assert_int_equal (counts (t).writes, 1);
   assert_int_equal (counts (t).flushes, 1);
-  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0)
-               < fake_log_last (t->f, FAKE_FLUSH, 0, 0));
+  assert_true (fake_log_last (t->f, FAKE_WRITE, 0, 0) <
+               fake_log_last (t->f, FAKE_FLUSH, 0, 0));
   assert_true (disk_is_pattern (t, 5 * PG + 8 * KiB, 4 * KiB, 2));
   assert_true (disk_is_pattern (t, 5 * PG, 8 * KiB, 1));
   assert_true (sectors_are (t, 5 * PG + 8 * KiB, 4 * KiB, V));
@@ -413,7 +412,7 @@ test_random_unaligned_vs_model (void **state)
   unsigned char *model = malloc (size);
   unsigned char *buf = malloc (256 * KiB);
   unsigned char *disk = malloc (size);
-  uint64_t dirty = 0;      /* pages that may hold D sectors */
+  uint64_t dirty = 0; /* pages that may hold D sectors */
   unsigned nops[8] = { 0 };
   unsigned seed_data = 100;
 
@@ -421,8 +420,8 @@ test_random_unaligned_vs_model (void **state)
   assert_non_null (buf);
   assert_non_null (disk);
   assert_true (size / PG == 64);
-  cfg.cache_size = CACHE_MIN_PAGES * PG;   /* 8 pages: eviction happens */
-  cfg.dirty_ratio = 100;                   /* no writer thread here */
+  cfg.cache_size = CACHE_MIN_PAGES * PG; /* 8 pages: eviction happens */
+  cfg.dirty_ratio = 100;                 /* no writer thread here */
   tc_open (t, &cfg);
   fill_disk (t, 1);
   pattern (model, size, 0, 1);
@@ -451,7 +450,7 @@ test_random_unaligned_vs_model (void **state)
       dirty = 0;
     }
 
-    if (op < 40) {                          /* write */
+    if (op < 40) { /* write */
       uint32_t flags = rng_below (10) == 0 ? CACHE_FUA : 0;
       pattern (buf, len, off, ++seed_data);
       assert_int_equal (cache_write (t->c, buf, len, off, flags), 0);
@@ -459,7 +458,7 @@ test_random_unaligned_vs_model (void **state)
       dirty |= touched;
       nops[0]++;
     }
-    else if (op < 80) {                     /* read */
+    else if (op < 80) { /* read */
       assert_int_equal (cache_read (t->c, buf, len, off), 0);
       if (memcmp (buf, model + off, len) != 0) {
         uint32_t k = 0;
@@ -470,14 +469,14 @@ test_random_unaligned_vs_model (void **state)
       }
       nops[1]++;
     }
-    else if (op < 87) {                     /* zero */
+    else if (op < 87) { /* zero */
       uint32_t flags = rng_below (2) ? CACHE_MAY_TRIM : 0;
       assert_int_equal (cache_zero (t->c, len, off, flags), 0);
       memset (model + off, 0, len);
       dirty |= touched;
       nops[2]++;
     }
-    else if (op < 92) {                     /* trim */
+    else if (op < 92) { /* trim */
       /* After a trim, reads through the cache of the whole sectors it
        * covers see what the backend holds (partial sectors at either
        * end may keep their data).  The model takes what the cache
@@ -490,15 +489,16 @@ test_random_unaligned_vs_model (void **state)
         fake_disk_read (t->f, disk, b - a, a);
         if (memcmp (buf + (a - off), disk, b - a) != 0)
           fail_msg ("op %u: after trim off=%llu len=%u the cache and the "
-                    "backend differ", i, (unsigned long long) off, len);
+                    "backend differ",
+                    i, (unsigned long long) off, len);
       }
       memcpy (model + off, buf, len);
       dirty |= touched;
       nops[3]++;
     }
     else if (op < 96) {
-      int r = cache_writeback (t->c, rng_below (2) ? CACHE_WB_BACKGROUND
-                               : CACHE_WB_EXPIRED, 0);
+      int r = cache_writeback (
+        t->c, rng_below (2) ? CACHE_WB_BACKGROUND : CACHE_WB_EXPIRED, 0);
       assert_true (r >= 0);
       assert_int_equal (stats (t->c).dirty_bytes, 0);
       dirty = 0;
@@ -543,22 +543,22 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_config_checks, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_full_sector_write_no_read,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_partial_sector_write_reads_that_sector,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_full_sector_write_no_read, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (
+      test_partial_sector_write_reads_that_sector, tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_read_fills_only_invalid_sectors,
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_read_two_pages_one_backend_read,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_4k_write_then_flush,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_4k_write_then_flush, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_prefetch, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_unaligned_export_size,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_unaligned_export_size, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_out_of_range, tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_random_unaligned_vs_model,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_random_unaligned_vs_model, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

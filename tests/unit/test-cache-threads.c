@@ -76,8 +76,8 @@ worker_main (void *arg)
   }
   for (unsigned i = 0; i < OPS && !atomic_load (&w->failed); i++) {
     unsigned op = (unsigned) rand_r (&w->seed) % 100;
-    uint32_t len = 1 + (uint32_t) rand_r (&w->seed) % (rand_r (&w->seed) % 2
-                                                        ? 4096 : PG);
+    uint32_t len = 1 + (uint32_t) rand_r (&w->seed) %
+                         (rand_r (&w->seed) % 2 ? 4096 : PG);
     uint64_t rel = (uint64_t) rand_r (&w->seed) % (REGION - len + 1);
     uint64_t off = w->base + rel;
     int r;
@@ -137,8 +137,9 @@ bg_main (void *arg)
   unsigned n = 0;
 
   while (!atomic_load (&stop_bg)) {
-    int r = cache_writeback (t->c, n++ % 4 ? CACHE_WB_BACKGROUND
-                             : CACHE_WB_EXPIRED, 0);
+    int r = cache_writeback (t->c,
+                             n++ % 4 ? CACHE_WB_BACKGROUND : CACHE_WB_EXPIRED,
+                             0);
     atomic_fetch_add (&bg_passes, 1);
     if (r <= 0)
       sleep_ms (1);
@@ -207,8 +208,8 @@ int
 main (void)
 {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test_setup_teardown (test_parallel_regions,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_parallel_regions, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);

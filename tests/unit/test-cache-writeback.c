@@ -50,8 +50,8 @@ find_cap (struct tcache *t, uint64_t off, uint32_t len)
     if (ci.off == off && ci.len == len)
       return i;
   }
-  fail_msg ("no run off=%llu len=%u among %zu", (unsigned long long) off,
-            len, n);
+  fail_msg ("no run off=%llu len=%u among %zu", (unsigned long long) off, len,
+            n);
   return 0;
 }
 
@@ -83,7 +83,7 @@ test_no_writeback_without_trigger (void **state)
   assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
   assert_true (sectors_are (t, 0, PG, V));
   assert_true (disk_is_pattern (t, 0, PG, 2));
-  assert_int_equal (counts (t).flushes, 0);     /* write-back is not flush */
+  assert_int_equal (counts (t).flushes, 0); /* write-back is not flush */
   assert_int_equal (stats (t->c).dirty_bytes, 0);
 }
 
@@ -105,8 +105,8 @@ test_runs_merge_across_pages (void **state)
   assert_int_equal (ci.flags & CACHE_FUA, 0);
   find_cap (t, 4 * PG, 3 * PG);
   run = fake_capture_run (t->f, find_cap (t, PG - 4 * KiB, 8 * KiB));
-  assert_int_equal (pattern_mismatch (cache_run_data (run), 8 * KiB,
-                                      PG - 4 * KiB, 2), -1);
+  assert_int_equal (
+    pattern_mismatch (cache_run_data (run), 8 * KiB, PG - 4 * KiB, 2), -1);
   assert_true (sectors_are (t, PG - 4 * KiB, 8 * KiB, V | W));
   assert_true (sectors_are (t, 4 * PG, 3 * PG, V | W));
   assert_int_equal (stats (t->c).runs_in_flight, 2);
@@ -163,10 +163,8 @@ struct mark_check {
 };
 
 static const uint64_t mark_ranges[][2] = {
-  { 1 * PG + 0 * SS, 8 * SS },
-  { 1 * PG + 20 * SS, 8 * SS },
-  { 1 * PG + 100 * SS, 8 * SS },
-  { 9 * PG, 2 * PG },
+  { 1 * PG + 0 * SS, 8 * SS },   { 1 * PG + 20 * SS, 8 * SS },
+  { 1 * PG + 100 * SS, 8 * SS }, { 9 * PG, 2 * PG },
   { 13 * PG + 5 * SS, SS },
 };
 #define NR_MARK (sizeof mark_ranges / sizeof mark_ranges[0])
@@ -201,8 +199,8 @@ test_mark_all_before_submit (void **state)
   tc_open (t, &cfg);
   cache_set_submit (t->c, mark_check_submit, &mc);
   for (unsigned r = 0; r < NR_MARK; r++)
-    assert_int_equal (write_pattern (t, mark_ranges[r][0], mark_ranges[r][1],
-                                     2, 0), 0);
+    assert_int_equal (
+      write_pattern (t, mark_ranges[r][0], mark_ranges[r][1], 2, 0), 0);
   assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), NR_MARK);
   assert_int_equal (mc.calls, NR_MARK);
   assert_true (mc.all_marked_at_first);
@@ -228,8 +226,10 @@ test_completion_any_order (void **state)
 
     open_capture (t, &cfg);
     for (int r = 0; r < 3; r++)
-      assert_int_equal (write_pattern (t, three_ranges[r][0], three_ranges[r][1],
-                                       (unsigned) (10 + r), 0), 0);
+      assert_int_equal (write_pattern (t, three_ranges[r][0],
+                                       three_ranges[r][1], (unsigned) (10 + r),
+                                       0),
+                        0);
     assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 3);
     for (int r = 0; r < 3; r++)
       idx[r] = find_cap (t, three_ranges[r][0], (uint32_t) three_ranges[r][1]);
@@ -287,8 +287,7 @@ test_redirty_while_in_flight (void **state)
   assert_int_equal (cache_debug_sector (t->c, a + SS), V | W);
   assert_true (read_is_pattern (t, a, SS, 3));
   /* The snapshot in flight still holds X. */
-  assert_int_equal (pattern_mismatch (cache_run_data (run0), 2 * SS, a, 2),
-                    -1);
+  assert_int_equal (pattern_mismatch (cache_run_data (run0), 2 * SS, a, 2), -1);
   assert_int_equal (stats (t->c).dirty_bytes, SS);
 
   /* A second pass must not submit A while the first write is out. */
@@ -324,10 +323,11 @@ test_redirty_while_in_flight (void **state)
   assert_int_equal (fake_nr_captured (t->f), n + 1);
   assert_int_equal (cap (t, n).off, a);
   assert_int_equal (cap (t, n).len, SS);
-  assert_int_equal (pattern_mismatch (cache_run_data (fake_capture_run (t->f, n)),
-                                      SS, a, 3), -1);
+  assert_int_equal (
+    pattern_mismatch (cache_run_data (fake_capture_run (t->f, n)), SS, a, 3),
+    -1);
   assert_int_equal (fake_complete (t->f, t->c, n, 0), 0);
-  assert_true (disk_is_pattern (t, a, SS, 3));       /* newest wins */
+  assert_true (disk_is_pattern (t, a, SS, 3)); /* newest wins */
   assert_true (disk_is_pattern (t, a + SS, SS, 2));
   assert_int_equal (cache_debug_sector (t->c, a), V);
   assert_int_equal (stats (t->c).dirty_bytes, 0);
@@ -339,7 +339,7 @@ test_batch_size_and_age_order (void **state)
 {
   struct tcache *t = *state;
   struct cache_config cfg = test_config ();
-  static const unsigned order[4] = { 6, 4, 2, 0 };   /* oldest first */
+  static const unsigned order[4] = { 6, 4, 2, 0 }; /* oldest first */
   uint64_t total = 0;
   size_t n;
 
@@ -397,7 +397,7 @@ test_expired_page_behind_younger_one (void **state)
   fake_now = 0;
   assert_int_equal (write_pattern (t, PG, SS, 2, 0), 0);
   assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
-  assert_int_equal (write_pattern (t, PG, PG, 3, 0), 0);   /* sector 0: D+W */
+  assert_int_equal (write_pattern (t, PG, PG, 3, 0), 0); /* sector 0: D+W */
   fake_now = 10;
   assert_int_equal (write_pattern (t, 3 * PG, SS, 4, 0), 0);
   fake_now = 11;
@@ -423,18 +423,18 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_no_writeback_without_trigger,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_runs_merge_across_pages,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_runs_merge_across_pages, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_separate_ranges_separate_runs,
                                      tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_mark_all_before_submit,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_completion_any_order,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_redirty_while_in_flight,
-                                     tc_setup, tc_teardown),
-    cmocka_unit_test_setup_teardown (test_batch_size_and_age_order,
-                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_mark_all_before_submit, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_completion_any_order, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_redirty_while_in_flight, tc_setup,
+                                     tc_teardown),
+    cmocka_unit_test_setup_teardown (test_batch_size_and_age_order, tc_setup,
+                                     tc_teardown),
     cmocka_unit_test_setup_teardown (test_expired_page_behind_younger_one,
                                      tc_setup, tc_teardown),
   };

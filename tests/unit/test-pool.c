@@ -20,7 +20,7 @@
 #include "pool.h"
 
 struct item {
-  struct item *link;            /* the pool's, while free */
+  struct item *link; /* the pool's, while free */
   uint64_t owner;
   char payload[40];
 };
@@ -113,7 +113,7 @@ hammer (void *arg)
     it->owner = me;
     if (k % 64 == 0)
       sched_yield ();
-    assert_int_equal (it->owner, me);   /* no one else has it */
+    assert_int_equal (it->owner, me); /* no one else has it */
     pool_put (&shared, it);
   }
   return NULL;
@@ -127,8 +127,8 @@ test_threads_never_share_an_item (void **state)
   (void) state;
   assert_int_equal (pool_init (&shared, sizeof (struct item), 2), 0);
   for (uintptr_t i = 0; i < 4; i++)
-    assert_int_equal (pthread_create (&t[i], NULL, hammer,
-                                      (void *) (i + 1)), 0);
+    assert_int_equal (pthread_create (&t[i], NULL, hammer, (void *) (i + 1)),
+                      0);
   for (int i = 0; i < 4; i++)
     pthread_join (t[i], NULL);
   pool_destroy (&shared);

@@ -32,20 +32,16 @@ static const struct {
   bool v, d, w;
   enum sect_state s;
 } combos[] = {
-  { 0, 0, 0, SECT_ABSENT },
-  { 1, 0, 0, SECT_CLEAN },
-  { 1, 1, 0, SECT_DIRTY },
-  { 1, 0, 1, SECT_WRITEBACK },
-  { 1, 1, 1, SECT_REDIRTIED },
-  { 0, 1, 0, SECT_ILLEGAL },
-  { 0, 0, 1, SECT_ILLEGAL },
-  { 0, 1, 1, SECT_ILLEGAL },
+  { 0, 0, 0, SECT_ABSENT },    { 1, 0, 0, SECT_CLEAN },
+  { 1, 1, 0, SECT_DIRTY },     { 1, 0, 1, SECT_WRITEBACK },
+  { 1, 1, 1, SECT_REDIRTIED }, { 0, 1, 0, SECT_ILLEGAL },
+  { 0, 0, 1, SECT_ILLEGAL },   { 0, 1, 1, SECT_ILLEGAL },
 };
 #define NR_COMBOS (sizeof combos / sizeof combos[0])
 
 struct bm {
   struct sect_bits sb;
-  uint64_t store[SECT_NR_BITMAPS * 64];   /* up to 4096 sectors */
+  uint64_t store[SECT_NR_BITMAPS * 64]; /* up to 4096 sectors */
 };
 
 static void
@@ -108,7 +104,7 @@ find_edge (enum sect_state from, enum sect_op op)
 
   for (unsigned e = 0; e < sect_nr_edges; e++)
     if (sect_edges[e].from == from && sect_edges[e].op == op) {
-      assert_null (r);       /* the machine is deterministic */
+      assert_null (r); /* the machine is deterministic */
       r = &sect_edges[e];
     }
   return r;
@@ -121,23 +117,23 @@ static const struct {
   enum sect_state to;
   const char *fn;
 } documented[] = {
-  { SECT_ABSENT,    SECT_OP_FILL_DONE,  SECT_CLEAN,     "sect_fill_done" },
-  { SECT_ABSENT,    SECT_OP_WRITE,      SECT_DIRTY,     "sect_write" },
-  { SECT_CLEAN,     SECT_OP_WRITE,      SECT_DIRTY,     "sect_write" },
-  { SECT_DIRTY,     SECT_OP_WRITE,      SECT_DIRTY,     "sect_write" },
-  { SECT_WRITEBACK, SECT_OP_WRITE,      SECT_REDIRTIED, "sect_write" },
-  { SECT_REDIRTIED, SECT_OP_WRITE,      SECT_REDIRTIED, "sect_write" },
-  { SECT_DIRTY,     SECT_OP_WB_START,   SECT_WRITEBACK, "sect_wb_start" },
-  { SECT_CLEAN,     SECT_OP_WB_START,   SECT_WRITEBACK, "sect_wb_start" },
-  { SECT_WRITEBACK, SECT_OP_WB_END_OK,  SECT_CLEAN,     "sect_wb_end" },
-  { SECT_WRITEBACK, SECT_OP_WB_END_ERR, SECT_DIRTY,     "sect_wb_end" },
-  { SECT_REDIRTIED, SECT_OP_WB_END_OK,  SECT_DIRTY,     "sect_wb_end" },
-  { SECT_REDIRTIED, SECT_OP_WB_END_ERR, SECT_DIRTY,     "sect_wb_end" },
-  { SECT_CLEAN,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
-  { SECT_DIRTY,     SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
-  { SECT_ABSENT,    SECT_OP_DROP,       SECT_ABSENT,    "sect_drop" },
-  { SECT_DIRTY,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
-  { SECT_CLEAN,     SECT_OP_CLEAN,      SECT_CLEAN,     "sect_clean" },
+  { SECT_ABSENT, SECT_OP_FILL_DONE, SECT_CLEAN, "sect_fill_done" },
+  { SECT_ABSENT, SECT_OP_WRITE, SECT_DIRTY, "sect_write" },
+  { SECT_CLEAN, SECT_OP_WRITE, SECT_DIRTY, "sect_write" },
+  { SECT_DIRTY, SECT_OP_WRITE, SECT_DIRTY, "sect_write" },
+  { SECT_WRITEBACK, SECT_OP_WRITE, SECT_REDIRTIED, "sect_write" },
+  { SECT_REDIRTIED, SECT_OP_WRITE, SECT_REDIRTIED, "sect_write" },
+  { SECT_DIRTY, SECT_OP_WB_START, SECT_WRITEBACK, "sect_wb_start" },
+  { SECT_CLEAN, SECT_OP_WB_START, SECT_WRITEBACK, "sect_wb_start" },
+  { SECT_WRITEBACK, SECT_OP_WB_END_OK, SECT_CLEAN, "sect_wb_end" },
+  { SECT_WRITEBACK, SECT_OP_WB_END_ERR, SECT_DIRTY, "sect_wb_end" },
+  { SECT_REDIRTIED, SECT_OP_WB_END_OK, SECT_DIRTY, "sect_wb_end" },
+  { SECT_REDIRTIED, SECT_OP_WB_END_ERR, SECT_DIRTY, "sect_wb_end" },
+  { SECT_CLEAN, SECT_OP_DROP, SECT_ABSENT, "sect_drop" },
+  { SECT_DIRTY, SECT_OP_DROP, SECT_ABSENT, "sect_drop" },
+  { SECT_ABSENT, SECT_OP_DROP, SECT_ABSENT, "sect_drop" },
+  { SECT_DIRTY, SECT_OP_CLEAN, SECT_CLEAN, "sect_clean" },
+  { SECT_CLEAN, SECT_OP_CLEAN, SECT_CLEAN, "sect_clean" },
 };
 #define NR_DOCUMENTED (sizeof documented / sizeof documented[0])
 
@@ -159,10 +155,10 @@ test_table_matches_header (void **state)
     assert_int_not_equal (sect_edges[e].to, SECT_ILLEGAL);
   }
   /* The invariants that rely on missing edges (sector.h, section 4). */
-  assert_null (find_edge (SECT_WRITEBACK, SECT_OP_WB_START));   /* inv. 3 */
-  assert_null (find_edge (SECT_REDIRTIED, SECT_OP_WB_START));   /* inv. 3 */
-  assert_null (find_edge (SECT_WRITEBACK, SECT_OP_DROP));       /* inv. 8 */
-  assert_null (find_edge (SECT_REDIRTIED, SECT_OP_DROP));       /* inv. 8 */
+  assert_null (find_edge (SECT_WRITEBACK, SECT_OP_WB_START)); /* inv. 3 */
+  assert_null (find_edge (SECT_REDIRTIED, SECT_OP_WB_START)); /* inv. 3 */
+  assert_null (find_edge (SECT_WRITEBACK, SECT_OP_DROP));     /* inv. 8 */
+  assert_null (find_edge (SECT_REDIRTIED, SECT_OP_DROP));     /* inv. 8 */
 }
 
 static void
@@ -247,12 +243,12 @@ test_edges_table_driven (void **state)
           sect_apply (&b.sb, op, i, &delta);
           assert_int_equal (sect_get (&b.sb, i), e->to);
           /* Delta: net change of each bitmap at sector i. */
-          assert_int_equal (delta.v, (int) get_bit (&b, SECT_BM_V, i)
-                            - (int) get_bit (&before, SECT_BM_V, i));
-          assert_int_equal (delta.d, (int) get_bit (&b, SECT_BM_D, i)
-                            - (int) get_bit (&before, SECT_BM_D, i));
-          assert_int_equal (delta.w, (int) get_bit (&b, SECT_BM_W, i)
-                            - (int) get_bit (&before, SECT_BM_W, i));
+          assert_int_equal (delta.v, (int) get_bit (&b, SECT_BM_V, i) -
+                                       (int) get_bit (&before, SECT_BM_V, i));
+          assert_int_equal (delta.d, (int) get_bit (&b, SECT_BM_D, i) -
+                                       (int) get_bit (&before, SECT_BM_D, i));
+          assert_int_equal (delta.w, (int) get_bit (&b, SECT_BM_W, i) -
+                                       (int) get_bit (&before, SECT_BM_W, i));
           /* NULL delta works too and gives the same state. */
           set_combo (&b, i, k);
           sect_apply (&b.sb, op, i, NULL);
@@ -299,8 +295,8 @@ test_range_ops (void **state)
     enum sect_state from = (enum sect_state) ((i - 60) % 5);
     assert_int_equal (sect_get (&b.sb, i), find_edge (from, SECT_OP_WRITE)->to);
   }
-  assert_int_equal (delta.v, 2);      /* the two ABSENT sectors */
-  assert_int_equal (delta.d, 6);      /* ABSENT, CLEAN, WRITEBACK twice */
+  assert_int_equal (delta.v, 2); /* the two ABSENT sectors */
+  assert_int_equal (delta.d, 6); /* ABSENT, CLEAN, WRITEBACK twice */
   assert_int_equal (delta.w, 0);
   assert_int_equal (sect_get (&b.sb, 59), SECT_ABSENT);
   assert_int_equal (sect_get (&b.sb, 70), SECT_ABSENT);
@@ -374,8 +370,8 @@ naive_count (struct bm *b, enum sect_bitmap bm, uint32_t first, uint32_t n)
 }
 
 static uint32_t
-naive_find (struct bm *b, enum sect_bitmap bm, bool want,
-            uint32_t from, uint32_t end)
+naive_find (struct bm *b, enum sect_bitmap bm, bool want, uint32_t from,
+            uint32_t end)
 {
   for (uint32_t i = from; i < end; i++)
     if (get_bit (b, bm, i) == want)
@@ -399,8 +395,8 @@ static void
 random_sparse (struct bm *b, unsigned *seed, unsigned density)
 {
   for (uint32_t i = 0; i < b->sb.nsect; i++)
-    set_combo (b, i, rand_r (seed) % density ? 0
-               : 1 + (unsigned) rand_r (seed) % 4);
+    set_combo (b, i,
+               rand_r (seed) % density ? 0 : 1 + (unsigned) rand_r (seed) % 4);
 }
 
 static void

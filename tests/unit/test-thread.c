@@ -37,7 +37,7 @@ test_new_thread_blocks_signals (void **state)
   sigemptyset (&mask);
   assert_int_equal (thread_start_nosignals (&t, report_mask, &mask), 0);
   assert_int_equal (pthread_join (t, NULL), 0);
-  for (int sig = 1; sig < 32; sig++) {  /* the standard signals */
+  for (int sig = 1; sig < 32; sig++) { /* the standard signals */
     if (sig == SIGKILL || sig == SIGSTOP)
       continue;
     if (!sigismember (&mask, sig))

@@ -147,7 +147,7 @@ test_div_round_up (void **state)
   assert_int_equal (DIV_ROUND_UP (1, 512), 1);
   assert_int_equal (DIV_ROUND_UP (512, 512), 1);
   assert_int_equal (DIV_ROUND_UP (513, 512), 2);
-  assert_int_equal (DIV_ROUND_UP (10, 3), 4);  /* any divisor */
+  assert_int_equal (DIV_ROUND_UP (10, 3), 4); /* any divisor */
   assert_int_equal (DIV_ROUND_UP (9, 3), 3);
   assert_true (DIV_ROUND_UP (UINT64_C (1) << 40, UINT64_C (65536)) ==
                UINT64_C (1) << 24);
@@ -197,7 +197,9 @@ test_popcount64 (void **state)
     assert_int_equal (popcount64 (~UINT64_C (0) << b), 64 - b);
   }
   for (unsigned k = 0; k < 10000; k++) {
-    x ^= x << 13; x ^= x >> 7; x ^= x << 17;     /* xorshift64 */
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17; /* xorshift64 */
     assert_int_equal (popcount64 (x), naive_popcount (x));
   }
 }
@@ -215,7 +217,7 @@ aborts (void (*fn) (void))
   if (pid == 0) {
     int fd = open ("/dev/null", O_WRONLY);
     if (fd >= 0)
-      dup2 (fd, 2);        /* keep the expected assert message quiet */
+      dup2 (fd, 2); /* keep the expected assert message quiet */
     signal (SIGABRT, SIG_DFL);
     fn ();
     _exit (0);
@@ -227,13 +229,41 @@ aborts (void (*fn) (void))
 static volatile uint64_t sink;
 static volatile uint64_t three = 3;
 
-static void round_up_3 (void) { sink = ROUND_UP (sink, three); }
-static void round_down_3 (void) { sink = ROUND_DOWN (sink, three); }
-static void is_aligned_3 (void) { sink = IS_ALIGNED (sink, three); }
-static void round_up_0 (void) { sink = ROUND_UP (sink, three - 3); }
-static void log2_3 (void) { sink = log2_u64 (three); }
-static void log2_0 (void) { sink = log2_u64 (three - 3); }
-static void round_up_ok (void) { sink = ROUND_UP (sink, three + 1); }
+static void
+round_up_3 (void)
+{
+  sink = ROUND_UP (sink, three);
+}
+static void
+round_down_3 (void)
+{
+  sink = ROUND_DOWN (sink, three);
+}
+static void
+is_aligned_3 (void)
+{
+  sink = IS_ALIGNED (sink, three);
+}
+static void
+round_up_0 (void)
+{
+  sink = ROUND_UP (sink, three - 3);
+}
+static void
+log2_3 (void)
+{
+  sink = log2_u64 (three);
+}
+static void
+log2_0 (void)
+{
+  sink = log2_u64 (three - 3);
+}
+static void
+round_up_ok (void)
+{
+  sink = ROUND_UP (sink, three + 1);
+}
 
 static void
 test_power_of_2_asserted (void **state)

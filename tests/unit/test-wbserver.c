@@ -63,33 +63,33 @@
  * it runs in the flushing thread or a worker.
  */
 struct aio_rec {
-  unsigned char *data;          /* copy of the buffer, made at start */
-  const void *buf;              /* the buffer itself (valid until done) */
+  unsigned char *data; /* copy of the buffer, made at start */
+  const void *buf;     /* the buffer itself (valid until done) */
   uint64_t off;
   uint32_t count, flags;
   void (*done) (void *arg, int err);
   void *arg;
   bool completed;
-  int err;                      /* passed to done */
-  uint64_t flushes_before;      /* backend flushes (fake) before done */
+  int err;                 /* passed to done */
+  uint64_t flushes_before; /* backend flushes (fake) before done */
 };
 
 struct fake_aio {
   pthread_mutex_t lock;
   struct fake *f;
-  struct aio_rec *recs;         /* grown by realloc, under lock */
+  struct aio_rec *recs; /* grown by realloc, under lock */
   size_t cap;
-  size_t started;               /* records used */
+  size_t started; /* records used */
   size_t completed;
-  size_t declined;              /* returned 1 */
-  uint32_t decline_above;       /* decline runs longer than this; 0: never */
-  bool auto_complete;           /* complete (success) inside aio_pwrite */
+  size_t declined;        /* returned 1 */
+  uint32_t decline_above; /* decline runs longer than this; 0: never */
+  bool auto_complete;     /* complete (success) inside aio_pwrite */
 };
 
 struct tserver {
-  struct tcache t;              /* the cache and the fake */
-  struct wbs *s;                /* NULL when not running */
-  struct fake_aio *aio;         /* set by start_server_aio */
+  struct tcache t;      /* the cache and the fake */
+  struct wbs *s;        /* NULL when not running */
+  struct fake_aio *aio; /* set by start_server_aio */
   /* A thread running wbs_stop (the stop test). */
   pthread_t stopper;
   bool stopper_started;
@@ -204,7 +204,9 @@ start_server (struct tserver *ts, unsigned threads, uint64_t interval_ms,
               uint64_t expire_ms)
 {
   struct wbs_config wc = {
-    .threads = threads, .interval_ms = interval_ms, .expire_ms = expire_ms,
+    .threads = threads,
+    .interval_ms = interval_ms,
+    .expire_ms = expire_ms,
   };
   int err = 0;
 
@@ -254,8 +256,8 @@ all_clean (struct tcache *t)
 {
   struct cache_stats st = stats (t->c);
 
-  return st.dirty_bytes == 0 && st.writeback_bytes == 0
-    && st.runs_in_flight == 0;
+  return st.dirty_bytes == 0 && st.writeback_bytes == 0 &&
+         st.runs_in_flight == 0;
 }
 
 /* Writes 4 KiB of pattern SEED at the start of every other page from
@@ -265,13 +267,12 @@ static void
 write_scattered (struct tcache *t, unsigned first, unsigned n, unsigned seed)
 {
   for (unsigned i = 0; i < n; i++)
-    assert_int_equal (write_pattern (t, (first + 2 * i) * PG, 4 * KiB,
-                                     seed, 0), 0);
+    assert_int_equal (write_pattern (t, (first + 2 * i) * PG, 4 * KiB, seed, 0),
+                      0);
 }
 
 static bool
-disk_has_scattered (struct tcache *t, unsigned first, unsigned n,
-                    unsigned seed)
+disk_has_scattered (struct tcache *t, unsigned first, unsigned n, unsigned seed)
 {
   for (unsigned i = 0; i < n; i++)
     if (!disk_has (t, (first + 2 * i) * PG, 4 * KiB, seed))
@@ -361,7 +362,7 @@ test_kick_over_background (void **state)
   struct async *wr;
 
   assert_non_null (buf);
-  cfg.dirty_background_ratio = 10;      /* 16 pages: ~102 KiB */
+  cfg.dirty_background_ratio = 10; /* 16 pages: ~102 KiB */
   tc_open (t, &cfg);
   start_server (ts, 2, HOUR_MS, HOUR_MS);
 
@@ -424,14 +425,14 @@ test_flush_writes_inline (void **state)
   cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   start_server (ts, 4, HOUR_MS, HOUR_MS);
-  write_scattered (t, 0, 8, 2);         /* 32 KiB, 8 runs */
+  write_scattered (t, 0, 8, 2); /* 32 KiB, 8 runs */
   assert_false (cache_over_background (t->c));
   assert_int_equal (write_attempts (t), 0);
 
   fake_hold (t->f, FAKE_WRITE, true);
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
   WAIT_FOR (fake_held (t->f, FAKE_WRITE) == 1);
-  sleep_ms (20);                 /* an extra only: the counts decide */
+  sleep_ms (20); /* an extra only: the counts decide */
   assert_int_equal (fake_held (t->f, FAKE_WRITE), 1);
   assert_false (async_done (fl));
   assert_int_equal (counts (t).writes, 0);
@@ -579,7 +580,7 @@ test_stop_waits_and_unhooks (void **state)
   struct cache_config cfg = test_config ();
   struct cache_stats st;
 
-  cfg.dirty_background_ratio = 90;      /* 8 dirty pages stay below */
+  cfg.dirty_background_ratio = 90; /* 8 dirty pages stay below */
   cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   start_server (ts, 2, HOUR_MS, HOUR_MS);
@@ -712,7 +713,7 @@ assert_no_retry_storm (struct tcache *t, unsigned window_ms, uint64_t bound)
   uint64_t a, b;
 
   a = write_attempts (t);
-  WAIT_FOR (write_attempts (t) > a);   /* the server does retry */
+  WAIT_FOR (write_attempts (t) > a); /* the server does retry */
   a = write_attempts (t);
   sleep_ms (window_ms);
   b = write_attempts (t);
@@ -746,7 +747,7 @@ test_error_persistent (void **state)
   struct cache_stats st;
   uint64_t e;
 
-  cfg.dirty_background_ratio = 40;      /* two dirty pages stay below */
+  cfg.dirty_background_ratio = 40; /* two dirty pages stay below */
   tc_open (t, &cfg);
   start_server (ts, 2, 10, 50);
   fake_fail_all (t->f, FAKE_WRITE, -EIO);
@@ -802,7 +803,6 @@ test_error_over_background (void **state)
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
 
-
   cfg.dirty_background_ratio = 10;
   tc_open (t, &cfg);
   start_server (ts, 2, 10, HOUR_MS);
@@ -831,7 +831,6 @@ test_error_expire_zero (void **state)
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
 
-
   tc_open (t, &cfg);
   start_server (ts, 2, 10, 0);
   fake_fail_all (t->f, FAKE_WRITE, -EIO);
@@ -852,7 +851,6 @@ test_error_draining (void **state)
   struct tserver *ts = *state;
   struct tcache *t = &ts->t;
   struct cache_config cfg = test_config ();
-
 
   tc_open (t, &cfg);
   start_server (ts, 2, 10, HOUR_MS);
@@ -937,7 +935,7 @@ fake_aio_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off,
   now = a->auto_complete;
   pthread_mutex_unlock (&a->lock);
   if (now)
-    aio_complete (a, i, 0);     /* done before aio_pwrite returns */
+    aio_complete (a, i, 0); /* done before aio_pwrite returns */
   return 0;
 }
 
@@ -1043,7 +1041,9 @@ start_server_aio (struct tserver *ts, unsigned threads, uint64_t interval_ms,
                   uint64_t expire_ms)
 {
   struct wbs_config wc = {
-    .threads = threads, .interval_ms = interval_ms, .expire_ms = expire_ms,
+    .threads = threads,
+    .interval_ms = interval_ms,
+    .expire_ms = expire_ms,
     .aio_pwrite = fake_aio_pwrite,
   };
   int err = 0;
@@ -1125,8 +1125,7 @@ test_aio_inflight_out_of_order (void **state)
     assert_true (sectors_are (t, r.off, 4 * KiB, V));
     assert_true (disk_has (t, r.off, 4 * KiB, 2));
     for (size_t j = 0; j < k; j++)
-      assert_true (sectors_are (t, aio_rec (ts->aio, j).off, 4 * KiB,
-                                V | W));
+      assert_true (sectors_are (t, aio_rec (ts->aio, j).off, 4 * KiB, V | W));
     if (k > 0) {
       assert_false (async_done (fl));
       assert_int_equal (counts (t).flushes, 0);
@@ -1230,9 +1229,9 @@ test_aio_declined (void **state)
   cfg.dirty_ratio = 100;
   tc_open (t, &cfg);
   start_server_aio (ts, 1, HOUR_MS, HOUR_MS);
-  ts->aio->decline_above = 16 * KiB;    /* no aio_pwrite call yet */
+  ts->aio->decline_above = 16 * KiB; /* no aio_pwrite call yet */
   assert_int_equal (write_pattern (t, 1 * PG, PG, 2, 0), 0);
-  write_scattered (t, 3, 3, 2);         /* pages 3, 5, 7 */
+  write_scattered (t, 3, 3, 2); /* pages 3, 5, 7 */
 
   fake_hold (t->f, FAKE_WRITE, true);
   fl = async_start (t, ASYNC_FLUSH, NULL, 0, 0, 0);
@@ -1353,7 +1352,7 @@ completer_main (void *arg)
     size_t n = aio_started (cp->a);
 
     for (size_t i = n; i-- > 0;)
-      aio_complete (cp->a, i, 0);   /* -1 for the completed: skipped */
+      aio_complete (cp->a, i, 0); /* -1 for the completed: skipped */
     sleep_ms (1);
   }
   return NULL;
@@ -1382,8 +1381,8 @@ test_aio_stats (void **state)
   start_server_aio (ts, 2, HOUR_MS, HOUR_MS);
   st0 = stats (t->c);
   for (unsigned i = 0; i < 5; i++) {
-    assert_int_equal (write_pattern (t, (2 * i + 1) * PG, (i + 1) * 4 * KiB,
-                                     2, 0), 0);
+    assert_int_equal (
+      write_pattern (t, (2 * i + 1) * PG, (i + 1) * 4 * KiB, 2, 0), 0);
     bytes += (i + 1) * 4 * KiB;
   }
 
@@ -1440,37 +1439,34 @@ main (void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown (test_expiry, ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_kick_over_background,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_flush_writes_inline,
-                                     ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_kick_over_background, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_flush_writes_inline, ts_setup,
+                                     ts_teardown),
     cmocka_unit_test_setup_teardown (test_drain, ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_batches_in_parallel,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_stop_waits_and_unhooks,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_single_worker,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_error_persistent,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_error_over_background,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_error_expire_zero,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_error_draining,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_inflight_out_of_order,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_failed_completion,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_declined,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_stop_waits,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_stats,
-                                     ts_setup, ts_teardown),
-    cmocka_unit_test_setup_teardown (test_aio_complete_inside,
-                                     ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_batches_in_parallel, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_stop_waits_and_unhooks, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_single_worker, ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_error_persistent, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_error_over_background, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_error_expire_zero, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_error_draining, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_inflight_out_of_order, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_failed_completion, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_declined, ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_stop_waits, ts_setup,
+                                     ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_stats, ts_setup, ts_teardown),
+    cmocka_unit_test_setup_teardown (test_aio_complete_inside, ts_setup,
+                                     ts_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
