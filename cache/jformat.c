@@ -431,9 +431,51 @@ jscan_init (struct jscan *s, const struct jdev *dev, const struct jsb *sb)
 void
 jscan_free (struct jscan *s)
 {
-  free (s->buf);
+  free (s->win);
+  s->win = NULL;
   s->buf = NULL;
-  s->buflen = 0;
+  s->wincap = s->wlen = s->wnext = 0;
+}
+
+/* Points *P at ring bytes [lsn, lsn + n), which do not cross the ring's
+ * end, reading ahead (64 KiB, doubling with each read up to
+ * JSCAN_WINDOW; never past the ring's end) when they
+ * are not in the window: a scan reads the ring in large reads, not two
+ * per record.  Bytes read ahead past the records the scan returns are
+ * never trusted: each record is checked (salt, lsn, seq, CRC) when it
+ * is reached, and a window is read again from that record on if the
+ * record lies past it.
+ */
+static int
+scan_bytes (struct jscan *s, uint64_t lsn, uint64_t n, const uint8_t **p)
+{
+  const struct jsb *sb = s->sb;
+  uint64_t lap_left = sb->data_size - lsn % sb->data_size, len;
+  int err;
+
+  if (s->win && lsn >= s->wlsn && lsn + n <= s->wlsn + s->wlen) {
+    *p = s->win + (lsn - s->wlsn);
+    return 0;
+  }
+  /* Ramps up like read-ahead: a scan of a few records reads little. */
+  s->wnext = s->wnext ? MIN (2 * s->wnext, (uint64_t) JSCAN_WINDOW) : 65536;
+  len = MIN (MAX (n, s->wnext), lap_left);
+  assert (len >= n);
+  if (len > s->wincap) {
+    uint8_t *nb = realloc (s->win, len);
+    if (!nb)
+      return -ENOMEM;
+    s->win = nb;
+    s->wincap = len;
+  }
+  s->wlen = 0;
+  err = s->dev->ops->pread (s->dev->opaque, s->win, len, jnl_phys (sb, lsn));
+  if (err < 0)
+    return err;
+  s->wlsn = lsn;
+  s->wlen = len;
+  *p = s->win;
+  return 0;
 }
 
 /* Moves the scan SIZE bytes on, if the ring has that many bytes left
@@ -453,8 +495,7 @@ int
 jscan_next (struct jscan *s, struct jrec *r)
 {
   const struct jsb *sb = s->sb;
-  const struct jdev *dev = s->dev;
-  uint8_t hdr[JNL_HDR_SIZE];
+  const uint8_t *hdr, *pl = NULL;
   struct jrec rec;
   uint64_t left, payload, size;
   int err;
@@ -469,8 +510,7 @@ jscan_next (struct jscan *s, struct jrec *r)
     if (s->nbytes + JNL_HDR_SIZE > sb->data_size)
       return 0;
 
-    err = dev->ops->pread (dev->opaque, hdr, JNL_HDR_SIZE,
-                           jnl_phys (sb, s->lsn));
+    err = scan_bytes (s, s->lsn, JNL_HDR_SIZE, &hdr);
     if (err < 0)
       return err;
     if (jrec_decode (hdr, &rec) < 0 || rec.salt != sb->salt ||
@@ -491,21 +531,20 @@ jscan_next (struct jscan *s, struct jrec *r)
     size = jrec_size (payload);
     if (size > left || size > sb->data_size - s->nbytes)
       return 0;
-    if (payload > s->buflen) {
-      uint8_t *nb = realloc (s->buf, payload);
-      if (!nb)
-        return -ENOMEM;
-      s->buf = nb;
-      s->buflen = payload;
-    }
     if (payload > 0) {
-      err = dev->ops->pread (dev->opaque, s->buf, payload,
-                             jnl_phys (sb, s->lsn) + JNL_HDR_SIZE);
+      /* The header stays valid: it is copied before the window moves. */
+      uint8_t h[JNL_HDR_SIZE];
+
+      memcpy (h, hdr, JNL_HDR_SIZE);
+      err = scan_bytes (s, s->lsn + JNL_HDR_SIZE, payload, &pl);
       if (err < 0)
         return err;
+      if (!jrec_check (h, pl, payload))
+        return 0;
     }
-    if (!jrec_check (hdr, s->buf, payload))
+    else if (!jrec_check (hdr, NULL, 0))
       return 0;
+    s->buf = pl;
 
     scan_consume (s, size);
     s->seq++;

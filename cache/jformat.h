@@ -161,9 +161,15 @@ struct jscan {
   const struct jsb *sb;
   uint64_t lsn, seq, epoch;  /* the next record expected */
   uint64_t nrecords, nbytes; /* records and ring bytes returned so far */
-  uint8_t *buf;              /* payload */
-  size_t buflen;
+  const uint8_t *buf;        /* the last record's payload (in win) */
+  /* Read-ahead: ring bytes [wlsn, wlsn + wlen) are in win (one pread of
+   * up to JSCAN_WINDOW, never across the ring's end).
+   */
+  uint8_t *win;
+  size_t wincap;
+  uint64_t wlsn, wlen, wnext;
 };
+#define JSCAN_WINDOW (1024u * 1024u)
 void jscan_init (struct jscan *s, const struct jdev *dev, const struct jsb *sb);
 int jscan_next (struct jscan *s, struct jrec *r);
 void jscan_free (struct jscan *s);
