@@ -968,6 +968,12 @@ io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
 {
   struct cache_jio *io = *cur;
 
+  /* A marker of a range written around the journal: its data is on the
+   * backend already, and no older record of the range is in the log
+   * (jnl_hold), so there is nothing to write or to order.
+   */
+  if (r->type == JREC_BYPASS)
+    return 0;
   if (io && r->type == JREC_ZERO && io->type == JREC_ZERO &&
       io->off + io->count == r->offset && io->count + r->count <= (1u << 30)) {
     io->count += r->count;
@@ -1142,7 +1148,8 @@ drain_locked (struct cache *c, struct journal *j)
       s.nbytes = before.nbytes;
       break;
     }
-    if (!fits_now (c, rec.offset, rec.count, &end)) {
+    if (rec.type != JREC_BYPASS && /* writes nothing */
+        !fits_now (c, rec.offset, rec.count, &end)) {
       /* The image shrank below journaled data: writing it would extend
        * the image again, dropping it would lose it.  Kept, and write-back
        * stops here until the image grows back.
@@ -1162,7 +1169,7 @@ drain_locked (struct cache *c, struct journal *j)
       clip_at_growth (j, &w);
       r = io_add (c, j, &cur, &w, s.buf);
     }
-    if (r == 0 && rec.type != JREC_TRIM)
+    if (r == 0 && rec.type != JREC_TRIM && rec.type != JREC_BYPASS)
       r = note_range (j, rec.offset, rec.count);
     if (r < 0)
       break;
