@@ -2,16 +2,18 @@
  * (sequential-cutoff=; docs/journal.md, "Writes around the journal").
  *
  * Streams.  A struct cache_stream is one client connection's writes:
- * where its last write ended (next) and the bytes of the run of writes,
- * each starting where the previous one ended, that it is part of (run).
- * A write that does not continue the run starts a new one.  Once the
- * run has reached the cutoff, its further writes go around the
- * journal: their whole sectors straight to the backend, their partial
- * sectors (a misaligned head or tail) through the cache and the
- * journal as any write.  Only with a journal: without one, a write
- * does not go through a journal twice anyway.  Writes of one
- * connection that run in parallel may reach the stream in another
- * order than the client sent them; such a write only starts a new run.
+ * its recent runs of writes, each starting where the previous one
+ * ended, with the bytes written in each.  A write that continues no
+ * run starts a new one.  Once a run has reached the cutoff, its
+ * further writes go around the journal: their whole sectors straight
+ * to the backend, their partial sectors (a misaligned head or tail)
+ * through the cache and the journal as any write.  Only with a
+ * journal: without one, a write does not go through a journal twice
+ * anyway.  Writes of one connection run in parallel and may reach the
+ * stream in another order than the client sent them: a write that
+ * overtook the one before it starts a run (and is journaled), which
+ * joins the run before it when the write between them arrives.
+ * Writes backwards, or with gaps, continue no run.
  *
  * A write around the journal of sector-aligned [a, e) (bypass):
  *   1. takes the credit for its marker (a BYPASS record, no payload)
@@ -55,9 +57,22 @@
 #include "internal.h"
 #include "util.h"
 
+/* Runs of one stream, as bcache keeps its recent I/Os: a write that
+ * starts where a run ends continues it; the least recently used run
+ * makes room for a new one.  A write that overtook the one before it
+ * (requests of a connection run in parallel) starts a run of its own,
+ * which joins the run it follows once the write between them arrives.
+ */
+#define STREAM_RUNS 16
+
 struct cache_stream {
   struct lock lock;
-  uint64_t next, run;
+  struct {
+    uint64_t start, end; /* bytes the run covers: [start, end) */
+    uint64_t bytes;      /* written in it */
+    uint64_t used;       /* when last continued (tick) */
+  } runs[STREAM_RUNS];
+  uint64_t tick;
 };
 
 struct cache_stream *
@@ -87,15 +102,38 @@ stream_past_cutoff (struct cache_stream *s, uint64_t off, uint32_t count,
                     uint64_t cutoff)
 {
   bool past = false;
+  unsigned k, lru = 0;
 
   lock_take (&s->lock);
-  if (s->run > 0 && off == s->next) {
-    past = s->run >= cutoff;
-    s->run += count;
+  s->tick++;
+  for (k = 0; k < STREAM_RUNS; k++) {
+    if (s->runs[k].bytes > 0 && s->runs[k].end == off)
+      break;
+    if (s->runs[k].used < s->runs[lru].used)
+      lru = k;
   }
-  else
-    s->run = count;
-  s->next = off + count;
+  if (k < STREAM_RUNS) {
+    past = s->runs[k].bytes >= cutoff;
+    s->runs[k].bytes += count;
+    s->runs[k].end = off + count;
+    /* A run that starts where this one now ends overtook it: join. */
+    for (unsigned f = 0; f < STREAM_RUNS; f++)
+      if (f != k && s->runs[f].bytes > 0 &&
+          s->runs[f].start == s->runs[k].end) {
+        s->runs[k].end = s->runs[f].end;
+        s->runs[k].bytes += s->runs[f].bytes;
+        s->runs[f].bytes = 0;
+        s->runs[f].used = 0;
+        break;
+      }
+  }
+  else {
+    k = lru;
+    s->runs[k].start = off;
+    s->runs[k].end = off + count;
+    s->runs[k].bytes = count;
+  }
+  s->runs[k].used = s->tick;
   lock_drop (&s->lock);
   return past;
 }

@@ -220,6 +220,30 @@ test_not_sequential_not_bypassed (void **state)
   bt_close (&x);
 }
 
+/* Writes of a stream that reach it out of order (requests run in
+ * parallel): a write that overtook the one before it is journaled, and
+ * the run goes on once the write it overtook arrives.
+ */
+static void
+test_stream_out_of_order (void **state)
+{
+  static const unsigned order[] = { 0, 1, 3,  2,  4,  5,  7,  6,
+                                    8, 9, 11, 10, 12, 13, 15, 14 };
+  struct bt x = { .s = NULL };
+  (void) state;
+
+  bt_open (&x);
+  for (unsigned k = 0; k < 16; k++)
+    assert_int_equal (swrite (&x, order[k] * CHUNK, CHUNK, 1, 0), 0);
+  /* Journaled: 0 and 1 (below the cutoff), 3, 7, 11 and 15. */
+  assert_int_equal (stats (x.t.c).journal_bypass_writes, 10);
+  assert_true (read_is_pattern (&x.t, 0, 16 * CHUNK, 1));
+  assert_int_equal (cache_flush (x.t.c), 0);
+  drain_all (&x);
+  assert_true (disk_is_pattern (&x.t, 0, 16 * CHUNK, 1));
+  bt_close (&x);
+}
+
 /* Rule 13: with an earlier epoch's records not drained, the write
  * around the journal reaches the backend only after them and a backend
  * flush.  Epoch 0 writes [0, 64K), epoch 1 the stream at 1 MiB.
@@ -525,6 +549,7 @@ main (void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test (test_stream_bypasses),
     cmocka_unit_test (test_not_sequential_not_bypassed),
+    cmocka_unit_test (test_stream_out_of_order),
     cmocka_unit_test (test_barrier_order),
     cmocka_unit_test (test_replay_keeps_bypassed_data),
     cmocka_unit_test (test_concurrent_writes),
