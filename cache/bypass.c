@@ -12,7 +12,8 @@
  * anyway.  Writes of one connection run in parallel and may reach the
  * stream in another order than the client sent them: a write that
  * overtook the one before it starts a run (and is journaled), which
- * joins the run before it when the write between them arrives.
+ * takes over the bytes of the run before it when the write between
+ * them arrives.
  * Writes backwards, or with gaps, continue no run.
  *
  * A write around the journal of sector-aligned [a, e) (bypass):
@@ -61,7 +62,8 @@
  * starts where a run ends continues it; the least recently used run
  * makes room for a new one.  A write that overtook the one before it
  * (requests of a connection run in parallel) starts a run of its own,
- * which joins the run it follows once the write between them arrives.
+ * which takes over the bytes of the run it follows once the write
+ * between them arrives.
  */
 #define STREAM_RUNS 16
 
@@ -116,16 +118,13 @@ stream_past_cutoff (struct cache_stream *s, uint64_t off, uint32_t count,
     past = s->runs[k].bytes >= cutoff;
     s->runs[k].bytes += count;
     s->runs[k].end = off + count;
-    /* A run that starts where this one now ends overtook it: join. */
+    /* A run that starts where this one now ends may have overtaken
+     * it: it continues this one.  This one stays too (that run may be
+     * older data the stream now writes again).
+     */
     for (unsigned f = 0; f < STREAM_RUNS; f++)
-      if (f != k && s->runs[f].bytes > 0 &&
-          s->runs[f].start == s->runs[k].end) {
-        s->runs[k].end = s->runs[f].end;
-        s->runs[k].bytes += s->runs[f].bytes;
-        s->runs[f].bytes = 0;
-        s->runs[f].used = 0;
-        break;
-      }
+      if (f != k && s->runs[f].bytes > 0 && s->runs[f].start == s->runs[k].end)
+        s->runs[f].bytes += s->runs[k].bytes;
   }
   else {
     k = lru;
