@@ -92,6 +92,7 @@ struct journal {
    * and whether the superblock on the device has JSB_F_BYPASS.
    */
   uint64_t closed_seq, trim_seq;
+  uint64_t data_seq; /* the newest record placed that is not a marker */
   struct jhold *holds;
   atomic_uint nholds;
   uint64_t cutoff;
@@ -684,6 +685,8 @@ reserve_locked (struct journal *j, struct jbuf *b, enum jrec_type t,
   j->pend_tail = b;
   if (t == JREC_TRIM)
     j->trim_seq = b->rec.seq;
+  if (t != JREC_BYPASS)
+    j->data_seq = b->rec.seq;
   return b->rec.seq;
 }
 
@@ -1114,7 +1117,7 @@ drain_locked (struct cache *c, struct journal *j)
   struct jsb from;
   struct jscan s;
   struct jrec rec;
-  uint64_t limit, last = 0, epoch = 0, nrec = 0, end;
+  uint64_t limit, last = 0, epoch = 0, nrec = 0, nwrites = 0, end;
   bool tail_behind;
   int r = 0;
 
@@ -1211,6 +1214,8 @@ drain_locked (struct cache *c, struct journal *j)
       break;
     last = rec.seq;
     nrec++;
+    if (rec.type != JREC_BYPASS)
+      nwrites++;
   }
   if (cur)
     io_issue (c, j, cur);
@@ -1219,7 +1224,10 @@ drain_locked (struct cache *c, struct journal *j)
     if (r >= 0 && e < 0)
       r = e;
   }
-  if (r >= 0 && nrec > 0)
+  /* A batch of BYPASS markers only wrote nothing: no flush (the data
+   * they mark is flushed by the client's next flush, jnl_flush).
+   */
+  if (r >= 0 && nwrites > 0)
     r = backend_flush (c);
   if (r < 0) {
     j->nranges = 0;
@@ -1262,8 +1270,9 @@ drain_locked (struct cache *c, struct journal *j)
   return (int) MIN (nrec, (uint64_t) INT32_MAX);
 }
 
-int
-jnl_drain (struct cache *c)
+/* One drain step, even if the log holds only BYPASS markers. */
+static int
+drain_step (struct cache *c)
 {
   struct journal *j = c->jnl;
   int r;
@@ -1272,6 +1281,26 @@ jnl_drain (struct cache *c)
   r = drain_locked (c, j);
   lock_drop (&j->drain_lock);
   return r;
+}
+
+int
+jnl_drain (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  bool markers_only;
+
+  /* Past the tail only markers of writes around the journal, in less
+   * than half the ring: nothing to write back, and draining them would
+   * cost a journal sync and a superblock write for nothing.  They go
+   * with the next records, a barrier (jnl_barrier) or the final drain.
+   */
+  lock_take (&j->lock);
+  markers_only = j->data_seq < j->mtail_seq && j->dtail_lsn == j->mtail_lsn &&
+                 2 * used (j) < j->sb.data_size;
+  lock_drop (&j->lock);
+  if (markers_only)
+    return 0;
+  return drain_step (c);
 }
 
 int
@@ -1292,7 +1321,7 @@ jnl_drain_all (struct cache *c)
     lock_drop (&j->lock);
     if (done)
       return 0;
-    r = jnl_drain (c);
+    r = drain_step (c);
     if (r < 0)
       return r;
   }
@@ -1508,7 +1537,7 @@ jnl_barrier (struct cache *c, uint64_t need)
     lock_drop (&j->lock);
     if (done)
       break;
-    r = jnl_drain (c);
+    r = drain_step (c);
     if (r > 0)
       r = 0;
   }
