@@ -11,9 +11,10 @@
  * journal: without one, a write does not go through a journal twice
  * anyway.  Writes of one connection run in parallel and may reach the
  * stream in another order than the client sent them: a write that
- * overtook the one before it starts a run (and is journaled), which
- * takes over the bytes of the run before it when the write between
- * them arrives.
+ * overtook the ones before it is part of their run if that run is
+ * past the cutoff and at most STREAM_AHEAD writes behind; else it
+ * starts a run (and is journaled), which takes over the bytes of the
+ * run before it when the write between them arrives.
  * Writes backwards, or with gaps, continue no run.
  *
  * A write around the journal of sector-aligned [a, e) (bypass):
@@ -63,9 +64,15 @@
  * makes room for a new one.  A write that overtook the one before it
  * (requests of a connection run in parallel) starts a run of its own,
  * which takes over the bytes of the run it follows once the write
- * between them arrives.
+ * between them arrives; if that run has reached the cutoff already,
+ * the overtaking write is part of it at once.
  */
 #define STREAM_RUNS 16
+/* How far ahead of a run, in writes of its size, a write that
+ * overtook the ones between them may start (nbdkit runs 16 requests of
+ * a connection at once by default).
+ */
+#define STREAM_AHEAD 16
 
 struct cache_stream {
   struct lock lock;
@@ -127,10 +134,24 @@ stream_past_cutoff (struct cache_stream *s, uint64_t off, uint32_t count,
         s->runs[f].bytes += s->runs[k].bytes;
   }
   else {
+    uint64_t bytes = count;
+
+    /* A write a little ahead of a run past the cutoff overtook the
+     * writes between them: it is part of that run.  (A run that is
+     * not past the cutoff yet lends nothing: writes with gaps from the
+     * start are no stream.)
+     */
+    for (unsigned e = 0; e < STREAM_RUNS; e++)
+      if (s->runs[e].bytes >= cutoff && s->runs[e].end < off &&
+          off - s->runs[e].end <= STREAM_AHEAD * (uint64_t) count) {
+        past = true;
+        bytes += s->runs[e].bytes;
+        break;
+      }
     k = lru;
     s->runs[k].start = off;
     s->runs[k].end = off + count;
-    s->runs[k].bytes = count;
+    s->runs[k].bytes = bytes;
   }
   s->runs[k].used = s->tick;
   lock_drop (&s->lock);
