@@ -184,3 +184,10 @@ cache_journal_order_any (struct cache *c, bool any)
   CACHE_ASSERT (c->jnl != NULL);
   jnl_order_any (c, any);
 }
+
+void
+cache_journal_sequential_cutoff (struct cache *c, uint64_t bytes)
+{
+  CACHE_ASSERT (c->jnl != NULL);
+  jnl_set_cutoff (c, bytes);
+}

@@ -165,6 +165,12 @@ bool cache_has_journal (const struct cache *c);
  * request.
  */
 void cache_journal_order_any (struct cache *c, bool any);
+/* sequential-cutoff=: with a journal, once a stream's writes (see
+ * cache_write_stream) add up to BYTES, its further writes go straight
+ * to the backend instead of the journal (docs/journal.md, "Writes
+ * around the journal").  0: never.  Set before any request.
+ */
+void cache_journal_sequential_cutoff (struct cache *c, uint64_t bytes);
 /* The drainer's backend writes: each batch's are handed to FN, which
  * must run cache_jio_run (IO) once, in another thread (a pool), so that
  * the writes of a batch run in parallel; without FN the drainer runs
@@ -185,6 +191,21 @@ void cache_jio_run (struct cache_jio *io);
 int cache_read (struct cache *c, void *buf, uint32_t count, uint64_t off);
 int cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
                  uint32_t flags);
+/* cache_write for one stream of writes (a client connection: the
+ * caller owns one struct cache_stream per connection).  A run of
+ * writes, each starting where the previous one ended, that has reached
+ * the journal's sequential cutoff writes its whole sectors around the
+ * journal, straight to the backend; its partial sectors, and every
+ * other write, go through the cache as cache_write.  S NULL, no
+ * journal or no cutoff: cache_write.  A stream may be used by several
+ * threads at once.
+ */
+struct cache_stream;
+struct cache_stream *cache_stream_new (void);
+void cache_stream_free (struct cache_stream *s);
+int cache_write_stream (struct cache *c, struct cache_stream *s,
+                        const void *buf, uint32_t count, uint64_t off,
+                        uint32_t flags);
 int cache_zero (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
 int cache_trim (struct cache *c, uint32_t count, uint64_t off, uint32_t flags);
 /* Brings [off, off+count) into the cache (NBD_CMD_CACHE). */
@@ -329,6 +350,11 @@ void cache_run_done (struct cache *c, struct cache_run *run, int err);
      "client_written_bytes_total: the journal's overhead).")                   \
   X (journal_syncs, "journal_syncs_total",                                     \
      "Syncs of the journal (fdatasync), shared by concurrent flushes.")        \
+  X (journal_bypass_writes, "journal_bypassed_writes_total",                   \
+     "Writes of a sequential stream written around the journal, straight "     \
+     "to the image (sequential-cutoff=).")                                     \
+  X (journal_bypass_bytes, "journal_bypassed_bytes_total",                     \
+     "Bytes written around the journal, straight to the image.")               \
   X (journal_drained_records, "journal_drained_records_total",                 \
      "Journal records written back to the image.")                             \
   X (journal_drained_bytes, "journal_drained_bytes_total",                     \

@@ -315,6 +315,10 @@ struct gc_waiter {
  *                       finding a page not resident (and whether the
  *                       journal's index holds its node), before using
  *                       that answer
+ *   "bypass.held"       a write around the journal, after it holds its
+ *                       range, before the barrier (bypass.c)
+ *   "bypass.written"    a write around the journal, after its backend
+ *                       write succeeded, before its marker is placed
  * No lock is held at any of them.
  */
 #ifdef CACHE_PARK_POINTS
@@ -531,6 +535,12 @@ enum wb_pick { PICK_EXPIRED, PICK_BACKGROUND, PICK_FLUSH };
  */
 int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
                 uint64_t *ticket);
+
+/* request.c, for bypass.c: cache_write without the request counters
+ * (the caller counts the whole request once).
+ */
+int request_write (struct cache *c, const void *buf, uint32_t count,
+                   uint64_t off, uint32_t flags);
 
 #include "journal.h"
 

@@ -212,7 +212,7 @@ jsb_decode (const uint8_t in[JNL_SB_SIZE], struct jsb *sb)
   if (s.version > JNL_VERSION)
     return -EPROTONOSUPPORT;
   s.flags = get_le32 (in + SB_FLAGS);
-  if (s.flags != 0) /* no flag is defined in version 1 */
+  if (s.flags & ~JSB_F_KNOWN)
     return -EPROTONOSUPPORT;
   s.sector_size = get_le32 (in + SB_SECTOR_SIZE);
   memcpy (s.id, in + SB_ID, sizeof s.id);
@@ -399,7 +399,8 @@ jrec_decode (const uint8_t hdr[JNL_HDR_SIZE], struct jrec *r)
     break;
   case JREC_ZERO:
   case JREC_TRIM:
-  case JREC_WRAP: break;
+  case JREC_WRAP:
+  case JREC_BYPASS: break;
   default: return -EINVAL;
   }
   *r = d;
@@ -816,6 +817,7 @@ jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
   int r;
 
   sb->salt = new_salt (old.salt);
+  sb->flags &= ~JSB_F_BYPASS;
   sb->tail_lsn = 0;
   sb->tail_seq = next_seq;
   sb->tail_epoch = next_epoch;
@@ -870,6 +872,7 @@ jrec_apply (const struct jreplay_ops *ops, void *opaque, const struct jrec *r,
       count -= n;
     }
     return 0;
+  case JREC_BYPASS: return 0; /* the data is on the image already */
   default: return -EIO;
   }
 }
@@ -895,7 +898,8 @@ jnl_replay (const struct jdev *dev, const struct jsb *sb,
       break;
     out->image_size = size;
     end = ROUND_UP (size, (uint64_t) sb->sector_size);
-    if (rec.offset > end || rec.count > end - rec.offset) {
+    if (rec.type != JREC_BYPASS && /* writes nothing */
+        (rec.offset > end || rec.count > end - rec.offset)) {
       out->past_end = true;
       r = -EINVAL;
       break;

@@ -60,7 +60,20 @@ enum jrec_type {
   JREC_ZERO = 2, /* [offset, offset+count) reads as zeroes */
   JREC_TRIM = 3, /* [offset, offset+count) discarded (reads unspecified) */
   JREC_WRAP = 4, /* the rest of this lap is padding */
+  /* [offset, offset+count) was written around the journal, straight to
+   * the image (sequential-cutoff=); no payload.  Replay and the drainer
+   * do nothing for it: the data is on the image, and no older record of
+   * the range follows the tail when it is placed (journal.c).
+   */
+  JREC_BYPASS = 5,
 };
+
+/* Superblock flags.  A reader refuses a journal with a flag it does not
+ * know: JSB_F_BYPASS is set while the log may hold JREC_BYPASS records,
+ * which an older reader would take for the end of the log.
+ */
+#define JSB_F_BYPASS 0x1u
+#define JSB_F_KNOWN JSB_F_BYPASS
 
 struct jsb {
   uint32_t version;
@@ -70,7 +83,7 @@ struct jsb {
   uint64_t journal_size;     /* bytes of the device used */
   uint64_t data_size;        /* bytes of the ring: a multiple of 4096 */
   uint32_t salt;             /* records of this log carry it */
-  uint32_t flags;            /* 0 */
+  uint32_t flags;            /* JSB_F_* */
   uint64_t tail_lsn;         /* first record not on the backend and flushed */
   uint64_t tail_seq;         /* its sequence number */
   uint64_t tail_epoch;       /* the epoch of the record before it */
@@ -204,6 +217,7 @@ int jsb_slots (const struct jdev *dev, struct jsb_slot out[2]);
  * the backend and flushed (recovery, the offline drain): a new random
  * salt (odd, and not the old one), so that no record of the old log
  * follows the new tail; the tail at LSN 0 with NEXT_SEQ and NEXT_EPOCH;
+ * JSB_F_BYPASS cleared (the new log holds no record);
  * the superblock written (jsb_write) and synced.  The other fields,
  * image_size included, are written as SB has them.  If the write fails,
  * *SB is as before; if only the sync fails, *SB is the new superblock

@@ -85,6 +85,19 @@ struct journal {
   bool drain_failing;
   int drain_err;
   bool order_any; /* journal-order=any: batches may span epochs */
+  /* Writes around the journal (sequential-cutoff=, jnl_hold): the last
+   * record of the epochs a flush closed, the newest TRIM record, the
+   * ranges held (j->lock; nholds read without it as a hint), the
+   * cutoff, bypassed writes done and those a backend flush covered,
+   * and whether the superblock on the device has JSB_F_BYPASS.
+   */
+  uint64_t closed_seq, trim_seq;
+  uint64_t data_seq; /* the newest record placed that is not a marker */
+  struct jhold *holds;
+  atomic_uint nholds;
+  uint64_t cutoff;
+  atomic_uint_fast64_t bypass_done, bypass_flushed;
+  atomic_bool bypass_flag;
   /* Growths of an image whose end cut a sector (jnl_note_growth):
    * records placed before SEQ hold that sector with the zeroes a fill
    * put past OLD, not what the growth brought there, so the drainer
@@ -665,15 +678,31 @@ age_sample (struct journal *j, uint64_t seq)
   j->nage++;
 }
 
+static uint64_t reserve_locked (struct journal *j, struct jbuf *b,
+                                enum jrec_type t, uint64_t off, uint64_t count);
+
 uint64_t
 jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t, uint64_t off,
              uint64_t count)
 {
   struct journal *j = c->jnl;
+  uint64_t seq;
+
+  lock_take (&j->lock);
+  seq = reserve_locked (j, b, t, off, count);
+  lock_drop (&j->lock);
+  return seq;
+}
+
+/* j->lock held.  jnl_reserve's work. */
+static uint64_t
+reserve_locked (struct journal *j, struct jbuf *b, enum jrec_type t,
+                uint64_t off, uint64_t count)
+{
   bool wrap;
   uint64_t lsn;
 
-  lock_take (&j->lock);
+  LOCK_ASSERT_HELD (&j->lock);
   CACHE_ASSERT (j->credited >= b->size);
   j->credited -= b->size;
   lsn = jnl_place (&j->sb, j->head_lsn, b->size, &wrap);
@@ -699,7 +728,10 @@ jnl_reserve (struct cache *c, struct jbuf *b, enum jrec_type t, uint64_t off,
   else
     j->pend_head = b;
   j->pend_tail = b;
-  lock_drop (&j->lock);
+  if (t == JREC_TRIM)
+    j->trim_seq = b->rec.seq;
+  if (t != JREC_BYPASS)
+    j->data_seq = b->rec.seq;
   return b->rec.seq;
 }
 
@@ -845,17 +877,24 @@ jnl_sync (struct cache *c, uint64_t upto)
   return r;
 }
 
+static int bypass_flush (struct cache *c, uint64_t done);
+
 int
 jnl_flush (struct cache *c)
 {
   struct journal *j = c->jnl;
-  uint64_t upto;
+  uint64_t upto, done = atomic_load (&j->bypass_done);
+  int r;
 
   lock_take (&j->lock);
   upto = j->next_seq - 1;
   j->epoch++;
+  j->closed_seq = upto;
   lock_drop (&j->lock);
-  return jnl_sync (c, upto);
+  r = jnl_sync (c, upto);
+  if (r == 0)
+    r = bypass_flush (c, done);
+  return r;
 }
 
 /* ---- write-back from the journal ---- */
@@ -1015,6 +1054,12 @@ io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
 {
   struct cache_jio *io = *cur;
 
+  /* A marker of a range written around the journal: its data is on the
+   * backend already, and no older record of the range is in the log
+   * (jnl_hold), so there is nothing to write or to order.
+   */
+  if (r->type == JREC_BYPASS)
+    return 0;
   if (io && r->type == JREC_ZERO && io->type == JREC_ZERO &&
       io->off + io->count == r->offset && io->count + r->count <= (1u << 30)) {
     io->count += r->count;
@@ -1120,7 +1165,7 @@ drain_locked (struct cache *c, struct journal *j)
   struct jsb from;
   struct jscan s;
   struct jrec rec;
-  uint64_t limit, last = 0, epoch = 0, nrec = 0, end;
+  uint64_t limit, last = 0, epoch = 0, nrec = 0, nwrites = 0, end;
   bool tail_behind;
   int r = 0;
 
@@ -1190,7 +1235,8 @@ drain_locked (struct cache *c, struct journal *j)
       s.nbytes = before.nbytes;
       break;
     }
-    if (!fits_now (c, rec.offset, rec.count, &end)) {
+    if (rec.type != JREC_BYPASS && /* writes nothing */
+        !fits_now (c, rec.offset, rec.count, &end)) {
       /* The image shrank below journaled data: writing it would extend
        * the image again, dropping it would lose it.  Kept, and write-back
        * stops here until the image grows back.
@@ -1210,12 +1256,14 @@ drain_locked (struct cache *c, struct journal *j)
       clip_at_growth (j, &w);
       r = io_add (c, j, &cur, &w, s.buf);
     }
-    if (r == 0 && rec.type != JREC_TRIM)
+    if (r == 0 && rec.type != JREC_TRIM && rec.type != JREC_BYPASS)
       r = note_range (j, rec.offset, rec.count);
     if (r < 0)
       break;
     last = rec.seq;
     nrec++;
+    if (rec.type != JREC_BYPASS)
+      nwrites++;
   }
   if (cur)
     io_issue (c, j, cur);
@@ -1224,7 +1272,10 @@ drain_locked (struct cache *c, struct journal *j)
     if (r >= 0 && e < 0)
       r = e;
   }
-  if (r >= 0 && nrec > 0)
+  /* A batch of BYPASS markers only wrote nothing: no flush (the data
+   * they mark is flushed by the client's next flush, jnl_flush).
+   */
+  if (r >= 0 && nwrites > 0)
     r = backend_flush (c);
   if (r < 0) {
     j->nranges = 0;
@@ -1269,8 +1320,9 @@ drain_locked (struct cache *c, struct journal *j)
   return (int) MIN (nrec, (uint64_t) INT32_MAX);
 }
 
-int
-jnl_drain (struct cache *c)
+/* One drain step, even if the log holds only BYPASS markers. */
+static int
+drain_step (struct cache *c)
 {
   struct journal *j = c->jnl;
   int r;
@@ -1279,6 +1331,26 @@ jnl_drain (struct cache *c)
   r = drain_locked (c, j);
   lock_drop (&j->drain_lock);
   return r;
+}
+
+int
+jnl_drain (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  bool markers_only;
+
+  /* Past the tail only markers of writes around the journal, in less
+   * than half the ring: nothing to write back, and draining them would
+   * cost a journal sync and a superblock write for nothing.  They go
+   * with the next records, a barrier (jnl_barrier) or the final drain.
+   */
+  lock_take (&j->lock);
+  markers_only = j->data_seq < j->mtail_seq && j->dtail_lsn == j->mtail_lsn &&
+                 2 * used (j) < j->sb.data_size;
+  lock_drop (&j->lock);
+  if (markers_only)
+    return 0;
+  return drain_step (c);
 }
 
 int
@@ -1299,7 +1371,7 @@ jnl_drain_all (struct cache *c)
     lock_drop (&j->lock);
     if (done)
       return 0;
-    r = jnl_drain (c);
+    r = drain_step (c);
     if (r < 0)
       return r;
   }
@@ -1770,4 +1842,203 @@ uint64_t
 jnl_index_bytes (struct cache *c)
 {
   return atomic_load (&c->jnl->node_bytes);
+}
+
+/* ---- writes around the journal (sequential-cutoff=, bypass.c) ----
+ *
+ * A bypassed write of [a, e) goes to the backend instead of the
+ * journal, and leaves a BYPASS marker in the log.  What keeps it from
+ * being undone by older journaled data:
+ *   - jnl_hold: from here until jnl_unhold, no record overlapping
+ *     [a, e) can be placed (write_page waits in jnl_wait_unheld, a TRIM
+ *     in jnl_reserve_unheld), and no other hold overlapping it exists;
+ *   - jnl_barrier: every record that could overlap [a, e) and was
+ *     placed before the hold (bypass.c finds them through the pages'
+ *     jseq; a TRIM has none, so the newest TRIM counts) is on the
+ *     backend, flushed, and behind the durable tail, so neither the
+ *     drainer nor a replay applies it again;
+ *   - the marker is placed after the backend write, before jnl_unhold:
+ *     any later record of the range follows it in the log, as its
+ *     change follows the bypassed write in memory.
+ * With journal-order=epoch the barrier also drains every record of the
+ * epochs a flush closed (closed_seq): the bypassed write reaches the
+ * backend only after every earlier epoch is there and flushed (rule
+ * 13), as if it were a record of the current epoch.
+ */
+
+static bool
+holds_overlap (struct journal *j, uint64_t a, uint64_t e)
+{
+  for (struct jhold *h = j->holds; h; h = h->next)
+    if (h->a < e && a < h->e)
+      return true;
+  return false;
+}
+
+void
+jnl_hold (struct cache *c, struct jhold *h)
+{
+  struct journal *j = c->jnl;
+
+  lock_take (&j->lock);
+  while (holds_overlap (j, h->a, h->e))
+    lock_wait (&j->lock, &j->cv);
+  h->next = j->holds;
+  j->holds = h;
+  atomic_fetch_add (&j->nholds, 1);
+  h->need = MAX (j->order_any ? 0 : j->closed_seq, j->trim_seq);
+  lock_drop (&j->lock);
+}
+
+void
+jnl_unhold (struct cache *c, struct jhold *h)
+{
+  struct journal *j = c->jnl;
+  struct jhold **pp;
+
+  lock_take (&j->lock);
+  for (pp = &j->holds; *pp != h; pp = &(*pp)->next)
+    CACHE_ASSERT (*pp != NULL);
+  *pp = h->next;
+  atomic_fetch_sub (&j->nholds, 1);
+  pthread_cond_broadcast (&j->cv);
+  lock_drop (&j->lock);
+}
+
+bool
+jnl_held (struct cache *c, uint64_t a, uint64_t e)
+{
+  struct journal *j = c->jnl;
+  bool r;
+
+  if (atomic_load (&j->nholds) == 0)
+    return false; /* a hold taken later fences this page's lock first */
+  lock_take (&j->lock);
+  r = holds_overlap (j, a, e);
+  lock_drop (&j->lock);
+  return r;
+}
+
+void
+jnl_wait_unheld (struct cache *c, uint64_t a, uint64_t e)
+{
+  struct journal *j = c->jnl;
+
+  lock_take (&j->lock);
+  while (holds_overlap (j, a, e))
+    lock_wait (&j->lock, &j->cv);
+  lock_drop (&j->lock);
+}
+
+uint64_t
+jnl_reserve_unheld (struct cache *c, struct jbuf *b, enum jrec_type t,
+                    uint64_t off, uint64_t count)
+{
+  struct journal *j = c->jnl;
+  uint64_t seq;
+
+  lock_take (&j->lock);
+  while (holds_overlap (j, off, off + count))
+    lock_wait (&j->lock, &j->cv);
+  seq = reserve_locked (j, b, t, off, count);
+  lock_drop (&j->lock);
+  return seq;
+}
+
+/* Sets JSB_F_BYPASS in the superblock on the device (once per log):
+ * an older reader must refuse a log holding a BYPASS record.
+ */
+static int
+set_bypass_flag (struct cache *c, struct journal *j)
+{
+  int r = 0;
+
+  if (atomic_load (&j->bypass_flag))
+    return 0;
+  lock_take (&j->drain_lock);
+  if (!(j->sb.flags & JSB_F_BYPASS)) {
+    j->sb.flags |= JSB_F_BYPASS;
+    r = write_tail (c, j);
+    if (r < 0)
+      j->sb.flags &= ~JSB_F_BYPASS;
+  }
+  if (r == 0)
+    atomic_store (&j->bypass_flag, true);
+  lock_drop (&j->drain_lock);
+  return r;
+}
+
+int
+jnl_barrier (struct cache *c, uint64_t need)
+{
+  struct journal *j = c->jnl;
+  int r = set_bypass_flag (c, j);
+
+  while (r == 0) {
+    bool done;
+
+    lock_take (&j->lock);
+    done = j->mtail_seq > need && j->dtail_lsn == j->mtail_lsn;
+    lock_drop (&j->lock);
+    if (done)
+      break;
+    r = drain_step (c);
+    if (r > 0)
+      r = 0;
+  }
+  return r;
+}
+
+void
+jnl_bypass_written (struct cache *c)
+{
+  atomic_fetch_add (&c->jnl->bypass_done, 1);
+}
+
+/* A flush: if a bypassed write done before it (DONE of them) is not yet
+ * covered by a backend flush, flushes the backend.
+ */
+static int
+bypass_flush (struct cache *c, uint64_t done)
+{
+  struct journal *j = c->jnl;
+  uint64_t f = atomic_load (&j->bypass_flushed);
+  int r;
+
+  if (f >= done)
+    return 0;
+  r = backend_flush (c);
+  if (r < 0) {
+    report_logf (c, CACHE_LOG_ERROR,
+                 "journal: flushing writes made around it: %s", errstr (-r));
+    return r;
+  }
+  while (f < done &&
+         !atomic_compare_exchange_weak (&j->bypass_flushed, &f, done))
+    ;
+  return 0;
+}
+
+void
+jnl_set_cutoff (struct cache *c, uint64_t bytes)
+{
+  c->jnl->cutoff = bytes;
+}
+
+uint64_t
+jnl_cutoff (struct cache *c)
+{
+  return c->jnl ? c->jnl->cutoff : 0;
+}
+
+uint64_t
+jnl_placed_seq (struct cache *c)
+{
+  struct journal *j = c->jnl;
+  uint64_t seq;
+
+  lock_take (&j->lock);
+  seq = j->next_seq - 1;
+  lock_drop (&j->lock);
+  return seq;
 }

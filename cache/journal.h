@@ -84,7 +84,8 @@ int jnl_write (struct cache *c, struct jbuf *b);
  */
 int jnl_sync (struct cache *c, uint64_t upto);
 /* A client flush: closes the epoch and syncs every record reserved
- * before it.
+ * before it; flushes the backend if a write went around the journal
+ * since the last such flush.
  */
 int jnl_flush (struct cache *c);
 
@@ -178,6 +179,10 @@ uint64_t jnl_index_bytes (struct cache *c);
  * index too).
  */
 bool jnl_spilled (struct cache *c);
+/* The sequence number of the newest record placed so far (j->lock, a
+ * leaf: callable under a page lock).
+ */
+uint64_t jnl_placed_seq (struct cache *c);
 /* Makes every record placed so far durable (for frames: page.c). */
 int jnl_sync_all (struct cache *c);
 
@@ -196,5 +201,45 @@ void jnl_get_stats (struct cache *c, struct cache_stats *st);
 int jnl_drain (struct cache *c);
 /* Everything journaled before the call is on the backend. */
 int jnl_drain_all (struct cache *c);
+
+/* Writes around the journal (sequential-cutoff=, bypass.c; journal.c
+ * has why this is enough).  A hold of [a, e) (bytes, sector-aligned)
+ * keeps records overlapping it from being placed until jnl_unhold,
+ * and waits for other holds overlapping it to end.  jnl_hold sets
+ * NEED: records up to it must be drained before the range is written
+ * around the journal (jnl_barrier): with journal-order=epoch, the last
+ * of the epochs a flush closed, and the newest TRIM.
+ */
+struct jhold {
+  uint64_t a, e;
+  uint64_t need;
+  struct jhold *next;
+};
+/* No lock held. */
+void jnl_hold (struct cache *c, struct jhold *h);
+void jnl_unhold (struct cache *c, struct jhold *h);
+/* Page lock held (or none).  Does a hold overlap [a, e)? */
+bool jnl_held (struct cache *c, uint64_t a, uint64_t e);
+/* No lock held.  Waits until no hold overlaps [a, e). */
+void jnl_wait_unheld (struct cache *c, uint64_t a, uint64_t e);
+/* No lock held.  jnl_reserve once no hold overlaps [off, off+count)
+ * (a TRIM: it has no page lock to order it).
+ */
+uint64_t jnl_reserve_unheld (struct cache *c, struct jbuf *b, enum jrec_type t,
+                             uint64_t off, uint64_t count);
+/* No lock held.  Drains until every record up to NEED is on the
+ * backend, flushed, and behind the durable tail; first sets
+ * JSB_F_BYPASS in the superblock if this log does not have it yet.
+ */
+int jnl_barrier (struct cache *c, uint64_t need);
+/* A write around the journal reached the backend: the next jnl_flush
+ * flushes the backend too.
+ */
+void jnl_bypass_written (struct cache *c);
+/* sequential-cutoff=, in bytes (0: none); jnl_cutoff is 0 without a
+ * journal.
+ */
+void jnl_set_cutoff (struct cache *c, uint64_t bytes);
+uint64_t jnl_cutoff (struct cache *c);
 
 #endif /* SUBPAGE_JOURNAL_H */

@@ -434,6 +434,16 @@ fill_sector (struct cache *c, struct page *p, uint32_t i, char *tmp)
   return 0;
 }
 
+/* Page locked.  Does a write around the journal hold sectors [sh, st]
+ * of the page at POFF?
+ */
+static bool
+held (struct cache *c, uint64_t poff, uint32_t sh, uint32_t st)
+{
+  return jnl_held (c, poff + ((uint64_t) sh << c->sector_shift),
+                   poff + ((uint64_t) (st + 1) << c->sector_shift));
+}
+
 /* Writes [off, off+len) (inside page PI) from src.  With a journal,
  * JB (credited) becomes the record of the sectors written, of type JT,
  * placed in the log under the page lock, after the data is in the page:
@@ -469,6 +479,16 @@ again:
     bool head_ok = !head_partial || sect_test (&p->sb, SECT_BM_V, sh);
     bool tail_ok = !tail_partial || sect_test (&p->sb, SECT_BM_V, st);
 
+    if (jb && held (c, poff, sh, st)) {
+      /* A write around the journal holds these sectors: wait until its
+       * marker is placed, so this record follows it (bypass.c).
+       */
+      page_unlock (p);
+      jnl_wait_unheld (c, poff + ((uint64_t) sh << c->sector_shift),
+                       poff + ((uint64_t) (st + 1) << c->sector_shift));
+      page_lock (p);
+      continue;
+    }
     if (head_ok && tail_ok)
       break;
     r = fill_sector (c, p, head_ok ? st : sh, tmp);
@@ -631,6 +651,13 @@ do_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
 }
 
 int
+request_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
+               uint32_t flags)
+{
+  return do_write (c, buf, count, off, flags);
+}
+
+int
 cache_write (struct cache *c, const void *buf, uint32_t count, uint64_t off,
              uint32_t flags)
 {
@@ -727,7 +754,7 @@ discard_journaled (struct cache *c, uint64_t a, uint64_t e, uint32_t count,
   jb = jnl_buf_credited (c, 0, &r);
   if (!jb)
     return r;
-  seq = jnl_reserve (c, jb, JREC_TRIM, a, e - a);
+  seq = jnl_reserve_unheld (c, jb, JREC_TRIM, a, e - a);
   jnl_write (c, jb);
   if (flags & CACHE_FUA)
     r = jnl_sync (c, seq);

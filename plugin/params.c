@@ -60,6 +60,7 @@ struct params params = {
   .dirty_background_ratio = 10,
   .dirty_ratio = 40,
   .writeback_threads = 4,
+  .sequential_cutoff = 4 * MiB,
 };
 
 const char *
@@ -399,6 +400,18 @@ params_config (const char *key, const char *value)
     }
     params.journal_order_given = true;
   }
+  else if (strcmp (key, "sequential-cutoff") == 0) {
+    uint64_t r = 0;
+
+    if (parse_size_quiet (value, &r) == -1 || r > (UINT64_C (1) << 50)) {
+      nbdkit_error ("subpage: sequential-cutoff=%s: must be a size such as "
+                    "4M, or 0 to journal every write",
+                    value);
+      return -1;
+    }
+    params.sequential_cutoff = r;
+    params.sequential_cutoff_given = true;
+  }
   else if (strcmp (key, "journal-size") == 0) {
     uint64_t r = 0;
 
@@ -561,6 +574,11 @@ params_config_complete (void)
   }
   if (params.journal == NULL && params.journal_order_given) {
     nbdkit_error ("subpage: journal-order= needs journal=PATH");
+    return -1;
+  }
+  if (params.journal == NULL && params.sequential_cutoff_given) {
+    nbdkit_error ("subpage: sequential-cutoff= needs journal=PATH (without "
+                  "a journal no write goes through one)");
     return -1;
   }
   if (params.journal != NULL && params.mode != CACHE_MODE_WRITEBACK) {

@@ -47,6 +47,8 @@ struct params {
   uint64_t journal_size;  /* journal-size=; 0: not given */
   bool journal_order_any; /* journal-order=any */
   bool journal_order_given;
+  uint64_t sequential_cutoff; /* sequential-cutoff=; 0: off */
+  bool sequential_cutoff_given;
   bool io_flusher; /* see SAME-HOST CLIENTS in the man page */
   bool mlock_memory;
 };
@@ -117,6 +119,10 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "journal-order=epoch|any      Write-back from the journal in flush\n"      \
   "                             order (default epoch: the image alone is\n"  \
   "                             always consistent) or merged (any).\n"       \
+  "sequential-cutoff=<SIZE>     journal=: sequential writes of a\n"          \
+  "                             connection past this many bytes go\n"        \
+  "                             straight to the image (default 4M;\n"        \
+  "                             0: never).\n"                                \
   "metrics-socket=<PATH>        Serve statistics (Prometheus text format)\n" \
   "                             on this unix socket (default: none)."
 

@@ -34,7 +34,10 @@
  *   .open                      a writable connection makes the backend
  *                              writable if it can be (file=: the first
  *                              one opens the image for writing, so -r
- *                              never does).
+ *                              never does); with journal= and
+ *                              sequential-cutoff=, its handle is its
+ *                              stream of writes (cache_write_stream).
+ *   .close                     frees that stream.
  *   .cleanup                   stops the metrics endpoint (removing its
  *                              socket), the watcher and the server,
  *                              drains the cache (cache_drain: writes
@@ -285,8 +288,10 @@ subpage_journal_open (void)
     return -1;
   }
   err = cache_journal_open (cache, &journal_dev, ident, created);
-  if (err == 0)
+  if (err == 0) {
     cache_journal_order_any (cache, params.journal_order_any);
+    cache_journal_sequential_cutoff (cache, params.sequential_cutoff);
+  }
   if (err < 0 && created) {
     subpage_journal_remove ();
     return -1;
@@ -752,10 +757,27 @@ subpage_cleanup (void)
 static void *
 subpage_open (int readonly)
 {
+  struct cache_stream *s;
+
   if (!readonly && backend.open_write != NULL &&
       backend.open_write (backend.handle) < 0)
     return NULL;
-  return NBDKIT_HANDLE_NOT_NEEDED;
+  if (readonly || params.journal == NULL || params.sequential_cutoff == 0)
+    return NBDKIT_HANDLE_NOT_NEEDED;
+  /* The connection's stream of writes (sequential-cutoff=). */
+  s = cache_stream_new ();
+  if (s == NULL) {
+    nbdkit_error ("calloc: %s", errstr (errno));
+    return NULL;
+  }
+  return s;
+}
+
+static void
+subpage_close (void *handle)
+{
+  if (handle != NBDKIT_HANDLE_NOT_NEEDED)
+    cache_stream_free (handle);
 }
 
 static int64_t
@@ -899,8 +921,9 @@ subpage_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 {
   int r;
 
-  (void) handle;
-  r = cache_write (cache, buf, count, offset, subpage_flags (flags));
+  r = cache_write_stream (cache,
+                          handle == NBDKIT_HANDLE_NOT_NEEDED ? NULL : handle,
+                          buf, count, offset, subpage_flags (flags));
   return r < 0 ? subpage_fail_past_end ("pwrite", r, ENOSPC) : 0;
 }
 
@@ -1002,6 +1025,7 @@ static struct nbdkit_plugin plugin = {
   .after_fork        = subpage_after_fork,
   .cleanup           = subpage_cleanup,
   .open              = subpage_open,
+  .close             = subpage_close,
   .get_size          = subpage_get_size,
   .block_size        = subpage_block_size,
   .can_write         = subpage_can_write,

@@ -84,6 +84,7 @@ rec_type_name (uint16_t t)
   case JREC_ZERO: return "ZERO";
   case JREC_TRIM: return "TRIM";
   case JREC_WRAP: return "WRAP";
+  case JREC_BYPASS: return "BYPASS";
   default: return "?";
   }
 }
@@ -202,9 +203,9 @@ print_sb (const char *path, const struct jdev *dev, const struct jsb *sb,
 /* ---- the log ---- */
 
 struct summary {
-  uint64_t n[5];           /* records by type */
+  uint64_t n[6];           /* records by type */
   uint64_t data_bytes;     /* DATA payload */
-  uint64_t range_bytes[5]; /* image bytes by type */
+  uint64_t range_bytes[6]; /* image bytes by type */
   uint64_t first_epoch, last_epoch, epochs;
   uint64_t max_end; /* the highest image byte touched, + 1 */
 };
@@ -214,7 +215,7 @@ summary_add (struct summary *sum, const struct jrec *r)
 {
   uint64_t total = 0;
 
-  for (int i = 0; i < 5; i++)
+  for (int i = 0; i < 6; i++)
     total += sum->n[i];
   if (total == 0) {
     sum->first_epoch = r->epoch;
@@ -223,9 +224,9 @@ summary_add (struct summary *sum, const struct jrec *r)
   else if (r->epoch != sum->last_epoch)
     sum->epochs++;
   sum->last_epoch = r->epoch;
-  if (r->type < 5)
+  if (r->type < 6)
     sum->n[r->type]++;
-  sum->range_bytes[r->type < 5 ? r->type : 0] += r->count;
+  sum->range_bytes[r->type < 6 ? r->type : 0] += r->count;
   if (r->type == JREC_DATA)
     sum->data_bytes += r->count;
   if (r->offset + r->count > sum->max_end)
@@ -237,12 +238,15 @@ print_summary (const struct jsb *sb, const struct jscan *s,
                const struct summary *sum)
 {
   printf ("records:      %" PRIu64 " (DATA %" PRIu64 ", ZERO %" PRIu64
-          ", TRIM %" PRIu64 ")\n",
-          s->nrecords, sum->n[JREC_DATA], sum->n[JREC_ZERO], sum->n[JREC_TRIM]);
+          ", TRIM %" PRIu64 ", BYPASS %" PRIu64 ")\n",
+          s->nrecords, sum->n[JREC_DATA], sum->n[JREC_ZERO], sum->n[JREC_TRIM],
+          sum->n[JREC_BYPASS]);
   printf ("bytes:        %" PRIu64 " of ring (of %" PRIu64 "); %" PRIu64
-          " of data, %" PRIu64 " zeroed, %" PRIu64 " trimmed\n",
+          " of data, %" PRIu64 " zeroed, %" PRIu64 " trimmed, %" PRIu64
+          " written around the journal\n",
           s->nbytes, sb->data_size, sum->data_bytes,
-          sum->range_bytes[JREC_ZERO], sum->range_bytes[JREC_TRIM]);
+          sum->range_bytes[JREC_ZERO], sum->range_bytes[JREC_TRIM],
+          sum->range_bytes[JREC_BYPASS]);
   if (s->nrecords > 0) {
     printf ("epochs:       %" PRIu64 " (%" PRIu64 " to %" PRIu64 ")\n",
             sum->epochs, sum->first_epoch, sum->last_epoch);
@@ -652,7 +656,8 @@ cmd_drain (const char *path, const char *file, const char *uri, bool force)
 
     jscan_init (&s, &dev, &sb);
     while ((r = jscan_next (&s, &rec)) == 1)
-      if (rec.offset > end || rec.count > end - rec.offset)
+      if (rec.type != JREC_BYPASS && /* writes nothing */
+          (rec.offset > end || rec.count > end - rec.offset))
         break;
     jscan_free (&s);
     if (r < 0) {

@@ -51,6 +51,7 @@ writeback_errors evictions throttled_writers flushes flush_errors
 writeback_past_end_runs image_size_changes
 journal_records journal_syncs journal_drained_records
 journal_replayed_records journal_epochs_waiting journal_spilled_pages
+journal_bypassed_writes
 """.split()
 # Names of earlier versions, renamed (the man page says so).
 GONE = ["subpage_hits_total", "subpage_misses_total",

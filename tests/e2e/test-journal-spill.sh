@@ -8,7 +8,9 @@
 #    32 MiB image (1 MiB writes, so that no partial write below needs
 #    to read the stopped remote), then 24 MiB more (random 4 KiB and
 #    64 KiB pieces, a flush after each MiB, a zero, an unaligned piece)
-#    through subpage cache-size=8M journal-size=128M.  Every write and flush must succeed (flushes need
+#    through subpage cache-size=8M journal-size=128M (sequential-cutoff=0:
+#    the first 32 MiB would otherwise go around the journal, to the
+#    stopped remote).  Every write and flush must succeed (flushes need
 #    only the journal), which a cache bounded by memory could not do:
 #    dirty pages must have left memory (subpage_journal_spilled_pages_total
 #    > 0, subpage_journal_index_bytes > 0), and no byte was drained
@@ -68,7 +70,7 @@ EOF
 serve ()
 {
   start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$(nbd_uri "$rsock")" \
-               journal="$jnl" journal-size=128M cache-size=8M \
+               journal="$jnl" journal-size=128M cache-size=8M sequential-cutoff=0 \
                metrics-socket="$msock" "$@" 2>>"$log"
 }
 

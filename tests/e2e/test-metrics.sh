@@ -115,6 +115,7 @@ journal_replayed_records_total journal_replayed_bytes_total
 journal_size_bytes journal_used_bytes journal_free_bytes
 journal_pending_bytes journal_epochs_waiting journal_oldest_age_seconds
 journal_spilled_pages_total journal_read_bytes_total journal_index_bytes
+journal_bypassed_writes_total journal_bypassed_bytes_total
 """.split()
 
 # Samples with labels checked on their own: the histogram's buckets

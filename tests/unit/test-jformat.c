@@ -548,9 +548,15 @@ test_sb_decode_checks (void **state)
   reseal (slot);
   assert_int_equal (jsb_decode (slot, &out), -EINVAL);
   memcpy (slot, good, sizeof slot);
-  le32 (slot + 60, 1);
+  le32 (slot + 60, 2);
   reseal (slot);
   assert_int_equal (jsb_decode (slot, &out), -EPROTONOSUPPORT);
+  /* JSB_F_BYPASS is known. */
+  memcpy (slot, good, sizeof slot);
+  le32 (slot + 60, JSB_F_BYPASS);
+  reseal (slot);
+  assert_int_equal (jsb_decode (slot, &out), 0);
+  assert_int_equal (out.flags, JSB_F_BYPASS);
 
   /* The geometry. */
   static const uint32_t bad_sectors[] = { 0, 256, 511, 1000, 4097 };
@@ -825,7 +831,7 @@ test_rec_decode_checks (void **state)
   hdr[0] ^= 1;
   assert_int_equal (jrec_decode (hdr, &out), -EINVAL);
 
-  static const uint16_t bad_types[] = { 0, 5, 0x100, 0xffff };
+  static const uint16_t bad_types[] = { 0, 6, 0x100, 0xffff };
   for (size_t i = 0; i < sizeof bad_types / sizeof bad_types[0]; i++) {
     r.type = bad_types[i];
     jrec_encode (&r, NULL, hdr);
@@ -851,6 +857,12 @@ test_rec_decode_checks (void **state)
   r.count = 0;
   jrec_encode (&r, NULL, hdr);
   assert_int_equal (jrec_decode (hdr, &out), 0);
+  r.type = JREC_BYPASS; /* no payload, like ZERO */
+  r.count = 1u << 30;
+  jrec_encode (&r, NULL, hdr);
+  assert_int_equal (jrec_decode (hdr, &out), 0);
+  assert_int_equal (out.type, JREC_BYPASS);
+  assert_true (jrec_check (hdr, NULL, 0));
 }
 
 static void

@@ -592,6 +592,45 @@ test_replay_clip_and_past_end (void **state)
   free (im);
 }
 
+/* A BYPASS record (a range written straight to the image) writes
+ * nothing, even past the image's end (a shrink since), and the records
+ * after it are applied in their turn.  jsb_restart_log clears
+ * JSB_F_BYPASS: the new log holds no record.
+ */
+static void
+test_replay_bypass (void **state)
+{
+  struct tj t;
+  struct timg *im = timg_new (IMG, 0xEE);
+  struct jreplay_ops ops = t_ops (im);
+  struct jreplay out;
+  struct jsb got;
+
+  (void) state;
+  tj_init (&t, 1, 0);
+  t.sb.flags = JSB_F_BYPASS;
+  assert_int_equal (jsb_write (t.dev, &t.sb), 0);
+  assert_int_equal (jsb_read (t.dev, &got), 0);
+  assert_int_equal (got.flags, JSB_F_BYPASS);
+  tj_put (&t, JREC_DATA, 0, 0, 512, 'a');
+  tj_put (&t, JREC_BYPASS, 0, 0, 4096, 0);
+  tj_put (&t, JREC_BYPASS, 0, IMG, 4096, 0); /* past the end */
+  tj_put (&t, JREC_DATA, 0, 512, 512, 'b');
+  assert_int_equal (jnl_replay (t.dev, &t.sb, &ops, im, &out), 0);
+  assert_string_equal (im->log, "W0+512 W512+512 F ");
+  assert_false (out.past_end);
+  assert_int_equal (out.scan.nrecords, 4);
+  assert_int_equal (im->data[0], 'a');
+  assert_int_equal (im->data[512], 'b');
+  assert_int_equal (im->data[1024], 0xEE);
+  assert_int_equal (jsb_restart_log (t.dev, &t.sb, out.scan.seq, 1), 0);
+  assert_int_equal (t.sb.flags, 0);
+  assert_int_equal (jsb_read (t.dev, &got), 0);
+  assert_int_equal (got.flags, 0);
+  tj_free (&t);
+  free (im);
+}
+
 static void
 test_replay_errors (void **state)
 {
@@ -675,6 +714,7 @@ main (void)
     cmocka_unit_test (test_replay_zero_fallback),
     cmocka_unit_test (test_replay_trim),
     cmocka_unit_test (test_replay_clip_and_past_end),
+    cmocka_unit_test (test_replay_bypass),
     cmocka_unit_test (test_replay_errors),
     cmocka_unit_test (test_file_open_ro),
   };
