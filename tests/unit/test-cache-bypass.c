@@ -577,7 +577,7 @@ kick_none (void *opaque)
 static void
 test_bypass_over_spilled_page (void **state)
 {
-  struct bt x;
+  struct bt x = { .s = NULL };
   const uint64_t p = 1 * MiB;
   uint64_t before;
   (void) state;
