@@ -1199,6 +1199,11 @@ drain_locked (struct cache *c, struct journal *j)
   from.tail_lsn = j->mtail_lsn;
   from.tail_seq = j->mtail_seq;
   from.tail_epoch = j->mtail_epoch;
+  /* Records a flush or FUA write made durable already are drained
+   * without a sync of the drainer's own; it syncs only when none is.
+   */
+  if (j->synced_seq >= j->mtail_seq)
+    limit = j->synced_seq;
   if (j->synced_seq < limit) {
     lock_drop (&j->lock);
     r = jnl_sync (c, limit); /* drain only what a crash would keep */
