@@ -12,6 +12,7 @@ RBD image, prefills it, and runs each workload on every server in turn
   nbd-cache    the same with --filter=cache cache=writeback
   subpage-uri  subpage uri=nbd+unix:///?socket=Q
   subpage-rbd  subpage rbd=rbd/IMG
+  subpage-rbd-j  the same with journal=DIR/rbd.jnl journal-size=2G
   fio-rbd      no server: fio's own rbd engine (librbd, rbd_cache=false),
                the cluster's ceiling
 
@@ -44,13 +45,17 @@ POOL = "rbd"
 IMAGE = "bench"
 
 SERVERS = ["qemu-none", "qemu-wb", "nbd", "nbd-cache", "subpage-uri",
-           "subpage-rbd", "fio-rbd"]
+           "subpage-rbd", "subpage-rbd-j", "fio-rbd"]
 WORKLOADS = ["randwrite4k", "flush32", "qd1flush", "seqwrite1m"]
 
 
 def qemu_cmd (mode, sock, conf):
   return ["qemu-nbd", "-f", "raw", "--cache=" + mode, "-t", "-e", "16",
           "-k", sock, "rbd:%s/%s:conf=%s" % (POOL, IMAGE, conf)]
+
+
+def journal_path (sock):
+  return os.path.join (os.path.dirname (sock), "rbd.jnl")
 
 
 def server_cmds (a, sock, bsock, conf):
@@ -67,6 +72,11 @@ def server_cmds (a, sock, bsock, conf):
     "subpage-uri": (sp + ["uri=nbd+unix:///?socket=" + bsock], q),
     "subpage-rbd": (sp + ["rbd=%s/%s" % (POOL, IMAGE), "ceph-conf=" + conf],
                     None),
+    # With a journal next to the sockets (deleted before each run): a
+    # flush syncs the journal, not the OSDs; the stop drains it.
+    "subpage-rbd-j": (sp + ["rbd=%s/%s" % (POOL, IMAGE), "ceph-conf=" + conf,
+                            "journal=" + journal_path (sock),
+                            "journal-size=2G"], None),
   }
 
 
@@ -127,11 +137,12 @@ class Run:
 
   def one (self, w, srv, rep):
     a = self.a
+    r = None
     env = dict (os.environ, CEPH_CONF=self.fioconf)
     procs = []
-    for path in (self.sock, self.bsock):
+    for path in (self.sock, self.bsock, journal_path (self.sock)):
       if os.path.exists (path):     # nbdkit -U does not replace a socket
-        os.unlink (path)
+        os.unlink (path)            # (and each run starts a new journal)
     try:
       if srv != "fio-rbd":
         argv, bargv = self.cmds[srv]
@@ -194,12 +205,17 @@ class Run:
       self.results.append (r)
     except Exception as e:
       bench.log ("FAILED %s %s rep%d: %s" % (srv, w, rep, e))
+      r = None
     finally:
+      t = time.monotonic ()
       for p in reversed (procs):
         txt = p.stop ()
         if p.proc.returncode not in (0, -15):
           bench.log ("%s exited %s: %s" % (p.argv[0], p.proc.returncode,
                                            txt[-800:]))
+      # With a journal the stop writes back what the journal holds.
+      if procs and r is not None:
+        r["stop_s"] = time.monotonic () - t
 
 
 def med (rs, key):
@@ -309,6 +325,17 @@ def table (results, servers, workloads, a):
       cells.append ("-" if not x else "%.0f / %.1f / %.1f" % (
         med (x, "final_flush_ms"), med (x, "srv_us_per_req"),
         med (x, "osd_us_per_req")))
+    print ("| %s | %s |" % (s, " | ".join (cells)))
+  print ()
+  print ("Stop of the servers, s (with a journal: the drain of what it "
+         "holds):\n")
+  print ("| server | " + " | ".join (workloads) + " |")
+  print ("| --- |" + " --- |" * len (workloads))
+  for s in servers:
+    cells = []
+    for w in workloads:
+      x = [r for r in rs (s, w) if "stop_s" in r]
+      cells.append ("-" if not x else "%.1f" % med (x, "stop_s"))
     print ("| %s | %s |" % (s, " | ".join (cells)))
   print ()
   base = "qemu-none"
