@@ -688,6 +688,9 @@ struct op {
   int ret;
   uint64_t start, end;              /* end UINT64_MAX while running */
   bool noop;                        /* refused without effect */
+  bool stream;                      /* journal: a K_WRITE as two writes of
+                                     * one stream, the second around the
+                                     * journal (sequential-cutoff=1) */
   uint32_t dis_off, dis_len;        /* a TRIM's or ZERO's backend call
                                      * took effect on this range */
   unsigned char buf[DISK];          /* a read's data */
@@ -828,7 +831,9 @@ make_jscenario (uint64_t *r, struct scenario *s)
       make_op (r, 'w', o);
       o->k = K_WRITE_FUA;
       break;
-    default: make_op (r, roles[i], o);
+    default:
+      make_op (r, roles[i], o);
+      o->stream = o->k == K_WRITE && rnd (r) % 2 == 0;
     }
     s->ops[i].val = (unsigned char) (0x30 + i);
   }
@@ -929,7 +934,8 @@ describe (const struct scenario *s, char *buf, size_t len)
 
   for (unsigned i = 0; i < s->nops && n < len; i++) {
     const struct op *o = &s->ops[i];
-    n += (size_t) snprintf (buf + n, len - n, " [t%u %s", i, kind_name[o->k]);
+    n += (size_t) snprintf (buf + n, len - n, " [t%u %s%s", i,
+                            kind_name[o->k], o->stream ? "+stream" : "");
     if (o->k <= K_ZERO && n < len)
       n += (size_t) snprintf (buf + n, len - n, " %u+%u", o->off, o->len);
     if (o->k <= K_WRITE_FUA && n < len)
@@ -1478,6 +1484,22 @@ run_op (struct op *o)
   case K_WRITE: case K_WRITE_FUA: {
     unsigned char buf[DISK]; /* the spill prelude writes past HOT */
     memset (buf, o->val, o->len);
+    if (o->stream) {
+      /* A run of two writes: the first (journaled) reaches the cutoff
+       * (1 byte), so the whole sectors of the second go around the
+       * journal (cache/bypass.c).
+       */
+      struct cache_stream *st = cache_stream_new ();
+      uint32_t l1 = o->len / 2;
+
+      o->ret = st ? cache_write_stream (cache, st, buf, l1, o->off, 0)
+                  : -ENOMEM;
+      if (o->ret == 0)
+        o->ret = cache_write_stream (cache, st, buf + l1, o->len - l1,
+                                     o->off + l1, 0);
+      cache_stream_free (st);
+      break;
+    }
     o->ret = cache_write (cache, buf, o->len, o->off,
                           o->k == K_WRITE_FUA ? CACHE_FUA : 0);
     break;
@@ -1823,6 +1845,7 @@ execute (void)
     }
     if (scn.spill)
       cache_set_kick (cache, kick_none, NULL);
+    cache_journal_sequential_cutoff (cache, 1); /* o->stream writes */
   }
   nevents = 0;
   lock_lost = false;
