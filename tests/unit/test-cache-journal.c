@@ -814,6 +814,123 @@ test_dirty_beyond_ram (void **state)
   free (want);
 }
 
+/* The index's bound: a quarter of cache-size.  Scattered 512-byte
+ * writes (every other sector of 1024 pages: a node of 64 extents per
+ * page, about 2 KiB) would take 2 MiB of index for a 2 MiB cache.  With
+ * no write-back at all (the kick hook does nothing until the test lets
+ * it), dirty pages leave RAM until the index holds 512 KiB; then they
+ * must stay, and the writer must wait (throttled, or for a frame)
+ * instead of growing the index: the index never passes its bound by
+ * more than the nodes of the pages in RAM.  Once write-back may run,
+ * the writer goes on and every byte is right.
+ */
+struct ib {
+  struct tcache t;
+  unsigned char *want;
+  uint64_t npages;
+  atomic_bool drain_ok, done;
+  atomic_uint_fast64_t max_index;
+};
+
+static void
+kick_if_allowed (void *opaque)
+{
+  struct ib *x = opaque;
+
+  if (atomic_load (&x->drain_ok))
+    cache_journal_drain (x->t.c);
+}
+
+static void *
+ib_writer (void *opaque)
+{
+  struct ib *x = opaque;
+  unsigned char buf[SS];
+
+  for (uint64_t pg = 0; pg < x->npages; pg++) {
+    for (uint64_t s = 0; s < PG / SS; s += 2) {
+      uint64_t off = pg * PG + s * SS;
+
+      memset (buf, (int) (pg * 7 + s) | 1, SS);
+      memcpy (x->want + off, buf, SS);
+      if (cache_write (x->t.c, buf, SS, off, 0) != 0)
+        abort ();
+    }
+    {
+      uint64_t ib = stats (x->t.c).journal_index_bytes;
+      if (ib > atomic_load (&x->max_index))
+        atomic_store (&x->max_index, ib);
+    }
+  }
+  atomic_store (&x->done, true);
+  return NULL;
+}
+
+static bool
+ib_blocked_or_done (void *opaque)
+{
+  struct ib *x = opaque;
+  struct cache_stats st = stats (x->t.c);
+
+  return atomic_load (&x->done) || st.waiting_throttle > 0 ||
+         st.waiting_page > 0;
+}
+
+static void
+test_index_bounded (void **state)
+{
+  struct ib *x = calloc (1, sizeof *x);
+  struct cache_config cfg = jconfig ();
+  struct fake_jdev *j = fake_jdev_new (JNL_DATA_OFFSET + 48 * MiB);
+  uint64_t bound;
+  pthread_t th;
+  (void) state;
+
+  assert_non_null (x);
+  cfg.size = 64 * MiB;
+  x->npages = cfg.size / PG;
+  x->want = calloc (1, cfg.size);
+  assert_non_null (x->want);
+  tc_open (&x->t, &cfg);
+  cache_set_kick (x->t.c, kick_if_allowed, x);
+  assert_int_equal (cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true),
+                    0);
+  assert_int_equal (cache_journal_recover (x->t.c), 0);
+  /* The bound, plus every frame's node at its largest (2 x (64 + 2)
+   * extents): pages in RAM are not held to it.
+   */
+  bound = cfg.cache_size / 4 +
+          (cfg.cache_size / PG + 1) * (48 + 16 * 2 * (PG / SS / 2 + 2));
+  assert_int_equal (pthread_create (&th, NULL, ib_writer, x), 0);
+  assert_true (wait_until (ib_blocked_or_done, x, 60000));
+  print_message ("index: %llu bytes when the writer %s (bound %llu)\n",
+                 (unsigned long long) stats (x->t.c).journal_index_bytes,
+                 atomic_load (&x->done) ? "finished" : "waited",
+                 (unsigned long long) bound);
+  assert_false (atomic_load (&x->done));
+  assert_true (stats (x->t.c).journal_spilled_pages > 0);
+  assert_true (stats (x->t.c).journal_index_bytes >= cfg.cache_size / 8);
+  assert_true (stats (x->t.c).journal_index_bytes <= bound);
+  /* Write-back may run now: the writer goes on. */
+  atomic_store (&x->drain_ok, true);
+  assert_int_equal (cache_journal_drain (x->t.c) >= 0, true);
+  assert_int_equal (pthread_join (th, NULL), 0);
+  assert_true (atomic_load (&x->max_index) <= bound);
+  for (uint64_t off = 0; off < cfg.size; off += PG) {
+    unsigned char got[PG];
+
+    assert_int_equal (cache_read (x->t.c, got, PG, off), 0);
+    assert_memory_equal (got, x->want + off, PG);
+  }
+  assert_int_equal (cache_flush (x->t.c), 0);
+  assert_int_equal (cache_drain (x->t.c), 0);
+  assert_true (fake_disk_equals (x->t.f, x->want, cfg.size, 0));
+  tc_close (&x->t);
+  fake_jdev_free (j);
+  free (x->want);
+  free (x);
+}
+
 /* A read that found its data in the journal and lost the race with
  * write-back: between listing where the data is and reading it, the
  * records are drained, the tail moves and newer records reuse the
@@ -1324,6 +1441,7 @@ main (void)
     cmocka_unit_test (test_full_cache_after_sync_error),
     cmocka_unit_test (test_dirty_beyond_ram),
     cmocka_unit_test (test_read_races_reuse),
+    cmocka_unit_test (test_index_bounded),
     cmocka_unit_test (test_block_status_after_read_back),
     cmocka_unit_test (test_block_status_races_attach),
     cmocka_unit_test (test_shrink_cut_spilled),
