@@ -193,27 +193,6 @@ fence (struct cache *c, uint64_t a, uint64_t e)
   return newest;
 }
 
-/* Step 7: the cached sectors of [a, e) go; the backend holds them. */
-static void
-drop (struct cache *c, uint64_t a, uint64_t e)
-{
-  for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
-    struct page_part pp = page_part (c, pi, a, e);
-    struct page *p = page_find (c, pi);
-    struct sect_delta d = { 0 };
-
-    if (!p)
-      continue;
-    page_lock (p);
-    sect_drop (&p->sb, pp.s0, pp.n, &d); /* asserts no W: fenced, held */
-    report_account (c, p, &d);
-    dirty_note_drop (c, p);
-    CACHE_ASSERT (page_check (c, p));
-    page_unlock (p);
-    page_unpin (c, p);
-  }
-}
-
 /* Writes sector-aligned [a, e) from BUF around the journal (above). */
 static int
 bypass (struct cache *c, const char *buf, uint64_t a, uint64_t e,
@@ -254,7 +233,7 @@ bypass (struct cache *c, const char *buf, uint64_t a, uint64_t e,
   }
   if (r == 0)
     jnl_bypass_written (c);
-  drop (c, a, e);
+  request_drop_range (c, a, e); /* step 7 */
   dirty_busy_end (c, &br);
 
   if (r == 0) {

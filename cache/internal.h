@@ -541,6 +541,11 @@ int wb_collect (struct cache *c, enum wb_pick how, uint64_t arg,
  */
 int request_write (struct cache *c, const void *buf, uint32_t count,
                    uint64_t off, uint32_t flags);
+/* request.c, for bypass.c too: drops the cached sectors of [a, e),
+ * which no write-back has in flight (the range is busy, or fenced and
+ * held): the backend now holds them.
+ */
+void request_drop_range (struct cache *c, uint64_t a, uint64_t e);
 
 #include "journal.h"
 

@@ -1362,12 +1362,9 @@ int
 jnl_drain_all (struct cache *c)
 {
   struct journal *j = c->jnl;
-  uint64_t upto;
+  uint64_t upto = jnl_placed_seq (c);
   int r;
 
-  lock_take (&j->lock);
-  upto = j->next_seq - 1;
-  lock_drop (&j->lock);
   for (;;) {
     bool done;
 
@@ -1586,30 +1583,35 @@ jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
   n->n++;
 }
 
+/* The live extent of N holding sector I, or NULL. */
+static const struct jext *
+node_ext (struct journal *j, const struct jnode *n, uint32_t i)
+{
+  uint64_t dl = atomic_load (&j->drained_lsn);
+
+  for (uint32_t k = 0; k < n->n; k++) {
+    const struct jext *e = &n->ext[k];
+
+    if (e->s0 <= i && i < e->s0 + e->n && ext_lsn (e) >= dl)
+      return e;
+  }
+  return NULL;
+}
+
 bool
 jnl_node_find (struct cache *c, struct page *p, uint32_t i, uint64_t *pos,
                uint32_t *sectors)
 {
-  struct journal *j = c->jnl;
-  struct jnode *n = p->jnode;
-  uint64_t dl;
+  const struct jext *e;
 
   LOCK_ASSERT_HELD (&p->lock);
-  if (!j || !n)
+  if (!c->jnl || !p->jnode || !(e = node_ext (c->jnl, p->jnode, i)))
     return false;
-  dl = atomic_load (&j->drained_lsn);
-  for (uint32_t k = 0; k < n->n; k++) {
-    const struct jext *e = &n->ext[k];
-
-    if (e->s0 <= i && i < e->s0 + e->n && ext_lsn (e) >= dl) {
-      *sectors = e->s0 + e->n - i;
-      *pos = e->pos & JEXT_ZERO
-               ? e->pos
-               : e->pos + ((uint64_t) (i - e->s0) << c->sector_shift);
-      return true;
-    }
-  }
-  return false;
+  *sectors = e->s0 + e->n - i;
+  *pos = e->pos & JEXT_ZERO
+           ? e->pos
+           : e->pos + ((uint64_t) (i - e->s0) << c->sector_shift);
+  return true;
 }
 
 bool
@@ -1763,18 +1765,14 @@ bool
 jnl_index_sector (struct cache *c, uint64_t index, uint32_t i)
 {
   struct journal *j = c->jnl;
-  uint64_t dl;
   bool live = false;
 
   if (!j || atomic_load (&j->idx_nodes) == 0)
     return false;
-  dl = atomic_load (&j->drained_lsn);
   lock_take (&j->idx_lock);
   for (struct jnode *n = j->idx_buckets[idx_bucket (j, index)]; n; n = n->hnext)
     if (n->index == index) {
-      for (uint32_t k = 0; k < n->n && !live; k++)
-        live = n->ext[k].s0 <= i && i < n->ext[k].s0 + n->ext[k].n &&
-               ext_lsn (&n->ext[k]) >= dl;
+      live = node_ext (j, n, i) != NULL;
       break;
     }
   lock_drop (&j->idx_lock);
@@ -1834,13 +1832,7 @@ jnl_read (struct cache *c, void *buf, uint32_t count, uint64_t pos)
 int
 jnl_sync_all (struct cache *c)
 {
-  struct journal *j = c->jnl;
-  uint64_t upto;
-
-  lock_take (&j->lock);
-  upto = j->next_seq - 1;
-  lock_drop (&j->lock);
-  return jnl_sync (c, upto);
+  return jnl_sync (c, jnl_placed_seq (c));
 }
 
 uint64_t

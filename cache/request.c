@@ -693,9 +693,8 @@ wait_idle (struct cache *c, uint64_t a, uint64_t e)
   }
 }
 
-/* Drops the cached sectors of [a, e): the backend now holds them. */
-static void
-drop_range (struct cache *c, uint64_t a, uint64_t e)
+void
+request_drop_range (struct cache *c, uint64_t a, uint64_t e)
 {
   for (uint64_t pi = a >> c->page_shift; pi <= (e - 1) >> c->page_shift; pi++) {
     struct page_part pp = page_part (c, pi, a, e);
@@ -809,7 +808,7 @@ discard (struct cache *c, uint32_t count, uint64_t off, uint32_t flags,
       r = c->ops->trim (c->bopaque, (uint32_t) (be - a), a, bflags);
   }
   if (r == 0)
-    drop_range (c, a, e);
+    request_drop_range (c, a, e);
   dirty_busy_end (c, &br);
   /* A trim the backend did not do (1), or could not do, is a no-op:
    * dropping the cache's dirty sectors would bring back older data.
