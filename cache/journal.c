@@ -1362,15 +1362,35 @@ int
 jnl_drain_all (struct cache *c)
 {
   struct journal *j = c->jnl;
-  uint64_t upto = jnl_placed_seq (c);
+  uint64_t upto, from, to, t0 = report_now_ms (), logged = t0;
   int r;
 
+  lock_take (&j->lock);
+  upto = j->next_seq - 1;
+  from = j->mtail_lsn;
+  to = j->head_lsn;
+  lock_drop (&j->lock);
   for (;;) {
+    uint64_t at, now;
     bool done;
 
     lock_take (&j->lock);
     done = j->mtail_seq > upto;
+    at = j->mtail_lsn;
     lock_drop (&j->lock);
+    /* A long drain (a stop with much in the journal) says how far it
+     * is, every 2 s.
+     */
+    now = report_now_ms ();
+    if (now - logged >= 2000 && to > from) {
+      logged = now;
+      report_logf (c, CACHE_LOG_INFO,
+                   "journal: writing back: %" PRIu64 " of %" PRIu64
+                   " bytes of journal (%" PRIu64 "%%) in %" PRIu64 " s",
+                   MIN (at, to) - from, to - from,
+                   (MIN (at, to) - from) * 100 / (to - from),
+                   (now - t0) / 1000);
+    }
     if (done)
       return 0;
     r = drain_step (c);
