@@ -89,11 +89,41 @@ if got != want:
 '
 }
 
+# start_remote: (re)starts the remote on $rimg.
+start_remote ()
+{
+  start_nbdkit -P "$rpid" -U "$rsock" --filter=delay file "$rimg" \
+               rdelay=1ms wdelay=1ms
+  remote_pid=$nbdkit_pid
+  remote_base=$(find "/proc/$remote_pid/fd" -lname 'socket:*' | wc -l)
+}
+
+# remote_settled: the remote closed the killed plugin's connections, or
+# died, and was then started again on its image (which holds all it
+# acknowledged): nbdkit 1.32's server can abort in raw_send_socket when
+# a delayed reply meets a connection its killed client closed (see
+# test-fs-journal.sh).  Polls for at most 60 s.
+remote_settled ()
+{
+  local i n
+  for (( i = 0; i < 600; i++ )); do
+    if ! kill -0 "$remote_pid" 2>/dev/null; then
+      echo "the remote (PID $remote_pid) died: started again"
+      reap_killed "$remote_pid"
+      start_remote
+      return 0
+    fi
+    n=$(find "/proc/$remote_pid/fd" -lname 'socket:*' 2>/dev/null | wc -l)
+    [ "$n" -le "$remote_base" ] && return 0
+    sleep 0.1
+  done
+  echo "FAIL: the remote kept the killed plugin's connections for 60 s" >&2
+  exit 1
+}
+
 truncate -s $((32 * MiB)) "$rimg"
 truncate -s $((32 * MiB)) "$model"
-start_nbdkit -P "$rpid" -U "$rsock" --filter=delay file "$rimg" \
-             rdelay=1ms wdelay=1ms
-remote_pid=$nbdkit_pid
+start_remote
 serve
 kill -STOP "$remote_pid"
 cleanup_fn signal_if_running CONT "$remote_pid"
@@ -162,6 +192,7 @@ model.close()
 kill -KILL "$nbdkit_pid"
 reap_killed "$nbdkit_pid"
 kill -CONT "$remote_pid"
+remote_settled
 serve
 # A client that connects waits for the replay (in .after_fork).
 readback 3
