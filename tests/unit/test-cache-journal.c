@@ -981,6 +981,25 @@ test_read_races_reuse (void **state)
   free (want);
 }
 
+/* Opens X with a journal of BIGJ and no write-back, writes page 0 and
+ * flushes, then writes every other page (twice the cache): page 0
+ * leaves RAM dirty, its data in the journal's index only.  WANT gets
+ * what was written.
+ */
+static void
+spill_page0 (struct jt *x, unsigned char *want, unsigned seed)
+{
+  struct cache_config cfg = jconfig ();
+
+  srand (seed);
+  jt_open_dev (x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x->t.c, kick_none, NULL);
+  shadow_write (&x->t, want, 0, PG);
+  assert_int_equal (cache_flush (x->t.c), 0);
+  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
+    shadow_write (&x->t, want, pg * PG, PG);
+}
+
 /* Block status of data that lives only in the journal, once read back:
  * page 0 leaves RAM dirty (its records durable, none written back), a
  * read brings it back, installing what it read from the journal as
@@ -1002,14 +1021,7 @@ test_block_status_after_read_back (void **state)
 
   assert_non_null (want);
   assert_non_null (got);
-  srand (9);
-  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
-  cache_set_kick (x.t.c, kick_none, NULL);
-  shadow_write (&x.t, want, 0, PG);
-  assert_int_equal (cache_flush (x.t.c), 0);
-  /* Twice the cache: page 0 leaves RAM. */
-  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
-    shadow_write (&x.t, want, pg * PG, PG);
+  spill_page0 (&x, want, 9);
   assert_false (cache_debug_resident (x.t.c, 0));
   assert_true (stats (x.t.c).journal_spilled_pages > 0);
   assert_true (cache_next_unflushed (x.t.c, 0, PG, &a, &b, &z));
@@ -1069,13 +1081,7 @@ test_block_status_races_attach (void **state)
   (void) state;
 
   assert_non_null (want);
-  srand (10);
-  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
-  cache_set_kick (x.t.c, kick_none, NULL);
-  shadow_write (&x.t, want, 0, PG);
-  assert_int_equal (cache_flush (x.t.c), 0);
-  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
-    shadow_write (&x.t, want, pg * PG, PG);
+  spill_page0 (&x, want, 10);
   assert_false (cache_debug_resident (x.t.c, 0));
   assert_true (stats (x.t.c).journal_spilled_pages > 0);
 
@@ -1115,13 +1121,7 @@ test_shrink_cut_spilled (void **state)
   (void) state;
 
   assert_non_null (want);
-  srand (11);
-  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
-  cache_set_kick (x.t.c, kick_none, NULL);
-  shadow_write (&x.t, want, 0, PG);
-  assert_int_equal (cache_flush (x.t.c), 0);
-  for (uint64_t pg = 1; pg < cfg.size / PG; pg++)
-    shadow_write (&x.t, want, pg * PG, PG);
+  spill_page0 (&x, want, 11);
   assert_int_equal (cache_flush (x.t.c), 0);
   assert_false (cache_debug_resident (x.t.c, 0));
 
@@ -1155,12 +1155,7 @@ test_full_cache_after_sync_error (void **state)
 
   assert_non_null (buf);
   memset (buf, 0x5a, 65536);
-  tc_open (&x.t, &cfg);
-  cache_set_kick (x.t.c, NULL, NULL); /* write-back in the caller */
-  x.j = fake_jdev_new (JSIZE);
-  assert_int_equal (
-    cache_journal_open (x.t.c, fake_jdev_dev (x.j), IDENT, true), 0);
-  assert_int_equal (cache_journal_recover (x.t.c), 0);
+  jt_open_dev (&x, fake_jdev_new (JSIZE), true, 0); /* no kick hook */
   tc_quiet_errors = true;
   fake_jdev_fail_next (x.j, FAKE_JDEV_SYNC, EIO, 0);
   for (k = 0; k < 2 * (cfg.cache_size / 65536) && r == 0; k++)
