@@ -321,6 +321,30 @@ nbdsh_py ()
   PATH=/usr/bin:$PATH nbdsh "$@"
 }
 
+# metric SOCKET NAME: the value of subpage_NAME from metrics-socket=SOCKET,
+# as an integer (empty if the socket does not answer or has no such
+# metric).
+metric ()
+{
+  /usr/bin/python3 - "$1" "subpage_$2" <<'EOF' 2>/dev/null || :
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    data += b
+for line in data.decode().splitlines():
+    f = line.split()
+    if len(f) == 2 and f[0] == sys.argv[2]:
+        print(int(float(f[1])))
+EOF
+}
+
 # nbd_uri SOCKET: the NBD URI of a server on a unix socket.
 nbd_uri ()
 {

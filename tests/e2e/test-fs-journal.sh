@@ -103,28 +103,6 @@ wait_for ()
   fail "timed out after ${secs}s waiting for: $what"
 }
 
-# metric SOCKET NAME: the value of subpage_NAME (empty if unreachable).
-metric ()
-{
-  /usr/bin/python3 - "$1" "subpage_$2" <<'EOF' 2>/dev/null || :
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(10)
-s.connect(sys.argv[1])
-s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-data = b""
-while True:
-    b = s.recv(65536)
-    if not b:
-        break
-    data += b
-for line in data.decode().splitlines():
-    f = line.split()
-    if len(f) == 2 and f[0] == sys.argv[2]:
-        print(int(float(f[1])))
-EOF
-}
-
 journal_has_records () { [ "$(metric "$msock" journal_used_bytes)" -gt 0 ] 2>/dev/null; }
 
 # The sockets the remote has open (its listening socket, and one per

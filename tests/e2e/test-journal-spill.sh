@@ -42,31 +42,6 @@ uri=$(nbd_uri "$sock")
 # signal_if_running SIG PID: a cleanup that may find PID gone already.
 signal_if_running () { kill "-$1" "$2" 2>/dev/null || :; }
 
-# metric NAME: the value of subpage_NAME from the metrics socket.
-metric ()
-{
-  /usr/bin/python3 - "$msock" "subpage_$1" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(10)
-s.connect(sys.argv[1])
-s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-data = b""
-while True:
-    b = s.recv(65536)
-    if not b:
-        break
-    data += b
-for line in data.decode().splitlines():
-    f = line.split()
-    if len(f) == 2 and f[0] == sys.argv[2]:
-        print(int(float(f[1])))
-        break
-else:
-    raise SystemExit("no metric " + sys.argv[2])
-EOF
-}
-
 serve ()
 {
   start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$(nbd_uri "$rsock")" \
@@ -159,9 +134,9 @@ model.seek(20 * MiB); model.write(bytes(3 * 65536))
 h.flush()
 model.close()
 '
-spilled=$(metric journal_spilled_pages_total)
-index=$(metric journal_index_bytes)
-drained=$(metric journal_drained_records_total)
+spilled=$(metric "$msock" journal_spilled_pages_total)
+index=$(metric "$msock" journal_index_bytes)
+drained=$(metric "$msock" journal_drained_records_total)
 echo "1: spilled pages $spilled, index $index bytes, drained records $drained"
 [ "$spilled" -gt 0 ] || { echo "FAIL: 1: no page left memory" >&2; exit 1; }
 [ "$index" -gt 0 ] || { echo "FAIL: 1: the index is empty" >&2; exit 1; }
@@ -171,7 +146,7 @@ echo "1: spilled pages $spilled, index $index bytes, drained records $drained"
 # ---- 2. read back from the journal ---------------------------------------
 
 readback 2
-jread=$(metric journal_read_bytes_total)
+jread=$(metric "$msock" journal_read_bytes_total)
 echo "2: every byte read back, $jread bytes from the journal"
 [ "$jread" -gt 0 ] || { echo "FAIL: 2: nothing read from the journal" >&2; exit 1; }
 
