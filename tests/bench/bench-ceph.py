@@ -302,54 +302,45 @@ def table (results, servers, workloads, a):
   def key (w):
     return "mibs" if w == "seqwrite1m" else "iops"
 
+  def grid (heads, cell):
+    """One row per server, one column per workload: cell (s, w)."""
+    print ("| server | " + " | ".join (heads) + " |")
+    print ("| --- |" + " --- |" * len (workloads))
+    for s in servers:
+      print ("| %s | %s |" % (s, " | ".join (cell (s, w) for w in workloads)))
+    print ()
+
+  def rate (s, w):
+    v = med (rs (s, w), key (w))
+    return ("-" if v is None else
+            ("%.1f" % v if key (w) == "mibs" else "%.0f" % v))
+
+  def costs (s, w):
+    x = rs (s, w)
+    return "-" if not x else "%.0f / %.1f / %.1f" % (
+      med (x, "final_flush_ms"), med (x, "srv_us_per_req"),
+      med (x, "osd_us_per_req"))
+
+  def stop (s, w):
+    x = [r for r in rs (s, w) if "stop_s" in r]
+    return "-" if not x else "%.1f" % med (x, "stop_s")
+
+  base = "qemu-none"
+
+  def ratio (s, w):
+    v, b = med (rs (s, w), key (w)), med (rs (base, w), key (w))
+    return "-" if not v or not b else "%.2fx" % (v / b)
+
   unit = {w: "MiB/s" if key (w) == "mibs" else "IOPS" for w in workloads}
-  print ("| server | " + " | ".join ("%s %s" % (w, unit[w])
-                                     for w in workloads) + " |")
-  print ("| --- |" + " --- |" * len (workloads))
-  for s in servers:
-    cells = []
-    for w in workloads:
-      v = med (rs (s, w), key (w))
-      cells.append ("-" if v is None else
-                    ("%.1f" % v if key (w) == "mibs" else "%.0f" % v))
-    print ("| %s | %s |" % (s, " | ".join (cells)))
-  print ()
+  grid (["%s %s" % (w, unit[w]) for w in workloads], rate)
   print ("Final flush ms / server CPU µs per request / OSD CPU µs per "
          "request:\n")
-  print ("| server | " + " | ".join (workloads) + " |")
-  print ("| --- |" + " --- |" * len (workloads))
-  for s in servers:
-    cells = []
-    for w in workloads:
-      x = rs (s, w)
-      cells.append ("-" if not x else "%.0f / %.1f / %.1f" % (
-        med (x, "final_flush_ms"), med (x, "srv_us_per_req"),
-        med (x, "osd_us_per_req")))
-    print ("| %s | %s |" % (s, " | ".join (cells)))
-  print ()
+  grid (workloads, costs)
   print ("Stop of the servers, s (with a journal: the drain of what it "
          "holds):\n")
-  print ("| server | " + " | ".join (workloads) + " |")
-  print ("| --- |" + " --- |" * len (workloads))
-  for s in servers:
-    cells = []
-    for w in workloads:
-      x = [r for r in rs (s, w) if "stop_s" in r]
-      cells.append ("-" if not x else "%.1f" % med (x, "stop_s"))
-    print ("| %s | %s |" % (s, " | ".join (cells)))
-  print ()
-  base = "qemu-none"
+  grid (workloads, stop)
   print ("Ratio to %s:\n" % base)
-  print ("| server | " + " | ".join (workloads) + " |")
-  print ("| --- |" + " --- |" * len (workloads))
-  for s in servers:
-    cells = []
-    for w in workloads:
-      v, b = med (rs (s, w), key (w)), med (rs (base, w), key (w))
-      cells.append ("-" if not v or not b else "%.2fx" % (v / b))
-    print ("| %s | %s |" % (s, " | ".join (cells)))
-  print ()
-
+  grid (workloads, ratio)
 
 if __name__ == "__main__":
   main ()
