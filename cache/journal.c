@@ -1692,6 +1692,17 @@ jnl_page_evict (struct cache *c, struct page *p)
   return NULL;
 }
 
+/* idx_lock held.  The indexed node of page INDEX, or NULL. */
+static struct jnode *
+idx_lookup (struct journal *j, uint64_t index)
+{
+  struct jnode *n = j->idx_buckets[idx_bucket (j, index)];
+
+  while (n && n->index != index)
+    n = n->hnext;
+  return n;
+}
+
 /* idx_lock held. */
 static void
 idx_remove (struct journal *j, struct jnode *n)
@@ -1722,9 +1733,7 @@ jnl_page_attach (struct cache *c, struct page *p)
   if (!j || atomic_load (&j->idx_nodes) == 0)
     return;
   lock_take (&j->idx_lock);
-  for (n = j->idx_buckets[idx_bucket (j, p->index)]; n; n = n->hnext)
-    if (n->index == p->index)
-      break;
+  n = idx_lookup (j, p->index);
   if (n)
     idx_remove (j, n);
   lock_drop (&j->idx_lock);
@@ -1765,18 +1774,16 @@ bool
 jnl_index_has (struct cache *c, uint64_t index)
 {
   struct journal *j = c->jnl;
+  struct jnode *n;
   uint64_t dl;
-  bool live = false;
+  bool live;
 
   if (!j || atomic_load (&j->idx_nodes) == 0)
     return false;
   dl = atomic_load (&j->drained_lsn);
   lock_take (&j->idx_lock);
-  for (struct jnode *n = j->idx_buckets[idx_bucket (j, index)]; n; n = n->hnext)
-    if (n->index == index) {
-      live = n->maxlsn >= dl;
-      break;
-    }
+  n = idx_lookup (j, index);
+  live = n && n->maxlsn >= dl;
   lock_drop (&j->idx_lock);
   return live;
 }
@@ -1785,16 +1792,14 @@ bool
 jnl_index_sector (struct cache *c, uint64_t index, uint32_t i)
 {
   struct journal *j = c->jnl;
-  bool live = false;
+  struct jnode *n;
+  bool live;
 
   if (!j || atomic_load (&j->idx_nodes) == 0)
     return false;
   lock_take (&j->idx_lock);
-  for (struct jnode *n = j->idx_buckets[idx_bucket (j, index)]; n; n = n->hnext)
-    if (n->index == index) {
-      live = node_ext (j, n, i) != NULL;
-      break;
-    }
+  n = idx_lookup (j, index);
+  live = n && node_ext (j, n, i) != NULL;
   lock_drop (&j->idx_lock);
   return live;
 }
