@@ -1644,7 +1644,7 @@ jnl_page_evictable (struct cache *c, struct page *p)
     return true;
   /* Every D sector has its record in the node (write_page). */
   return p->jnode && p->jseq <= atomic_load (&j->synced_atomic) &&
-         atomic_load (&j->node_bytes) <= j->node_max &&
+         jnl_index_room (c) &&
          page_offset (c, p) + c->cfg.page_size <= size_wb_end (c);
 }
 
@@ -1860,10 +1860,12 @@ jnl_sync_all (struct cache *c)
   return jnl_sync (c, jnl_placed_seq (c));
 }
 
-uint64_t
-jnl_index_bytes (struct cache *c)
+bool
+jnl_index_room (struct cache *c)
 {
-  return atomic_load (&c->jnl->node_bytes);
+  struct journal *j = c->jnl;
+
+  return atomic_load (&j->node_bytes) <= j->node_max;
 }
 
 /* ---- writes around the journal (sequential-cutoff=, bypass.c) ----

@@ -173,8 +173,10 @@ bool jnl_node_live (struct cache *c, struct page *p);
  * lock held, or its shard lock).
  */
 bool jnl_index_sector (struct cache *c, uint64_t index, uint32_t i);
-/* Bytes of every node, in RAM or indexed. */
-uint64_t jnl_index_bytes (struct cache *c);
+/* Whether the nodes, in RAM or indexed, are within their bound (a
+ * quarter of cache-size): dirty pages may leave RAM only then.
+ */
+bool jnl_index_room (struct cache *c);
 /* Whether a page ever left RAM dirty (block status then looks at the
  * index too).
  */

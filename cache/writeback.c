@@ -694,7 +694,7 @@ wb_throttle (struct cache *c)
    * journal's space throttles writers (jnl_credit), not RAM, while the
    * index has room.
    */
-  if (c->jnl && jnl_index_bytes (c) <= c->cfg.cache_size / 4)
+  if (c->jnl && jnl_index_room (c))
     return 0;
   while (dirty_mem (c) >= c->dirty_limit) {
     struct timespec ts;
