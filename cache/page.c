@@ -282,38 +282,29 @@ try_evict (struct cache *c, struct page *p)
     page_lock (p);
     if (atomic_load (&p->refs) != (p->listed ? 1u : 0u))
       ; /* a request's pin: not now */
-    else if (c->jnl && p->nw == 0 && p->frags == NULL &&
-             jnl_page_evictable (c, p)) {
-      /* Its dirty sectors are durable in the journal, which the reads
-       * of them come from until they are written back (journal.h).
-       */
+    else if (c->jnl
+               ? p->nw == 0 && p->frags == NULL && jnl_page_evictable (c, p)
+               : p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
       struct sect_delta d = { .v = -(int32_t) p->nv, .d = -(int32_t) p->nd };
       CACHE_ASSERT (page_check (c, p));
       shard_remove (s, p);
       memset (p->sb.bits, 0, SECT_NR_BITMAPS * c->words * sizeof (uint64_t));
       report_account (c, p, &d);
-      dirty_evict (c, p);
-      dead = jnl_page_evict (c, p);
+      if (c->jnl) {
+        /* Dirty sectors are durable in the journal, which the reads of
+         * them come from until they are written back (journal.h).
+         */
+        dirty_evict (c, p);
+        dead = jnl_page_evict (c, p);
+      }
       p->index = PAGE_NONE;
       p->dseq = SEQ_NONE;
       atomic_store (&p->referenced, false);
       ok = true;
     }
-    else if (c->jnl && (p->nd > 0 || p->listed))
-      ; /* not yet durable, or the index is full */
-    else if (p->nd == 0 && p->nw == 0 && !p->listed && p->frags == NULL) {
-      struct sect_delta d = { .v = -(int32_t) p->nv };
-      CACHE_ASSERT (page_check (c, p));
-      shard_remove (s, p);
-      memset (p->sb.bits, 0, SECT_NR_BITMAPS * c->words * sizeof (uint64_t));
-      report_account (c, p, &d);
-      p->index = PAGE_NONE;
-      p->dseq = SEQ_NONE;
-      atomic_store (&p->referenced, false);
-      ok = true;
-    }
-    else
+    else if (!c->jnl)
       page_dump (c, p, "unpinned page with D or W");
+    /* else: with a journal, not yet durable, or the index is full */
     page_unlock (p);
   }
   lock_drop (&s->lock);
