@@ -88,7 +88,9 @@ remote_settled ()
       start_remote
       return 0
     fi
-    n=$(find "/proc/$remote_pid/fd" -lname 'socket:*' 2>/dev/null | wc -l)
+    # find fails when an fd closes while it lists them: count again.
+    n=$(find "/proc/$remote_pid/fd" -lname 'socket:*' 2>/dev/null | wc -l) ||
+      n=$((remote_base + 1))
     [ "$n" -le "$remote_base" ] && return 0
     sleep 0.1
   done
