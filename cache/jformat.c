@@ -159,9 +159,11 @@ enum {
   SB_IMAGE_SIZE = 88,
   SB_IDENT_LEN = 96,
   SB_IDENT = 98,
+  SB_PREV_SALT = 360,
+  SB_SALT_LSN = 368,
   SB_CRC = JNL_SB_SIZE - 4,
 };
-_Static_assert(SB_IDENT + JNL_IDENT_MAX - 1 <= SB_CRC, "ident fits");
+_Static_assert(SB_IDENT + JNL_IDENT_MAX - 1 <= SB_PREV_SALT, "ident fits");
 
 void
 jsb_encode (const struct jsb *sb, uint8_t out[JNL_SB_SIZE])
@@ -185,6 +187,10 @@ jsb_encode (const struct jsb *sb, uint8_t out[JNL_SB_SIZE])
   put_le64 (out + SB_IMAGE_SIZE, sb->image_size);
   put_le16 (out + SB_IDENT_LEN, (uint16_t) len);
   memcpy (out + SB_IDENT, sb->ident, len);
+  if (sb->flags & JSB_F_SPLIT) {
+    put_le32 (out + SB_PREV_SALT, sb->prev_salt);
+    put_le64 (out + SB_SALT_LSN, sb->salt_lsn);
+  }
   put_le32 (out + SB_CRC, crc32c (0, out, SB_CRC));
 }
 
@@ -225,6 +231,10 @@ jsb_decode (const uint8_t in[JNL_SB_SIZE], struct jsb *sb)
   s.tail_epoch = get_le64 (in + SB_TAIL_EPOCH);
   s.image_size = get_le64 (in + SB_IMAGE_SIZE);
   len = get_le16 (in + SB_IDENT_LEN);
+  if (s.flags & JSB_F_SPLIT) {
+    s.prev_salt = get_le32 (in + SB_PREV_SALT);
+    s.salt_lsn = get_le64 (in + SB_SALT_LSN);
+  }
 
   if (s.version == 0)
     return -EINVAL;
@@ -514,7 +524,7 @@ jscan_next (struct jscan *s, struct jrec *r)
     err = scan_bytes (s, s->lsn, JNL_HDR_SIZE, &hdr);
     if (err < 0)
       return err;
-    if (jrec_decode (hdr, &rec) < 0 || rec.salt != sb->salt ||
+    if (jrec_decode (hdr, &rec) < 0 || rec.salt != jsb_salt_at (sb, s->lsn) ||
         rec.lsn != s->lsn || rec.seq != s->seq || rec.epoch < s->epoch)
       return 0;
 
@@ -817,10 +827,33 @@ jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
   int r;
 
   sb->salt = new_salt (old.salt);
-  sb->flags &= ~JSB_F_BYPASS;
+  sb->flags &= ~(JSB_F_BYPASS | JSB_F_SPLIT);
+  sb->prev_salt = 0;
+  sb->salt_lsn = 0;
   sb->tail_lsn = 0;
   sb->tail_seq = next_seq;
   sb->tail_epoch = next_epoch;
+  r = jsb_write (dev, sb);
+  if (r < 0) {
+    *sb = old;
+    return r;
+  }
+  return dev->ops->sync (dev->opaque);
+}
+
+int
+jsb_continue_log (const struct jdev *dev, struct jsb *sb, uint64_t end_lsn)
+{
+  struct jsb old = *sb;
+  int r;
+
+  assert (!(sb->flags & JSB_F_SPLIT) && end_lsn >= sb->tail_lsn);
+  sb->salt = new_salt (old.salt);
+  if (end_lsn > sb->tail_lsn) {
+    sb->flags |= JSB_F_SPLIT;
+    sb->prev_salt = old.salt;
+    sb->salt_lsn = end_lsn;
+  }
   r = jsb_write (dev, sb);
   if (r < 0) {
     *sb = old;

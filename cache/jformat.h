@@ -73,7 +73,13 @@ enum jrec_type {
  * which an older reader would take for the end of the log.
  */
 #define JSB_F_BYPASS 0x1u
-#define JSB_F_KNOWN JSB_F_BYPASS
+/* JSB_F_SPLIT: the log changed salts at salt_lsn (a log recovered and
+ * continued, jsb_continue_log): its records at LSNs below salt_lsn
+ * carry prev_salt, the rest salt.  An older reader would take the
+ * first record of the new salt for the end of the log.
+ */
+#define JSB_F_SPLIT 0x2u
+#define JSB_F_KNOWN (JSB_F_BYPASS | JSB_F_SPLIT)
 
 struct jsb {
   uint32_t version;
@@ -89,7 +95,20 @@ struct jsb {
   uint64_t tail_epoch;       /* the epoch of the record before it */
   uint64_t image_size;       /* the image's size when this was written */
   char ident[JNL_IDENT_MAX]; /* "file:/abs/path", "uri:URI", "rbd:pool/img" */
+  /* With JSB_F_SPLIT (else 0): records at LSNs below salt_lsn carry
+   * prev_salt instead of salt.
+   */
+  uint32_t prev_salt;
+  uint64_t salt_lsn;
 };
+
+/* The salt a record at LSN must carry. */
+static inline uint32_t
+jsb_salt_at (const struct jsb *sb, uint64_t lsn)
+{
+  return (sb->flags & JSB_F_SPLIT) && lsn < sb->salt_lsn ? sb->prev_salt
+                                                         : sb->salt;
+}
 
 struct jrec {
   uint16_t type; /* enum jrec_type */
@@ -162,7 +181,8 @@ bool jrec_check (const uint8_t hdr[JNL_HDR_SIZE], const void *payload,
                  uint64_t count);
 
 /* Scanning the log from the superblock's tail: each call returns the
- * next record that follows (magic, salt, lsn, seq == previous + 1,
+ * next record that follows (magic, salt (jsb_salt_at), lsn, seq ==
+ * previous + 1,
  * epoch >= previous, CRC), 1 with *r and its payload in s->buf (valid
  * until the next call), 0 at the first record that does not follow (the
  * end of the log), or -errno on an I/O error.  WRAP records are
@@ -225,6 +245,19 @@ int jsb_slots (const struct jdev *dev, struct jsb_slot out[2]);
  */
 int jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
                      uint64_t next_epoch);
+/* Continues the log after recovery without writing it back first (the
+ * plugin's recovery, which serves the old records from the journal and
+ * drains them in the background): the records from the tail up to
+ * END_LSN (where the scan stopped) keep their salt, later ones carry a
+ * new one (JSB_F_SPLIT, prev_salt, salt_lsn = END_LSN), so that no
+ * record of the old log past END_LSN, written but never synced, follows
+ * a new record; the tail does not move.  With no record between the
+ * tail and END_LSN, only the salt changes.  SB must not be split
+ * already (one split at a time: a log that is still split when it is
+ * recovered again is written back first).  The superblock is written
+ * and synced; on failure as jsb_restart_log.
+ */
+int jsb_continue_log (const struct jdev *dev, struct jsb *sb, uint64_t end_lsn);
 
 /* Replaying the log onto the image: what recovery does at start-up, and
  * what `subpage-journal drain' does offline.  The image, through OPS:

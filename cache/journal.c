@@ -148,6 +148,7 @@ struct journal {
   atomic_uint_fast64_t idx_nodes;
   atomic_uint_fast64_t node_bytes; /* every node, in RAM or indexed */
   uint64_t node_max;               /* dirty pages leave RAM only below */
+  atomic_bool indexed;             /* a node was ever indexed */
 };
 
 static uint32_t
@@ -511,6 +512,12 @@ apply (struct cache *c, const struct jrec *r, const void *payload)
   return jrec_apply (&image_ops, c, r, payload, size);
 }
 
+static int recover_indexed (struct cache *c, struct journal *j);
+
+/* Recovery: the log is read into the index and continued
+ * (recover_indexed); when it cannot be, it is written back onto the
+ * backend (jnl_replay) and a new log started before serving.
+ */
 int
 jnl_recover (struct cache *c)
 {
@@ -520,6 +527,20 @@ jnl_recover (struct cache *c)
   int r;
 
   j->replay_log_ms = t0;
+  if ((j->sb.flags & JSB_F_SPLIT) && j->sb.tail_lsn >= j->sb.salt_lsn) {
+    j->sb.flags &= ~JSB_F_SPLIT; /* every old-salt record is drained */
+    j->sb.prev_salt = 0;
+    j->sb.salt_lsn = 0;
+  }
+  if (!(j->sb.flags & JSB_F_SPLIT)) {
+    r = recover_indexed (c, j);
+    if (r <= 0)
+      return r;
+  }
+  else
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: the records of the last recovery are not all "
+                 "written back yet: writing the log back before serving");
   r = jnl_replay (&j->dev, &j->sb, &image_ops, c, &out);
   if (r < 0) {
     if (out.past_end)
@@ -1123,6 +1144,12 @@ write_tail (struct cache *c, struct journal *j)
   j->sb.tail_lsn = lsn;
   j->sb.tail_seq = j->mtail_seq;
   j->sb.tail_epoch = j->mtail_epoch;
+  if ((j->sb.flags & JSB_F_SPLIT) && lsn >= j->sb.salt_lsn) {
+    /* Every record of the old salt is written back: one salt again. */
+    j->sb.flags &= ~JSB_F_SPLIT;
+    j->sb.prev_salt = 0;
+    j->sb.salt_lsn = 0;
+  }
   r = j->sync_err;
   lock_drop (&j->lock);
   if (r < 0)
@@ -1555,19 +1582,16 @@ jnl_node_grow (struct cache *c, struct page *p)
   }
 }
 
-void
-jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
-               uint32_t s0, uint32_t cnt)
+/* Sectors [s0, s0 + cnt) of N's page now hold the data at POS (an
+ * extent's pos): the extents they overlap are cut, and the new one
+ * goes last.  N has room for two more extents (a split adds one).
+ */
+static void
+node_put (struct jnode *n, uint32_t s0, uint32_t cnt, uint64_t pos, uint64_t ss)
 {
-  struct jnode *n = p->jnode;
-  uint64_t ss = c->cfg.sector_size;
-  uint32_t end = s0 + cnt, orig, k = 0;
-  uint64_t pos = r->type == JREC_ZERO ? JEXT_ZERO | r->lsn
-                                      : r->lsn + JNL_HDR_SIZE;
+  uint32_t end = s0 + cnt, orig = n->n, k = 0;
 
-  LOCK_ASSERT_HELD (&p->lock);
-  CACHE_ASSERT (n && n->n + 2 <= n->cap);
-  orig = n->n;
+  CACHE_ASSERT (n->n + 2 <= n->cap);
   for (uint32_t i = 0; i < orig; i++) {
     struct jext *e = &n->ext[i];
     uint32_t a = e->s0, b = e->s0 + e->n;
@@ -1601,6 +1625,28 @@ jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
   n->ext[n->n].n = cnt;
   n->ext[n->n].pos = pos;
   n->n++;
+}
+
+/* The extent pos of sector S0 of record R (DATA or ZERO) that starts
+ * at image offset OFF.
+ */
+static uint64_t
+rec_pos (const struct jrec *r, uint64_t off)
+{
+  return r->type == JREC_ZERO ? JEXT_ZERO | r->lsn
+                              : r->lsn + JNL_HDR_SIZE + (off - r->offset);
+}
+
+void
+jnl_node_note (struct cache *c, struct page *p, const struct jrec *r,
+               uint32_t s0, uint32_t cnt)
+{
+  LOCK_ASSERT_HELD (&p->lock);
+  CACHE_ASSERT (p->jnode);
+  node_put (p->jnode, s0, cnt,
+            rec_pos (r,
+                     page_offset (c, p) + ((uint64_t) s0 << c->sector_shift)),
+            c->cfg.sector_size);
 }
 
 /* The live extent of N holding sector I, or NULL. */
@@ -1654,12 +1700,30 @@ idx_bucket (struct journal *j, uint64_t index)
   return (index * UINT64_C (0x9E3779B97F4A7C15) >> 20) & j->idx_mask;
 }
 
+/* idx_lock held.  Indexes N (not indexed), last in the list. */
+static void
+idx_insert (struct journal *j, struct jnode *n)
+{
+  uint64_t b = idx_bucket (j, n->index);
+
+  n->hnext = j->idx_buckets[b];
+  j->idx_buckets[b] = n;
+  n->lnext = NULL;
+  n->lprev = j->idx_tail;
+  if (j->idx_tail)
+    j->idx_tail->lnext = n;
+  else
+    j->idx_head = n;
+  j->idx_tail = n;
+  atomic_fetch_add (&j->idx_nodes, 1);
+  atomic_store (&j->indexed, true);
+}
+
 struct jnode *
 jnl_page_evict (struct cache *c, struct page *p)
 {
   struct journal *j = c->jnl;
   struct jnode *n = p->jnode;
-  uint64_t b;
 
   LOCK_ASSERT_HELD (&p->lock);
   p->jnode = NULL;
@@ -1675,18 +1739,8 @@ jnl_page_evict (struct cache *c, struct page *p)
   for (uint32_t k = 0; k < n->n; k++)
     n->maxlsn = MAX (n->maxlsn, ext_lsn (&n->ext[k]));
   n->index = p->index;
-  b = idx_bucket (j, n->index);
   lock_take (&j->idx_lock);
-  n->hnext = j->idx_buckets[b];
-  j->idx_buckets[b] = n;
-  n->lnext = NULL;
-  n->lprev = j->idx_tail;
-  if (j->idx_tail)
-    j->idx_tail->lnext = n;
-  else
-    j->idx_head = n;
-  j->idx_tail = n;
-  atomic_fetch_add (&j->idx_nodes, 1);
+  idx_insert (j, n);
   lock_drop (&j->idx_lock);
   atomic_fetch_add (&c->ctr.journal_spilled_pages, 1);
   return NULL;
@@ -1770,6 +1824,199 @@ idx_reap (struct cache *c, struct journal *j)
   }
 }
 
+/* ---- recovery's index ----
+ *
+ * Recovery reads the log into the index, as if every page it names had
+ * left RAM with its records synced: reads of those pages come from the
+ * journal at once, and the drainer writes the log back from the tail,
+ * as it would have before the crash.
+ */
+
+/* idx_lock held.  The indexed node of page INDEX with room for two
+ * more extents (made or grown: a grown node goes last in the list), or
+ * NULL if out of memory.
+ */
+static struct jnode *
+idx_node_room (struct journal *j, uint64_t index)
+{
+  struct jnode *n = idx_lookup (j, index), *nn;
+  uint32_t want;
+
+  if (n && n->n + 2 <= n->cap)
+    return n;
+  want = n ? 2 * n->cap : 4;
+  nn = malloc (node_size (want));
+  if (!nn)
+    return NULL;
+  memset (nn, 0, sizeof *nn);
+  nn->index = index;
+  nn->cap = want;
+  if (n) {
+    nn->n = n->n;
+    nn->maxlsn = n->maxlsn;
+    memcpy (nn->ext, n->ext, n->n * sizeof n->ext[0]);
+    idx_remove (j, n);
+    atomic_fetch_sub (&j->node_bytes, node_size (n->cap));
+    free (n);
+  }
+  idx_insert (j, nn);
+  atomic_fetch_add (&j->node_bytes, node_size (want));
+  return nn;
+}
+
+/* idx_lock held.  Frees every indexed node. */
+static void
+idx_clear (struct journal *j)
+{
+  while (j->idx_head) {
+    struct jnode *n = j->idx_head;
+
+    idx_remove (j, n);
+    atomic_fetch_sub (&j->node_bytes, node_size (n->cap));
+    free (n);
+  }
+}
+
+/* The sectors record R (DATA or ZERO) writes, into their pages' nodes:
+ * 0, 1 if the index would pass its bound (node_max), or -ENOMEM.  A
+ * TRIM leaves the index as it is, as a TRIM leaves the cache (a read
+ * may return the older data until the drainer has applied it); a
+ * BYPASS marker too: no older record of its range follows the tail.
+ */
+static int
+index_record (struct cache *c, struct journal *j, const struct jrec *r)
+{
+  uint64_t ps = c->cfg.page_size, end = r->offset + r->count;
+  int ret = 0;
+
+  if (r->type != JREC_DATA && r->type != JREC_ZERO)
+    return 0;
+  lock_take (&j->idx_lock);
+  for (uint64_t pi = r->offset >> c->page_shift;
+       pi <= (end - 1) >> c->page_shift; pi++) {
+    uint64_t pa = MAX (r->offset, pi * ps), pe = MIN (end, (pi + 1) * ps);
+    uint64_t pos = rec_pos (r, pa);
+    struct jnode *n;
+
+    if (atomic_load (&j->node_bytes) > j->node_max) {
+      ret = 1;
+      break;
+    }
+    n = idx_node_room (j, pi);
+    if (!n) {
+      ret = -ENOMEM;
+      break;
+    }
+    node_put (n, (uint32_t) ((pa - pi * ps) >> c->sector_shift),
+              (uint32_t) ((pe - pa) >> c->sector_shift), pos,
+              c->cfg.sector_size);
+    n->maxlsn = MAX (n->maxlsn, pos & ~JEXT_ZERO);
+  }
+  lock_drop (&j->idx_lock);
+  return ret;
+}
+
+/* Reads the log from the tail into the index and continues it
+ * (jsb_continue_log): 0, or 1 if it must be written back before
+ * serving instead (the index would pass its bound, or there is
+ * nothing to index), or -errno (the start fails).
+ */
+static int
+recover_indexed (struct cache *c, struct journal *j)
+{
+  struct jscan s;
+  struct jrec rec;
+  uint64_t t0 = report_now_ms (), trim_seq = 0, data_seq = 0;
+  int r;
+
+  jscan_init (&s, &j->dev, &j->sb);
+  while ((r = jscan_next (&s, &rec)) == 1) {
+    uint64_t size = size_now (c),
+             end = ROUND_UP (size, (uint64_t) c->cfg.sector_size);
+
+    if (rec.type != JREC_BYPASS && /* writes nothing */
+        (rec.offset > end || rec.count > end - rec.offset)) {
+      report_logf (c, CACHE_LOG_ERROR,
+                   "journal: holds data at %" PRIu64 "+%" PRIu64
+                   ", past the end of the image (%" PRIu64
+                   " bytes): was it shrunk? refusing to replay it",
+                   rec.offset, rec.count, size);
+      r = -EINVAL;
+      break;
+    }
+    r = index_record (c, j, &rec);
+    if (r != 0)
+      break;
+    if (rec.type == JREC_TRIM)
+      trim_seq = rec.seq;
+    if (rec.type != JREC_BYPASS)
+      data_seq = rec.seq;
+    rp_progress (c, &s);
+  }
+  jscan_free (&s);
+  if (r == 1)
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: its index would pass cache-size / 4 (%" PRIu64
+                 " bytes) at record %" PRIu64 ": writing the log back "
+                 "before serving",
+                 j->node_max, s.nrecords);
+  if (r == 0 && s.nrecords == 0)
+    r = 1; /* an empty log: a new one, as after a write-back */
+  /* The superblock's sync makes the records it names durable too (a
+   * sync covers every write before it: after a SIGKILL they may be in
+   * the page cache only), before anything is served from them.  A
+   * power cut during it may keep the superblock and lose a record
+   * before END: the scan then stops there, as it would have without
+   * the restart, and nothing was written after END yet.
+   */
+  if (r == 0) {
+    j->sb.image_size = size_now (c);
+    r = jsb_continue_log (&j->dev, &j->sb, s.lsn);
+    if (r < 0) {
+      lock_take (&j->lock);
+      if (!j->sync_err)
+        j->sync_err = r;
+      lock_drop (&j->lock);
+    }
+  }
+  if (r < 0 && r != -EINVAL)
+    report_logf (c, CACHE_LOG_ERROR, "journal: recovery failed: %s",
+                 errstr (-r));
+  if (r != 0) {
+    lock_take (&j->idx_lock);
+    idx_clear (j);
+    lock_drop (&j->idx_lock);
+    return r;
+  }
+
+  lock_take (&j->lock);
+  j->head_lsn = s.lsn;
+  j->next_seq = s.seq;
+  j->synced_seq = s.seq - 1;
+  j->epoch = s.epoch + 1; /* the crash ended the last epoch */
+  j->closed_seq = s.seq - 1;
+  j->trim_seq = trim_seq;
+  j->data_seq = data_seq;
+  j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
+  j->mtail_seq = j->sb.tail_seq;
+  j->mtail_epoch = j->sb.tail_epoch;
+  j->nage = 0;
+  age_sample (j, j->mtail_seq); /* their age counts from now */
+  atomic_store (&j->drained_lsn, j->mtail_lsn);
+  atomic_store (&j->synced_atomic, j->synced_seq);
+  lock_drop (&j->lock);
+  atomic_store (&j->bypass_flag, (j->sb.flags & JSB_F_BYPASS) != 0);
+  atomic_fetch_add (&c->ctr.journal_replayed_records, s.nrecords);
+  atomic_fetch_add (&c->ctr.journal_replayed_bytes, s.nbytes);
+  report_logf (c, CACHE_LOG_INFO,
+               "journal: replayed %" PRIu64 " records (%" PRIu64
+               " bytes of journal) in %" PRIu64
+               " ms into the index: serving them from the journal, "
+               "writing them back in the background",
+               s.nrecords, s.nbytes, report_now_ms () - t0);
+  return 0;
+}
+
 bool
 jnl_index_has (struct cache *c, uint64_t index)
 {
@@ -1824,7 +2071,7 @@ jnl_node_live (struct cache *c, struct page *p)
 bool
 jnl_spilled (struct cache *c)
 {
-  return c->jnl && atomic_load (&c->ctr.journal_spilled_pages) > 0;
+  return c->jnl && atomic_load (&c->jnl->indexed);
 }
 
 int

@@ -177,8 +177,8 @@ bool jnl_index_sector (struct cache *c, uint64_t index, uint32_t i);
  * quarter of cache-size): dirty pages may leave RAM only then.
  */
 bool jnl_index_room (struct cache *c);
-/* Whether a page ever left RAM dirty (block status then looks at the
- * index too).
+/* Whether the index ever held a node: a page left RAM dirty, or
+ * recovery indexed the log (block status then looks at the index too).
  */
 bool jnl_spilled (struct cache *c);
 /* The sequence number of the newest record placed so far (j->lock, a

@@ -196,6 +196,10 @@ print_sb (const char *path, const struct jdev *dev, const struct jsb *sb,
   printf ("image size:   %" PRIu64 " (when the superblock was written)\n",
           sb->image_size);
   printf ("salt:         0x%08" PRIx32 "\n", sb->salt);
+  if (sb->flags & JSB_F_SPLIT)
+    printf ("split:        records before lsn %" PRIu64
+            " carry salt 0x%08" PRIx32 " (a log recovered and continued)\n",
+            sb->salt_lsn, sb->prev_salt);
   printf ("tail:         lsn %" PRIu64 ", seq %" PRIu64 ", epoch %" PRIu64 "\n",
           sb->tail_lsn, sb->tail_seq, sb->tail_epoch);
 }

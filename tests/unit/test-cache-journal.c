@@ -208,12 +208,82 @@ jflush (struct jt *x)
   return r;
 }
 
-/* Recovers a copy of the backend as it is now with journal image IMG,
- * and checks every sector of the image against the model, then that
- * the backend, drained, reads the same.
+/* Y's backend, once Y has written back everything, holds BUF (what Y
+ * read).  DISK: room for the image.
  */
 static void
-check_crash_state (struct jt *x, const uint8_t *img, const char *what)
+drain_gives (struct jt *y, const unsigned char *buf, unsigned char *disk)
+{
+  uint64_t size = jconfig ().size;
+
+  assert_int_equal (cache_drain (y->t.c), 0);
+  fake_disk_read (y->t.f, disk, size, 0);
+  assert_memory_equal (disk, buf, size);
+}
+
+/* A crash of the server that recovered (Y, which read BEFORE): the log
+ * it continued is recovered again.  Y first writes back all of the old
+ * log, one batch of it or none (K % 3: the second recovery then finds
+ * the split behind the tail, maybe at it, or ahead of it), then writes
+ * W1 and flushes, then writes W2 and crashes (power cut K).  The third
+ * server reads BEFORE but W1, and W2 or BEFORE there (one record,
+ * whole or not at all), and its backend, drained, reads the same.  A
+ * sector under a TRIM that X's flushes did not cover may read as
+ * zeroes instead (the TRIM applied since).
+ */
+static void
+check_second_crash (struct jt *x, struct jt *y, const unsigned char *before,
+                    unsigned k, const char *what)
+{
+  struct jt z = { .m = NULL };
+  uint64_t size = jconfig ().size, npg = size / PG;
+  uint64_t a1 = (k * 37 % npg) * PG + 512 * (k % 8),
+           a2 = ((k * 37 + 5) % npg) * PG + 1024;
+  unsigned s1 = 50000 + k, s2 = 60000 + k;
+  unsigned char *buf = malloc (size), *disk = malloc (size);
+  uint8_t *img;
+
+  assert_non_null (buf);
+  assert_non_null (disk);
+  if (k % 3 == 1)
+    assert_int_equal (cache_drain (y->t.c), 0);
+  else if (k % 3 == 2)
+    assert_true (cache_journal_drain (y->t.c) >= 0);
+  assert_int_equal (write_pattern (&y->t, a1, 2048, s1, 0), 0);
+  assert_int_equal (cache_flush (y->t.c), 0);
+  assert_int_equal (write_pattern (&y->t, a2, 4096, s2, 0), 0);
+  img = fake_jdev_crash (y->j, k);
+  fake_disk_read (y->t.f, disk, size, 0);
+  jt_open_disk (&z, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  assert_int_equal (cache_read (z.t.c, buf, (uint32_t) size, 0), 0);
+  if (pattern_mismatch (buf + a1, 2048, a1, s1) != -1)
+    fail_msg ("%s, second crash %u: W1, flushed, is lost", what, k);
+  if (pattern_mismatch (buf + a2, 4096, a2, s2) != -1 &&
+      memcmp (buf + a2, before + a2, 4096) != 0)
+    fail_msg ("%s, second crash %u: W2 is neither written nor not", what, k);
+  memcpy (buf + a1, before + a1, 2048);
+  memcpy (buf + a2, before + a2, 4096);
+  for (uint64_t s = 0; s < size / SS; s++)
+    if (memcmp (buf + s * SS, before + s * SS, SS) != 0 &&
+        !(x->m[s].trimmed && sector_is (buf + s * SS, s * SS, 0)))
+      fail_msg ("%s, second crash %u: sector %llu changed", what, k,
+                (unsigned long long) s);
+  assert_int_equal (cache_read (z.t.c, buf, (uint32_t) size, 0), 0);
+  drain_gives (&z, buf, disk);
+  jt_close (&z);
+  free (buf);
+  free (disk);
+}
+
+/* Recovers a copy of the backend as it is now with journal image IMG,
+ * and checks every sector of the image against the model, then that
+ * the backend, drained, reads the same; with K, also a crash of the
+ * recovered server (check_second_crash).
+ */
+static void
+check_crash_state_k (struct jt *x, const uint8_t *img, const char *what,
+                     unsigned k)
 {
   struct jt y = { .m = NULL };
   uint64_t size = jconfig ().size;
@@ -224,16 +294,28 @@ check_crash_state (struct jt *x, const uint8_t *img, const char *what)
   fake_disk_read (x->t.f, disk, size, 0);
   jt_open_disk (&y, fake_jdev_from_image (img, JSIZE), false, 0, disk);
   assert_int_equal (cache_read (y.t.c, buf, (uint32_t) size, 0), 0);
+  /* Served from the journal: recovery wrote nothing to the backend (a
+   * log of one run is never split, and its index fits).
+   */
+  assert_int_equal (counts (&y.t).writes, 0);
+  assert_int_equal (counts (&y.t).flushes, 0);
   for (uint64_t s = 0; s < size / SS; s++)
     if (!model_allows (x, s, buf + s * SS))
       fail_msg ("%s: sector %llu holds a value no allowed write put there",
                 what, (unsigned long long) s);
-  /* Recovery wrote it all to the backend. */
-  fake_disk_read (y.t.f, disk, size, 0);
-  assert_memory_equal (disk, buf, size);
+  if (k > 0)
+    check_second_crash (x, &y, buf, k, what);
+  else
+    drain_gives (&y, buf, disk); /* recovery leaves it to the drainer */
   jt_close (&y);
   free (buf);
   free (disk);
+}
+
+static void
+check_crash_state (struct jt *x, const uint8_t *img, const char *what)
+{
+  check_crash_state_k (x, img, what, 0);
 }
 
 /* ---- tests ---- */
@@ -342,7 +424,8 @@ test_crash_states (void **state)
         char what[64];
 
         snprintf (what, sizeof what, "step %d seed %u", step, s);
-        check_crash_state (&x, img, what);
+        /* Every other state: a second crash after recovery. */
+        check_crash_state_k (&x, img, what, s % 2 ? states + 1 : 0);
         fake_jdev_free_image (img);
         states++;
       }
@@ -351,6 +434,70 @@ test_crash_states (void **state)
   assert_true (states >= 150);
   jt_close (&x);
   free (x.m);
+}
+
+/* Recovery's index is bounded like the index of pages that left RAM
+ * (cache-size / 4): a log whose index would pass it is written back
+ * before serving instead, and reads the same.  Every other sector of
+ * every page is written, each its own record: 64 extents a page.
+ */
+static void
+test_recovery_index_bound (void **state)
+{
+  struct jt x = { .m = NULL }, y = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  uint64_t size = cfg.size;
+  unsigned char *disk = malloc (size), *want = malloc (size),
+                *buf = malloc (size);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (want);
+  assert_non_null (buf);
+  jt_open (&x);
+  for (uint64_t off = 0; off < size; off += 2 * SS)
+    assert_int_equal (jwrite (&x, off, SS, 0), 0);
+  assert_int_equal (jflush (&x), 0);
+  assert_int_equal (cache_read (x.t.c, want, (uint32_t) size, 0), 0);
+  img = fake_jdev_crash (x.j, 0);
+  fake_disk_read (x.t.f, disk, size, 0);
+
+  /* The index fits in 2 MiB / 4: served from the journal. */
+  jt_open_disk (&y, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  assert_int_equal (counts (&y.t).writes, 0);
+  assert_true (stats (y.t.c).journal_index_bytes > 64 * KiB);
+  assert_int_equal (cache_read (y.t.c, buf, (uint32_t) size, 0), 0);
+  assert_memory_equal (buf, want, size);
+  jt_close (&y);
+
+  /* With page-size=4K and cache-size=64K it would take more than
+   * 16 KiB (four extents in each of 1024 pages): written back first,
+   * with nothing left in the index.
+   */
+  cfg.page_size = 4 * KiB;
+  cfg.cache_size = 64 * KiB;
+  tc_open (&y.t, &cfg);
+  cache_set_kick (y.t.c, NULL, NULL);
+  fake_disk_write (y.t.f, disk, size, 0);
+  y.j = fake_jdev_from_image (img, JSIZE);
+  assert_int_equal (
+    cache_journal_open (y.t.c, fake_jdev_dev (y.j), IDENT, false), 0);
+  assert_int_equal (cache_journal_recover (y.t.c), 0);
+  assert_true (counts (&y.t).writes > 0);
+  assert_true (disk_is_pattern (&y.t, 0, SS, 1));
+  assert_int_equal (stats (y.t.c).journal_index_bytes, 0);
+  assert_int_equal (stats (y.t.c).journal_pending_bytes, 0);
+  assert_int_equal (cache_read (y.t.c, buf, (uint32_t) size, 0), 0);
+  assert_memory_equal (buf, want, size);
+  jt_close (&y);
+
+  fake_jdev_free_image (img);
+  jt_close (&x);
+  free (x.m);
+  free (disk);
+  free (want);
+  free (buf);
 }
 
 /* FUA: once it returns, its record survives a crash even without a
@@ -1419,6 +1566,7 @@ main (void)
     cmocka_unit_test (test_flush_needs_only_the_journal),
     cmocka_unit_test (test_idle_flush_syncs_nothing),
     cmocka_unit_test (test_crash_states),
+    cmocka_unit_test (test_recovery_index_bound),
     cmocka_unit_test (test_fua_durable),
     cmocka_unit_test (test_epoch_order_on_backend),
     cmocka_unit_test (test_order_any_merges_epochs),

@@ -512,6 +512,18 @@ test_sb_layout (void **state)
     assert_int_equal (slot[i], 0);
   assert_int_equal (get32 (slot + JNL_SB_SIZE - 4),
                     crc32c (0, slot, JNL_SB_SIZE - 4));
+  /* A split log: flags bit 1, prev_salt at 360, salt_lsn at 368. */
+  sb.flags = JSB_F_SPLIT;
+  sb.prev_salt = 0x01020304;
+  sb.salt_lsn = 0x1122334455;
+  jsb_encode (&sb, slot);
+  assert_int_equal (get32 (slot + 60), 2);
+  assert_int_equal (get32 (slot + 360), 0x01020304);
+  assert_int_equal (get64 (slot + 368), 0x1122334455);
+  for (size_t i = 98 + len; i < 360; i++)
+    assert_int_equal (slot[i], 0);
+  for (size_t i = 376; i < JNL_SB_SIZE - 4; i++)
+    assert_int_equal (slot[i], 0);
 }
 
 static void
@@ -548,9 +560,26 @@ test_sb_decode_checks (void **state)
   reseal (slot);
   assert_int_equal (jsb_decode (slot, &out), -EINVAL);
   memcpy (slot, good, sizeof slot);
-  le32 (slot + 60, 2);
+  le32 (slot + 60, 4);
   reseal (slot);
   assert_int_equal (jsb_decode (slot, &out), -EPROTONOSUPPORT);
+  /* JSB_F_SPLIT is known, and brings its two fields; without it they
+   * are not read.
+   */
+  memcpy (slot, good, sizeof slot);
+  le32 (slot + 60, JSB_F_SPLIT);
+  le32 (slot + 360, 0x1234567);
+  slot[368] = 0x40;
+  reseal (slot);
+  assert_int_equal (jsb_decode (slot, &out), 0);
+  assert_int_equal (out.flags, JSB_F_SPLIT);
+  assert_int_equal (out.prev_salt, 0x1234567);
+  assert_int_equal (out.salt_lsn, 0x40);
+  le32 (slot + 60, 0);
+  reseal (slot);
+  assert_int_equal (jsb_decode (slot, &out), 0);
+  assert_int_equal (out.prev_salt, 0);
+  assert_int_equal (out.salt_lsn, 0);
   /* JSB_F_BYPASS is known. */
   memcpy (slot, good, sizeof slot);
   le32 (slot + 60, JSB_F_BYPASS);
@@ -1091,6 +1120,76 @@ test_scan_stops_salt (void **state)
   fake_jdev_free (f);
 }
 
+/* A log recovered and continued (jsb_continue_log): the old records
+ * up to where the scan stopped keep their salt, the new ones after it
+ * carry another, and old records past that point, with the seq and LSN
+ * a new record would have, never follow: only the split tells them
+ * apart.
+ */
+static void
+test_scan_split (void **state)
+{
+  struct fake_jdev *f = fake_jdev_new (DEVSIZE);
+  const struct jdev *dev = fake_jdev_dev (f);
+  struct tlog *l = calloc (1, sizeof *l);
+  struct fake_jdev_counts c;
+  struct jsb rd;
+  uint32_t old;
+
+  (void) state;
+  assert_non_null (l);
+  tlog_init (l, dev, 1000, 0, 0, 0);
+  for (int i = 0; i < 7; i++)
+    tlog_append (l, JREC_DATA, 0, 1024, 0);
+  tlog_write_sb (l);
+  tlog_sync (l);
+  /* Recovery found records 0 to 2 (3 was torn, say): the log goes on
+   * at record 3's place, and 3 to 6 stay on the device.
+   */
+  l->n = 3;
+  l->seq = 3;
+  l->lsn = l->recs[3].lsn;
+  old = l->sb.salt;
+  assert_int_equal (jsb_continue_log (dev, &l->sb, l->lsn), 0);
+  fake_jdev_get_counts (f, &c);
+  assert_int_equal (c.pending, 0); /* synced */
+  assert_int_equal (l->sb.flags & JSB_F_SPLIT, JSB_F_SPLIT);
+  assert_int_equal (l->sb.prev_salt, old);
+  assert_true (l->sb.salt != old);
+  assert_int_equal (l->sb.salt_lsn, l->recs[3].lsn);
+  assert_int_equal (l->sb.tail_lsn, 0);
+  assert_int_equal (scan_check (dev, &l->sb, l, NULL), 3);
+  /* Two new records of the same sizes, at the places and with the seqs
+   * of old 3 and 4: old 5 and 6 still follow them in all but salt.
+   */
+  for (int i = 0; i < 2; i++)
+    tlog_append (l, JREC_DATA, 4096, 1024, 1);
+  assert_int_equal (jsb_read (dev, &rd), 0);
+  assert_int_equal (rd.flags & JSB_F_SPLIT, JSB_F_SPLIT);
+  assert_int_equal (rd.prev_salt, old);
+  assert_int_equal (rd.salt_lsn, l->recs[3].lsn);
+  assert_int_equal (scan_check (dev, &rd, l, NULL), 5);
+  /* Without the split the old records do not follow the new salt. */
+  rd.flags &= ~JSB_F_SPLIT;
+  assert_int_equal (scan_check (dev, &rd, l, NULL), 0);
+  /* A scan from a tail past the split sees the new salt only. */
+  l->sb.tail_lsn = l->recs[3].lsn;
+  l->sb.tail_seq = 3;
+  assert_int_equal (scan_check (dev, &l->sb, l, NULL), 2);
+  /* Starting a new log ends the split. */
+  assert_int_equal (jsb_restart_log (dev, &l->sb, 5, 2), 0);
+  assert_int_equal (l->sb.flags & JSB_F_SPLIT, 0);
+  assert_int_equal (l->sb.prev_salt, 0);
+  assert_int_equal (l->sb.salt_lsn, 0);
+  /* An empty log continues with a new salt and no split. */
+  old = l->sb.salt;
+  assert_int_equal (jsb_continue_log (dev, &l->sb, l->sb.tail_lsn), 0);
+  assert_int_equal (l->sb.flags & JSB_F_SPLIT, 0);
+  assert_true (l->sb.salt != old);
+  free (l);
+  fake_jdev_free (f);
+}
+
 /* The end of a lap: a record that ends with fewer than 64 bytes left
  * (the next starts on the next lap, no WRAP), then one that leaves
  * room for a WRAP only.
@@ -1482,6 +1581,7 @@ main (void)
     cmocka_unit_test (test_scan_stops_crc),
     cmocka_unit_test (test_scan_stops_fields),
     cmocka_unit_test (test_scan_stops_salt),
+    cmocka_unit_test (test_scan_split),
     cmocka_unit_test (test_scan_wraps),
     cmocka_unit_test (test_scan_stops_crossing),
     cmocka_unit_test (test_scan_full_ring),
