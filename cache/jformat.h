@@ -47,6 +47,10 @@ struct jdev_ops {
   int (*pread) (void *opaque, void *buf, size_t count, uint64_t off);
   int (*pwrite) (void *opaque, const void *buf, size_t count, uint64_t off);
   int (*sync) (void *opaque); /* fdatasync */
+  /* NULL, or a hint that [off, off + count) will be read soon (it may
+   * start reading it in the background).
+   */
+  void (*willneed) (void *opaque, uint64_t off, uint64_t count);
 };
 
 struct jdev {
@@ -123,6 +127,10 @@ struct jrec {
  * "123456789", 9) == 0xE3069283.
  */
 uint32_t crc32c (uint32_t crc, const void *buf, size_t len);
+/* The same by tables only: crc32c uses the CPU's instruction where it
+ * has one (x86-64 with SSE 4.2); the tests check both.
+ */
+uint32_t crc32c_tables (uint32_t crc, const void *buf, size_t len);
 
 /* The superblock <-> its 4096-byte slot image (CRC in the last 4 bytes).
  * jsb_decode: -EINVAL if the magic or CRC is wrong, -EPROTONOSUPPORT if
@@ -201,8 +209,15 @@ struct jscan {
   uint8_t *win;
   size_t wincap;
   uint64_t wlsn, wlen, wnext;
+  /* Set by a caller that scans the whole log (recovery, the tool): a
+   * thread asks the device (willneed) for the ring up to JSCAN_AHEAD
+   * past the window, so that it reads while the scan checks.
+   */
+  bool ahead;
+  struct jscan_ahead *pf;
 };
 #define JSCAN_WINDOW (1024u * 1024u)
+#define JSCAN_AHEAD (16u * 1024u * 1024u)
 void jscan_init (struct jscan *s, const struct jdev *dev, const struct jsb *sb);
 int jscan_next (struct jscan *s, struct jrec *r);
 void jscan_free (struct jscan *s);

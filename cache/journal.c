@@ -1930,6 +1930,7 @@ recover_indexed (struct cache *c, struct journal *j)
   int r;
 
   jscan_init (&s, &j->dev, &j->sb);
+  s.ahead = true;
   while ((r = jscan_next (&s, &rec)) == 1) {
     uint64_t size = size_now (c),
              end = ROUND_UP (size, (uint64_t) c->cfg.sector_size);

@@ -276,6 +276,7 @@ scan_log (const char *path, const struct jdev *dev, const struct jsb *sb,
   int rc;
 
   jscan_init (&s, dev, sb);
+  s.ahead = true;
   while ((rc = jscan_next (&s, &r)) == 1) {
     summary_add (&sum, &r);
     if (dump)
@@ -659,6 +660,7 @@ cmd_drain (const char *path, const char *file, const char *uri, bool force)
     uint64_t end = ROUND_UP (im.size, (uint64_t) sb.sector_size);
 
     jscan_init (&s, &dev, &sb);
+    s.ahead = true;
     while ((r = jscan_next (&s, &rec)) == 1)
       if (rec.type != JREC_BYPASS && /* writes nothing */
           (rec.offset > end || rec.count > end - rec.offset))

@@ -90,11 +90,13 @@ static int fj_pread (void *opaque, void *buf, size_t count, uint64_t off);
 static int fj_pwrite (void *opaque, const void *buf, size_t count,
                       uint64_t off);
 static int fj_sync (void *opaque);
+static void fj_willneed (void *opaque, uint64_t off, uint64_t count);
 
 static const struct jdev_ops fake_jdev_ops = {
   .pread = fj_pread,
   .pwrite = fj_pwrite,
   .sync = fj_sync,
+  .willneed = fj_willneed,
 };
 
 struct fake_jdev *
@@ -355,6 +357,21 @@ static bool
 in_range (struct fake_jdev *f, uint64_t off, size_t n)
 {
   return off <= f->size && n <= f->size - off;
+}
+
+static void
+fj_willneed (void *opaque, uint64_t off, uint64_t count)
+{
+  struct fake_jdev *f = opaque;
+
+  lock (f);
+  if (!in_range (f, off, count))
+    f->counts.bad++;
+  else {
+    f->counts.willneeds++;
+    f->counts.willneed_bytes += count;
+  }
+  unlock (f);
 }
 
 static int

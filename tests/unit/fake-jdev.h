@@ -51,10 +51,11 @@ enum fake_jdev_op {
 };
 
 struct fake_jdev_counts {
-  uint64_t preads, pwrites, syncs; /* successful calls */
-  uint64_t errors;                 /* calls failed by fake_jdev_fail_next */
-  uint64_t bad;                    /* out-of-range accesses */
-  size_t pending;                  /* writes not yet durable */
+  uint64_t preads, pwrites, syncs;    /* successful calls */
+  uint64_t willneeds, willneed_bytes; /* hints (they change nothing) */
+  uint64_t errors;                    /* calls failed by fake_jdev_fail_next */
+  uint64_t bad;                       /* out-of-range accesses */
+  size_t pending;                     /* writes not yet durable */
 };
 
 struct fake_jdev;

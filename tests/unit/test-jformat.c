@@ -412,6 +412,7 @@ test_crc32c_vectors (void **state)
 
   (void) state;
   assert_int_equal (crc32c (0, "123456789", 9), 0xE3069283);
+  assert_int_equal (crc32c_tables (0, "123456789", 9), 0xE3069283);
   assert_int_equal (crc32c (0, "", 0), 0);
   /* RFC 3720 (iSCSI), B.4. */
   memset (buf, 0, sizeof buf);
@@ -440,9 +441,13 @@ test_crc32c_reference (void **state)
     for (size_t len = 0; len <= 200; len++) {
       uint32_t want = crc_ref (0, buf + off, len);
       assert_int_equal (crc32c (0, buf + off, len), want);
+      assert_int_equal (crc32c_tables (0, buf + off, len), want);
       size_t cut = len / 3;
       assert_int_equal (
         crc32c (crc32c (0, buf + off, cut), buf + off + cut, len - cut), want);
+      assert_int_equal (crc32c_tables (crc32c (0, buf + off, cut),
+                                       buf + off + cut, len - cut),
+                        want);
     }
 }
 
@@ -1318,6 +1323,54 @@ test_scan_full_ring (void **state)
   free_log (f, l);
 }
 
+/* A scan of the whole log (ahead) hints the ring to the device from a
+ * thread, inside the device and never past the ring's size from the
+ * tail; it returns the same records; a scan without it hints nothing.
+ */
+static void
+test_scan_ahead (void **state)
+{
+  struct fake_jdev *f = fake_jdev_new (DEVSIZE);
+  const struct jdev *dev = fake_jdev_dev (f);
+  struct tlog *l = calloc (1, sizeof *l);
+  struct fake_jdev_counts c;
+  struct jscan s;
+  struct jrec r;
+  int n = 0;
+
+  (void) state;
+  assert_non_null (l);
+  tlog_init (l, dev, 3, 5 * RING + 1024, 100, 0);
+  for (int i = 0; i < 8; i++)
+    tlog_append (l, JREC_DATA, 0, 960, 0);
+  assert_int_equal (scan_check (dev, &l->sb, l, NULL), 8);
+  fake_jdev_get_counts (f, &c);
+  assert_int_equal (c.willneeds, 0);
+  jscan_init (&s, dev, &l->sb);
+  s.ahead = true;
+  while (jscan_next (&s, &r) == 1) {
+    assert_int_equal (r.seq, l->recs[n].seq);
+    assert_int_equal (r.lsn, l->recs[n].lsn);
+    n++;
+  }
+  assert_int_equal (n, 8);
+  /* The first window ends at the lap's end: the thread hints the rest,
+   * the 1024 bytes from there to the tail plus the ring's size, and
+   * no more.
+   */
+  for (int k = 0; k < 5000; k++) {
+    fake_jdev_get_counts (f, &c);
+    if (c.willneed_bytes >= 1024)
+      break;
+    usleep (1000);
+  }
+  jscan_free (&s);
+  assert_null (s.pf);
+  fake_jdev_get_counts (f, &c);
+  assert_int_equal (c.willneed_bytes, 1024);
+  free_log (f, l); /* no hint outside the device */
+}
+
 static void
 test_scan_io_error (void **state)
 {
@@ -1585,6 +1638,7 @@ main (void)
     cmocka_unit_test (test_scan_wraps),
     cmocka_unit_test (test_scan_stops_crossing),
     cmocka_unit_test (test_scan_full_ring),
+    cmocka_unit_test (test_scan_ahead),
     cmocka_unit_test (test_scan_io_error),
     cmocka_unit_test (test_crash_prefix),
     cmocka_unit_test (test_jdev_file),
