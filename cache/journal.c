@@ -109,6 +109,11 @@ struct journal {
   } cuts[JNL_CUTS];
   unsigned ncuts;
   uint64_t replay_log_ms; /* recovery: when progress was last logged */
+  /* The log recovery read into the index, [rec_from, rec_end) (rec_end
+   * 0: none, or written back), while the drainer writes it back: when
+   * that began and when its progress was last logged (drain_lock).
+   */
+  uint64_t rec_from, rec_end, rec_t0, rec_logged;
 
   /* When records were placed, sampled at most every AGE_STEP_MS, for
    * the age of the oldest record not written back: (seq, ms) pairs in
@@ -1185,6 +1190,34 @@ drain_recovered (struct cache *c)
 static void clip_at_growth (struct journal *j, struct jrec *r);
 static void idx_reap (struct cache *c, struct journal *j);
 
+/* drain_lock held.  The drained tail is at AT: logs how far the
+ * write-back of the log recovery found is, every 2 s, and when it is
+ * done.
+ */
+static void
+recovered_progress (struct cache *c, struct journal *j, uint64_t at)
+{
+  uint64_t now, total = j->rec_end - j->rec_from, done = at - j->rec_from;
+
+  if (j->rec_end == 0)
+    return;
+  now = report_now_ms ();
+  if (at >= j->rec_end) {
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: the recovered log is written back: %" PRIu64
+                 " bytes of journal in %" PRIu64 " ms",
+                 total, now - j->rec_t0);
+    j->rec_end = 0;
+  }
+  else if (now - j->rec_logged >= 2000) {
+    j->rec_logged = now;
+    report_logf (c, CACHE_LOG_INFO,
+                 "journal: writing back the recovered log: %" PRIu64
+                 " of %" PRIu64 " bytes of journal (%" PRIu64 "%%)",
+                 done, total, done * 100 / total);
+  }
+}
+
 static int
 drain_locked (struct cache *c, struct journal *j)
 {
@@ -1343,6 +1376,7 @@ drain_locked (struct cache *c, struct journal *j)
   clean_pages (c, j, last);
   idx_reap (c, j);
   drain_recovered (c);
+  recovered_progress (c, j, s.lsn);
 
   r = write_tail (c, j);
   if (r < 0) {
@@ -2003,6 +2037,9 @@ recover_indexed (struct cache *c, struct journal *j)
   j->mtail_epoch = j->sb.tail_epoch;
   j->nage = 0;
   age_sample (j, j->mtail_seq); /* their age counts from now */
+  j->rec_from = j->mtail_lsn;
+  j->rec_end = s.lsn;
+  j->rec_t0 = j->rec_logged = report_now_ms ();
   atomic_store (&j->drained_lsn, j->mtail_lsn);
   atomic_store (&j->synced_atomic, j->synced_seq);
   lock_drop (&j->lock);

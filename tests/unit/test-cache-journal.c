@@ -525,6 +525,55 @@ test_fua_durable (void **state)
   free (x.m);
 }
 
+/* Writes epochs FIRST to LAST: six writes in the 64 KiB at E * 64 KiB,
+ * then a flush; every fifth epoch the drainer catches up (some epochs
+ * drain together).
+ */
+static void
+write_epochs (struct jt *x, unsigned first, unsigned last)
+{
+  for (unsigned e = first; e <= last; e++) {
+    for (int k = 0; k < 6; k++) {
+      uint64_t off = e * 65536 + (uint64_t) ((k * 7 + e) % 120) * 512;
+      assert_int_equal (jwrite (x, off, 512 * (1 + k % 3), 0), 0);
+    }
+    assert_int_equal (jflush (x), 0);
+    if (e % 5 == 0)
+      while (cache_journal_drain (x->t.c) > 0)
+        ;
+  }
+}
+
+/* The backend's writes, by epoch (offset / 64 KiB), never older than
+ * what a flush already closed, and one epoch per flush interval.
+ */
+static void
+assert_epoch_order (struct tcache *t)
+{
+  unsigned floor = 0, cur = 0;
+  bool any = false;
+
+  for (size_t i = 0; i < fake_nr_events (t->f); i++) {
+    struct fake_event ev;
+    unsigned e;
+
+    assert_true (fake_event (t->f, i, &ev));
+    if (ev.op == FAKE_FLUSH) {
+      if (any)
+        floor = cur;
+      continue;
+    }
+    if (ev.op != FAKE_WRITE)
+      continue;
+    e = (unsigned) (ev.off / 65536);
+    assert_true (e >= floor);
+    if (any && e != cur)
+      assert_true (cur <= floor && e > cur);
+    cur = e;
+    any = true;
+  }
+}
+
 /* Rule 13, the backend alone: the drainer never writes a record of an
  * epoch before every record of the epochs before it is written and the
  * backend flushed.  Epoch E writes only in its own 64 KiB region, so
@@ -534,49 +583,51 @@ static void
 test_epoch_order_on_backend (void **state)
 {
   struct jt x = { .m = NULL };
-  unsigned floor = 0, cur = 0;
-  bool any = false;
   (void) state;
 
   jt_open (&x);
-  for (unsigned e = 1; e <= 12; e++) {
-    for (int k = 0; k < 6; k++) {
-      uint64_t off = e * 65536 + (uint64_t) ((k * 7 + e) % 120) * 512;
-      assert_int_equal (jwrite (&x, off, 512 * (1 + k % 3), 0), 0);
-    }
-    assert_int_equal (jflush (&x), 0);
-    if (e % 5 == 0) /* some epochs drain together */
-      while (cache_journal_drain (x.t.c) > 0)
-        ;
-  }
+  write_epochs (&x, 1, 12);
   while (cache_journal_drain (x.t.c) > 0)
     ;
-  for (size_t i = 0; i < fake_nr_events (x.t.f); i++) {
-    struct fake_event ev;
-    unsigned e;
-
-    assert_true (fake_event (x.t.f, i, &ev));
-    if (ev.op == FAKE_FLUSH) {
-      if (any)
-        floor = cur;
-      continue;
-    }
-    if (ev.op != FAKE_WRITE)
-      continue;
-    e = (unsigned) (ev.off / 65536);
-    /* Not older than what a flush already closed, and one epoch per
-     * flush interval.
-     */
-    assert_true (e >= floor);
-    if (any && e != cur)
-      assert_true (cur <= floor && e > cur);
-    cur = e;
-    any = true;
-  }
+  assert_epoch_order (&x.t);
   jt_close (&x);
   free (x.m);
 }
 
+/* Rule 13 across a restart: a server that recovered a log (epochs 1 to
+ * 6, the first ones already drained) writes it back before anything of
+ * its own epochs (7 to 12), which start after the last recovered one
+ * (the crash ended it), and its backend sees them in order.
+ */
+static void
+test_epoch_order_after_recovery (void **state)
+{
+  struct jt x = { .m = NULL }, y = { .m = NULL };
+  uint64_t size = jconfig ().size;
+  unsigned char *disk = malloc (size);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  jt_open (&x);
+  write_epochs (&x, 1, 6);
+  img = fake_jdev_crash (x.j, 0);
+  fake_disk_read (x.t.f, disk, size, 0);
+  jt_open_disk (&y, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  assert_int_equal (counts (&y.t).writes, 0);
+  y.m = x.m;
+  y.next_seed = x.next_seed;
+  write_epochs (&y, 7, 12);
+  while (cache_journal_drain (y.t.c) > 0)
+    ;
+  assert_epoch_order (&y.t);
+  y.m = NULL;
+  jt_close (&y);
+  jt_close (&x);
+  free (x.m);
+  free (disk);
+}
 /* A flush must wait for every record placed before it, even one whose
  * writer is still writing it, and the log's order of a sector's records
  * is the order of its changes in memory.
@@ -1569,6 +1620,7 @@ main (void)
     cmocka_unit_test (test_recovery_index_bound),
     cmocka_unit_test (test_fua_durable),
     cmocka_unit_test (test_epoch_order_on_backend),
+    cmocka_unit_test (test_epoch_order_after_recovery),
     cmocka_unit_test (test_order_any_merges_epochs),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
