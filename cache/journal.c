@@ -2021,6 +2021,7 @@ recover_indexed (struct cache *c, struct journal *j)
     lock_take (&j->idx_lock);
     idx_clear (j);
     lock_drop (&j->idx_lock);
+    atomic_store (&j->indexed, false); /* nothing was served from it */
     return r;
   }
 

@@ -22,6 +22,7 @@
 #include "fake-jdev.h"
 #include "helpers.h"
 #include "jformat.h"
+#include "journal.h" /* jnl_spilled */
 
 #define JSIZE (JNL_DATA_OFFSET + 4 * MiB)
 #define IDENT "file:/test/image"
@@ -488,6 +489,7 @@ test_recovery_index_bound (void **state)
   assert_true (disk_is_pattern (&y.t, 0, SS, 1));
   assert_int_equal (stats (y.t.c).journal_index_bytes, 0);
   assert_int_equal (stats (y.t.c).journal_pending_bytes, 0);
+  assert_false (jnl_spilled (y.t.c)); /* block status stays fast */
   assert_int_equal (cache_read (y.t.c, buf, (uint32_t) size, 0), 0);
   assert_memory_equal (buf, want, size);
   jt_close (&y);
