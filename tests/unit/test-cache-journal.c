@@ -1612,6 +1612,230 @@ test_order_any_merges_epochs (void **state)
   }
 }
 
+/* ---- review: a recovered log that ends with a WRAP record ----
+ *
+ * A writer whose record does not fit in what is left of a lap writes a
+ * WRAP record (a sequence number of its own) and then its record at the
+ * next lap's start: two pwrites.  A power cut may keep the WRAP and
+ * lose the record.  Recovery's scan then consumes the WRAP, stops at
+ * the lap's start (END), and sets synced_seq = closed_seq = the WRAP's
+ * sequence number.  If a drain batch ends right before the WRAP (here:
+ * DRAIN_BATCH, 8 MiB after the tail), the next step scans the WRAP,
+ * finds nothing at END, and returns 0 without moving mtail past the
+ * WRAP (nrec == 0): mtail_seq stays at the WRAP's sequence number for
+ * ever, so cache_drain (jnl_drain_all: mtail_seq > upto) and a barrier
+ * of a write around the journal (mtail_seq > closed_seq) loop on
+ * drain_step, and the split is never cleared.
+ *
+ * Geometry: a ring of 12 MiB, 64 KiB pages (records of 65600 bytes).
+ * 63 records drained first put the tail at 4132800; 128 more (FUA, one
+ * epoch) end at X = 12529600, 8396800 bytes past the tail: the first
+ * record boundary at or past 8 MiB.  53312 bytes are left in the lap:
+ * the next whole-page record needs a WRAP at X.
+ */
+#define RWRAP_JSIZE (JNL_DATA_OFFSET + 12 * MiB)
+
+static void
+rwrap_crash_image (struct jt *x, uint8_t **img, unsigned char *disk)
+{
+  const struct jdev *dev;
+  struct async *a;
+  unsigned char *buf = malloc (PG);
+
+  assert_non_null (buf);
+  jt_open_disk (x, fake_jdev_new (RWRAP_JSIZE), true, 0, NULL);
+  for (unsigned i = 0; i < 63; i++)
+    assert_int_equal (write_pattern (&x->t, (i % 16) * PG, PG, 100 + i, 0), 0);
+  assert_int_equal (cache_flush (x->t.c), 0);
+  while (cache_journal_drain (x->t.c) > 0)
+    ;
+  assert_int_equal (stats (x->t.c).journal_used_bytes, 0);
+  for (unsigned i = 0; i < 128; i++)
+    assert_int_equal (
+      write_pattern (&x->t, (i % 16) * PG, PG, 200 + i, CACHE_FUA), 0);
+  assert_int_equal (stats (x->t.c).journal_used_bytes, 8396800);
+
+  /* The next record: its WRAP is written, the record itself is held. */
+  struct fake_jdev_counts jc;
+  uint64_t pw;
+
+  fake_jdev_hold (x->j, FAKE_JDEV_PWRITE, true);
+  fake_jdev_get_counts (x->j, &jc);
+  pw = jc.pwrites;
+  pattern (buf, PG, 0, 999);
+  a = async_start (&x->t, ASYNC_WRITE, buf, PG, 0, 0);
+  WAIT_FOR (fake_jdev_held (x->j, FAKE_JDEV_PWRITE) == 1);
+  fake_jdev_release (x->j, FAKE_JDEV_PWRITE, 1); /* the WRAP */
+  WAIT_FOR ((fake_jdev_get_counts (x->j, &jc), jc.pwrites == pw + 1) &&
+            fake_jdev_held (x->j, FAKE_JDEV_PWRITE) == 1); /* the record */
+  /* The kernel writes the WRAP's page back; then the power goes. */
+  dev = fake_jdev_dev (x->j);
+  assert_int_equal (dev->ops->sync (dev->opaque), 0);
+  *img = fake_jdev_crash (x->j, 0);
+  fake_disk_read (x->t.f, disk, jconfig ().size, 0);
+  fake_jdev_hold (x->j, FAKE_JDEV_PWRITE, false);
+  assert_int_equal (async_join (a), 0);
+  free (buf);
+}
+
+/* cache_drain after that recovery: every record is written back, and
+ * the journal is left empty.
+ */
+static void
+test_review_recovered_wrap_drains (void **state)
+{
+  struct jt x = { .m = NULL }, y = { .m = NULL };
+  uint64_t size = jconfig ().size;
+  unsigned char *disk = malloc (size);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  rwrap_crash_image (&x, &img, disk);
+  jt_close (&x);
+
+  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  assert_int_equal (counts (&y.t).writes, 0); /* indexed, not replayed */
+  /* The drain steps cache_drain would run, bounded: each one either
+   * writes records back or finds the log drained.
+   */
+  for (unsigned k = 0; k < 8; k++) {
+    int r = cache_journal_drain (y.t.c);
+
+    print_message ("drain step %u: %d, pending %llu bytes\n", k, r,
+                   (unsigned long long) stats (y.t.c).journal_pending_bytes);
+  }
+  if (stats (y.t.c).journal_pending_bytes != 0)
+    fail_msg ("the drainer is stuck before the recovered WRAP: %llu bytes "
+              "pending and no step moves the tail (cache_drain and a "
+              "bypass barrier would loop on drain_step for ever)",
+              (unsigned long long) stats (y.t.c).journal_pending_bytes);
+  assert_int_equal (cache_drain (y.t.c), 0);
+  jt_close (&y);
+  free (disk);
+}
+
+struct rwrap_drain {
+  struct cache *c;
+  int r;
+  atomic_bool done;
+};
+
+static void *
+rwrap_drain_thread (void *arg)
+{
+  struct rwrap_drain *d = arg;
+
+  d->r = cache_drain (d->c);
+  atomic_store (&d->done, true);
+  return NULL;
+}
+
+/* The same seen from cache_drain itself: it runs step after step (each
+ * one reads the ring: the device's PREAD gate counts them) and does not
+ * return.  A client write then lets it finish.
+ */
+static void
+test_review_recovered_wrap_cache_drain_spins (void **state)
+{
+  struct jt x = { .m = NULL }, y = { .m = NULL };
+  uint64_t size = jconfig ().size;
+  unsigned char *disk = malloc (size);
+  uint8_t *img;
+  struct rwrap_drain d = { .c = NULL };
+  pthread_t th;
+  bool done = false;
+  (void) state;
+
+  assert_non_null (disk);
+  rwrap_crash_image (&x, &img, disk);
+  jt_close (&x);
+
+  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  /* The first batch (8 MiB, up to the WRAP). */
+  assert_true (cache_journal_drain (y.t.c) > 0);
+  fake_jdev_hold (y.j, FAKE_JDEV_PREAD, true);
+  /* cache_drain: a flush (nothing to sync), then jnl_drain_all. */
+  d.c = y.t.c;
+  assert_int_equal (pthread_create (&th, NULL, rwrap_drain_thread, &d), 0);
+  for (unsigned k = 0; k < 50 && !done; k++) {
+    WAIT_FOR (fake_jdev_held (y.j, FAKE_JDEV_PREAD) == 1 ||
+              (done = atomic_load (&d.done)));
+    if (!done)
+      fake_jdev_release (y.j, FAKE_JDEV_PREAD, 1);
+  }
+  done = done || atomic_load (&d.done);
+  if (!done) {
+    /* Unstick it (a new record after the WRAP), then report. */
+    fake_jdev_hold (y.j, FAKE_JDEV_PREAD, false);
+    assert_int_equal (write_pattern (&y.t, 0, SS, 7, 0), 0);
+    pthread_join (th, NULL);
+    assert_int_equal (d.r, 0);
+    fail_msg ("cache_drain ran 50 drain steps, each reading the ring, "
+              "and had not returned (it returns once a new write comes)");
+  }
+  fake_jdev_hold (y.j, FAKE_JDEV_PREAD, false);
+  pthread_join (th, NULL);
+  assert_int_equal (d.r, 0);
+  jt_close (&y);
+  free (disk);
+}
+
+/* The same recovered log (its last record a WRAP, synced_seq = the
+ * WRAP's sequence number): after the first batch stops before the
+ * WRAP, a client write places the first new record after it, written
+ * but not synced (no flush, no FUA).  The next drain step's limit is
+ * synced_seq (the WRAP), but the scan consumes the WRAP and returns
+ * the record after it in the same jscan_next call: the drainer writes
+ * it to the backend and flushes the backend while the journal does not
+ * hold it durably ("the drainer writes back only records that a crash
+ * would keep, so the backend never holds a write beyond the log that
+ * recovery will find", docs/journal.md, step 3).
+ */
+static void
+test_review_recovered_wrap_drains_unsynced (void **state)
+{
+  struct jt x = { .m = NULL }, y = { .m = NULL };
+  uint64_t size = jconfig ().size;
+  unsigned char *disk = malloc (size);
+  uint8_t *img;
+  struct fake_jdev_counts jc;
+  pthread_t th;
+  (void) state;
+
+  assert_non_null (disk);
+  rwrap_crash_image (&x, &img, disk);
+  jt_close (&x);
+
+  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  assert_true (cache_journal_drain (y.t.c) > 0); /* up to the WRAP */
+  assert_int_equal (write_pattern (&y.t, 5 * PG, SS, 4242, 0), 0);
+  fake_jdev_get_counts (y.j, &jc);
+  assert_true (jc.pending > 0); /* the new record is not durable */
+  /* The drain step, held at the journal's first sync after it wrote
+   * the backend (write_tail's: the record still not durable).
+   */
+  fake_jdev_hold (y.j, FAKE_JDEV_SYNC, true);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, y.t.c), 0);
+  WAIT_FOR (fake_jdev_held (y.j, FAKE_JDEV_SYNC) == 1);
+  if (disk_is_pattern (&y.t, 5 * PG, SS, 4242)) {
+    fake_jdev_hold (y.j, FAKE_JDEV_SYNC, false);
+    pthread_join (th, NULL);
+    jt_close (&y);
+    free (disk);
+    fail_msg ("the backend holds (written and flushed) a record the "
+              "journal has not synced: the drainer went past its limit "
+              "(synced_seq, the recovered WRAP)");
+  }
+  fake_jdev_hold (y.j, FAKE_JDEV_SYNC, false);
+  pthread_join (th, NULL);
+  jt_close (&y);
+  free (disk);
+}
+
 int
 main (void)
 {
@@ -1624,6 +1848,9 @@ main (void)
     cmocka_unit_test (test_epoch_order_on_backend),
     cmocka_unit_test (test_epoch_order_after_recovery),
     cmocka_unit_test (test_order_any_merges_epochs),
+    cmocka_unit_test (test_review_recovered_wrap_drains),
+    cmocka_unit_test (test_review_recovered_wrap_cache_drain_spins),
+    cmocka_unit_test (test_review_recovered_wrap_drains_unsynced),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
