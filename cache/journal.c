@@ -1289,6 +1289,11 @@ drain_locked (struct cache *c, struct journal *j)
     }
     if (r <= 0)
       break;
+    /* Never past what a crash would keep: the log never ends at a WRAP
+     * whose record is not durable (write_records writes both, and
+     * recovery ends a log before a WRAP alone).
+     */
+    CACHE_ASSERT (rec.seq <= limit);
     if (nrec > 0 && rec.epoch != epoch && !j->order_any) {
       /* The next batch, after a backend flush: back to before this
        * record (the buffer stays the scan's own).
@@ -1961,10 +1966,20 @@ recover_indexed (struct cache *c, struct journal *j)
   struct jscan s;
   struct jrec rec;
   uint64_t t0 = report_now_ms (), trim_seq = 0, data_seq = 0;
+  uint64_t end_lsn, end_seq, end_epoch;
   int r;
 
   jscan_init (&s, &j->dev, &j->sb);
   s.ahead = true;
+  /* The log ends after its last record, not after a WRAP that follows
+   * it: a WRAP and its record are two writes, and a crash may keep the
+   * WRAP alone.  Ending after it would leave synced_seq at the WRAP's
+   * seq, which no drain step can pass without its record; the next
+   * record wraps again from here instead.
+   */
+  end_lsn = s.lsn;
+  end_seq = s.seq;
+  end_epoch = s.epoch;
   while ((r = jscan_next (&s, &rec)) == 1) {
     uint64_t size = size_now (c),
              end = ROUND_UP (size, (uint64_t) c->cfg.sector_size);
@@ -1986,6 +2001,9 @@ recover_indexed (struct cache *c, struct journal *j)
       trim_seq = rec.seq;
     if (rec.type != JREC_BYPASS)
       data_seq = rec.seq;
+    end_lsn = s.lsn;
+    end_seq = s.seq;
+    end_epoch = s.epoch;
     rp_progress (c, &s);
   }
   jscan_free (&s);
@@ -2006,7 +2024,7 @@ recover_indexed (struct cache *c, struct journal *j)
    */
   if (r == 0) {
     j->sb.image_size = size_now (c);
-    r = jsb_continue_log (&j->dev, &j->sb, s.lsn);
+    r = jsb_continue_log (&j->dev, &j->sb, end_lsn);
     if (r < 0) {
       lock_take (&j->lock);
       if (!j->sync_err)
@@ -2026,11 +2044,11 @@ recover_indexed (struct cache *c, struct journal *j)
   }
 
   lock_take (&j->lock);
-  j->head_lsn = s.lsn;
-  j->next_seq = s.seq;
-  j->synced_seq = s.seq - 1;
-  j->epoch = s.epoch + 1; /* the crash ended the last epoch */
-  j->closed_seq = s.seq - 1;
+  j->head_lsn = end_lsn;
+  j->next_seq = end_seq;
+  j->synced_seq = end_seq - 1;
+  j->epoch = end_epoch + 1; /* the crash ended the last epoch */
+  j->closed_seq = end_seq - 1;
   j->trim_seq = trim_seq;
   j->data_seq = data_seq;
   j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
@@ -2039,7 +2057,7 @@ recover_indexed (struct cache *c, struct journal *j)
   j->nage = 0;
   age_sample (j, j->mtail_seq); /* their age counts from now */
   j->rec_from = j->mtail_lsn;
-  j->rec_end = s.lsn;
+  j->rec_end = end_lsn;
   j->rec_t0 = j->rec_logged = report_now_ms ();
   atomic_store (&j->drained_lsn, j->mtail_lsn);
   atomic_store (&j->synced_atomic, j->synced_seq);

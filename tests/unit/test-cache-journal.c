@@ -1682,7 +1682,7 @@ rwrap_crash_image (struct jt *x, uint8_t **img, unsigned char *disk)
  * the journal is left empty.
  */
 static void
-test_review_recovered_wrap_drains (void **state)
+test_recovered_wrap_drains (void **state)
 {
   struct jt x = { .m = NULL }, y = { .m = NULL };
   uint64_t size = jconfig ().size;
@@ -1737,7 +1737,7 @@ rwrap_drain_thread (void *arg)
  * return.  A client write then lets it finish.
  */
 static void
-test_review_recovered_wrap_cache_drain_spins (void **state)
+test_recovered_wrap_cache_drain_spins (void **state)
 {
   struct jt x = { .m = NULL }, y = { .m = NULL };
   uint64_t size = jconfig ().size;
@@ -1795,7 +1795,7 @@ test_review_recovered_wrap_cache_drain_spins (void **state)
  * recovery will find", docs/journal.md, step 3).
  */
 static void
-test_review_recovered_wrap_drains_unsynced (void **state)
+test_recovered_wrap_drains_unsynced (void **state)
 {
   struct jt x = { .m = NULL }, y = { .m = NULL };
   uint64_t size = jconfig ().size;
@@ -1848,9 +1848,9 @@ main (void)
     cmocka_unit_test (test_epoch_order_on_backend),
     cmocka_unit_test (test_epoch_order_after_recovery),
     cmocka_unit_test (test_order_any_merges_epochs),
-    cmocka_unit_test (test_review_recovered_wrap_drains),
-    cmocka_unit_test (test_review_recovered_wrap_cache_drain_spins),
-    cmocka_unit_test (test_review_recovered_wrap_drains_unsynced),
+    cmocka_unit_test (test_recovered_wrap_drains),
+    cmocka_unit_test (test_recovered_wrap_cache_drain_spins),
+    cmocka_unit_test (test_recovered_wrap_drains_unsynced),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
