@@ -1612,7 +1612,7 @@ test_order_any_merges_epochs (void **state)
   }
 }
 
-/* ---- review: a recovered log that ends with a WRAP record ----
+/* ---- a recovered log that ends with a WRAP record ----
  *
  * A writer whose record does not fit in what is left of a lap writes a
  * WRAP record (a sequence number of its own) and then its record at the
