@@ -1836,6 +1836,481 @@ test_recovered_wrap_drains_unsynced (void **state)
   free (disk);
 }
 
+/* ---- the recovered log while the drainer writes it back ----
+ *
+ * rv_build: a server writes pages 0-7 and 40-47 (seeds 11.., 51..),
+ * page 8 (seed 9, written back) then a ZERO over it, flushes and loses
+ * its power: IMG (every record durable) and DISK (page 8 only).  EXP:
+ * what the image holds.
+ */
+#define RV_SIZE (4 * MiB)
+
+static void
+rv_build (uint8_t **img, unsigned char *disk, unsigned char *exp)
+{
+  struct jt x = { .m = NULL };
+
+  jt_open_dev (&x, fake_jdev_new (JSIZE), true, 0);
+  memset (exp, 0, RV_SIZE);
+  assert_int_equal (write_pattern (&x.t, 8 * PG, PG, 9, 0), 0);
+  assert_int_equal (cache_drain (x.t.c), 0);
+  for (unsigned i = 0; i < 8; i++) {
+    assert_int_equal (write_pattern (&x.t, i * PG, PG, 11 + i, 0), 0);
+    pattern (exp + i * PG, PG, i * PG, 11 + i);
+    assert_int_equal (write_pattern (&x.t, (40 + i) * PG, PG, 51 + i, 0), 0);
+    pattern (exp + (40 + i) * PG, PG, (40 + i) * PG, 51 + i);
+  }
+  assert_int_equal (cache_zero (x.t.c, PG, 8 * PG, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  *img = fake_jdev_crash (x.j, 0);
+  fake_disk_read (x.t.f, disk, RV_SIZE, 0);
+  jt_close (&x);
+}
+
+/* Y: the server that recovers IMG over DISK; nothing written back. */
+static void
+rv_recover (struct jt *y, uint8_t *img, const unsigned char *disk)
+{
+  jt_open_disk (y, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  assert_int_equal (counts (&y->t).writes, 0); /* indexed */
+}
+
+/* First sector (or -1) where [off, off+n) of BUF differs from EXP. */
+static long
+rv_diff (const unsigned char *buf, const unsigned char *exp, uint64_t off,
+         uint64_t n)
+{
+  for (uint64_t s = off / SS; s < (off + n) / SS; s++)
+    if (memcmp (buf + s * SS - off, exp + s * SS, SS) != 0)
+      return (long) s;
+  return -1;
+}
+
+/* A crash of Y now (power cut SEED): the next server, over Y's backend
+ * as it is, reads EXP, and once drained its backend does too.
+ */
+static void
+rv_check_crash (struct jt *y, uint64_t seed, const unsigned char *exp,
+                const char *what)
+{
+  struct jt z = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *buf = malloc (RV_SIZE);
+  uint8_t *img = fake_jdev_crash (y->j, seed);
+  long s;
+
+  assert_non_null (disk);
+  assert_non_null (buf);
+  fake_disk_read (y->t.f, disk, RV_SIZE, 0);
+  jt_open_disk (&z, fake_jdev_from_image (img, JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  assert_int_equal (cache_read (z.t.c, buf, RV_SIZE, 0), 0);
+  if ((s = rv_diff (buf, exp, 0, RV_SIZE)) >= 0)
+    fail_msg ("%s, crash seed %llu: sector %ld (page %ld) reads wrong after "
+              "the second recovery",
+              what, (unsigned long long) seed, s, s * SS / (long) PG);
+  assert_int_equal (cache_drain (z.t.c), 0);
+  fake_disk_read (z.t.f, disk, RV_SIZE, 0);
+  if ((s = rv_diff (disk, exp, 0, RV_SIZE)) >= 0)
+    fail_msg ("%s, crash seed %llu: sector %ld (page %ld) of the backend "
+              "wrong once drained",
+              what, (unsigned long long) seed, s, s * SS / (long) PG);
+  jt_close (&z);
+  free (disk);
+  free (buf);
+}
+
+static void
+rv_check_read (struct jt *y, const unsigned char *exp, const char *what)
+{
+  unsigned char *buf = malloc (RV_SIZE);
+  long s;
+
+  assert_non_null (buf);
+  assert_int_equal (cache_read (y->t.c, buf, RV_SIZE, 0), 0);
+  if ((s = rv_diff (buf, exp, 0, RV_SIZE)) >= 0)
+    fail_msg ("%s: sector %ld (page %ld) reads wrong", what, s,
+              s * SS / (long) PG);
+  free (buf);
+}
+
+static void
+rv_check_disk (struct jt *y, const unsigned char *exp, uint64_t off,
+               uint64_t n, const char *what)
+{
+  unsigned char *disk = malloc (RV_SIZE);
+  long s;
+
+  assert_non_null (disk);
+  fake_disk_read (y->t.f, disk, RV_SIZE, 0);
+  if ((s = rv_diff (disk + off, exp, off, n)) >= 0)
+    fail_msg ("%s: backend sector %ld (page %ld) wrong", what, s,
+              s * SS / (long) PG);
+  free (disk);
+}
+
+struct rv_stream {
+  struct cache *c;
+  struct cache_stream *s;
+  unsigned seed;
+  int r;
+};
+
+/* Writes pages 0-7 (seed) as one stream of 64 KiB writes: past the
+ * 128 KiB cutoff, pages 2-7 go around the journal.
+ */
+static void *
+rv_stream_thread (void *arg)
+{
+  struct rv_stream *w = arg;
+  unsigned char *buf = malloc (PG);
+
+  w->r = 0;
+  for (unsigned i = 0; i < 8 && w->r == 0; i++) {
+    pattern (buf, PG, i * PG, w->seed);
+    w->r = cache_write_stream (w->c, w->s, buf, PG, i * PG, 0);
+  }
+  free (buf);
+  return NULL;
+}
+
+/* (1) A stream over pages 0-7, which recovered records cover, bypasses
+ * the journal while the drainer is writing the recovered log back (held
+ * at its first backend write); ANY: journal-order=any.  No recovered
+ * record may land over the bypassed data: not on the backend, not in a
+ * read, not after a crash at any point afterwards.
+ */
+static void
+rv_bypass (bool any)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
+  uint8_t *img;
+  struct rv_stream w = { .seed = 77 };
+  pthread_t dth, wth;
+  const char *what = any ? "bypass (order any)" : "bypass (order epoch)";
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  cache_journal_sequential_cutoff (y.t.c, 128 * KiB);
+  cache_journal_order_any (y.t.c, any);
+  w.c = y.t.c;
+  w.s = cache_stream_new ();
+  assert_non_null (w.s);
+
+  fake_hold (y.t.f, FAKE_WRITE, true);
+  assert_int_equal (pthread_create (&dth, NULL, drain_thread, y.t.c), 0);
+  WAIT_FOR (fake_held (y.t.f, FAKE_WRITE) >= 1);
+  assert_int_equal (pthread_create (&wth, NULL, rv_stream_thread, &w), 0);
+  fake_hold (y.t.f, FAKE_WRITE, false);
+  pthread_join (dth, NULL);
+  pthread_join (wth, NULL);
+  assert_int_equal (w.r, 0);
+  assert_int_equal (stats (y.t.c).journal_bypass_writes, 6);
+  for (unsigned i = 0; i < 8; i++)
+    pattern (exp + i * PG, PG, i * PG, 77);
+  rv_check_disk (&y, exp, 2 * PG, 6 * PG, what);
+  rv_check_read (&y, exp, what);
+  /* Pages 0-1 were journaled and not flushed: flush so that every
+   * crash below must keep them.
+   */
+  assert_int_equal (cache_flush (y.t.c), 0);
+  for (uint64_t k = 0; k < 16; k++)
+    rv_check_crash (&y, k, exp, what);
+  /* One drain step at a time, a crash after each. */
+  for (unsigned step = 0; step < 8; step++) {
+    int r = cache_journal_drain (y.t.c);
+
+    assert_true (r >= 0);
+    rv_check_disk (&y, exp, 2 * PG, 6 * PG, what);
+    rv_check_crash (&y, step, exp, what);
+    if (r == 0)
+      break;
+  }
+  assert_int_equal (cache_drain (y.t.c), 0);
+  rv_check_disk (&y, exp, 0, RV_SIZE, what);
+  rv_check_read (&y, exp, what);
+  cache_stream_free (w.s);
+  jt_close (&y);
+  free (disk);
+  free (exp);
+}
+
+static void
+test_recovered_bypass_during_recovered_drain (void **state)
+{
+  (void) state;
+  rv_bypass (false);
+}
+
+static void
+test_recovered_bypass_during_recovered_drain_any (void **state)
+{
+  (void) state;
+  rv_bypass (true);
+}
+
+/* (2) The image shrinks below recovered data (to 2 MiB + 1000: pages
+ * 40-47 lie past it, the recovered log not written back), then grows
+ * back: the records past the end are kept (not written, not lost), a
+ * crash at each point recovers them.
+ */
+static void
+test_recovered_shrink_grow_recovered (void **state)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  /* Read some of the recovered pages into RAM first (CLEAN from the
+   * journal), page 40 among them.
+   */
+  assert_true (read_is_pattern (&y.t, 40 * PG, PG, 51));
+  assert_true (read_is_pattern (&y.t, 3 * PG, PG, 14));
+
+  fake_resize (y.t.f, 2 * MiB + 1000);
+  cache_refresh_size (y.t.c);
+  for (unsigned k = 0; k < 4; k++)
+    assert_true (cache_journal_drain (y.t.c) < 0); /* kept, not written */
+  assert_int_equal (fake_size (y.t.f), 2 * MiB + 1000);
+  /* A client write below the end, flushed. */
+  assert_int_equal (write_pattern (&y.t, 20 * PG, PG, 99, 0), 0);
+  pattern (exp + 20 * PG, PG, 20 * PG, 99);
+  assert_int_equal (cache_flush (y.t.c), 0);
+
+  /* Grows back, in two steps: first to a size that cuts a sector of
+   * page 40's record, then to the whole size.
+   */
+  fake_resize (y.t.f, 40 * PG + 1000);
+  cache_refresh_size (y.t.c);
+  (void) cache_journal_drain (y.t.c);
+  fake_resize (y.t.f, RV_SIZE);
+  cache_refresh_size (y.t.c);
+  rv_check_read (&y, exp, "shrink then growth");
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "shrink then growth");
+  assert_int_equal (cache_drain (y.t.c), 0);
+  rv_check_disk (&y, exp, 0, RV_SIZE, "shrink then growth, drained");
+  rv_check_read (&y, exp, "shrink then growth, drained");
+  jt_close (&y);
+  free (disk);
+  free (exp);
+}
+
+/* (3) The backend fails a write of the recovered drain; a client writes
+ * and flushes; then crashes at several points, the drain retried.
+ */
+static void
+test_recovered_backend_error_then_recover (void **state)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  fake_fail_nth (y.t.f, FAKE_WRITE, 3, -EIO);
+  assert_true (cache_journal_drain (y.t.c) < 0);
+  rv_check_read (&y, exp, "after a failed recovered drain");
+  assert_int_equal (write_pattern (&y.t, 4 * PG + 512, 1024, 98, 0), 0);
+  pattern (exp + 4 * PG + 512, 1024, 4 * PG + 512, 98);
+  assert_int_equal (cache_flush (y.t.c), 0);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "failed recovered drain");
+  assert_true (cache_journal_drain (y.t.c) >= 0);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "failed recovered drain, retried");
+  assert_int_equal (cache_drain (y.t.c), 0);
+  rv_check_disk (&y, exp, 0, RV_SIZE, "failed recovered drain, drained");
+  jt_close (&y);
+  free (disk);
+  free (exp);
+}
+
+/* (4) The journal's first sync after recovery fails (a flush of a new
+ * write): the recovered data is still read, a crash keeps it.
+ */
+static void
+test_recovered_journal_sync_error_after_recovery (void **state)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE),
+                *exp2 = malloc (RV_SIZE);
+  uint8_t *img;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  assert_non_null (exp2);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  fake_jdev_set_sync_drops (y.j, true);
+  assert_int_equal (write_pattern (&y.t, 5 * PG, PG, 97, 0), 0);
+  fake_jdev_fail_next (y.j, FAKE_JDEV_SYNC, EIO, 0);
+  assert_true (cache_flush (y.t.c) < 0);
+  memcpy (exp2, exp, RV_SIZE);
+  pattern (exp2 + 5 * PG, PG, 5 * PG, 97);
+  rv_check_read (&y, exp2, "after a failed journal sync");
+  /* The drainer may still write back the recovered (synced) log. */
+  (void) cache_journal_drain (y.t.c);
+  (void) cache_journal_drain (y.t.c);
+  rv_check_read (&y, exp2, "after a failed journal sync, drained");
+  /* A crash: page 5 may be either; the rest as recovered. */
+  for (uint64_t k = 0; k < 8; k++) {
+    struct jt z = { .m = NULL };
+    unsigned char *buf = malloc (RV_SIZE);
+    uint8_t *im = fake_jdev_crash (y.j, k);
+    long s;
+
+    fake_disk_read (y.t.f, disk, RV_SIZE, 0);
+    jt_open_disk (&z, fake_jdev_from_image (im, JSIZE), false, 0, disk);
+    fake_jdev_free_image (im);
+    assert_int_equal (cache_read (z.t.c, buf, RV_SIZE, 0), 0);
+    if (memcmp (buf + 5 * PG, exp2 + 5 * PG, PG) == 0)
+      memcpy (buf + 5 * PG, exp + 5 * PG, PG);
+    if ((s = rv_diff (buf, exp, 0, RV_SIZE)) >= 0)
+      fail_msg ("sync error after recovery, crash %llu: sector %ld wrong",
+                (unsigned long long) k, s);
+    jt_close (&z);
+    free (buf);
+  }
+  jt_close (&y);
+  free (disk);
+  free (exp);
+  free (exp2);
+}
+
+/* (5) Block status over the recovered ranges: every recovered page is
+ * reported (it is not on the backend yet), before and after its page
+ * is read into RAM, and during the drain.
+ */
+static void
+test_recovered_block_status_recovered (void **state)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
+  uint8_t *img;
+  uint64_t a, b;
+  bool z;
+  pthread_t th;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  assert_true (read_is_pattern (&y.t, 2 * PG, PG, 13));
+  for (unsigned pass = 0; pass < 2; pass++) {
+    for (unsigned i = 0; i < 48; i++) {
+      bool want = i < 8 || i >= 40;
+      bool found =
+        cache_next_unflushed (y.t.c, i * PG, (i + 1) * PG, &a, &b, &z);
+
+      if (want && (!found || a != i * PG))
+        fail_msg ("pass %u: recovered page %u (on the backend as zeroes) "
+                  "is not reported by block status",
+                  pass, i);
+      if (want && found && z)
+        fail_msg ("pass %u: recovered page %u reported as zeroes", pass, i);
+    }
+    /* Pass 1: with the drainer held at its first backend write. */
+    if (pass == 0) {
+      fake_hold (y.t.f, FAKE_WRITE, true);
+      assert_int_equal (pthread_create (&th, NULL, drain_thread, y.t.c), 0);
+      WAIT_FOR (fake_held (y.t.f, FAKE_WRITE) >= 1);
+    }
+  }
+  fake_hold (y.t.f, FAKE_WRITE, false);
+  pthread_join (th, NULL);
+  assert_int_equal (cache_drain (y.t.c), 0);
+  rv_check_disk (&y, exp, 0, RV_SIZE, "block status, drained");
+  jt_close (&y);
+  free (disk);
+  free (exp);
+}
+
+/* (6) Crashes during the recovered drain: held at the backend's first
+ * write, at the backend flush, and at the journal sync after the
+ * superblock write that clears the split (new records, flushed and
+ * not, follow the split).
+ */
+static void
+test_recovered_crash_during_recovered_drain (void **state)
+{
+  struct jt y = { .m = NULL };
+  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
+  uint8_t *img;
+  pthread_t th;
+  (void) state;
+
+  assert_non_null (disk);
+  assert_non_null (exp);
+  rv_build (&img, disk, exp);
+  rv_recover (&y, img, disk);
+  fake_jdev_free_image (img);
+  assert_int_equal (write_pattern (&y.t, 20 * PG, PG, 90, 0), 0);
+  pattern (exp + 20 * PG, PG, 20 * PG, 90);
+  assert_int_equal (write_pattern (&y.t, 1 * PG, 4096, 91, 0), 0);
+  pattern (exp + 1 * PG, 4096, 1 * PG, 91);
+  assert_int_equal (cache_flush (y.t.c), 0);
+
+  /* At the backend's writes. */
+  fake_hold (y.t.f, FAKE_WRITE, true);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, y.t.c), 0);
+  WAIT_FOR (fake_held (y.t.f, FAKE_WRITE) >= 1);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "held at the drain's backend write");
+  fake_release (y.t.f, FAKE_WRITE, 3);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "after 3 backend writes of the drain");
+  fake_hold (y.t.f, FAKE_FLUSH, true);
+  fake_hold (y.t.f, FAKE_WRITE, false);
+  WAIT_FOR (fake_held (y.t.f, FAKE_FLUSH) >= 1);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "held at the drain's backend flush");
+  /* At the superblock's sync (the split cleared). */
+  fake_jdev_hold (y.j, FAKE_JDEV_SYNC, true);
+  fake_hold (y.t.f, FAKE_FLUSH, false);
+  WAIT_FOR (fake_jdev_held (y.j, FAKE_JDEV_SYNC) >= 1);
+  {
+    struct jsb sb;
+    uint8_t *cur = fake_jdev_contents (y.j);
+    struct fake_jdev *cj = fake_jdev_from_image (cur, JSIZE);
+
+    fake_jdev_free_image (cur);
+    assert_int_equal (jsb_read (fake_jdev_dev (cj), &sb), 0);
+    print_message ("superblock being written: flags %#x tail %llu\n",
+                   sb.flags, (unsigned long long) sb.tail_lsn);
+    fake_jdev_free (cj);
+  }
+  for (uint64_t k = 0; k < 32; k++)
+    rv_check_crash (&y, k, exp, "held at the superblock sync of the drain");
+  fake_jdev_hold (y.j, FAKE_JDEV_SYNC, false);
+  pthread_join (th, NULL);
+  for (uint64_t k = 0; k < 8; k++)
+    rv_check_crash (&y, k, exp, "after the recovered drain");
+  /* A new unflushed write past the split, then a crash: either. */
+  assert_int_equal (cache_drain (y.t.c), 0);
+  rv_check_disk (&y, exp, 0, RV_SIZE, "drained");
+  jt_close (&y);
+  free (disk);
+  free (exp);
+}
+
 int
 main (void)
 {
@@ -1851,6 +2326,13 @@ main (void)
     cmocka_unit_test (test_recovered_wrap_drains),
     cmocka_unit_test (test_recovered_wrap_cache_drain_spins),
     cmocka_unit_test (test_recovered_wrap_drains_unsynced),
+    cmocka_unit_test (test_recovered_bypass_during_recovered_drain),
+    cmocka_unit_test (test_recovered_bypass_during_recovered_drain_any),
+    cmocka_unit_test (test_recovered_shrink_grow_recovered),
+    cmocka_unit_test (test_recovered_backend_error_then_recover),
+    cmocka_unit_test (test_recovered_journal_sync_error_after_recovery),
+    cmocka_unit_test (test_recovered_block_status_recovered),
+    cmocka_unit_test (test_recovered_crash_during_recovered_drain),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
