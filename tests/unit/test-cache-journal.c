@@ -1875,6 +1875,29 @@ rv_recover (struct jt *y, uint8_t *img, const unsigned char *disk)
   assert_int_equal (counts (&y->t).writes, 0); /* indexed */
 }
 
+/* rv_build, then Y recovers it: *DISK and *EXP (freed by rv_end). */
+static void
+rv_start (struct jt *y, unsigned char **disk, unsigned char **exp)
+{
+  uint8_t *img;
+
+  *disk = malloc (RV_SIZE);
+  *exp = malloc (RV_SIZE);
+  assert_non_null (*disk);
+  assert_non_null (*exp);
+  rv_build (&img, *disk, *exp);
+  rv_recover (y, img, *disk);
+  fake_jdev_free_image (img);
+}
+
+static void
+rv_end (struct jt *y, unsigned char *disk, unsigned char *exp)
+{
+  jt_close (y);
+  free (disk);
+  free (exp);
+}
+
 /* First sector (or -1) where [off, off+n) of BUF differs from EXP. */
 static long
 rv_diff (const unsigned char *buf, const unsigned char *exp, uint64_t off,
@@ -1934,8 +1957,8 @@ rv_check_read (struct jt *y, const unsigned char *exp, const char *what)
 }
 
 static void
-rv_check_disk (struct jt *y, const unsigned char *exp, uint64_t off,
-               uint64_t n, const char *what)
+rv_check_disk (struct jt *y, const unsigned char *exp, uint64_t off, uint64_t n,
+               const char *what)
 {
   unsigned char *disk = malloc (RV_SIZE);
   long s;
@@ -2033,20 +2056,18 @@ rv_bypass (bool any)
   rv_check_disk (&y, exp, 0, RV_SIZE, what);
   rv_check_read (&y, exp, what);
   cache_stream_free (w.s);
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
 }
 
 static void
-test_recovered_bypass_during_recovered_drain (void **state)
+test_recovered_bypass_during_drain (void **state)
 {
   (void) state;
   rv_bypass (false);
 }
 
 static void
-test_recovered_bypass_during_recovered_drain_any (void **state)
+test_recovered_bypass_during_drain_any (void **state)
 {
   (void) state;
   rv_bypass (true);
@@ -2058,18 +2079,13 @@ test_recovered_bypass_during_recovered_drain_any (void **state)
  * crash at each point recovers them.
  */
 static void
-test_recovered_shrink_grow_recovered (void **state)
+test_recovered_shrink_grow (void **state)
 {
   struct jt y = { .m = NULL };
-  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
-  uint8_t *img;
+  unsigned char *disk, *exp;
   (void) state;
 
-  assert_non_null (disk);
-  assert_non_null (exp);
-  rv_build (&img, disk, exp);
-  rv_recover (&y, img, disk);
-  fake_jdev_free_image (img);
+  rv_start (&y, &disk, &exp);
   /* Read some of the recovered pages into RAM first (CLEAN from the
    * journal), page 40 among them.
    */
@@ -2100,9 +2116,7 @@ test_recovered_shrink_grow_recovered (void **state)
   assert_int_equal (cache_drain (y.t.c), 0);
   rv_check_disk (&y, exp, 0, RV_SIZE, "shrink then growth, drained");
   rv_check_read (&y, exp, "shrink then growth, drained");
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
 }
 
 /* (3) The backend fails a write of the recovered drain; a client writes
@@ -2112,15 +2126,10 @@ static void
 test_recovered_backend_error_then_recover (void **state)
 {
   struct jt y = { .m = NULL };
-  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
-  uint8_t *img;
+  unsigned char *disk, *exp;
   (void) state;
 
-  assert_non_null (disk);
-  assert_non_null (exp);
-  rv_build (&img, disk, exp);
-  rv_recover (&y, img, disk);
-  fake_jdev_free_image (img);
+  rv_start (&y, &disk, &exp);
   fake_fail_nth (y.t.f, FAKE_WRITE, 3, -EIO);
   assert_true (cache_journal_drain (y.t.c) < 0);
   rv_check_read (&y, exp, "after a failed recovered drain");
@@ -2134,16 +2143,14 @@ test_recovered_backend_error_then_recover (void **state)
     rv_check_crash (&y, k, exp, "failed recovered drain, retried");
   assert_int_equal (cache_drain (y.t.c), 0);
   rv_check_disk (&y, exp, 0, RV_SIZE, "failed recovered drain, drained");
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
 }
 
 /* (4) The journal's first sync after recovery fails (a flush of a new
  * write): the recovered data is still read, a crash keeps it.
  */
 static void
-test_recovered_journal_sync_error_after_recovery (void **state)
+test_recovered_journal_sync_error (void **state)
 {
   struct jt y = { .m = NULL };
   unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE),
@@ -2187,9 +2194,7 @@ test_recovered_journal_sync_error_after_recovery (void **state)
     jt_close (&z);
     free (buf);
   }
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
   free (exp2);
 }
 
@@ -2198,27 +2203,22 @@ test_recovered_journal_sync_error_after_recovery (void **state)
  * is read into RAM, and during the drain.
  */
 static void
-test_recovered_block_status_recovered (void **state)
+test_recovered_block_status (void **state)
 {
   struct jt y = { .m = NULL };
-  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
-  uint8_t *img;
+  unsigned char *disk, *exp;
   uint64_t a, b;
   bool z;
   pthread_t th;
   (void) state;
 
-  assert_non_null (disk);
-  assert_non_null (exp);
-  rv_build (&img, disk, exp);
-  rv_recover (&y, img, disk);
-  fake_jdev_free_image (img);
+  rv_start (&y, &disk, &exp);
   assert_true (read_is_pattern (&y.t, 2 * PG, PG, 13));
   for (unsigned pass = 0; pass < 2; pass++) {
     for (unsigned i = 0; i < 48; i++) {
       bool want = i < 8 || i >= 40;
-      bool found =
-        cache_next_unflushed (y.t.c, i * PG, (i + 1) * PG, &a, &b, &z);
+      bool found = cache_next_unflushed (y.t.c, i * PG, (i + 1) * PG, &a, &b,
+                                         &z);
 
       if (want && (!found || a != i * PG))
         fail_msg ("pass %u: recovered page %u (on the backend as zeroes) "
@@ -2238,9 +2238,7 @@ test_recovered_block_status_recovered (void **state)
   pthread_join (th, NULL);
   assert_int_equal (cache_drain (y.t.c), 0);
   rv_check_disk (&y, exp, 0, RV_SIZE, "block status, drained");
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
 }
 
 /* (6) Crashes during the recovered drain: held at the backend's first
@@ -2249,19 +2247,14 @@ test_recovered_block_status_recovered (void **state)
  * not, follow the split).
  */
 static void
-test_recovered_crash_during_recovered_drain (void **state)
+test_recovered_crash_during_drain (void **state)
 {
   struct jt y = { .m = NULL };
-  unsigned char *disk = malloc (RV_SIZE), *exp = malloc (RV_SIZE);
-  uint8_t *img;
+  unsigned char *disk, *exp;
   pthread_t th;
   (void) state;
 
-  assert_non_null (disk);
-  assert_non_null (exp);
-  rv_build (&img, disk, exp);
-  rv_recover (&y, img, disk);
-  fake_jdev_free_image (img);
+  rv_start (&y, &disk, &exp);
   assert_int_equal (write_pattern (&y.t, 20 * PG, PG, 90, 0), 0);
   pattern (exp + 20 * PG, PG, 20 * PG, 90);
   assert_int_equal (write_pattern (&y.t, 1 * PG, 4096, 91, 0), 0);
@@ -2293,8 +2286,8 @@ test_recovered_crash_during_recovered_drain (void **state)
 
     fake_jdev_free_image (cur);
     assert_int_equal (jsb_read (fake_jdev_dev (cj), &sb), 0);
-    print_message ("superblock being written: flags %#x tail %llu\n",
-                   sb.flags, (unsigned long long) sb.tail_lsn);
+    print_message ("superblock being written: flags %#x tail %llu\n", sb.flags,
+                   (unsigned long long) sb.tail_lsn);
     fake_jdev_free (cj);
   }
   for (uint64_t k = 0; k < 32; k++)
@@ -2306,9 +2299,7 @@ test_recovered_crash_during_recovered_drain (void **state)
   /* A new unflushed write past the split, then a crash: either. */
   assert_int_equal (cache_drain (y.t.c), 0);
   rv_check_disk (&y, exp, 0, RV_SIZE, "drained");
-  jt_close (&y);
-  free (disk);
-  free (exp);
+  rv_end (&y, disk, exp);
 }
 
 int
@@ -2326,13 +2317,13 @@ main (void)
     cmocka_unit_test (test_recovered_wrap_drains),
     cmocka_unit_test (test_recovered_wrap_cache_drain_spins),
     cmocka_unit_test (test_recovered_wrap_drains_unsynced),
-    cmocka_unit_test (test_recovered_bypass_during_recovered_drain),
-    cmocka_unit_test (test_recovered_bypass_during_recovered_drain_any),
-    cmocka_unit_test (test_recovered_shrink_grow_recovered),
+    cmocka_unit_test (test_recovered_bypass_during_drain),
+    cmocka_unit_test (test_recovered_bypass_during_drain_any),
+    cmocka_unit_test (test_recovered_shrink_grow),
     cmocka_unit_test (test_recovered_backend_error_then_recover),
-    cmocka_unit_test (test_recovered_journal_sync_error_after_recovery),
-    cmocka_unit_test (test_recovered_block_status_recovered),
-    cmocka_unit_test (test_recovered_crash_during_recovered_drain),
+    cmocka_unit_test (test_recovered_journal_sync_error),
+    cmocka_unit_test (test_recovered_block_status),
+    cmocka_unit_test (test_recovered_crash_during_drain),
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
