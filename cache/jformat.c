@@ -1024,6 +1024,16 @@ jsb_continue_log (const struct jdev *dev, struct jsb *sb, uint64_t end_lsn)
   return dev->ops->sync (dev->opaque);
 }
 
+void
+jsb_split_settle (struct jsb *sb)
+{
+  if ((sb->flags & JSB_F_SPLIT) && sb->tail_lsn >= sb->salt_lsn) {
+    sb->flags &= ~JSB_F_SPLIT;
+    sb->prev_salt = 0;
+    sb->salt_lsn = 0;
+  }
+}
+
 /* One record onto the image of SIZE bytes (the range is inside it,
  * rounded up to a sector: jnl_replay checked).
  */

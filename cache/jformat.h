@@ -273,6 +273,10 @@ int jsb_restart_log (const struct jdev *dev, struct jsb *sb, uint64_t next_seq,
  * and synced; on failure as jsb_restart_log.
  */
 int jsb_continue_log (const struct jdev *dev, struct jsb *sb, uint64_t end_lsn);
+/* Ends SB's split (in memory) once its tail has reached salt_lsn: no
+ * record of the old salt follows the tail any more.
+ */
+void jsb_split_settle (struct jsb *sb);
 
 /* Replaying the log onto the image: what recovery does at start-up, and
  * what `subpage-journal drain' does offline.  The image, through OPS:

@@ -532,11 +532,7 @@ jnl_recover (struct cache *c)
   int r;
 
   j->replay_log_ms = t0;
-  if ((j->sb.flags & JSB_F_SPLIT) && j->sb.tail_lsn >= j->sb.salt_lsn) {
-    j->sb.flags &= ~JSB_F_SPLIT; /* every old-salt record is drained */
-    j->sb.prev_salt = 0;
-    j->sb.salt_lsn = 0;
-  }
+  jsb_split_settle (&j->sb); /* every old-salt record drained */
   if (!(j->sb.flags & JSB_F_SPLIT)) {
     r = recover_indexed (c, j);
     if (r <= 0)
@@ -1149,12 +1145,7 @@ write_tail (struct cache *c, struct journal *j)
   j->sb.tail_lsn = lsn;
   j->sb.tail_seq = j->mtail_seq;
   j->sb.tail_epoch = j->mtail_epoch;
-  if ((j->sb.flags & JSB_F_SPLIT) && lsn >= j->sb.salt_lsn) {
-    /* Every record of the old salt is written back: one salt again. */
-    j->sb.flags &= ~JSB_F_SPLIT;
-    j->sb.prev_salt = 0;
-    j->sb.salt_lsn = 0;
-  }
+  jsb_split_settle (&j->sb); /* one salt again once the tail passed it */
   r = j->sync_err;
   lock_drop (&j->lock);
   if (r < 0)

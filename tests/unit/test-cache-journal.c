@@ -257,6 +257,11 @@ check_second_crash (struct jt *x, struct jt *y, const unsigned char *before,
   fake_disk_read (y->t.f, disk, size, 0);
   jt_open_disk (&z, fake_jdev_from_image (img, JSIZE), false, 0, disk);
   fake_jdev_free_image (img);
+  /* Y wrote its whole recovered log back: the split was cleared, and Z
+   * reads the log into the index too, writing nothing first.
+   */
+  if (k % 3 == 1)
+    assert_int_equal (counts (&z.t).writes, 0);
   assert_int_equal (cache_read (z.t.c, buf, (uint32_t) size, 0), 0);
   if (pattern_mismatch (buf + a1, 2048, a1, s1) != -1)
     fail_msg ("%s, second crash %u: W1, flushed, is lost", what, k);
