@@ -1683,24 +1683,32 @@ rwrap_crash_image (struct jt *x, uint8_t **img, unsigned char *disk)
   free (buf);
 }
 
+/* Y recovers the crash image of rwrap_crash_image. */
+static void
+rwrap_recover (struct jt *y)
+{
+  struct jt x = { .m = NULL };
+  unsigned char *disk = malloc (jconfig ().size);
+  uint8_t *img;
+
+  assert_non_null (disk);
+  rwrap_crash_image (&x, &img, disk);
+  jt_close (&x);
+  jt_open_disk (y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
+  fake_jdev_free_image (img);
+  free (disk);
+}
+
 /* cache_drain after that recovery: every record is written back, and
  * the journal is left empty.
  */
 static void
 test_recovered_wrap_drains (void **state)
 {
-  struct jt x = { .m = NULL }, y = { .m = NULL };
-  uint64_t size = jconfig ().size;
-  unsigned char *disk = malloc (size);
-  uint8_t *img;
+  struct jt y = { .m = NULL };
   (void) state;
 
-  assert_non_null (disk);
-  rwrap_crash_image (&x, &img, disk);
-  jt_close (&x);
-
-  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
-  fake_jdev_free_image (img);
+  rwrap_recover (&y);
   assert_int_equal (counts (&y.t).writes, 0); /* indexed, not replayed */
   /* The drain steps cache_drain would run, bounded: each one either
    * writes records back or finds the log drained.
@@ -1718,7 +1726,6 @@ test_recovered_wrap_drains (void **state)
               (unsigned long long) stats (y.t.c).journal_pending_bytes);
   assert_int_equal (cache_drain (y.t.c), 0);
   jt_close (&y);
-  free (disk);
 }
 
 struct rwrap_drain {
@@ -1744,21 +1751,13 @@ rwrap_drain_thread (void *arg)
 static void
 test_recovered_wrap_cache_drain_spins (void **state)
 {
-  struct jt x = { .m = NULL }, y = { .m = NULL };
-  uint64_t size = jconfig ().size;
-  unsigned char *disk = malloc (size);
-  uint8_t *img;
+  struct jt y = { .m = NULL };
   struct rwrap_drain d = { .c = NULL };
   pthread_t th;
   bool done = false;
   (void) state;
 
-  assert_non_null (disk);
-  rwrap_crash_image (&x, &img, disk);
-  jt_close (&x);
-
-  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
-  fake_jdev_free_image (img);
+  rwrap_recover (&y);
   /* The first batch (8 MiB, up to the WRAP). */
   assert_true (cache_journal_drain (y.t.c) > 0);
   fake_jdev_hold (y.j, FAKE_JDEV_PREAD, true);
@@ -1785,37 +1784,25 @@ test_recovered_wrap_cache_drain_spins (void **state)
   pthread_join (th, NULL);
   assert_int_equal (d.r, 0);
   jt_close (&y);
-  free (disk);
 }
 
-/* The same recovered log (its last record a WRAP, synced_seq = the
- * WRAP's sequence number): after the first batch stops before the
- * WRAP, a client write places the first new record after it, written
- * but not synced (no flush, no FUA).  The next drain step's limit is
- * synced_seq (the WRAP), but the scan consumes the WRAP and returns
- * the record after it in the same jscan_next call: the drainer writes
- * it to the backend and flushes the backend while the journal does not
- * hold it durably ("the drainer writes back only records that a crash
- * would keep, so the backend never holds a write beyond the log that
- * recovery will find", docs/journal.md, step 3).
+/* The same recovered log: after the first batch stops before the
+ * WRAP, a client write places a new record, written but not synced (no
+ * flush, no FUA).  The next drain step must not write it to the
+ * backend: "the drainer writes back only records that a crash would
+ * keep" (docs/journal.md).  With a log that ended after the WRAP,
+ * synced_seq was the WRAP's, and one jscan_next consumed the WRAP and
+ * returned the new record, which the drainer wrote and flushed.
  */
 static void
 test_recovered_wrap_drains_unsynced (void **state)
 {
-  struct jt x = { .m = NULL }, y = { .m = NULL };
-  uint64_t size = jconfig ().size;
-  unsigned char *disk = malloc (size);
-  uint8_t *img;
+  struct jt y = { .m = NULL };
   struct fake_jdev_counts jc;
   pthread_t th;
   (void) state;
 
-  assert_non_null (disk);
-  rwrap_crash_image (&x, &img, disk);
-  jt_close (&x);
-
-  jt_open_disk (&y, fake_jdev_from_image (img, RWRAP_JSIZE), false, 0, disk);
-  fake_jdev_free_image (img);
+  rwrap_recover (&y);
   assert_true (cache_journal_drain (y.t.c) > 0); /* up to the WRAP */
   assert_int_equal (write_pattern (&y.t, 5 * PG, SS, 4242, 0), 0);
   fake_jdev_get_counts (y.j, &jc);
@@ -1830,7 +1817,6 @@ test_recovered_wrap_drains_unsynced (void **state)
     fake_jdev_hold (y.j, FAKE_JDEV_SYNC, false);
     pthread_join (th, NULL);
     jt_close (&y);
-    free (disk);
     fail_msg ("the backend holds (written and flushed) a record the "
               "journal has not synced: the drainer went past its limit "
               "(synced_seq, the recovered WRAP)");
@@ -1838,7 +1824,6 @@ test_recovered_wrap_drains_unsynced (void **state)
   fake_jdev_hold (y.j, FAKE_JDEV_SYNC, false);
   pthread_join (th, NULL);
   jt_close (&y);
-  free (disk);
 }
 
 /* ---- the recovered log while the drainer writes it back ----
