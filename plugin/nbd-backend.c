@@ -38,8 +38,10 @@
  * (nbd-conn.c, "Lost connections").  Nothing hangs on a closed
  * connection; a remote that stops answering without closing the
  * socket is waited for, unless backend-timeout= is set: then every
- * request (and connecting) fails with -EIO past it, the connection is
- * closed and connected again (nbd-conn.c, "Timeouts").
+ * request (and connecting) fails with -EIO past it, while the command
+ * itself stays in flight until the remote answers it, and nothing is
+ * written over a late write's sectors until then (nbd-conn.c,
+ * "Timeouts").
  *
  * Extents: when the remote negotiated base:allocation (asked for on
  * every connection), block status is the remote's NBD_CMD_BLOCK_STATUS
@@ -257,7 +259,20 @@ nb_aio_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off,
     return 1;
   cmd = pool_get (&nb->cmds);
   if (cmd == NULL)
-    return 1; /* the synchronous path needs no memory */
+    return 1; /* the synchronous path reports it */
+  memset (cmd, 0, sizeof *cmd);
+  if (nb->timeout_ns != 0) {
+    /* A late write stays in flight after the run is done with: it
+     * needs its own copy (nbd-conn.c, "Timeouts").
+     */
+    cmd->bounce = malloc (count ? count : 1);
+    if (cmd->bounce == NULL) {
+      pool_put (&nb->cmds, cmd);
+      return 1;
+    }
+    memcpy (cmd->bounce, buf, count);
+    buf = cmd->bounce;
+  }
   cmd->fn = done;
   cmd->arg = arg;
   cmd->buf = buf;
@@ -265,7 +280,7 @@ nb_aio_pwrite (void *opaque, const void *buf, uint32_t count, uint64_t off,
   cmd->count = count;
   cmd->nbd_flags = nb_fua_flag (nb, flags);
   if (nb_conn_submit (nb_pick (nb, true), cmd) != 0) {
-    pool_put (&nb->cmds, cmd);
+    nb_cmd_free (nb, cmd);
     return 1; /* the synchronous path reports it */
   }
   return 0;
@@ -294,6 +309,7 @@ nb_close (void *opaque)
 
   nb_conns_close (nb);
   pool_destroy (&nb->cmds);
+  pthread_mutex_destroy (&nb->late_lock);
   free (nb->timeout_str);
   free (nb->uri);
   free (nb);
@@ -387,6 +403,7 @@ nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
   }
   nb->timeout_ns = (uint64_t) timeout_ms * 1000000;
   atomic_init (&nb->ndown, 0);
+  pthread_mutex_init (&nb->late_lock, NULL);
   /* The pool first: from here on nb_close undoes everything. */
   if ((err = pool_init (&nb->cmds, sizeof (struct nb_cmd), NB_POOL_CMDS)) < 0) {
     nbdkit_error ("calloc: %s", errstr (-err));

@@ -48,41 +48,54 @@
  * every request fails at once with -EIO.
  *
  * Timeouts (backend-timeout=, nb->timeout_ns; none by default).
- * libnbd has no timeout and cannot cancel one command, so a command
- * that is late takes its whole connection with it: every command in
- * flight is tracked, oldest first, on conn->fl_head (only when there is
- * a timeout), and the reader, whose poll sleeps no longer than until
- * the oldest is due, kills the connection when it is late
- * (nb_conn_kill): shutdown(2) on a dup of the socket (conn->sock, so
- * the descriptor cannot be one libnbd closed and the system reused).
- * libnbd then reads end-of-file, the handle dies and libnbd itself
- * completes every command in flight with ENOTCONN, each exactly once
- * and through the usual callbacks; they fail with -EIO, asynchronous
- * writes included (the cache keeps their data dirty).  No command is
- * abandoned: a waiting thread is woken by its completion as always, so
- * no late reply can reach freed memory.  A completion that comes just
- * as the deadline passes is either seen first (the command leaves the
- * list under conn->lock before the reader looks) or not (the
- * connection is killed, and the command keeps the result libnbd gives
- * it, once).  The event is logged once while any connection is down
- * (nb->ndown), not per request.
+ * libnbd has no timeout, and neither it nor the NBD protocol can
+ * cancel a command: a remote that was only slow (or stopped, then
+ * continued) still carries out a write it received, however late.  So
+ * a late command is not given up on but waited out: every command in
+ * flight is tracked, oldest first, on conn->fl_head (only when there
+ * is a timeout), and the reader, whose poll sleeps no longer than
+ * until the oldest is due, makes each one that is due late
+ * (nb_reader_timeout): it moves to nb->late, its caller gets -EIO at
+ * once (a synchronous caller wakes and leaves, an asynchronous write's
+ * fn is called; the cache keeps the data dirty), and the command stays
+ * in flight in libnbd until the remote answers it or the connection
+ * dies.  Until then:
  *
- * A killed connection is closed (killed: nb_pick skips it, nb_conn_get
- * refuses it, so requests go to another connection or fail with -EIO
- * at once) and its reader connects again: once every thread that holds
- * the dead handle has let go of it (conn->users), the reader closes it,
- * then tries to connect, each attempt bounded by the timeout, a second
- * apart, until it succeeds or nbdkit stops (quit, through the kick
- * pipe).  The new handle must see what the first saw (size, flags).  A
- * connection the remote closed is still dead for good; only one killed
- * by a timeout comes back.  Before the readers start (.get_ready) the
- * thread that waits drives the handle (nbd_poll) and kills it when
- * late; connecting is bounded the same way.  A remote that resumes may
- * still carry out writes it had received on a killed connection, after
- * newer writes on another: the same as a disk whose command timed out.
+ *  - a new write, trim or zero that overlaps a late write, trim or
+ *    zero fails with -EIO without being sent (nb_fenced), so nothing
+ *    newer reaches those sectors before the late command is done: a
+ *    flush covering them fails, and the first after the late reply
+ *    writes the newer data over it;
+ *  - the command owns its memory: with a timeout, reads and writes go
+ *    through a buffer of the command's own (cmd->bounce), a
+ *    synchronous command is allocated (not on its caller's stack) and
+ *    freed by whichever of caller and completion comes last
+ *    (cmd->abandoned), and a block status callback adds nothing once
+ *    its command is late;
+ *  - its connection is down (conn->down): nb_pick skips it and
+ *    nb_conn_get refuses it, so requests go to another connection or
+ *    fail with -EIO at once, and queued writes fail unsent.  When the
+ *    remote has answered every late command (conn->nlate 0) the reader
+ *    brings it back up.  If instead it dies, libnbd completes its
+ *    commands with ENOTCONN (late ones leave nb->late: nothing more
+ *    comes from a closed connection) and the reader connects again,
+ *    one attempt a second, each bounded by the timeout, until one
+ *    succeeds or nbdkit stops; the new handle must see what the first
+ *    saw.  A connection the remote closed without a timeout is still
+ *    dead for good.
+ *
+ * A completion that comes just as the deadline passes is either seen
+ * first (the command leaves fl_head under conn->lock before the reader
+ * looks) or not (the command is late, and the completion ends it).
+ * The event is logged once while any connection is down (nb->ndown),
+ * not per request.  Before the readers start (.get_ready: connecting
+ * and probing, which only read) the thread that waits drives the
+ * handle (nbd_poll) and shuts the connection down when late
+ * (nb_conn_kill); connecting is bounded the same way.
  *
  * What it does not do: cancel one command; reconnect a connection
- * the remote closed.
+ * the remote closed; bound how long a remote that never answers (a
+ * host gone without a reset) keeps a late command's sectors fenced.
  */
 
 #ifndef _GNU_SOURCE
@@ -110,6 +123,7 @@
 #include <libnbd.h>
 #include <nbdkit-plugin.h>
 
+#include "backend.h"
 #include "errstr.h"
 #include "nbd-internal.h"
 #include "pool.h"
@@ -148,17 +162,17 @@ nb_pick (struct nbd_backend *nb, bool async)
   for (unsigned k = 0; k < span; k++) {
     struct nb_conn *conn = &nb->conns[first + (start + k) % span];
 
-    if (!atomic_load (&conn->retired) && !atomic_load (&conn->killed))
+    if (!atomic_load (&conn->retired) && !atomic_load (&conn->down))
       return conn;
   }
   start = atomic_fetch_add (&nb->next, 1);
   for (unsigned k = 0; k < nb->n; k++) {
     struct nb_conn *conn = &nb->conns[(start + k) % nb->n];
 
-    if (!atomic_load (&conn->retired) && !atomic_load (&conn->killed))
+    if (!atomic_load (&conn->retired) && !atomic_load (&conn->down))
       return conn;
   }
-  /* All are killed (or retired but the last): the caller fails. */
+  /* All are down (or retired but the last): the caller fails. */
   return &nb->conns[0];
 }
 
@@ -195,7 +209,7 @@ nb_op_name (enum nb_op op)
 }
 
 /* CONN's handle for a thread other than its reader, or NULL when CONN
- * is killed (or reconnecting): the handle stays open until nb_conn_put.
+ * is down (or reconnecting): the handle stays open until nb_conn_put.
  */
 static struct nbd_handle *
 nb_conn_get (struct nb_conn *conn)
@@ -203,7 +217,7 @@ nb_conn_get (struct nb_conn *conn)
   struct nbd_handle *h = NULL;
 
   pthread_mutex_lock (&conn->lock);
-  if (conn->h != NULL && !atomic_load (&conn->killed)) {
+  if (conn->h != NULL && !atomic_load (&conn->down)) {
     h = conn->h;
     conn->users++;
   }
@@ -221,9 +235,53 @@ nb_conn_put (struct nb_conn *conn)
   pthread_mutex_unlock (&conn->lock);
 }
 
-/* CONN's command OP is late: close the connection (see "Timeouts").
- * Called by CONN's reader, or before the readers start by the thread
- * that drives the handle.  Logged once per outage.
+/* CONN goes down: its command OP is late (or CONN was killed).
+ * Logged once per outage.
+ */
+static void
+nb_conn_down (struct nb_conn *conn, enum nb_op op)
+{
+  struct nbd_backend *nb = conn->nb;
+
+  if (atomic_exchange (&conn->down, true))
+    return;
+  if (atomic_fetch_add (&nb->ndown, 1) == 0)
+    nbdkit_error ("subpage: uri=%s: a %s request got no answer within "
+                  "backend-timeout=%s: it fails with EIO, and connection %u "
+                  "takes no new requests until the remote answers (NBD "
+                  "cannot cancel a request: nothing is written over a late "
+                  "write's sectors, and flushes covering them fail, until "
+                  "the remote has answered it)",
+                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
+  else
+    nbdkit_debug ("subpage: uri=%s: a %s request got no answer within "
+                  "backend-timeout=%s: connection %u is down",
+                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
+}
+
+/* CONN is up again: the remote answered its late commands, or it was
+ * connected again (RECONNECTED).  Logged when the outage ends.
+ */
+static void
+nb_conn_up (struct nb_conn *conn, bool reconnected)
+{
+  struct nbd_backend *nb = conn->nb;
+  const char *how = reconnected ? "is connected again"
+                                : "has its late requests answered";
+
+  if (!atomic_exchange (&conn->down, false))
+    return;
+  if (atomic_fetch_sub (&nb->ndown, 1) == 1)
+    nbdkit_error ("subpage: uri=%s: the remote answers again: "
+                  "connection %u %s",
+                  nb->uri, conn->idx, how);
+  else
+    nbdkit_debug ("subpage: uri=%s: connection %u %s", nb->uri, conn->idx, how);
+}
+
+/* Before the readers start, CONN's command OP is late: shut the
+ * connection down (see "Timeouts").  Called by the thread that drives
+ * the handle.
  */
 static void
 nb_conn_kill (struct nb_conn *conn, enum nb_op op)
@@ -232,18 +290,63 @@ nb_conn_kill (struct nb_conn *conn, enum nb_op op)
 
   if (atomic_exchange (&conn->killed, true))
     return;
-  if (atomic_fetch_add (&nb->ndown, 1) == 0)
-    nbdkit_error ("subpage: uri=%s: a %s request got no answer within "
-                  "backend-timeout=%s: connection %u is closed, its "
-                  "requests fail with EIO until it is connected again",
-                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
-  else
-    nbdkit_debug ("subpage: uri=%s: a %s request got no answer within "
-                  "backend-timeout=%s: connection %u is closed",
-                  nb->uri, nb_op_name (op), nb->timeout_str, conn->idx);
+  nb_conn_down (conn, op);
   if (conn->sock >= 0 && shutdown (conn->sock, SHUT_RDWR) == -1)
     nbdkit_debug ("subpage: uri=%s: connection %u: shutdown: %s", nb->uri,
                   conn->idx, errstr (errno));
+}
+
+static bool
+nb_op_changes (enum nb_op op)
+{
+  return op == NB_WRITE || op == NB_TRIM || op == NB_ZERO;
+}
+
+/* Would command OP over [OFF, OFF+COUNT) change sectors that a late
+ * command may still change (see "Timeouts")?
+ */
+static bool
+nb_fenced (struct nbd_backend *nb, enum nb_op op, uint64_t off, uint32_t count)
+{
+  bool hit = false;
+
+  if (nb->timeout_ns == 0 || !nb_op_changes (op))
+    return false;
+  pthread_mutex_lock (&nb->late_lock);
+  for (struct nb_cmd *c = nb->late_head; c != NULL && !hit; c = c->late_next)
+    hit = nb_op_changes (c->op) && c->off < off + count &&
+          off < c->off + c->count;
+  pthread_mutex_unlock (&nb->late_lock);
+  return hit;
+}
+
+/* conn->lock held: CMD completed; if it was late (cmd->late stays
+ * set), it leaves nb->late.  Called once per command.
+ */
+static void
+nb_late_unlink_locked (struct nb_conn *conn, struct nb_cmd *cmd)
+{
+  struct nbd_backend *nb = conn->nb;
+
+  if (!cmd->late)
+    return;
+  pthread_mutex_lock (&nb->late_lock);
+  if (cmd->late_prev != NULL)
+    cmd->late_prev->late_next = cmd->late_next;
+  else
+    nb->late_head = cmd->late_next;
+  if (cmd->late_next != NULL)
+    cmd->late_next->late_prev = cmd->late_prev;
+  pthread_mutex_unlock (&nb->late_lock);
+  assert (conn->nlate > 0);
+  conn->nlate--;
+}
+
+void
+nb_cmd_free (struct nbd_backend *nb, struct nb_cmd *cmd)
+{
+  free (cmd->bounce);
+  pool_put (&nb->cmds, cmd);
 }
 
 /* With a timeout, CMD (about to be issued) joins CONN's list of
@@ -320,9 +423,9 @@ nb_fail (struct nb_conn *conn, const char *what, uint64_t off, uint64_t count,
          int err, const char *msg)
 {
   if (nb_is_dead (conn) || err == ENOTCONN) {
-    if (atomic_load (&conn->killed))
+    if (atomic_load (&conn->down))
       nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu64
-                    ": connection %u was closed after a timeout",
+                    ": connection %u closed while down after a timeout",
                     what, conn->nb->uri, off, count, conn->idx);
     else
       nb_conn_lost (conn, msg);
@@ -352,7 +455,16 @@ nb_complete_sync (void *user_data, int *error)
 
   pthread_mutex_lock (&conn->lock);
   nb_untrack_locked (conn, cmd);
+  nb_late_unlink_locked (conn, cmd);
   cmd->err = *error;
+  if (cmd->abandoned) {
+    pthread_mutex_unlock (&conn->lock);
+    nbdkit_debug ("subpage: uri=%s: connection %u: a late %s completed: %s",
+                  conn->nb->uri, conn->idx, nb_op_name (cmd->op),
+                  *error ? errstr (*error) : "ok");
+    nb_cmd_free (conn->nb, cmd);
+    return 1;
+  }
   cmd->done = true;
   pthread_cond_broadcast (&conn->cv);
   pthread_mutex_unlock (&conn->lock);
@@ -368,6 +480,7 @@ nb_complete_async (void *user_data, int *error)
   cmd->err = *error;
   pthread_mutex_lock (&conn->lock);
   nb_untrack_locked (conn, cmd);
+  nb_late_unlink_locked (conn, cmd);
   cmd->next = conn->done;
   conn->done = cmd;
   pthread_mutex_unlock (&conn->lock);
@@ -376,19 +489,11 @@ nb_complete_async (void *user_data, int *error)
   return 1;
 }
 
-/* Extent callback of a block status command (libnbd's lock on conn->h
- * held): adds the base:allocation extents to the nbdkit request's
- * list, from where the command started, clipped to its end.  A second
- * reply for the context (the NBD spec allows only one) is ignored, and so
- * is a zero-length extent and all after it: the waiting thread sees
- * how far the answer went (xt->next) and asks again from there.
- */
+/* nb_extent_cb, the command not late. */
 static int
-nb_extent_cb (void *user_data, const char *metacontext, uint64_t offset,
-              uint32_t *entries, size_t nr_entries, int *error)
+nb_extents_add (struct nb_extents *xt, const char *metacontext, uint64_t offset,
+                uint32_t *entries, size_t nr_entries, int *error)
 {
-  struct nb_extents *xt = user_data;
-
   if (strcmp (metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0 || xt->seen)
     return 0;
   xt->seen = true;
@@ -413,6 +518,31 @@ nb_extent_cb (void *user_data, const char *metacontext, uint64_t offset,
   return 0;
 }
 
+/* Extent callback of block status command USER_DATA (libnbd's lock on
+ * conn->h held): adds the base:allocation extents to the nbdkit
+ * request's list, from where the command started, clipped to its end,
+ * unless the command is late (its caller left with -EIO; conn->lock
+ * keeps the two apart).  A second reply for the context (the NBD spec
+ * allows only one) is ignored, and so is a zero-length extent and all
+ * after it: the waiting thread sees how far the answer went (xt->next)
+ * and asks again from there.
+ */
+static int
+nb_extent_cb (void *user_data, const char *metacontext, uint64_t offset,
+              uint32_t *entries, size_t nr_entries, int *error)
+{
+  struct nb_cmd *cmd = user_data;
+  struct nb_conn *conn = cmd->conn;
+  struct nb_extents *xt = (struct nb_extents *) cmd->buf;
+  int r = 0;
+
+  pthread_mutex_lock (&conn->lock);
+  if (!cmd->late)
+    r = nb_extents_add (xt, metacontext, offset, entries, nr_entries, error);
+  pthread_mutex_unlock (&conn->lock);
+  return r;
+}
+
 /* Issues one command on CONN for CMD.  Returns the cookie or -1. */
 static int64_t
 nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
@@ -428,7 +558,12 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   cmd->done = false;
   cmd->err = 0;
   cmd->op = op;
+  cmd->buf = buf;
+  cmd->off = off;
+  cmd->count = count;
   cmd->tracked = false;
+  cmd->late = false;
+  cmd->abandoned = false;
   nb_track (conn, cmd);
   switch (op) {
   case NB_READ:
@@ -441,7 +576,7 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   case NB_TRIM: r = nbd_aio_trim (conn->h, count, off, cb, nbd_flags); break;
   case NB_ZERO: r = nbd_aio_zero (conn->h, count, off, cb, nbd_flags); break;
   case NB_BLOCK_STATUS: {
-    nbd_extent_callback xcb = { .callback = nb_extent_cb, .user_data = buf };
+    nbd_extent_callback xcb = { .callback = nb_extent_cb, .user_data = cmd };
     r = nbd_aio_block_status (conn->h, count, off, xcb, cb, nbd_flags);
     break;
   }
@@ -461,16 +596,65 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   return r;
 }
 
+/* A command for nb_sync_held that may outlive its caller (with a
+ * timeout, once the readers run: see "Timeouts"), with its own copy of
+ * BUF for a read or a write (not of backend_zeroes, which never
+ * changes).  NULL if out of memory.
+ */
+static struct nb_cmd *
+nb_cmd_own (struct nbd_backend *nb, enum nb_op op, const void *buf,
+            uint32_t count)
+{
+  struct nb_cmd *cmd = pool_get (&nb->cmds);
+
+  if (cmd == NULL)
+    return NULL;
+  memset (cmd, 0, sizeof *cmd);
+  if ((op == NB_READ || op == NB_WRITE) && buf != backend_zeroes) {
+    cmd->bounce = malloc (count ? count : 1);
+    if (cmd->bounce == NULL) {
+      pool_put (&nb->cmds, cmd);
+      return NULL;
+    }
+    if (op == NB_WRITE)
+      memcpy (cmd->bounce, buf, count);
+  }
+  return cmd;
+}
+
 /* nb_sync_on, CONN's handle held. */
 static int
 nb_sync_held (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
               uint32_t count, uint64_t off, uint32_t nbd_flags)
 {
   struct nbd_backend *nb = conn->nb;
-  struct nb_cmd cmd = { .fn = NULL };
+  struct nb_cmd local = { .fn = NULL }, *cmd = &local;
+  bool own = nb->timeout_ns != 0 && nb->started;
+  int err;
 
-  if (nb_issue (conn, op, buf, count, off, nbd_flags, &cmd) == -1)
-    return nb_issue_error (conn, what, off, count);
+  if (own) {
+    if (nb_fenced (nb, op, off, count)) {
+      nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
+                    ": a late request over these sectors is not answered "
+                    "yet: not sent",
+                    what, nb->uri, off, count);
+      return -EIO;
+    }
+    cmd = nb_cmd_own (nb, op, buf, count);
+    if (cmd == NULL) {
+      nbdkit_error ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
+                    ": out of memory",
+                    what, nb->uri, off, count);
+      return -ENOMEM;
+    }
+  }
+  if (nb_issue (conn, op, cmd->bounce != NULL ? cmd->bounce : buf, count, off,
+                nbd_flags, cmd) == -1) {
+    err = nb_issue_error (conn, what, off, count);
+    if (own)
+      nb_cmd_free (nb, cmd);
+    return err;
+  }
   if (!nb->started) {
     /* Before nbd_backend_start (one thread, nothing else in flight):
      * drive the handle here, and kill it when the command is late (the
@@ -478,7 +662,7 @@ nb_sync_held (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
      */
     uint64_t deadline = nb->timeout_ns ? nb_now () + nb->timeout_ns : 0;
 
-    while (!cmd.done && !nb_is_dead (conn)) {
+    while (!cmd->done && !nb_is_dead (conn)) {
       int ms = -1;
 
       if (deadline != 0 && !atomic_load (&conn->killed)) {
@@ -492,19 +676,41 @@ nb_sync_held (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
       if (nbd_poll (conn->h, ms) == -1)
         break;
     }
-    if (!cmd.done)
+    if (!cmd->done)
       return nb_issue_error (conn, what, off, count);
   }
   pthread_mutex_lock (&conn->lock);
-  while (!cmd.done)
+  while (!cmd->done && !cmd->late)
     pthread_cond_wait (&conn->cv, &conn->lock);
+  if (cmd->late) {
+    /* Whatever the remote answers now, this caller has -EIO (nb->late
+     * fences the sectors of a write until the answer).
+     */
+    bool done = cmd->done;
+
+    if (!done)
+      cmd->abandoned = true; /* the completion frees it */
+    pthread_mutex_unlock (&conn->lock);
+    if (done)
+      nb_cmd_free (nb, cmd);
+    nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
+                  ": no answer within backend-timeout=%s",
+                  what, nb->uri, off, count, nb->timeout_str);
+    return -EIO;
+  }
   pthread_mutex_unlock (&conn->lock);
-  if (cmd.err == 0)
+  err = cmd->err;
+  if (own) {
+    if (err == 0 && op == NB_READ)
+      memcpy (buf, cmd->bounce, count);
+    nb_cmd_free (nb, cmd);
+  }
+  if (err == 0)
     return 0;
   if (op == NB_ZERO && (nbd_flags & LIBNBD_CMD_FLAG_FAST_ZERO) &&
-      cmd.err == ENOTSUP && !nb_is_dead (conn))
+      err == ENOTSUP && !nb_is_dead (conn))
     return -ENOTSUP;
-  return nb_fail (conn, what, off, count, cmd.err, errstr (cmd.err));
+  return nb_fail (conn, what, off, count, err, errstr (err));
 }
 
 /* One synchronous command (nbd-internal.h). */
@@ -516,7 +722,7 @@ nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
 
   if (nb_conn_get (conn) == NULL) {
     nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
-                  ": connection %u is closed after a timeout",
+                  ": connection %u is down after a timeout",
                   what, conn->nb->uri, off, count, conn->idx);
     return -EIO;
   }
@@ -535,10 +741,19 @@ nb_finish_async (struct nb_cmd *cmd)
   int r = 0;
 
   conn->inflight--;
+  if (cmd->abandoned) {
+    /* Late: fn had -EIO at the deadline. */
+    nbdkit_debug ("subpage: uri=%s: connection %u: a late write completed: "
+                  "%s",
+                  conn->nb->uri, conn->idx,
+                  cmd->err ? errstr (cmd->err) : "ok");
+    nb_cmd_free (conn->nb, cmd);
+    return;
+  }
   if (cmd->err != 0)
     r = nb_fail (conn, "pwrite", cmd->off, cmd->count, cmd->err,
                  errstr (cmd->err));
-  pool_put (&conn->nb->cmds, cmd);
+  nb_cmd_free (conn->nb, cmd);
   fn (arg, r);
 }
 
@@ -596,13 +811,19 @@ nb_conn_submit (struct nb_conn *conn, struct nb_cmd *cmd)
 
 /* Reader thread: issues queued asynchronous writes while fewer than
  * NB_CONN_INFLIGHT are in flight; when FAIL is set (the reader is
- * exiting) fails every queued one instead and closes the queue.
+ * exiting) fails every queued one instead and closes the queue; while
+ * CONN is down fails every queued one unsent, and one that would
+ * overlap a late write (nb_fenced).
  */
 static void
 nb_issue_queued (struct nb_conn *conn, bool fail)
 {
   struct nb_cmd *cmd, *last;
-  unsigned room = fail ? UINT32_MAX : NB_CONN_INFLIGHT - conn->inflight;
+  /* A connection that is down refuses them all, however many late
+   * ones still count as in flight.
+   */
+  bool down = atomic_load (&conn->down);
+  unsigned room = fail || down ? UINT32_MAX : NB_CONN_INFLIGHT - conn->inflight;
 
   if (room == 0)
     return;
@@ -622,53 +843,121 @@ nb_issue_queued (struct nb_conn *conn, bool fail)
 
   while (cmd != NULL) {
     struct nb_cmd *next = cmd->next;
+    int r;
 
-    if (!fail && nb_issue (conn, NB_WRITE, (void *) cmd->buf, cmd->count,
-                           cmd->off, cmd->nbd_flags, cmd) != -1)
-      conn->inflight++;
-    else {
-      int r = fail ? nb_fail (conn, "pwrite", cmd->off, cmd->count, ENOTCONN,
-                              "the connection is closed")
-                   : nb_issue_error (conn, "pwrite", cmd->off, cmd->count);
-      void (*fn) (void *, int) = cmd->fn;
-      void *arg = cmd->arg;
-
-      pool_put (&conn->nb->cmds, cmd);
-      fn (arg, r);
+    if (fail)
+      r = nb_fail (conn, "pwrite", cmd->off, cmd->count, ENOTCONN,
+                   "the connection is closed");
+    else if (down || nb_fenced (conn->nb, NB_WRITE, cmd->off, cmd->count)) {
+      /* Not sent: see "Timeouts". */
+      nbdkit_debug ("pwrite: uri=%s: offset %" PRIu64 " count %" PRIu32
+                    ": %s: not sent",
+                    conn->nb->uri, cmd->off, cmd->count,
+                    down ? "the connection is down after a timeout"
+                         : "a late request over these sectors is not answered "
+                           "yet");
+      r = -EIO;
     }
+    else if (nb_issue (conn, NB_WRITE, (void *) cmd->buf, cmd->count, cmd->off,
+                       cmd->nbd_flags, cmd) != -1) {
+      conn->inflight++;
+      cmd = next;
+      continue;
+    }
+    else
+      r = nb_issue_error (conn, "pwrite", cmd->off, cmd->count);
+
+    void (*fn) (void *, int) = cmd->fn;
+    void *arg = cmd->arg;
+
+    nb_cmd_free (conn->nb, cmd);
+    fn (arg, r);
     cmd = next;
   }
 }
 
-/* Reader thread: how long poll may sleep, in ms (-1: no limit), and
- * with a timeout, kills CONN when its oldest command is late.  Woken
- * at least once per timeout, so a command issued meanwhile by another
- * thread is looked at no later than it is due.
+/* Reader thread: how long poll may sleep, in ms (-1: no limit); with
+ * a timeout, every command of CONN past its deadline becomes late (see
+ * "Timeouts"): it joins nb->late, its caller gets -EIO, and CONN goes
+ * down.  Woken at least once per timeout, so a command issued
+ * meanwhile by another thread is looked at no later than it is due.
  */
 static int
 nb_reader_timeout (struct nb_conn *conn)
 {
   struct nbd_backend *nb = conn->nb;
+  struct nb_cmd *fns = NULL;
   uint64_t now, deadline;
   enum nb_op op = NB_READ;
-  bool late;
+  bool late = false;
 
   if (nb->timeout_ns == 0 || atomic_load (&conn->killed))
     return -1; /* a killed connection wakes the poll by itself */
   now = nb_now ();
   pthread_mutex_lock (&conn->lock);
-  if (conn->fl_head != NULL) {
-    deadline = conn->fl_head->deadline;
-    op = conn->fl_head->op;
+  while (conn->fl_head != NULL && conn->fl_head->deadline <= now) {
+    struct nb_cmd *cmd = conn->fl_head;
+
+    nb_untrack_locked (conn, cmd);
+    cmd->late = true;
+    conn->nlate++;
+    pthread_mutex_lock (&nb->late_lock);
+    cmd->late_prev = NULL;
+    cmd->late_next = nb->late_head;
+    if (nb->late_head != NULL)
+      nb->late_head->late_prev = cmd;
+    nb->late_head = cmd;
+    pthread_mutex_unlock (&nb->late_lock);
+    if (cmd->fn != NULL) {
+      /* Its fn is called below, once: the completion will not. */
+      cmd->abandoned = true;
+      cmd->fn_next = fns;
+      fns = cmd;
+    }
+    if (!late)
+      op = cmd->op;
+    late = true;
   }
-  else
-    deadline = now + nb->timeout_ns;
-  late = deadline <= now;
+  deadline = conn->fl_head != NULL ? conn->fl_head->deadline
+                                   : now + nb->timeout_ns;
+  if (late)
+    pthread_cond_broadcast (&conn->cv); /* synchronous callers leave */
   pthread_mutex_unlock (&conn->lock);
-  if (!late)
-    return nb_ms_until (deadline, now);
-  nb_conn_kill (conn, op);
-  return -1;
+  if (late)
+    nb_conn_down (conn, op);
+  /* The commands stay in flight; only their callers are answered.  A
+   * completion may meanwhile queue one on conn->done (cmd->next), which
+   * only this thread drains and frees.
+   */
+  while (fns != NULL) {
+    struct nb_cmd *cmd = fns;
+    void (*fn) (void *, int) = cmd->fn;
+    void *arg = cmd->arg;
+
+    fns = cmd->fn_next;
+    nbdkit_debug ("pwrite: uri=%s: offset %" PRIu64 " count %" PRIu32
+                  ": no answer within backend-timeout=%s",
+                  nb->uri, cmd->off, cmd->count, nb->timeout_str);
+    fn (arg, -EIO);
+  }
+  return nb_ms_until (deadline, nb_now ());
+}
+
+/* Reader thread: CONN is down and the remote has answered every late
+ * command on it: it takes requests again.
+ */
+static void
+nb_conn_check_up (struct nb_conn *conn)
+{
+  bool answered;
+
+  if (!atomic_load (&conn->down) || atomic_load (&conn->killed))
+    return;
+  pthread_mutex_lock (&conn->lock);
+  answered = conn->nlate == 0;
+  pthread_mutex_unlock (&conn->lock);
+  if (answered && !nb_is_dead (conn))
+    nb_conn_up (conn, false);
 }
 
 /* Reader thread: drives CONN's handle until it dies or nbdkit stops. */
@@ -712,6 +1001,7 @@ nb_serve (struct nb_conn *conn)
         ;
     }
     nb_drain (conn);
+    nb_conn_check_up (conn);
   }
 }
 
@@ -731,7 +1021,7 @@ nb_conn_drop (struct nb_conn *conn)
   sock = conn->sock;
   conn->h = NULL;
   conn->sock = -1;
-  assert (conn->fl_head == NULL);
+  assert (conn->fl_head == NULL && conn->nlate == 0);
   pthread_mutex_unlock (&conn->lock);
   assert (conn->inflight == 0);
   nbd_close (h);
@@ -771,7 +1061,7 @@ nb_same_remote (struct nb_conn *conn, struct nbd_handle *h, bool *told)
   return false;
 }
 
-/* Reader thread: connects CONN again after a timeout killed it, one
+/* Reader thread: connects CONN again after it died while down, one
  * attempt a second (each bounded by the timeout) until one succeeds
  * (0) or nbdkit stops (-1).
  */
@@ -802,13 +1092,7 @@ nb_reconnect (struct nb_conn *conn)
       atomic_store (&conn->dead_logged, false);
       atomic_store (&conn->killed, false);
       pthread_mutex_unlock (&conn->lock);
-      if (atomic_fetch_sub (&nb->ndown, 1) == 1)
-        nbdkit_error ("subpage: uri=%s: the remote answers again: "
-                      "connection %u is connected again",
-                      nb->uri, conn->idx);
-      else
-        nbdkit_debug ("subpage: uri=%s: connection %u is connected again",
-                      nb->uri, conn->idx);
+      nb_conn_up (conn, true);
       return 0;
     }
     if (h != NULL)
@@ -832,7 +1116,7 @@ nb_reader (void *arg)
     /* Commands aborted when the connection died, and those queued. */
     nb_drain (conn);
     nb_issue_queued (conn, true);
-    if (atomic_load (&conn->quit) || !atomic_load (&conn->killed))
+    if (atomic_load (&conn->quit) || !atomic_load (&conn->down))
       break;
     nb_conn_drop (conn);
     if (nb_reconnect (conn) == -1)
@@ -982,6 +1266,7 @@ nb_conn_init (struct nbd_backend *nb, unsigned i)
   conn->kick[0] = conn->kick[1] = -1;
   conn->sock = -1;
   atomic_init (&conn->killed, false);
+  atomic_init (&conn->down, false);
   atomic_init (&conn->quit, false);
   atomic_init (&conn->dead_logged, false);
   atomic_init (&conn->retired, false);
@@ -1121,6 +1406,9 @@ nb_conns_close (struct nbd_backend *nb)
       if (!nb_is_dead (conn) && atomic_load (&nb->ndown) == 0)
         nb_disconnect (conn);
       nbd_close (conn->h);
+      conn->h = NULL;
+      /* Late writes the remote answered meanwhile. */
+      nb_drain (conn);
     }
     if (conn->sock >= 0)
       close (conn->sock);
@@ -1130,6 +1418,15 @@ nb_conns_close (struct nbd_backend *nb)
       close (conn->kick[1]);
     pthread_cond_destroy (&conn->cv);
     pthread_mutex_destroy (&conn->lock);
+  }
+  /* Late commands the remote never answered: nbd_close dropped them
+   * without a completion.
+   */
+  while (nb->late_head != NULL) {
+    struct nb_cmd *cmd = nb->late_head;
+
+    nb->late_head = cmd->late_next;
+    nb_cmd_free (nb, cmd);
   }
   free (nb->conns);
   nb->conns = NULL;

@@ -4,8 +4,8 @@
  * Nothing outside those two files includes this header; the plugin
  * sees only nbd-backend.h.  Lock order: libnbd's lock on a handle,
  * then conn->lock (a completion callback takes conn->lock under the
- * handle's lock, so conn->lock is never held across a libnbd call);
- * the lock of nb->cmds is a leaf.
+ * handle's lock, so conn->lock is never held across a libnbd call),
+ * then nb->late_lock; the lock of nb->cmds is a leaf.
  *
  * conn->h is replaced only by the connection's reader (after a
  * timeout, nbd-conn.c "Timeouts"), under conn->lock and only while no
@@ -59,13 +59,26 @@ struct nb_cmd {
   struct nb_cmd *fl_prev, *fl_next;
   uint64_t deadline;
   bool tracked; /* on that list */
+  /* Past its deadline and still in flight (nbd-conn.c, "Timeouts"):
+   * on nb->late until libnbd completes it; its caller already had
+   * -EIO (an asynchronous write's fn was called).
+   */
+  bool late;
+  /* Nobody waits for the result any more (a late synchronous
+   * command's caller left, a late asynchronous write's fn was called):
+   * the completion frees the command.
+   */
+  bool abandoned;
+  struct nb_cmd *fn_next; /* the reader's list of fns to call */
+  struct nb_cmd *late_prev, *late_next;
   enum nb_op op;
   int err;   /* errno from the completion, 0 if ok */
   bool done; /* synchronous: completed */
   /* Asynchronous write: called by the reader (NULL: synchronous). */
   void (*fn) (void *arg, int err);
   void *arg;
-  const void *buf;
+  const void *buf; /* as issued (for block status: its nb_extents) */
+  void *bounce;    /* with a timeout: the command's own copy, freed with it */
   uint64_t off;
   uint32_t count;
   uint32_t nbd_flags;
@@ -82,12 +95,18 @@ struct nb_conn {
   atomic_bool quit;        /* nb_conns_close: reader exits */
   atomic_bool dead_logged; /* loss of this connection logged */
   atomic_bool retired;     /* dead: new commands go elsewhere */
-  atomic_bool killed;      /* timed out: closed until reconnected */
+  atomic_bool killed;      /* shut down before the readers started */
+  /* A command on it is late (or it was killed): no new commands until
+   * the remote has answered every late one (nlate 0, the connection
+   * alive) or it is connected again.
+   */
+  atomic_bool down;
 
   pthread_mutex_t lock; /* sq, done, reader_exited, cmd->done, h, users,
                          * the fl list */
   pthread_cond_t cv;    /* a synchronous command completed, users fell */
   unsigned users;       /* threads between nb_conn_get and nb_conn_put */
+  unsigned nlate;       /* its commands on nb->late */
   struct nb_cmd *fl_head, *fl_tail; /* in flight, with a timeout */
   struct nb_cmd *sq_head, *sq_tail; /* async writes for the reader to issue */
   unsigned inflight;                /* reader only: async writes issued */
@@ -104,7 +123,13 @@ struct nbd_backend {
   bool started;          /* readers running */
   uint64_t timeout_ns;   /* backend-timeout=, 0: none */
   char *timeout_str;     /* as given, for messages */
-  atomic_uint ndown;     /* connections killed, not yet reconnected */
+  atomic_uint ndown;     /* connections down (conn->down) */
+  /* Late commands of every connection, not yet completed: a new
+   * write, trim or zero that overlaps a late one that changes the
+   * image fails at once (nbd-conn.c, "Timeouts").  A leaf lock.
+   */
+  pthread_mutex_t late_lock;
+  struct nb_cmd *late_head;
 
   struct pool cmds; /* asynchronous writes (its own lock) */
 
@@ -141,7 +166,7 @@ int nb_conns_open (struct nbd_backend *nb, struct nbd_handle *h0);
 int nb_conns_start (struct nbd_backend *nb);
 
 /* Stops the readers, disconnects and frees the connections.  No command
- * may be in flight.
+ * may be in flight but late ones (freed here).
  */
 void nb_conns_close (struct nbd_backend *nb);
 
@@ -161,6 +186,9 @@ int nb_sync_on (struct nb_conn *conn, enum nb_op op, const char *what,
  * it and later calls cmd->fn.  Returns 0, or 1 when the reader has
  * exited (CMD is untouched: the caller takes another way).
  */
+
+/* Frees CMD (from nb->cmds) and its bounce buffer. */
+void nb_cmd_free (struct nbd_backend *nb, struct nb_cmd *cmd);
 int nb_conn_submit (struct nb_conn *conn, struct nb_cmd *cmd);
 
 #endif /* SUBPAGE_NBD_INTERNAL_H */

@@ -22,6 +22,7 @@
 #                        instrumented, so the runtime must come first)
 #   NBDKIT_ASAN_OPTIONS  ASAN_OPTIONS for nbdkit only
 #   NBDKIT_UBSAN_OPTIONS UBSAN_OPTIONS for nbdkit only
+#   NBDKIT_TSAN_OPTIONS  TSAN_OPTIONS for nbdkit only
 
 : "${SRCDIR:=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 : "${BUILDDIR:=$SRCDIR/build}"
@@ -132,6 +133,9 @@ if [ -n "${NBDKIT_ASAN_OPTIONS:-}" ]; then
 fi
 if [ -n "${NBDKIT_UBSAN_OPTIONS:-}" ]; then
   _nbdkit_env+=("UBSAN_OPTIONS=$NBDKIT_UBSAN_OPTIONS")
+fi
+if [ -n "${NBDKIT_TSAN_OPTIONS:-}" ]; then
+  _nbdkit_env+=("TSAN_OPTIONS=$NBDKIT_TSAN_OPTIONS")
 fi
 
 declare -A _nbdkit_pid=()     # pidfile -> PID
@@ -288,6 +292,18 @@ check_client ()
   elif [ "$1" -ne 0 ]; then
     exit "$1"
   fi
+}
+
+# start_remote ARGS...: start_nbdkit for a remote the plugin talks to
+# (not the plugin), without the sanitizer runtime and options: the
+# shell scripts of nbdkit's eval plugin crash under the TSan runtime.
+start_remote ()
+{
+  local saved=("${_nbdkit_env[@]}") status=0
+  _nbdkit_env=()
+  start_nbdkit "$@" || status=$?
+  _nbdkit_env=("${saved[@]}")
+  return "$status"
 }
 
 # nbdsh_py ARGS...: nbdsh with Debian's python3 (which has the nbd module).

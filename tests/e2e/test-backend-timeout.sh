@@ -44,7 +44,7 @@ truncate -s 32M "$img"
 # (connections.c raw_send_socket: Assertion 'sock >= 0') when a worker
 # replies after another closed the connection, which subpage's closing
 # of a timed-out connection provokes (seen once under TSan timing).
-start_nbdkit -P "$bpid" -U "$bsock" --threads=1 file "$img"
+start_remote -P "$bpid" -U "$bsock" --threads=1 file "$img"
 backend_pid=$nbdkit_pid
 # A stopped remote ignores SIGTERM: continue it before it is stopped.
 cleanup_fn kill -CONT "$backend_pid"

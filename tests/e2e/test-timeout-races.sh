@@ -1,27 +1,26 @@
 #!/usr/bin/env bash
-# backend-timeout= under uri=: a write the remote received on a
-# connection that subpage then closed for being late is not cancelled
-# (libnbd cannot cancel it, and the remote still carries it out).
+# backend-timeout= under uri=: NBD cannot cancel a request, so a write
+# the remote received and answered late may still be carried out after
+# its timeout.  Nothing newer may reach its sectors before that.
 #
 # Deterministic interleaving (no sleeps as synchronisation):
 #  1. the client writes A (0xAA) at offset 0 and flushes; write-back of A
 #     reaches the remote, whose pwrite blocks on a FIFO the test holds
 #     (the test waits for the marker file the remote's pwrite creates);
-#  2. backend-timeout=1 passes: subpage closes the connection, the flush
-#     fails with EIO, A stays dirty (correct so far);
-#  3. the client writes B (0xBB) over A and flushes until a flush
-#     succeeds: B is written on another (or a reconnected) connection
-#     and the remote is flushed - the image holds B (checked);
+#  2. backend-timeout=1 passes: the flush fails with EIO, A stays dirty;
+#  3. the client writes B (0xBB) over A and flushes three times: each
+#     flush fails with EIO, because writing B now could put it on the
+#     image before the remote carries out A; the image does not hold B;
 #  4. the test opens the FIFO: the remote's old pwrite of A completes
-#     (marker file), on the image, after the flush that covered B;
-#  5. nothing else is written; subpage is stopped cleanly (SIGTERM,
-#     its drain has nothing to do) and a new subpage instance reads
-#     offset 0.
-#
-# Expected: B.  Today: A (older data over flushed data), the open
-# exception in guarantees.md ("A failed flush"): a reproducer, not
-# registered in tests/meson.build until the cache keeps a timed-out run's
-# sectors under write-back until its late reply.
+#     (marker file) and its late reply comes;
+#  5. the client flushes until a flush succeeds (within 30 s): the
+#     image holds B, written after A; subpage logged the outage once
+#     and its end;
+#  6. subpage is stopped cleanly and a new instance reads offset 0: B.
+# With 4 connections (A and B on different ones) and with 1; and with
+# A a FUA write (the remote cannot FUA: subpage writes A synchronously,
+# then flushes), whose own reply is the EIO of step 2, and B three FUA
+# writes that each fail with EIO in step 3.
 
 source "$(dirname "$0")/../functions.sh"
 set -euo pipefail
@@ -45,10 +44,11 @@ release () { timeout 5 sh -c "echo go > '$fifo'" 2>/dev/null || :; }
 # the FIFO, then writes its data and marks $tmpdir/late-done.
 # --threads=1 as in test-backend-timeout.sh (nbdkit 1.32's
 # raw_send_socket assertion).
-start_nbdkit -P "$bpid" -U "$bsock" --threads=1 eval \
+start_remote -P "$bpid" -U "$bsock" --threads=1 eval \
   thread_model='echo parallel' \
   get_size="echo $((4 * 1024 * 1024))" \
   can_write='exit 0' can_flush='exit 0' can_multi_conn='exit 0' \
+  can_fua='echo none' \
   flush='sync' \
   pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
   pwrite="held=; if mkdir $tmpdir/held 2>/dev/null; then held=1; read x < $fifo; fi; env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none; if [ -n \"\$held\" ]; then : > $tmpdir/late-done; fi"
@@ -57,13 +57,13 @@ export BURI=$(nbd_uri "$bsock") IMG=$img TMP=$tmpdir FIFO=$fifo
 
 run_case ()
 {
-  local conns=$1 sock=$tmpdir/nbd$1.sock pid=$tmpdir/nbdkit$1.pid
+  local conns=$1 mode=${2:-flush} sock=$tmpdir/nbd$1.sock pid=$tmpdir/nbdkit$1.pid
   local log=$tmpdir/subpage$1.log status=0
   rm -rf "$tmpdir/held" "$tmpdir/late-done"
   dd if=/dev/zero of="$img" bs=4096 count=1 conv=notrunc status=none
   start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$BURI" backend-timeout=1 \
                connections="$conns" cache-size=16M dirty-expire-ms=3600000 2>"$log"
-  export URI=$(nbd_uri "$sock")
+  export URI=$(nbd_uri "$sock") MODE=$mode
   timeout 120 /usr/bin/env PATH=/usr/bin:$PATH nbdsh -n -c - <<'PY' || status=$?
 import os, time
 tmp = os.environ["TMP"]
@@ -79,16 +79,41 @@ def wait_for(path, what):
 
 h = nbd.NBD()
 h.connect_uri(os.environ["URI"])
-h.pwrite(A, 0)
 try:
+    if os.environ["MODE"] == "fua":
+        h.pwrite(A, 0, nbd.CMD_FLAG_FUA)
+        raise AssertionError("the FUA write of A succeeded while the remote holds it")
+    h.pwrite(A, 0)
     h.flush()
     raise AssertionError("flush of A succeeded while the remote holds it")
 except nbd.Error as e:
     assert e.errno == "EIO", e.errno
-    print("ok: step 2: flush of A failed with EIO (remote holds A's pwrite)")
+    print("ok: step 2: %s of A failed with EIO (remote holds A's pwrite)" % os.environ["MODE"])
 assert os.path.exists(tmp + "/held"), "the remote never got A's pwrite"
 
-h.pwrite(B, 0)
+fua = os.environ["MODE"] == "fua"
+if not fua:
+    h.pwrite(B, 0)
+for i in range(3):
+    try:
+        if fua:
+            h.pwrite(B, 0, nbd.CMD_FLAG_FUA)
+            raise AssertionError("a FUA write of B succeeded while the remote "
+                                 "still holds the older write of A")
+        h.flush()
+        raise AssertionError("a flush covering B succeeded while the remote "
+                             "still holds the older write of A")
+    except nbd.Error as e:
+        assert e.errno == "EIO", e.errno
+assert not os.path.exists(tmp + "/late-done")
+assert image0() != B, "B reached the image while A's write was pending"
+print("ok: step 3: three %s covering B failed with EIO; B is not on the image"
+      % ("FUA writes" if fua else "flushes"))
+
+with open(os.environ["FIFO"], "w") as f:
+    f.write("go\n")
+wait_for(tmp + "/late-done", "the remote's late pwrite of A")
+print("ok: step 4: the remote carried out the old pwrite of A")
 deadline = time.monotonic() + 30
 fails = 0
 while True:
@@ -99,31 +124,35 @@ while True:
         fails += 1
         assert time.monotonic() < deadline, "no flush of B succeeded"
         time.sleep(0.2)
-print("ok: step 3: flush covering B succeeded (after %d EIO)" % fails)
+print("ok: step 5: a flush covering B succeeded (after %d EIO)" % fails)
 assert image0() == B, "image does not hold B right after the flush"
-print("ok: step 3: the image holds B")
-
-with open(os.environ["FIFO"], "w") as f:
-    f.write("go\n")
-wait_for(tmp + "/late-done", "the remote's late pwrite of A")
-print("step 4: the remote carried out the old pwrite of A")
-assert h.pread(4096, 0) == B   # still B in subpage's cache
+assert h.pread(4096, 0) == B
+print("ok: step 5: the image holds B")
 h.shutdown()
-got = image0()
-print("image after the late write:", "A" if got == A else "B" if got == B else "?")
-open(tmp + "/result", "wb").write(got)
 PY
   check_client "$status"
+  local n
+  n=$(grep -c 'got no answer within backend-timeout=1' "$log" || true)
+  if [ "$n" -ne 1 ]; then
+    echo "FAIL: connections=$conns ($mode): the timeout was logged $n times, expected once" >&2
+    cat "$log" >&2
+    return 1
+  fi
+  if ! grep -q 'the remote answers again' "$log"; then
+    echo "FAIL: connections=$conns ($mode): the end of the outage was not logged" >&2
+    cat "$log" >&2
+    return 1
+  fi
   stop_nbdkit_ok "$pid" 60
   # A fresh instance: what the client now reads at offset 0.
   start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$BURI" connections="$conns" 2>>"$log"
   got=$(timeout 60 /usr/bin/env PATH=/usr/bin:$PATH nbdsh -u "$(nbd_uri "$sock")" \
           -c 'print(h.pread(4096, 0)[:1].hex())')
   stop_nbdkit_ok "$pid" 60
-  echo "connections=$conns: a new subpage reads 0x$got at offset 0 (flushed: 0xbb)"
+  echo "connections=$conns ($mode): a new subpage reads 0x$got at offset 0 (flushed: 0xbb)"
   if [ "$got" != bb ]; then
-    echo "FAIL: connections=$conns: a successful flush covered B, yet the" \
-         "remote's late write of A (timed-out connection) replaced it" >&2
+    echo "FAIL: connections=$conns ($mode): a successful flush covered B, yet the" \
+         "remote's late write of A replaced it" >&2
     cat "$log" >&2
     return 1
   fi
@@ -132,4 +161,5 @@ PY
 rc=0
 run_case 4 || rc=1
 run_case 1 || rc=1
+run_case 4 fua || rc=1
 exit $rc
