@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# backend-timeout= under uri=: a late write whose connection dies.
+#
+# nbd-conn.c ("Timeouts") lifts the fence over a late write's sectors
+# when its connection is closed ("nothing more comes from a closed
+# connection") and connects again.  That holds only when the process at
+# the other end of the socket is the one that writes the image.  Here
+# the remote is reached through a proxy (nbdkit's nbd plugin: a network
+# hop, a front-end restarted while the storage still holds the write):
+#
+#  1. the client writes A (0xAA) at offset 0 and flushes; write-back of A
+#     goes through the proxy to the storage remote, whose pwrite blocks
+#     on a FIFO the test holds; backend-timeout=1 passes: EIO, A dirty;
+#  2. the proxy dies (SIGKILL by PID) and a new one is started on the
+#     same socket: subpage's connection dies while down (the late write
+#     completes with ENOTCONN, its fence is lifted) and is connected
+#     again; the storage remote still holds the old write of A;
+#  3. the client writes B (0xBB) over A and flushes until a flush
+#     succeeds: B is on the image;
+#  4. the test opens the FIFO: the storage carries out the old write of
+#     A, over B, which a successful flush covered.
+# The promise (docs/guarantees.md, "A failed flush"): an older write
+# that landed late never ends up over newer data that a successful
+# flush covered.  The test fails if the image holds A at the end.
+
+source "$(dirname "$0")/../functions.sh"
+set -euo pipefail
+
+requires_plugin
+requires_nbdsh
+requires timeout
+make_tmpdir
+
+img=$tmpdir/remote.img
+esock=$tmpdir/storage.sock
+epid=$tmpdir/storage.pid
+psock=$tmpdir/proxy.sock
+ppid=$tmpdir/proxy.pid
+sock=$tmpdir/nbd.sock
+pid=$tmpdir/nbdkit.pid
+log=$tmpdir/subpage.log
+fifo=$tmpdir/hold.fifo
+mkfifo "$fifo"
+truncate -s 4M "$img"
+
+release () { timeout 5 sh -c "echo go > '$fifo'" 2>/dev/null || :; }
+
+# The storage remote: its first pwrite marks $tmpdir/held, blocks on
+# the FIFO, then writes and marks $tmpdir/late-done.
+start_remote -P "$epid" -U "$esock" --threads=1 eval \
+  thread_model='echo parallel' \
+  get_size="echo $((4 * 1024 * 1024))" \
+  can_write='exit 0' can_flush='exit 0' can_multi_conn='exit 0' \
+  can_fua='echo none' \
+  flush='sync' \
+  pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
+  pwrite="held=; if mkdir $tmpdir/held 2>/dev/null; then held=1; read x < $fifo; fi; env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none; if [ -n \"\$held\" ]; then : > $tmpdir/late-done; fi"
+cleanup_fn release
+start_remote -P "$ppid" -U "$psock" nbd socket="$esock"
+proxy_pid=$nbdkit_pid
+
+start_nbdkit -P "$pid" -U "$sock" "$PLUGIN" uri="$(nbd_uri "$psock")" \
+             backend-timeout=1 connections=1 cache-size=16M \
+             dirty-expire-ms=3600000 2>"$log"
+show_log () { [ -e "$tmpdir/passed" ] || { echo "--- $log:"; cat "$log"; } >&2; }
+cleanup_fn show_log
+export URI=$(nbd_uri "$sock") IMG=$img TMP=$tmpdir FIFO=$fifo
+
+py ()
+{
+  local status=0
+  timeout 120 /usr/bin/env PATH=/usr/bin:$PATH nbdsh -n -c - || status=$?
+  check_client "$status"
+}
+
+# 1. A's write-back is held by the storage and becomes late.
+py <<'PY'
+import os
+h = nbd.NBD()
+h.connect_uri(os.environ["URI"])
+h.pwrite(b"\xaa" * 4096, 0)
+try:
+    h.flush()
+    raise AssertionError("flush of A succeeded while the storage holds it")
+except nbd.Error as e:
+    assert e.errno == "EIO", e.errno
+assert os.path.exists(os.environ["TMP"] + "/held"), "the storage never got A"
+print("ok: step 1: flush of A failed with EIO (the storage holds A's pwrite)")
+h.shutdown()
+PY
+
+# 2. The proxy dies and comes back; the storage still holds A.
+kill -KILL "$proxy_pid"
+reap_killed "$proxy_pid"
+start_remote -P "$ppid" -U "$psock" nbd socket="$esock"
+
+# 3. B over A, flushed until a flush succeeds.
+py <<'PY'
+import os, time
+B = b"\xbb" * 4096
+def image0():
+    with open(os.environ["IMG"], "rb") as f:
+        return f.read(4096)
+h = nbd.NBD()
+h.connect_uri(os.environ["URI"])
+h.pwrite(B, 0)
+deadline = time.monotonic() + 30
+fails = 0
+while True:
+    try:
+        h.flush(); break
+    except nbd.Error as e:
+        assert e.errno == "EIO", e.errno
+        fails += 1
+        assert time.monotonic() < deadline, "no flush of B succeeded"
+        time.sleep(0.2)
+assert not os.path.exists(os.environ["TMP"] + "/late-done")
+assert image0() == B, "a flush of B succeeded, yet the image does not hold B"
+print("ok: step 3: a flush covering B succeeded (after %d EIO); the image "
+      "holds B; the storage still holds the old write of A" % fails)
+
+# 4. The storage carries out the old write of A.
+with open(os.environ["FIFO"], "w") as f:
+    f.write("go\n")
+deadline = time.monotonic() + 30
+while not os.path.exists(os.environ["TMP"] + "/late-done"):
+    assert time.monotonic() < deadline, "the storage never finished A"
+    time.sleep(0.05)
+got = image0()[:1].hex()
+print("image at offset 0 after the old write of A finished: 0x" + got)
+with open(os.environ["TMP"] + "/got", "w") as f:
+    f.write(got)
+h.shutdown()
+PY
+echo "subpage PID $(cat "$pid"), storage $(cat "$epid"), proxy $(cat "$ppid")"
+stop_nbdkit_ok "$pid" 60
+if [ "$(cat "$tmpdir/got")" != bb ]; then
+  echo "FAIL: a successful flush covered B, yet the old write of A landed" \
+       "over it after its connection was closed" >&2
+  exit 1
+fi
+touch "$tmpdir/passed"
