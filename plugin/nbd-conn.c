@@ -582,10 +582,14 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   }
   default: abort ();
   }
-  if (r == -1 && cmd->tracked) {
-    /* Not issued: no callback will come. */
+  if (r == -1 && conn->nb->timeout_ns != 0) {
+    /* Not issued: no callback will come.  The reader may have made it
+     * late since nb_track (another thread's command): it leaves
+     * nb->late and conn->nlate here, as a completion would take it.
+     */
     pthread_mutex_lock (&conn->lock);
     nb_untrack_locked (conn, cmd);
+    nb_late_unlink_locked (conn, cmd);
     pthread_mutex_unlock (&conn->lock);
   }
   /* Output still queued (the socket was full, or the state machine was
