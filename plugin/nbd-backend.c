@@ -403,6 +403,7 @@ nbd_backend_open (const char *uri, unsigned connections, uint32_t sector_size,
   }
   nb->timeout_ns = (uint64_t) timeout_ms * 1000000;
   atomic_init (&nb->ndown, 0);
+  atomic_init (&nb->norphans, 0);
   pthread_mutex_init (&nb->late_lock, NULL);
   /* The pool first: from here on nb_close undoes everything. */
   if ((err = pool_init (&nb->cmds, sizeof (struct nb_cmd), NB_POOL_CMDS)) < 0) {

@@ -77,12 +77,17 @@
  *    fail with -EIO at once, and queued writes fail unsent.  When the
  *    remote has answered every late command (conn->nlate 0) the reader
  *    brings it back up.  If instead it dies, libnbd completes its
- *    commands with ENOTCONN (late ones leave nb->late: nothing more
- *    comes from a closed connection) and the reader connects again,
+ *    commands with ENOTCONN and the reader connects again,
  *    one attempt a second, each bounded by the timeout, until one
  *    succeeds or nbdkit stops; the new handle must see what the first
  *    saw.  A connection the remote closed without a timeout is still
  *    dead for good.
+ *
+ * A late write, trim or zero whose connection closes before the remote
+ * answered it is not known to be gone: the socket's peer may be a proxy
+ * or a front end while the storage behind it still holds the write.  It
+ * stays on nb->late for good (an orphan: nb_late_unlink_locked), so its
+ * sectors stay fenced until nbdkit stops, and the dirty data with them.
  *
  * A completion that comes just as the deadline passes is either seen
  * first (the command leaves fl_head under conn->lock before the reader
@@ -320,16 +325,45 @@ nb_fenced (struct nbd_backend *nb, enum nb_op op, uint64_t off, uint32_t count)
   return hit;
 }
 
-/* conn->lock held: CMD completed; if it was late (cmd->late stays
- * set), it leaves nb->late.  Called once per command.
+/* conn->lock held: CMD completed with ERR (errno, 0 if answered or
+ * never issued).  If it was late (cmd->late stays set) it leaves
+ * nb->late, unless it changes the image and its connection closed
+ * before the remote answered it (ENOTCONN): whatever is at the other
+ * end (a proxy, a server still running it) may still carry it out, so
+ * it stays on nb->late as an orphan, fencing its sectors until nbdkit
+ * stops (freed by nb_conns_close).  Returns true for an orphan, which
+ * the caller must not free.  Called once per command.
  */
-static void
-nb_late_unlink_locked (struct nb_conn *conn, struct nb_cmd *cmd)
+static bool
+nb_late_unlink_locked (struct nb_conn *conn, struct nb_cmd *cmd, int err)
 {
   struct nbd_backend *nb = conn->nb;
 
   if (!cmd->late)
-    return;
+    return false;
+  assert (conn->nlate > 0);
+  conn->nlate--;
+  if (err == ENOTCONN && nb_op_changes (cmd->op)) {
+    cmd->orphan = true;
+    free (cmd->bounce);
+    cmd->bounce = NULL;
+    if (atomic_fetch_add (&nb->norphans, 1) == 0)
+      nbdkit_error ("subpage: uri=%s: connection %u closed before the "
+                    "remote answered a late %s (offset %" PRIu64
+                    " count %" PRIu32 "): the remote may still carry it "
+                    "out, so the sectors of such requests stay fenced "
+                    "(writes over them, and flushes covering them, fail "
+                    "with EIO; the data stays dirty) until nbdkit restarts",
+                    nb->uri, conn->idx, nb_op_name (cmd->op), cmd->off,
+                    cmd->count);
+    else
+      nbdkit_debug ("subpage: uri=%s: connection %u closed before the "
+                    "remote answered a late %s (offset %" PRIu64
+                    " count %" PRIu32 "): fenced until nbdkit restarts",
+                    nb->uri, conn->idx, nb_op_name (cmd->op), cmd->off,
+                    cmd->count);
+    return true;
+  }
   pthread_mutex_lock (&nb->late_lock);
   if (cmd->late_prev != NULL)
     cmd->late_prev->late_next = cmd->late_next;
@@ -338,8 +372,7 @@ nb_late_unlink_locked (struct nb_conn *conn, struct nb_cmd *cmd)
   if (cmd->late_next != NULL)
     cmd->late_next->late_prev = cmd->late_prev;
   pthread_mutex_unlock (&nb->late_lock);
-  assert (conn->nlate > 0);
-  conn->nlate--;
+  return false;
 }
 
 void
@@ -452,17 +485,19 @@ nb_complete_sync (void *user_data, int *error)
 {
   struct nb_cmd *cmd = user_data;
   struct nb_conn *conn = cmd->conn;
+  bool orphan;
 
   pthread_mutex_lock (&conn->lock);
   nb_untrack_locked (conn, cmd);
-  nb_late_unlink_locked (conn, cmd);
+  orphan = nb_late_unlink_locked (conn, cmd, *error);
   cmd->err = *error;
   if (cmd->abandoned) {
     pthread_mutex_unlock (&conn->lock);
     nbdkit_debug ("subpage: uri=%s: connection %u: a late %s completed: %s",
                   conn->nb->uri, conn->idx, nb_op_name (cmd->op),
                   *error ? errstr (*error) : "ok");
-    nb_cmd_free (conn->nb, cmd);
+    if (!orphan)
+      nb_cmd_free (conn->nb, cmd);
     return 1;
   }
   cmd->done = true;
@@ -480,7 +515,7 @@ nb_complete_async (void *user_data, int *error)
   cmd->err = *error;
   pthread_mutex_lock (&conn->lock);
   nb_untrack_locked (conn, cmd);
-  nb_late_unlink_locked (conn, cmd);
+  nb_late_unlink_locked (conn, cmd, cmd->err);
   cmd->next = conn->done;
   conn->done = cmd;
   pthread_mutex_unlock (&conn->lock);
@@ -564,6 +599,7 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
   cmd->tracked = false;
   cmd->late = false;
   cmd->abandoned = false;
+  cmd->orphan = false;
   nb_track (conn, cmd);
   switch (op) {
   case NB_READ:
@@ -589,7 +625,7 @@ nb_issue (struct nb_conn *conn, enum nb_op op, void *buf, uint32_t count,
      */
     pthread_mutex_lock (&conn->lock);
     nb_untrack_locked (conn, cmd);
-    nb_late_unlink_locked (conn, cmd);
+    nb_late_unlink_locked (conn, cmd, 0); /* never reached the remote */
     pthread_mutex_unlock (&conn->lock);
   }
   /* Output still queued (the socket was full, or the state machine was
@@ -690,12 +726,12 @@ nb_sync_held (struct nb_conn *conn, enum nb_op op, const char *what, void *buf,
     /* Whatever the remote answers now, this caller has -EIO (nb->late
      * fences the sectors of a write until the answer).
      */
-    bool done = cmd->done;
+    bool done = cmd->done, orphan = cmd->orphan;
 
     if (!done)
       cmd->abandoned = true; /* the completion frees it */
     pthread_mutex_unlock (&conn->lock);
-    if (done)
+    if (done && !orphan)
       nb_cmd_free (nb, cmd);
     nbdkit_debug ("%s: uri=%s: offset %" PRIu64 " count %" PRIu32
                   ": no answer within backend-timeout=%s",
@@ -751,7 +787,8 @@ nb_finish_async (struct nb_cmd *cmd)
                   "%s",
                   conn->nb->uri, conn->idx,
                   cmd->err ? errstr (cmd->err) : "ok");
-    nb_cmd_free (conn->nb, cmd);
+    if (!cmd->orphan) /* an orphan stays on nb->late */
+      nb_cmd_free (conn->nb, cmd);
     return;
   }
   if (cmd->err != 0)

@@ -70,6 +70,10 @@ struct nb_cmd {
    */
   bool abandoned;
   struct nb_cmd *fn_next; /* the reader's list of fns to call */
+  /* Late, changing the image, and its connection closed unanswered:
+   * kept on nb->late for good (nbd-conn.c, nb_late_unlink_locked).
+   */
+  bool orphan;
   struct nb_cmd *late_prev, *late_next;
   enum nb_op op;
   int err;   /* errno from the completion, 0 if ok */
@@ -130,6 +134,7 @@ struct nbd_backend {
    */
   pthread_mutex_t late_lock;
   struct nb_cmd *late_head;
+  atomic_uint norphans; /* orphans (logged once) */
 
   struct pool cmds; /* asynchronous writes (its own lock) */
 
