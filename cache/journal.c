@@ -28,6 +28,19 @@
  * after it carry the next); records carry their epoch, and the drainer
  * never puts records of two epochs in one batch, flushing the backend
  * after each batch (rule 13).
+ *
+ * Tail writes.  After a batch the drainer writes the new tail into the
+ * superblock but does not sync it: the next sync of the device, whoever
+ * makes it (a client flush's group commit, usually), covers it, and
+ * dev_sync then moves dtail, which frees the space.  A writer waiting
+ * for space syncs a written tail itself.  Two rules keep this safe:
+ *  - batch m's writes start only once the tail written after batch m-2
+ *    is durable (drain_locked syncs when no one else has), so a crash
+ *    re-drains at most the epochs of batches m-1 and m; writing m-1's
+ *    records again over a partly written epoch m leaves every epoch up
+ *    to m-1 whole plus a subset of m, a state rule 13 allows;
+ *  - what needs the tail on the device (a barrier before a write around
+ *    the journal, the set bypass flag, the final drain) syncs it.
  */
 #define _GNU_SOURCE /* strerrordesc_np, see errstr.h */
 #include <errno.h>
@@ -76,11 +89,21 @@ struct journal {
   uint64_t credited;
   uint64_t slack;
   uint64_t dtail_lsn; /* the superblock's tail: space */
+  /* The tail in the superblock last written to the device (durable
+   * once dtail_lsn has reached it), and how many superblock writes
+   * were done (sbw_gen) and covered by a completed sync (sbs_gen): at
+   * most one is not (the other slot must hold a durable copy).  See
+   * "Tail writes".
+   */
+  uint64_t sbw_lsn, sbw_gen, sbs_gen;
+  bool tail_failed;  /* the last superblock write or its sync failed */
+  bool tail_syncing; /* a writer waiting for space syncs the tail */
   struct jbuf *pend_head, *pend_tail;
   uint64_t synced_seq; /* records <= this are durable */
   bool syncing;
   int sync_err;                  /* sticky */
   uint64_t mtail_lsn, mtail_seq; /* drained and flushed, not yet in sb */
+  uint64_t mtail_prev_lsn;       /* mtail before the last batch */
   uint64_t mtail_epoch;
   bool drain_failing;
   int drain_err;
@@ -173,16 +196,60 @@ random_u32 (void)
 static int
 dev_sync (struct cache *c, struct journal *j)
 {
-  int r = j->dev.ops->sync (j->dev.opaque);
+  uint64_t gen, lsn;
+  int r;
 
+  /* A superblock write done before the sync starts is covered by it. */
+  lock_take (&j->lock);
+  gen = j->sbw_gen;
+  lsn = j->sbw_lsn;
+  lock_drop (&j->lock);
+  r = j->dev.ops->sync (j->dev.opaque);
   atomic_fetch_add (&c->ctr.journal_syncs, 1);
+  lock_take (&j->lock);
   if (r < 0) {
-    lock_take (&j->lock);
     if (!j->sync_err)
       j->sync_err = r;
     pthread_cond_broadcast (&j->cv);
-    lock_drop (&j->lock);
   }
+  else if (gen > j->sbs_gen) {
+    j->sbs_gen = gen;
+    if (lsn > j->dtail_lsn) {
+      j->dtail_lsn = lsn; /* space */
+      pthread_cond_broadcast (&j->cv);
+    }
+  }
+  lock_drop (&j->lock);
+  return r;
+}
+
+static int write_tail (struct cache *c, struct journal *j, bool sync);
+
+/* Drainer (drain_lock held): the drained tail (mtail) written to the
+ * superblock and synced, unless it is.
+ */
+static int
+tail_sync_locked (struct cache *c, struct journal *j)
+{
+  bool written, synced;
+
+  lock_take (&j->lock);
+  written = j->sbw_lsn == j->mtail_lsn && !j->tail_failed;
+  synced = j->dtail_lsn == j->sbw_lsn;
+  lock_drop (&j->lock);
+  if (!written)
+    return write_tail (c, j, true);
+  return synced ? 0 : dev_sync (c, j);
+}
+
+static int
+tail_sync (struct cache *c, struct journal *j)
+{
+  int r;
+
+  lock_take (&j->drain_lock);
+  r = tail_sync_locked (c, j);
+  lock_drop (&j->drain_lock);
   return r;
 }
 
@@ -344,6 +411,7 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
     return -EINVAL;
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
+  j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
@@ -576,6 +644,7 @@ jnl_recover (struct cache *c)
     return r;
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
+  j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
@@ -629,6 +698,18 @@ jnl_credit (struct cache *c, uint64_t size)
     if (j->sync_err) {
       r = j->sync_err;
       break;
+    }
+    if (j->dtail_lsn < j->sbw_lsn && !j->tail_syncing) {
+      /* The drainer freed space but left its sync to the next one. */
+      j->tail_syncing = true;
+      lock_drop (&j->lock);
+      r = dev_sync (c, j);
+      lock_take (&j->lock);
+      j->tail_syncing = false;
+      pthread_cond_broadcast (&j->cv);
+      if (r < 0)
+        break;
+      continue;
     }
     lock_drop (&j->lock);
     if (!counted)
@@ -1129,17 +1210,35 @@ io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
   return 0;
 }
 
-/* Drainer.  Writes the drained tail (mtail) to the superblock and syncs
- * it; only then may its space be used again (rule 14).  No further batch
- * is drained until this has succeeded, so the superblock's tail is at
- * most one batch behind what the backend holds.
+/* Drainer.  Writes the drained tail (mtail) to the superblock, and
+ * with SYNC syncs it; its space is used again only once a sync covers
+ * the write (dev_sync moves dtail; rule 14).  No further batch is
+ * drained until the write has succeeded, and none past the next until
+ * it is synced ("Tail writes").
  */
 static int
-write_tail (struct cache *c, struct journal *j)
+write_tail (struct cache *c, struct journal *j, bool sync)
 {
   uint64_t lsn;
+  bool unsynced;
   int r;
 
+  /* The superblock alternates between two slots: a second write before
+   * the first is synced could leave neither durable and whole.  Without
+   * SYNC it waits for a later sync (drain_locked); with it, syncs first.
+   */
+  lock_take (&j->lock);
+  unsynced = j->sbs_gen < j->sbw_gen;
+  lock_drop (&j->lock);
+  if (unsynced) {
+    if (!sync)
+      return 0;
+    if ((r = dev_sync (c, j)) < 0) {
+      report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
+                   errstr (-r));
+      return r;
+    }
+  }
   lock_take (&j->lock);
   lsn = j->mtail_lsn;
   j->sb.tail_lsn = lsn;
@@ -1152,17 +1251,23 @@ write_tail (struct cache *c, struct journal *j)
     return r; /* after a failed sync nothing is written any more */
   j->sb.image_size = size_now (c);
   r = jsb_write (&j->dev, &j->sb);
-  if (r == 0)
-    r = dev_sync (c, j);
+  if (r == 0) {
+    lock_take (&j->lock);
+    j->sbw_lsn = lsn;
+    j->sbw_gen++;
+    pthread_cond_broadcast (&j->cv); /* a writer waiting may sync it */
+    lock_drop (&j->lock);
+    if (sync)
+      r = dev_sync (c, j);
+  }
+  lock_take (&j->lock);
+  j->tail_failed = r < 0;
+  lock_drop (&j->lock);
   if (r < 0) {
     report_logf (c, CACHE_LOG_ERROR, "journal: writing the superblock: %s",
                  errstr (-r));
     return r;
   }
-  lock_take (&j->lock);
-  j->dtail_lsn = lsn;
-  pthread_cond_broadcast (&j->cv);
-  lock_drop (&j->lock);
   return 0;
 }
 
@@ -1217,14 +1322,25 @@ drain_locked (struct cache *c, struct journal *j)
   struct jscan s;
   struct jrec rec;
   uint64_t limit, last = 0, epoch = 0, nrec = 0, nwrites = 0, end;
-  bool tail_behind;
+  bool tail_behind, two_back, prev_written;
   int r = 0;
 
   lock_take (&j->lock);
-  tail_behind = j->dtail_lsn != j->mtail_lsn;
+  tail_behind = j->tail_failed;
+  /* The tail after the batch before the last must be durable before
+   * this batch writes anything ("Tail writes"): a sync, if a written
+   * tail covers it, else a write and a sync.
+   */
+  two_back = j->dtail_lsn < j->mtail_prev_lsn;
+  prev_written = j->sbw_lsn >= j->mtail_prev_lsn;
   lock_drop (&j->lock);
+  if (two_back && !tail_behind &&
+      (r = prev_written ? dev_sync (c, j) : write_tail (c, j, true)) < 0) {
+    drain_failed (c, j, r);
+    return r;
+  }
   if (tail_behind) {
-    if ((r = write_tail (c, j)) < 0) {
+    if ((r = write_tail (c, j, true)) < 0) {
       drain_failed (c, j, r);
       return r;
     }
@@ -1244,7 +1360,13 @@ drain_locked (struct cache *c, struct journal *j)
   limit = j->next_seq - 1;
   if (j->mtail_seq > limit) {
     lock_drop (&j->lock);
-    return 0; /* nothing journaled past the tail */
+    /* Nothing journaled past the tail: idle, so the tail's sync left
+     * to the next one is made now (the space, and a restart that has
+     * nothing to write again).
+     */
+    if ((r = tail_sync_locked (c, j)) < 0)
+      drain_failed (c, j, r);
+    return r;
   }
   from = j->sb;
   from.tail_lsn = j->mtail_lsn;
@@ -1352,6 +1474,7 @@ drain_locked (struct cache *c, struct journal *j)
   atomic_fetch_add (&c->ctr.journal_drained_records, nrec);
   atomic_fetch_add (&c->ctr.journal_drained_bytes, s.lsn - from.tail_lsn);
   lock_take (&j->lock);
+  j->mtail_prev_lsn = j->mtail_lsn;
   j->mtail_lsn = s.lsn;
   atomic_store (&j->drained_lsn, s.lsn);
   j->mtail_seq = s.seq;
@@ -1374,7 +1497,7 @@ drain_locked (struct cache *c, struct journal *j)
   drain_recovered (c);
   recovered_progress (c, j, s.lsn);
 
-  r = write_tail (c, j);
+  r = write_tail (c, j, false);
   if (r < 0) {
     drain_failed (c, j, r);
     return r;
@@ -1407,11 +1530,11 @@ jnl_drain (struct cache *c)
    * with the next records, a barrier (jnl_barrier) or the final drain.
    */
   lock_take (&j->lock);
-  markers_only = j->data_seq < j->mtail_seq && j->dtail_lsn == j->mtail_lsn &&
+  markers_only = j->data_seq < j->mtail_seq && !j->tail_failed &&
                  2 * used (j) < j->sb.data_size;
   lock_drop (&j->lock);
   if (markers_only)
-    return 0;
+    return tail_sync (c, j); /* idle: see drain_locked */
   return drain_step (c);
 }
 
@@ -1449,7 +1572,7 @@ jnl_drain_all (struct cache *c)
                    (now - t0) / 1000);
     }
     if (done)
-      return 0;
+      return tail_sync (c, j); /* a restart has nothing to write again */
     r = drain_step (c);
     if (r < 0)
       return r;
@@ -2043,6 +2166,7 @@ recover_indexed (struct cache *c, struct journal *j)
   j->trim_seq = trim_seq;
   j->data_seq = data_seq;
   j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
+  j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
   j->mtail_seq = j->sb.tail_seq;
   j->mtail_epoch = j->sb.tail_epoch;
   j->nage = 0;
@@ -2277,7 +2401,7 @@ set_bypass_flag (struct cache *c, struct journal *j)
   lock_take (&j->drain_lock);
   if (!(j->sb.flags & JSB_F_BYPASS)) {
     j->sb.flags |= JSB_F_BYPASS;
-    r = write_tail (c, j);
+    r = write_tail (c, j, true);
     if (r < 0)
       j->sb.flags &= ~JSB_F_BYPASS;
   }
@@ -2296,12 +2420,18 @@ jnl_barrier (struct cache *c, uint64_t need)
   while (r == 0) {
     bool done;
 
+    bool past;
+
     lock_take (&j->lock);
-    done = j->mtail_seq > need && j->dtail_lsn == j->mtail_lsn;
+    past = j->mtail_seq > need;
+    done = past && j->dtail_lsn == j->mtail_lsn;
     lock_drop (&j->lock);
     if (done)
       break;
-    r = drain_step (c);
+    if (past)
+      r = tail_sync (c, j); /* a re-drain must not reach behind NEED */
+    else
+      r = drain_step (c);
     if (r > 0)
       r = 0;
   }
