@@ -104,6 +104,11 @@ struct journal {
   int sync_err;                  /* sticky */
   uint64_t mtail_lsn, mtail_seq; /* drained and flushed, not yet in sb */
   uint64_t mtail_prev_lsn;       /* mtail before the last batch */
+  /* The last batch wrote some byte twice: writing it again over the
+   * next batch would put back a value its epoch overwrote, so the next
+   * batch waits for the last one's tail to be durable ("Tail writes").
+   */
+  bool last_overlap;
   uint64_t mtail_epoch;
   bool drain_failing;
   int drain_err;
@@ -160,10 +165,12 @@ struct journal {
   /* Drainer (drain_lock). */
   struct lock drain_lock;
   struct jsb sb; /* as last written */
-  struct {
+  struct jrange {
     uint64_t off, count;
   } * ranges;
   size_t nranges, ranges_cap;
+  struct jrange *bat; /* every write of the batch, TRIMs too */
+  size_t nbat, bat_cap;
 
   /* Copies of mtail_lsn and synced_seq for readers without j->lock. */
   atomic_uint_fast64_t drained_lsn, synced_atomic;
@@ -412,6 +419,7 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->last_overlap = false;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
@@ -468,6 +476,7 @@ jnl_free (struct cache *c)
   lock_destroy (&j->drain_lock);
   lock_destroy (&j->io_lock);
   free (j->ranges);
+  free (j->bat);
   free (j);
   c->jnl = NULL;
 }
@@ -645,6 +654,7 @@ jnl_recover (struct cache *c)
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->last_overlap = false;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
   j->epoch = j->mtail_epoch = j->sb.tail_epoch;
@@ -1019,6 +1029,47 @@ note_range (struct journal *j, uint64_t off, uint64_t count)
   return 0;
 }
 
+static int
+note_bat (struct journal *j, uint64_t off, uint64_t count)
+{
+  if (j->nbat == j->bat_cap) {
+    size_t n = j->bat_cap ? 2 * j->bat_cap : 64;
+    void *p = realloc (j->bat, n * sizeof *j->bat);
+    if (!p)
+      return -ENOMEM;
+    j->bat = p;
+    j->bat_cap = n;
+  }
+  j->bat[j->nbat].off = off;
+  j->bat[j->nbat].count = count;
+  j->nbat++;
+  return 0;
+}
+
+static int
+jrange_cmp (const void *a, const void *b)
+{
+  const struct jrange *x = a, *y = b;
+
+  return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Did two writes of the batch touch the same byte?  Empties the list. */
+static bool
+bat_overlaps (struct journal *j)
+{
+  uint64_t end = 0;
+  bool o = false;
+
+  qsort (j->bat, j->nbat, sizeof *j->bat, jrange_cmp);
+  for (size_t k = 0; k < j->nbat && !o; k++) {
+    o = k > 0 && j->bat[k].off < end;
+    end = MAX (end, j->bat[k].off + j->bat[k].count);
+  }
+  j->nbat = 0;
+  return o;
+}
+
 /* Every record up to LAST is on the backend and flushed: pages none of
  * whose records is newer lose their D bits.
  */
@@ -1323,16 +1374,20 @@ drain_locked (struct cache *c, struct journal *j)
   struct jrec rec;
   uint64_t limit, last = 0, epoch = 0, nrec = 0, nwrites = 0, end;
   bool tail_behind, two_back, prev_written;
+  uint64_t need;
   int r = 0;
 
   lock_take (&j->lock);
   tail_behind = j->tail_failed;
   /* The tail after the batch before the last must be durable before
    * this batch writes anything ("Tail writes"): a sync, if a written
-   * tail covers it, else a write and a sync.
+   * tail covers it, else a write and a sync.  The tail after the last
+   * batch, if it wrote a byte twice: writing it again over this batch
+   * would put back a value of its epoch that its epoch overwrote.
    */
-  two_back = j->dtail_lsn < j->mtail_prev_lsn;
-  prev_written = j->sbw_lsn >= j->mtail_prev_lsn;
+  need = j->last_overlap ? j->mtail_lsn : j->mtail_prev_lsn;
+  two_back = j->dtail_lsn < need;
+  prev_written = j->sbw_lsn >= need;
   lock_drop (&j->lock);
   if (two_back && !tail_behind &&
       (r = prev_written ? dev_sync (c, j) : write_tail (c, j, true)) < 0) {
@@ -1441,6 +1496,8 @@ drain_locked (struct cache *c, struct journal *j)
     }
     if (r == 0 && rec.type != JREC_TRIM && rec.type != JREC_BYPASS)
       r = note_range (j, rec.offset, rec.count);
+    if (r == 0 && rec.type != JREC_BYPASS)
+      r = note_bat (j, rec.offset, rec.count);
     if (r < 0)
       break;
     last = rec.seq;
@@ -1462,6 +1519,7 @@ drain_locked (struct cache *c, struct journal *j)
     r = backend_flush (c);
   if (r < 0) {
     j->nranges = 0;
+    j->nbat = 0;
     jscan_free (&s);
     drain_failed (c, j, r);
     return r;
@@ -1473,7 +1531,12 @@ drain_locked (struct cache *c, struct journal *j)
 
   atomic_fetch_add (&c->ctr.journal_drained_records, nrec);
   atomic_fetch_add (&c->ctr.journal_drained_bytes, s.lsn - from.tail_lsn);
-  lock_take (&j->lock);
+  {
+    bool o = bat_overlaps (j);
+
+    lock_take (&j->lock);
+    j->last_overlap = o;
+  }
   j->mtail_prev_lsn = j->mtail_lsn;
   j->mtail_lsn = s.lsn;
   atomic_store (&j->drained_lsn, s.lsn);
@@ -2167,6 +2230,7 @@ recover_indexed (struct cache *c, struct journal *j)
   j->data_seq = data_seq;
   j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->last_overlap = false;
   j->mtail_seq = j->sb.tail_seq;
   j->mtail_epoch = j->sb.tail_epoch;
   j->nage = 0;
