@@ -306,6 +306,35 @@ start_remote ()
   return "$status"
 }
 
+# start_held_remote PIDFILE SOCK IMG FIFO: a remote (start_remote) that
+# serves IMG (made 4 MiB here) with nbdkit's eval plugin, multi-conn,
+# flush and no FUA, one thread per connection (--threads=1: nbdkit
+# 1.32's raw_send_socket assertion, see test-backend-timeout.sh).  Its
+# first pwrite creates $tmpdir/held, blocks until the test writes a
+# line to FIFO (made here), then writes its data and creates
+# $tmpdir/late-done.  A cleanup releases it, so a failing test ends
+# quickly.
+start_held_remote ()
+{
+  local pidfile=$1 sock=$2 img=$3 fifo=$4
+  mkfifo "$fifo"
+  truncate -s 4M "$img"
+  start_remote -P "$pidfile" -U "$sock" --threads=1 eval \
+    thread_model='echo parallel' \
+    get_size="echo $((4 * 1024 * 1024))" \
+    can_write='exit 0' can_flush='exit 0' can_multi_conn='exit 0' \
+    can_fua='echo none' \
+    flush='sync' \
+    pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
+    pwrite="held=; if mkdir $tmpdir/held 2>/dev/null; then held=1; read x < $fifo; fi; env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none; if [ -n \"\$held\" ]; then : > $tmpdir/late-done; fi"
+  cleanup_fn _release_held "$fifo"
+}
+
+_release_held ()
+{
+  timeout 5 sh -c "echo go > '$1'" 2>/dev/null || :
+}
+
 # nbdsh_py ARGS...: nbdsh with Debian's python3 (which has the nbd module).
 # start_file_remote PIDFILE SOCK IMAGE [FILTER-ARGS...] -- [EVAL-ARGS...]:
 # writes a 4 MiB IMAGE (bytes 0..255 repeated) and serves it as a remote

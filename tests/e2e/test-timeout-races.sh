@@ -34,25 +34,8 @@ img=$tmpdir/remote.img
 bsock=$tmpdir/backend.sock
 bpid=$tmpdir/backend.pid
 fifo=$tmpdir/hold.fifo
-mkfifo "$fifo"
-truncate -s 4M "$img"
-
-# Never leave the remote's pwrite blocked (a failing test ends quickly).
-release () { timeout 5 sh -c "echo go > '$fifo'" 2>/dev/null || :; }
-
-# The remote: the first pwrite it receives marks $tmpdir/held, blocks on
-# the FIFO, then writes its data and marks $tmpdir/late-done.
-# --threads=1 as in test-backend-timeout.sh (nbdkit 1.32's
-# raw_send_socket assertion).
-start_remote -P "$bpid" -U "$bsock" --threads=1 eval \
-  thread_model='echo parallel' \
-  get_size="echo $((4 * 1024 * 1024))" \
-  can_write='exit 0' can_flush='exit 0' can_multi_conn='exit 0' \
-  can_fua='echo none' \
-  flush='sync' \
-  pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-  pwrite="held=; if mkdir $tmpdir/held 2>/dev/null; then held=1; read x < $fifo; fi; env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none; if [ -n \"\$held\" ]; then : > $tmpdir/late-done; fi"
-cleanup_fn release
+# Its first pwrite blocks on the FIFO (marks held, then late-done).
+start_held_remote "$bpid" "$bsock" "$img" "$fifo"
 export BURI=$(nbd_uri "$bsock") IMG=$img TMP=$tmpdir FIFO=$fifo
 
 run_case ()

@@ -43,22 +43,10 @@ sock=$tmpdir/nbd.sock
 pid=$tmpdir/nbdkit.pid
 log=$tmpdir/subpage.log
 fifo=$tmpdir/hold.fifo
-mkfifo "$fifo"
-truncate -s 4M "$img"
 
-release () { timeout 5 sh -c "echo go > '$fifo'" 2>/dev/null || :; }
-
-# The storage remote: its first pwrite marks $tmpdir/held, blocks on
-# the FIFO, then writes and marks $tmpdir/late-done.
-start_remote -P "$epid" -U "$esock" --threads=1 eval \
-  thread_model='echo parallel' \
-  get_size="echo $((4 * 1024 * 1024))" \
-  can_write='exit 0' can_flush='exit 0' can_multi_conn='exit 0' \
-  can_fua='echo none' \
-  flush='sync' \
-  pread="env -u LD_PRELOAD dd if=$img skip=\$4 count=\$3 iflag=skip_bytes,count_bytes status=none" \
-  pwrite="held=; if mkdir $tmpdir/held 2>/dev/null; then held=1; read x < $fifo; fi; env -u LD_PRELOAD dd of=$img seek=\$4 oflag=seek_bytes conv=notrunc status=none; if [ -n \"\$held\" ]; then : > $tmpdir/late-done; fi"
-cleanup_fn release
+# The storage remote: its first pwrite blocks on the FIFO (marks held,
+# then late-done).
+start_held_remote "$epid" "$esock" "$img" "$fifo"
 start_remote -P "$ppid" -U "$psock" nbd socket="$esock"
 proxy_pid=$nbdkit_pid
 
