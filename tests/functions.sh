@@ -294,6 +294,24 @@ check_client ()
   fi
 }
 
+# dump_stacks PID...: print every thread's stack of each PID (nbdkit
+# processes a test found hung) to stderr, before the cleanup continues
+# or stops anything, so that a hang seen once shows where it waited.
+# Bounded: a gdb that cannot attach gives up within 60 s.
+dump_stacks ()
+{
+  local p
+  for p in "$@"; do
+    echo "--- threads of PID $p:" >&2
+    if ! command -v gdb > /dev/null; then
+      echo "(no gdb: scripts/packages-test.txt lists it)" >&2
+      continue
+    fi
+    timeout 60 gdb -q -batch -p "$p" -ex 'thread apply all bt' \
+      < /dev/null 2>&1 | grep -v '^\[New LWP\|^Download' >&2 || true
+  done
+}
+
 # start_remote ARGS...: start_nbdkit for a remote the plugin talks to
 # (not the plugin), without the sanitizer runtime and options: the
 # shell scripts of nbdkit's eval plugin crash under the TSan runtime.
