@@ -96,6 +96,10 @@ struct journal {
    * "Tail writes".
    */
   uint64_t sbw_lsn, sbw_gen, sbs_gen;
+  /* The sequence numbers of those tails: every record below dtail_seq
+   * is behind the durable tail (a recovery never applies it again).
+   */
+  uint64_t sbw_seq, dtail_seq;
   bool tail_failed;  /* the last superblock write or its sync failed */
   bool tail_syncing; /* a writer waiting for space syncs the tail */
   struct jbuf *pend_head, *pend_tail;
@@ -203,13 +207,14 @@ random_u32 (void)
 static int
 dev_sync (struct cache *c, struct journal *j)
 {
-  uint64_t gen, lsn;
+  uint64_t gen, lsn, seq;
   int r;
 
   /* A superblock write done before the sync starts is covered by it. */
   lock_take (&j->lock);
   gen = j->sbw_gen;
   lsn = j->sbw_lsn;
+  seq = j->sbw_seq;
   lock_drop (&j->lock);
   r = j->dev.ops->sync (j->dev.opaque);
   atomic_fetch_add (&c->ctr.journal_syncs, 1);
@@ -221,6 +226,8 @@ dev_sync (struct cache *c, struct journal *j)
   }
   else if (gen > j->sbs_gen) {
     j->sbs_gen = gen;
+    if (seq > j->dtail_seq)
+      j->dtail_seq = seq;
     if (lsn > j->dtail_lsn) {
       j->dtail_lsn = lsn; /* space */
       pthread_cond_broadcast (&j->cv);
@@ -419,6 +426,7 @@ jnl_open (struct cache *c, const struct jdev *dev, const char *ident,
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->sbw_seq = j->dtail_seq = j->sb.tail_seq;
   j->last_overlap = false;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
@@ -654,6 +662,7 @@ jnl_recover (struct cache *c)
   }
   j->head_lsn = j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->sbw_seq = j->dtail_seq = j->sb.tail_seq;
   j->last_overlap = false;
   j->next_seq = j->mtail_seq = j->sb.tail_seq;
   j->synced_seq = j->next_seq - 1;
@@ -1270,7 +1279,7 @@ io_add (struct cache *c, struct journal *j, struct cache_jio **cur,
 static int
 write_tail (struct cache *c, struct journal *j, bool sync)
 {
-  uint64_t lsn;
+  uint64_t lsn, seq;
   bool unsynced;
   int r;
 
@@ -1292,8 +1301,9 @@ write_tail (struct cache *c, struct journal *j, bool sync)
   }
   lock_take (&j->lock);
   lsn = j->mtail_lsn;
+  seq = j->mtail_seq;
   j->sb.tail_lsn = lsn;
-  j->sb.tail_seq = j->mtail_seq;
+  j->sb.tail_seq = seq;
   j->sb.tail_epoch = j->mtail_epoch;
   jsb_split_settle (&j->sb); /* one salt again once the tail passed it */
   r = j->sync_err;
@@ -1305,6 +1315,7 @@ write_tail (struct cache *c, struct journal *j, bool sync)
   if (r == 0) {
     lock_take (&j->lock);
     j->sbw_lsn = lsn;
+    j->sbw_seq = seq;
     j->sbw_gen++;
     pthread_cond_broadcast (&j->cv); /* a writer waiting may sync it */
     lock_drop (&j->lock);
@@ -2230,6 +2241,7 @@ recover_indexed (struct cache *c, struct journal *j)
   j->data_seq = data_seq;
   j->dtail_lsn = j->mtail_lsn = j->sb.tail_lsn;
   j->sbw_lsn = j->mtail_prev_lsn = j->sb.tail_lsn;
+  j->sbw_seq = j->dtail_seq = j->sb.tail_seq;
   j->last_overlap = false;
   j->mtail_seq = j->sb.tail_seq;
   j->mtail_epoch = j->sb.tail_epoch;
@@ -2482,13 +2494,17 @@ jnl_barrier (struct cache *c, uint64_t need)
   int r = set_bypass_flag (c, j);
 
   while (r == 0) {
-    bool done;
+    bool past, done;
 
-    bool past;
-
+    /* Record NEED drained, flushed and behind the durable tail: a
+     * recovery re-drains only records after it, and with
+     * journal-order=epoch (NEED >= closed_seq) only records of the
+     * current epoch, which the write joins.  Later records already
+     * drained need not be durable behind the tail (jnl_hold).
+     */
     lock_take (&j->lock);
     past = j->mtail_seq > need;
-    done = past && j->dtail_lsn == j->mtail_lsn;
+    done = j->dtail_seq > need;
     lock_drop (&j->lock);
     if (done)
       break;
