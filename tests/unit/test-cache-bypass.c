@@ -408,6 +408,74 @@ test_barrier_needs_durable_tail (void **state)
   bt_close (&x);
 }
 
+/* The barrier's NEED names a record through its page's jseq; a page
+ * whose records were all drained may leave RAM clean (its node
+ * dropped, jnl_page_evict), and then nothing names them.  R at BOFF in
+ * the current epoch is drained, its tail written but not synced; its
+ * page is evicted; B around the journal over BOFF, with FUA: NEED is
+ * only closed_seq, which the durable tail already passed, so the
+ * barrier returns at once.  A crash that keeps the tail before R
+ * replays R over the acknowledged FUA write B.  (Before a690b4e the
+ * barrier waited for the whole drained tail to be durable.)
+ */
+static void
+test_barrier_evicted_page (void **state)
+{
+  struct bt x = { .s = NULL };
+  uint64_t boff = MiB;
+  bool lost = false;
+  (void) state;
+
+  bt_open (&x);
+  /* The log's BYPASS flag set, an epoch closed, everything drained and
+   * the tail durable (the idle step syncs it).
+   */
+  start_run (&x, 3 * MiB, 4);
+  assert_int_equal (swrite (&x, 3 * MiB, CHUNK, 4, 0), 0);
+  assert_int_equal (write_pattern (&x.t, 3 * MiB + 2 * CHUNK, CHUNK, 1, 0),
+                    0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  drain_all (&x);
+  /* R, current epoch: one batch (the drainer syncs R itself), its tail
+   * written and left for the next sync.
+   */
+  assert_int_equal (write_pattern (&x.t, boff, CHUNK, 2, 0), 0);
+  assert_true (cache_journal_drain (x.t.c) > 0);
+  assert_true (disk_is_pattern (&x.t, boff, CHUNK, 2));
+  /* R's page, clean now, leaves RAM: read every other page. */
+  {
+    uint64_t ev = stats (x.t.c).evictions;
+
+    unsigned char b[512];
+
+    for (int pass = 0; pass < 2; pass++)
+      for (uint64_t off = 0; off < 4 * MiB; off += CHUNK)
+        if (off != boff)
+          assert_int_equal (cache_read (x.t.c, b, sizeof b, off), 0);
+    assert_true (stats (x.t.c).evictions > ev);
+  }
+  start_run (&x, boff, 3);
+  assert_int_equal (swrite (&x, boff, CHUNK, 3, CACHE_FUA), 0);
+  assert_int_equal (stats (x.t.c).journal_bypass_writes, 2);
+  assert_true (disk_is_pattern (&x.t, boff, CHUNK, 3));
+  for (uint64_t seed = 0; seed < 8; seed++) {
+    struct bt y = { .s = NULL };
+
+    bt_crash (&x, seed, &y);
+    if (!read_is_pattern (&y.t, boff, CHUNK, 3)) {
+      lost = true;
+      print_message ("seed %llu: the replay put R back over the FUA write "
+                     "around the journal\n",
+                     (unsigned long long) seed);
+    }
+    bt_close (&y);
+  }
+  bt_close (&x);
+  if (lost)
+    fail_msg ("an acknowledged FUA write around the journal was undone by "
+              "a replay of a drained record of an evicted page");
+}
+
 struct bypass_call {
   struct bt *x;
   uint64_t off;
@@ -663,6 +731,7 @@ main (void)
     cmocka_unit_test (test_barrier_order),
     cmocka_unit_test (test_replay_keeps_bypassed_data),
     cmocka_unit_test (test_barrier_needs_durable_tail),
+    cmocka_unit_test (test_barrier_evicted_page),
     cmocka_unit_test (test_concurrent_writes),
     cmocka_unit_test (test_flush_after_bypass),
     cmocka_unit_test (test_bypass_eio),
