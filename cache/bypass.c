@@ -179,6 +179,11 @@ fence (struct cache *c, uint64_t a, uint64_t e)
     if (!p) {
       if (indexed)
         newest = MAX (newest, jnl_placed_seq (c));
+      /* A page that left RAM clean: its records are drained, but maybe
+       * not behind the durable tail (the shard lock orders the
+       * eviction's store before this lookup's miss).
+       */
+      newest = MAX (newest, jnl_evicted_seq (c));
       continue;
     }
     page_lock (p);

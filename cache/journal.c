@@ -125,6 +125,11 @@ struct journal {
    */
   uint64_t closed_seq, trim_seq;
   uint64_t data_seq; /* the newest record placed that is not a marker */
+  /* The newest record of a page that left RAM (jnl_page_evict): its
+   * jseq is gone, and its drained records may not be behind the
+   * durable tail yet (jnl_evicted_seq, the barrier's NEED).
+   */
+  atomic_uint_fast64_t evicted_seq;
   struct jhold *holds;
   atomic_uint nholds;
   uint64_t cutoff;
@@ -1953,6 +1958,13 @@ jnl_page_evict (struct cache *c, struct page *p)
   struct jnode *n = p->jnode;
 
   LOCK_ASSERT_HELD (&p->lock);
+  {
+    uint64_t e = atomic_load (&j->evicted_seq);
+
+    while (p->jseq > e &&
+           !atomic_compare_exchange_weak (&j->evicted_seq, &e, p->jseq))
+      ;
+  }
   p->jnode = NULL;
   p->jseq = 0;
   if (!n)
@@ -2558,6 +2570,12 @@ uint64_t
 jnl_cutoff (struct cache *c)
 {
   return c->jnl ? c->jnl->cutoff : 0;
+}
+
+uint64_t
+jnl_evicted_seq (struct cache *c)
+{
+  return atomic_load (&c->jnl->evicted_seq);
 }
 
 uint64_t

@@ -185,6 +185,8 @@ bool jnl_spilled (struct cache *c);
  * leaf: callable under a page lock).
  */
 uint64_t jnl_placed_seq (struct cache *c);
+/* The newest record of any page that left RAM (its jseq is lost). */
+uint64_t jnl_evicted_seq (struct cache *c);
 /* Makes every record placed so far durable (for frames: page.c). */
 int jnl_sync_all (struct cache *c);
 
