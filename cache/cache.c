@@ -179,6 +179,13 @@ cache_set_jio (struct cache *c, cache_jio_fn fn, void *opaque)
 }
 
 void
+cache_set_jio_aio (struct cache *c, cache_aio_pwrite_fn fn, void *opaque)
+{
+  atomic_store (&c->jio_aio_opaque, opaque);
+  atomic_store (&c->jio_aio, fn);
+}
+
+void
 cache_journal_order_any (struct cache *c, bool any)
 {
   CACHE_ASSERT (c->jnl != NULL);

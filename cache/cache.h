@@ -180,6 +180,20 @@ struct cache_jio;
 typedef void (*cache_jio_fn) (void *opaque, struct cache_jio *io);
 void cache_set_jio (struct cache *c, cache_jio_fn fn, void *opaque);
 void cache_jio_run (struct cache_jio *io);
+/* Asynchronous backend writes for the drainer (uri=, rbd=): FN starts
+ * writing [buf, buf+count) at off and returns 0, and calls DONE (ARG,
+ * err) once, from any thread with no lock of the cache held, when the
+ * backend has answered (err 0 or -errno); or it returns 1 when it
+ * cannot, and the write goes to the jio hook.  A batch's DATA writes
+ * then take no pool thread each.  The write-back server's aio_pwrite
+ * has this shape.  Set like the jio hook.
+ */
+typedef int (*cache_aio_pwrite_fn) (void *opaque, const void *buf,
+                                    uint32_t count, uint64_t off,
+                                    uint32_t flags,
+                                    void (*done) (void *arg, int err),
+                                    void *arg);
+void cache_set_jio_aio (struct cache *c, cache_aio_pwrite_fn fn, void *opaque);
 
 /* Requests.  count may be anything from 1 byte up to 32 MiB, at any
  * alignment.  flags: CACHE_FUA for write/zero/trim, CACHE_MAY_TRIM and

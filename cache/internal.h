@@ -181,6 +181,8 @@ struct cache {
   _Atomic (void *) kick_opaque;
   _Atomic (cache_jio_fn) jio;
   _Atomic (void *) jio_opaque;
+  _Atomic (cache_aio_pwrite_fn) jio_aio;
+  _Atomic (void *) jio_aio_opaque;
   atomic_bool verbose;
   /* The core's one upcall: page.c, under write-back in the layering,
    * asks it for clean frames through this (wb_kick, set by wb_init)

@@ -1154,17 +1154,14 @@ io_overlaps (struct journal *j, const struct cache_jio *io)
   return false;
 }
 
-void
-cache_jio_run (struct cache_jio *io)
+/* IO is done with E (0 or -errno): it leaves the batch's writes in
+ * flight, and is freed.  Any thread, no lock held.
+ */
+static void
+jio_finish (struct cache_jio *io, int e)
 {
   struct cache *c = io->c;
   struct journal *j = c->jnl;
-  struct jrec r = {
-    .type = io->type,
-    .offset = io->off,
-    .count = io->count,
-  };
-  int e = apply (c, &r, io->buf);
 
   lock_take (&j->io_lock);
   for (unsigned k = 0; k < j->ninflight; k++)
@@ -1180,6 +1177,53 @@ cache_jio_run (struct cache_jio *io)
   free (io);
 }
 
+void
+cache_jio_run (struct cache_jio *io)
+{
+  struct jrec r = {
+    .type = io->type,
+    .offset = io->off,
+    .count = io->count,
+  };
+
+  jio_finish (io, apply (io->c, &r, io->buf));
+}
+
+static void
+jio_aio_done (void *arg, int err)
+{
+  jio_finish (arg, err < 0 ? err : 0);
+}
+
+/* IO, a DATA write, through the asynchronous hook: true if it took it
+ * (or IO is done: the image ends before it), with apply's checks.
+ * IO may be freed before this returns.
+ */
+static bool
+io_aio (struct cache *c, struct cache_jio *io)
+{
+  cache_aio_pwrite_fn aio = atomic_load (&c->jio_aio);
+  uint64_t size, count;
+
+  if (!aio || io->type != JREC_DATA)
+    return false;
+  if (!fits_now (c, io->off, io->count, &size)) {
+    jio_finish (io, -EIO); /* as apply */
+    return true;
+  }
+  if (io->off >= size) {
+    jio_finish (io, 0);
+    return true;
+  }
+  count = MIN (io->count, size - io->off);
+  if (aio (atomic_load (&c->jio_aio_opaque), io->buf, (uint32_t) count, io->off,
+           0, jio_aio_done, io) != 0)
+    return false; /* declined: the jio hook writes it */
+  atomic_fetch_add (&c->ctr.backend_writes, 1);
+  atomic_fetch_add (&c->ctr.backend_write_bytes, count);
+  return true;
+}
+
 /* Starts IO once no write in flight overlaps it (and there is room). */
 static void
 io_issue (struct cache *c, struct journal *j, struct cache_jio *io)
@@ -1191,6 +1235,8 @@ io_issue (struct cache *c, struct journal *j, struct cache_jio *io)
     lock_wait (&j->io_lock, &j->io_cv);
   j->inflight[j->ninflight++] = io;
   lock_drop (&j->io_lock);
+  if (io_aio (c, io))
+    return;
   if (fn)
     fn (atomic_load (&c->jio_opaque), io);
   else

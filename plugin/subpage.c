@@ -658,6 +658,11 @@ subpage_after_fork (void)
     /* Four writes in flight per write-back thread: the journal's
      * writes are small records, each its own backend request.
      */
+    /* uri=, rbd=: a batch's writes go straight to the backend, many
+     * in flight, without a pool thread each.
+     */
+    if (backend.aio_pwrite != NULL)
+      cache_set_jio_aio (cache, backend.aio_pwrite, backend.handle);
     jdrain = jdrain_start (cache, params.dirty_writeback_ms,
                            4 * params.writeback_threads, &err);
     if (jdrain == NULL) {

@@ -946,6 +946,130 @@ test_parallel_drain_keeps_log_order (void **state)
   free (x.m);
 }
 
+/* The drainer's asynchronous hook (cache_set_jio_aio: uri=, rbd=): the
+ * test is the backend.  It keeps each write it is given, puts it on the
+ * fake disk and answers when the test says, in any order, from the test
+ * thread: a write that overlaps one in flight is not given before that
+ * one is answered; an error fails the batch and keeps the data dirty
+ * and journaled; a write the hook declines goes the synchronous way.
+ */
+struct aio_capture {
+  pthread_mutex_t lock;
+  struct fake *f;
+  struct {
+    const void *buf;
+    uint32_t count;
+    uint64_t off;
+    void (*done) (void *, int);
+    void *arg;
+  } w[16];
+  unsigned n;
+  bool decline;
+};
+
+static int
+capture_aio (void *opaque, const void *buf, uint32_t count, uint64_t off,
+             uint32_t flags, void (*done) (void *, int), void *arg)
+{
+  struct aio_capture *k = opaque;
+
+  assert_int_equal (flags, 0);
+  pthread_mutex_lock (&k->lock);
+  if (k->decline) {
+    pthread_mutex_unlock (&k->lock);
+    return 1;
+  }
+  assert_true (k->n < 16);
+  k->w[k->n].buf = buf;
+  k->w[k->n].count = count;
+  k->w[k->n].off = off;
+  k->w[k->n].done = done;
+  k->w[k->n].arg = arg;
+  k->n++;
+  pthread_mutex_unlock (&k->lock);
+  return 0;
+}
+
+static unsigned
+aio_captured (struct aio_capture *k)
+{
+  unsigned n;
+
+  pthread_mutex_lock (&k->lock);
+  n = k->n;
+  pthread_mutex_unlock (&k->lock);
+  return n;
+}
+
+/* Answers captured write I with ERR (written to the disk if 0). */
+static void
+aio_answer (struct aio_capture *k, unsigned i, int err)
+{
+  if (err == 0)
+    fake_disk_write (k->f, k->w[i].buf, k->w[i].count, k->w[i].off);
+  k->w[i].done (k->w[i].arg, err);
+}
+
+static void
+test_async_drain (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct aio_capture k = { .n = 0 };
+  pthread_t th;
+  (void) state;
+
+  pthread_mutex_init (&k.lock, NULL);
+  jt_open (&x);
+  k.f = x.t.f;
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
+  assert_int_equal (write_pattern (&x.t, 65536, 4096, 2, 0), 0);
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 3, 0), 0); /* overlaps 1 */
+  assert_int_equal (cache_flush (x.t.c), 0);
+  cache_set_jio_aio (x.t.c, capture_aio, &k);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
+  /* The first two are in flight; the third waits for the first. */
+  WAIT_FOR (aio_captured (&k) == 2);
+  assert_int_equal (k.w[0].off, 0);
+  assert_int_equal (k.w[1].off, 65536);
+  aio_answer (&k, 1, 0);
+  aio_answer (&k, 0, 0);
+  WAIT_FOR (aio_captured (&k) == 3);
+  assert_int_equal (k.w[2].off, 0);
+  aio_answer (&k, 2, 0);
+  pthread_join (th, NULL);
+  assert_true (disk_is_pattern (&x.t, 0, 4096, 3));
+  assert_true (disk_is_pattern (&x.t, 65536, 4096, 2));
+  assert_true (sectors_are (&x.t, 0, 4096, V));
+  assert_true (sectors_are (&x.t, 65536, 4096, V));
+
+  /* An error: the batch fails, the data stays dirty and journaled. */
+  tc_quiet_errors = true;
+  k.n = 0;
+  assert_int_equal (write_pattern (&x.t, 8192, 4096, 4, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
+  WAIT_FOR (aio_captured (&k) == 1);
+  aio_answer (&k, 0, -EIO);
+  pthread_join (th, NULL);
+  assert_true (sectors_are (&x.t, 8192, 4096, V | D));
+  assert_false (disk_is_pattern (&x.t, 8192, 4096, 4));
+  assert_true (read_is_pattern (&x.t, 8192, 4096, 4));
+
+  /* Declined: written the synchronous way, by the same step. */
+  pthread_mutex_lock (&k.lock);
+  k.decline = true;
+  pthread_mutex_unlock (&k.lock);
+  while (cache_journal_drain (x.t.c) > 0)
+    ;
+  tc_quiet_errors = false;
+  assert_true (disk_is_pattern (&x.t, 8192, 4096, 4));
+  assert_true (sectors_are (&x.t, 8192, 4096, V));
+  cache_set_jio_aio (x.t.c, NULL, NULL);
+  jt_close (&x);
+  pthread_mutex_destroy (&k.lock);
+  free (x.m);
+}
+
 /* A journal smaller than what is written: writers wait for write-back
  * to free space, and nothing is lost.
  */
@@ -2487,6 +2611,7 @@ main (void)
     cmocka_unit_test (test_flush_waits_for_placed_record),
     cmocka_unit_test (test_drain_keeps_newer_data_dirty),
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
+    cmocka_unit_test (test_async_drain),
     cmocka_unit_test (test_full_journal_throttles),
     cmocka_unit_test (test_journal_write_error_retried),
     cmocka_unit_test (test_journal_sync_error_sticky),
