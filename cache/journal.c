@@ -1026,37 +1026,22 @@ jnl_flush (struct cache *c)
 
 /* ---- write-back from the journal ---- */
 
+/* Appends [off, off+count) to the list *V of *N ranges (room for *CAP). */
 static int
-note_range (struct journal *j, uint64_t off, uint64_t count)
+jrange_add (struct jrange **v, size_t *n, size_t *cap, uint64_t off,
+            uint64_t count)
 {
-  if (j->nranges == j->ranges_cap) {
-    size_t n = j->ranges_cap ? 2 * j->ranges_cap : 64;
-    void *p = realloc (j->ranges, n * sizeof *j->ranges);
+  if (*n == *cap) {
+    size_t c = *cap ? 2 * *cap : 64;
+    void *p = realloc (*v, c * sizeof **v);
     if (!p)
       return -ENOMEM;
-    j->ranges = p;
-    j->ranges_cap = n;
+    *v = p;
+    *cap = c;
   }
-  j->ranges[j->nranges].off = off;
-  j->ranges[j->nranges].count = count;
-  j->nranges++;
-  return 0;
-}
-
-static int
-note_bat (struct journal *j, uint64_t off, uint64_t count)
-{
-  if (j->nbat == j->bat_cap) {
-    size_t n = j->bat_cap ? 2 * j->bat_cap : 64;
-    void *p = realloc (j->bat, n * sizeof *j->bat);
-    if (!p)
-      return -ENOMEM;
-    j->bat = p;
-    j->bat_cap = n;
-  }
-  j->bat[j->nbat].off = off;
-  j->bat[j->nbat].count = count;
-  j->nbat++;
+  (*v)[*n].off = off;
+  (*v)[*n].count = count;
+  (*n)++;
   return 0;
 }
 
@@ -1557,9 +1542,10 @@ drain_locked (struct cache *c, struct journal *j)
       r = io_add (c, j, &cur, &w, s.buf);
     }
     if (r == 0 && rec.type != JREC_TRIM && rec.type != JREC_BYPASS)
-      r = note_range (j, rec.offset, rec.count);
+      r = jrange_add (&j->ranges, &j->nranges, &j->ranges_cap, rec.offset,
+                      rec.count);
     if (r == 0 && rec.type != JREC_BYPASS)
-      r = note_bat (j, rec.offset, rec.count);
+      r = jrange_add (&j->bat, &j->nbat, &j->bat_cap, rec.offset, rec.count);
     if (r < 0)
       break;
     last = rec.seq;
