@@ -138,6 +138,31 @@ bt_crash (struct bt *x, uint64_t seed, struct bt *y)
   free (disk);
 }
 
+/* Crash images of X with seeds 0 .. NSEEDS-1 (bt_crash): in how many
+ * does [off, off+n) not read back as pattern SEED after recovery?  Each
+ * one is printed.
+ */
+static unsigned
+crashes_lose (struct bt *x, unsigned nseeds, uint64_t off, uint32_t n,
+              unsigned seed)
+{
+  unsigned lost = 0;
+
+  for (uint64_t k = 0; k < nseeds; k++) {
+    struct bt y = { .s = NULL };
+
+    bt_crash (x, k, &y);
+    if (!read_is_pattern (&y.t, off, n, seed)) {
+      lost++;
+      print_message ("crash seed %llu: older data over %llu+%u after "
+                     "recovery\n",
+                     (unsigned long long) k, (unsigned long long) off, n);
+    }
+    bt_close (&y);
+  }
+  return lost;
+}
+
 static void
 drain_all (struct bt *x)
 {
@@ -395,16 +420,9 @@ test_barrier_needs_durable_tail (void **state)
   assert_int_equal (swrite (&x, boff, CHUNK, 3, 0), 0);
   assert_int_equal (stats (x.t.c).journal_bypass_writes, 2);
   assert_int_equal (cache_flush (x.t.c), 0);
-  for (uint64_t seed = 0; seed < 4; seed++) {
-    struct bt y = { .s = NULL };
-
-    bt_crash (&x, seed, &y);
-    if (!read_is_pattern (&y.t, boff, CHUNK, 3))
-      fail_msg ("seed %llu: the replay put the drained record back over "
-                "the write around the journal",
-                (unsigned long long) seed);
-    bt_close (&y);
-  }
+  if (crashes_lose (&x, 4, boff, CHUNK, 3) > 0)
+    fail_msg ("the replay put the drained record back over the write "
+              "around the journal");
   bt_close (&x);
 }
 
@@ -423,7 +441,6 @@ test_barrier_evicted_page (void **state)
 {
   struct bt x = { .s = NULL };
   uint64_t boff = MiB;
-  bool lost = false;
   (void) state;
 
   bt_open (&x);
@@ -432,8 +449,7 @@ test_barrier_evicted_page (void **state)
    */
   start_run (&x, 3 * MiB, 4);
   assert_int_equal (swrite (&x, 3 * MiB, CHUNK, 4, 0), 0);
-  assert_int_equal (write_pattern (&x.t, 3 * MiB + 2 * CHUNK, CHUNK, 1, 0),
-                    0);
+  assert_int_equal (write_pattern (&x.t, 3 * MiB + 2 * CHUNK, CHUNK, 1, 0), 0);
   assert_int_equal (cache_flush (x.t.c), 0);
   drain_all (&x);
   /* R, current epoch: one batch (the drainer syncs R itself), its tail
@@ -458,18 +474,7 @@ test_barrier_evicted_page (void **state)
   assert_int_equal (swrite (&x, boff, CHUNK, 3, CACHE_FUA), 0);
   assert_int_equal (stats (x.t.c).journal_bypass_writes, 2);
   assert_true (disk_is_pattern (&x.t, boff, CHUNK, 3));
-  for (uint64_t seed = 0; seed < 8; seed++) {
-    struct bt y = { .s = NULL };
-
-    bt_crash (&x, seed, &y);
-    if (!read_is_pattern (&y.t, boff, CHUNK, 3)) {
-      lost = true;
-      print_message ("seed %llu: the replay put R back over the FUA write "
-                     "around the journal\n",
-                     (unsigned long long) seed);
-    }
-    bt_close (&y);
-  }
+  bool lost = crashes_lose (&x, 8, boff, CHUNK, 3) > 0;
   bt_close (&x);
   if (lost)
     fail_msg ("an acknowledged FUA write around the journal was undone by "

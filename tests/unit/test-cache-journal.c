@@ -765,9 +765,11 @@ test_redrain_double_write_keeps_epoch_order (void **state)
       break;
     if (disk_is_pattern (&y.t, 2 * PG, 4096, 3) &&
         !(disk_is_pattern (&y.t, 0, 4096, 22) ||
-          disk_is_pattern (&y.t, 0, 4096, 3)) && !bad) {
+          disk_is_pattern (&y.t, 0, 4096, 3)) &&
+        !bad) {
       print_message ("after %u writes of the re-drain: Z of epoch 3 on "
-                     "the backend, X not at its epoch 2 value\n", w);
+                     "the backend, X not at its epoch 2 value\n",
+                     w);
       bad = true;
     }
     fake_release (y.t.f, FAKE_WRITE, 1);
@@ -903,15 +905,45 @@ capture_jio (void *opaque, struct cache_jio *io)
   pthread_mutex_unlock (&k->lock);
 }
 
+/* *N, read under LOCK (the capture hooks' counts). */
+static unsigned
+locked_count (pthread_mutex_t *lock, const unsigned *n)
+{
+  unsigned v;
+
+  pthread_mutex_lock (lock);
+  v = *n;
+  pthread_mutex_unlock (lock);
+  return v;
+}
+
 static unsigned
 captured (struct jio_capture *k)
 {
-  unsigned n;
+  return locked_count (&k->lock, &k->n);
+}
 
-  pthread_mutex_lock (&k->lock);
-  n = k->n;
-  pthread_mutex_unlock (&k->lock);
-  return n;
+/* Records 1 at 0, 2 at 64 KiB, then 3 at 0 (over 1), flushed: the
+ * drain's first two writes can be in flight at once, the third waits
+ * for the first.
+ */
+static void
+write_three_overlapping (struct jt *x)
+{
+  assert_int_equal (write_pattern (&x->t, 0, 4096, 1, 0), 0);
+  assert_int_equal (write_pattern (&x->t, 65536, 4096, 2, 0), 0);
+  assert_int_equal (write_pattern (&x->t, 0, 4096, 3, 0), 0); /* overlaps 1 */
+  assert_int_equal (cache_flush (x->t.c), 0);
+}
+
+/* After write_three_overlapping and its drain: the newest data, clean. */
+static void
+check_three_overlapping (struct jt *x)
+{
+  assert_true (disk_is_pattern (&x->t, 0, 4096, 3));
+  assert_true (disk_is_pattern (&x->t, 65536, 4096, 2));
+  assert_true (sectors_are (&x->t, 0, 4096, V));
+  assert_true (sectors_are (&x->t, 65536, 4096, V));
 }
 
 static void
@@ -924,10 +956,7 @@ test_parallel_drain_keeps_log_order (void **state)
 
   pthread_mutex_init (&k.lock, NULL);
   jt_open (&x);
-  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
-  assert_int_equal (write_pattern (&x.t, 65536, 4096, 2, 0), 0);
-  assert_int_equal (write_pattern (&x.t, 0, 4096, 3, 0), 0); /* overlaps 1 */
-  assert_int_equal (cache_flush (x.t.c), 0);
+  write_three_overlapping (&x);
   cache_set_jio (x.t.c, capture_jio, &k);
   assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
   /* The first two are in flight; the third waits for the first. */
@@ -937,9 +966,7 @@ test_parallel_drain_keeps_log_order (void **state)
   WAIT_FOR (captured (&k) == 3);
   cache_jio_run (k.io[2]);
   pthread_join (th, NULL);
-  assert_true (disk_is_pattern (&x.t, 0, 4096, 3));
-  assert_true (disk_is_pattern (&x.t, 65536, 4096, 2));
-  assert_true (sectors_are (&x.t, 0, 4096, V));
+  check_three_overlapping (&x);
   cache_set_jio (x.t.c, NULL, NULL);
   jt_close (&x);
   pthread_mutex_destroy (&k.lock);
@@ -993,12 +1020,7 @@ capture_aio (void *opaque, const void *buf, uint32_t count, uint64_t off,
 static unsigned
 aio_captured (struct aio_capture *k)
 {
-  unsigned n;
-
-  pthread_mutex_lock (&k->lock);
-  n = k->n;
-  pthread_mutex_unlock (&k->lock);
-  return n;
+  return locked_count (&k->lock, &k->n);
 }
 
 /* Answers captured write I with ERR (written to the disk if 0). */
@@ -1021,10 +1043,7 @@ test_async_drain (void **state)
   pthread_mutex_init (&k.lock, NULL);
   jt_open (&x);
   k.f = x.t.f;
-  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
-  assert_int_equal (write_pattern (&x.t, 65536, 4096, 2, 0), 0);
-  assert_int_equal (write_pattern (&x.t, 0, 4096, 3, 0), 0); /* overlaps 1 */
-  assert_int_equal (cache_flush (x.t.c), 0);
+  write_three_overlapping (&x);
   cache_set_jio_aio (x.t.c, capture_aio, &k);
   assert_int_equal (pthread_create (&th, NULL, drain_thread, x.t.c), 0);
   /* The first two are in flight; the third waits for the first. */
@@ -1037,10 +1056,7 @@ test_async_drain (void **state)
   assert_int_equal (k.w[2].off, 0);
   aio_answer (&k, 2, 0);
   pthread_join (th, NULL);
-  assert_true (disk_is_pattern (&x.t, 0, 4096, 3));
-  assert_true (disk_is_pattern (&x.t, 65536, 4096, 2));
-  assert_true (sectors_are (&x.t, 0, 4096, V));
-  assert_true (sectors_are (&x.t, 65536, 4096, V));
+  check_three_overlapping (&x);
 
   /* An error: the batch fails, the data stays dirty and journaled. */
   tc_quiet_errors = true;
