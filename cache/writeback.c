@@ -253,6 +253,40 @@ struct collect {
                                  * had nothing left to take */
 };
 
+/* Adds P, which K has marked `collecting' and holds a pin of, to K's
+ * picks.
+ */
+static void
+collect_take (struct cache *c, struct collect *k, struct page *p)
+{
+  k->picked[k->npicked++] = p;
+  k->est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
+            << c->sector_shift;
+}
+
+/* wb_lock held.  May a collect of HOW (with ARG, at NOW) take P, which
+ * no collector has?
+ */
+static bool
+pick_ok (struct cache *c, struct page *p, enum wb_pick how, uint64_t arg,
+         uint64_t now)
+{
+  LOCK_ASSERT_HELD (&c->wb_lock);
+  if (p->dseq == SEQ_NONE)
+    return false;
+  /* A page inside a TRIM or ZERO can give nothing now, and picking it
+   * would cost a batch whose free wakes other flushes for nothing;
+   * the range's end is progress (dirty_busy_end).
+   */
+  if (dirty_busy_overlaps_locked (c, p->index, p->index))
+    return false;
+  if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
+    return false;
+  if (how == PICK_FLUSH && p->dseq > arg)
+    return false;
+  return true;
+}
+
 /* Picks, under wb_lock, the oldest pages HOW selects (PICK_EXPIRED:
  * dirty for ARG ms; PICK_FLUSH: tag <= ARG) until their dirty data
  * fills a batch, and marks them `collecting' (with a pin each).  A page
@@ -276,26 +310,104 @@ collect_pick (struct cache *c, struct collect *k, enum wb_pick how,
       p->skipped = true; /* its collector will tell us */
       continue;
     }
-    /* A page inside a TRIM or ZERO can give nothing now, and picking it
-     * would cost a batch whose free wakes other flushes for nothing;
-     * the range's end is progress (dirty_busy_end).
+    /* Not a break when HOW refuses it: a collect that leaves a page
+     * dirty moves it to the tail with its old date, so the list is not
+     * in date order.
      */
-    if (dirty_busy_overlaps_locked (c, p->index, p->index))
-      continue;
-    /* Not a break: a collect that leaves a page dirty moves it to the
-     * tail with its old date, so the list is not in date order.
-     */
-    if (how == PICK_EXPIRED && p->dirtied_ms + arg > now)
-      continue;
-    if (how == PICK_FLUSH && p->dseq > arg)
+    if (!pick_ok (c, p, how, arg, now))
       continue;
     p->collecting = true;
     page_pin_more (p); /* the collector's pin */
-    k->picked[k->npicked++] = p;
-    k->est += (uint64_t) atomic_load_explicit (&p->nd, memory_order_relaxed)
-              << c->sector_shift;
+    collect_take (c, k, p);
   }
   lock_drop (&c->wb_lock);
+}
+
+/* wb_lock held.  K is done with P, which it had marked `collecting'
+ * (its pin is dropped by the caller, after wb_lock).
+ */
+static void
+unpick_locked (struct cache *c, struct collect *k, struct page *p)
+{
+  LOCK_ASSERT_HELD (&c->wb_lock);
+  p->collecting = false;
+  if (p->skipped) { /* someone wanted it meanwhile */
+    p->skipped = false;
+    dirty_progress (c);
+    k->own_events++;
+  }
+}
+
+/* Trades the youngest picks of K for the pages that follow the oldest
+ * ones on disk.  Writers side by side (a sequential stream at queue
+ * depth 8) interleave their pages in the dirty list, so the oldest
+ * pages alone make runs of a few pages each.  Walking up the disk from
+ * each pick in age order, and taking the next page while HOW would
+ * take it, fills the batch with long runs instead, as the kernel's
+ * write-back clusters a file's pages.  No lock held: a page is looked
+ * up with page_find, whose pin becomes the collector's.
+ */
+static void
+collect_cluster (struct cache *c, struct collect *k, enum wb_pick how,
+                 uint64_t arg)
+{
+  struct page *seeds[MAX_PICK];
+  bool taken[MAX_PICK] = { false };
+  unsigned nseeds = k->npicked, left = 0;
+  uint64_t now = dirty_now_ms (c);
+
+  memcpy (seeds, k->picked, nseeds * sizeof seeds[0]);
+  k->npicked = 0;
+  k->est = 0;
+  for (unsigned s = 0; s < nseeds; s++) {
+    if (taken[s] || k->est >= c->cfg.batch_bytes)
+      continue;
+    taken[s] = true;
+    collect_take (c, k, seeds[s]);
+    for (uint64_t idx = seeds[s]->index + 1;
+         k->est < c->cfg.batch_bytes && k->npicked < MAX_PICK; idx++) {
+      struct page *q = page_find (c, idx);
+      bool busy, ok = false;
+      unsigned t = 0;
+
+      if (!q)
+        break;
+      lock_take (&c->wb_lock);
+      busy = q->collecting;
+      if (!busy && pick_ok (c, q, how, arg, now))
+        ok = q->collecting = true;
+      lock_drop (&c->wb_lock);
+      if (ok) {
+        collect_take (c, k, q); /* page_find's pin is the collector's */
+        continue;
+      }
+      page_unpin (c, q);
+      if (!busy)
+        break;
+      /* A younger pick of K's own continues the run; another
+       * collector's page ends it.
+       */
+      while (t < nseeds && seeds[t] != q)
+        t++;
+      if (t == nseeds || taken[t])
+        break;
+      taken[t] = true;
+      collect_take (c, k, q);
+    }
+  }
+  for (unsigned s = 0; s < nseeds; s++) {
+    if (taken[s])
+      continue;
+    if (left++ == 0)
+      lock_take (&c->wb_lock);
+    unpick_locked (c, k, seeds[s]);
+  }
+  if (left == 0)
+    return;
+  lock_drop (&c->wb_lock);
+  for (unsigned s = 0; s < nseeds; s++)
+    if (!taken[s])
+      page_unpin (c, seeds[s]);
 }
 
 /* Page locked.  Snapshots P's DIRTY sectors into B as far as its room
@@ -369,12 +481,7 @@ collect_pages (struct cache *c, struct collect *k, struct batch *b)
     }
     lock_take (&c->wb_lock);
     snap_finish (c, p, pf, took, nf);
-    p->collecting = false;
-    if (p->skipped) { /* someone wanted it meanwhile */
-      p->skipped = false;
-      dirty_progress (c);
-      k->own_events++;
-    }
+    unpick_locked (c, k, p);
     dirty_rotate (c, p); /* let other pages go next */
     lock_drop (&c->wb_lock);
     CACHE_ASSERT (page_check (c, p));
@@ -448,6 +555,7 @@ wb_collect (struct cache *c, enum wb_pick how, uint64_t arg, uint64_t *ticket)
       *ticket = k.seen;
     if (k.npicked == 0)
       return 0; /* no batch, nobody to wake */
+    collect_cluster (c, &k, how, arg);
     CACHE_PARK (c, "collect.picked");
     cache_refresh_size (c); /* before wb_end cuts the runs */
 

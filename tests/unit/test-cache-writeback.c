@@ -368,13 +368,75 @@ test_batch_size_and_age_order (void **state)
     assert_true (disk_is_pattern (t, order[i] * PG, PG, 2));
 }
 
+/* Clustering: two streams whose pages interleave in the dirty list
+ * (0, 8, 1, 9, 2, 10, 3, 11) go back as two runs of four pages, not as
+ * four runs of two: the batch walks up the disk from its oldest page.
+ */
+static void
+test_batch_follows_oldest_page_on_disk (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+
+  cfg.batch_bytes = 4 * PG;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+  for (unsigned i = 0; i < 4; i++) {
+    assert_int_equal (write_pattern (t, i * PG, PG, 2, 0), 0);
+    assert_int_equal (write_pattern (t, (8 + i) * PG, PG, 3, 0), 0);
+  }
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  assert_int_equal (fake_nr_captured (t->f), 1);
+  (void) find_cap (t, 0, 4 * PG);
+  assert_true (sectors_are (t, 0, 4 * PG, V | W));
+  assert_true (sectors_are (t, 8 * PG, 4 * PG, V | D));
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  (void) find_cap (t, 8 * PG, 4 * PG);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  fake_complete_all (t->f, t->c, 0);
+  assert_true (disk_is_pattern (t, 0, 4 * PG, 2));
+  assert_true (disk_is_pattern (t, 8 * PG, 4 * PG, 3));
+}
+
 static uint64_t fake_now;
+
 
 static uint64_t
 fake_clock (void *opaque)
 {
   (void) opaque;
   return fake_now;
+}
+
+/* The walk up the disk takes only what the collect would take itself:
+ * at 60 ms with a 50 ms expiry, page 0 (dirty since 0 ms) goes back and
+ * its neighbour, page 1 (dirty since 20 ms), stays dirty.
+ */
+static void
+test_cluster_only_what_collect_would_take (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+
+  cfg.batch_bytes = 4 * PG;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+  cache_debug_set_clock (t->c, fake_clock, NULL);
+  fake_now = 0;
+  assert_int_equal (write_pattern (t, 0, PG, 2, 0), 0);
+  fake_now = 20;
+  assert_int_equal (write_pattern (t, PG, PG, 3, 0), 0);
+  fake_now = 60;
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_EXPIRED, 50), 1);
+  (void) find_cap (t, 0, PG);
+  assert_true (sectors_are (t, PG, PG, V | D));
+  fake_complete_all (t->f, t->c, 0);
+  fake_now = 70;
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_EXPIRED, 50), 1);
+  fake_complete_all (t->f, t->c, 0);
+  assert_true (disk_is_pattern (t, 0, PG, 2));
+  assert_true (disk_is_pattern (t, PG, PG, 3));
+  cache_debug_set_clock (t->c, NULL, NULL);
 }
 
 /* Expiry when the list is out of date order.  Page 1 (dirty since 0 ms)
@@ -436,6 +498,10 @@ main (void)
     cmocka_unit_test_setup_teardown (test_batch_size_and_age_order, tc_setup,
                                      tc_teardown),
     cmocka_unit_test_setup_teardown (test_expired_page_behind_younger_one,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_batch_follows_oldest_page_on_disk,
+                                     tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_cluster_only_what_collect_would_take,
                                      tc_setup, tc_teardown),
   };
 
