@@ -60,15 +60,25 @@ def journal_path (sock):
 
 def server_cmds (a, sock, bsock, conf):
   """name -> (server argv, backend argv or None)."""
-  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0", "-U", sock,
-        a.plugin]
   q = qemu_cmd ("none", bsock, conf)
-  return {
+  cmds = {
     "qemu-none": (qemu_cmd ("none", sock, conf), None),
     "qemu-wb": (qemu_cmd ("writeback", sock, conf), None),
     "nbd": (["nbdkit", "-f", "-U", sock, "nbd", "socket=" + bsock], q),
     "nbd-cache": (["nbdkit", "-f", "-U", sock, "--filter=cache", "nbd",
                    "socket=" + bsock, "cache=writeback"], q),
+  }
+  for tag, plugin in (("", a.plugin), ("@base", a.base)):
+    if plugin:
+      for s, (argv, back) in subpage_cmds (plugin, sock, bsock, conf, q).items ():
+        cmds[s + tag] = (argv, back)
+  return cmds
+
+
+def subpage_cmds (plugin, sock, bsock, conf, q):
+  sp = ["nbdkit", "-f", "-v", "-D", "nbdkit.backend.datapath=0", "-U", sock,
+        plugin]
+  return {
     "subpage-uri": (sp + ["uri=nbd+unix:///?socket=" + bsock], q),
     "subpage-rbd": (sp + ["rbd=%s/%s" % (POOL, IMAGE), "ceph-conf=" + conf],
                     None),
@@ -227,6 +237,8 @@ def main ():
   ap = argparse.ArgumentParser (description=__doc__.split ("\n")[0])
   ap.add_argument ("--plugin", default=os.path.join (
     TOP, "build/plugin/nbdkit-subpage-plugin.so"))
+  ap.add_argument ("--base", help="a second plugin (an older build): its "
+                  "servers are named subpage-*@base")
   ap.add_argument ("--flushload")
   ap.add_argument ("--runtime", type=int, default=10)
   ap.add_argument ("--reps", type=int, default=1)
@@ -238,6 +250,8 @@ def main ():
   ap.add_argument ("--json")
   a = ap.parse_args ()
   a.plugin = os.path.abspath (a.plugin)
+  if a.base:
+    a.base = os.path.abspath (a.base)
   if not a.flushload:
     a.flushload = os.path.join (os.path.dirname (os.path.dirname (a.plugin)),
                                 "tests/bench/flushload")
