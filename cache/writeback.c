@@ -360,7 +360,10 @@ collect_cluster (struct cache *c, struct collect *k, enum wb_pick how,
   k->npicked = 0;
   k->est = 0;
   for (unsigned s = 0; s < nseeds; s++) {
-    if (taken[s] || k->est >= c->cfg.batch_bytes)
+    /* The walks may have filled K's picks (MAX_PICK) before the batch:
+     * the picks left are given back below.
+     */
+    if (taken[s] || k->est >= c->cfg.batch_bytes || k->npicked >= MAX_PICK)
       continue;
     taken[s] = true;
     collect_take (c, k, seeds[s]);

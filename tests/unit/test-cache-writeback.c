@@ -398,8 +398,50 @@ test_batch_follows_oldest_page_on_disk (void **state)
   assert_true (disk_is_pattern (t, 8 * PG, 4 * PG, 3));
 }
 
-static uint64_t fake_now;
+/* The walk never takes more than a collect can hold (MAX_PICK, 256
+ * pages).  With 4 KiB pages holding one dirty sector each, 256 pages
+ * are 128 KiB, far under a 1 MiB batch: the pick stops at 256 (pages
+ * 0, 2, ..., 510, oldest first), and the walk from page 0 takes page 1
+ * (written last) and then meets page 2, its own pick.  A batch of 257
+ * pages would overflow the collect's picks; the walk must give back the
+ * youngest pick instead (page 510, collected by the next batch).
+ */
+static void
+test_cluster_stops_at_max_pick (void **state)
+{
+  struct tcache *t = *state;
+  struct cache_config cfg = test_config ();
+  const uint64_t pg = 4 * KiB, ss = 512;
+  size_t nruns;
 
+  cfg.page_size = pg;
+  cfg.cache_size = 4 * MiB;
+  cfg.batch_bytes = 1 * MiB;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+  for (uint64_t i = 0; i < 256; i++)
+    assert_int_equal (write_pattern (t, 2 * i * pg, ss, 2, 0), 0);
+  assert_int_equal (write_pattern (t, pg, ss, 2, 0), 0);
+  /* One run per page (the sectors are not contiguous): pages 0, 1, 2,
+   * then 4 .. 508; page 510 is left for the next batch.
+   */
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 256);
+  nruns = fake_nr_captured (t->f);
+  assert_int_equal (nruns, 256);
+  (void) find_cap (t, pg, ss);
+  (void) find_cap (t, 508 * pg, ss);
+  assert_true (sectors_are (t, 510 * pg, ss, V | D));
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 1);
+  (void) find_cap (t, 510 * pg, ss);
+  assert_int_equal (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0), 0);
+  fake_complete_all (t->f, t->c, 0);
+  assert_true (disk_is_pattern (t, pg, ss, 2));
+  for (uint64_t i = 0; i < 256; i++)
+    assert_true (disk_is_pattern (t, 2 * i * pg, ss, 2));
+  assert_true (no_stray_pins (t));
+}
+
+static uint64_t fake_now;
 
 static uint64_t
 fake_clock (void *opaque)
@@ -503,6 +545,8 @@ main (void)
                                      tc_setup, tc_teardown),
     cmocka_unit_test_setup_teardown (test_cluster_only_what_collect_would_take,
                                      tc_setup, tc_teardown),
+    cmocka_unit_test_setup_teardown (test_cluster_stops_at_max_pick, tc_setup,
+                                     tc_teardown),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
