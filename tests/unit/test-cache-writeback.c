@@ -333,19 +333,27 @@ test_redirty_while_in_flight (void **state)
   assert_int_equal (stats (t->c).dirty_bytes, 0);
 }
 
+/* Capture, no throttling, batches of BATCH bytes. */
+static void
+open_batches (struct tcache *t, uint32_t batch)
+{
+  struct cache_config cfg = test_config ();
+
+  cfg.batch_bytes = batch;
+  cfg.dirty_ratio = 100;
+  open_capture (t, &cfg);
+}
+
 /* Batches: up to batch_bytes, oldest pages first. */
 static void
 test_batch_size_and_age_order (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = test_config ();
   static const unsigned order[4] = { 6, 4, 2, 0 }; /* oldest first */
   uint64_t total = 0;
   size_t n;
 
-  cfg.batch_bytes = 2 * PG;
-  cfg.dirty_ratio = 100;
-  open_capture (t, &cfg);
+  open_batches (t, 2 * PG);
   for (int i = 0; i < 4; i++)
     assert_int_equal (write_pattern (t, order[i] * PG, PG, 2, 0), 0);
   assert_true (cache_writeback (t->c, CACHE_WB_BACKGROUND, 0) > 0);
@@ -376,11 +384,8 @@ static void
 test_batch_follows_oldest_page_on_disk (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = test_config ();
 
-  cfg.batch_bytes = 4 * PG;
-  cfg.dirty_ratio = 100;
-  open_capture (t, &cfg);
+  open_batches (t, 4 * PG);
   for (unsigned i = 0; i < 4; i++) {
     assert_int_equal (write_pattern (t, i * PG, PG, 2, 0), 0);
     assert_int_equal (write_pattern (t, (8 + i) * PG, PG, 3, 0), 0);
@@ -458,11 +463,8 @@ static void
 test_cluster_only_what_collect_would_take (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = test_config ();
 
-  cfg.batch_bytes = 4 * PG;
-  cfg.dirty_ratio = 100;
-  open_capture (t, &cfg);
+  open_batches (t, 4 * PG);
   cache_debug_set_clock (t->c, fake_clock, NULL);
   fake_now = 0;
   assert_int_equal (write_pattern (t, 0, PG, 2, 0), 0);
@@ -492,11 +494,8 @@ static void
 test_expired_page_behind_younger_one (void **state)
 {
   struct tcache *t = *state;
-  struct cache_config cfg = test_config ();
 
-  cfg.batch_bytes = PG;
-  cfg.dirty_ratio = 100;
-  open_capture (t, &cfg);
+  open_batches (t, PG);
   cache_debug_set_clock (t->c, fake_clock, NULL);
   fake_now = 0;
   assert_int_equal (write_pattern (t, PG, SS, 2, 0), 0);
