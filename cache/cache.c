@@ -166,6 +166,12 @@ cache_journal_drain (struct cache *c)
 }
 
 bool
+cache_journal_drain_due (struct cache *c, uint64_t expire_ms, unsigned ratio)
+{
+  return c->jnl ? jnl_drain_due (c, expire_ms, ratio) : true;
+}
+
+bool
 cache_has_journal (const struct cache *c)
 {
   return c->jnl != NULL;

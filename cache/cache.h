@@ -158,6 +158,16 @@ int cache_journal_recover (struct cache *c);
  * written (0: nothing to do) or -errno.
  */
 int cache_journal_drain (struct cache *c);
+/* journal-background-ratio=RATIO (percent, 0: always): is a step of
+ * cache_journal_drain due?  Yes while the journal holds more than RATIO
+ * percent of its space, when its oldest record pending is EXPIRE_MS old,
+ * when a writer waits for room in it or the index of pages that left
+ * memory is full, after a failed step (to retry), and when nothing is
+ * pending (the step then only syncs the tail it left).  No journal:
+ * always.
+ */
+bool cache_journal_drain_due (struct cache *c, uint64_t expire_ms,
+                              unsigned ratio);
 bool cache_has_journal (const struct cache *c);
 /* journal-order=any: the drainer may merge records across flush epochs
  * (no backend flush between them): faster, but the image alone is

@@ -87,6 +87,7 @@ struct journal {
   pthread_cond_t cv; /* records written, syncs done, space freed */
   uint64_t head_lsn, next_seq, epoch;
   uint64_t credited;
+  unsigned space_waiters; /* writers waiting in jnl_credit */
   uint64_t slack;
   uint64_t dtail_lsn; /* the superblock's tail: space */
   /* The tail in the superblock last written to the device (durable
@@ -735,6 +736,8 @@ jnl_credit (struct cache *c, uint64_t size)
         break;
       continue;
     }
+    if (!counted)
+      j->space_waiters++; /* the drain is due (jnl_drain_due) */
     lock_drop (&j->lock);
     if (!counted)
       atomic_fetch_add (&c->ctr.throttled, 1);
@@ -747,6 +750,8 @@ jnl_credit (struct cache *c, uint64_t size)
     ts.tv_sec += 1;
     lock_timedwait (&j->lock, &j->cv, &ts);
   }
+  if (counted)
+    j->space_waiters--;
   if (r == 0)
     j->credited += size;
   lock_drop (&j->lock);
@@ -1690,6 +1695,41 @@ jnl_drain_all (struct cache *c)
   }
 }
 
+/* j->lock held, a record pending (mtail_seq < next_seq).  How long ago
+ * the oldest record pending was placed, in ms: it was placed at or
+ * before the first sample at or past it, and after the one before.
+ */
+static uint64_t
+oldest_age_ms (struct journal *j)
+{
+  unsigned k = 0;
+
+  while (k < j->nage && j->age[k].seq < j->mtail_seq)
+    k++;
+  if (k < j->nage)
+    return report_now_ms () - j->age[k].ms;
+  if (j->nage > 0) /* placed after the last sample: at most */
+    return report_now_ms () - j->age[j->nage - 1].ms;
+  return 0;
+}
+
+bool
+jnl_drain_due (struct cache *c, uint64_t expire_ms, unsigned ratio)
+{
+  struct journal *j = c->jnl;
+  bool due;
+
+  if (ratio == 0 || !jnl_index_room (c))
+    return true;
+  lock_take (&j->lock);
+  due = j->mtail_seq >= j->next_seq /* idle: the tail's sync, if left */ ||
+        j->tail_failed || j->drain_failing || j->space_waiters > 0 ||
+        used (j) * 100 > (uint64_t) ratio * j->sb.data_size ||
+        oldest_age_ms (j) >= expire_ms;
+  lock_drop (&j->lock);
+  return due;
+}
+
 void
 jnl_get_stats (struct cache *c, struct cache_stats *st)
 {
@@ -1701,18 +1741,8 @@ jnl_get_stats (struct cache *c, struct cache_stats *st)
   st->journal_pending_bytes = j->head_lsn - j->mtail_lsn;
   st->journal_index_bytes = atomic_load (&j->node_bytes);
   if (j->mtail_seq < j->next_seq) {
-    /* The oldest record pending was placed at or before the first
-     * sample at or past it, and after the one before.
-     */
-    unsigned k = 0;
-
     st->journal_epochs_waiting = j->epoch - j->mtail_epoch + 1;
-    while (k < j->nage && j->age[k].seq < j->mtail_seq)
-      k++;
-    if (k < j->nage)
-      st->journal_oldest_age_ms = report_now_ms () - j->age[k].ms;
-    else if (j->nage > 0) /* placed after the last sample: at most */
-      st->journal_oldest_age_ms = report_now_ms () - j->age[j->nage - 1].ms;
+    st->journal_oldest_age_ms = oldest_age_ms (j);
   }
   lock_drop (&j->lock);
 }

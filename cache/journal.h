@@ -203,6 +203,8 @@ void jnl_get_stats (struct cache *c, struct cache_stats *st);
  * Returns the number of records (0: nothing to do) or -errno.
  */
 int jnl_drain (struct cache *c);
+/* cache_journal_drain_due. */
+bool jnl_drain_due (struct cache *c, uint64_t expire_ms, unsigned ratio);
 /* Everything journaled before the call is on the backend. */
 int jnl_drain_all (struct cache *c);
 

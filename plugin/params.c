@@ -400,6 +400,11 @@ params_config (const char *key, const char *value)
     }
     params.journal_order_given = true;
   }
+  else if (strcmp (key, "journal-background-ratio") == 0) {
+    if (parse_uint (key, value, 0, 90, &params.journal_background_ratio) == -1)
+      return -1;
+    params.journal_background_ratio_given = true;
+  }
   else if (strcmp (key, "sequential-cutoff") == 0) {
     uint64_t r = 0;
 
@@ -574,6 +579,10 @@ params_config_complete (void)
   }
   if (params.journal == NULL && params.journal_order_given) {
     nbdkit_error ("subpage: journal-order= needs journal=PATH");
+    return -1;
+  }
+  if (params.journal == NULL && params.journal_background_ratio_given) {
+    nbdkit_error ("subpage: journal-background-ratio= needs journal=PATH");
     return -1;
   }
   if (params.journal == NULL && params.sequential_cutoff_given) {

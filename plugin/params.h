@@ -47,6 +47,8 @@ struct params {
   uint64_t journal_size;  /* journal-size=; 0: not given */
   bool journal_order_any; /* journal-order=any */
   bool journal_order_given;
+  unsigned journal_background_ratio; /* 0: drain at once */
+  bool journal_background_ratio_given;
   uint64_t sequential_cutoff; /* sequential-cutoff=; 0: off */
   bool sequential_cutoff_given;
   bool io_flusher; /* see SAME-HOST CLIENTS in the man page */
@@ -119,6 +121,10 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "journal-order=epoch|any      Write-back from the journal in flush\n"      \
   "                             order (default epoch: the image alone is\n"  \
   "                             always consistent) or merged (any).\n"       \
+  "journal-background-ratio=<PCT> journal=: write back only while the\n"     \
+  "                             journal is over this percentage full, or\n"  \
+  "                             its oldest record is dirty-expire-ms old,\n" \
+  "                             0..90 (default 0: at once).\n"               \
   "sequential-cutoff=<SIZE>     journal=: sequential writes of a\n"          \
   "                             connection past this many bytes go\n"        \
   "                             straight to the image (default 4M;\n"        \

@@ -664,6 +664,8 @@ subpage_after_fork (void)
     if (backend.aio_pwrite != NULL)
       cache_set_jio_aio (cache, backend.aio_pwrite, backend.handle);
     jdrain = jdrain_start (cache, params.dirty_writeback_ms,
+                           params.dirty_expire_ms,
+                           params.journal_background_ratio,
                            4 * params.writeback_threads, &err);
     if (jdrain == NULL) {
       nbdkit_error ("subpage: cannot start the journal's drainer: %s",

@@ -15,6 +15,8 @@
 struct jdrain {
   struct cache *c;
   unsigned interval_ms;
+  uint64_t expire_ms; /* dirty-expire-ms= */
+  unsigned ratio;     /* journal-background-ratio= */
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t cv;
@@ -100,22 +102,28 @@ jdrain_thread (void *arg)
 
   pthread_mutex_lock (&d->lock);
   while (!d->stop) {
-    int r;
+    bool due;
+    int r = 0;
 
     d->kicked = false;
     pthread_mutex_unlock (&d->lock);
-    r = cache_journal_drain (d->c);
+    due = cache_journal_drain_due (d->c, d->expire_ms, d->ratio);
+    if (due)
+      r = cache_journal_drain (d->c);
     pthread_mutex_lock (&d->lock);
     if (r > 0 || d->stop)
       continue; /* more, at once */
     /* Nothing to do, or it failed: wait for a kick (not after a
-     * failure: back off the interval), or the interval.
+     * failure: back off the interval), or the interval.  Nothing due
+     * (journal-background-ratio=): the interval too, whatever kicks
+     * come: a writer over dirty-background-ratio kicks on every write,
+     * and what makes a drain due is looked at again then.
      */
     {
       struct timespec ts;
 
       deadline (&ts, d->interval_ms);
-      while (!d->stop && (r < 0 || !d->kicked))
+      while (!d->stop && (r < 0 || !due || !d->kicked))
         if (pthread_cond_timedwait (&d->cv, &d->lock, &ts) == ETIMEDOUT)
           break;
     }
@@ -159,7 +167,8 @@ jdrain_free (struct jdrain *d)
 }
 
 struct jdrain *
-jdrain_start (struct cache *c, unsigned interval_ms, unsigned workers, int *err)
+jdrain_start (struct cache *c, unsigned interval_ms, uint64_t expire_ms,
+              unsigned ratio, unsigned workers, int *err)
 {
   struct jdrain *d = calloc (1, sizeof *d);
   sigset_t all, old;
@@ -173,6 +182,8 @@ jdrain_start (struct cache *c, unsigned interval_ms, unsigned workers, int *err)
   }
   d->c = c;
   d->interval_ms = interval_ms ? interval_ms : 500;
+  d->expire_ms = expire_ms;
+  d->ratio = ratio;
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->cv, NULL);
   pthread_mutex_init (&d->qlock, NULL);

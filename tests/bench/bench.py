@@ -205,6 +205,11 @@ def journal_servers (a):
     "subpage-uri-j-4g": (sp + ["uri=" + burl] + jn + [
       "cache-size=4G", "dirty-background-ratio=60", "dirty-ratio=80"],
                          SLOW_BACKEND),
+    # The drainer waits until the journal is half full or its records
+    # are 30 s old (journal-background-ratio=): a burst that fits in the
+    # journal is drained after it, at the stop here.
+    "subpage-uri-j-bg": (sp + ["uri=" + burl] + jn + [
+      "journal-background-ratio=50", "dirty-expire-ms=30000"], SLOW_BACKEND),
     "subpage-uri-j256": (sp + ["uri=" + burl, "journal={jnl}",
                                "journal-size=256M"], SLOW_BACKEND),
     "subpage-uri-j256-4g": (sp + ["uri=" + burl, "journal={jnl}",
@@ -228,8 +233,9 @@ def journal_workloads (size, runtime):
     # --runtime seconds: a slower server writes less of it.
     "journal-burst": dict (kind="flushload", write=True, bs=4096, size=size,
                            bytes=512 * MiB, servers=[
-                             "subpage-uri-j", "subpage-uri-j-4g",
-                             "subpage-uri", "nbd", "file"]),
+                             "subpage-uri-j", "subpage-uri-j-bg",
+                             "subpage-uri-j-4g", "subpage-uri", "nbd",
+                             "file"]),
     # The same past a 256 MiB journal's size: 1 GiB or 2 x --runtime,
     # whichever ends first, writes/s per 5 s.
     "journal-sustained": dict (kind="flushload", write=True, bs=4096,
@@ -239,7 +245,8 @@ def journal_workloads (size, runtime):
                                  "subpage-uri"]),
     "journal-randwrite4k": dict (kind="flushload", write=True, bs=4096,
                                  size=size, every=0, servers=[
-                                   "subpage-uri-j", "subpage-uri"]),
+                                   "subpage-uri-j", "subpage-uri-j-bg",
+                                   "subpage-uri"]),
     "journal-seqwrite1m": dict (kind="fio", write=True, metric="mibs", opts=[
       "--rw=write", "--bs=1M", "--iodepth=8", "--size=%d" % size],
                                 servers=["subpage-file-j", "subpage-file",
@@ -1196,6 +1203,8 @@ def journal_table (b):
 
   rat ("journal-burst", "subpage-uri-j", "file", 0.8, ">= 0.8x")
   rat ("journal-burst", "subpage-uri-j", "nbd", 5, ">= 5x")
+  rat ("journal-burst", "subpage-uri-j-bg", "file", 0.8, ">= 0.8x")
+  rat ("journal-burst", "subpage-uri-j-bg", "nbd", 5, ">= 5x")
   rat ("journal-burst", "subpage-uri-j-4g", "file", 0.8, ">= 0.8x")
   rat ("journal-burst", "subpage-uri-j-4g", "nbd", 5, ">= 5x")
   rat ("journal-sustained", "subpage-uri-j256", "subpage-uri", 0.9,
@@ -1203,6 +1212,8 @@ def journal_table (b):
   rat ("journal-sustained", "subpage-uri-j256-4g", "subpage-uri", 0.9,
        ">= 0.9x")
   rat ("journal-randwrite4k", "subpage-uri-j", "subpage-uri", 0.9, ">= 0.9x")
+  rat ("journal-randwrite4k", "subpage-uri-j-bg", "subpage-uri", 0.9,
+       ">= 0.9x")
   rat ("journal-seqwrite1m", "subpage-file-j", "file", 0.9, ">= 0.9x")
   if meds.get (("journal-replay", "ratio")) is not None:
     v = meds[("journal-replay", "ratio")]

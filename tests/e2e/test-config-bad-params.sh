@@ -58,6 +58,12 @@ try page-size       file="$img" page-size=1K       # below 4K
 try page-size       file="$img" page-size=4M       # above 2M
 try sector-size     file="$img" sector-size=256    # below 512
 try sector-size     file="$img" page-size=64K sector-size=128K  # > page
+try journal-background-ratio file="$img" journal-background-ratio=50  # no journal
+try journal-background-ratio file="$img" journal="$tmpdir/bg1.jnl" \
+    journal-background-ratio=91                                  # above 90
+try journal-background-ratio file="$img" journal="$tmpdir/bg2.jnl" \
+    journal-background-ratio=x
+try ok file="$img" journal="$tmpdir/bg3.jnl" journal-background-ratio=50
 try cache-size      file="$img" cache-size=100K    # fewer than 8 pages
 try mode            file="$img" mode=bogus
 try dirty-ratio     file="$img" dirty-ratio=0

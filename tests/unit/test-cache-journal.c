@@ -10,12 +10,16 @@
  * or trimmed sector may also read as zeroes.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -1115,6 +1119,89 @@ test_full_journal_throttles (void **state)
   assert_int_equal (cache_drain (x.t.c), 0);
   for (unsigned i = 0; i < 64; i++)
     assert_true (disk_is_pattern (&x.t, i * 65536, 65536, 100 + i));
+  jt_close (&x);
+}
+
+static void
+noop_kick (void *opaque)
+{
+  (void) opaque;
+}
+
+struct waiter {
+  struct tcache *t;
+  atomic_bool finished;
+  int r;
+};
+
+static void *
+write_past_room (void *arg)
+{
+  struct waiter *w = arg;
+
+  /* 1 MiB: more than the ring has free. */
+  w->r = write_pattern (w->t, 32 * 65536, 16 * 65536, 99, 0);
+  atomic_store (&w->finished, true);
+  return NULL;
+}
+
+/* journal-background-ratio=: when a step of the drainer is due.  Never
+ * while the journal holds little and its oldest record is young; always
+ * with ratio 0, an age limit reached, the ratio passed, or a writer
+ * waiting for room (here below the ratio: 90 %), and when idle.
+ */
+static void
+test_drain_due (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_config cfg = jconfig ();
+  struct cache_stats st;
+  struct waiter w = { .t = &x.t };
+  const uint64_t never = 3600000;
+  pthread_t th;
+  time_t t0;
+  unsigned i = 0;
+  (void) state;
+
+  cfg.cache_size = 8 * MiB;
+  cfg.dirty_background_ratio = 90;
+  cfg.dirty_ratio = 95;
+  tc_open (&x.t, &cfg);
+  cache_set_kick (x.t.c, noop_kick, NULL); /* only the test drains */
+  x.j = fake_jdev_new (JNL_MIN_SIZE);
+  assert_int_equal (
+    cache_journal_open (x.t.c, fake_jdev_dev (x.j), IDENT, true), 0);
+  assert_int_equal (cache_journal_recover (x.t.c), 0);
+
+  assert_true (cache_journal_drain_due (x.t.c, never, 50)); /* idle */
+  assert_int_equal (write_pattern (&x.t, 0, 4096, 1, 0), 0);
+  assert_false (cache_journal_drain_due (x.t.c, never, 50));
+  assert_true (cache_journal_drain_due (x.t.c, 0, 50));
+  assert_true (cache_journal_drain_due (x.t.c, never, 0));
+  do {
+    i++;
+    assert_int_equal (write_pattern (&x.t, i * 65536, 65536, 1 + i, 0), 0);
+    st = stats (x.t.c);
+  } while (st.journal_used_bytes * 100 <= 50 * st.journal_size);
+  assert_true (st.journal_used_bytes * 100 < 90 * st.journal_size);
+  assert_true (cache_journal_drain_due (x.t.c, never, 50));
+  assert_false (cache_journal_drain_due (x.t.c, never, 90));
+
+  atomic_init (&w.finished, false);
+  assert_int_equal (pthread_create (&th, NULL, write_past_room, &w), 0);
+  t0 = time (NULL);
+  while (!cache_journal_drain_due (x.t.c, never, 90) &&
+         !atomic_load (&w.finished) && time (NULL) < t0 + 10)
+    sched_yield ();
+  assert_false (atomic_load (&w.finished)); /* it waited for room */
+  assert_true (cache_journal_drain_due (x.t.c, never, 90));
+  while (!atomic_load (&w.finished))
+    if (cache_journal_drain (x.t.c) <= 0)
+      sched_yield ();
+  pthread_join (th, NULL);
+  assert_int_equal (w.r, 0);
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (disk_is_pattern (&x.t, 32 * 65536, 16 * 65536, 99));
   jt_close (&x);
 }
 
@@ -2629,6 +2716,7 @@ main (void)
     cmocka_unit_test (test_parallel_drain_keeps_log_order),
     cmocka_unit_test (test_async_drain),
     cmocka_unit_test (test_full_journal_throttles),
+    cmocka_unit_test (test_drain_due),
     cmocka_unit_test (test_journal_write_error_retried),
     cmocka_unit_test (test_journal_sync_error_sticky),
     cmocka_unit_test (test_drainer_sync_error_sticky),
