@@ -801,9 +801,15 @@ age_sample (struct journal *j, uint64_t seq)
   else
     now = report_now_ms ();
   if (j->nage == AGE_SAMPLES) {
-    for (unsigned k = 0; k < AGE_SAMPLES / 2; k++)
-      j->age[k] = j->age[2 * k + 1];
-    j->nage = AGE_SAMPLES / 2;
+    /* Every other one, but the first two stay: they date the oldest
+     * record pending (drain_locked keeps one sample at or below the
+     * tail, the next is past it).  Dropping them would make the oldest
+     * record look younger at each halving, and under a steady stream of
+     * writes never reach dirty-expire-ms (jnl_drain_due).
+     */
+    for (unsigned k = 2; k <= AGE_SAMPLES / 2; k++)
+      j->age[k] = j->age[2 * k - 1];
+    j->nage = AGE_SAMPLES / 2 + 1;
   }
   j->age[j->nage].seq = seq;
   j->age[j->nage].ms = now;

@@ -810,6 +810,13 @@ wb_throttle (struct cache *c)
   while (dirty_mem (c) >= c->dirty_limit) {
     struct timespec ts;
 
+    /* With a journal the wait is for the index's room: once a drain
+     * step freed it, pages may leave RAM again.  The drainer may find
+     * no step due then (journal-background-ratio=), and the pages in
+     * RAM stay dirty until their records expire.
+     */
+    if (c->jnl && jnl_index_room (c))
+      break;
     if (!counted) {
       atomic_fetch_add (&c->ctr.throttled, 1);
       t0 = report_now_ns ();
@@ -827,7 +834,10 @@ wb_throttle (struct cache *c)
      * figure (sequentially consistent atomics on both sides).
      */
     atomic_fetch_add (&c->w_throttle, 1);
-    if (dirty_mem (c) >= c->dirty_limit) {
+    /* A step that frees the index broadcasts after it (dirty_progress,
+     * from drain_recovered, under wb_lock).
+     */
+    if (dirty_mem (c) >= c->dirty_limit && !(c->jnl && jnl_index_room (c))) {
       clock_gettime (CLOCK_REALTIME, &ts);
       ts.tv_sec += 1; /* re-kick at least every second */
       lock_timedwait (&c->wb_lock, &c->wb_cv, &ts);

@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -32,6 +34,30 @@
 #define IDENT "file:/test/image"
 #define NSECT_MODEL (4 * MiB / SS)
 #define MAXV 64
+
+/* CLOCK_MONOTONIC, which the cache's clock (report_now_ms) reads, runs
+ * clock_skew_ms ahead of the real one: a test moves it forward (never
+ * back) to age records without sleeping.  Other clocks are the real
+ * ones (the condition variables' timeouts use CLOCK_REALTIME).
+ */
+static atomic_uint_fast64_t clock_skew_ms;
+
+int
+clock_gettime (clockid_t id, struct timespec *ts)
+{
+  int r = (int) syscall (SYS_clock_gettime, id, ts);
+  uint64_t skew = atomic_load (&clock_skew_ms);
+
+  if (r == 0 && id == CLOCK_MONOTONIC && skew > 0) {
+    ts->tv_sec += (time_t) (skew / 1000);
+    ts->tv_nsec += (long) (skew % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+      ts->tv_sec++;
+      ts->tv_nsec -= 1000000000L;
+    }
+  }
+  return r;
+}
 
 /* Seed 0 means zeroes (a ZERO, or a TRIM's possible outcome). */
 struct sect_model {
@@ -1408,6 +1434,214 @@ test_dirty_beyond_ram (void **state)
   free (want);
 }
 
+/* journal-background-ratio=: the age limit under a steady stream of
+ * writes.  One record, then 3100 more, one every 10 ms of the cache's
+ * clock, all into one page (little of the journal: below any ratio),
+ * nothing drained: after 31 s the first record is older than
+ * dirty-expire-ms=30000, so a step is due and the metrics say so.
+ */
+static void
+test_drain_due_old_record_in_stream (void **state)
+{
+  struct jt x = { .m = NULL };
+  struct cache_stats st;
+  const uint64_t expire = 30000;
+  (void) state;
+
+  jt_open_dev (&x, fake_jdev_new (BIGJ), true, 0);
+  cache_set_kick (x.t.c, kick_none, NULL); /* only the test drains */
+  assert_int_equal (write_pattern (&x.t, 0, SS, 1, 0), 0); /* the oldest */
+  for (unsigned i = 0; i < 3100; i++) {
+    atomic_fetch_add (&clock_skew_ms, 10);
+    assert_int_equal (write_pattern (&x.t, SS, SS, 2 + i % 200, 0), 0);
+  }
+  st = stats (x.t.c);
+  print_message ("oldest record: %llu ms old by the metrics (31000 really), "
+                 "journal %llu of %llu bytes\n",
+                 (unsigned long long) st.journal_oldest_age_ms,
+                 (unsigned long long) st.journal_used_bytes,
+                 (unsigned long long) st.journal_size);
+  assert_true (st.journal_used_bytes * 100 < 50 * st.journal_size);
+  assert_true (st.journal_oldest_age_ms >= expire);
+  assert_true (cache_journal_drain_due (x.t.c, expire, 50));
+  assert_int_equal (cache_drain (x.t.c), 0);
+  assert_true (disk_is_pattern (&x.t, 0, SS, 1));
+  jt_close (&x);
+}
+
+/* journal-background-ratio=: a writer throttled in wb_throttle (dirty
+ * memory over dirty-ratio and the index full).  The test plays
+ * jdrain_thread with ratio 90 and dirty-expire-ms an hour: while no
+ * step is due it sleeps out its interval, whatever kicks come (the
+ * kick hook does nothing), and at each wake-up (tick) runs steps while
+ * one is due.  The writer writes every other sector of each page of
+ * 64 MiB through a 2 MiB cache: pages whose records are synced leave
+ * RAM until the index is full, and the writer then waits, for a frame
+ * or in wb_throttle.  At the tick the full index makes a step due; it
+ * drains the oldest 8 MiB of records, those of pages that left RAM,
+ * and the index has room again.  The pages in RAM, over dirty-ratio,
+ * hold records not drained: a writer waiting in wb_throttle must then
+ * go on (pages may leave RAM again) or make a step due; if it only
+ * kicks again and waits, with no step due, nothing changes until its
+ * records are dirty-expire-ms old.
+ */
+struct thr {
+  struct tcache t;
+  unsigned char *want;
+  uint64_t npages;
+  atomic_uint kicks;
+  atomic_uint_fast64_t written;
+  atomic_bool expired, done;
+};
+
+static void
+thr_tick (struct thr *x)
+{
+  uint64_t expire = atomic_load (&x->expired) ? 0 : 3600000;
+
+  while (cache_journal_drain_due (x->t.c, expire, 90))
+    if (cache_journal_drain (x->t.c) <= 0)
+      break;
+}
+
+static void
+thr_kick (void *opaque)
+{
+  struct thr *x = opaque;
+
+  atomic_fetch_add (&x->kicks, 1);
+  if (atomic_load (&x->expired)) /* at the end: every step due */
+    thr_tick (x);
+}
+
+static void *
+thr_writer (void *opaque)
+{
+  struct thr *x = opaque;
+  unsigned char buf[SS];
+
+  for (uint64_t pg = 0; pg < x->npages; pg++)
+    for (uint64_t s = 0; s < PG / SS; s += 2) {
+      uint64_t off = pg * PG + s * SS;
+
+      memset (buf, (int) (pg * 7 + s) | 1, SS);
+      memcpy (x->want + off, buf, SS);
+      if (cache_write (x->t.c, buf, SS, off, 0) != 0)
+        abort ();
+      atomic_fetch_add (&x->written, 1);
+    }
+  atomic_store (&x->done, true);
+  return NULL;
+}
+
+static bool
+thr_blocked_or_done (void *opaque)
+{
+  struct thr *x = opaque;
+  struct cache_stats st = stats (x->t.c);
+
+  return atomic_load (&x->done) || st.waiting_throttle > 0 ||
+         st.waiting_page > 0;
+}
+
+struct thr_mark {
+  struct thr *x;
+  unsigned kicks;
+  uint64_t left, written;
+};
+
+/* The throttled writer left wb_throttle (a wait it made is counted when
+ * it leaves), or kicked again (it went round its loop: still there).
+ */
+static bool
+thr_left_or_kicked (void *opaque)
+{
+  struct thr_mark *m = opaque;
+
+  return stats (m->x->t.c).throttle_latency.count > m->left ||
+         atomic_load (&m->x->kicks) > m->kicks;
+}
+
+static bool
+thr_moved (void *opaque)
+{
+  struct thr_mark *m = opaque;
+
+  return atomic_load (&m->x->done) ||
+         atomic_load (&m->x->written) > m->written ||
+         stats (m->x->t.c).waiting_throttle > 0;
+}
+
+static void
+test_throttled_writer_makes_drain_due (void **state)
+{
+  struct thr *x = calloc (1, sizeof *x);
+  struct cache_config cfg = jconfig ();
+  struct fake_jdev *j = fake_jdev_new (JNL_DATA_OFFSET + 96 * MiB);
+  struct cache_stats st;
+  unsigned throttled = 0;
+  bool stuck = false;
+  pthread_t th;
+  (void) state;
+
+  assert_non_null (x);
+  cfg.size = 64 * MiB;
+  x->npages = cfg.size / PG;
+  x->want = calloc (1, cfg.size);
+  assert_non_null (x->want);
+  tc_open (&x->t, &cfg);
+  cache_set_kick (x->t.c, thr_kick, x);
+  assert_int_equal (cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true),
+                    0);
+  assert_int_equal (cache_journal_recover (x->t.c), 0);
+  assert_int_equal (pthread_create (&th, NULL, thr_writer, x), 0);
+  while (!stuck) {
+    struct thr_mark m = { .x = x };
+
+    assert_true (wait_until (thr_blocked_or_done, x, 60000));
+    if (atomic_load (&x->done))
+      break;
+    st = stats (x->t.c);
+    m.kicks = atomic_load (&x->kicks);
+    m.left = st.throttle_latency.count;
+    m.written = atomic_load (&x->written);
+    thr_tick (x); /* the drainer's wake-up */
+    if (st.waiting_throttle > 0) {
+      throttled++;
+      assert_true (wait_until (thr_left_or_kicked, &m, 60000));
+      st = stats (x->t.c);
+      stuck = st.throttle_latency.count == m.left &&
+              !cache_journal_drain_due (x->t.c, 3600000, 90);
+    }
+    else /* waiting for a frame: it goes on, or is throttled */
+      assert_true (wait_until (thr_moved, &m, 60000));
+  }
+  st = stats (x->t.c);
+  print_message ("writer %s after %u throttled waits: %llu dirty pages of "
+                 "%llu, index %llu bytes, journal %llu of %llu bytes, %llu "
+                 "records drained, a step %s\n",
+                 stuck ? "stuck in wb_throttle" : "done", throttled,
+                 (unsigned long long) st.dirty_pages,
+                 (unsigned long long) st.pages_total,
+                 (unsigned long long) st.journal_index_bytes,
+                 (unsigned long long) st.journal_used_bytes,
+                 (unsigned long long) st.journal_size,
+                 (unsigned long long) st.journal_drained_records,
+                 cache_journal_drain_due (x->t.c, 3600000, 90) ? "due"
+                                                               : "not due");
+  atomic_store (&x->expired, true); /* the records expire: it goes on */
+  assert_int_equal (pthread_join (th, NULL), 0);
+  assert_false (stuck);
+  assert_true (throttled > 0);
+  assert_int_equal (cache_flush (x->t.c), 0);
+  assert_int_equal (cache_drain (x->t.c), 0);
+  assert_true (fake_disk_equals (x->t.f, x->want, cfg.size, 0));
+  tc_close (&x->t);
+  fake_jdev_free (j);
+  free (x->want);
+  free (x);
+}
+
 /* The index's bound: a quarter of cache-size.  Scattered 512-byte
  * writes (every other sector of 1024 pages: a node of 64 extents per
  * page, about 2 KiB) would take 2 MiB of index for a 2 MiB cache.  With
@@ -2717,6 +2951,8 @@ main (void)
     cmocka_unit_test (test_async_drain),
     cmocka_unit_test (test_full_journal_throttles),
     cmocka_unit_test (test_drain_due),
+    cmocka_unit_test (test_drain_due_old_record_in_stream),
+    cmocka_unit_test (test_throttled_writer_makes_drain_due),
     cmocka_unit_test (test_journal_write_error_retried),
     cmocka_unit_test (test_journal_sync_error_sticky),
     cmocka_unit_test (test_drainer_sync_error_sticky),
