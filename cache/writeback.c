@@ -799,21 +799,15 @@ wb_throttle (struct cache *c)
   uint64_t t0 = 0;
   int r = 0;
 
-  if (dirty_mem (c) < c->dirty_limit)
-    return 0;
-  /* With a journal, dirty pages leave RAM once durable (page.c): the
-   * journal's space throttles writers (jnl_credit), not RAM, while the
-   * index has room.
-   */
-  if (c->jnl && jnl_index_room (c))
-    return 0;
   while (dirty_mem (c) >= c->dirty_limit) {
     struct timespec ts;
 
-    /* With a journal the wait is for the index's room: once a drain
-     * step freed it, pages may leave RAM again.  The drainer may find
-     * no step due then (journal-background-ratio=), and the pages in
-     * RAM stay dirty until their records expire.
+    /* With a journal, dirty pages leave RAM once durable (page.c): the
+     * journal's space throttles writers (jnl_credit), not RAM, while
+     * the index has room, so the wait is for the index's room.  Once a
+     * drain step freed it, pages may leave RAM again; the drainer may
+     * find no step due then (journal-background-ratio=), and the pages
+     * in RAM stay dirty until their records expire.
      */
     if (c->jnl && jnl_index_room (c))
       break;
