@@ -115,17 +115,32 @@ jdrain_thread (void *arg)
       continue; /* more, at once */
     /* Nothing to do, or it failed: wait for a kick (not after a
      * failure: back off the interval), or the interval.  Nothing due
-     * (journal-background-ratio=): the interval too, whatever kicks
-     * come: a writer over dirty-background-ratio kicks on every write,
-     * and what makes a drain due is looked at again then.
+     * (journal-background-ratio=): a kick makes the thread look again
+     * whether a step is due, and run it at once if one is: a writer
+     * waiting for journal space, or for the index's room, kicks, and
+     * must not wait for the interval.  A writer over
+     * dirty-background-ratio kicks on every write; each look is a
+     * lock of the journal, no more.
      */
     {
       struct timespec ts;
 
       deadline (&ts, d->interval_ms);
-      while (!d->stop && (r < 0 || !due || !d->kicked))
+      while (!d->stop) {
+        if (r >= 0 && d->kicked) {
+          if (due)
+            break;
+          d->kicked = false;
+          pthread_mutex_unlock (&d->lock);
+          due = cache_journal_drain_due (d->c, d->expire_ms, d->ratio);
+          pthread_mutex_lock (&d->lock);
+          if (due)
+            break;
+          continue;
+        }
         if (pthread_cond_timedwait (&d->cv, &d->lock, &ts) == ETIMEDOUT)
           break;
+      }
     }
   }
   pthread_mutex_unlock (&d->lock);

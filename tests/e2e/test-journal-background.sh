@@ -10,6 +10,11 @@
 # 2. The same journal over half full: the drainer writes back until it
 #    is not, without a kick from anyone.
 # 3. dirty-expire-ms=300: 1 MiB, young, is drained once it is old.
+# 4. journal-background-ratio=90, dirty-writeback-ms=60000: 70 MiB
+#    into the 64 MiB journal go through well within the interval, the
+#    writer that waits for space waking the drainer (a drainer that
+#    looks only every interval leaves it waiting 60 s; the deadline is
+#    40 s).
 # Each time the remote's image file holds what was drained, after a
 # clean stop all of it.
 
@@ -93,5 +98,24 @@ cmp -n "$MiB" <(tail -c +$((50 * MiB + 1)) "$rimg") <(head -c $MiB /dev/zero | t
   fail "3: the remote does not hold the expired MiB"
 echo "3: drained once old"
 stop_nbdkit "$pid"
+
+# ---- 4. a writer waiting for space wakes the drainer --------------------------
+serve journal-background-ratio=90 dirty-expire-ms=600000 dirty-writeback-ms=60000
+# The drainer's first look finds nothing pending; from then on it waits
+# 60 s unless a kick makes it look again.
+timeout 40 env PATH=/usr/bin:$PATH FROM=56 N=70 BYTE=164 nbdsh -u "$uri" -c '
+import os
+f, n, b = int(os.environ["FROM"]), int(os.environ["N"]), int(os.environ["BYTE"])
+for i in range(f, f + n):
+    h.pwrite(bytes([b]) * (1 << 20), i << 20)
+h.flush()
+' || fail "4: 70 MiB into a 64 MiB journal did not go through in 40 s"
+d=$(metric "$msock" journal_drained_records_total)
+echo "4: drained records $d"
+[ "$d" -gt 0 ] || fail "4: nothing drained"
+stop_nbdkit "$pid"
+cmp -n $((70 * MiB)) <(tail -c +$((56 * MiB + 1)) "$rimg") \
+    <(head -c $((70 * MiB)) /dev/zero | tr '\0' '\244') ||
+  fail "4: the remote after the stop"
 stop_nbdkit "$rpid"
 echo ok
