@@ -474,6 +474,7 @@ params_config (const char *key, const char *value)
   else if (strcmp (key, "dirty-expire-ms") == 0) {
     if (parse_uint (key, value, 0, 3600000, &params.dirty_expire_ms) == -1)
       return -1;
+    params.dirty_expire_ms_given = true;
   }
   else if (strcmp (key, "dirty-writeback-ms") == 0) {
     if (parse_uint (key, value, 10, 60000, &params.dirty_writeback_ms) == -1)
@@ -584,6 +585,17 @@ params_config_complete (void)
   if (params.journal == NULL && params.journal_background_ratio_given) {
     nbdkit_error ("subpage: journal-background-ratio= needs journal=PATH");
     return -1;
+  }
+  /* With a journal, dirty data is durable where it waits: write it
+   * back lazily, as dm-writecache (high_watermark=50) and bcache
+   * (writeback_delay=30) do; the image alone lags further behind.
+   * dirty-expire-ms has no other use with a journal.
+   */
+  if (params.journal != NULL) {
+    if (!params.journal_background_ratio_given)
+      params.journal_background_ratio = JOURNAL_BACKGROUND_RATIO_DEFAULT;
+    if (!params.dirty_expire_ms_given)
+      params.dirty_expire_ms = JOURNAL_EXPIRE_MS_DEFAULT;
   }
   if (params.journal == NULL && params.sequential_cutoff_given) {
     nbdkit_error ("subpage: sequential-cutoff= needs journal=PATH (without "

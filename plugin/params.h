@@ -32,6 +32,7 @@ struct params {
   uint32_t sector_size;
   enum cache_mode mode;
   unsigned dirty_expire_ms;
+  bool dirty_expire_ms_given;
   unsigned dirty_writeback_ms;
   unsigned dirty_background_ratio;
   unsigned dirty_ratio;
@@ -56,6 +57,12 @@ struct params {
 };
 
 extern struct params params;
+
+/* With journal=, unless given: journal-background-ratio= and
+ * dirty-expire-ms= (which then only dates the journal's records).
+ */
+#define JOURNAL_BACKGROUND_RATIO_DEFAULT 50
+#define JOURNAL_EXPIRE_MS_DEFAULT 30000
 
 /* .config and .config_complete: 0, or -1 with the error logged. */
 int params_config (const char *key, const char *value);
@@ -93,7 +100,8 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "                    (default 512).\n"                                     \
   "mode=writeback|writethrough|unsafe  (default writeback).\n"               \
   "dirty-expire-ms=<MS>         Write back data dirty this long,\n"          \
-  "                             0..3600000 (default 5000).\n"                \
+  "                             0..3600000 (default 5000; 30000 with\n"      \
+  "                             journal=).\n"                                \
   "dirty-writeback-ms=<MS>      Write-back timer period, 10..60000\n"        \
   "                             (default 500).\n"                            \
   "dirty-background-ratio=<PCT> Start background write-back when dirty\n"    \
@@ -124,7 +132,7 @@ const char *params_size_str (uint64_t v, char *buf, size_t n);
   "journal-background-ratio=<PCT> journal=: write back only while the\n"     \
   "                             journal is over this percentage full, or\n"  \
   "                             its oldest record is dirty-expire-ms old,\n" \
-  "                             0..90 (default 0: at once).\n"               \
+  "                             0..90 (default 50; 0: at once).\n"           \
   "sequential-cutoff=<SIZE>     journal=: sequential writes of a\n"          \
   "                             connection past this many bytes go\n"        \
   "                             straight to the image (default 4M;\n"        \

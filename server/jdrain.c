@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
@@ -20,7 +21,13 @@ struct jdrain {
   pthread_t thread;
   pthread_mutex_t lock;
   pthread_cond_t cv;
-  bool kicked, stop;
+  /* Written under lock; jdrain_kick reads kicked without it first, to
+   * return at once while a kick is pending.  holdoff: the thread looked
+   * after a kick and found nothing due, and waits out KICK_HOLDOFF_MS
+   * before it looks again; kicks meanwhile are kept, not signalled.
+   */
+  _Atomic bool kicked;
+  bool holdoff, stop;
   bool stopped; /* jdrain_stop has joined the thread */
 
   /* The pool that runs a batch's backend writes (cache_set_jio). */
@@ -95,6 +102,21 @@ deadline (struct timespec *ts, unsigned ms)
   }
 }
 
+/* How long the thread, having looked after a kick and found no step
+ * due, lets further kicks wait before it looks again: writers over
+ * dirty-background-ratio kick on every write, and each look would be
+ * a wake-up and a context switch.  The longest a writer waiting for
+ * journal space waits beyond what the step takes.
+ */
+#define KICK_HOLDOFF_MS 10
+
+static bool
+before (const struct timespec *a, const struct timespec *b)
+{
+  return a->tv_sec < b->tv_sec ||
+         (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
 static void *
 jdrain_thread (void *arg)
 {
@@ -118,12 +140,11 @@ jdrain_thread (void *arg)
      * (journal-background-ratio=): a kick makes the thread look again
      * whether a step is due, and run it at once if one is: a writer
      * waiting for journal space, or for the index's room, kicks, and
-     * must not wait for the interval.  A writer over
-     * dirty-background-ratio kicks on every write; each look is a
-     * lock of the journal, no more.
+     * must not wait for the interval.  After a look that finds nothing
+     * due, kicks wait KICK_HOLDOFF_MS.
      */
     {
-      struct timespec ts;
+      struct timespec ts, hold;
 
       deadline (&ts, d->interval_ms);
       while (!d->stop) {
@@ -136,6 +157,16 @@ jdrain_thread (void *arg)
           pthread_mutex_lock (&d->lock);
           if (due)
             break;
+          deadline (&hold, KICK_HOLDOFF_MS);
+          if (before (&ts, &hold))
+            hold = ts;
+          d->holdoff = true;
+          while (!d->stop)
+            if (pthread_cond_timedwait (&d->cv, &d->lock, &hold) == ETIMEDOUT)
+              break;
+          d->holdoff = false;
+          if (!before (&hold, &ts))
+            break; /* the interval is over */
           continue;
         }
         if (pthread_cond_timedwait (&d->cv, &d->lock, &ts) == ETIMEDOUT)
@@ -152,9 +183,12 @@ jdrain_kick (void *opaque)
 {
   struct jdrain *d = opaque;
 
+  if (atomic_load (&d->kicked)) /* pending: the thread will see it */
+    return;
   pthread_mutex_lock (&d->lock);
   d->kicked = true;
-  pthread_cond_signal (&d->cv);
+  if (!d->holdoff)
+    pthread_cond_signal (&d->cv);
   pthread_mutex_unlock (&d->lock);
 }
 

@@ -1859,7 +1859,9 @@ static uint64_t parse_size (const char *s);
  * run's sector size (a journal refuses another), and for the drainer
  * dirty-writeback-ms= (10 with --image-only-pct, so that the image is
  * being written at the kill; else 10 ms to 60 s: with 60 s nothing but
- * a full journal or the stop drains).
+ * a full journal or the stop drains), and journal-background-ratio= (0,
+ * eager, with --image-only-pct; else 0 or the default's 50, under which
+ * dirty-expire-ms= dates the records).
  */
 static int
 cache_params (uint64_t *s, char **argv, int n, char a[][PATH_MAX + 32])
@@ -1870,6 +1872,7 @@ cache_params (uint64_t *s, char **argv, int n, char a[][PATH_MAX + 32])
   static const char *const expires[] = { "20", "200", "5000" };
   static const char *const intervals[] = { "10", "100", "500" };
   static const char *const jintervals[] = { "10", "100", "1000", "60000" };
+  static const char *const jratios[] = { "0", "50" };
   static const char *const threads[] = { "1", "2", "4" };
   const char *page = PICK (s, pages);
   const char *sect = PICK (s, sectors);
@@ -1899,7 +1902,9 @@ cache_params (uint64_t *s, char **argv, int n, char a[][PATH_MAX + 32])
   if (journal_path) {
     snprintf (a[7], sizeof a[7], "journal=%s", journal_path);
     snprintf (a[8], sizeof a[8], "journal-size=%s", journal_size);
-    na = 9;
+    snprintf (a[9], sizeof a[9], "journal-background-ratio=%s",
+              image_only_pct ? "0" : PICK (s, jratios));
+    na = 10;
   }
   for (i = 0; i < na; i++)
     argv[n++] = a[i];

@@ -3,10 +3,11 @@
 # writes back only while the journal is over the ratio, or its oldest
 # record is dirty-expire-ms old.
 #
-# 1. journal-background-ratio=50, dirty-expire-ms=600000,
-#    dirty-writeback-ms=50: 1 MiB written and flushed into a 64 MiB
-#    journal stays there, through 20 wake-ups of the drainer (without
-#    the ratio it is drained at the first), and reads back.
+# 1. The defaults with journal= (journal-background-ratio=50,
+#    dirty-expire-ms=30000), dirty-writeback-ms=50: 1 MiB written and
+#    flushed into a 64 MiB journal stays there, through 20 wake-ups of
+#    the drainer (with journal-background-ratio=0 it is drained at the
+#    first), and reads back.
 # 2. The same journal over half full: the drainer writes back until it
 #    is not, without a kick from anyone.
 # 3. dirty-expire-ms=300: 1 MiB, young, is drained once it is old.
@@ -69,7 +70,7 @@ wait_metric ()
 }
 
 # ---- 1. under the ratio, young: stays in the journal -------------------------
-serve journal-background-ratio=50 dirty-expire-ms=600000
+serve
 write_mib 0 1 161
 sleep 1   # 20 wake-ups of the drainer: eager, it drains at the first
 d=$(metric "$msock" journal_drained_records_total)
