@@ -34,7 +34,9 @@
  *      journal-order=epoch every record of the epochs before this one,
  *      is on the backend, flushed, and behind the durable tail: neither
  *      the drainer nor a replay will write it again (rule 13: the write
- *      is a barrier);
+ *      is a barrier).  If that is more than BARRIER_CHEAP_RECORDS
+ *      records to drain (jnl_barrier_cheap), the write goes through the
+ *      journal instead and asks for the drain;
  *   5. makes the range busy (dirty_busy_begin): a read or fill that
  *      read the backend before the write does not install what it read;
  *   6. writes the backend (with FUA if asked);
@@ -217,7 +219,11 @@ bypass (struct cache *c, const char *buf, uint64_t a, uint64_t e,
   jnl_hold (c, &h);
   h.need = MAX (h.need, fence (c, a, e));
   CACHE_PARK (c, "bypass.held");
-  r = jnl_barrier (c, h.need);
+  /* A barrier that would drain much (the drainer lags, or with
+   * journal-background-ratio= waits to) would stall the request: the
+   * write goes through the journal, and the drain is asked for.
+   */
+  r = jnl_barrier_cheap (c, h.need) ? jnl_barrier (c, h.need) : -EAGAIN;
   if (r < 0) {
     report_debug (c, "bypass %" PRIu64 "+%" PRIu64 ": barrier: %d: journaled",
                   a, e - a, r);

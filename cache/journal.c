@@ -126,6 +126,11 @@ struct journal {
    */
   uint64_t closed_seq, trim_seq;
   uint64_t data_seq; /* the newest record placed that is not a marker */
+  /* A write around the journal found its barrier too dear
+   * (jnl_barrier_cheap): a drain step is due until mtail_seq is past
+   * this.
+   */
+  uint64_t bypass_want;
   /* The newest record of a page that left RAM (jnl_page_evict): its
    * jseq is gone, and its drained records may not be behind the
    * durable tail yet (jnl_evicted_seq, the barrier's NEED).
@@ -1730,6 +1735,7 @@ jnl_drain_due (struct cache *c, uint64_t expire_ms, unsigned ratio)
   lock_take (&j->lock);
   due = j->mtail_seq >= j->next_seq /* idle: the tail's sync, if left */ ||
         j->tail_failed || j->drain_failing || j->space_waiters > 0 ||
+        j->mtail_seq <= j->bypass_want ||
         used (j) * 100 > (uint64_t) ratio * j->sb.data_size ||
         oldest_age_ms (j) >= expire_ms;
   lock_drop (&j->lock);
@@ -2596,6 +2602,22 @@ jnl_barrier (struct cache *c, uint64_t need)
       r = 0;
   }
   return r;
+}
+
+bool
+jnl_barrier_cheap (struct cache *c, uint64_t need)
+{
+  struct journal *j = c->jnl;
+  bool cheap;
+
+  lock_take (&j->lock);
+  cheap = j->mtail_seq > need || need - j->mtail_seq < BARRIER_CHEAP_RECORDS;
+  if (!cheap && need > j->bypass_want)
+    j->bypass_want = need;
+  lock_drop (&j->lock);
+  if (!cheap)
+    wb_kick (c);
+  return cheap;
 }
 
 void

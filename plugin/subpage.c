@@ -479,7 +479,7 @@ subpage_watcher (void *arg)
     if (wbs != NULL)
       wbs_begin_drain (wbs);
     if (jdrain != NULL)
-      jdrain_kick (jdrain);
+      jdrain_hurry (jdrain);
   }
   return NULL;
 }

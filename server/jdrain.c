@@ -28,6 +28,7 @@ struct jdrain {
    */
   _Atomic bool kicked;
   bool holdoff, stop;
+  bool hurry;   /* jdrain_hurry: every step is due (shutdown) */
   bool stopped; /* jdrain_stop has joined the thread */
 
   /* The pool that runs a batch's backend writes (cache_set_jio). */
@@ -93,7 +94,7 @@ jdrain_jio (void *opaque, struct cache_jio *io)
 static void
 deadline (struct timespec *ts, unsigned ms)
 {
-  clock_gettime (CLOCK_REALTIME, ts);
+  clock_gettime (CLOCK_MONOTONIC, ts); /* d->cv's clock */
   ts->tv_sec += ms / 1000;
   ts->tv_nsec += (long) (ms % 1000) * 1000000L;
   if (ts->tv_nsec >= 1000000000L) {
@@ -128,8 +129,10 @@ jdrain_thread (void *arg)
     int r = 0;
 
     d->kicked = false;
+    due = d->hurry;
     pthread_mutex_unlock (&d->lock);
-    due = cache_journal_drain_due (d->c, d->expire_ms, d->ratio);
+    if (!due)
+      due = cache_journal_drain_due (d->c, d->expire_ms, d->ratio);
     if (due)
       r = cache_journal_drain (d->c);
     pthread_mutex_lock (&d->lock);
@@ -155,13 +158,13 @@ jdrain_thread (void *arg)
           pthread_mutex_unlock (&d->lock);
           due = cache_journal_drain_due (d->c, d->expire_ms, d->ratio);
           pthread_mutex_lock (&d->lock);
-          if (due)
+          if (due || d->hurry)
             break;
           deadline (&hold, KICK_HOLDOFF_MS);
           if (before (&ts, &hold))
             hold = ts;
           d->holdoff = true;
-          while (!d->stop)
+          while (!d->stop && !d->hurry)
             if (pthread_cond_timedwait (&d->cv, &d->lock, &hold) == ETIMEDOUT)
               break;
           d->holdoff = false;
@@ -176,6 +179,16 @@ jdrain_thread (void *arg)
   }
   pthread_mutex_unlock (&d->lock);
   return NULL;
+}
+
+void
+jdrain_hurry (struct jdrain *d)
+{
+  pthread_mutex_lock (&d->lock);
+  d->hurry = true;
+  d->kicked = true;
+  pthread_cond_signal (&d->cv);
+  pthread_mutex_unlock (&d->lock);
 }
 
 void
@@ -234,7 +247,17 @@ jdrain_start (struct cache *c, unsigned interval_ms, uint64_t expire_ms,
   d->expire_ms = expire_ms;
   d->ratio = ratio;
   pthread_mutex_init (&d->lock, NULL);
-  pthread_cond_init (&d->cv, NULL);
+  {
+    /* The thread's deadlines are on the monotonic clock: a step of the
+     * wall clock must not stretch a hold-off or an interval.
+     */
+    pthread_condattr_t ca;
+
+    pthread_condattr_init (&ca);
+    pthread_condattr_setclock (&ca, CLOCK_MONOTONIC);
+    pthread_cond_init (&d->cv, &ca);
+    pthread_condattr_destroy (&ca);
+  }
   pthread_mutex_init (&d->qlock, NULL);
   pthread_cond_init (&d->qcv, NULL);
   d->qtail = &d->qhead;

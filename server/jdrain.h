@@ -34,6 +34,11 @@ void jdrain_stop (struct jdrain *d);
  * and frees D (after cache_drain).  NULL is a no-op.
  */
 void jdrain_close (struct jdrain *d);
+/* Shutdown: from now on every step is due, whatever
+ * journal-background-ratio= says, and the thread runs one at once.
+ */
+void jdrain_hurry (struct jdrain *d);
+
 /* The kick hook: wakes the thread.  Never blocks for long. */
 void jdrain_kick (void *opaque);
 

@@ -25,6 +25,7 @@
 #include "fake-jdev.h"
 #include "helpers.h"
 #include "jformat.h"
+#include "journal.h" /* BARRIER_CHEAP_RECORDS */
 
 #define JSIZE (JNL_DATA_OFFSET + 4 * MiB)
 #define IDENT "file:/test/image"
@@ -726,6 +727,48 @@ test_bypass_over_spilled_page (void **state)
   bt_close (&x);
 }
 
+/* A barrier that would drain more than BARRIER_CHEAP_RECORDS records
+ * (a lazy or lagging drainer): the write goes through the journal, not
+ * around it, and a drain step is due until one has gone past what the
+ * barrier needed; once drained, the stream's next write goes around.
+ */
+static void
+test_dear_barrier_journals (void **state)
+{
+  struct bt x = { .s = NULL };
+  uint64_t before;
+  (void) state;
+
+  bt_open (&x);
+  cache_set_kick (x.t.c, kick_none, NULL); /* no background drain */
+  /* An epoch of BARRIER_CHEAP_RECORDS + 1 records, in one page. */
+  for (unsigned k = 0; k <= BARRIER_CHEAP_RECORDS; k++)
+    assert_int_equal (write_pattern (&x.t, (k % 8) * 4096, 4096, 1, 0), 0);
+  assert_int_equal (cache_flush (x.t.c), 0);
+  start_run (&x, MiB, 2);
+  assert_false (cache_journal_drain_due (x.t.c, 3600000, 50));
+  before = stats (x.t.c).journal_bypass_writes;
+  fake_reset_counts (x.t.f);
+  assert_int_equal (swrite (&x, MiB, CHUNK, 2, 0), 0);
+  assert_int_equal (stats (x.t.c).journal_bypass_writes, before);
+  assert_int_equal (counts (&x.t).writes, 0); /* no drain in the request */
+  assert_true (cache_journal_drain_due (x.t.c, 3600000, 50));
+  assert_true (read_is_pattern (&x.t, MiB - 2 * CHUNK, 3 * CHUNK, 2));
+  /* One step drains the closed epoch: no longer due, and the next write
+   * of the stream goes around.
+   */
+  assert_true (cache_journal_drain (x.t.c) > 0);
+  assert_false (cache_journal_drain_due (x.t.c, 3600000, 50));
+  assert_int_equal (swrite (&x, MiB + CHUNK, CHUNK, 2, 0), 0);
+  assert_int_equal (stats (x.t.c).journal_bypass_writes, before + 1);
+  assert_true (read_is_pattern (&x.t, MiB - 2 * CHUNK, 4 * CHUNK, 2));
+  assert_true (read_is_pattern (&x.t, 0, 8 * 4096, 1));
+  drain_all (&x);
+  assert_true (disk_is_pattern (&x.t, MiB - 2 * CHUNK, 4 * CHUNK, 2));
+  assert_true (disk_is_pattern (&x.t, 0, 8 * 4096, 1));
+  bt_close (&x);
+}
+
 int
 main (void)
 {
@@ -742,6 +785,7 @@ main (void)
     cmocka_unit_test (test_bypass_eio),
     cmocka_unit_test (test_zero_after_bypass),
     cmocka_unit_test (test_bypass_over_spilled_page),
+    cmocka_unit_test (test_dear_barrier_journals),
   };
 
   return cmocka_run_group_tests (tests, NULL, NULL);
