@@ -2611,7 +2611,11 @@ jnl_barrier_cheap (struct cache *c, uint64_t need)
   bool cheap;
 
   lock_take (&j->lock);
-  cheap = j->mtail_seq > need || need - j->mtail_seq < BARRIER_CHEAP_RECORDS;
+  /* Past the tail only markers (data_seq: the newest record that is
+   * not one): a drain of them writes nothing to the backend.
+   */
+  cheap = j->mtail_seq > need || need - j->mtail_seq < BARRIER_CHEAP_RECORDS ||
+          j->data_seq < j->mtail_seq;
   if (!cheap && need > j->bypass_want)
     j->bypass_want = need;
   lock_drop (&j->lock);

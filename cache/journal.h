@@ -239,7 +239,8 @@ uint64_t jnl_reserve_unheld (struct cache *c, struct jbuf *b, enum jrec_type t,
  */
 int jnl_barrier (struct cache *c, uint64_t need);
 /* No lock held.  Would jnl_barrier (NEED) drain at most
- * BARRIER_CHEAP_RECORDS records?  If not, asks for a drain past NEED
+ * BARRIER_CHEAP_RECORDS records, or only markers?  If not, asks for a
+ * drain past NEED
  * (jnl_drain_due says one is due until one has gone past it) and kicks
  * write-back: the write goes through the journal instead, and a later
  * write of its stream finds the barrier cheap.

@@ -28,7 +28,11 @@ struct jdrain {
    */
   _Atomic bool kicked;
   bool holdoff, stop;
-  bool hurry;   /* jdrain_hurry: every step is due (shutdown) */
+  bool hurry; /* jdrain_hurry: every step is due (shutdown) */
+  /* The wait after jdrain_hurry has ended once, even after a failed
+   * step (whose wait backs off the interval, kicks or not).
+   */
+  bool hurry_taken;
   bool stopped; /* jdrain_stop has joined the thread */
 
   /* The pool that runs a batch's backend writes (cache_set_jio). */
@@ -151,6 +155,10 @@ jdrain_thread (void *arg)
 
       deadline (&ts, d->interval_ms);
       while (!d->stop) {
+        if (d->hurry && !d->hurry_taken) {
+          d->hurry_taken = true;
+          break;
+        }
         if (r >= 0 && d->kicked) {
           if (due)
             break;
