@@ -128,7 +128,7 @@ struct journal {
   uint64_t data_seq; /* the newest record placed that is not a marker */
   /* A write around the journal found its barrier too dear
    * (jnl_barrier_cheap): a drain step is due until mtail_seq is past
-   * this.
+   * this, or only markers are left (which jnl_drain leaves for later).
    */
   uint64_t bypass_want;
   /* The newest record of a page that left RAM (jnl_page_evict): its
@@ -1735,7 +1735,7 @@ jnl_drain_due (struct cache *c, uint64_t expire_ms, unsigned ratio)
   lock_take (&j->lock);
   due = j->mtail_seq >= j->next_seq /* idle: the tail's sync, if left */ ||
         j->tail_failed || j->drain_failing || j->space_waiters > 0 ||
-        j->mtail_seq <= j->bypass_want ||
+        (j->mtail_seq <= j->bypass_want && j->data_seq >= j->mtail_seq) ||
         used (j) * 100 > (uint64_t) ratio * j->sb.data_size ||
         oldest_age_ms (j) >= expire_ms;
   lock_drop (&j->lock);
