@@ -1469,12 +1469,91 @@ test_drain_due_old_record_in_stream (void **state)
   jt_close (&x);
 }
 
+/* A writer of every other sector of each page of a 64 MiB image
+ * through a journal (test_throttled_writer_makes_drain_due,
+ * test_index_bounded): scattered 512-byte writes, a page's index node
+ * at its largest (64 extents).  WANT is what the image must hold.
+ */
+struct sw {
+  struct tcache t;
+  struct fake_jdev *j;
+  unsigned char *want;
+  uint64_t npages;
+  atomic_uint_fast64_t written;   /* writes done */
+  atomic_uint_fast64_t max_index; /* the index's largest, after each page */
+  atomic_bool done;
+};
+
+/* X's cache: CFG with a 64 MiB image, a new journal with JBYTES for
+ * records, and the kick hook KICK (OPAQUE).
+ */
+static void
+sw_open (struct sw *x, struct cache_config *cfg, uint64_t jbytes,
+         cache_kick_fn kick, void *opaque)
+{
+  cfg->size = 64 * MiB;
+  x->npages = cfg->size / PG;
+  x->want = calloc (1, cfg->size);
+  assert_non_null (x->want);
+  x->j = fake_jdev_new (JNL_DATA_OFFSET + jbytes);
+  tc_open (&x->t, cfg);
+  cache_set_kick (x->t.c, kick, opaque);
+  assert_int_equal (
+    cache_journal_open (x->t.c, fake_jdev_dev (x->j), IDENT, true), 0);
+  assert_int_equal (cache_journal_recover (x->t.c), 0);
+}
+
+static void
+sw_close (struct sw *x)
+{
+  tc_close (&x->t);
+  fake_jdev_free (x->j);
+  free (x->want);
+}
+
+static void *
+sw_writer (void *opaque)
+{
+  struct sw *x = opaque;
+  unsigned char buf[SS];
+
+  for (uint64_t pg = 0; pg < x->npages; pg++) {
+    uint64_t ib;
+
+    for (uint64_t s = 0; s < PG / SS; s += 2) {
+      uint64_t off = pg * PG + s * SS;
+
+      memset (buf, (int) (pg * 7 + s) | 1, SS);
+      memcpy (x->want + off, buf, SS);
+      if (cache_write (x->t.c, buf, SS, off, 0) != 0)
+        abort ();
+      atomic_fetch_add (&x->written, 1);
+    }
+    ib = stats (x->t.c).journal_index_bytes;
+    if (ib > atomic_load (&x->max_index))
+      atomic_store (&x->max_index, ib);
+  }
+  atomic_store (&x->done, true);
+  return NULL;
+}
+
+/* The writer finished, or waits: throttled, or for a frame. */
+static bool
+sw_blocked_or_done (void *opaque)
+{
+  struct sw *x = opaque;
+  struct cache_stats st = stats (x->t.c);
+
+  return atomic_load (&x->done) || st.waiting_throttle > 0 ||
+         st.waiting_page > 0;
+}
+
 /* journal-background-ratio=: a writer throttled in wb_throttle (dirty
- * memory over dirty-ratio and the index full).  The test plays
- * jdrain_thread with ratio 90 and dirty-expire-ms an hour: while no
- * step is due it sleeps out its interval, whatever kicks come (the
- * kick hook does nothing), and at each wake-up (tick) runs steps while
- * one is due.  The writer writes every other sector of each page of
+ * memory over dirty-ratio and the index full).  The test plays a
+ * drainer with ratio 90 and dirty-expire-ms an hour that, while no step
+ * is due, sleeps out its interval whatever kicks come (the kick hook
+ * does nothing: the worst case; jdrain_thread looks again on a kick),
+ * and at each wake-up (tick) runs steps while one is due.  The writer writes every other sector of each page of
  * 64 MiB through a 2 MiB cache: pages whose records are synced leave
  * RAM until the index is full, and the writer then waits, for a frame
  * or in wb_throttle.  At the tick the full index makes a step due; it
@@ -1486,12 +1565,9 @@ test_drain_due_old_record_in_stream (void **state)
  * records are dirty-expire-ms old.
  */
 struct thr {
-  struct tcache t;
-  unsigned char *want;
-  uint64_t npages;
+  struct sw w;
   atomic_uint kicks;
-  atomic_uint_fast64_t written;
-  atomic_bool expired, done;
+  atomic_bool expired;
 };
 
 static void
@@ -1499,8 +1575,8 @@ thr_tick (struct thr *x)
 {
   uint64_t expire = atomic_load (&x->expired) ? 0 : 3600000;
 
-  while (cache_journal_drain_due (x->t.c, expire, 90))
-    if (cache_journal_drain (x->t.c) <= 0)
+  while (cache_journal_drain_due (x->w.t.c, expire, 90))
+    if (cache_journal_drain (x->w.t.c) <= 0)
       break;
 }
 
@@ -1512,36 +1588,6 @@ thr_kick (void *opaque)
   atomic_fetch_add (&x->kicks, 1);
   if (atomic_load (&x->expired)) /* at the end: every step due */
     thr_tick (x);
-}
-
-static void *
-thr_writer (void *opaque)
-{
-  struct thr *x = opaque;
-  unsigned char buf[SS];
-
-  for (uint64_t pg = 0; pg < x->npages; pg++)
-    for (uint64_t s = 0; s < PG / SS; s += 2) {
-      uint64_t off = pg * PG + s * SS;
-
-      memset (buf, (int) (pg * 7 + s) | 1, SS);
-      memcpy (x->want + off, buf, SS);
-      if (cache_write (x->t.c, buf, SS, off, 0) != 0)
-        abort ();
-      atomic_fetch_add (&x->written, 1);
-    }
-  atomic_store (&x->done, true);
-  return NULL;
-}
-
-static bool
-thr_blocked_or_done (void *opaque)
-{
-  struct thr *x = opaque;
-  struct cache_stats st = stats (x->t.c);
-
-  return atomic_load (&x->done) || st.waiting_throttle > 0 ||
-         st.waiting_page > 0;
 }
 
 struct thr_mark {
@@ -1558,7 +1604,7 @@ thr_left_or_kicked (void *opaque)
 {
   struct thr_mark *m = opaque;
 
-  return stats (m->x->t.c).throttle_latency.count > m->left ||
+  return stats (m->x->w.t.c).throttle_latency.count > m->left ||
          atomic_load (&m->x->kicks) > m->kicks;
 }
 
@@ -1567,9 +1613,9 @@ thr_moved (void *opaque)
 {
   struct thr_mark *m = opaque;
 
-  return atomic_load (&m->x->done) ||
-         atomic_load (&m->x->written) > m->written ||
-         stats (m->x->t.c).waiting_throttle > 0;
+  return atomic_load (&m->x->w.done) ||
+         atomic_load (&m->x->w.written) > m->written ||
+         stats (m->x->w.t.c).waiting_throttle > 0;
 }
 
 static void
@@ -1577,7 +1623,6 @@ test_throttled_writer_makes_drain_due (void **state)
 {
   struct thr *x = calloc (1, sizeof *x);
   struct cache_config cfg = jconfig ();
-  struct fake_jdev *j = fake_jdev_new (JNL_DATA_OFFSET + 96 * MiB);
   struct cache_stats st;
   unsigned throttled = 0;
   bool stuck = false;
@@ -1585,38 +1630,30 @@ test_throttled_writer_makes_drain_due (void **state)
   (void) state;
 
   assert_non_null (x);
-  cfg.size = 64 * MiB;
-  x->npages = cfg.size / PG;
-  x->want = calloc (1, cfg.size);
-  assert_non_null (x->want);
-  tc_open (&x->t, &cfg);
-  cache_set_kick (x->t.c, thr_kick, x);
-  assert_int_equal (cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true),
-                    0);
-  assert_int_equal (cache_journal_recover (x->t.c), 0);
-  assert_int_equal (pthread_create (&th, NULL, thr_writer, x), 0);
+  sw_open (&x->w, &cfg, 96 * MiB, thr_kick, x);
+  assert_int_equal (pthread_create (&th, NULL, sw_writer, &x->w), 0);
   while (!stuck) {
     struct thr_mark m = { .x = x };
 
-    assert_true (wait_until (thr_blocked_or_done, x, 60000));
-    if (atomic_load (&x->done))
+    assert_true (wait_until (sw_blocked_or_done, &x->w, 60000));
+    if (atomic_load (&x->w.done))
       break;
-    st = stats (x->t.c);
+    st = stats (x->w.t.c);
     m.kicks = atomic_load (&x->kicks);
     m.left = st.throttle_latency.count;
-    m.written = atomic_load (&x->written);
+    m.written = atomic_load (&x->w.written);
     thr_tick (x); /* the drainer's wake-up */
     if (st.waiting_throttle > 0) {
       throttled++;
       assert_true (wait_until (thr_left_or_kicked, &m, 60000));
-      st = stats (x->t.c);
+      st = stats (x->w.t.c);
       stuck = st.throttle_latency.count == m.left &&
-              !cache_journal_drain_due (x->t.c, 3600000, 90);
+              !cache_journal_drain_due (x->w.t.c, 3600000, 90);
     }
     else /* waiting for a frame: it goes on, or is throttled */
       assert_true (wait_until (thr_moved, &m, 60000));
   }
-  st = stats (x->t.c);
+  st = stats (x->w.t.c);
   print_message ("writer %s after %u throttled waits: %llu dirty pages of "
                  "%llu, index %llu bytes, journal %llu of %llu bytes, %llu "
                  "records drained, a step %s\n",
@@ -1627,18 +1664,16 @@ test_throttled_writer_makes_drain_due (void **state)
                  (unsigned long long) st.journal_used_bytes,
                  (unsigned long long) st.journal_size,
                  (unsigned long long) st.journal_drained_records,
-                 cache_journal_drain_due (x->t.c, 3600000, 90) ? "due"
-                                                               : "not due");
+                 cache_journal_drain_due (x->w.t.c, 3600000, 90) ? "due"
+                                                                 : "not due");
   atomic_store (&x->expired, true); /* the records expire: it goes on */
   assert_int_equal (pthread_join (th, NULL), 0);
   assert_false (stuck);
   assert_true (throttled > 0);
-  assert_int_equal (cache_flush (x->t.c), 0);
-  assert_int_equal (cache_drain (x->t.c), 0);
-  assert_true (fake_disk_equals (x->t.f, x->want, cfg.size, 0));
-  tc_close (&x->t);
-  fake_jdev_free (j);
-  free (x->want);
+  assert_int_equal (cache_flush (x->w.t.c), 0);
+  assert_int_equal (cache_drain (x->w.t.c), 0);
+  assert_true (fake_disk_equals (x->w.t.f, x->w.want, cfg.size, 0));
+  sw_close (&x->w);
   free (x);
 }
 
@@ -1653,11 +1688,8 @@ test_throttled_writer_makes_drain_due (void **state)
  * the writer goes on and every byte is right.
  */
 struct ib {
-  struct tcache t;
-  unsigned char *want;
-  uint64_t npages;
-  atomic_bool drain_ok, done;
-  atomic_uint_fast64_t max_index;
+  struct sw w;
+  atomic_bool drain_ok;
 };
 
 static void
@@ -1666,42 +1698,7 @@ kick_if_allowed (void *opaque)
   struct ib *x = opaque;
 
   if (atomic_load (&x->drain_ok))
-    cache_journal_drain (x->t.c);
-}
-
-static void *
-ib_writer (void *opaque)
-{
-  struct ib *x = opaque;
-  unsigned char buf[SS];
-
-  for (uint64_t pg = 0; pg < x->npages; pg++) {
-    for (uint64_t s = 0; s < PG / SS; s += 2) {
-      uint64_t off = pg * PG + s * SS;
-
-      memset (buf, (int) (pg * 7 + s) | 1, SS);
-      memcpy (x->want + off, buf, SS);
-      if (cache_write (x->t.c, buf, SS, off, 0) != 0)
-        abort ();
-    }
-    {
-      uint64_t ib = stats (x->t.c).journal_index_bytes;
-      if (ib > atomic_load (&x->max_index))
-        atomic_store (&x->max_index, ib);
-    }
-  }
-  atomic_store (&x->done, true);
-  return NULL;
-}
-
-static bool
-ib_blocked_or_done (void *opaque)
-{
-  struct ib *x = opaque;
-  struct cache_stats st = stats (x->t.c);
-
-  return atomic_load (&x->done) || st.waiting_throttle > 0 ||
-         st.waiting_page > 0;
+    cache_journal_drain (x->w.t.c);
 }
 
 static void
@@ -1709,53 +1706,42 @@ test_index_bounded (void **state)
 {
   struct ib *x = calloc (1, sizeof *x);
   struct cache_config cfg = jconfig ();
-  struct fake_jdev *j = fake_jdev_new (JNL_DATA_OFFSET + 48 * MiB);
   uint64_t bound;
   pthread_t th;
   (void) state;
 
   assert_non_null (x);
-  cfg.size = 64 * MiB;
-  x->npages = cfg.size / PG;
-  x->want = calloc (1, cfg.size);
-  assert_non_null (x->want);
-  tc_open (&x->t, &cfg);
-  cache_set_kick (x->t.c, kick_if_allowed, x);
-  assert_int_equal (cache_journal_open (x->t.c, fake_jdev_dev (j), IDENT, true),
-                    0);
-  assert_int_equal (cache_journal_recover (x->t.c), 0);
+  sw_open (&x->w, &cfg, 48 * MiB, kick_if_allowed, x);
   /* The bound, plus every frame's node at its largest (2 x (64 + 2)
    * extents): pages in RAM are not held to it.
    */
   bound = cfg.cache_size / 4 +
           (cfg.cache_size / PG + 1) * (48 + 16 * 2 * (PG / SS / 2 + 2));
-  assert_int_equal (pthread_create (&th, NULL, ib_writer, x), 0);
-  assert_true (wait_until (ib_blocked_or_done, x, 60000));
+  assert_int_equal (pthread_create (&th, NULL, sw_writer, &x->w), 0);
+  assert_true (wait_until (sw_blocked_or_done, &x->w, 60000));
   print_message ("index: %llu bytes when the writer %s (bound %llu)\n",
-                 (unsigned long long) stats (x->t.c).journal_index_bytes,
-                 atomic_load (&x->done) ? "finished" : "waited",
+                 (unsigned long long) stats (x->w.t.c).journal_index_bytes,
+                 atomic_load (&x->w.done) ? "finished" : "waited",
                  (unsigned long long) bound);
-  assert_false (atomic_load (&x->done));
-  assert_true (stats (x->t.c).journal_spilled_pages > 0);
-  assert_true (stats (x->t.c).journal_index_bytes >= cfg.cache_size / 8);
-  assert_true (stats (x->t.c).journal_index_bytes <= bound);
+  assert_false (atomic_load (&x->w.done));
+  assert_true (stats (x->w.t.c).journal_spilled_pages > 0);
+  assert_true (stats (x->w.t.c).journal_index_bytes >= cfg.cache_size / 8);
+  assert_true (stats (x->w.t.c).journal_index_bytes <= bound);
   /* Write-back may run now: the writer goes on. */
   atomic_store (&x->drain_ok, true);
-  assert_int_equal (cache_journal_drain (x->t.c) >= 0, true);
+  assert_int_equal (cache_journal_drain (x->w.t.c) >= 0, true);
   assert_int_equal (pthread_join (th, NULL), 0);
-  assert_true (atomic_load (&x->max_index) <= bound);
+  assert_true (atomic_load (&x->w.max_index) <= bound);
   for (uint64_t off = 0; off < cfg.size; off += PG) {
     unsigned char got[PG];
 
-    assert_int_equal (cache_read (x->t.c, got, PG, off), 0);
-    assert_memory_equal (got, x->want + off, PG);
+    assert_int_equal (cache_read (x->w.t.c, got, PG, off), 0);
+    assert_memory_equal (got, x->w.want + off, PG);
   }
-  assert_int_equal (cache_flush (x->t.c), 0);
-  assert_int_equal (cache_drain (x->t.c), 0);
-  assert_true (fake_disk_equals (x->t.f, x->want, cfg.size, 0));
-  tc_close (&x->t);
-  fake_jdev_free (j);
-  free (x->want);
+  assert_int_equal (cache_flush (x->w.t.c), 0);
+  assert_int_equal (cache_drain (x->w.t.c), 0);
+  assert_true (fake_disk_equals (x->w.t.f, x->w.want, cfg.size, 0));
+  sw_close (&x->w);
   free (x);
 }
 
